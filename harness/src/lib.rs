@@ -1,0 +1,7 @@
+//! fakejvm: plays Spark's JVM side of the PythonRDD pipe protocol against real pyspark workers.
+//!
+//! Data flows one way through these modules, top to bottom: a scenario (or golden, or fuzz case)
+//! becomes a typed request, the request becomes bytes on a socket to a real worker, and the
+//! worker's reply becomes one typed verdict.
+pub mod wire;
+pub mod protocol;
