@@ -5,3 +5,11 @@
 //! worker's reply becomes one typed verdict.
 pub mod wire;
 pub mod protocol;
+pub mod pickle;
+pub mod pyenv;
+pub mod worker;
+pub mod session;
+pub mod verdict;
+pub mod scenario;
+pub mod decode;
+pub mod report;

@@ -1,0 +1,149 @@
+//! Building the command line and environment of a Python process, and draining its output.
+//!
+//! Environment policy: the child starts from an EMPTY environment plus a short pass-through list.
+//! Spark's executor passes its whole environment, but ours is a developer's shell or a CI job,
+//! and several variables there change what pyspark does: PYTHONPATH (which pyspark is imported),
+//! PYTHONOPTIMIZE (strips the `assert`s pyspark 4.3 uses as protocol checks), SPARK_REUSE_WORKER
+//! (a truthiness test: any value turns reuse on), PYTHON_WORKER_FACTORY_SOCK_PATH (sends the 4.1+
+//! direct worker down the Unix-socket branch), PYSPARK_*, SPARK_PREFER_IPV6. A run must not depend
+//! on who started it, so everything the worker sees is listed here or in `extra_env`.
+
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::task::JoinHandle;
+
+/// Taken from our environment when set: what a process needs to run at all (PATH for anything it
+/// spawns, HOME for libraries that look there, locale and TZ for text and time, TMPDIR for temp files).
+pub const PASS_THROUGH_ENV: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"];
+
+/// What varies per process: set by `LaunchOptions` for the daemon (its forks inherit it) and per
+/// direct worker by `ProcessTweaks`, so faults can target one process.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessTweaks {
+    /// Added after (and so overriding) everything else we set.
+    pub extra_env: Vec<(String, String)>,
+    /// RLIMIT_AS soft limit in bytes, set between fork and exec.
+    pub rlimit_as: Option<u64>,
+}
+
+pub(crate) fn python_command(
+    python: &Path,
+    args: &[&str],
+    protocol_env: &[(&str, String)],
+    tweaks: &ProcessTweaks,
+) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.args(args).env_clear();
+    for name in PASS_THROUGH_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
+    // Spark sets "YES" (any non-empty value means unbuffered): prints reach the pipe at once.
+    cmd.env("PYTHONUNBUFFERED", "YES");
+    for (k, v) in protocol_env {
+        cmd.env(k, v);
+    }
+    for (k, v) in &tweaks.extra_env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // Its own group, so one killpg reaches it and everything it forks.
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(limit) = tweaks.rlimit_as {
+        // SAFETY: runs in the forked child before exec; getrlimit/setrlimit are async-signal-safe
+        // and the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                if libc::getrlimit(libc::RLIMIT_AS, &mut current) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // Only the soft limit: lowering the hard one is not needed and needs no privilege
+                // to get wrong.
+                let wanted = libc::rlimit { rlim_cur: limit.min(current.rlim_max), rlim_max: current.rlim_max };
+                if libc::setrlimit(libc::RLIMIT_AS, &wanted) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
+/// Everything read from a set of pipes, in arrival order. Bounded: past `CAPTURE_LIMIT` bytes
+/// we keep draining (a full pipe would block the writer) but only count what we drop.
+#[derive(Clone, Default)]
+pub(crate) struct Capture(Arc<Mutex<CaptureBuf>>);
+
+#[derive(Default)]
+struct CaptureBuf {
+    bytes: Vec<u8>,
+    dropped: u64,
+}
+
+pub const CAPTURE_LIMIT: usize = 64 * 1024 * 1024;
+
+impl Capture {
+    fn push(&self, chunk: &[u8]) {
+        let mut buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let room = CAPTURE_LIMIT.saturating_sub(buf.bytes.len());
+        let keep = room.min(chunk.len());
+        buf.bytes.extend_from_slice(&chunk[..keep]);
+        buf.dropped += (chunk.len() - keep) as u64;
+    }
+
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).bytes.clone()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).dropped
+    }
+
+    /// The last `max` bytes as text, for error messages.
+    pub fn tail(&self, max: usize) -> String {
+        let buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let start = buf.bytes.len().saturating_sub(max);
+        String::from_utf8_lossy(&buf.bytes[start..]).into_owned()
+    }
+}
+
+/// Copies `from` into `into` until EOF. Runs in the background for the life of the process (and of
+/// any forked worker holding the same pipe); it is awaited with a deadline, or aborted, at shutdown.
+pub(crate) fn drain<R>(mut from: R, into: Capture) -> JoinHandle<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            match from.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => into.push(&chunk[..n]),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_keeps_order_and_a_tail() {
+        let c = Capture::default();
+        c.push(b"hello ");
+        c.push(b"world");
+        assert_eq!(c.snapshot(), b"hello world");
+        assert_eq!(c.tail(5), "world");
+        assert_eq!(c.dropped(), 0);
+    }
+}
