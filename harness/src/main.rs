@@ -1,1 +1,242 @@
-fn main() {}
+//! The `fakejvm` command line. Exit codes: 0 all passed, 1 something failed, 2 bad input
+//! (a broken file or a wrong flag: one line naming it).
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use fakejvm::decode::{self, StreamDirection};
+use fakejvm::protocol::Dialect;
+use fakejvm::pyenv::{self, PythonEnv};
+use fakejvm::report::{self, Summary};
+use fakejvm::scenario::{self, RunOptions, Scenario, Status};
+use fakejvm::worker;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "fakejvm",
+    version,
+    about = "A fake Spark JVM: drives real pyspark workers over the PythonRDD pipe protocol",
+    long_about = "fakejvm plays the JVM side of Spark's Python worker protocol, byte for byte, against real \
+                  `python -m pyspark.daemon` / `pyspark.worker` processes.\n\n\
+                  Exit codes: 0 all passed, 1 something failed, 2 bad input (a broken file or a wrong flag)."
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG works too.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct EnvArgs {
+    /// Use this Python interpreter (it must have pyspark installed) instead of a cached env.
+    #[arg(long, env = "FAKEJVM_PYTHON", global = true)]
+    python: Option<PathBuf>,
+    /// The pyspark version of the cached env to use (provisioned on first use).
+    #[arg(long, global = true, value_name = "VERSION")]
+    pyspark: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run scenario files (or every *.json under a directory) against real workers.
+    Run {
+        #[command(flatten)]
+        env: EnvArgs,
+        /// Scenario files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Force a request dialect instead of the one of the detected pyspark version.
+        #[arg(long)]
+        dialect: Option<Dialect>,
+        /// Write a machine-readable report here (written atomically).
+        #[arg(long, value_name = "PATH")]
+        json: Option<PathBuf>,
+        /// Override every task's deadline (milliseconds).
+        #[arg(long, value_name = "MS")]
+        deadline_ms: Option<u64>,
+        /// Keep the byte transcripts of every task in the JSON report.
+        #[arg(long)]
+        transcripts: bool,
+    },
+    /// Print a captured stream frame by frame as readable text.
+    Decode {
+        file: PathBuf,
+        /// The stream's request family: A (3.3-4.0), B (4.1), C (4.2), D (4.3).
+        #[arg(long)]
+        dialect: Dialect,
+        #[arg(long, value_enum)]
+        direction: StreamDirection,
+        /// Skip this many bytes first (e.g. a pid and auth reply at the start of a connection).
+        #[arg(long, default_value_t = 0)]
+        skip: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or set up the Python env (interpreter, pyspark version, dialect).
+    Env {
+        #[command(flatten)]
+        env: EnvArgs,
+        #[command(subcommand)]
+        action: Option<EnvAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnvAction {
+    /// Create (or check) the cached venv for a pyspark version.
+    Setup,
+    /// List the pinned versions and which are already provisioned.
+    List,
+}
+
+/// A failure that is the user's input, not a test result: exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BadInput(String);
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(cli.verbose);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let result = rt.block_on(async {
+        if let Err(e) = worker::install_interrupt_handler() {
+            tracing::warn!("no Ctrl-C handler: {e}");
+        }
+        dispatch(cli.command).await
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if let Some(b) = e.downcast_ref::<BadInput>() {
+                eprintln!("fakejvm: {b}");
+                ExitCode::from(2)
+            } else {
+                eprintln!("fakejvm: error: {e:#}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn resolve_env(args: &EnvArgs) -> anyhow::Result<PythonEnv> {
+    pyenv::resolve(args.python.as_deref(), args.pyspark.as_deref()).map_err(|e| BadInput(e.to_string()).into())
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
+    match cmd {
+        Command::Run { env, paths, dialect, json, deadline_ms, transcripts } => {
+            // Parse every file before starting anything: a broken file is exit 2, not a failure.
+            let files = scenario::collect_files(&paths).map_err(|e| BadInput(e.to_string()))?;
+            if files.is_empty() {
+                return Err(BadInput(format!("no scenario files (*.json) under {}", paths_text(&paths))).into());
+            }
+            let mut scenarios = vec![];
+            for f in &files {
+                scenarios.push((f.clone(), Scenario::load(f).map_err(|e| BadInput(e.to_string()))?));
+            }
+            let env = resolve_env(&env)?;
+            // Build every command up front: a function that does not compile is a broken
+            // scenario file (exit 2), found before any worker starts. Builds are cached on disk.
+            for (f, s) in &scenarios {
+                let specs: Vec<_> = s.tasks.iter().map(scenario::command_spec).collect();
+                pyenv::build_commands(&env, &specs).map_err(|e| BadInput(format!("{}: {}", f.display(), one_line(&e.to_string()))))?;
+            }
+            let opts = RunOptions { dialect, deadline: deadline_ms.map(Duration::from_millis), keep_transcripts: transcripts };
+            let mut reports = vec![];
+            for (f, s) in &scenarios {
+                let r = scenario::run_scenario(&env, f, s, &opts).await;
+                println!("{}", report::scenario_lines(&r));
+                reports.push(r);
+            }
+            let summary = Summary::of(&reports);
+            println!("{}", summary.line(&env.pyspark.to_string()));
+            if let Some(path) = json {
+                report::write_json(&path, &env.pyspark.to_string(), &env.python, &reports)
+                    .with_context(|| format!("writing the JSON report {}", path.display()))?;
+            }
+            Ok(if reports.iter().any(|r| r.status == Status::Failed) { 1 } else { 0 })
+        }
+        Command::Decode { file, dialect, direction, skip, json } => {
+            let bytes = std::fs::read(&file).map_err(|e| BadInput(format!("{}: cannot read: {e}", file.display())))?;
+            let bytes = bytes.get(skip..).ok_or_else(|| BadInput(format!("{}: --skip {skip} is past the end ({} bytes)", file.display(), bytes.len())))?;
+            let d = decode::decode(dialect, direction, bytes);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                print!("{}", d.to_text());
+            }
+            match &d.error {
+                None => Ok(0),
+                Some(e) => Err(BadInput(format!("{}: does not decode as a {direction:?} stream of dialect {dialect:?}: {e}", file.display())).into()),
+            }
+        }
+        Command::Env { env, action } => match action {
+            None => {
+                let e = resolve_env(&env)?;
+                print_env(&e);
+                Ok(0)
+            }
+            Some(EnvAction::Setup) => {
+                let v = env.pyspark.as_deref().unwrap_or(pyenv::DEFAULT_PYSPARK);
+                let e = pyenv::setup(v).map_err(|e| BadInput(e.to_string()))?;
+                print_env(&e);
+                Ok(0)
+            }
+            Some(EnvAction::List) => {
+                for v in pyenv::PINNED {
+                    let base = pyenv::base_python_minor().unwrap_or_else(|_| "3.11".into());
+                    let dir = pyenv::env_dir(v, &base);
+                    let ready = dir.join("fakejvm-env.json").exists();
+                    let (maj, min) = v.split_once('.').map(|(a, b)| (a.parse().unwrap_or(0), b.split('.').next().unwrap_or("0").parse().unwrap_or(0))).unwrap_or((0, 0));
+                    let d = Dialect::for_version(maj, min).map(|d| format!("{d:?}")).unwrap_or_default();
+                    println!("pyspark {v:<6} dialect {d}  {}  {}", if ready { "ready  " } else { "missing" }, dir.display());
+                }
+                Ok(0)
+            }
+        },
+    }
+}
+
+fn print_env(e: &PythonEnv) {
+    let dialect = Dialect::for_version(e.pyspark.major, e.pyspark.minor);
+    println!("python       {}", e.python.display());
+    println!("python ver   {}", e.python_version);
+    println!("pyspark      {}", e.pyspark);
+    println!("pyspark dir  {}", e.pyspark_dir.display());
+    match dialect {
+        Some(d) => println!("dialect      {d}"),
+        None => println!("dialect      none: fakejvm speaks pyspark 3.3 and later"),
+    }
+}
+
+/// Error texts from Python can span lines; the CLI promises one.
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+}
+
+fn paths_text(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}

@@ -114,7 +114,7 @@ pub fn put_str(buf: &mut BytesMut, s: &str) {
 // ---------------------------------------------------------------------------------------------
 // Decoding
 
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize)]
 #[error("at byte {at_byte}: {kind}")]
 pub struct WireError {
     /// Absolute offset in the stream of the first byte of the item that failed.
@@ -122,7 +122,7 @@ pub struct WireError {
     pub kind: WireErrorKind,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize)]
 pub enum WireErrorKind {
     /// The stream ended (for now) in the middle of an item.
     #[error("incomplete {what}: needed {needed} more byte(s)")]

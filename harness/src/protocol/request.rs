@@ -238,15 +238,19 @@ pub struct DecodedRequest {
     pub spans: Vec<Span>,
 }
 
-/// Decode a stream of one or more requests (several when a worker is reused). Trailing bytes
-/// that do not form a whole request are an error with their offset.
-pub fn decode_requests(dialect: Dialect, bytes: &[u8]) -> Result<Vec<DecodedRequest>, WireError> {
+/// Decode a stream of one or more requests (several when a worker is reused). Returns the
+/// requests that decoded and, if the stream does not end on a request boundary, the error
+/// (with its offset) that stopped it.
+pub fn decode_requests(dialect: Dialect, bytes: &[u8]) -> (Vec<DecodedRequest>, Option<WireError>) {
     let mut r = Reader::new(bytes);
     let mut out = vec![];
     while !r.is_empty() {
-        out.push(dialect.decode_one(&mut r)?);
+        match dialect.decode_one(&mut r) {
+            Ok(d) => out.push(d),
+            Err(e) => return (out, Some(e)),
+        }
     }
-    Ok(out)
+    (out, None)
 }
 
 impl Dialect {
@@ -481,7 +485,8 @@ mod tests {
         for d in Dialect::ALL {
             let req = sample(d);
             let enc = d.encode_request(&req);
-            let dec = decode_requests(d, &enc.bytes).unwrap();
+            let (dec, err) = decode_requests(d, &enc.bytes);
+            assert!(err.is_none(), "{err:?}");
             assert_eq!(dec.len(), 1);
             assert_eq!(dec[0].request, req, "dialect {d}");
             assert_eq!(dec[0].spans, enc.spans, "dialect {d}");
@@ -510,7 +515,7 @@ mod tests {
         for d in Dialect::ALL {
             let mut bytes = d.encode_request(&sample(d)).bytes;
             bytes.extend(d.encode_request(&sample(d)).bytes);
-            assert_eq!(decode_requests(d, &bytes).unwrap().len(), 2);
+            assert_eq!(decode_requests(d, &bytes).0.len(), 2);
         }
     }
 

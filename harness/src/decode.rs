@@ -1,0 +1,211 @@
+//! Streams as readable text, frame by frame, so a person can read any captured stream
+//! (`fakejvm decode`, and the decoded form stored beside each golden).
+
+use crate::pickle;
+use crate::protocol::{decode_replies, decode_requests, BroadcastOp, ConnInfo, DataItem, DecodedRequest, Dialect, Reply, ReplyEnd, ReplyItem, SpanKind};
+use crate::wire::WireError;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamDirection {
+    /// JVM -> worker: task requests.
+    Request,
+    /// Worker -> JVM: replies.
+    Reply,
+}
+
+/// A decoded stream: what decoded, and where decoding stopped if it did not reach the end.
+#[derive(Debug, Serialize)]
+pub struct Decoded {
+    pub dialect: Dialect,
+    pub direction: StreamDirection,
+    pub requests: Vec<DecodedRequest>,
+    pub replies: Vec<Reply>,
+    pub error: Option<WireError>,
+}
+
+pub fn decode(dialect: Dialect, direction: StreamDirection, bytes: &[u8]) -> Decoded {
+    let mut d = Decoded { dialect, direction, requests: vec![], replies: vec![], error: None };
+    match direction {
+        StreamDirection::Request => {
+            let (reqs, err) = decode_requests(dialect, bytes);
+            d.requests = reqs;
+            d.error = err;
+        }
+        StreamDirection::Reply => {
+            let (replies, err) = decode_replies(dialect, bytes);
+            d.replies = replies;
+            d.error = err;
+        }
+    }
+    d
+}
+
+impl Decoded {
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for (i, r) in self.requests.iter().enumerate() {
+            request_text(&mut out, i, r);
+        }
+        for (i, r) in self.replies.iter().enumerate() {
+            reply_text(&mut out, i, r);
+        }
+        if let Some(e) = &self.error {
+            let _ = writeln!(out, "error {e}");
+        }
+        out
+    }
+}
+
+fn request_text(out: &mut String, i: usize, d: &DecodedRequest) {
+    let r = &d.request;
+    let whole = (d.spans.first().map(|s| s.start).unwrap_or(0), d.spans.last().map(|s| s.end).unwrap_or(0));
+    let _ = writeln!(out, "request {i}  bytes {}..{}", whole.0, whole.1);
+    for s in &d.spans {
+        let at = format!("@{}..{}", s.start, s.end);
+        match s.kind {
+            SpanKind::InitPrefix => {
+                let _ = writeln!(out, "  {at:<16} START_OF_INIT_MESSAGE (-8), length {}", s.end - s.start);
+            }
+            SpanKind::Header => {
+                let _ = writeln!(out, "  {at:<16} header: split_index {}", r.split_index);
+                if r.split_index == -1 {
+                    let _ = writeln!(out, "{:21}(split index -1: the worker exits at once)", "");
+                    continue;
+                }
+                let c = &r.context;
+                let mut lines = vec![
+                    format!("python_version {:?}", r.python_version),
+                    format!(
+                        "task: stage {} partition {} attempt {} task_attempt_id {} cpus {}{}",
+                        c.stage_id,
+                        c.partition_id,
+                        c.attempt_number,
+                        c.task_attempt_id,
+                        c.cpus,
+                        c.cpu_amount.as_ref().map(|a| format!(" cpu_amount {a}")).unwrap_or_default()
+                    ),
+                    format!("barrier {}{}", c.is_barrier, c.barrier.as_ref().map(conn_text).map(|t| format!(" ({t})")).unwrap_or_default()),
+                ];
+                for res in &c.resources {
+                    lines.push(format!("resource {:?} name {:?} addresses {:?}", res.key, res.name, res.addresses));
+                }
+                for (k, v) in &c.local_properties {
+                    lines.push(format!("local property {k:?} = {v:?}"));
+                }
+                if let Some(j) = &d.context_json {
+                    lines.push(format!("task context JSON {j}"));
+                }
+                lines.push(format!("spark_files_dir {:?}, includes {:?}", r.spark_files_dir, r.includes));
+                if let Some(s) = &r.broadcasts.decryption_server {
+                    lines.push(format!("broadcast decryption server {}", conn_text(s)));
+                }
+                for op in &r.broadcasts.ops {
+                    lines.push(match op {
+                        BroadcastOp::Add { id, path } => format!("broadcast add {id} {}", path.as_deref().map(|p| format!("path {p:?}")).unwrap_or_default()),
+                        BroadcastOp::Remove { id } => format!("broadcast remove {id}"),
+                    });
+                }
+                lines.push(format!("eval_type {} ({:?})", r.eval_type.value(), r.eval_type));
+                if !r.runner_conf.is_empty() || !r.eval_conf.is_empty() || d.context_json.is_some() {
+                    lines.push(format!("runner_conf {:?}, eval_conf {:?}", r.runner_conf, r.eval_conf));
+                }
+                for l in lines {
+                    let _ = writeln!(out, "{:21}{l}", "");
+                }
+            }
+            SpanKind::Command => {
+                let _ = writeln!(out, "  {at:<16} command: {}-byte pickle (func, profiler, deserializer, serializer)", r.command.len());
+            }
+            SpanKind::Data(k) => {
+                let text = match r.data.get(k) {
+                    Some(DataItem::Frame(b)) => format!("frame {} bytes: {}", b.len(), preview(b)),
+                    Some(DataItem::Null) => "NULL (-5)".into(),
+                    Some(DataItem::Raw(b)) => format!("raw {} bytes {}", b.len(), hex_preview(b)),
+                    None => "?".into(),
+                };
+                let _ = writeln!(out, "  {at:<16} data[{k}] {text}");
+            }
+            SpanKind::EndOfData => {
+                let _ = writeln!(out, "  {at:<16} END_OF_DATA_SECTION (-1)");
+            }
+            SpanKind::FinalMarker => {
+                let m = r.final_marker.unwrap_or(0);
+                let name = crate::wire::SpecialLength::from_value(m).map(|s| s.name()).unwrap_or("not END_OF_STREAM");
+                let _ = writeln!(out, "  {at:<16} final int {m} ({name})");
+            }
+        }
+    }
+}
+
+fn conn_text(c: &ConnInfo) -> String {
+    match c {
+        ConnInfo::Port { port, secret } => format!("port {port} secret {secret:?}"),
+        ConnInfo::Path(p) => format!("socket path {p:?}"),
+    }
+}
+
+fn reply_text(out: &mut String, i: usize, r: &Reply) {
+    let _ = writeln!(out, "reply {i}  bytes {}..{}", r.start, r.end_offset);
+    for (k, item) in r.data.iter().enumerate() {
+        let text = match item {
+            ReplyItem::Frame(b) => format!("frame {} bytes: {}", b.len(), preview(b)),
+            ReplyItem::Null => "NULL (-5)".into(),
+        };
+        let _ = writeln!(out, "  data[{k}] {text}");
+    }
+    if r.data.is_empty() && r.data_items > 0 {
+        let _ = writeln!(out, "  {} data frames, {} bytes (not kept)", r.data_items, r.data_bytes);
+    }
+    match &r.end {
+        ReplyEnd::Completed { timing, memory_bytes_spilled, disk_bytes_spilled, accumulators, final_marker } => {
+            let processing = timing.processing_ms.map(|p| format!(" processing {p}")).unwrap_or_default();
+            let _ = writeln!(out, "  TIMING_DATA (-3) boot {} init {} finish {}{processing}", timing.boot_ms, timing.init_ms, timing.finish_ms);
+            let _ = writeln!(out, "  spilled: memory {memory_bytes_spilled} disk {disk_bytes_spilled}");
+            let _ = writeln!(out, "  END_OF_DATA_SECTION (-1), {} accumulator update(s)", accumulators.len());
+            for a in accumulators {
+                let _ = writeln!(out, "    update {} bytes: {}", a.len(), preview(a));
+            }
+            let name = if *final_marker == -4 { "END_OF_STREAM: reusable" } else { "END_OF_DATA_SECTION: worker exits" };
+            let _ = writeln!(out, "  final int {final_marker} ({name})");
+        }
+        ReplyEnd::Exception { traceback } => {
+            let _ = writeln!(out, "  PYTHON_EXCEPTION_THROWN (-2), traceback:");
+            for l in traceback.lines() {
+                let _ = writeln!(out, "    | {l}");
+            }
+        }
+    }
+}
+
+/// A payload as a person would want to see it: a pickle's value, else text, else hex.
+fn preview(b: &[u8]) -> String {
+    if b.first() == Some(&0x80) {
+        if let Ok(v) = pickle::loads(b) {
+            return format!("pickle {}", clip(&pickle::value_to_json(&v).to_string()));
+        }
+        return format!("pickle (not plain data) {}", hex_preview(b));
+    }
+    match std::str::from_utf8(b) {
+        Ok(s) => format!("utf8 {}", clip(&format!("{s:?}"))),
+        Err(_) => hex_preview(b),
+    }
+}
+
+fn hex_preview(b: &[u8]) -> String {
+    if b.len() > 48 {
+        format!("hex {}... ({} bytes)", hex::encode(&b[..48]), b.len())
+    } else {
+        format!("hex {}", hex::encode(b))
+    }
+}
+
+fn clip(s: &str) -> String {
+    if s.chars().count() > 160 {
+        format!("{}... ({} chars)", s.chars().take(160).collect::<String>(), s.chars().count())
+    } else {
+        s.to_owned()
+    }
+}

@@ -1,0 +1,99 @@
+//! Verdicts to text for people and JSON for machines; files are written atomically.
+
+use crate::scenario::{ScenarioReport, Status};
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+
+/// One line per scenario, then the details a person needs for a failure.
+pub fn scenario_lines(r: &ScenarioReport) -> String {
+    let tag = match &r.status {
+        Status::Passed => "PASS",
+        Status::Failed => "FAIL",
+        Status::NotApplicable { .. } => "N/A ",
+    };
+    let mut out = format!("{tag}  {}  [{} | pyspark {} | dialect {:?} | {:?}] {} ms", r.file, r.name, r.pyspark, r.dialect, r.mode, r.elapsed_ms);
+    if let Status::NotApplicable { why } = &r.status {
+        out.push_str(&format!("\n      not applicable: {why}"));
+    }
+    for t in &r.tasks {
+        if !t.ok {
+            out.push_str(&format!("\n      task {}: expected {}, got {}", t.index, t.expected, t.outcome));
+        }
+        if let Some(n) = &t.note {
+            out.push_str(&format!("\n      task {}: known behaviour, {n}", t.index));
+        }
+    }
+    if !r.leftovers.is_empty() {
+        let l: Vec<String> = r.leftovers.iter().map(|(p, c)| format!("{p} {c}")).collect();
+        out.push_str(&format!("\n      leaked processes (killed): {}", l.join("; ")));
+    }
+    if r.status == Status::Failed && !r.stderr_tail.is_empty() {
+        out.push_str("\n      worker stderr (tail):");
+        for l in r.stderr_tail.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev() {
+            out.push_str(&format!("\n        {l}"));
+        }
+    }
+    out
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub passed: usize,
+    pub failed: usize,
+    pub not_applicable: usize,
+}
+
+impl Summary {
+    pub fn of(reports: &[ScenarioReport]) -> Summary {
+        let mut s = Summary::default();
+        for r in reports {
+            match r.status {
+                Status::Passed => s.passed += 1,
+                Status::Failed => s.failed += 1,
+                Status::NotApplicable { .. } => s.not_applicable += 1,
+            }
+        }
+        s
+    }
+
+    pub fn line(&self, pyspark: &str) -> String {
+        format!(
+            "{} passed, {} failed, {} not applicable (pyspark {pyspark})",
+            self.passed, self.failed, self.not_applicable
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    fakejvm: &'static str,
+    pyspark: &'a str,
+    python: String,
+    summary: Summary,
+    scenarios: &'a [ScenarioReport],
+}
+
+pub fn write_json(path: &Path, pyspark: &str, python: &Path, reports: &[ScenarioReport]) -> std::io::Result<()> {
+    let doc = JsonReport {
+        fakejvm: env!("CARGO_PKG_VERSION"),
+        pyspark,
+        python: python.display().to_string(),
+        summary: Summary::of(reports),
+        scenarios: reports,
+    };
+    let bytes = serde_json::to_vec_pretty(&doc).map_err(std::io::Error::other)?;
+    write_atomic(path, &bytes)
+}
+
+/// Write to a temporary file beside `path`, then rename over it: a reader (or a crash) never
+/// sees half a file, and what was there stays until the new one is whole.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(".fakejvm-").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}

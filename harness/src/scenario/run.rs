@@ -1,0 +1,469 @@
+//! Scenario -> requests -> real worker -> verdict.
+
+use super::model::*;
+use crate::pickle::{self, FrameKind};
+use crate::protocol::{BroadcastOp, DataItem, Dialect, ReplyEnd, ReplyItem, Resource, TaskContext, TaskRequest};
+use crate::pyenv::{self, CommandSpec, PythonEnv, SerializerSpec};
+use crate::session::{self, SessionOptions, Transcript, WritePlan};
+use crate::verdict::{classify_failure, Outcome, OutcomeKind, WorkerFacts};
+use crate::worker::{Connection, ExitInfo, LaunchOptions, Mode, WorkerError, Workers};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Force a dialect instead of the one of the env's pyspark version.
+    pub dialect: Option<Dialect>,
+    /// Overrides every scenario's per-task deadline.
+    pub deadline: Option<Duration>,
+    pub keep_transcripts: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { dialect: None, deadline: None, keep_transcripts: false }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Status {
+    Passed,
+    Failed,
+    /// The scenario's `requires` excludes this pyspark version (stated, never silent).
+    NotApplicable { why: String },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskReport {
+    pub index: usize,
+    pub outcome: Outcome,
+    /// The expectation that applied, in words.
+    pub expected: String,
+    pub ok: bool,
+    /// A known, version-specific behaviour that this run showed (from `expect_by_version`).
+    pub note: Option<String>,
+    /// The decoded output values, when the task completed.
+    pub output: Option<serde_json::Value>,
+    pub pid: Option<i32>,
+    pub elapsed_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<Transcript>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioReport {
+    pub file: String,
+    pub name: String,
+    pub pyspark: String,
+    pub dialect: Dialect,
+    pub mode: Mode,
+    #[serde(flatten)]
+    pub status: Status,
+    pub tasks: Vec<TaskReport>,
+    /// Processes of ours still alive after shutdown (then killed): a failure of the scenario.
+    pub leftovers: Vec<(i32, String)>,
+    pub daemon_exit: Option<ExitInfo>,
+    pub stderr_tail: String,
+    pub elapsed_ms: u64,
+}
+
+/// Scenario files under the given paths: files as given, directories searched recursively for
+/// `*.json`, sorted so runs are repeatable.
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ScenarioError> {
+    let mut out = vec![];
+    for p in paths {
+        if p.is_dir() {
+            let mut found = vec![];
+            walk(p, &mut found).map_err(|e| ScenarioError { file: p.display().to_string(), problem: format!("cannot list: {e}") })?;
+            found.sort();
+            out.extend(found);
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            return Err(ScenarioError { file: p.display().to_string(), problem: "no such file or directory".into() });
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if p.extension().is_some_and(|x| x == "json") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_scenario(env: &PythonEnv, file: &Path, sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
+    let started = Instant::now();
+    let dialect = opts.dialect.unwrap_or_else(|| {
+        Dialect::for_version(env.pyspark.major, env.pyspark.minor).unwrap_or(Dialect::D)
+    });
+    let name = sc.name.clone().unwrap_or_else(|| file.file_stem().unwrap_or_default().to_string_lossy().into_owned());
+    let mut report = ScenarioReport {
+        file: file.display().to_string(),
+        name,
+        pyspark: env.pyspark.to_string(),
+        dialect,
+        mode: sc.mode,
+        status: Status::Passed,
+        tasks: vec![],
+        leftovers: vec![],
+        daemon_exit: None,
+        stderr_tail: String::new(),
+        elapsed_ms: 0,
+    };
+    if let Some(why) = not_applicable(env, sc, dialect) {
+        report.status = Status::NotApplicable { why };
+        return report;
+    }
+    if let Err(e) = run_tasks(env, sc, dialect, opts, &mut report).await {
+        report.tasks.push(TaskReport {
+            index: report.tasks.len(),
+            outcome: Outcome::Harness { error: format!("{e:#}") },
+            expected: String::new(),
+            ok: false,
+            note: None,
+            output: None,
+            pid: None,
+            elapsed_ms: 0,
+            transcript: None,
+        });
+    }
+    let all_ok = report.tasks.iter().all(|t| t.ok) && report.leftovers.is_empty();
+    report.status = if all_ok { Status::Passed } else { Status::Failed };
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+fn not_applicable(env: &PythonEnv, sc: &Scenario, dialect: Dialect) -> Option<String> {
+    if let Some(req) = &sc.requires {
+        if !req.matches(env.pyspark) {
+            return Some(format!("needs pyspark {}, this is {}", req.as_str(), env.pyspark));
+        }
+    }
+    if sc.mode == Mode::Uds && !dialect.has_unix_sockets() {
+        return Some(format!("Unix-domain-socket workers exist from pyspark 4.1, this is {}", env.pyspark));
+    }
+    None
+}
+
+async fn run_tasks(env: &PythonEnv, sc: &Scenario, dialect: Dialect, opts: &RunOptions, report: &mut ScenarioReport) -> anyhow::Result<()> {
+    let specs: Vec<CommandSpec> = sc.tasks.iter().map(command_spec).collect();
+    let commands = pyenv::build_commands(env, &specs)?;
+    let tmp = tempfile::Builder::new().prefix("fakejvm-scenario-").tempdir()?;
+
+    let launch = LaunchOptions {
+        mode: sc.mode,
+        reuse: sc.reuse,
+        extra_env: sc.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ..LaunchOptions::default()
+    };
+    let mut workers = Workers::start(&env.python, launch).await?;
+    let session_opts = SessionOptions {
+        deadline: opts.deadline.unwrap_or(Duration::from_millis(sc.deadline_ms.unwrap_or(30_000))),
+        record_transcript: true,
+        ..SessionOptions::default()
+    };
+
+    let mut conn: Option<(Connection, u64)> = None;
+    // Each task's output frames, for later tasks whose input is `output_of`.
+    let mut outputs: Vec<Vec<DataItem>> = vec![];
+    for (i, (task, command)) in sc.tasks.iter().zip(commands).enumerate() {
+        let started = Instant::now();
+        let (expect, note) = effective_expectation(task, env);
+        let request = build_request(task, env, command, &tmp.path().join(format!("task{i}")), &outputs)?;
+        let encoded = dialect.encode_request(&request);
+
+        if conn.is_none() {
+            match workers.connect().await {
+                Ok(c) => {
+                    let base = c.handshake_in.len() as u64;
+                    conn = Some((c, base));
+                }
+                Err(e) => {
+                    outputs.push(vec![]);
+                    let outcome = connect_failure(&mut workers, e);
+                    report.tasks.push(judge(i, outcome, None, &expect, note, None, started, None));
+                    continue;
+                }
+            }
+        }
+        let (c, base) = conn.as_mut().expect("connected above");
+        let pid = c.pid;
+        let mut transcript = Transcript::default();
+        let result = session::run_task(
+            &mut c.reader,
+            &mut c.writer,
+            dialect,
+            &encoded.bytes,
+            &WritePlan::whole(encoded.bytes.len()),
+            *base,
+            &session_opts,
+            &mut transcript,
+        )
+        .await;
+
+        let mut facts = WorkerFacts { pid, ..WorkerFacts::default() };
+        if result.reply.is_err() {
+            if !workers.daemon_alive() {
+                facts.daemon_died = Some((workers.daemon_exit(), tail(&workers.stderr())));
+            }
+            if sc.mode == Mode::Direct {
+                facts.worker_exit = workers.wait_direct_worker(pid, Duration::from_secs(2)).await;
+            }
+        }
+        outputs.push(match &result.reply {
+            Ok(r) => r
+                .data
+                .iter()
+                .map(|d| match d {
+                    ReplyItem::Frame(b) => DataItem::Frame(b.clone()),
+                    ReplyItem::Null => DataItem::Null,
+                })
+                .collect(),
+            Err(_) => vec![],
+        });
+        let mut output = None;
+        let outcome = match classify_failure(&result, &facts) {
+            Some(o) => o,
+            None => {
+                let reply = result.reply.as_ref().expect("completed");
+                let frames: Vec<Option<Vec<u8>>> = reply
+                    .data
+                    .iter()
+                    .map(|d| match d {
+                        ReplyItem::Frame(b) => Some(b.clone()),
+                        ReplyItem::Null => None,
+                    })
+                    .collect();
+                match pickle::decode_frames(frame_kind(task), &frames) {
+                    Ok(values) => {
+                        let got = serde_json::Value::Array(values.iter().map(pickle::value_to_json).collect());
+                        output = Some(got.clone());
+                        compare_values(&expect, got)
+                    }
+                    Err(e) => Outcome::ProtocolViolation { at_byte: reply.start, what: format!("output frames do not decode: {e}") },
+                }
+            }
+        };
+
+        // Keep the connection only when the worker said it can be reused (-4).
+        let reusable = sc.reuse
+            && sc.mode != Mode::Direct
+            && matches!(&result.reply, Ok(r) if matches!(r.end, ReplyEnd::Completed { final_marker: -4, .. }));
+        if reusable {
+            *base = result.reply.as_ref().map(|r| r.end_offset).unwrap_or(*base);
+        } else {
+            conn = None;
+        }
+        let transcript = opts.keep_transcripts.then_some(transcript);
+        report.tasks.push(judge(i, outcome, output, &expect, note, Some(pid), started, transcript));
+    }
+    drop(conn);
+
+    let shutdown = workers.shutdown(Duration::from_secs(5)).await;
+    report.leftovers = shutdown.leftovers.clone();
+    report.daemon_exit = shutdown.daemon_exit.clone();
+    report.stderr_tail = tail(&shutdown.stderr);
+    Ok(())
+}
+
+fn connect_failure(workers: &mut Workers, e: WorkerError) -> Outcome {
+    match e {
+        WorkerError::ErrnoAsPid { value } => Outcome::ProtocolViolation { at_byte: 0, what: WorkerError::ErrnoAsPid { value }.to_string() },
+        WorkerError::DaemonDied { exit, stderr_tail } => Outcome::DaemonDied { exit, stderr_tail },
+        // A worker that never sends its pid (or never answers auth) hangs before the task.
+        WorkerError::Timeout { after, .. } => Outcome::Hang { after_ms: after.as_millis() as u64, at_byte: 0 },
+        other => {
+            if !workers.daemon_alive() {
+                Outcome::DaemonDied { exit: workers.daemon_exit(), stderr_tail: tail(&workers.stderr()) }
+            } else {
+                Outcome::WorkerCrashed { pid: 0, exit: None, detail: format!("connecting failed: {other}") }
+            }
+        }
+    }
+}
+
+pub fn command_spec(task: &Task) -> CommandSpec {
+    CommandSpec {
+        function: task.function.clone(),
+        deserializer: task.deserializer.clone().unwrap_or_else(|| default_deserializer(&task.input)),
+        serializer: task.serializer.clone().unwrap_or(SerializerSpec::AutoBatched),
+    }
+}
+
+fn default_deserializer(input: &Input) -> SerializerSpec {
+    match input {
+        Input::Empty | Input::AutoBatched { .. } => SerializerSpec::AutoBatched,
+        Input::PickleBatched { batch_size, .. } => SerializerSpec::Batched { size: *batch_size },
+        Input::Pickle { .. } => SerializerSpec::Pickle,
+        Input::Utf8 { .. } => SerializerSpec::Utf8,
+        Input::Raw { .. } => SerializerSpec::NoOp,
+        // What an earlier task wrote with the default serializer.
+        Input::OutputOf { .. } => SerializerSpec::AutoBatched,
+    }
+}
+
+fn frame_kind(task: &Task) -> FrameKind {
+    match task.serializer.as_ref().unwrap_or(&SerializerSpec::AutoBatched) {
+        SerializerSpec::Pickle => FrameKind::Unbatched,
+        SerializerSpec::Utf8 => FrameKind::Utf8,
+        SerializerSpec::NoOp => FrameKind::Raw,
+        _ => FrameKind::Batched,
+    }
+}
+
+fn effective_expectation(task: &Task, env: &PythonEnv) -> (Expect, Option<String>) {
+    for v in &task.expect_by_version {
+        if v.pyspark.matches(env.pyspark) {
+            return (v.expect.clone(), Some(format!("pyspark {}: {}", env.pyspark, v.note)));
+        }
+    }
+    (task.expect.clone(), None)
+}
+
+/// The typed request for a task; files and broadcast pickles are written under `dir`.
+pub fn build_request(task: &Task, env: &PythonEnv, command: Vec<u8>, dir: &Path, outputs: &[Vec<DataItem>]) -> anyhow::Result<TaskRequest> {
+    let files_dir = dir.join("files");
+    std::fs::create_dir_all(&files_dir)?;
+    for (name, content) in &task.files {
+        std::fs::write(files_dir.join(name), content)?;
+    }
+    let mut req = TaskRequest::non_udf(&env.python_version, command, input_items(&task.input, outputs)?);
+    req.split_index = task.split_index;
+    let c = &task.context;
+    req.context = TaskContext {
+        is_barrier: c.barrier,
+        barrier: None,
+        stage_id: c.stage_id,
+        partition_id: c.partition_id,
+        attempt_number: c.attempt_number,
+        task_attempt_id: c.task_attempt_id,
+        cpus: c.cpus,
+        cpu_amount: None,
+        resources: c
+            .resources
+            .iter()
+            .map(|(k, v)| Resource {
+                key: k.clone(),
+                name: k.clone(),
+                addresses: v.as_array().into_iter().flatten().filter_map(|a| a.as_str().map(str::to_owned)).collect(),
+            })
+            .collect(),
+        local_properties: c.local_properties.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect(),
+    };
+    req.spark_files_dir = files_dir.display().to_string();
+    req.includes = task.includes.clone();
+    for b in &task.broadcasts {
+        let path = dir.join(format!("broadcast_{}", b.id));
+        let value = pickle::value_from_json(&b.value)?;
+        std::fs::write(&path, pickle::dumps(&value))?;
+        req.broadcasts.ops.push(BroadcastOp::Add { id: b.id, path: Some(path.display().to_string()) });
+    }
+    Ok(req)
+}
+
+fn input_items(input: &Input, outputs: &[Vec<DataItem>]) -> anyhow::Result<Vec<DataItem>> {
+    let values = |vs: &[serde_json::Value], range: &Option<(i64, i64)>| -> anyhow::Result<Vec<pickle::Value>> {
+        Input::pickle_values(vs, range).iter().map(|v| Ok(pickle::value_from_json(v)?)).collect()
+    };
+    let frames = |f: Vec<Vec<u8>>| f.into_iter().map(DataItem::Frame).collect::<Vec<_>>();
+    Ok(match input {
+        Input::Empty => vec![],
+        Input::PickleBatched { batch_size, values: vs, range } => frames(pickle::batched_frames(&values(vs, range)?, *batch_size)),
+        Input::AutoBatched { values: vs, range } => frames(pickle::auto_batched_frames(&values(vs, range)?)),
+        Input::Pickle { values: vs, range } => frames(pickle::unbatched_frames(&values(vs, range)?)),
+        Input::Utf8 { lines } => {
+            let lines: Vec<Option<String>> = lines
+                .iter()
+                .map(|l| match l {
+                    Line::Text(s) => Some(s.clone()),
+                    Line::Null(()) => None,
+                    Line::Repeat { repeat, times } => Some(repeat.repeat(*times)),
+                })
+                .collect();
+            pickle::utf8_frames(&lines)
+                .into_iter()
+                .map(|f| f.map(DataItem::Frame).unwrap_or(DataItem::Null))
+                .collect()
+        }
+        Input::Raw { frames } => frames
+            .iter()
+            .map(|f| {
+                Ok(match f {
+                    RawFrame::Hex(h) => DataItem::Frame(hex::decode(h)?),
+                    RawFrame::Text(t) => DataItem::Frame(t.as_bytes().to_vec()),
+                    RawFrame::Int(i) => DataItem::Raw(i.to_be_bytes().to_vec()),
+                    RawFrame::Bytes(h) => DataItem::Raw(hex::decode(h)?),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+        Input::OutputOf { task } => outputs
+            .get(*task)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("input output_of task {task}: that task produced no output"))?,
+    })
+}
+
+fn compare_values(expect: &Expect, got: serde_json::Value) -> Outcome {
+    let Some(expected) = &expect.values else { return Outcome::Passed };
+    // Canonicalise the expectation through the pickle value model so tagged forms
+    // ({"$tuple": ...}) compare equal to what the worker produced.
+    let expected = serde_json::Value::Array(
+        expected
+            .iter()
+            .map(|v| pickle::value_from_json(v).map(|p| pickle::value_to_json(&p)).unwrap_or_else(|_| v.clone()))
+            .collect(),
+    );
+    if expected == got {
+        Outcome::Passed
+    } else {
+        Outcome::Mismatch { expected, got }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn judge(
+    index: usize,
+    outcome: Outcome,
+    output: Option<serde_json::Value>,
+    expect: &Expect,
+    note: Option<String>,
+    pid: Option<i32>,
+    started: Instant,
+    transcript: Option<Transcript>,
+) -> TaskReport {
+    let (expected, ok) = if expect.values.is_some() {
+        ("output values".to_string(), outcome == Outcome::Passed)
+    } else if let Some(x) = &expect.exception {
+        let ok = match &outcome {
+            Outcome::PythonException { exc_type, message } => {
+                let type_ok = exc_type == &x.exc_type || exc_type.ends_with(&format!(".{}", x.exc_type));
+                type_ok && x.message_contains.as_ref().is_none_or(|m| message.contains(m.as_str()))
+            }
+            _ => false,
+        };
+        let mut what = format!("PythonException {}", x.exc_type);
+        if let Some(m) = &x.message_contains {
+            what.push_str(&format!(" containing {m:?}"));
+        }
+        (what, ok)
+    } else {
+        let kind = expect.outcome.unwrap_or(OutcomeKind::Passed);
+        (format!("{kind:?}"), outcome.kind() == kind)
+    };
+    TaskReport { index, outcome, expected, ok, note, output, pid, elapsed_ms: started.elapsed().as_millis() as u64, transcript }
+}
+
+fn tail(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
