@@ -67,7 +67,9 @@ fn request_text(out: &mut String, i: usize, d: &DecodedRequest) {
         let at = format!("@{}..{}", s.start, s.end);
         match s.kind {
             SpanKind::InitPrefix => {
-                let _ = writeln!(out, "  {at:<16} START_OF_INIT_MESSAGE (-8), length {}", s.end - s.start);
+                // The init message holds the header and the command.
+                let body = d.spans.iter().filter(|x| matches!(x.kind, SpanKind::Header | SpanKind::Command)).map(|x| x.end - x.start).sum::<usize>();
+                let _ = writeln!(out, "  {at:<16} START_OF_INIT_MESSAGE (-8), init message length {body}");
             }
             SpanKind::Header => {
                 let _ = writeln!(out, "  {at:<16} header: split_index {}", r.split_index);

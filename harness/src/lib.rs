@@ -8,6 +8,7 @@ pub mod protocol;
 pub mod pickle;
 pub mod pyenv;
 pub mod worker;
+pub mod golden;
 pub mod session;
 pub mod verdict;
 pub mod scenario;

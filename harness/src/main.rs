@@ -77,6 +77,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Record a golden from a real Spark JVM: runs COMMAND with PYSPARK_PYTHON set to a recording tap.
+    Record(fakejvm::golden::RecordArgs),
+    /// Replay goldens against live workers of the recorded version; compare the replies frame by frame.
+    Replay(fakejvm::golden::ReplayArgs),
+    /// (internal) The recording tap that `record` puts in place of PYSPARK_PYTHON.
+    #[command(hide = true)]
+    Tap(fakejvm::golden::TapArgs),
     /// Show or set up the Python env (interpreter, pyspark version, dialect).
     Env {
         #[command(flatten)]
@@ -108,6 +115,14 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // The tap stands in for a Python interpreter: it runs its own runtime and signal handling.
+    let cli = Cli {
+        command: match cli.command {
+            Command::Tap(args) => return ExitCode::from(fakejvm::golden::tap_main(args)),
+            other => other,
+        },
+        ..cli
+    };
     init_logging(cli.verbose);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     let result = rt.block_on(async {
@@ -120,6 +135,9 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             if let Some(b) = e.downcast_ref::<BadInput>() {
+                eprintln!("fakejvm: {b}");
+                ExitCode::from(2)
+            } else if let Some(b) = e.downcast_ref::<fakejvm::golden::BadInput>() {
                 eprintln!("fakejvm: {b}");
                 ExitCode::from(2)
             } else {
@@ -193,6 +211,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
                 Some(e) => Err(BadInput(format!("{}: does not decode as a {direction:?} stream of dialect {dialect:?}: {e}", file.display())).into()),
             }
         }
+        Command::Record(args) => fakejvm::golden::record_cmd(args).await,
+        Command::Replay(args) => fakejvm::golden::replay_cmd(args).await,
+        Command::Tap(_) => unreachable!("handled before the runtime starts"),
         Command::Env { env, action } => match action {
             None => {
                 let e = resolve_env(&env)?;

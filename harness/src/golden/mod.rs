@@ -1,0 +1,50 @@
+//! Golden streams recorded from a real Spark JVM, and their replay against real workers.
+//!
+//! - [`tap`]: `fakejvm tap`, the recording stand-in for PYSPARK_PYTHON between the JVM and the
+//!   real daemon or worker; it writes a [`spool`] as bytes pass.
+//! - [`record`]: `fakejvm record`, runs a Spark job with the tap and turns the spool into a
+//!   golden folder ([`format`]).
+//! - [`normalise`]: volatile fields (paths, ports, secrets, timings) found and replaced through
+//!   the typed protocol values of the dialect.
+//! - [`replay`]: `fakejvm replay`, sends the recorded requests to a live worker of the recorded
+//!   version and mode and compares the replies frame by frame; `--bless` accepts a change.
+
+pub mod format;
+pub mod normalise;
+pub mod record;
+pub mod replay;
+pub mod spool;
+pub mod tap;
+
+pub use format::{Golden, Index};
+pub use record::{record_cmd, RecordArgs};
+pub use replay::{replay_cmd, replay_golden, ReplayArgs, ReplayOptions, GoldenReport};
+pub use tap::{tap_main, TapArgs};
+
+use std::path::Path;
+
+/// Input the user has to fix (a broken golden index, a missing file, a wrong flag): one line
+/// naming the file and the problem. The CLI exits with 2 on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+impl BadInput {
+    pub fn new(file: &Path, problem: impl std::fmt::Display) -> BadInput {
+        let text = format!("{}: {problem}", file.display());
+        BadInput(text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
+    }
+}
+
+/// Write to a temporary file beside `path`, then rename over it: a reader (or a crash) never sees
+/// half a file. Unlike report::write_atomic the file is world-readable (0644): golden files are
+/// meant to be committed and read.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".fakejvm-").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}

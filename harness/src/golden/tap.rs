@@ -1,0 +1,840 @@
+//! The recording tap: `fakejvm tap` stands in for PYSPARK_PYTHON between a real Spark JVM and
+//! the real Python daemon or worker, and records every byte that passes.
+//!
+//! How Spark's `PythonWorkerFactory` (4.x) starts Python, and what the tap does in between:
+//! - daemon: `$PYSPARK_PYTHON -m pyspark.daemon pyspark.worker` with PYTHON_WORKER_FACTORY_SECRET
+//!   (TCP) or PYTHON_UNIX_DOMAIN_ENABLED + PYTHON_WORKER_FACTORY_SOCK_DIR (4.1+). The JVM reads a
+//!   port (i32) or a socket path (i32 length + UTF-8, which must exist) from stdout, connects per
+//!   worker, writes pids to kill on stdin and closes stdin to stop it. The tap starts the real
+//!   daemon with the same arguments and environment, reads its announce, listens itself, announces
+//!   its own address, and per JVM connection connects to the real daemon and proxies.
+//! - direct (spark.python.use.daemon=false): `$PYSPARK_PYTHON -m pyspark.worker` with
+//!   PYTHON_WORKER_FACTORY_PORT + SECRET (TCP) or PYTHON_WORKER_FACTORY_SOCK_PATH (4.1+): the
+//!   worker connects back to the JVM. The tap listens itself, starts the real worker pointed at
+//!   the tap, accepts it, connects to the JVM, and proxies.
+//! - anything else (the driver's own uses of PYSPARK_PYTHON): exec'd straight to the real Python.
+//!
+//! Spark deletes broadcast files after the job, so the tap decodes each request as it passes
+//! and copies the files it names while they still exist.
+//!
+//! The real process leads its own process group, which is SIGKILLed when the tap ends (also on
+//! SIGTERM, which is how the JVM's `Process.destroy()` stops a direct worker).
+
+use super::spool::{self, ConnMeta, Exit, Role, TapMeta, Transport};
+use super::write_atomic;
+use crate::protocol::{decode_requests, BroadcastOp, Dialect};
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::process::{Child, Command};
+
+/// `fakejvm tap`: not for people. `fakejvm record` writes a launcher that runs it as PYSPARK_PYTHON.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TapArgs {
+    /// The real Python interpreter (with pyspark) that does the work.
+    #[arg(long, value_name = "PATH")]
+    pub real_python: PathBuf,
+    /// Directory the recording goes to (one `tap-<pid>/` per tap process).
+    #[arg(long, value_name = "DIR")]
+    pub spool: PathBuf,
+    /// pyspark version of the real Python: picks the dialect used to find broadcast files.
+    #[arg(long, value_name = "VERSION")]
+    pub pyspark: String,
+    /// The arguments the JVM gave PYSPARK_PYTHON.
+    #[arg(last = true, allow_hyphen_values = true)]
+    pub args: Vec<OsString>,
+}
+
+/// How long the real daemon may take to announce its address (it imports pyspark first).
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Spark waits 10 s for a direct worker to connect back; the tap waits a little longer for its
+/// own worker, so the JVM's timeout is the one that fires.
+const CONNECT_BACK_TIMEOUT: Duration = Duration::from_secs(15);
+/// After the JVM closed the daemon's stdin: how long the daemon and open connections get.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the tap; returns the exit status to end with (the real process's). Call it outside any
+/// tokio runtime: it builds its own. Prints problems to stderr, which the JVM copies to its log;
+/// stdout belongs to the protocol (the daemon's announce).
+pub fn tap_main(args: TapArgs) -> u8 {
+    let utf8: Option<Vec<String>> = args.args.iter().map(|a| a.clone().into_string().ok()).collect();
+    let role = utf8.as_deref().and_then(Role::of_args);
+    let Some(role) = role else {
+        return exec_real(&args.real_python, &args.args);
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fakejvm tap: cannot build a tokio runtime: {e}");
+            return 70;
+        }
+    };
+    let tap = match Tap::new(args, utf8.unwrap_or_default(), role) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            eprintln!("fakejvm tap: {e}");
+            return 70;
+        }
+    };
+    let exit = rt.block_on(async {
+        let r = match role {
+            Role::Daemon => run_daemon(tap.clone()).await,
+            Role::Direct => run_direct(tap.clone()).await,
+        };
+        match r {
+            Ok(exit) => exit,
+            Err(e) => {
+                eprintln!("fakejvm tap: {e:#}");
+                tap.error(format!("{e:#}"));
+                None
+            }
+        }
+    });
+    tap.finish(exit);
+    // Background stdin readers may still block in a thread: leave without waiting for them.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    match exit {
+        Some(Exit::Code(c)) => c as u8,
+        Some(Exit::Signal(s)) => (128 + s) as u8,
+        None => 70,
+    }
+}
+
+fn exec_real(python: &Path, args: &[OsString]) -> u8 {
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new(python).args(args).exec();
+    eprintln!("fakejvm tap: could not exec {}: {err}", python.display());
+    127
+}
+
+/// What one tap process shares between its tasks.
+struct Tap {
+    args: TapArgs,
+    dir: PathBuf,
+    dialect: Option<Dialect>,
+    meta: Mutex<TapMeta>,
+    conns: Mutex<Vec<Arc<ConnRecorder>>>,
+    copied: Mutex<BTreeSet<i64>>,
+}
+
+impl Tap {
+    fn new(args: TapArgs, utf8_args: Vec<String>, role: Role) -> anyhow::Result<Tap> {
+        let transport = match role {
+            Role::Daemon if env_is_true("PYTHON_UNIX_DOMAIN_ENABLED") => Transport::Unix,
+            // 4.1+ worker.py takes the socket branch only with SOCK_PATH set and no SECRET.
+            Role::Direct if std::env::var_os("PYTHON_WORKER_FACTORY_SOCK_PATH").is_some()
+                && std::env::var_os("PYTHON_WORKER_FACTORY_SECRET").is_none() =>
+            {
+                Transport::Unix
+            }
+            _ => Transport::Tcp,
+        };
+        let dir = spool::tap_dir(&args.spool, std::process::id());
+        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create the spool dir {}: {e}", dir.display()))?;
+        let dialect = args.pyspark.parse::<crate::pyenv::PysparkVersion>().ok().and_then(|v| Dialect::for_version(v.major, v.minor));
+        let meta = TapMeta {
+            role,
+            transport,
+            args: utf8_args,
+            env: spool::worker_env(),
+            tap_pid: std::process::id(),
+            real_pid: None,
+            started_unix_ms: spool::now_unix_us() / 1000,
+            ended_unix_ms: None,
+            exit: None,
+            errors: vec![],
+            real_announce: None,
+            tap_announce: None,
+        };
+        let tap = Tap { args, dir, dialect, meta: Mutex::new(meta), conns: Mutex::new(vec![]), copied: Mutex::new(BTreeSet::new()) };
+        if tap.dialect.is_none() {
+            tap.error(format!("pyspark version {:?} has no known dialect: broadcast files are not copied", tap.args.pyspark));
+        }
+        tap.write_meta();
+        Ok(tap)
+    }
+
+    fn transport(&self) -> Transport {
+        lock(&self.meta).transport
+    }
+
+    fn error(&self, e: String) {
+        lock(&self.meta).errors.push(e);
+    }
+
+    fn write_meta(&self) {
+        let bytes = serde_json::to_vec_pretty(&*lock(&self.meta)).unwrap_or_default();
+        if let Err(e) = write_atomic(&self.dir.join(spool::META), &bytes) {
+            eprintln!("fakejvm tap: cannot write {}: {e}", self.dir.join(spool::META).display());
+        }
+    }
+
+    fn finish(&self, exit: Option<Exit>) {
+        for c in lock(&self.conns).iter() {
+            c.close();
+        }
+        {
+            let mut m = lock(&self.meta);
+            m.exit = exit;
+            m.ended_unix_ms = Some(spool::now_unix_us() / 1000);
+        }
+        self.write_meta();
+    }
+
+    fn new_conn(self: &Arc<Self>) -> std::io::Result<Arc<ConnRecorder>> {
+        let mut conns = lock(&self.conns);
+        let k = conns.len();
+        let open = |what: &str| std::fs::OpenOptions::new().create(true).append(true).open(spool::conn_file(&self.dir, k, what));
+        let rec = Arc::new(ConnRecorder {
+            tap: Arc::downgrade(self),
+            dir: self.dir.clone(),
+            state: Mutex::new(ConnState {
+                meta: ConnMeta { index: k, opened_unix_us: spool::now_unix_us(), ..ConnMeta::default() },
+                to_worker_file: open("to_worker.bin")?,
+                to_jvm_file: open("to_jvm.bin")?,
+                last_was_jvm: false,
+                jvm_closed: false,
+                requests: Vec::new(),
+                handshake_len: None,
+                decoded_upto: 0,
+            }),
+        });
+        rec.write_meta();
+        conns.push(rec.clone());
+        Ok(rec)
+    }
+
+    /// Copy broadcast files named by a request, while Spark still has them.
+    fn copy_broadcasts(&self, ops: &[BroadcastOp], meta: &mut ConnMeta) {
+        for op in ops {
+            let BroadcastOp::Add { id, path } = op else { continue };
+            if !meta.broadcasts.contains(id) {
+                meta.broadcasts.push(*id);
+            }
+            if !lock(&self.copied).insert(*id) {
+                continue;
+            }
+            let Some(path) = path else {
+                meta.errors.push(format!("broadcast {id} came through the decryption server: its value is not recorded"));
+                continue;
+            };
+            let dest = spool::broadcast_file(&self.args.spool, *id);
+            if let Err(e) = std::fs::copy(path, &dest) {
+                meta.errors.push(format!("copying broadcast {id} from {path}: {e}"));
+            }
+        }
+    }
+}
+
+struct ConnRecorder {
+    tap: std::sync::Weak<Tap>,
+    dir: PathBuf,
+    state: Mutex<ConnState>,
+}
+
+struct ConnState {
+    meta: ConnMeta,
+    to_worker_file: std::fs::File,
+    to_jvm_file: std::fs::File,
+    last_was_jvm: bool,
+    /// The JVM has closed its side (EOF on JVM -> worker).
+    jvm_closed: bool,
+    /// The JVM -> worker bytes so far, to find broadcast files in the requests.
+    requests: Vec<u8>,
+    handshake_len: Option<usize>,
+    /// Offset in `requests` (after the handshake) up to which whole requests were decoded.
+    decoded_upto: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    ToWorker,
+    ToJvm,
+}
+
+impl ConnRecorder {
+    /// Called with each chunk BEFORE it is forwarded, so the order recorded here is the order in
+    /// which each side could have seen the bytes.
+    fn record(&self, dir: Dir, chunk: &[u8]) {
+        let mut st = lock(&self.state);
+        let st = &mut *st;
+        let res = match dir {
+            Dir::ToWorker => {
+                if st.last_was_jvm {
+                    st.meta.turns.push((st.meta.to_worker_bytes, st.meta.to_jvm_bytes));
+                }
+                st.last_was_jvm = false;
+                st.meta.to_worker_bytes += chunk.len() as u64;
+                st.requests.extend_from_slice(chunk);
+                st.to_worker_file.write_all(chunk)
+            }
+            Dir::ToJvm => {
+                st.last_was_jvm = true;
+                st.meta.to_jvm_bytes += chunk.len() as u64;
+                st.to_jvm_file.write_all(chunk)
+            }
+        };
+        if let Err(e) = res {
+            st.meta.errors.push(format!("writing the spool: {e}"));
+        }
+        // A request ends with the final int, -4 (END_OF_STREAM): only then is a decode worth it.
+        if dir == Dir::ToWorker && st.requests.ends_with(&(-4i32).to_be_bytes()) {
+            self.scan_requests(st);
+        }
+    }
+
+    fn scan_requests(&self, st: &mut ConnState) {
+        let Some(tap) = self.tap.upgrade() else { return };
+        let Some(dialect) = tap.dialect else { return };
+        if st.handshake_len.is_none() {
+            st.handshake_len = spool::to_worker_handshake_len(tap.transport(), &st.requests);
+        }
+        let Some(hs) = st.handshake_len else { return };
+        let Some(rest) = st.requests.get(hs + st.decoded_upto..) else { return };
+        let (reqs, _incomplete) = decode_requests(dialect, rest);
+        for r in &reqs {
+            tap.copy_broadcasts(&r.request.broadcasts.ops, &mut st.meta);
+            st.decoded_upto += r.spans.iter().map(|s| s.end).max().unwrap_or(0) - r.spans.iter().map(|s| s.start).min().unwrap_or(0);
+        }
+    }
+
+    fn close(&self) {
+        {
+            let mut st = lock(&self.state);
+            if st.meta.closed_unix_us.is_some() {
+                return;
+            }
+            st.meta.closed_unix_us = Some(spool::now_unix_us());
+            let st = &mut *st;
+            self.scan_requests(st);
+        }
+        self.write_meta();
+    }
+
+    fn error(&self, e: String) {
+        lock(&self.state).meta.errors.push(e);
+    }
+
+    fn jvm_closed(&self) -> bool {
+        lock(&self.state).jvm_closed
+    }
+
+    fn write_meta(&self) {
+        let (k, bytes) = {
+            let st = lock(&self.state);
+            (st.meta.index, serde_json::to_vec_pretty(&st.meta).unwrap_or_default())
+        };
+        let _ = write_atomic(&spool::conn_file(&self.dir, k, "json"), &bytes);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Daemon
+
+async fn run_daemon(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
+    let transport = tap.transport();
+    let mut cmd = Command::new(&tap.args.real_python);
+    cmd.args(&tap.args.args);
+    let mut real = OwnedChild::spawn(cmd, true)?;
+    lock(&tap.meta).real_pid = Some(real.pid);
+    tap.write_meta();
+    let mut real_stdout = real.child.stdout.take().expect("piped");
+    let real_stderr = real.child.stderr.take().expect("piped");
+    let real_stdin = real.child.stdin.take().expect("piped");
+    tokio::spawn(forward_output(real_stderr, std_fd(2), tap.dir.join("stderr.bin")));
+
+    // Where the real daemon listens, and where we listen in its place.
+    let announce = tokio::time::timeout(ANNOUNCE_TIMEOUT, read_announce(&mut real_stdout, transport)).await;
+    let real_addr = match announce {
+        Err(_) => anyhow::bail!("the real daemon did not announce its address within {ANNOUNCE_TIMEOUT:?}"),
+        Ok(Err(e)) => {
+            // Let the JVM see the daemon's own complaint (it reads our stderr on failure).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            anyhow::bail!("reading the real daemon's announce: {e}");
+        }
+        Ok(Ok(a)) => a,
+    };
+    let listener = Listener::bind_like(&real_addr).await?;
+    {
+        let mut m = lock(&tap.meta);
+        m.real_announce = Some(real_addr.to_string());
+        m.tap_announce = Some(listener.addr.to_string());
+    }
+    tap.write_meta();
+    let mut stdout = std_fd(1);
+    stdout.write_all(&listener.addr.announce_bytes()).await?;
+    stdout.flush().await?;
+    // Forked workers inherit the daemon's stdout (prints, 4.1+ JSON logs): keep passing it on.
+    tokio::spawn(forward_output(real_stdout, stdout, tap.dir.join("stdout.bin")));
+
+    let (stdin_closed_tx, mut stdin_closed) = tokio::sync::watch::channel(false);
+    let (stdin_back_tx, stdin_back) = tokio::sync::oneshot::channel();
+    tokio::spawn(forward_stdin(real_stdin, tap.dir.join("stdin.bin"), stdin_closed_tx, stdin_back_tx));
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut proxies = tokio::task::JoinSet::new();
+    let why = loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let jvm = match accepted {
+                    Ok(s) => s,
+                    Err(e) => { tap.error(format!("accepting a JVM connection: {e}")); continue; }
+                };
+                let tap2 = tap.clone();
+                let addr = real_addr.clone();
+                proxies.spawn(async move {
+                    let rec = match tap2.new_conn() {
+                        Ok(r) => r,
+                        Err(e) => { tap2.error(format!("opening spool files: {e}")); return; }
+                    };
+                    match addr.connect().await {
+                        Ok(daemon) => proxy(rec.clone(), jvm, daemon).await,
+                        Err(e) => rec.error(format!("connecting to the real daemon at {addr}: {e}")),
+                    }
+                    rec.close();
+                });
+            }
+            _ = stdin_closed.wait_for(|c| *c) => break "the JVM closed the daemon's stdin",
+            status = real.child.wait() => {
+                real.reaped = true;
+                let exit = status.map(Exit::from_status).ok();
+                tap.error(format!("the real daemon exited on its own ({exit:?})"));
+                break "the real daemon exited";
+            }
+            _ = sigterm.recv() => break "SIGTERM",
+        }
+    };
+    tracing::debug!("tap: daemon ends: {why}");
+    // Spark closes its idle workers' sockets, then stops the daemon (stdin closed, or SIGTERM),
+    // which SIGHUPs its workers at once. A reused worker answers the close (an EOFError
+    // traceback that the JVM never reads): let the connections finish before the daemon is
+    // told, so the recording holds that answer every time instead of when the race allows.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async { while proxies.join_next().await.is_some() {} }).await;
+    match why {
+        "SIGTERM" => real.signal_leader(libc::SIGTERM),
+        // Handed back before `stdin_closed` fired; dropping it closes the daemon's stdin.
+        "the JVM closed the daemon's stdin" => drop(stdin_back.await),
+        _ => {}
+    }
+    let exit = real.wait_for(SHUTDOWN_GRACE).await;
+    // The daemon SIGHUPs its forked workers when it stops; their sockets close, and so do our
+    // proxies. Anything still open after the grace is cut.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while proxies.join_next().await.is_some() {} }).await;
+    proxies.abort_all();
+    real.kill_group();
+    Ok(exit)
+}
+
+/// Copies our stdin (pids the JVM asks to kill) to the real daemon's. At EOF it signals `closed`
+/// and hands the daemon's stdin back instead of closing it: closing it is the daemon's shutdown,
+/// which the caller times.
+async fn forward_stdin(
+    mut real_stdin: tokio::process::ChildStdin,
+    log: PathBuf,
+    closed: tokio::sync::watch::Sender<bool>,
+    give_back: tokio::sync::oneshot::Sender<tokio::process::ChildStdin>,
+) {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).ok();
+    let mut stdin = std_fd(0);
+    let mut buf = [0u8; 4096];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if let Some(f) = file.as_mut() {
+                    let _ = f.write_all(&buf[..n]);
+                }
+                // A daemon that has gone cannot take kill requests; keep reading until EOF anyway.
+                let _ = real_stdin.write_all(&buf[..n]).await;
+                let _ = real_stdin.flush().await;
+            }
+        }
+    }
+    let _ = give_back.send(real_stdin);
+    let _ = closed.send(true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Direct worker
+
+async fn run_direct(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
+    let transport = tap.transport();
+    let jvm_addr = match transport {
+        Transport::Tcp => {
+            let port: u16 = env_str("PYTHON_WORKER_FACTORY_PORT")
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("PYTHON_WORKER_FACTORY_PORT is not set to a port: the JVM did not start a direct worker"))?;
+            Addr::Tcp(SocketAddr::new(loopback(), port))
+        }
+        Transport::Unix => Addr::Unix(PathBuf::from(env_str("PYTHON_WORKER_FACTORY_SOCK_PATH").unwrap_or_default())),
+    };
+    let listener = Listener::bind_like(&jvm_addr).await?;
+    {
+        let mut m = lock(&tap.meta);
+        m.real_announce = Some(jvm_addr.to_string());
+        m.tap_announce = Some(listener.addr.to_string());
+    }
+    let mut cmd = Command::new(&tap.args.real_python);
+    cmd.args(&tap.args.args);
+    match &listener.addr {
+        Addr::Tcp(a) => cmd.env("PYTHON_WORKER_FACTORY_PORT", a.port().to_string()),
+        Addr::Unix(p) => cmd.env("PYTHON_WORKER_FACTORY_SOCK_PATH", p),
+    };
+    // Spark leaves a direct worker's stdin as an open pipe; ours is that pipe.
+    let mut real = OwnedChild::spawn(cmd, false)?;
+    lock(&tap.meta).real_pid = Some(real.pid);
+    tap.write_meta();
+    tokio::spawn(forward_output(real.child.stdout.take().expect("piped"), std_fd(1), tap.dir.join("stdout.bin")));
+    tokio::spawn(forward_output(real.child.stderr.take().expect("piped"), std_fd(2), tap.dir.join("stderr.bin")));
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let worker = tokio::select! {
+        a = tokio::time::timeout(CONNECT_BACK_TIMEOUT, listener.accept()) => match a {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => { tap.error(format!("accepting the real worker: {e}")); None }
+            Err(_) => { tap.error(format!("the real worker did not connect within {CONNECT_BACK_TIMEOUT:?}")); None }
+        },
+        status = real.child.wait() => {
+            real.reaped = true;
+            tap.error(format!("the real worker exited before connecting ({:?})", status.map(Exit::from_status).ok()));
+            None
+        }
+        _ = sigterm.recv() => { real.signal_leader(libc::SIGTERM); None }
+    };
+    drop(listener);
+    if let Some(worker) = worker {
+        let rec = tap.new_conn()?;
+        match jvm_addr.connect().await {
+            Ok(jvm) => {
+                tokio::select! {
+                    _ = proxy(rec.clone(), jvm, worker) => {}
+                    _ = sigterm.recv() => { real.signal_leader(libc::SIGTERM); }
+                }
+            }
+            Err(e) => rec.error(format!("connecting to the JVM at {jvm_addr}: {e}")),
+        }
+        rec.close();
+    }
+    let exit = real.wait_for(SHUTDOWN_GRACE).await;
+    real.kill_group();
+    Ok(exit)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sockets
+
+#[derive(Clone, Debug)]
+enum Addr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Addr::Tcp(a) => write!(f, "{a}"),
+            Addr::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Addr {
+    /// What a daemon prints on stdout: the port as an i32, or the path as i32 length + UTF-8.
+    fn announce_bytes(&self) -> Vec<u8> {
+        match self {
+            Addr::Tcp(a) => (a.port() as i32).to_be_bytes().to_vec(),
+            Addr::Unix(p) => {
+                let s = p.to_string_lossy();
+                let mut v = (s.len() as i32).to_be_bytes().to_vec();
+                v.extend_from_slice(s.as_bytes());
+                v
+            }
+        }
+    }
+
+    async fn connect(&self) -> std::io::Result<Stream> {
+        let fut = async {
+            Ok(match self {
+                Addr::Tcp(a) => {
+                    let s = TcpStream::connect(a).await?;
+                    s.set_nodelay(true)?;
+                    Stream::Tcp(s)
+                }
+                Addr::Unix(p) => Stream::Unix(UnixStream::connect(p).await?),
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out after 10 s")))
+    }
+}
+
+fn loopback() -> IpAddr {
+    // Spark's SPARK_PREFER_IPV6 makes pyspark bind and connect to ::1 instead of 127.0.0.1.
+    if env_is_true("SPARK_PREFER_IPV6") {
+        IpAddr::V6(Ipv6Addr::LOCALHOST)
+    } else {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    }
+}
+
+async fn read_announce<R: AsyncRead + Unpin>(r: &mut R, transport: Transport) -> anyhow::Result<Addr> {
+    let first = r.read_i32().await?;
+    match transport {
+        Transport::Tcp => {
+            let port = u16::try_from(first).ok().filter(|p| *p > 0).ok_or_else(|| anyhow::anyhow!("{first} is not a port"))?;
+            Ok(Addr::Tcp(SocketAddr::new(loopback(), port)))
+        }
+        Transport::Unix => {
+            if !(1..=4096).contains(&first) {
+                anyhow::bail!("socket path length {first} is out of range");
+            }
+            let mut body = vec![0u8; first as usize];
+            r.read_exact(&mut body).await?;
+            Ok(Addr::Unix(PathBuf::from(String::from_utf8(body)?)))
+        }
+    }
+}
+
+struct Listener {
+    inner: ListenerKind,
+    addr: Addr,
+}
+
+enum ListenerKind {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Listen the way `like` does: TCP on the same loopback address, or a Unix socket in the
+    /// same directory (Spark passes that directory to the daemon; paths must stay short).
+    async fn bind_like(like: &Addr) -> anyhow::Result<Listener> {
+        match like {
+            Addr::Tcp(a) => {
+                let l = TcpListener::bind(SocketAddr::new(a.ip(), 0)).await?;
+                let addr = Addr::Tcp(l.local_addr()?);
+                Ok(Listener { inner: ListenerKind::Tcp(l), addr })
+            }
+            Addr::Unix(p) => {
+                let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("/tmp"));
+                let path = dir.join(format!(".fakejvm-tap-{}-{}.sock", std::process::id(), hex::encode(rand::random::<[u8; 4]>())));
+                let l = UnixListener::bind(&path).map_err(|e| anyhow::anyhow!("listening on {}: {e}", path.display()))?;
+                Ok(Listener { inner: ListenerKind::Unix(l), addr: Addr::Unix(path) })
+            }
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<Stream> {
+        match &self.inner {
+            ListenerKind::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+            ListenerKind::Unix(l) => Ok(Stream::Unix(l.accept().await?.0)),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Addr::Unix(p) = &self.addr {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+impl Stream {
+    fn split(self) -> (BoxRead, BoxWrite) {
+        match self {
+            Stream::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Stream::Unix(s) => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+        }
+    }
+}
+
+/// Both directions at once until both have ended; each EOF is passed on as a half-close, so
+/// whoever closes first is seen closing by the other side, as without the tap.
+async fn proxy(rec: Arc<ConnRecorder>, jvm: Stream, worker: Stream) {
+    let (jr, jw) = jvm.split();
+    let (wr, ww) = worker.split();
+    let a = pump(rec.clone(), Dir::ToWorker, jr, ww);
+    let b = pump(rec.clone(), Dir::ToJvm, wr, jw);
+    tokio::join!(a, b);
+}
+
+async fn pump(rec: Arc<ConnRecorder>, dir: Dir, mut from: BoxRead, mut to: BoxWrite) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut deliver = true;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => {
+                rec.error(format!("reading {}: {e}", dir_name(dir)));
+                break;
+            }
+        };
+        rec.record(dir, &buf[..n]);
+        if deliver {
+            if let Err(e) = to.write_all(&buf[..n]).await {
+                // A worker answering the JVM's close writes to a socket the JVM has shut: that
+                // answer is still recorded (the point of the tap); anything else is worth a note.
+                if !(dir == Dir::ToJvm && rec.jvm_closed()) {
+                    rec.error(format!("passing on {}: {e}", dir_name(dir)));
+                }
+                deliver = false;
+            }
+        }
+    }
+    if dir == Dir::ToWorker {
+        lock(&rec.state).jvm_closed = true;
+    }
+    let _ = to.shutdown().await;
+}
+
+fn dir_name(d: Dir) -> &'static str {
+    match d {
+        Dir::ToWorker => "JVM -> worker",
+        Dir::ToJvm => "worker -> JVM",
+    }
+}
+
+/// Pass a child's output on to ours, keeping a copy in the spool.
+async fn forward_output<R, W>(mut from: R, mut to: W, log: PathBuf)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).ok();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if let Some(f) = file.as_mut() {
+                    let _ = f.write_all(&buf[..n]);
+                }
+                let _ = to.write_all(&buf[..n]).await;
+                let _ = to.flush().await;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real process
+
+/// The real daemon or worker: leads its own process group, which is SIGKILLed on drop.
+struct OwnedChild {
+    child: Child,
+    pid: i32,
+    reaped: bool,
+}
+
+impl OwnedChild {
+    fn spawn(mut cmd: Command, pipe_stdin: bool) -> anyhow::Result<OwnedChild> {
+        cmd.stdin(if pipe_stdin { std::process::Stdio::piped() } else { std::process::Stdio::inherit() })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = cmd.spawn().map_err(|e| anyhow::anyhow!("starting the real Python: {e}"))?;
+        let pid = child.id().expect("a just-spawned child has a pid") as i32;
+        Ok(OwnedChild { child, pid, reaped: false })
+    }
+
+    fn signal_leader(&self, sig: i32) {
+        if !self.reaped {
+            unsafe {
+                libc::kill(self.pid, sig);
+            }
+        }
+    }
+
+    async fn wait_for(&mut self, grace: Duration) -> Option<Exit> {
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(Ok(status)) => {
+                self.reaped = true;
+                Some(Exit::from_status(status))
+            }
+            _ => None,
+        }
+    }
+
+    /// SIGKILL the group. Once the leader is reaped its pgid may be reused by a stranger when no
+    /// member is left, so then only a group with live members is signalled.
+    fn kill_group(&mut self) {
+        if self.pid <= 1 {
+            return;
+        }
+        if !self.reaped || !crate::worker::leftover_processes(&[self.pid]).is_empty() {
+            unsafe {
+                libc::killpg(self.pid, libc::SIGKILL);
+            }
+        }
+        if !self.reaped {
+            if let Ok(Some(_)) | Err(_) = self.child.try_wait() {
+                self.reaped = true;
+            }
+        }
+    }
+}
+
+impl Drop for OwnedChild {
+    fn drop(&mut self) {
+        self.kill_group();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// One of our standard streams as an async file (a dup of the fd, so closing it leaves ours open).
+/// tokio's file I/O runs on its blocking pool, so a slow reader on the JVM side never stalls the
+/// proxies.
+fn std_fd(fd: i32) -> tokio::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: dup returns a new descriptor that nothing else owns.
+    let dup = unsafe { libc::dup(fd) };
+    if dup < 0 {
+        // No such stream (the JVM always gives all three): /dev/null reads EOF and takes writes.
+        let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").expect("/dev/null");
+        return tokio::fs::File::from_std(null);
+    }
+    tokio::fs::File::from_std(unsafe { std::fs::File::from_raw_fd(dup) })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn env_str(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// pyspark compares these case-insensitively with "true"; the JVM sends "True".
+fn env_is_true(name: &str) -> bool {
+    env_str(name).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
