@@ -62,6 +62,21 @@ enum Command {
         #[arg(long)]
         transcripts: bool,
     },
+    /// The main job: run the bundled scenarios (default env) and replay the bundled goldens
+    /// (each against its recorded pyspark version). Run from the repository root.
+    Check {
+        #[command(flatten)]
+        env: EnvArgs,
+        /// Scenario files or directories.
+        #[arg(long, default_value = "scenarios")]
+        scenarios: PathBuf,
+        /// Golden folders or directories.
+        #[arg(long, default_value = "golden")]
+        golden: PathBuf,
+        /// Write the scenarios' machine-readable report here (written atomically).
+        #[arg(long, value_name = "PATH")]
+        json: Option<PathBuf>,
+    },
     /// Print a captured stream frame by frame as readable text.
     Decode {
         file: PathBuf,
@@ -166,36 +181,22 @@ fn resolve_env(args: &EnvArgs) -> anyhow::Result<PythonEnv> {
 async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
     match cmd {
         Command::Run { env, paths, dialect, json, deadline_ms, transcripts } => {
-            // Parse every file before starting anything: a broken file is exit 2, not a failure.
-            let files = scenario::collect_files(&paths).map_err(|e| BadInput(e.to_string()))?;
-            if files.is_empty() {
-                return Err(BadInput(format!("no scenario files (*.json) under {}", paths_text(&paths))).into());
-            }
-            let mut scenarios = vec![];
-            for f in &files {
-                scenarios.push((f.clone(), Scenario::load(f).map_err(|e| BadInput(e.to_string()))?));
-            }
-            let env = resolve_env(&env)?;
-            // Build every command up front: a function that does not compile is a broken
-            // scenario file (exit 2), found before any worker starts. Builds are cached on disk.
-            for (f, s) in &scenarios {
-                let specs: Vec<_> = s.tasks.iter().map(scenario::command_spec).collect();
-                pyenv::build_commands(&env, &specs).map_err(|e| BadInput(format!("{}: {}", f.display(), one_line(&e.to_string()))))?;
-            }
             let opts = RunOptions { dialect, deadline: deadline_ms.map(Duration::from_millis), keep_transcripts: transcripts };
-            let mut reports = vec![];
-            for (f, s) in &scenarios {
-                let r = scenario::run_scenario(&env, f, s, &opts).await;
-                println!("{}", report::scenario_lines(&r));
-                reports.push(r);
-            }
-            let summary = Summary::of(&reports);
-            println!("{}", summary.line(&env.pyspark.to_string()));
-            if let Some(path) = json {
-                report::write_json(&path, &env.pyspark.to_string(), &env.python, &reports)
-                    .with_context(|| format!("writing the JSON report {}", path.display()))?;
-            }
-            Ok(if reports.iter().any(|r| r.status == Status::Failed) { 1 } else { 0 })
+            run_scenarios(&env, &paths, &opts, json.as_deref()).await
+        }
+        Command::Check { env, scenarios, golden, json } => {
+            println!("== scenarios ({})", scenarios.display());
+            let a = run_scenarios(&env, &[scenarios], &RunOptions::default(), json.as_deref()).await?;
+            println!("== goldens ({})", golden.display());
+            let b = fakejvm::golden::replay_cmd(fakejvm::golden::ReplayArgs {
+                paths: vec![golden],
+                bless: false,
+                python: None,
+                deadline_ms: 30_000,
+                jobs: 2,
+            })
+            .await?;
+            Ok(a.max(b))
         }
         Command::Decode { file, dialect, direction, skip, json } => {
             let bytes = std::fs::read(&file).map_err(|e| BadInput(format!("{}: cannot read: {e}", file.display())))?;
@@ -239,6 +240,38 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
             }
         },
     }
+}
+
+async fn run_scenarios(env: &EnvArgs, paths: &[PathBuf], opts: &RunOptions, json: Option<&std::path::Path>) -> anyhow::Result<u8> {
+    // Parse every file before starting anything: a broken file is exit 2, not a failure.
+    let files = scenario::collect_files(paths).map_err(|e| BadInput(e.to_string()))?;
+    if files.is_empty() {
+        return Err(BadInput(format!("no scenario files (*.json) under {}", paths_text(paths))).into());
+    }
+    let mut scenarios = vec![];
+    for f in &files {
+        scenarios.push((f.clone(), Scenario::load(f).map_err(|e| BadInput(e.to_string()))?));
+    }
+    let env = resolve_env(env)?;
+    // Build every command up front: a function that does not compile is a broken
+    // scenario file (exit 2), found before any worker starts. Builds are cached on disk.
+    for (f, s) in &scenarios {
+        let specs: Vec<_> = s.tasks.iter().map(scenario::command_spec).collect();
+        pyenv::build_commands(&env, &specs).map_err(|e| BadInput(format!("{}: {}", f.display(), one_line(&e.to_string()))))?;
+    }
+    let mut reports = vec![];
+    for (f, s) in &scenarios {
+        let r = scenario::run_scenario(&env, f, s, opts).await;
+        println!("{}", report::scenario_lines(&r));
+        reports.push(r);
+    }
+    let summary = Summary::of(&reports);
+    println!("{}", summary.line(&env.pyspark.to_string()));
+    if let Some(path) = json {
+        report::write_json(path, &env.pyspark.to_string(), &env.python, &reports)
+            .with_context(|| format!("writing the JSON report {}", path.display()))?;
+    }
+    Ok(if reports.iter().any(|r| r.status == Status::Failed) { 1 } else { 0 })
 }
 
 fn print_env(e: &PythonEnv) {
