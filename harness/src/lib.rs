@@ -14,3 +14,4 @@ pub mod verdict;
 pub mod scenario;
 pub mod decode;
 pub mod report;
+pub mod bench;

@@ -99,6 +99,8 @@ enum Command {
     /// (internal) The recording tap that `record` puts in place of PYSPARK_PYTHON.
     #[command(hide = true)]
     Tap(fakejvm::golden::TapArgs),
+    /// Throughput: fakejvm vs the worker alone vs a real Spark local[1] JVM, side by side.
+    Bench(fakejvm::bench::BenchArgs),
     /// Show or set up the Python env (interpreter, pyspark version, dialect).
     Env {
         #[command(flatten)]
@@ -212,6 +214,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
                 Some(e) => Err(BadInput(format!("{}: does not decode as a {direction:?} stream of dialect {dialect:?}: {e}", file.display())).into()),
             }
         }
+        Command::Bench(args) => fakejvm::bench::bench_cmd(args).await,
         Command::Record(args) => fakejvm::golden::record_cmd(args).await,
         Command::Replay(args) => fakejvm::golden::replay_cmd(args).await,
         Command::Tap(_) => unreachable!("handled before the runtime starts"),

@@ -1,6 +1,7 @@
 //! The core scenarios against a real worker of each request family (A: 4.0, B: 4.1, C: 4.2,
 //! D: 4.3): map over pickled batches, textFile UTF-8, a raising task, worker reuse, TaskContext,
-//! direct mode and (4.1+) Unix-domain sockets.
+//! direct mode and (4.1+) Unix-domain sockets; and the serialization scenarios (union, textFile
+//! mixing).
 
 mod common;
 use common::*;
@@ -10,6 +11,8 @@ use fakejvm::verdict::Outcome;
 async fn family(version: &str, expected_dialect: Dialect, not_applicable: &[&str]) {
     let env = env_for(version);
     let reports = run_dir(&env, "scenarios/core").await;
+    // Union and textFile deserializer mixing: same expectations in every family.
+    assert_all_passed(&run_dir(&env, "scenarios/serialization").await, &[]);
     for r in &reports {
         assert_eq!(r.dialect, expected_dialect, "{}", r.name);
     }
