@@ -11,6 +11,7 @@ pub mod worker;
 pub mod golden;
 pub mod session;
 pub mod verdict;
+pub mod faults;
 pub mod scenario;
 pub mod decode;
 pub mod report;

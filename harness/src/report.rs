@@ -24,6 +24,10 @@ pub fn scenario_lines(r: &ScenarioReport) -> String {
             out.push_str(&format!("\n      task {}: known behaviour, {n}", t.index));
         }
     }
+    if !r.faults.is_empty() {
+        out.push('\n');
+        out.push_str(&crate::faults::fault_lines(&r.faults));
+    }
     if !r.leftovers.is_empty() {
         let l: Vec<String> = r.leftovers.iter().map(|(p, c)| format!("{p} {c}")).collect();
         out.push_str(&format!("\n      leaked processes (killed): {}", l.join("; ")));

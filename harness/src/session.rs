@@ -7,10 +7,10 @@
 
 use crate::protocol::{Dialect, Reply, ReplyDecoder};
 use crate::wire::WireError;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// How the request bytes are put on the socket. Faults compile to these steps; a plain task is
 /// one `Write` of everything.
@@ -24,6 +24,48 @@ pub enum WriteStep {
     ShutdownWrite,
     /// Stop writing and leave the socket as it is.
     Stop,
+    /// Hand action `i` (a process or socket fault placed at this point of the request) to whoever
+    /// runs the task's actions, and wait until it is done: the action happens exactly here, while
+    /// the reader keeps reading.
+    Action(usize),
+}
+
+/// The writer's request to perform an action; answer on `done` when it has been performed.
+#[derive(Debug)]
+pub struct ActionRequest {
+    pub index: usize,
+    /// Request bytes written so far.
+    pub at_byte: u64,
+    /// Microseconds since the task started.
+    pub at_us: u64,
+    pub done: oneshot::Sender<AfterAction>,
+}
+
+/// What the session does once an action is done.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AfterAction {
+    Continue,
+    /// Stop writing and reading now (the caller is about to close or reset the connection); the
+    /// reply ends in `ReadFailure::Io` carrying `why`.
+    EndTask { why: String },
+    /// Stop reading now (the reply ends in `ReadFailure::Io` carrying `why`) but write the rest of
+    /// the plan: the JVM side stopped receiving, the worker cannot tell.
+    StopReading { why: String },
+}
+
+/// Why the reader was told to stop.
+#[derive(Clone, Debug, PartialEq)]
+enum Abort {
+    EndTask(String),
+    StopReading(String),
+}
+
+impl Abort {
+    fn why(&self) -> &str {
+        match self {
+            Abort::EndTask(w) | Abort::StopReading(w) => w,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -37,7 +79,7 @@ impl WritePlan {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     ToWorker,
@@ -121,6 +163,7 @@ impl Default for SessionOptions {
 
 /// One task on a connection. `reply_base` is the stream offset where this reply starts (after
 /// the pid on a fresh connection, after the previous reply on a reused one).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_task<R, W>(
     reader: &mut R,
     writer: &mut W,
@@ -135,16 +178,48 @@ where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
+    run_task_with_actions(reader, writer, dialect, request, plan, reply_base, opts, transcript, None).await
+}
+
+/// `run_task` for a plan with `WriteStep::Action`s: each is sent on `actions` and the writer waits
+/// for its answer. Whoever holds the receiver must serve it concurrently with this future (it
+/// ends when this future drops the sender). A plan with actions but no sender stops writing there
+/// and reports it as a write error.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_task_with_actions<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    dialect: Dialect,
+    request: &[u8],
+    plan: &WritePlan,
+    reply_base: u64,
+    opts: &SessionOptions,
+    transcript: &mut Transcript,
+    actions: Option<mpsc::Sender<ActionRequest>>,
+) -> TaskResult
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + opts.deadline;
     let (done_tx, done_rx) = watch::channel(false);
+    // Set by the writer when an action ends the task or the reading: the reader stops with this reason.
+    let (abort_tx, abort_rx) = watch::channel::<Option<Abort>>(None);
+    let stopped_reading = abort_rx.clone();
     let mut sent_events = vec![];
     let mut recv_events = vec![];
 
-    let write = write_plan(writer, request, plan, done_rx, started, opts.record_transcript, &mut sent_events);
+    let write = async {
+        let w = Writer { done: done_rx, started, record: opts.record_transcript, actions, abort: abort_tx };
+        w.run(writer, request, plan, &mut sent_events).await
+    };
     let read = async {
-        let r = read_reply(reader, dialect, reply_base, opts, started, &mut recv_events, deadline).await;
-        let _ = done_tx.send(true);
+        let r = read_reply(reader, dialect, reply_base, opts, started, &mut recv_events, deadline, abort_rx).await;
+        // After StopReading the writer goes on: it is not told that the reader is done.
+        if !matches!(*stopped_reading.borrow(), Some(Abort::StopReading(_))) {
+            let _ = done_tx.send(true);
+        }
         r
     };
     let ((bytes_sent, write_error), reply) = tokio::join!(write, read);
@@ -157,60 +232,96 @@ where
     TaskResult { reply, write_error, bytes_sent, elapsed_ms: started.elapsed().as_millis() as u64 }
 }
 
-async fn write_plan<W: AsyncWrite + Unpin + ?Sized>(
-    w: &mut W,
-    request: &[u8],
-    plan: &WritePlan,
-    mut done: watch::Receiver<bool>,
+/// The writing half of a task: follows the plan, stops as soon as the reader is finished.
+struct Writer {
+    done: watch::Receiver<bool>,
     started: Instant,
     record: bool,
-    events: &mut Vec<Event>,
-) -> (u64, Option<String>) {
-    let mut sent = 0u64;
-    for step in &plan.steps {
-        // Once the reader is finished (reply, EOF or deadline) nothing more is written: a worker
-        // that died or answered early must not keep us blocked on a full socket buffer.
-        if *done.borrow() {
-            break;
-        }
-        let res: std::io::Result<()> = match step {
-            WriteStep::Write { start, end, chunk } => {
-                let range = &request[(*start).min(request.len())..(*end).min(request.len())];
-                let size = chunk.unwrap_or(range.len()).max(1);
-                let mut res = Ok(());
-                for piece in range.chunks(size) {
-                    let r = tokio::select! {
-                        r = w.write_all(piece) => r.and(w.flush().await),
-                        _ = done.wait_for(|d| *d) => break,
-                    };
-                    if let Err(e) = r {
-                        res = Err(e);
-                        break;
-                    }
-                    sent += piece.len() as u64;
-                    if record {
-                        events.push(Event { at_us: started.elapsed().as_micros() as u64, dir: Direction::ToWorker, bytes: piece.to_vec() });
-                    }
-                }
-                res
-            }
-            WriteStep::Pause(d) => {
-                tokio::select! {
-                    _ = tokio::time::sleep(*d) => {},
-                    _ = done.wait_for(|d| *d) => {},
-                }
-                Ok(())
-            }
-            WriteStep::ShutdownWrite => w.shutdown().await,
-            WriteStep::Stop => break,
-        };
-        if let Err(e) = res {
-            return (sent, Some(format!("writing the request failed after {sent} bytes: {e}")));
-        }
-    }
-    (sent, None)
+    actions: Option<mpsc::Sender<ActionRequest>>,
+    abort: watch::Sender<Option<Abort>>,
 }
 
+impl Writer {
+    async fn run<W: AsyncWrite + Unpin + ?Sized>(
+        mut self,
+        w: &mut W,
+        request: &[u8],
+        plan: &WritePlan,
+        events: &mut Vec<Event>,
+    ) -> (u64, Option<String>) {
+        let started = self.started;
+        let mut sent = 0u64;
+        for step in &plan.steps {
+            // Once the reader is finished (reply, EOF or deadline) nothing more is written: a worker
+            // that died or answered early must not keep us blocked on a full socket buffer.
+            if *self.done.borrow() {
+                break;
+            }
+            let done = &mut self.done;
+            let res: std::io::Result<()> = match step {
+                WriteStep::Write { start, end, chunk } => {
+                    let range = &request[(*start).min(request.len())..(*end).min(request.len())];
+                    let size = chunk.unwrap_or(range.len()).max(1);
+                    let mut res = Ok(());
+                    for piece in range.chunks(size) {
+                        let r = tokio::select! {
+                            r = w.write_all(piece) => r.and(w.flush().await),
+                            _ = done.wait_for(|d| *d) => break,
+                        };
+                        if let Err(e) = r {
+                            res = Err(e);
+                            break;
+                        }
+                        sent += piece.len() as u64;
+                        if self.record {
+                            events.push(Event { at_us: started.elapsed().as_micros() as u64, dir: Direction::ToWorker, bytes: piece.to_vec() });
+                        }
+                    }
+                    res
+                }
+                WriteStep::Pause(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(*d) => {},
+                        _ = done.wait_for(|d| *d) => {},
+                    }
+                    Ok(())
+                }
+                WriteStep::ShutdownWrite => w.shutdown().await,
+                WriteStep::Stop => break,
+                WriteStep::Action(index) => {
+                    let Some(tx) = &self.actions else {
+                        return (sent, Some(format!("the write plan has action {index} but nobody performs actions; stopped after {sent} bytes")));
+                    };
+                    let (done_tx, done_rx) = oneshot::channel();
+                    let req = ActionRequest { index: *index, at_byte: sent, at_us: started.elapsed().as_micros() as u64, done: done_tx };
+                    // The performer is gone (or dropped the answer): nothing sensible can follow.
+                    let after = match tx.send(req).await {
+                        Ok(()) => done_rx.await.ok(),
+                        Err(_) => None,
+                    };
+                    match after {
+                        Some(AfterAction::Continue) => Ok(()),
+                        Some(AfterAction::EndTask { why }) => {
+                            let _ = self.abort.send(Some(Abort::EndTask(why)));
+                            break;
+                        }
+                        Some(AfterAction::StopReading { why }) => {
+                            let _ = self.abort.send(Some(Abort::StopReading(why)));
+                            Ok(())
+                        }
+                        None => return (sent, Some(format!("action {index} was not performed; stopped after {sent} bytes"))),
+                    }
+                }
+            };
+            if let Err(e) = res {
+                return (sent, Some(format!("writing the request failed after {sent} bytes: {e}")));
+            }
+        }
+        (sent, None)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn read_reply<R: AsyncRead + Unpin + ?Sized>(
     r: &mut R,
     dialect: Dialect,
@@ -219,6 +330,7 @@ async fn read_reply<R: AsyncRead + Unpin + ?Sized>(
     started: Instant,
     events: &mut Vec<Event>,
     deadline: tokio::time::Instant,
+    mut abort: watch::Receiver<Option<Abort>>,
 ) -> Result<Reply, ReadFailure> {
     let mut dec = ReplyDecoder::new(dialect).with_base(base).with_max_frame(opts.max_frame);
     if opts.count_only {
@@ -231,7 +343,14 @@ async fn read_reply<R: AsyncRead + Unpin + ?Sized>(
             Ok(None) => {}
             Err(e) => return Err(violation(e)),
         }
-        let n = match tokio::time::timeout_at(deadline, r.read(&mut buf)).await {
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline, r.read(&mut buf)) => r,
+            // Err means the writer finished without ending the task: keep reading.
+            Ok(why) = abort.wait_for(|a| a.is_some()) => {
+                return Err(ReadFailure::Io { what: why.as_ref().map(|a| a.why().to_string()).unwrap_or_default() });
+            }
+        };
+        let n = match read {
             Err(_) => {
                 return Err(ReadFailure::Deadline {
                     after_ms: started.elapsed().as_millis() as u64,
@@ -260,5 +379,81 @@ fn violation(e: WireError) -> ReadFailure {
 mod duration_ms {
     pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a plan against an in-memory "worker" that reads everything and never answers; the
+    /// performer answers every action with `after`. Returns the result and what the worker got.
+    async fn run_with(plan: WritePlan, after: Option<AfterAction>) -> (TaskResult, Vec<u8>, Vec<usize>) {
+        let request: Vec<u8> = (0u8..20).collect();
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (mut r, mut w) = tokio::io::split(ours);
+        let worker = tokio::spawn(async move {
+            let (mut wr, _ww) = tokio::io::split(theirs);
+            let mut got = vec![];
+            let _ = wr.read_to_end(&mut got).await;
+            got
+        });
+        let opts = SessionOptions { deadline: Duration::from_millis(300), ..SessionOptions::default() };
+        let mut t = Transcript::default();
+        let (tx, mut rx) = mpsc::channel::<ActionRequest>(1);
+        let performer = async move {
+            let mut seen = vec![];
+            while let Some(req) = rx.recv().await {
+                seen.push(req.at_byte as usize);
+                let _ = req.done.send(after.clone().unwrap_or(AfterAction::Continue));
+            }
+            seen
+        };
+        let actions = Some(tx);
+        let (result, seen) = tokio::join!(run_task_with_actions(&mut r, &mut w, Dialect::A, &request, &plan, 0, &opts, &mut t, actions), performer);
+        drop((r, w));
+        (result, worker.await.unwrap(), seen)
+    }
+
+    fn plan(steps: Vec<WriteStep>) -> WritePlan {
+        WritePlan { steps }
+    }
+
+    #[tokio::test]
+    async fn an_action_happens_at_its_byte_and_writing_goes_on() {
+        let p = plan(vec![WriteStep::Write { start: 0, end: 7, chunk: Some(2) }, WriteStep::Action(0), WriteStep::Write { start: 7, end: 20, chunk: None }]);
+        let (result, got, seen) = run_with(p, None).await;
+        assert_eq!(seen, vec![7]);
+        assert_eq!(got, (0u8..20).collect::<Vec<_>>());
+        assert!(matches!(result.reply, Err(ReadFailure::Deadline { .. })), "{:?}", result.reply);
+    }
+
+    #[tokio::test]
+    async fn ending_the_task_stops_both_sides_with_the_reason() {
+        let p = plan(vec![WriteStep::Write { start: 0, end: 5, chunk: None }, WriteStep::Action(0), WriteStep::Write { start: 5, end: 20, chunk: None }]);
+        let (result, got, _) = run_with(p, Some(AfterAction::EndTask { why: "closed by the plan".into() })).await;
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
+        assert_eq!(result.bytes_sent, 5);
+        assert!(matches!(&result.reply, Err(ReadFailure::Io { what }) if what == "closed by the plan"), "{:?}", result.reply);
+    }
+
+    #[tokio::test]
+    async fn stopping_the_reader_still_writes_the_rest() {
+        let p = plan(vec![WriteStep::Action(0), WriteStep::Pause(Duration::from_millis(20)), WriteStep::Write { start: 0, end: 20, chunk: Some(3) }]);
+        let (result, got, _) = run_with(p, Some(AfterAction::StopReading { why: "SHUT_RD".into() })).await;
+        assert_eq!(got.len(), 20);
+        assert!(matches!(&result.reply, Err(ReadFailure::Io { what }) if what == "SHUT_RD"), "{:?}", result.reply);
+    }
+
+    #[tokio::test]
+    async fn an_action_without_a_performer_is_a_write_error() {
+        let request = [0u8; 4];
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let (mut r, mut w) = tokio::io::split(ours);
+        let opts = SessionOptions { deadline: Duration::from_millis(100), ..SessionOptions::default() };
+        let p = plan(vec![WriteStep::Write { start: 0, end: 2, chunk: None }, WriteStep::Action(3)]);
+        let result = run_task(&mut r, &mut w, Dialect::A, &request, &p, 0, &opts, &mut Transcript::default()).await;
+        assert!(result.write_error.as_deref().is_some_and(|e| e.contains("action 3")), "{:?}", result.write_error);
+        assert_eq!(result.bytes_sent, 2);
     }
 }

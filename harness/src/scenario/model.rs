@@ -1,6 +1,7 @@
 //! The scenario file format (JSON). Documented for users in scenarios/README.md; every struct
 //! refuses unknown fields so a typo is an error, not a silently ignored setting.
 
+use crate::faults::Fault;
 use crate::pyenv::{PysparkVersion, SerializerSpec};
 use crate::verdict::OutcomeKind;
 use crate::worker::Mode;
@@ -32,6 +33,10 @@ pub struct Scenario {
     /// Extra environment for the daemon or worker.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Faults to inject (see scenarios/README.md, "Faults"): at launch, or at a protocol
+    /// position of one task's request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<Fault>,
     pub tasks: Vec<Task>,
 }
 
@@ -344,6 +349,15 @@ impl Scenario {
         if self.tasks.is_empty() {
             return Err("`tasks` is empty: a scenario needs at least one task".into());
         }
+        crate::faults::validate(&self.faults, self.mode, self.tasks.len())?;
+        let sets_memory = self.faults.iter().any(|f| matches!(f, Fault::ExecutorMemory { .. }));
+        if sets_memory && self.env.contains_key("PYSPARK_EXECUTOR_MEMORY_MB") {
+            return Err("PYSPARK_EXECUTOR_MEMORY_MB is set both in `env` and by an `executor_memory` fault: keep one".into());
+        }
+        let preloads = self.faults.iter().any(|f| matches!(f, Fault::ForkFail { .. }));
+        if preloads && self.env.contains_key("LD_PRELOAD") {
+            return Err("LD_PRELOAD is set in `env`, but a `fork_fail` fault preloads its own shim: remove one".into());
+        }
         for (i, t) in self.tasks.iter().enumerate() {
             let at = |m: String| format!("task {i}: {m}");
             if t.function.trim().is_empty() {
@@ -401,6 +415,21 @@ mod tests {
         assert!(e.contains("function"), "{e}");
         let e = Scenario::parse(r#"{"tasks":[{"function":"x""#).unwrap_err();
         assert!(e.contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn faults_are_checked_against_mode_and_tasks() {
+        let base = |faults: &str, mode: &str| {
+            format!(r#"{{"mode":"{mode}","faults":[{faults}],"tasks":[{{"function":"func = lambda s, it: it","expect":{{"values":[]}}}}]}}"#)
+        };
+        let s = Scenario::parse(&base(r#"{"kind":"kill_worker","at":{"after":"header"}}"#, "daemon")).unwrap();
+        assert_eq!(s.faults.len(), 1);
+        let e = Scenario::parse(&base(r#"{"kind":"kill_worker","task":1,"at":{"after":"header"}}"#, "daemon")).unwrap_err();
+        assert!(e.contains("task 1 does not exist"), "{e}");
+        let e = Scenario::parse(&base(r#"{"kind":"fork_fail","errno":"ENOMEM","schedule":"every"}"#, "direct")).unwrap_err();
+        assert!(e.contains("needs a daemon"), "{e}");
+        let e = Scenario::parse(&base(r#"{"kind":"reset","at":{"after":"header"}}"#, "uds")).unwrap_err();
+        assert!(e.contains("TCP"), "{e}");
     }
 
     #[test]

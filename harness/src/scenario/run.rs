@@ -1,29 +1,24 @@
 //! Scenario -> requests -> real worker -> verdict.
 
 use super::model::*;
+use crate::faults::{self, FaultReport, Injector, Performer, TaskEnd};
 use crate::pickle::{self, FrameKind};
 use crate::protocol::{BroadcastOp, DataItem, Dialect, ReplyEnd, ReplyItem, Resource, TaskContext, TaskRequest};
 use crate::pyenv::{self, CommandSpec, PythonEnv, SerializerSpec};
-use crate::session::{self, SessionOptions, Transcript, WritePlan};
+use crate::session::{self, SessionOptions, Transcript};
 use crate::verdict::{classify_failure, Outcome, OutcomeKind, WorkerFacts};
 use crate::worker::{Connection, ExitInfo, LaunchOptions, Mode, WorkerError, Workers};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// Force a dialect instead of the one of the env's pyspark version.
     pub dialect: Option<Dialect>,
     /// Overrides every scenario's per-task deadline.
     pub deadline: Option<Duration>,
     pub keep_transcripts: bool,
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions { dialect: None, deadline: None, keep_transcripts: false }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -62,8 +57,14 @@ pub struct ScenarioReport {
     #[serde(flatten)]
     pub status: Status,
     pub tasks: Vec<TaskReport>,
+    /// What each declared fault did (empty without faults); a fault that did not fire or whose
+    /// expectations failed fails the scenario.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<FaultReport>,
     /// Processes of ours still alive after shutdown (then killed): a failure of the scenario.
     pub leftovers: Vec<(i32, String)>,
+    /// The daemon's pid (its process group holds every worker it forked).
+    pub daemon_pid: Option<i32>,
     pub daemon_exit: Option<ExitInfo>,
     pub stderr_tail: String,
     pub elapsed_ms: u64,
@@ -114,7 +115,9 @@ pub async fn run_scenario(env: &PythonEnv, file: &Path, sc: &Scenario, opts: &Ru
         mode: sc.mode,
         status: Status::Passed,
         tasks: vec![],
+        faults: vec![],
         leftovers: vec![],
+        daemon_pid: None,
         daemon_exit: None,
         stderr_tail: String::new(),
         elapsed_ms: 0,
@@ -136,7 +139,7 @@ pub async fn run_scenario(env: &PythonEnv, file: &Path, sc: &Scenario, opts: &Ru
             transcript: None,
         });
     }
-    let all_ok = report.tasks.iter().all(|t| t.ok) && report.leftovers.is_empty();
+    let all_ok = report.tasks.iter().all(|t| t.ok) && report.leftovers.is_empty() && report.faults.iter().all(|f| f.ok);
     report.status = if all_ok { Status::Passed } else { Status::Failed };
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report
@@ -158,11 +161,15 @@ async fn run_tasks(env: &PythonEnv, sc: &Scenario, dialect: Dialect, opts: &RunO
     let specs: Vec<CommandSpec> = sc.tasks.iter().map(command_spec).collect();
     let commands = pyenv::build_commands(env, &specs)?;
     let tmp = tempfile::Builder::new().prefix("fakejvm-scenario-").tempdir()?;
+    let mut injector = Injector::new(&sc.faults, sc.mode, tmp.path())?;
 
+    let mut extra_env: Vec<(String, String)> = sc.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    extra_env.extend(injector.launch_env());
     let launch = LaunchOptions {
         mode: sc.mode,
         reuse: sc.reuse,
-        extra_env: sc.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        extra_env,
+        rlimit_as: injector.rlimit_as(),
         ..LaunchOptions::default()
     };
     let mut workers = Workers::start(&env.python, launch).await?;
@@ -177,9 +184,11 @@ async fn run_tasks(env: &PythonEnv, sc: &Scenario, dialect: Dialect, opts: &RunO
     let mut outputs: Vec<Vec<DataItem>> = vec![];
     for (i, (task, command)) in sc.tasks.iter().zip(commands).enumerate() {
         let started = Instant::now();
-        let (expect, note) = effective_expectation(task, env);
+        let (expect, mut note) = effective_expectation(task, env);
         let request = build_request(task, env, command, &tmp.path().join(format!("task{i}")), &outputs)?;
         let encoded = dialect.encode_request(&request);
+        let plan = injector.plan(i, &encoded).map_err(|e| anyhow::anyhow!("task {i}: {e}"))?;
+        injector.task_started(&workers);
 
         if conn.is_none() {
             match workers.connect().await {
@@ -189,7 +198,14 @@ async fn run_tasks(env: &PythonEnv, sc: &Scenario, dialect: Dialect, opts: &RunO
                 }
                 Err(e) => {
                     outputs.push(vec![]);
-                    let outcome = connect_failure(&mut workers, e);
+                    if let WorkerError::ErrnoAsPid { value } = &e {
+                        note.get_or_insert_with(|| faults::errno_as_pid_note(&env.pyspark.to_string(), *value));
+                    }
+                    let mut outcome = connect_failure(&mut workers, e);
+                    let end = TaskEnd { task: i, pid: None, plan: Some(&plan), fired: &[], bytes_sent: 0 };
+                    if let Some(o) = injector.task_ended(&mut workers, end).await {
+                        outcome = o;
+                    }
                     report.tasks.push(judge(i, outcome, None, &expect, note, None, started, None));
                     continue;
                 }
@@ -198,24 +214,32 @@ async fn run_tasks(env: &PythonEnv, sc: &Scenario, dialect: Dialect, opts: &RunO
         let (c, base) = conn.as_mut().expect("connected above");
         let pid = c.pid;
         let mut transcript = Transcript::default();
-        let result = session::run_task(
-            &mut c.reader,
-            &mut c.writer,
-            dialect,
-            &encoded.bytes,
-            &WritePlan::whole(encoded.bytes.len()),
-            *base,
-            &session_opts,
-            &mut transcript,
-        )
-        .await;
+        // The session writes and reads; the performer does the plan's actions (process and socket
+        // faults) when the writer reaches them. Without faults the performer has nothing to do.
+        let (actions_tx, actions_rx) = tokio::sync::mpsc::channel(1);
+        let performer = Performer::new(&mut workers, pid, &plan);
+        let (result, (fired, extra_connections)) = tokio::join!(
+            session::run_task_with_actions(
+                &mut c.reader,
+                &mut c.writer,
+                dialect,
+                &encoded.bytes,
+                &plan.write,
+                *base,
+                &session_opts,
+                &mut transcript,
+                Some(actions_tx),
+            ),
+            performer.serve(actions_rx),
+        );
+        drop(extra_connections);
 
         let mut facts = WorkerFacts { pid, ..WorkerFacts::default() };
         if result.reply.is_err() {
             if !workers.daemon_alive() {
                 facts.daemon_died = Some((workers.daemon_exit(), tail(&workers.stderr())));
             }
-            if sc.mode == Mode::Direct {
+            if matches!(sc.mode, Mode::Direct | Mode::DirectUds) {
                 facts.worker_exit = workers.wait_direct_worker(pid, Duration::from_secs(2)).await;
             }
         }
@@ -231,7 +255,7 @@ async fn run_tasks(env: &PythonEnv, sc: &Scenario, dialect: Dialect, opts: &RunO
             Err(_) => vec![],
         });
         let mut output = None;
-        let outcome = match classify_failure(&result, &facts) {
+        let mut outcome = match classify_failure(&result, &facts) {
             Some(o) => o,
             None => {
                 let reply = result.reply.as_ref().expect("completed");
@@ -261,16 +285,28 @@ async fn run_tasks(env: &PythonEnv, sc: &Scenario, dialect: Dialect, opts: &RunO
         if reusable {
             *base = result.reply.as_ref().map(|r| r.end_offset).unwrap_or(*base);
         } else {
+            // Closed before the faults' observations, which may wait for the worker to notice.
             conn = None;
+        }
+        if !injector.is_empty() {
+            let end = TaskEnd { task: i, pid: Some(pid), plan: Some(&plan), fired: &fired, bytes_sent: result.bytes_sent };
+            if let Some(o) = injector.task_ended(&mut workers, end).await {
+                outcome = o;
+            }
         }
         let transcript = opts.keep_transcripts.then_some(transcript);
         report.tasks.push(judge(i, outcome, output, &expect, note, Some(pid), started, transcript));
     }
     drop(conn);
 
+    if !injector.is_empty() {
+        injector.finish(&mut workers).await;
+    }
+    report.faults = injector.into_reports();
     let shutdown = workers.shutdown(Duration::from_secs(5)).await;
     report.leftovers = shutdown.leftovers.clone();
-    report.daemon_exit = shutdown.daemon_exit.clone();
+    report.daemon_pid = shutdown.daemon_pid;
+    report.daemon_exit = shutdown.daemon_exit;
     report.stderr_tail = tail(&shutdown.stderr);
     Ok(())
 }

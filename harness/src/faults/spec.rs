@@ -1,0 +1,626 @@
+//! The `faults` list of a scenario file, as typed values. Documented for users in
+//! scenarios/README.md ("Faults"); like the rest of the format, unknown fields are errors.
+//!
+//! Three families of faults:
+//! - launch faults, applied when the daemon (or direct worker) starts: `fork_fail`, `rlimit_as`,
+//!   `executor_memory`;
+//! - socket faults on one task's request, placed at a protocol position: `split_writes`, `delay`,
+//!   `truncate`, `reset`, `half_close`;
+//! - process faults, performed when the request reaches a protocol position: `kill_worker`,
+//!   `stop_worker`, `signal_daemon`, `close_daemon_stdin`, `open_connection`.
+
+use crate::protocol::SpanKind;
+use crate::session::Direction;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fault {
+    /// The daemon's fork() fails on a schedule (an LD_PRELOAD shim loaded into the daemon only).
+    ForkFail {
+        errno: Errno,
+        schedule: ForkSchedule,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+    /// fakejvm sets RLIMIT_AS (soft) on the process it starts: the daemon (its forks inherit it)
+    /// or, in direct modes, each worker.
+    RlimitAs {
+        bytes: u64,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+    /// PYSPARK_EXECUTOR_MEMORY_MB, which the worker turns into RLIMIT_AS itself (a number, or any
+    /// string to see what the worker makes of it).
+    ExecutorMemory {
+        mb: EnvValue,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+    /// Write `from`..`to` (default: the whole request) in pieces of `chunk` bytes, one write each.
+    SplitWrites {
+        #[serde(default)]
+        task: usize,
+        #[serde(default)]
+        from: Option<Position>,
+        #[serde(default)]
+        to: Option<Position>,
+        chunk: usize,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+    /// Stop writing for `ms` at a position, then go on.
+    Delay {
+        #[serde(default)]
+        task: usize,
+        at: Position,
+        ms: u64,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+    /// Write up to the position, then close the connection (FIN). Nothing more can be read, so the
+    /// task's outcome is what the worker process did (see README).
+    Truncate {
+        #[serde(default)]
+        task: usize,
+        at: Position,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+    /// Write up to the position, then close with SO_LINGER 0: the worker gets a TCP reset.
+    Reset {
+        #[serde(default)]
+        task: usize,
+        at: Position,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+    /// At the position, shut down one direction: `to_worker` (the worker reads EOF; nothing more is
+    /// written) or `from_worker` (we stop receiving; the rest of the request is still written).
+    HalfClose {
+        #[serde(default)]
+        task: usize,
+        at: Position,
+        direction: Direction,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+    /// At the position, kill the task's worker the way Spark does: its pid on the daemon's stdin
+    /// (direct modes: SIGKILL to its process group).
+    KillWorker {
+        #[serde(default)]
+        task: usize,
+        at: Position,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+    /// At the position, SIGSTOP the task's worker. After the task it is killed as Spark would kill
+    /// a hung worker (its pid on the daemon's stdin), so nothing is left behind.
+    StopWorker {
+        #[serde(default)]
+        task: usize,
+        at: Position,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+    /// At the position, send a signal to the daemon.
+    SignalDaemon {
+        #[serde(default)]
+        task: usize,
+        at: Position,
+        signal: Signal,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+    /// At the position, close the daemon's stdin (Spark's way of telling it to shut down).
+    CloseDaemonStdin {
+        #[serde(default)]
+        task: usize,
+        at: Position,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+    /// At the position, open another connection to the daemon, as a concurrent task would (the
+    /// daemon forks for it). It is closed when the task ends.
+    OpenConnection {
+        #[serde(default)]
+        task: usize,
+        at: Position,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+}
+
+impl Fault {
+    /// The task a socket or process fault acts on; None for launch faults.
+    pub fn task(&self) -> Option<usize> {
+        match self {
+            Fault::ForkFail { .. } | Fault::RlimitAs { .. } | Fault::ExecutorMemory { .. } => None,
+            Fault::SplitWrites { task, .. }
+            | Fault::Delay { task, .. }
+            | Fault::Truncate { task, .. }
+            | Fault::Reset { task, .. }
+            | Fault::HalfClose { task, .. }
+            | Fault::KillWorker { task, .. }
+            | Fault::StopWorker { task, .. }
+            | Fault::SignalDaemon { task, .. }
+            | Fault::CloseDaemonStdin { task, .. }
+            | Fault::OpenConnection { task, .. } => Some(*task),
+        }
+    }
+
+    pub fn expect(&self) -> &FateExpect {
+        match self {
+            Fault::ForkFail { expect, .. }
+            | Fault::RlimitAs { expect, .. }
+            | Fault::ExecutorMemory { expect, .. }
+            | Fault::SplitWrites { expect, .. }
+            | Fault::Delay { expect, .. }
+            | Fault::Truncate { expect, .. }
+            | Fault::Reset { expect, .. }
+            | Fault::HalfClose { expect, .. }
+            | Fault::KillWorker { expect, .. }
+            | Fault::StopWorker { expect, .. }
+            | Fault::SignalDaemon { expect, .. }
+            | Fault::CloseDaemonStdin { expect, .. }
+            | Fault::OpenConnection { expect, .. } => expect,
+        }
+    }
+
+    /// The single position of a positioned fault (split_writes has a range instead).
+    pub fn at(&self) -> Option<&Position> {
+        match self {
+            Fault::Delay { at, .. }
+            | Fault::Truncate { at, .. }
+            | Fault::Reset { at, .. }
+            | Fault::HalfClose { at, .. }
+            | Fault::KillWorker { at, .. }
+            | Fault::StopWorker { at, .. }
+            | Fault::SignalDaemon { at, .. }
+            | Fault::CloseDaemonStdin { at, .. }
+            | Fault::OpenConnection { at, .. } => Some(at),
+            _ => None,
+        }
+    }
+
+    /// One line for people: the kind and its parameters.
+    pub fn describe(&self) -> String {
+        match self {
+            Fault::ForkFail { errno, schedule, .. } => format!("fork_fail {} on {}", errno, schedule.describe()),
+            Fault::RlimitAs { bytes, .. } => format!("rlimit_as {bytes} bytes"),
+            Fault::ExecutorMemory { mb, .. } => format!("executor_memory PYSPARK_EXECUTOR_MEMORY_MB={}", mb.0),
+            Fault::SplitWrites { chunk, from, to, .. } => {
+                let from = from.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "request start".into());
+                let to = to.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "request end".into());
+                format!("split_writes of {chunk} byte(s) from {from} to {to}")
+            }
+            Fault::Delay { ms, at, .. } => format!("delay {ms} ms {at}"),
+            Fault::Truncate { at, .. } => format!("truncate then close {at}"),
+            Fault::Reset { at, .. } => format!("reset (SO_LINGER 0) {at}"),
+            Fault::HalfClose { at, direction, .. } => {
+                let d = match direction {
+                    Direction::ToWorker => "to_worker (shutdown SHUT_WR: the worker reads EOF)",
+                    Direction::FromWorker => "from_worker (shutdown SHUT_RD: we stop receiving)",
+                };
+                format!("half_close {d} {at}")
+            }
+            Fault::KillWorker { at, .. } => format!("kill_worker {at}"),
+            Fault::StopWorker { at, .. } => format!("stop_worker (SIGSTOP) {at}"),
+            Fault::SignalDaemon { at, signal, .. } => format!("signal_daemon {signal} {at}"),
+            Fault::CloseDaemonStdin { at, .. } => format!("close_daemon_stdin {at}"),
+            Fault::OpenConnection { at, .. } => format!("open_connection {at}"),
+        }
+    }
+}
+
+/// When fork() fails: `"every"`, `{"nth": [1, 2]}` (1-based ordinals of the daemon's fork calls)
+/// or `{"probability": 0.5, "seed": 7}` (repeatable for a seed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+pub enum ForkSchedule {
+    Every,
+    Nth(Vec<u32>),
+    Random { probability: f64, seed: u64 },
+}
+
+impl ForkSchedule {
+    /// The shim's FAKEJVM_FORKFAIL_WHEN value.
+    pub fn shim_value(&self) -> String {
+        match self {
+            ForkSchedule::Every => "every".into(),
+            ForkSchedule::Nth(n) => format!("nth:{}", n.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
+            ForkSchedule::Random { probability, seed } => format!("random:{probability}:{seed}"),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            ForkSchedule::Every => "every fork".into(),
+            ForkSchedule::Nth(n) => {
+                let list: Vec<String> = n.iter().map(|k| format!("#{k}")).collect();
+                format!("fork {}", list.join(", "))
+            }
+            ForkSchedule::Random { probability, seed } => format!("each fork with probability {probability} (seed {seed})"),
+        }
+    }
+}
+
+impl TryFrom<serde_json::Value> for ForkSchedule {
+    type Error = String;
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        const HELP: &str = "expected \"every\", {\"nth\": [1, 2]} or {\"probability\": 0.5, \"seed\": 7}";
+        if v.as_str() == Some("every") {
+            return Ok(ForkSchedule::Every);
+        }
+        let Some(obj) = v.as_object() else { return Err(format!("bad fork schedule {v}: {HELP}")) };
+        if let Some(nth) = obj.get("nth") {
+            if obj.len() != 1 {
+                return Err(format!("bad fork schedule {v}: `nth` takes no other field; {HELP}"));
+            }
+            let list: Option<Vec<u32>> = nth.as_array().and_then(|a| a.iter().map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok())).collect());
+            return match list {
+                Some(l) if !l.is_empty() && l.iter().all(|&n| n >= 1) && l.len() <= 64 => Ok(ForkSchedule::Nth(l)),
+                _ => Err(format!("bad fork schedule {v}: `nth` is a list of 1 to 64 fork numbers, counting from 1")),
+            };
+        }
+        if let Some(p) = obj.get("probability") {
+            let unknown: Vec<&String> = obj.keys().filter(|k| *k != "probability" && *k != "seed").collect();
+            if !unknown.is_empty() {
+                return Err(format!("bad fork schedule {v}: unknown field(s) {unknown:?}; {HELP}"));
+            }
+            let probability = p.as_f64().filter(|p| (0.0..=1.0).contains(p));
+            let seed = obj.get("seed").map(|s| s.as_u64()).unwrap_or(Some(0));
+            return match (probability, seed) {
+                (Some(probability), Some(seed)) => Ok(ForkSchedule::Random { probability, seed }),
+                _ => Err(format!("bad fork schedule {v}: `probability` is in 0..=1 and `seed` a non-negative integer")),
+            };
+        }
+        Err(format!("bad fork schedule {v}: {HELP}"))
+    }
+}
+
+impl From<ForkSchedule> for serde_json::Value {
+    fn from(s: ForkSchedule) -> Self {
+        match s {
+            ForkSchedule::Every => "every".into(),
+            ForkSchedule::Nth(n) => serde_json::json!({ "nth": n }),
+            ForkSchedule::Random { probability, seed } => serde_json::json!({ "probability": probability, "seed": seed }),
+        }
+    }
+}
+
+/// An errno, by name ("EAGAIN") or number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+pub struct Errno(pub i32);
+
+/// The names a scenario may use: the errnos fork() can return, and a few it cannot (to see
+/// what the daemon does with an unexpected one).
+const ERRNOS: &[(&str, i32)] = &[
+    ("EAGAIN", libc::EAGAIN),
+    ("ENOMEM", libc::ENOMEM),
+    ("EINTR", libc::EINTR),
+    ("ENOSYS", libc::ENOSYS),
+    ("EPERM", libc::EPERM),
+    ("EACCES", libc::EACCES),
+    ("EINVAL", libc::EINVAL),
+    ("EMFILE", libc::EMFILE),
+    ("ENOSPC", libc::ENOSPC),
+];
+
+impl Errno {
+    pub fn name(self) -> Option<&'static str> {
+        ERRNOS.iter().find(|(_, n)| *n == self.0).map(|(name, _)| *name)
+    }
+}
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.name() {
+            Some(name) => write!(f, "{name} ({})", self.0),
+            None => write!(f, "errno {}", self.0),
+        }
+    }
+}
+
+impl TryFrom<serde_json::Value> for Errno {
+    type Error = String;
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        if let Some(n) = v.as_i64() {
+            return match i32::try_from(n) {
+                Ok(n) if n > 0 => Ok(Errno(n)),
+                _ => Err(format!("errno {n} must be a positive number")),
+            };
+        }
+        let name = v.as_str().ok_or_else(|| format!("errno {v}: expected a name like \"EAGAIN\" or a number"))?;
+        ERRNOS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, e)| Errno(*e))
+            .ok_or_else(|| format!("unknown errno {name:?}: use one of {} or a number", ERRNOS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")))
+    }
+}
+
+impl From<Errno> for serde_json::Value {
+    fn from(e: Errno) -> Self {
+        match e.name() {
+            Some(n) => n.into(),
+            None => e.0.into(),
+        }
+    }
+}
+
+/// A signal, by name ("SIGTERM") or number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+pub struct Signal(pub i32);
+
+const SIGNALS: &[(&str, i32)] = &[
+    ("SIGHUP", libc::SIGHUP),
+    ("SIGINT", libc::SIGINT),
+    ("SIGQUIT", libc::SIGQUIT),
+    ("SIGABRT", libc::SIGABRT),
+    ("SIGKILL", libc::SIGKILL),
+    ("SIGUSR1", libc::SIGUSR1),
+    ("SIGSEGV", libc::SIGSEGV),
+    ("SIGUSR2", libc::SIGUSR2),
+    ("SIGPIPE", libc::SIGPIPE),
+    ("SIGTERM", libc::SIGTERM),
+    ("SIGCONT", libc::SIGCONT),
+    ("SIGSTOP", libc::SIGSTOP),
+];
+
+impl Signal {
+    pub fn name(self) -> Option<&'static str> {
+        SIGNALS.iter().find(|(_, n)| *n == self.0).map(|(name, _)| *name)
+    }
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.name() {
+            Some(name) => write!(f, "{name}"),
+            None => write!(f, "signal {}", self.0),
+        }
+    }
+}
+
+impl TryFrom<serde_json::Value> for Signal {
+    type Error = String;
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        if let Some(n) = v.as_i64() {
+            return match i32::try_from(n) {
+                Ok(n) if (1..=64).contains(&n) => Ok(Signal(n)),
+                _ => Err(format!("signal {n} is outside 1..=64")),
+            };
+        }
+        let name = v.as_str().ok_or_else(|| format!("signal {v}: expected a name like \"SIGTERM\" or a number"))?;
+        SIGNALS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| Signal(*s))
+            .ok_or_else(|| format!("unknown signal {name:?}: use one of {} or a number", SIGNALS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")))
+    }
+}
+
+impl From<Signal> for serde_json::Value {
+    fn from(s: Signal) -> Self {
+        match s.name() {
+            Some(n) => n.into(),
+            None => s.0.into(),
+        }
+    }
+}
+
+/// An environment value given as a JSON number or string (kept verbatim).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+pub struct EnvValue(pub String);
+
+impl TryFrom<serde_json::Value> for EnvValue {
+    type Error = String;
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        match v {
+            serde_json::Value::String(s) => Ok(EnvValue(s)),
+            serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => Ok(EnvValue(n.to_string())),
+            other => Err(format!("{other} is not an integer or a string")),
+        }
+    }
+}
+
+impl From<EnvValue> for serde_json::Value {
+    fn from(v: EnvValue) -> Self {
+        match v.0.parse::<i64>() {
+            Ok(n) if n.to_string() == v.0 => n.into(),
+            _ => v.0.into(),
+        }
+    }
+}
+
+/// A place in a task's request, named by the spans of the encoded request:
+/// `{"before": SPAN}`, `{"after": SPAN}` or `{"inside": SPAN, "offset": N}` (N bytes into the span,
+/// 0 < N < its length; the middle when omitted). SPAN is "init_prefix" (4.3 only), "header",
+/// "command", {"data": K} (the K-th data item, from 0), "end_of_data" or "final_marker".
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "PositionJson", into = "PositionJson")]
+pub enum Position {
+    Before(SpanKind),
+    After(SpanKind),
+    Inside { span: SpanKind, offset: Option<usize> },
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PositionJson {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    before: Option<SpanKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    after: Option<SpanKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inside: Option<SpanKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offset: Option<usize>,
+}
+
+impl TryFrom<PositionJson> for Position {
+    type Error = String;
+    fn try_from(p: PositionJson) -> Result<Self, String> {
+        match (p.before, p.after, p.inside, p.offset) {
+            (Some(s), None, None, None) => Ok(Position::Before(s)),
+            (None, Some(s), None, None) => Ok(Position::After(s)),
+            (None, None, Some(span), offset) => Ok(Position::Inside { span, offset }),
+            (None, None, None, Some(_)) => Err("`offset` needs `inside`: {\"inside\": \"header\", \"offset\": 5}".into()),
+            _ => Err("a position is exactly one of {\"before\": SPAN}, {\"after\": SPAN} or {\"inside\": SPAN, \"offset\": N}".into()),
+        }
+    }
+}
+
+impl From<Position> for PositionJson {
+    fn from(p: Position) -> Self {
+        match p {
+            Position::Before(s) => PositionJson { before: Some(s), ..Default::default() },
+            Position::After(s) => PositionJson { after: Some(s), ..Default::default() },
+            Position::Inside { span, offset } => PositionJson { inside: Some(span), offset, ..Default::default() },
+        }
+    }
+}
+
+pub fn span_name(s: SpanKind) -> String {
+    match s {
+        SpanKind::Header => "header".into(),
+        SpanKind::InitPrefix => "init_prefix".into(),
+        SpanKind::Command => "command".into(),
+        SpanKind::Data(k) => format!("data[{k}]"),
+        SpanKind::EndOfData => "end_of_data".into(),
+        SpanKind::FinalMarker => "final_marker".into(),
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Before(s) => write!(f, "before {}", span_name(*s)),
+            Position::After(s) => write!(f, "after {}", span_name(*s)),
+            Position::Inside { span, offset: Some(o) } => write!(f, "inside {} at +{o}", span_name(*span)),
+            Position::Inside { span, offset: None } => write!(f, "inside {} (middle)", span_name(*span)),
+        }
+    }
+}
+
+/// What must have become of the processes once the fault has played out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FateExpect {
+    /// The task's worker (socket and process faults only), checked when the task has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<Fate>,
+    /// The daemon: checked when the task has ended (launch faults: after the last task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<Fate>,
+}
+
+/// `"alive"`, `"gone"` (ended, however), `{"exit": N}` or `{"signal": "SIGKILL"}`. An exit status
+/// or signal can only be known for processes fakejvm started (the daemon, direct workers): a
+/// forked worker is the daemon's child, so for it only alive/gone can be checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+pub enum Fate {
+    Alive,
+    Gone,
+    Exit(i32),
+    Signal(Signal),
+}
+
+impl TryFrom<serde_json::Value> for Fate {
+    type Error = String;
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        const HELP: &str = "expected \"alive\", \"gone\", {\"exit\": N} or {\"signal\": \"SIGKILL\"}";
+        match v.as_str() {
+            Some("alive") => return Ok(Fate::Alive),
+            Some("gone") => return Ok(Fate::Gone),
+            _ => {}
+        }
+        let obj = v.as_object().filter(|o| o.len() == 1).ok_or_else(|| format!("bad fate {v}: {HELP}"))?;
+        if let Some(code) = obj.get("exit") {
+            let code = code.as_i64().and_then(|c| i32::try_from(c).ok()).ok_or_else(|| format!("bad exit status {code}"))?;
+            return Ok(Fate::Exit(code));
+        }
+        if let Some(sig) = obj.get("signal") {
+            return Ok(Fate::Signal(Signal::try_from(sig.clone())?));
+        }
+        Err(format!("bad fate {v}: {HELP}"))
+    }
+}
+
+impl From<Fate> for serde_json::Value {
+    fn from(f: Fate) -> Self {
+        match f {
+            Fate::Alive => "alive".into(),
+            Fate::Gone => "gone".into(),
+            Fate::Exit(c) => serde_json::json!({ "exit": c }),
+            Fate::Signal(s) => serde_json::json!({ "signal": serde_json::Value::from(s) }),
+        }
+    }
+}
+
+impl std::fmt::Display for Fate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fate::Alive => write!(f, "alive"),
+            Fate::Gone => write!(f, "gone"),
+            Fate::Exit(c) => write!(f, "exited with status {c}"),
+            Fate::Signal(s) => write!(f, "killed by {s}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Fault, String> {
+        serde_json::from_str(s).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn faults_parse_with_their_defaults() {
+        let f = parse(r#"{"kind":"fork_fail","errno":"EAGAIN","schedule":{"nth":[1,2]}}"#).unwrap();
+        assert_eq!(f, Fault::ForkFail { errno: Errno(libc::EAGAIN), schedule: ForkSchedule::Nth(vec![1, 2]), expect: FateExpect::default() });
+        let f = parse(r#"{"kind":"fork_fail","errno":12,"schedule":{"probability":0.5,"seed":3}}"#).unwrap();
+        assert!(matches!(f, Fault::ForkFail { errno: Errno(12), schedule: ForkSchedule::Random { seed: 3, .. }, .. }));
+        let f = parse(r#"{"kind":"delay","at":{"after":{"data":1}},"ms":20,"expect":{"daemon":"alive","worker":{"exit":255}}}"#).unwrap();
+        assert_eq!(f.task(), Some(0));
+        assert_eq!(f.at(), Some(&Position::After(SpanKind::Data(1))));
+        assert_eq!(f.expect().worker, Some(Fate::Exit(255)));
+        let f = parse(r#"{"kind":"signal_daemon","task":2,"at":{"inside":"header","offset":3},"signal":"SIGTERM"}"#).unwrap();
+        assert_eq!(f.describe(), "signal_daemon SIGTERM inside header at +3");
+        let f = parse(r#"{"kind":"executor_memory","mb":-1}"#).unwrap();
+        assert_eq!(f, Fault::ExecutorMemory { mb: EnvValue("-1".into()), expect: FateExpect::default() });
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_the_reason() {
+        let e = parse(r#"{"kind":"delay","at":{"after":"header"},"ms":20,"bogus":1}"#).unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e = parse(r#"{"kind":"fork_fail","errno":"EWHAT","schedule":"every"}"#).unwrap_err();
+        assert!(e.contains("EAGAIN"), "{e}");
+        let e = parse(r#"{"kind":"fork_fail","errno":"ENOMEM","schedule":{"nth":[0]}}"#).unwrap_err();
+        assert!(e.contains("counting from 1"), "{e}");
+        let e = parse(r#"{"kind":"delay","at":{"after":"header","before":"command"},"ms":1}"#).unwrap_err();
+        assert!(e.contains("exactly one"), "{e}");
+        let e = parse(r#"{"kind":"kill_worker","at":{"after":"header"},"expect":{"worker":"dead"}}"#).unwrap_err();
+        assert!(e.contains("gone"), "{e}");
+    }
+
+    #[test]
+    fn round_trips() {
+        for s in [
+            r#"{"kind":"fork_fail","errno":"ENOMEM","schedule":"every","expect":{"daemon":"alive"}}"#,
+            r#"{"kind":"half_close","task":1,"at":{"inside":{"data":0},"offset":6},"direction":"to_worker","expect":{"worker":{"signal":"SIGKILL"}}}"#,
+        ] {
+            let f = parse(s).unwrap();
+            let back: Fault = serde_json::from_str(&serde_json::to_string(&f).unwrap()).unwrap();
+            assert_eq!(f, back);
+        }
+    }
+}
