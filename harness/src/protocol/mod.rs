@@ -194,7 +194,7 @@ pub enum BroadcastOp {
     /// Register broadcast `id`; `path` is the file holding its pickle (absent when a
     /// decryption server serves it).
     Add { id: i64, path: Option<String> },
-    /// Sent as the negative long `-id - 1`.
+    /// Sent as the negative long `-1 - id`.
     Remove { id: i64 },
 }
 

@@ -152,7 +152,8 @@ impl Dialect {
                         wire::put_str(buf, path.as_deref().unwrap_or(""));
                     }
                 }
-                BroadcastOp::Remove { id } => wire::put_long(buf, -id - 1),
+                // `-1 - id` (not `-id - 1`): the same value, and it cannot overflow for any i64.
+                BroadcastOp::Remove { id } => wire::put_long(buf, -1 - id),
             }
         }
         wire::put_int(buf, req.eval_type.value());
@@ -340,7 +341,7 @@ impl Dialect {
                 let path = if has_server { None } else { Some(h.string("broadcast path")?) };
                 req.broadcasts.ops.push(BroadcastOp::Add { id, path });
             } else {
-                req.broadcasts.ops.push(BroadcastOp::Remove { id: -id - 1 });
+                req.broadcasts.ops.push(BroadcastOp::Remove { id: -1 - id });
             }
         }
         req.eval_type = EvalType::from_value(h.int()?);
@@ -508,6 +509,17 @@ mod tests {
         // D starts with -8.
         let d = Dialect::D.encode_request(&sample(Dialect::D)).bytes;
         assert_eq!(&d[..4], &(-8i32).to_be_bytes());
+    }
+
+    #[test]
+    fn extreme_broadcast_ids_do_not_overflow() {
+        // Found by the in-process fuzzer: a removal of i64::MIN overflowed `-id - 1`.
+        let mut req = sample(Dialect::A);
+        req.broadcasts.ops = vec![BroadcastOp::Remove { id: i64::MAX }];
+        let enc = Dialect::A.encode_request(&req);
+        let (dec, err) = decode_requests(Dialect::A, &enc.bytes);
+        assert!(err.is_none());
+        assert_eq!(dec[0].request.broadcasts.ops, vec![BroadcastOp::Remove { id: i64::MAX }]);
     }
 
     #[test]
