@@ -15,4 +15,6 @@ pub mod faults;
 pub mod scenario;
 pub mod decode;
 pub mod report;
+pub mod fuzz;
+pub mod repro;
 pub mod bench;

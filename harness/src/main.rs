@@ -99,6 +99,10 @@ enum Command {
     /// (internal) The recording tap that `record` puts in place of PYSPARK_PYTHON.
     #[command(hide = true)]
     Tap(fakejvm::golden::TapArgs),
+    /// Live fuzz campaign: mutated requests against real workers forked by one daemon.
+    Fuzz(fakejvm::fuzz::FuzzArgs),
+    /// Replay a reproducer file: exit 0 if it no longer reproduces, 1 if it does.
+    Repro(fakejvm::repro::ReproArgs),
     /// Throughput: fakejvm vs the worker alone vs a real Spark local[1] JVM, side by side.
     Bench(fakejvm::bench::BenchArgs),
     /// Show or set up the Python env (interpreter, pyspark version, dialect).
@@ -152,6 +156,9 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             if let Some(b) = e.downcast_ref::<BadInput>() {
+                eprintln!("fakejvm: {b}");
+                ExitCode::from(2)
+            } else if let Some(b) = e.downcast_ref::<fakejvm::repro::BadInput>() {
                 eprintln!("fakejvm: {b}");
                 ExitCode::from(2)
             } else if let Some(b) = e.downcast_ref::<fakejvm::golden::BadInput>() {
@@ -215,6 +222,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
             }
         }
         Command::Bench(args) => fakejvm::bench::bench_cmd(args).await,
+        Command::Fuzz(args) => fakejvm::fuzz::fuzz_cmd(args).await,
+        Command::Repro(args) => fakejvm::repro::repro_cmd(args).await,
         Command::Record(args) => fakejvm::golden::record_cmd(args).await,
         Command::Replay(args) => fakejvm::golden::replay_cmd(args).await,
         Command::Tap(_) => unreachable!("handled before the runtime starts"),

@@ -1,0 +1,185 @@
+//! `fakejvm fuzz --bench`: execs per second of the three ways to run a case, side by side in
+//! one run, over the same seeds and the same mutator: a fork server (one daemon forks a fresh
+//! worker per case), reused workers (SPARK_REUSE_WORKER), and a new interpreter per case.
+
+use super::exec::{ExecMode, ExecOptions, Executor, Lane};
+use super::mutate::{self, Context};
+use super::seeds::{self, Seed, SeedReport};
+use crate::protocol::Dialect;
+use crate::pyenv::PythonEnv;
+use crate::repro::BadInput;
+use crate::verdict::OutcomeKind;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub seed_dirs: Vec<PathBuf>,
+    pub builtin_seeds: bool,
+    pub jobs: usize,
+    /// Per row; the spawn row runs for `spawn_time`.
+    pub time: Duration,
+    pub spawn_time: Duration,
+    pub deadline: Duration,
+    pub rng_seed: u64,
+    pub modes: Vec<ExecMode>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    pub mode: ExecMode,
+    /// "mutated": fuzz cases as a campaign runs them; "clean": the seeds as they are.
+    pub cases: &'static str,
+    pub jobs: usize,
+    pub execs: u64,
+    pub secs: f64,
+    pub execs_per_sec: f64,
+    /// Cases that ran on a worker left by an earlier case.
+    pub reused_pct: f64,
+    pub outcomes: BTreeMap<String, u64>,
+    /// Processes of ours alive after the row's shutdown (then killed).
+    pub leftovers: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub pyspark: String,
+    pub dialect: Dialect,
+    pub cpus: usize,
+    pub seeds: SeedReport,
+    pub rows: Vec<BenchRow>,
+}
+
+impl BenchReport {
+    pub fn table(&self) -> String {
+        let spawn = self.rows.iter().find(|r| r.mode == ExecMode::Spawn).map(|r| r.execs_per_sec).filter(|v| *v > 0.0);
+        let mut s = format!(
+            "fuzz bench: pyspark {} (dialect {:?}), {} CPU(s), {} seed(s)\n{:<12} {:<8} {:>4} {:>7} {:>6} {:>9} {:>9} {:>7}\n",
+            self.pyspark,
+            self.dialect,
+            self.cpus,
+            self.seeds.builtin + self.seeds.scenario_tasks + self.seeds.golden_requests,
+            "mode",
+            "cases",
+            "jobs",
+            "execs",
+            "secs",
+            "execs/s",
+            "vs spawn",
+            "reused"
+        );
+        for r in &self.rows {
+            let ratio = spawn.map(|sp| format!("{:.1}x", r.execs_per_sec / sp)).unwrap_or_else(|| "-".into());
+            s.push_str(&format!(
+                "{:<12} {:<8} {:>4} {:>7} {:>6.1} {:>9.1} {:>9} {:>6.0}%\n",
+                r.mode.name(),
+                r.cases,
+                r.jobs,
+                r.execs,
+                r.secs,
+                r.execs_per_sec,
+                ratio,
+                r.reused_pct
+            ));
+        }
+        s
+    }
+}
+
+pub async fn fuzz_bench(env: PythonEnv, cfg: BenchConfig) -> anyhow::Result<BenchReport> {
+    let dialect = Dialect::for_version(env.pyspark.major, env.pyspark.minor)
+        .ok_or_else(|| BadInput(format!("pyspark {} is older than any dialect fakejvm speaks", env.pyspark)))?;
+    let (seeds, mut seed_report) = seeds::load(&env, dialect, &cfg.seed_dirs, cfg.builtin_seeds)?;
+    // The same seeds a campaign would keep (see seeds::calibrate), checked on a fork server.
+    let probe = Executor::start(env.clone(), dialect, ExecMode::ForkServer, ExecOptions { deadline: cfg.deadline, ..ExecOptions::default() }).await?;
+    let (seeds, dropped) = seeds::calibrate(seeds, &probe).await;
+    let _ = probe.shutdown().await;
+    seed_report.skipped.extend(dropped);
+    if seeds.is_empty() {
+        return Err(BadInput(format!("no seed runs cleanly against pyspark {}", env.pyspark)).into());
+    }
+    let seeds = Arc::new(seeds);
+    let mut rows = vec![];
+    let plan = [(ExecMode::ForkServer, true), (ExecMode::ForkServer, false), (ExecMode::Reuse, true), (ExecMode::Reuse, false), (ExecMode::Spawn, true)];
+    for (mode, mutated) in plan.into_iter().filter(|(m, _)| cfg.modes.contains(m)) {
+        let time = if mode == ExecMode::Spawn { cfg.spawn_time } else { cfg.time };
+        rows.push(bench_row(&env, dialect, seeds.clone(), mode, mutated, time, &cfg).await?);
+    }
+    Ok(BenchReport {
+        pyspark: env.pyspark.to_string(),
+        dialect,
+        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        seeds: seed_report,
+        rows,
+    })
+}
+
+async fn bench_row(env: &PythonEnv, dialect: Dialect, seeds: Arc<Vec<Seed>>, mode: ExecMode, mutated: bool, time: Duration, cfg: &BenchConfig) -> anyhow::Result<BenchRow> {
+    let exec = Arc::new(Executor::start(env.clone(), dialect, mode, ExecOptions { deadline: cfg.deadline, ..ExecOptions::default() }).await?);
+    let execs = Arc::new(AtomicU64::new(0));
+    let reused = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let until = started + time;
+    // Local tasks: session::run_task's future is not Send.
+    let local = tokio::task::LocalSet::new();
+    let mut lanes = vec![];
+    for id in 0..cfg.jobs.max(1) {
+        let (exec, seeds, execs, reused) = (exec.clone(), seeds.clone(), execs.clone(), reused.clone());
+        let rng_seed = cfg.rng_seed.wrapping_add(id as u64);
+        lanes.push(local.spawn_local(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(rng_seed);
+            let mut lane = Lane::default();
+            let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+            while Instant::now() < until {
+                let mut case = seeds[rng.random_range(0..seeds.len())].case.clone();
+                if mutated {
+                    let ctx = Context { dialect, seeds: &seeds };
+                    mutate::mutate(&mut case, &ctx, &mut rng);
+                }
+                let obs = exec.exec(&mut lane, Arc::new(case.to_bytes())).await;
+                execs.fetch_add(1, Ordering::Relaxed);
+                if obs.reused_worker {
+                    reused.fetch_add(1, Ordering::Relaxed);
+                }
+                let kind: OutcomeKind = obs.outcome.kind();
+                *outcomes.entry(format!("{kind:?}")).or_default() += 1;
+            }
+            outcomes
+        }));
+    }
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let per_lane = local
+        .run_until(async {
+            let mut all = vec![];
+            for l in lanes {
+                all.push(l.await);
+            }
+            all
+        })
+        .await;
+    for lane in per_lane {
+        for (k, v) in lane? {
+            *outcomes.entry(k).or_default() += v;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let n = execs.load(Ordering::Relaxed);
+    let exec = Arc::try_unwrap(exec).map_err(|_| anyhow::anyhow!("bench: a lane still holds the executor"))?;
+    let leftovers = exec.shutdown().await.map(|s| s.leftovers.len()).unwrap_or(0);
+    Ok(BenchRow {
+        mode,
+        cases: if mutated { "mutated" } else { "clean" },
+        jobs: cfg.jobs.max(1),
+        execs: n,
+        secs,
+        execs_per_sec: n as f64 / secs.max(1e-9),
+        reused_pct: if n == 0 { 0.0 } else { 100.0 * reused.load(Ordering::Relaxed) as f64 / n as f64 },
+        outcomes,
+        leftovers,
+    })
+}

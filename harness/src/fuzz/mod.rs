@@ -1,0 +1,223 @@
+//! The live-worker fuzzer: `fakejvm fuzz`.
+//!
+//! Requests are mutated as typed frames ([`case`], [`mutate`]) starting from [`seeds`], run on
+//! real workers forked by one long-lived daemon, or on reused workers ([`exec`]), judged by the
+//! oracles ([`oracle`]), deduplicated by [`signature`], shrunk ([`minimise`]) and saved as
+//! reproducer files (crate::repro) by the [`campaign`]. [`bench`] measures execs per second of
+//! the ways to run a case. The in-process targets over fakejvm's own decoders are a separate
+//! cargo-fuzz crate (`fuzz/` at the repo root).
+
+pub mod bench;
+pub mod campaign;
+pub mod case;
+pub mod dial;
+pub mod exec;
+pub mod minimise;
+pub mod mutate;
+pub mod oracle;
+pub mod seeds;
+pub mod signature;
+
+pub use bench::{fuzz_bench, BenchConfig, BenchReport};
+pub use campaign::{CampaignConfig, CampaignSummary};
+pub use exec::ExecMode;
+
+use crate::pyenv;
+use crate::repro::BadInput;
+use oracle::ExpectedRule;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct FuzzArgs {
+    /// Seed directories or files: scenario files (*.json) and golden folders (with index.json).
+    /// Built-in identity seeds are always added (see --no-builtin-seeds).
+    #[arg(long, value_name = "DIR")]
+    pub seeds: Vec<PathBuf>,
+    /// How long to fuzz: 90s, 10m, 1h (a bare number is seconds).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Stop after this many cases (whichever of this and --duration comes first).
+    #[arg(long, value_name = "N")]
+    pub max_execs: Option<u64>,
+    /// Where findings, corpus and campaign state go; a directory with a state.json is resumed.
+    #[arg(long, default_value = "findings")]
+    pub out: PathBuf,
+    /// Reuse workers (SPARK_REUSE_WORKER): each lane keeps one worker for case after case.
+    #[arg(long, conflicts_with = "mode")]
+    pub reuse: bool,
+    /// How cases reach workers (default fork-server: one daemon forks a fresh worker per case).
+    #[arg(long, value_enum)]
+    pub mode: Option<ExecMode>,
+    /// Cases in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// The pyspark of the cached env to fuzz (provisioned on first use); default 4.0.5.
+    #[arg(long, value_name = "VERSION")]
+    pub pyspark: Option<String>,
+    /// Use this interpreter (with pyspark) instead of a cached env.
+    #[arg(long, env = "FAKEJVM_PYTHON")]
+    pub python: Option<PathBuf>,
+    /// A case with no complete reply after this long is a hang (milliseconds).
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    pub deadline_ms: u64,
+    /// An exception that is a clean failure, not a finding: TYPE, TYPE@CODE or *@CODE
+    /// (CODE must appear in a traceback frame's source). Repeatable; adds to the defaults.
+    #[arg(long = "expect-exception", value_name = "RULE")]
+    pub expect_exception: Vec<String>,
+    /// Drop the default expected exceptions (EOFError, unpickling errors, pyspark.errors.*, SystemExit).
+    #[arg(long)]
+    pub no_default_expected: bool,
+    /// Traceback frames (innermost first) in a finding's signature.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub sig_frames: usize,
+    /// Worker runs one finding's minimisation may take.
+    #[arg(long, default_value_t = 300, value_name = "N")]
+    pub minimise_runs: usize,
+    /// Wall time one finding's minimisation may take.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub minimise_time: Duration,
+    /// Seed of the mutation RNG (default: from the clock).
+    #[arg(long)]
+    pub rng_seed: Option<u64>,
+    /// Only the seeds from --seeds.
+    #[arg(long)]
+    pub no_builtin_seeds: bool,
+    /// No progress line on the terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Measure execs/s of fork-server, reuse and spawn-per-case side by side instead of fuzzing.
+    #[arg(long)]
+    pub bench: bool,
+    /// With --bench: time per row.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub bench_time: Duration,
+    /// With --bench: only these modes (repeatable; default all three).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub bench_mode: Vec<ExecMode>,
+}
+
+/// "10m", "90s", "1h", "500ms", or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration: write e.g. 90s, 10m, 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl FuzzArgs {
+    pub fn exec_mode(&self) -> ExecMode {
+        if self.reuse {
+            ExecMode::Reuse
+        } else {
+            self.mode.unwrap_or(ExecMode::ForkServer)
+        }
+    }
+
+    fn expected(&self) -> Result<Vec<ExpectedRule>, BadInput> {
+        let mut rules = if self.no_default_expected { vec![] } else { ExpectedRule::defaults() };
+        for r in &self.expect_exception {
+            rules.push(ExpectedRule::parse(r).map_err(|e| BadInput(format!("--expect-exception: {e}")))?);
+        }
+        Ok(rules)
+    }
+
+    fn rng_seed(&self) -> u64 {
+        self.rng_seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1))
+    }
+
+    pub fn campaign_config(&self) -> Result<CampaignConfig, BadInput> {
+        if self.jobs == 0 {
+            return Err(BadInput("--jobs 0: at least one case must be in flight".into()));
+        }
+        if self.sig_frames == 0 {
+            return Err(BadInput("--sig-frames 0: a signature needs at least the frame that raised".into()));
+        }
+        if self.deadline_ms == 0 {
+            return Err(BadInput("--deadline-ms 0: every case would be a hang".into()));
+        }
+        Ok(CampaignConfig {
+            seed_dirs: self.seeds.clone(),
+            builtin_seeds: !self.no_builtin_seeds,
+            duration: self.duration,
+            max_execs: self.max_execs,
+            out: self.out.clone(),
+            mode: self.exec_mode(),
+            jobs: self.jobs,
+            deadline: Duration::from_millis(self.deadline_ms),
+            expected: self.expected()?,
+            sig_frames: self.sig_frames,
+            minimise_runs: self.minimise_runs,
+            minimise_time: self.minimise_time,
+            leak_grace: crate::repro::replay::LEAK_GRACE,
+            rng_seed: self.rng_seed(),
+            progress: !self.no_progress,
+        })
+    }
+}
+
+/// `fakejvm fuzz`. Exit codes: 0 the campaign ran (findings are in --out), 1 it aborted or left
+/// processes behind; a `BadInput` error (bad flag, broken seed file) means 2.
+pub async fn fuzz_cmd(args: FuzzArgs) -> anyhow::Result<u8> {
+    let cfg = args.campaign_config()?;
+    let env = pyenv::resolve(args.python.as_deref(), args.pyspark.as_deref()).map_err(|e| BadInput(e.to_string()))?;
+    if args.bench {
+        let bench = BenchConfig {
+            seed_dirs: cfg.seed_dirs.clone(),
+            builtin_seeds: cfg.builtin_seeds,
+            jobs: cfg.jobs,
+            time: args.bench_time,
+            spawn_time: args.bench_time,
+            deadline: cfg.deadline,
+            rng_seed: cfg.rng_seed,
+            modes: if args.bench_mode.is_empty() { vec![ExecMode::ForkServer, ExecMode::Reuse, ExecMode::Spawn] } else { args.bench_mode.clone() },
+        };
+        let report = fuzz_bench(env, bench).await?;
+        print!("{}", report.table());
+        let path = cfg.out.join("bench.json");
+        let mut bytes = serde_json::to_vec_pretty(&report)?;
+        bytes.push(b'\n');
+        crate::report::write_atomic(&path, &bytes).map_err(|e| BadInput::new(&path, format!("cannot write: {e}")))?;
+        println!("bench: {}", path.display());
+        return Ok(if report.rows.iter().any(|r| r.leftovers > 0) { 1 } else { 0 });
+    }
+    eprintln!(
+        "fuzz: pyspark {} ({}), {} mode, {} job(s), {:?}{}, findings in {}",
+        env.pyspark,
+        env.python.display(),
+        cfg.mode.name(),
+        cfg.jobs,
+        cfg.duration,
+        cfg.max_execs.map(|m| format!(" or {m} execs")).unwrap_or_default(),
+        cfg.out.display()
+    );
+    let summary = campaign::run(env, cfg).await?;
+    println!("{}", summary.text());
+    Ok(if summary.aborted.is_some() || !summary.leftover_processes.is_empty() { 1 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+}

@@ -1,0 +1,314 @@
+//! Where mutation starts: well-formed requests of the campaign's dialect.
+//!
+//! Three sources, all ending as a typed [`TaskRequest`] (when it can be had) plus its frames:
+//! - built-in identity seeds (`func = lambda split, it: it` over each input framing): their
+//!   output must equal their input, which makes them round-trip seeds for the silent-wrong-output
+//!   oracle;
+//! - scenario files (`--seeds DIR`): each task as `fakejvm run` would send it;
+//! - golden folders (`--seeds DIR` holding `index.json` folders): the requests a real Spark JVM
+//!   sent, cut into frames by the request decoder. Only goldens of the campaign's dialect apply.
+//!
+//! Seeds must be self-contained (a reproducer replays anywhere), so scenario tasks that send
+//! broadcast files, spark files or includes are left out.
+
+use super::case::Case;
+use crate::pickle::{self, FrameKind};
+use crate::protocol::{decode_requests, DataItem, Dialect, TaskRequest};
+use crate::pyenv::{self, CommandSpec, PythonEnv, SerializerSpec};
+use crate::repro::BadInput;
+use crate::scenario::{self, Input, Scenario};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+/// How the output of a round-trip seed relates to its input: the function is the identity, so
+/// the values the worker writes (per `output`) equal the values of the data frames sent (per
+/// `input`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundTrip {
+    pub input: FrameKind,
+    pub output: FrameKind,
+}
+
+#[derive(Clone, Debug)]
+pub struct Seed {
+    pub name: String,
+    /// The typed request when one is known (all built-in and scenario seeds, goldens that decode):
+    /// field mutations change it and re-encode the header.
+    pub request: Option<TaskRequest>,
+    pub case: Case,
+    pub round_trip: Option<RoundTrip>,
+}
+
+/// What went into the seed list, for the campaign's first lines.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SeedReport {
+    pub builtin: usize,
+    pub scenario_tasks: usize,
+    pub golden_requests: usize,
+    /// Why each left-out source was left out.
+    pub skipped: Vec<String>,
+}
+
+/// A built-in seed: an identity function over one framing of the input.
+struct Builtin {
+    name: &'static str,
+    deserializer: SerializerSpec,
+    serializer: SerializerSpec,
+    data: Vec<DataItem>,
+}
+
+fn builtins() -> Vec<Builtin> {
+    let values: Vec<pickle::Value> = [
+        json!(1),
+        json!(-2),
+        json!(1u64 << 40),
+        json!("text"),
+        json!("é😀"),
+        json!(null),
+        json!([1, [2, "x"]]),
+        json!(2.5),
+        json!(true),
+    ]
+    .iter()
+    .map(|v| pickle::value_from_json(v).expect("built-in seed values are plain JSON"))
+    .collect();
+    let frames = |f: Vec<Vec<u8>>| f.into_iter().map(DataItem::Frame).collect::<Vec<_>>();
+    let lines = ["plain", "naïve", "", "😀 emoji"];
+    let mut utf8: Vec<DataItem> = lines.iter().map(|l| DataItem::Frame(l.as_bytes().to_vec())).collect();
+    utf8.insert(2, DataItem::Null);
+    vec![
+        Builtin {
+            name: "identity_batched",
+            deserializer: SerializerSpec::Batched { size: 3 },
+            serializer: SerializerSpec::AutoBatched,
+            data: frames(pickle::batched_frames(&values, 3)),
+        },
+        Builtin {
+            name: "identity_pickle",
+            deserializer: SerializerSpec::Pickle,
+            serializer: SerializerSpec::Pickle,
+            data: frames(pickle::unbatched_frames(&values[..4])),
+        },
+        Builtin { name: "identity_utf8", deserializer: SerializerSpec::Utf8, serializer: SerializerSpec::AutoBatched, data: utf8 },
+        Builtin {
+            name: "identity_noop",
+            deserializer: SerializerSpec::NoOp,
+            serializer: SerializerSpec::NoOp,
+            data: vec![DataItem::Frame(b"\x00\x01raw".to_vec()), DataItem::Frame(vec![]), DataItem::Frame(vec![0xff; 9])],
+        },
+    ]
+}
+
+/// The frame kind a (de)serializer spec reads or writes, when it is a simple one.
+fn frame_kind(spec: &SerializerSpec) -> Option<FrameKind> {
+    match spec {
+        SerializerSpec::Batched { .. } | SerializerSpec::AutoBatched => Some(FrameKind::Batched),
+        SerializerSpec::Pickle => Some(FrameKind::Unbatched),
+        SerializerSpec::Utf8 => Some(FrameKind::Utf8),
+        SerializerSpec::NoOp => Some(FrameKind::Raw),
+        SerializerSpec::Pair { .. } | SerializerSpec::Cartesian { .. } => None,
+    }
+}
+
+/// True for `func = lambda a, b: b` (any names, any spacing): the identity over the iterator.
+fn is_identity(function: &str) -> bool {
+    let s: String = function.chars().filter(|c| !c.is_whitespace()).collect();
+    let Some(rest) = s.strip_prefix("func=lambda") else { return false };
+    let Some((args, body)) = rest.split_once(':') else { return false };
+    matches!(args.split_once(','), Some((_, it)) if it == body && !it.is_empty())
+}
+
+/// Every seed for a campaign in `dialect` against `env`: the built-ins, then what `dirs` hold.
+pub fn load(env: &PythonEnv, dialect: Dialect, dirs: &[PathBuf], with_builtins: bool) -> Result<(Vec<Seed>, SeedReport), BadInput> {
+    let mut report = SeedReport::default();
+    // Typed seeds first: (name, request without command, command spec, round trip).
+    let mut typed: Vec<(String, TaskRequest, CommandSpec, Option<RoundTrip>)> = vec![];
+    if with_builtins {
+        for b in builtins() {
+            let rt = match (frame_kind(&b.deserializer), frame_kind(&b.serializer)) {
+                (Some(input), Some(output)) => Some(RoundTrip { input, output }),
+                _ => None,
+            };
+            let req = TaskRequest::non_udf(&env.python_version, vec![], b.data);
+            let spec = CommandSpec { function: "func = lambda split, it: it".into(), deserializer: b.deserializer, serializer: b.serializer };
+            typed.push((b.name.to_string(), req, spec, rt));
+            report.builtin += 1;
+        }
+    }
+    let mut goldens = vec![];
+    let scratch = tempfile::Builder::new().prefix("fakejvm-fuzz-seeds-").tempdir().map_err(|e| BadInput(format!("cannot make a temporary directory for seeds: {e}")))?;
+    for dir in dirs {
+        if !dir.exists() {
+            return Err(BadInput::new(dir, "--seeds: no such file or directory"));
+        }
+        let mut scenario_files = vec![];
+        walk(dir, &mut scenario_files, &mut goldens).map_err(|e| BadInput::new(dir, format!("cannot list: {e}")))?;
+        for file in scenario_files {
+            let sc = Scenario::load(&file).map_err(|e| BadInput(e.to_string()))?;
+            for (i, task) in sc.tasks.iter().enumerate() {
+                let name = format!("{}#{i}", file.display());
+                if !task.broadcasts.is_empty() || !task.files.is_empty() || !task.includes.is_empty() {
+                    report.skipped.push(format!("{name}: sends broadcast or spark files, which a reproducer could not carry"));
+                    continue;
+                }
+                if matches!(task.input, Input::OutputOf { .. }) {
+                    report.skipped.push(format!("{name}: its input is an earlier task's output"));
+                    continue;
+                }
+                let spec = scenario::command_spec(task);
+                let req = scenario::build_request(task, env, vec![], &scratch.path().join(format!("s{}", typed.len())), &[])
+                    .map_err(|e| BadInput::new(&file, format!("task {i}: {e:#}")))?;
+                let rt = match (is_identity(&task.function), frame_kind(&spec.deserializer), frame_kind(&spec.serializer)) {
+                    (true, Some(input), Some(output)) => Some(RoundTrip { input, output }),
+                    _ => None,
+                };
+                typed.push((name, req, spec, rt));
+                report.scenario_tasks += 1;
+            }
+        }
+    }
+
+    let specs: Vec<CommandSpec> = typed.iter().map(|t| t.2.clone()).collect();
+    let commands = pyenv::build_commands(env, &specs).map_err(|e| BadInput(one_line(&format!("building seed commands: {e}"))))?;
+    let mut seeds = vec![];
+    for ((name, mut req, _, round_trip), command) in typed.into_iter().zip(commands) {
+        req.command = command;
+        // The scratch dir goes away; the worker only puts the files dir on sys.path, so a path that
+        // no longer exists behaves like an empty one. A fixed text keeps reproducers stable.
+        req.spark_files_dir = "/nonexistent/fakejvm-fuzz/files".into();
+        let case = Case::from_encoded(seeds.len(), &dialect.encode_request(&req));
+        seeds.push(Seed { name, request: Some(req), case, round_trip });
+    }
+    for g in goldens {
+        match golden_seeds(&g, dialect, seeds.len()) {
+            Ok(found) => {
+                report.golden_requests += found.len();
+                seeds.extend(found);
+            }
+            Err(why) => report.skipped.push(format!("{}: {why}", g.display())),
+        }
+    }
+    if seeds.is_empty() {
+        let where_ = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+        return Err(BadInput(format!("{where_}: no usable seeds for dialect {dialect:?} (and built-in seeds are off)")));
+    }
+    Ok((seeds, report))
+}
+
+/// Scenario files and golden folders under `dir` (a golden folder is not searched further).
+fn walk(dir: &Path, scenarios: &mut Vec<PathBuf>, goldens: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if dir.is_file() {
+        scenarios.push(dir.to_path_buf());
+        return Ok(());
+    }
+    if dir.join(crate::golden::format::INDEX).is_file() {
+        goldens.push(dir.to_path_buf());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, scenarios, goldens)?;
+        } else if p.extension().is_some_and(|x| x == "json") {
+            scenarios.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Each recorded request of a golden, cut into frames by the decoder.
+fn golden_seeds(dir: &Path, dialect: Dialect, first_index: usize) -> Result<Vec<Seed>, String> {
+    let g = crate::golden::Golden::load(dir).map_err(|e| e.to_string())?;
+    if g.index.dialect != dialect {
+        return Err(format!("recorded in dialect {:?}, the campaign speaks {dialect:?}", g.index.dialect));
+    }
+    let mut out = vec![];
+    for c in &g.index.connections {
+        let bytes = g.read(&c.request).map_err(|e| e.to_string())?;
+        for (t, [start, end]) in c.request_spans.iter().enumerate() {
+            let Some(window) = bytes.get(*start as usize..*end as usize) else {
+                return Err(format!("{} task {t}: span {start}..{end} is past the end of {}", c.id, c.request));
+            };
+            let (decoded, err) = decode_requests(dialect, window);
+            let name = format!("{}:{}#{t}", dir.display(), c.id);
+            match (decoded.into_iter().next(), err) {
+                (Some(d), None) if d.request.broadcasts.ops.iter().any(|op| matches!(op, crate::protocol::BroadcastOp::Add { .. })) => {
+                    // The broadcast files were on the recording machine: a reproducer could not
+                    // carry them (the function would fail with FileNotFoundError here).
+                    continue;
+                }
+                (Some(d), None) => {
+                    let case = Case::from_spans(first_index + out.len(), window, &d.spans);
+                    out.push(Seed { name, request: Some(d.request), case, round_trip: None });
+                }
+                // A request the decoder does not model (e.g. a SQL eval type) is still a seed,
+                // as one opaque frame.
+                _ => out.push(Seed {
+                    name,
+                    request: None,
+                    case: Case::from_spans(first_index + out.len(), window, &[]),
+                    round_trip: None,
+                }),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Run every seed once, unmutated, and keep those that end within half the deadline without a
+/// hang or a crash: a seed that is slow or broken by itself (a scenario that exhausts memory on
+/// purpose, say) would turn every case drawn from it into a "finding" about the seed. Seeds that
+/// fail with an exception stay (raising on purpose is a fine start). Returns the kept seeds,
+/// renumbered, and why each other one went.
+pub async fn calibrate(seeds: Vec<Seed>, exec: &super::exec::Executor) -> (Vec<Seed>, Vec<String>) {
+    use crate::verdict::Outcome;
+    let mut kept = vec![];
+    let mut dropped = vec![];
+    let limit = exec.deadline() / 2;
+    for mut s in seeds {
+        let obs = exec.exec_fresh(std::sync::Arc::new(s.case.to_bytes())).await;
+        let why = match &obs.outcome {
+            Outcome::Hang { .. } => Some("it hangs unmutated".to_string()),
+            Outcome::WorkerCrashed { .. } | Outcome::DaemonDied { .. } | Outcome::Harness { .. } | Outcome::ProtocolViolation { .. } => {
+                Some(format!("unmutated it ends in {:?}", obs.outcome.kind()))
+            }
+            _ if obs.elapsed > limit => Some(format!("it takes {} ms unmutated (over half the {} ms deadline)", obs.elapsed.as_millis(), exec.deadline().as_millis())),
+            _ => None,
+        };
+        match why {
+            Some(w) => dropped.push(format!("{}: {w}", s.name)),
+            None => {
+                s.case.seed = kept.len();
+                kept.push(s);
+            }
+        }
+    }
+    (kept, dropped)
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_functions_are_recognised() {
+        assert!(is_identity("func = lambda split, it: it"));
+        assert!(is_identity("func = lambda s,x : x\n"));
+        assert!(!is_identity("func = lambda split, it: (x * 2 for x in it)"));
+        assert!(!is_identity("func = lambda split, it: split"));
+        assert!(!is_identity("def func(s, it):\n    return it"));
+    }
+
+    #[test]
+    fn builtin_seeds_have_data() {
+        for b in builtins() {
+            assert!(!b.data.is_empty(), "{}", b.name);
+            assert!(frame_kind(&b.deserializer).is_some() && frame_kind(&b.serializer).is_some());
+        }
+    }
+}

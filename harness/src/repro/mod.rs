@@ -1,0 +1,29 @@
+//! Reproducer files: one finding, self-contained and versioned, replayed by `fakejvm repro`.
+//!
+//! A reproducer holds the exact request bytes (base64, with the frame map and, when short, hex),
+//! the pyspark and Python versions, the dialect, the worker mode and how the bytes were written,
+//! and the outcome and signature it ended in. Replaying resolves (provisions if needed) an env
+//! with that pyspark, sends the same bytes the same way to a fresh worker, and compares
+//! signatures: exit 0 when the finding no longer reproduces, 1 when it does, 2 on bad input.
+//! Files are written atomically (report::write_atomic): a crash never leaves half a reproducer.
+
+pub mod file;
+pub mod replay;
+
+pub use file::{FrameRef, Found, RequestBytes, Reproducer, FORMAT, KIND};
+pub use replay::{repro_cmd, replay, ReplayReport, ReproArgs};
+
+use std::path::Path;
+
+/// Input the user has to fix (a broken reproducer file, a wrong flag, a missing env): one line
+/// naming the file and the problem. The CLI prints it and exits with 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+impl BadInput {
+    pub fn new(file: &Path, problem: impl std::fmt::Display) -> BadInput {
+        let text = format!("{}: {problem}", file.display());
+        BadInput(text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
+    }
+}

@@ -1,0 +1,166 @@
+//! `fakejvm repro FILE`: replay a reproducer against a matching env and say, in a few lines
+//! that fit in a bug report, whether it still reproduces.
+
+use super::{BadInput, Reproducer};
+use crate::fuzz::exec::{ExecOptions, Executor};
+use crate::fuzz::oracle::{Judge, Verdict};
+use crate::fuzz::seeds::Seed;
+use crate::fuzz::signature::Signature;
+use crate::protocol::Dialect;
+use crate::pyenv;
+use crate::verdict::{Outcome, OutcomeKind};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a replayed worker may live after its case before it counts as leaked (as in fuzz).
+pub const LEAK_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReproArgs {
+    /// The reproducer file, as `fakejvm fuzz` wrote it.
+    pub file: PathBuf,
+    /// Use this interpreter (with pyspark) instead of fakejvm's cached env for the file's pyspark.
+    #[arg(long, env = "FAKEJVM_PYTHON")]
+    pub python: Option<PathBuf>,
+    /// Replay against another pyspark release (of the same request family as the file's).
+    #[arg(long, value_name = "VERSION")]
+    pub pyspark: Option<String>,
+    /// Run it this many times; it reproduces if any run does.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplayReport {
+    pub file: String,
+    pub pyspark: String,
+    pub recorded: Signature,
+    pub recorded_id: String,
+    /// One per run.
+    pub replayed: Vec<Signature>,
+    /// The last run's outcome, in words.
+    pub outcome: String,
+    pub reproduced: bool,
+    pub elapsed_ms: u64,
+}
+
+impl ReplayReport {
+    pub fn text(&self, r: &Reproducer) -> String {
+        let mut s = format!("repro   {}\n", self.file);
+        s.push_str(&format!(
+            "found   {} (pyspark {}, dialect {:?}, {}, {}-byte request{})\n",
+            self.recorded.text(),
+            r.pyspark,
+            r.dialect,
+            r.mode.name(),
+            r.request.len,
+            if r.minimised { ", minimised" } else { "" }
+        ));
+        s.push_str(&format!("replay  {} (pyspark {})\n", short(&self.outcome, 300), self.pyspark));
+        if self.reproduced {
+            s.push_str(&format!("result  REPRODUCES (signature {})", self.recorded_id));
+        } else {
+            let last = self.replayed.last().map(Signature::text).unwrap_or_default();
+            s.push_str(&format!("result  does not reproduce: the replay ended in {last}"));
+        }
+        s
+    }
+}
+
+fn short(s: &str, n: usize) -> String {
+    let line = s.lines().next().unwrap_or("");
+    if line.chars().count() > n {
+        format!("{}...", line.chars().take(n).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}
+
+/// Exit codes: 0 no longer reproduces, 1 reproduces; a `BadInput` error means 2.
+pub async fn repro_cmd(args: ReproArgs) -> anyhow::Result<u8> {
+    if args.runs == 0 {
+        return Err(BadInput("--runs 0: give at least one run".into()).into());
+    }
+    let r = Reproducer::load(&args.file)?;
+    let report = replay(&args.file, &r, args.python.as_deref(), args.pyspark.as_deref(), args.runs).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.text(&r));
+    }
+    Ok(if report.reproduced { 1 } else { 0 })
+}
+
+/// Replay `r` (read from `file`) `runs` times on fresh workers.
+pub async fn replay(file: &Path, r: &Reproducer, python: Option<&Path>, pyspark: Option<&str>, runs: usize) -> anyhow::Result<ReplayReport> {
+    let started = Instant::now();
+    let bytes = r.bytes().map_err(|e| BadInput::new(file, e))?;
+    let case = r.case().map_err(|e| BadInput::new(file, e))?;
+    let wanted = pyspark.unwrap_or(&r.pyspark);
+    let env = pyenv::resolve(python, Some(wanted)).map_err(|e| BadInput::new(file, format!("no env to replay it in: {e}")))?;
+    if env.python_version != r.python {
+        return Err(BadInput::new(
+            file,
+            format!(
+                "recorded with Python {} but {} is Python {}: the request carries the Python version, so replay it with --python pointing at a Python {} with pyspark {}",
+                r.python,
+                env.python.display(),
+                env.python_version,
+                r.python,
+                r.pyspark
+            ),
+        )
+        .into());
+    }
+    let dialect = Dialect::for_version(env.pyspark.major, env.pyspark.minor)
+        .ok_or_else(|| BadInput::new(file, format!("pyspark {} is older than any dialect fakejvm speaks", env.pyspark)))?;
+    if dialect != r.dialect {
+        return Err(BadInput::new(file, format!("recorded in dialect {:?}, but pyspark {} speaks dialect {dialect:?}", r.dialect, env.pyspark)).into());
+    }
+    let exec = Executor::start(env.clone(), dialect, r.mode, ExecOptions { deadline: Duration::from_millis(r.deadline_ms), ..ExecOptions::default() }).await?;
+    // Rules do not matter here: the signature alone is compared.
+    let judge = Judge { expected: vec![], depth: r.signature_frames };
+    let seed = r.round_trip.map(|rt| Seed { name: "reproducer".into(), request: None, case: case.clone(), round_trip: Some(rt.into()) });
+    let bytes = Arc::new(bytes);
+    let mut replayed = vec![];
+    let mut outcome = String::new();
+    for _ in 0..runs {
+        let obs = exec.exec_fresh(bytes.clone()).await;
+        let (mut sig, judged) = match judge.judge(&obs, &case, seed.as_ref()) {
+            Verdict::Finding(s, o) => (s, o),
+            Verdict::Expected(s) => (s, obs.outcome.clone()),
+            Verdict::Harness(e) => return Err(anyhow::anyhow!("replaying {}: fakejvm itself failed: {e}", file.display())),
+        };
+        outcome = match &judged {
+            Outcome::PythonException { exc_type, message } => format!("PythonException {exc_type}: {message}"),
+            o => o.to_string(),
+        };
+        if r.signature.kind == OutcomeKind::LeakedProcess {
+            tokio::time::sleep(LEAK_GRACE + Duration::from_millis(200)).await;
+            let leaks = exec.leaked(LEAK_GRACE).await;
+            if let Some(l) = leaks.iter().find(|l| l.bytes.is_some()).or(leaks.first()) {
+                let o = Outcome::LeakedProcess { processes: vec![(l.pid, l.cmdline.clone())] };
+                outcome = o.to_string();
+                sig = Signature::of(&o, None, r.signature_frames);
+            }
+        }
+        replayed.push(sig);
+    }
+    let _ = exec.shutdown().await;
+    let reproduced = replayed.iter().any(|s| s == &r.signature);
+    Ok(ReplayReport {
+        file: file.display().to_string(),
+        pyspark: env.pyspark.to_string(),
+        recorded_id: r.signature_id.clone(),
+        recorded: r.signature.clone(),
+        replayed,
+        outcome,
+        reproduced,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    })
+}
