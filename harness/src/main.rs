@@ -158,9 +158,6 @@ fn main() -> ExitCode {
             if let Some(b) = e.downcast_ref::<BadInput>() {
                 eprintln!("fakejvm: {b}");
                 ExitCode::from(2)
-            } else if let Some(b) = e.downcast_ref::<fakejvm::repro::BadInput>() {
-                eprintln!("fakejvm: {b}");
-                ExitCode::from(2)
             } else if let Some(b) = e.downcast_ref::<fakejvm::golden::BadInput>() {
                 eprintln!("fakejvm: {b}");
                 ExitCode::from(2)

@@ -13,7 +13,7 @@ use super::exec::Observation;
 use super::seeds::{RoundTrip, Seed};
 use super::signature::{innermost_frames, Signature};
 use crate::pickle::{self, FrameKind};
-use crate::protocol::{ReplyEnd, ReplyItem, SpanKind};
+use crate::protocol::{ReplyEnd, SpanKind};
 use crate::verdict::{Outcome, OutcomeKind};
 use crate::wire::{Reader, Slot, SpecialLength};
 use serde::{Deserialize, Serialize};
@@ -181,14 +181,7 @@ fn round_trip_check(obs: &Observation, case: &Case, seed: Option<&Seed>) -> Opti
         return None;
     }
     let data: Vec<u8> = case.frames[case.data_range()].iter().flat_map(|f| f.bytes.iter().copied()).collect();
-    let got_frames: Vec<Option<Vec<u8>>> = reply
-        .data
-        .iter()
-        .map(|d| match d {
-            ReplyItem::Frame(b) => Some(b.clone()),
-            ReplyItem::Null => None,
-        })
-        .collect();
+    let got_frames = reply.frames();
     let got = pickle::decode_frames(rt.output, &got_frames).ok()?;
     let got_json = serde_json::Value::Array(got.iter().map(pickle::value_to_json).collect());
     match reference_values(rt, &data) {

@@ -59,6 +59,19 @@ pub struct Reply {
     pub end_offset: u64,
 }
 
+impl Reply {
+    /// The data items as frame payloads, None for a NULL (-5): the shape the pickle decoders take.
+    pub fn frames(&self) -> Vec<Option<Vec<u8>>> {
+        self.data
+            .iter()
+            .map(|d| match d {
+                ReplyItem::Frame(b) => Some(b.clone()),
+                ReplyItem::Null => None,
+            })
+            .collect()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Data,

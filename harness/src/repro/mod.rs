@@ -13,17 +13,8 @@ pub mod replay;
 pub use file::{FrameRef, Found, RequestBytes, Reproducer, FORMAT, KIND};
 pub use replay::{repro_cmd, replay, ReplayReport, ReproArgs};
 
-use std::path::Path;
 
 /// Input the user has to fix (a broken reproducer file, a wrong flag, a missing env): one line
 /// naming the file and the problem. The CLI prints it and exits with 2.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct BadInput(pub String);
-
-impl BadInput {
-    pub fn new(file: &Path, problem: impl std::fmt::Display) -> BadInput {
-        let text = format!("{}: {problem}", file.display());
-        BadInput(text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
-    }
-}
+/// One line naming the file and the problem (exit 2): the same type the golden loader uses.
+pub use crate::golden::BadInput;

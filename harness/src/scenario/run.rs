@@ -259,14 +259,7 @@ async fn run_tasks(env: &PythonEnv, sc: &Scenario, dialect: Dialect, opts: &RunO
             Some(o) => o,
             None => {
                 let reply = result.reply.as_ref().expect("completed");
-                let frames: Vec<Option<Vec<u8>>> = reply
-                    .data
-                    .iter()
-                    .map(|d| match d {
-                        ReplyItem::Frame(b) => Some(b.clone()),
-                        ReplyItem::Null => None,
-                    })
-                    .collect();
+                let frames = reply.frames();
                 match pickle::decode_frames(frame_kind(task), &frames) {
                     Ok(values) => {
                         let got = serde_json::Value::Array(values.iter().map(pickle::value_to_json).collect());
