@@ -180,8 +180,16 @@ impl CampaignSummary {
             "  seeds: {} built-in, {} scenario task(s), {} golden request(s)\n",
             self.seeds.builtin, self.seeds.scenario_tasks, self.seeds.golden_requests
         ));
-        for why in &self.seeds.skipped {
+        // Goldens of other request families are left out by design: one line for all of them.
+        let (other_dialect, rest): (Vec<&String>, Vec<&String>) = self.seeds.skipped.iter().partition(|w| w.contains("the campaign speaks"));
+        if !other_dialect.is_empty() {
+            s.push_str(&format!("    left out: {} golden(s) recorded in other dialects\n", other_dialect.len()));
+        }
+        for why in rest.iter().take(8) {
             s.push_str(&format!("    left out: {why}\n"));
+        }
+        if rest.len() > 8 {
+            s.push_str(&format!("    left out: {} more (see summary.json)\n", rest.len() - 8));
         }
         for f in &self.findings {
             let state = if f.flaky {
@@ -240,7 +248,7 @@ pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign
     let (seeds, mut seed_report) = seeds::load(&env, dialect, &cfg.seed_dirs, cfg.builtin_seeds)?;
     let state = load_or_new_state(&cfg, &env, dialect)?;
     let exec = Executor::start(env.clone(), dialect, cfg.mode, ExecOptions { deadline: cfg.deadline, ..ExecOptions::default() }).await?;
-    let (seeds, dropped) = seeds::calibrate(seeds, &exec).await;
+    let (seeds, dropped) = seeds::calibrate(seeds, &exec, cfg.jobs).await;
     seed_report.skipped.extend(dropped);
     if seeds.is_empty() {
         return Err(BadInput(format!("no seed runs cleanly against pyspark {}: {}", env.pyspark, seed_report.skipped.join("; "))).into());
@@ -539,10 +547,17 @@ impl Campaign {
         let seed = self.seeds.get(case.seed);
         let mut check = TimedCheck {
             live: LiveCheck { exec: &self.exec, judge: &self.judge, seed, target: &sig },
-            until: Instant::now() + self.cfg.minimise_time,
+            // Never long past the campaign's own end: an unfinished minimisation is picked up
+            // again when the campaign is resumed.
+            until: (Instant::now() + self.cfg.minimise_time).min(self.started + self.cfg.duration + Duration::from_secs(5)),
             runs: 0,
         };
         let confirmed = check.reproduces(&case).await || check.reproduces(&case).await;
+        if !confirmed && check.out_of_time() {
+            // Not flaky, just late: left unminimised for a resumed campaign to finish.
+            self.minimise_runs.fetch_add(check.runs as u64, Ordering::Relaxed);
+            return;
+        }
         if !confirmed {
             self.minimise_runs.fetch_add(check.runs as u64, Ordering::Relaxed);
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -683,9 +698,15 @@ struct TimedCheck<'a> {
     runs: usize,
 }
 
+impl TimedCheck<'_> {
+    fn out_of_time(&self) -> bool {
+        Instant::now() >= self.until
+    }
+}
+
 impl Reproduces for TimedCheck<'_> {
     async fn reproduces(&mut self, candidate: &Case) -> bool {
-        if Instant::now() >= self.until {
+        if self.out_of_time() {
             return false;
         }
         self.runs += 1;

@@ -58,9 +58,10 @@ pub struct FuzzArgs {
     /// Use this interpreter (with pyspark) instead of a cached env.
     #[arg(long, env = "FAKEJVM_PYTHON")]
     pub python: Option<PathBuf>,
-    /// A case with no complete reply after this long is a hang (milliseconds).
-    #[arg(long, default_value_t = 2000, value_name = "MS")]
-    pub deadline_ms: u64,
+    /// A case with no complete reply after this long is a hang (milliseconds). Default 2000, and
+    /// 5000 for pyspark 4.2+, whose fresh workers import pyspark.worker after the fork.
+    #[arg(long, value_name = "MS")]
+    pub deadline_ms: Option<u64>,
     /// An exception that is a clean failure, not a finding: TYPE, TYPE@CODE or *@CODE
     /// (CODE must appear in a traceback frame's source). Repeatable; adds to the defaults.
     #[arg(long = "expect-exception", value_name = "RULE")]
@@ -96,6 +97,11 @@ pub struct FuzzArgs {
     #[arg(long, value_enum, value_name = "MODE")]
     pub bench_mode: Vec<ExecMode>,
 }
+
+const DEFAULT_DEADLINE_MS: u64 = 2000;
+/// pyspark 4.2+ daemons import pyspark.worker in every fresh worker (3.3-4.1 import it once,
+/// before forking): on a busy 2-core machine that import alone can take over a second.
+const DEFAULT_DEADLINE_MS_IMPORTING: u64 = 5000;
 
 /// "10m", "90s", "1h", "500ms", or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -144,7 +150,10 @@ impl FuzzArgs {
         if self.sig_frames == 0 {
             return Err(BadInput("--sig-frames 0: a signature needs at least the frame that raised".into()));
         }
-        if self.deadline_ms == 0 {
+        if let Some(missing) = self.seeds.iter().find(|p| !p.exists()) {
+            return Err(BadInput::new(missing, "--seeds: no such file or directory"));
+        }
+        if self.deadline_ms == Some(0) {
             return Err(BadInput("--deadline-ms 0: every case would be a hang".into()));
         }
         Ok(CampaignConfig {
@@ -155,7 +164,7 @@ impl FuzzArgs {
             out: self.out.clone(),
             mode: self.exec_mode(),
             jobs: self.jobs,
-            deadline: Duration::from_millis(self.deadline_ms),
+            deadline: Duration::from_millis(self.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS)),
             expected: self.expected()?,
             sig_frames: self.sig_frames,
             minimise_runs: self.minimise_runs,
@@ -170,8 +179,11 @@ impl FuzzArgs {
 /// `fakejvm fuzz`. Exit codes: 0 the campaign ran (findings are in --out), 1 it aborted or left
 /// processes behind; a `BadInput` error (bad flag, broken seed file) means 2.
 pub async fn fuzz_cmd(args: FuzzArgs) -> anyhow::Result<u8> {
-    let cfg = args.campaign_config()?;
+    let mut cfg = args.campaign_config()?;
     let env = pyenv::resolve(args.python.as_deref(), args.pyspark.as_deref()).map_err(|e| BadInput(e.to_string()))?;
+    if args.deadline_ms.is_none() && (env.pyspark.major, env.pyspark.minor) >= (4, 2) {
+        cfg.deadline = Duration::from_millis(DEFAULT_DEADLINE_MS_IMPORTING);
+    }
     if args.bench {
         let bench = BenchConfig {
             seed_dirs: cfg.seed_dirs.clone(),

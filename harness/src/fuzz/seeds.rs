@@ -259,23 +259,30 @@ fn golden_seeds(dir: &Path, dialect: Dialect, first_index: usize) -> Result<Vec<
 /// Run every seed once, unmutated, and keep those that end within half the deadline without a
 /// hang or a crash: a seed that is slow or broken by itself (a scenario that exhausts memory on
 /// purpose, say) would turn every case drawn from it into a "finding" about the seed. Seeds that
-/// fail with an exception stay (raising on purpose is a fine start). Returns the kept seeds,
-/// renumbered, and why each other one went.
-pub async fn calibrate(seeds: Vec<Seed>, exec: &super::exec::Executor) -> (Vec<Seed>, Vec<String>) {
+/// fail with an exception stay (raising on purpose is a fine start). `jobs` seeds run at once.
+/// Returns the kept seeds, renumbered, and why each other one went.
+pub async fn calibrate(seeds: Vec<Seed>, exec: &super::exec::Executor, jobs: usize) -> (Vec<Seed>, Vec<String>) {
     use crate::verdict::Outcome;
+    let limit = exec.deadline() / 2;
+    let mut verdicts: Vec<Option<String>> = Vec::with_capacity(seeds.len());
+    for chunk in seeds.chunks(jobs.max(1)) {
+        let runs = chunk.iter().map(|s| exec.exec_fresh(std::sync::Arc::new(s.case.to_bytes())));
+        for obs in join_all(runs.collect()).await {
+            verdicts.push(match &obs.outcome {
+                Outcome::Hang { .. } => Some("it hangs unmutated".to_string()),
+                Outcome::WorkerCrashed { .. } | Outcome::DaemonDied { .. } | Outcome::Harness { .. } | Outcome::ProtocolViolation { .. } => {
+                    Some(format!("unmutated it ends in {:?}", obs.outcome.kind()))
+                }
+                _ if obs.elapsed > limit => {
+                    Some(format!("it takes {} ms unmutated (over half the {} ms deadline)", obs.elapsed.as_millis(), exec.deadline().as_millis()))
+                }
+                _ => None,
+            });
+        }
+    }
     let mut kept = vec![];
     let mut dropped = vec![];
-    let limit = exec.deadline() / 2;
-    for mut s in seeds {
-        let obs = exec.exec_fresh(std::sync::Arc::new(s.case.to_bytes())).await;
-        let why = match &obs.outcome {
-            Outcome::Hang { .. } => Some("it hangs unmutated".to_string()),
-            Outcome::WorkerCrashed { .. } | Outcome::DaemonDied { .. } | Outcome::Harness { .. } | Outcome::ProtocolViolation { .. } => {
-                Some(format!("unmutated it ends in {:?}", obs.outcome.kind()))
-            }
-            _ if obs.elapsed > limit => Some(format!("it takes {} ms unmutated (over half the {} ms deadline)", obs.elapsed.as_millis(), exec.deadline().as_millis())),
-            _ => None,
-        };
+    for (mut s, why) in seeds.into_iter().zip(verdicts) {
         match why {
             Some(w) => dropped.push(format!("{}: {w}", s.name)),
             None => {
@@ -285,6 +292,30 @@ pub async fn calibrate(seeds: Vec<Seed>, exec: &super::exec::Executor) -> (Vec<S
         }
     }
     (kept, dropped)
+}
+
+/// Await futures side by side, results in order (a few lines instead of a dependency).
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futures.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|v| v.expect("every future finished")).collect()
 }
 
 fn one_line(s: &str) -> String {
@@ -302,6 +333,18 @@ mod tests {
         assert!(!is_identity("func = lambda split, it: (x * 2 for x in it)"));
         assert!(!is_identity("func = lambda split, it: split"));
         assert!(!is_identity("def func(s, it):\n    return it"));
+    }
+
+    #[tokio::test]
+    async fn join_all_keeps_the_order() {
+        let slow = async {
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            1
+        };
+        let fast = async { 2 };
+        let a: std::pin::Pin<Box<dyn std::future::Future<Output = i32>>> = Box::pin(slow);
+        let b: std::pin::Pin<Box<dyn std::future::Future<Output = i32>>> = Box::pin(fast);
+        assert_eq!(join_all(vec![a, b]).await, vec![1, 2]);
     }
 
     #[test]

@@ -138,6 +138,7 @@ pub async fn replay(file: &Path, r: &Reproducer, python: Option<&Path>, pyspark:
         };
         outcome = match &judged {
             Outcome::PythonException { exc_type, message } => format!("PythonException {exc_type}: {message}"),
+            Outcome::WorkerCrashed { pid, .. } => format!("{} (pid {pid})", sig.text()),
             o => o.to_string(),
         };
         if r.signature.kind == OutcomeKind::LeakedProcess {
