@@ -44,6 +44,11 @@ pub struct BenchRow {
     pub outcomes: BTreeMap<String, u64>,
     /// Processes of ours alive after the row's shutdown (then killed).
     pub leftovers: usize,
+    /// CPU time the whole machine spent per case during the row (milliseconds): ours, the
+    /// daemon's, the workers' and the kernel's on their behalf. None where /proc/stat is missing.
+    pub cpu_ms_per_exec: Option<f64>,
+    /// Share of the row's CPU time the hypervisor gave to other guests.
+    pub steal_pct: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -59,7 +64,7 @@ impl BenchReport {
     pub fn table(&self) -> String {
         let spawn = self.rows.iter().find(|r| r.mode == ExecMode::Spawn).map(|r| r.execs_per_sec).filter(|v| *v > 0.0);
         let mut s = format!(
-            "fuzz bench: pyspark {} (dialect {:?}), {} CPU(s), {} seed(s)\n{:<12} {:<8} {:>4} {:>7} {:>6} {:>9} {:>9} {:>7}\n",
+            "fuzz bench: pyspark {} (dialect {:?}), {} CPU(s), {} seed(s)\n{:<12} {:<8} {:>4} {:>7} {:>6} {:>9} {:>9} {:>7} {:>10}\n",
             self.pyspark,
             self.dialect,
             self.cpus,
@@ -71,12 +76,13 @@ impl BenchReport {
             "secs",
             "execs/s",
             "vs spawn",
-            "reused"
+            "reused",
+            "CPU/case"
         );
         for r in &self.rows {
             let ratio = spawn.map(|sp| format!("{:.1}x", r.execs_per_sec / sp)).unwrap_or_else(|| "-".into());
             s.push_str(&format!(
-                "{:<12} {:<8} {:>4} {:>7} {:>6.1} {:>9.1} {:>9} {:>6.0}%\n",
+                "{:<12} {:<8} {:>4} {:>7} {:>6.1} {:>9.1} {:>9} {:>6.0}% {:>10}\n",
                 r.mode.name(),
                 r.cases,
                 r.jobs,
@@ -84,7 +90,8 @@ impl BenchReport {
                 r.secs,
                 r.execs_per_sec,
                 ratio,
-                r.reused_pct
+                r.reused_pct,
+                r.cpu_ms_per_exec.map(|c| format!("{c:.2} ms")).unwrap_or_else(|| "-".into())
             ));
         }
         s
@@ -97,7 +104,7 @@ pub async fn fuzz_bench(env: PythonEnv, cfg: BenchConfig) -> anyhow::Result<Benc
     let (seeds, mut seed_report) = seeds::load(&env, dialect, &cfg.seed_dirs, cfg.builtin_seeds)?;
     // The same seeds a campaign would keep (see seeds::calibrate), checked on a fork server.
     let probe = Executor::start(env.clone(), dialect, ExecMode::ForkServer, ExecOptions { deadline: cfg.deadline, ..ExecOptions::default() }).await?;
-    let (seeds, dropped) = seeds::calibrate(seeds, &probe).await;
+    let (seeds, dropped) = seeds::calibrate(seeds, &probe, cfg.jobs).await;
     let _ = probe.shutdown().await;
     seed_report.skipped.extend(dropped);
     if seeds.is_empty() {
@@ -123,6 +130,7 @@ async fn bench_row(env: &PythonEnv, dialect: Dialect, seeds: Arc<Vec<Seed>>, mod
     let exec = Arc::new(Executor::start(env.clone(), dialect, mode, ExecOptions { deadline: cfg.deadline, ..ExecOptions::default() }).await?);
     let execs = Arc::new(AtomicU64::new(0));
     let reused = Arc::new(AtomicU64::new(0));
+    let cpu_before = CpuTimes::now();
     let started = Instant::now();
     let until = started + time;
     // Local tasks: session::run_task's future is not Send.
@@ -169,6 +177,7 @@ async fn bench_row(env: &PythonEnv, dialect: Dialect, seeds: Arc<Vec<Seed>>, mod
     }
     let secs = started.elapsed().as_secs_f64();
     let n = execs.load(Ordering::Relaxed);
+    let cpu = CpuTimes::now().and_then(|c| c.since(&cpu_before));
     let exec = Arc::try_unwrap(exec).map_err(|_| anyhow::anyhow!("bench: a lane still holds the executor"))?;
     let leftovers = exec.shutdown().await.map(|s| s.leftovers.len()).unwrap_or(0);
     Ok(BenchRow {
@@ -181,5 +190,37 @@ async fn bench_row(env: &PythonEnv, dialect: Dialect, seeds: Arc<Vec<Seed>>, mod
         reused_pct: if n == 0 { 0.0 } else { 100.0 * reused.load(Ordering::Relaxed) as f64 / n as f64 },
         outcomes,
         leftovers,
+        cpu_ms_per_exec: cpu.map(|c| 1000.0 * c.busy / (n.max(1) as f64)),
+        steal_pct: cpu.map(|c| 100.0 * c.steal / (c.busy + c.idle + c.steal).max(1e-9)),
     })
+}
+
+/// Machine-wide CPU time from /proc/stat, in seconds: what a row costs, whoever spent it (our
+/// process, the daemon, its workers, the kernel on their behalf). `execs/s <= CPUs / cost` is
+/// then the ceiling any tuning of ours runs into.
+#[derive(Clone, Copy, Debug)]
+struct CpuTimes {
+    busy: f64,
+    idle: f64,
+    /// Taken by the hypervisor for other guests: a noisy neighbour, not our cost.
+    steal: f64,
+}
+
+impl CpuTimes {
+    fn now() -> Option<CpuTimes> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().next()?.strip_prefix("cpu ")?;
+        let v: Vec<f64> = line.split_ascii_whitespace().filter_map(|x| x.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal (guest time is already in user).
+        if v.len() < 8 {
+            return None;
+        }
+        let hz = (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0);
+        Some(CpuTimes { busy: (v[0] + v[1] + v[2] + v[5] + v[6]) / hz, idle: (v[3] + v[4]) / hz, steal: v[7] / hz })
+    }
+
+    fn since(&self, before: &Option<CpuTimes>) -> Option<CpuTimes> {
+        let b = before.as_ref()?;
+        Some(CpuTimes { busy: self.busy - b.busy, idle: self.idle - b.idle, steal: self.steal - b.steal })
+    }
 }

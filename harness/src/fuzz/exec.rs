@@ -128,7 +128,7 @@ pub struct Executor {
 
 impl Executor {
     pub async fn start(env: PythonEnv, dialect: Dialect, mode: ExecMode, opts: ExecOptions) -> anyhow::Result<Executor> {
-        let faulthandler = tempfile::Builder::new().prefix("fakejvm-fuzz-faults-").tempdir()?;
+        let faulthandler = fault_dump_dir()?;
         let launch = LaunchOptions {
             mode: if mode == ExecMode::Spawn { Mode::Direct } else { Mode::Daemon },
             reuse: mode == ExecMode::Reuse,
@@ -463,6 +463,21 @@ impl Executor {
     pub async fn shutdown(self) -> Option<crate::worker::ShutdownReport> {
         let w = self.workers.into_inner()?;
         Some(w.shutdown(Duration::from_secs(3)).await)
+    }
+}
+
+/// Where workers leave faulthandler dumps. Every worker creates, and on a clean exit removes, a
+/// file there, hundreds of times a second: on tmpfs (/dev/shm) that costs no disk journal.
+fn fault_dump_dir() -> std::io::Result<tempfile::TempDir> {
+    let builder = || {
+        let mut b = tempfile::Builder::new();
+        b.prefix("fakejvm-fuzz-faults-");
+        b
+    };
+    let shm = std::path::Path::new("/dev/shm");
+    match shm.is_dir().then(|| builder().tempdir_in(shm)) {
+        Some(Ok(dir)) => Ok(dir),
+        _ => builder().tempdir(),
     }
 }
 
