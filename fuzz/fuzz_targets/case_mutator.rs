@@ -28,7 +28,7 @@ fn seed(d: fakejvm::protocol::Dialect, i: usize) -> Seed {
 fuzz_target!(|input: Input| {
     let d = fakejvm_fuzz::dialect(input.dialect);
     let seeds = [seed(d, 0), seed(fakejvm::protocol::Dialect::A, 1)];
-    let ctx = Context { dialect: d, seeds: &seeds };
+    let ctx = Context { dialect: d, seeds: &seeds, mutate_command: true };
     let mut case = seeds[0].case.clone();
     for m in input.mutations.iter().take(64) {
         apply(&mut case, m, &ctx);

@@ -27,6 +27,7 @@ fn config(out: &Path, mode: ExecMode, max_execs: u64) -> CampaignConfig {
         leak_grace: Duration::from_secs(2),
         rng_seed: 7,
         progress: false,
+        mutate_command: false,
     }
 }
 

@@ -27,6 +27,7 @@ pub struct BenchConfig {
     pub spawn_time: Duration,
     pub deadline: Duration,
     pub rng_seed: u64,
+    pub mutate_command: bool,
     pub modes: Vec<ExecMode>,
 }
 
@@ -139,6 +140,7 @@ async fn bench_row(env: &PythonEnv, dialect: Dialect, seeds: Arc<Vec<Seed>>, mod
     for id in 0..cfg.jobs.max(1) {
         let (exec, seeds, execs, reused) = (exec.clone(), seeds.clone(), execs.clone(), reused.clone());
         let rng_seed = cfg.rng_seed.wrapping_add(id as u64);
+        let mutate_command = cfg.mutate_command;
         lanes.push(local.spawn_local(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(rng_seed);
             let mut lane = Lane::default();
@@ -146,7 +148,7 @@ async fn bench_row(env: &PythonEnv, dialect: Dialect, seeds: Arc<Vec<Seed>>, mod
             while Instant::now() < until {
                 let mut case = seeds[rng.random_range(0..seeds.len())].case.clone();
                 if mutated {
-                    let ctx = Context { dialect, seeds: &seeds };
+                    let ctx = Context { dialect, seeds: &seeds, mutate_command };
                     mutate::mutate(&mut case, &ctx, &mut rng);
                 }
                 let obs = exec.exec(&mut lane, Arc::new(case.to_bytes())).await;

@@ -54,6 +54,8 @@ pub struct CampaignConfig {
     pub leak_grace: Duration,
     pub rng_seed: u64,
     pub progress: bool,
+    /// See `mutate::Context::mutate_command`.
+    pub mutate_command: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -408,7 +410,7 @@ async fn lane(c: Arc<Campaign>, id: usize) {
             continue;
         }
         let mut case = c.pick(&mut rng);
-        let ctx = Context { dialect: c.dialect, seeds: &c.seeds };
+        let ctx = Context { dialect: c.dialect, seeds: &c.seeds, mutate_command: c.cfg.mutate_command };
         for _ in 0..4 {
             if mutate::mutate(&mut case, &ctx, &mut rng) > 0 {
                 break;

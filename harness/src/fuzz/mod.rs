@@ -84,6 +84,12 @@ pub struct FuzzArgs {
     /// Only the seeds from --seeds.
     #[arg(long)]
     pub no_builtin_seeds: bool,
+    /// Also edit bytes inside the command (the cloudpickled function). Off by default: a corrupt
+    /// command only reaches cloudpickle (an expected unpickling error) or CPython running broken
+    /// bytecode (a crash in the task's own function), not the protocol. Its length, truncation
+    /// and splicing are mutated either way.
+    #[arg(long)]
+    pub mutate_command: bool,
     /// No progress line on the terminal.
     #[arg(long)]
     pub no_progress: bool,
@@ -172,6 +178,7 @@ impl FuzzArgs {
             leak_grace: crate::repro::replay::LEAK_GRACE,
             rng_seed: self.rng_seed(),
             progress: !self.no_progress,
+            mutate_command: self.mutate_command,
         })
     }
 }
@@ -193,6 +200,7 @@ pub async fn fuzz_cmd(args: FuzzArgs) -> anyhow::Result<u8> {
             spawn_time: args.bench_time,
             deadline: cfg.deadline,
             rng_seed: cfg.rng_seed,
+            mutate_command: cfg.mutate_command,
             modes: if args.bench_mode.is_empty() { vec![ExecMode::ForkServer, ExecMode::Reuse, ExecMode::Spawn] } else { args.bench_mode.clone() },
         };
         let report = fuzz_bench(env, bench).await?;

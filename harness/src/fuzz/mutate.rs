@@ -109,6 +109,12 @@ pub enum Mutation {
 pub struct Context<'a> {
     pub dialect: Dialect,
     pub seeds: &'a [Seed],
+    /// Edit bytes inside the command (the cloudpickled function). Off by default in campaigns:
+    /// the JVM passes the command through untouched, and a corrupted one only reaches
+    /// cloudpickle (an unpickling error, expected) or CPython running broken bytecode (a
+    /// SIGSEGV in the task's own function): executions that cannot find a protocol bug. The
+    /// command's length, truncation, dropping and splicing stay on either way.
+    pub mutate_command: bool,
 }
 
 /// Draw 1-4 mutations and apply them. Returns how many applied (0: try another draw).
@@ -153,6 +159,7 @@ fn apply_to(case: &mut Case, m: &Mutation, ctx: &Context) -> bool {
         Mutation::Int { frame, at, small, value } => {
             let i = pick(*frame, nframes);
             fix_init = case.frames[i].kind != SpanKind::InitPrefix;
+            let payload_locked = case.frames[i].kind == SpanKind::Command && !ctx.mutate_command;
             let f = &case.frames[i];
             let at = if *small {
                 let spots: Vec<usize> = (0..f.bytes.len().saturating_sub(3))
@@ -165,6 +172,9 @@ fn apply_to(case: &mut Case, m: &Mutation, ctx: &Context) -> bool {
             } else {
                 *at as usize % f.bytes.len().saturating_sub(3).max(1)
             };
+            if payload_locked && at != 0 {
+                return false;
+            }
             set_int(&mut case.frames[i], at, *value)
         }
         Mutation::Field(field) => apply_field(case, field, ctx),
@@ -241,6 +251,9 @@ fn apply_to(case: &mut Case, m: &Mutation, ctx: &Context) -> bool {
         }
         Mutation::Bytes { frame, op, keep_length } => {
             let i = pick(*frame, nframes);
+            if case.frames[i].kind == SpanKind::Command && !ctx.mutate_command {
+                return false;
+            }
             fix_init = case.frames[i].kind != SpanKind::InitPrefix;
             bytes_op(&mut case.frames[i], op, *keep_length)
         }
@@ -476,7 +489,7 @@ mod tests {
         let s = seed(Dialect::A);
         let mut case = s.case.clone();
         let seeds = [s.clone()];
-        let ctx = Context { dialect: Dialect::A, seeds: &seeds };
+        let ctx = Context { dialect: Dialect::A, seeds: &seeds, mutate_command: true };
         assert!(apply(&mut case, &Mutation::InsertNull { at: 1 }, &ctx));
         let kinds: Vec<SpanKind> = case.frames.iter().map(|f| f.kind).collect();
         assert_eq!(kinds, vec![SpanKind::Header, SpanKind::Command, SpanKind::Data(0), SpanKind::Data(1), SpanKind::Data(2), SpanKind::EndOfData, SpanKind::FinalMarker]);
@@ -487,7 +500,7 @@ mod tests {
     fn a_length_mutation_puts_the_value_in_front_of_the_frame() {
         let s = seed(Dialect::A);
         let seeds = [s.clone()];
-        let ctx = Context { dialect: Dialect::A, seeds: &seeds };
+        let ctx = Context { dialect: Dialect::A, seeds: &seeds, mutate_command: true };
         let mut case = s.case.clone();
         assert!(apply(&mut case, &Mutation::Length { frame: 2, value: IntChoice::Undefined(0) }, &ctx));
         assert_eq!(&case.frames[2].bytes[..4], &(-7i32).to_be_bytes());
@@ -499,7 +512,7 @@ mod tests {
         for d in Dialect::ALL {
             let s = seed(d);
             let seeds = [s.clone()];
-            let ctx = Context { dialect: d, seeds: &seeds };
+            let ctx = Context { dialect: d, seeds: &seeds, mutate_command: true };
             let mut case = s.case.clone();
             assert!(apply(&mut case, &Mutation::Field(Field::LocalProperties { n: 3, long: false }), &ctx));
             let (reqs, err) = crate::protocol::decode_requests(d, &case.to_bytes());
@@ -513,7 +526,7 @@ mod tests {
     fn byte_edits_that_keep_the_length_stay_well_framed() {
         let s = seed(Dialect::D);
         let seeds = [s.clone()];
-        let ctx = Context { dialect: Dialect::D, seeds: &seeds };
+        let ctx = Context { dialect: Dialect::D, seeds: &seeds, mutate_command: true };
         let mut case = s.case.clone();
         let i = case.position(SpanKind::Data(0)).unwrap();
         let op = ByteOp::Insert { at: 0, bytes: [1, 2, 3, 4], n: 2 };
@@ -525,12 +538,30 @@ mod tests {
     }
 
     #[test]
+    fn the_command_payload_is_left_alone_unless_asked() {
+        let s = seed(Dialect::A);
+        let seeds = [s.clone()];
+        let i = s.case.position(SpanKind::Command).unwrap() as u16;
+        let flip = Mutation::Bytes { frame: i, op: ByteOp::Flip { at: 9, bit: 1 }, keep_length: true };
+        let int = Mutation::Int { frame: i, at: 2, small: false, value: IntChoice::Zero };
+        let length = Mutation::Length { frame: i, value: IntChoice::Zero };
+        for m in [&flip, &int] {
+            let mut case = s.case.clone();
+            assert!(!apply(&mut case, m, &Context { dialect: Dialect::A, seeds: &seeds, mutate_command: false }), "{m:?}");
+            assert_eq!(case, s.case);
+            assert!(apply(&mut case, m, &Context { dialect: Dialect::A, seeds: &seeds, mutate_command: true }), "{m:?}");
+        }
+        let mut case = s.case.clone();
+        assert!(apply(&mut case, &length, &Context { dialect: Dialect::A, seeds: &seeds, mutate_command: false }));
+    }
+
+    #[test]
     fn random_mutation_never_panics_and_stays_bounded() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for d in Dialect::ALL {
             let s = seed(d);
             let seeds = [s.clone(), seed(Dialect::A)];
-            let ctx = Context { dialect: d, seeds: &seeds };
+            let ctx = Context { dialect: d, seeds: &seeds, mutate_command: true };
             for _ in 0..3000 {
                 let mut case = s.case.clone();
                 for _ in 0..5 {
