@@ -28,6 +28,7 @@ fn config(out: &Path, mode: ExecMode, max_execs: u64) -> CampaignConfig {
         rng_seed: 7,
         progress: false,
         mutate_command: false,
+        memory_limit_mb: Some(1024),
     }
 }
 

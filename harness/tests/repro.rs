@@ -35,6 +35,7 @@ async fn record(env: &PythonEnv, case: &Case, dir: &Path, name: &str) -> (PathBu
         mode: ExecMode::ForkServer,
         close_after_write: obs.close_after_write,
         deadline_ms: 2000,
+        memory_limit_mb: None,
         signature_id: signature.id(),
         signature,
         signature_frames: 1,

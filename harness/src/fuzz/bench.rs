@@ -28,6 +28,7 @@ pub struct BenchConfig {
     pub deadline: Duration,
     pub rng_seed: u64,
     pub mutate_command: bool,
+    pub memory_limit_mb: Option<u64>,
     pub modes: Vec<ExecMode>,
 }
 
@@ -104,7 +105,7 @@ pub async fn fuzz_bench(env: PythonEnv, cfg: BenchConfig) -> anyhow::Result<Benc
         .ok_or_else(|| BadInput(format!("pyspark {} is older than any dialect fakejvm speaks", env.pyspark)))?;
     let (seeds, mut seed_report) = seeds::load(&env, dialect, &cfg.seed_dirs, cfg.builtin_seeds)?;
     // The same seeds a campaign would keep (see seeds::calibrate), checked on a fork server.
-    let probe = Executor::start(env.clone(), dialect, ExecMode::ForkServer, ExecOptions { deadline: cfg.deadline, ..ExecOptions::default() }).await?;
+    let probe = Executor::start(env.clone(), dialect, ExecMode::ForkServer, ExecOptions { deadline: cfg.deadline, memory_limit_mb: cfg.memory_limit_mb, ..ExecOptions::default() }).await?;
     let (seeds, dropped) = seeds::calibrate(seeds, &probe, cfg.jobs).await;
     let _ = probe.shutdown().await;
     seed_report.skipped.extend(dropped);
@@ -128,7 +129,7 @@ pub async fn fuzz_bench(env: PythonEnv, cfg: BenchConfig) -> anyhow::Result<Benc
 }
 
 async fn bench_row(env: &PythonEnv, dialect: Dialect, seeds: Arc<Vec<Seed>>, mode: ExecMode, mutated: bool, time: Duration, cfg: &BenchConfig) -> anyhow::Result<BenchRow> {
-    let exec = Arc::new(Executor::start(env.clone(), dialect, mode, ExecOptions { deadline: cfg.deadline, ..ExecOptions::default() }).await?);
+    let exec = Arc::new(Executor::start(env.clone(), dialect, mode, ExecOptions { deadline: cfg.deadline, memory_limit_mb: cfg.memory_limit_mb, ..ExecOptions::default() }).await?);
     let execs = Arc::new(AtomicU64::new(0));
     let reused = Arc::new(AtomicU64::new(0));
     let cpu_before = CpuTimes::now();

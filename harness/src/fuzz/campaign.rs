@@ -56,6 +56,8 @@ pub struct CampaignConfig {
     pub progress: bool,
     /// See `mutate::Context::mutate_command`.
     pub mutate_command: bool,
+    /// See `exec::ExecOptions::memory_limit_mb`.
+    pub memory_limit_mb: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -249,7 +251,7 @@ pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign
     std::fs::create_dir_all(cfg.out.join("corpus")).map_err(|e| BadInput::new(&cfg.out, format!("cannot create the output directory: {e}")))?;
     let (seeds, mut seed_report) = seeds::load(&env, dialect, &cfg.seed_dirs, cfg.builtin_seeds)?;
     let state = load_or_new_state(&cfg, &env, dialect)?;
-    let exec = Executor::start(env.clone(), dialect, cfg.mode, ExecOptions { deadline: cfg.deadline, ..ExecOptions::default() }).await?;
+    let exec = Executor::start(env.clone(), dialect, cfg.mode, ExecOptions { deadline: cfg.deadline, memory_limit_mb: cfg.memory_limit_mb, ..ExecOptions::default() }).await?;
     let (seeds, dropped) = seeds::calibrate(seeds, &exec, cfg.jobs).await;
     seed_report.skipped.extend(dropped);
     if seeds.is_empty() {
@@ -632,6 +634,7 @@ impl Campaign {
             mode: self.cfg.mode,
             close_after_write: obs.close_after_write,
             deadline_ms: self.cfg.deadline.as_millis() as u64,
+            memory_limit_mb: self.cfg.memory_limit_mb,
             signature_id: sig.id(),
             signature: sig.clone(),
             signature_frames: self.cfg.sig_frames,

@@ -52,11 +52,16 @@ pub struct ExecOptions {
     pub deadline: Duration,
     /// Bound on one reply frame; a longer one is a protocol finding, never an allocation.
     pub max_frame: usize,
+    /// RLIMIT_AS of the daemon (its forks inherit it) or of each spawned worker, in MiB. A
+    /// mutated length makes some workers allocate what it says before finding the stream short
+    /// (pyspark 4.3's init-message reader zero-fills up to 2 GiB, seconds of CPU, before its
+    /// EOFError): under a limit that is a quick MemoryError with a signature, not a "hang".
+    pub memory_limit_mb: Option<u64>,
 }
 
 impl Default for ExecOptions {
     fn default() -> Self {
-        ExecOptions { deadline: Duration::from_secs(2), max_frame: 64 * 1024 * 1024 }
+        ExecOptions { deadline: Duration::from_secs(2), max_frame: 64 * 1024 * 1024, memory_limit_mb: None }
     }
 }
 
@@ -134,6 +139,7 @@ impl Executor {
             reuse: mode == ExecMode::Reuse,
             extra_env: vec![("PYTHON_FAULTHANDLER_DIR".into(), faulthandler.path().display().to_string())],
             connect_timeout: Duration::from_secs(10),
+            rlimit_as: opts.memory_limit_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
             ..LaunchOptions::default()
         };
         let workers = Workers::start(&env.python, launch.clone()).await?;

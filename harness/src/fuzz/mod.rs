@@ -90,6 +90,11 @@ pub struct FuzzArgs {
     /// and splicing are mutated either way.
     #[arg(long)]
     pub mutate_command: bool,
+    /// Address-space limit (RLIMIT_AS) of the daemon and every worker, in MiB; 0 for none. A
+    /// mutated length can make a worker allocate what it says: under the limit that is a quick
+    /// MemoryError (a finding with its own signature) instead of seconds of zero-filling.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pub memory_limit_mb: u64,
     /// No progress line on the terminal.
     #[arg(long)]
     pub no_progress: bool,
@@ -179,6 +184,7 @@ impl FuzzArgs {
             rng_seed: self.rng_seed(),
             progress: !self.no_progress,
             mutate_command: self.mutate_command,
+            memory_limit_mb: Some(self.memory_limit_mb).filter(|mb| *mb > 0),
         })
     }
 }
@@ -201,6 +207,7 @@ pub async fn fuzz_cmd(args: FuzzArgs) -> anyhow::Result<u8> {
             deadline: cfg.deadline,
             rng_seed: cfg.rng_seed,
             mutate_command: cfg.mutate_command,
+            memory_limit_mb: cfg.memory_limit_mb,
             modes: if args.bench_mode.is_empty() { vec![ExecMode::ForkServer, ExecMode::Reuse, ExecMode::Spawn] } else { args.bench_mode.clone() },
         };
         let report = fuzz_bench(env, bench).await?;

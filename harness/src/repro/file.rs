@@ -47,6 +47,9 @@ pub struct Reproducer {
     /// The write side was half-closed after the request (see fuzz::exec).
     pub close_after_write: bool,
     pub deadline_ms: u64,
+    /// The address-space limit the workers ran under (MiB); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mb: Option<u64>,
     pub signature: Signature,
     pub signature_id: String,
     /// How many traceback frames the signature keeps.
@@ -249,6 +252,7 @@ mod tests {
             mode: ExecMode::ForkServer,
             close_after_write: true,
             deadline_ms: 2000,
+            memory_limit_mb: Some(1024),
             signature_id: signature.id(),
             signature,
             signature_frames: 1,

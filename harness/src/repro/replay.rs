@@ -122,7 +122,7 @@ pub async fn replay(file: &Path, r: &Reproducer, python: Option<&Path>, pyspark:
     if dialect != r.dialect {
         return Err(BadInput::new(file, format!("recorded in dialect {:?}, but pyspark {} speaks dialect {dialect:?}", r.dialect, env.pyspark)).into());
     }
-    let exec = Executor::start(env.clone(), dialect, r.mode, ExecOptions { deadline: Duration::from_millis(r.deadline_ms), ..ExecOptions::default() }).await?;
+    let exec = Executor::start(env.clone(), dialect, r.mode, ExecOptions { deadline: Duration::from_millis(r.deadline_ms), memory_limit_mb: r.memory_limit_mb, ..ExecOptions::default() }).await?;
     // Rules do not matter here: the signature alone is compared.
     let judge = Judge { expected: vec![], depth: r.signature_frames };
     let seed = r.round_trip.map(|rt| Seed { name: "reproducer".into(), request: None, case: case.clone(), round_trip: Some(rt.into()) });
