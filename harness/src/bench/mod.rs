@@ -327,13 +327,4 @@ mod tests {
         assert!(r.results.iter().all(|w| w.reply_frames > 0 && w.worker_alone_s.is_some()));
         eprintln!("{}", render(&r));
     }
-
-    /// The full benchmark with Spark (slow; for the README figures):
-    /// `cargo test -p fakejvm --lib bench::tests::full -- --ignored --nocapture`
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore]
-    async fn full() {
-        let r = run_bench(&env(), &args(1_000_000, 1_000_000, true)).await.unwrap();
-        eprintln!("{}", render(&r));
-    }
 }
