@@ -56,7 +56,8 @@ const MACHINERY: &[&str] = &[
 /// machinery: the task's own function raised.
 fn raised_in_user_code(traceback: &str) -> bool {
     let frames = innermost_frames(traceback, usize::MAX);
-    let stdlib = |p: &str| p.contains("/lib/python3") && !p.contains("-packages/");
+    // Frozen modules (importlib's bootstrap, for one) are the standard library without a path.
+    let stdlib = |p: &str| (p.contains("/lib/python3") && !p.contains("-packages/")) || p.starts_with("<frozen ");
     match frames.iter().find(|f| !stdlib(&f.path)) {
         Some(f) => !(f.path.contains("/pyspark/") && MACHINERY.contains(&f.file.as_str())),
         None => false,
@@ -251,6 +252,8 @@ mod tests {
         assert!(any("TypeError", &in_rdd), "an RDD API closure is the task's function");
         let machinery = "Traceback (most recent call last):\n  File \"/e/site-packages/pyspark/serializers.py\", line 274, in dump_stream\n    vs = list(itertools.islice(iterator, batch))\n  File \"/usr/lib/python3.11/itertools.py\", line 1, in f\n    x\nTypeError: 'NoneType' object is not iterable\n";
         assert!(!any("TypeError", machinery), "the NULL-in-batch TypeError is a finding");
+        let import = "Traceback (most recent call last):\n  File \"/e/site-packages/pyspark/worker.py\", line 9, in main\n    import x\n  File \"<frozen importlib._bootstrap_external>\", line 1, in _path_stat\nValueError: embedded null byte\n";
+        assert!(!any("ValueError", import), "an include path pyspark put on sys.path is not user code");
     }
 
     #[test]
