@@ -134,6 +134,9 @@ async fn daemon_death_restarts_the_fork_server_and_hangs_are_cleaned_up() {
 
     let obs = exec.exec_fresh(request(&cmds[1])).await;
     assert!(matches!(obs.outcome, Outcome::Hang { .. }), "{}", obs.outcome);
+    // time.sleep: asleep in the kernel, not busy.
+    let state = obs.worker_at_deadline.as_deref().unwrap_or("");
+    assert!(state.starts_with("state S (sleeping)"), "{state:?}");
     let hung = obs.pid.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!Path::new(&format!("/proc/{hung}")).exists() || std::fs::read_to_string(format!("/proc/{hung}/stat")).unwrap_or_default().contains(") Z"), "the hung worker {hung} is still alive");

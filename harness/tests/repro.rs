@@ -43,6 +43,7 @@ async fn record(env: &PythonEnv, case: &Case, dir: &Path, name: &str) -> (PathBu
         round_trip: None,
         outcome: serde_json::to_value(&obs.outcome).unwrap(),
         traceback: obs.traceback.clone(),
+        worker_at_deadline: None,
         minimised: true,
         minimise: None,
         original_len: case.len(),

@@ -642,6 +642,7 @@ impl Campaign {
             round_trip: seed.and_then(|s| s.round_trip).filter(|_| sig.kind == OutcomeKind::Mismatch).map(Into::into),
             outcome: serde_json::to_value(outcome).unwrap_or_default(),
             traceback: obs.traceback.as_deref().map(trim_traceback),
+            worker_at_deadline: obs.worker_at_deadline.clone(),
             minimised: stats.is_some(),
             minimise: stats.and_then(|s| serde_json::to_value(s).ok()),
             original_len,
@@ -672,6 +673,7 @@ impl Campaign {
                 elapsed: Duration::ZERO,
                 daemon_restarted: false,
                 reused_worker: false,
+                worker_at_deadline: None,
             };
             let n = self.execs.load(Ordering::Relaxed);
             self.on_finding(case, sig, outcome, obs, n).await;

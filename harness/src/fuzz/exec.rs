@@ -80,6 +80,9 @@ pub struct Observation {
     pub daemon_restarted: bool,
     /// The case ran on a worker that had already run an earlier case (reuse mode).
     pub reused_worker: bool,
+    /// For a hang: what the worker was doing when the deadline passed (read from /proc before
+    /// it was killed), which tells a worker blocked on a read from one busy computing.
+    pub worker_at_deadline: Option<String>,
 }
 
 /// Per-lane state: the reused connection, if any.
@@ -241,6 +244,7 @@ impl Executor {
             elapsed: Duration::ZERO,
             daemon_restarted: false,
             reused_worker,
+            worker_at_deadline: None,
         };
         let mut keep = None;
         match &result.reply {
@@ -272,6 +276,9 @@ impl Executor {
                 }
                 if matches!(obs.outcome, Outcome::WorkerCrashed { .. }) {
                     obs.traceback = self.take_fault_dump(pid);
+                }
+                if matches!(obs.outcome, Outcome::Hang { .. }) {
+                    obs.worker_at_deadline = process_state(pid);
                 }
                 if matches!(obs.outcome, Outcome::Hang { .. }) && self.mode != ExecMode::Spawn {
                     // Closing the socket ends a worker blocked on a read; one that is busy gets killed.
@@ -318,6 +325,7 @@ impl Executor {
             elapsed: started.elapsed(),
             daemon_restarted: restarted,
             reused_worker: false,
+            worker_at_deadline: None,
         };
         let dialer = self.dialer.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let result = match dialer {
@@ -510,6 +518,34 @@ pub(crate) fn live_child_of(pid: i32, parent: i32) -> bool {
     !matches!(state, "Z" | "X" | "x") && ppid == parent
 }
 
+/// One line on what a process is doing, from /proc: its scheduler state, the kernel function it
+/// sleeps in, its CPU time so far and its resident memory. None once it is gone.
+fn process_state(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    let f: Vec<&str> = stat[close + 1..].split_ascii_whitespace().collect();
+    // After the command: state (0), ..., utime (11), stime (12), ..., rss in pages (21).
+    let hz = (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0);
+    let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64).max(1.0);
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let state = match *f.first()? {
+        "R" => "R (running: busy, not waiting for input)",
+        "S" => "S (sleeping)",
+        "D" => "D (uninterruptible sleep)",
+        "T" | "t" => "T (stopped)",
+        "Z" => "Z (exited, not reaped)",
+        other => other,
+    };
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    let wchan = if wchan.is_empty() || wchan == "0" { "-".to_string() } else { wchan };
+    Some(format!(
+        "state {state}, in {wchan}, user {:.2} s, system {:.2} s, RSS {:.0} MiB",
+        num(11) / hz,
+        num(12) / hz,
+        num(21) * page / (1024.0 * 1024.0)
+    ))
+}
+
 /// How long ago the process started (from /proc/<pid>/stat starttime and /proc/uptime).
 fn process_age(pid: i32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -540,6 +576,16 @@ mod tests {
             assert!(Executor::close_after_write(ExecMode::Reuse, d, &bytes[..bytes.len() - 1]), "{d:?}");
             assert!(Executor::close_after_write(ExecMode::ForkServer, d, &bytes), "{d:?}");
         }
+    }
+
+    #[test]
+    fn process_state_is_one_line_from_proc() {
+        let line = process_state(std::process::id() as i32).expect("our own state");
+        // The test harness's main thread (the one /proc/PID/stat describes) may be asleep.
+        assert!(line.starts_with("state R") || line.starts_with("state S"), "{line}");
+        assert!(line.contains(", user ") && line.contains(", system "), "{line}");
+        assert!(line.contains("MiB"), "{line}");
+        assert_eq!(process_state(-1), None);
     }
 
     #[test]

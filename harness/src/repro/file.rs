@@ -62,6 +62,9 @@ pub struct Reproducer {
     pub outcome: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceback: Option<String>,
+    /// A hang: what the worker was doing at the deadline (state, kernel wait, CPU, RSS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_at_deadline: Option<String>,
     pub minimised: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minimise: Option<serde_json::Value>,
@@ -260,6 +263,7 @@ mod tests {
             round_trip: None,
             outcome: serde_json::json!({"kind": "PythonException"}),
             traceback: None,
+            worker_at_deadline: None,
             minimised: true,
             minimise: None,
             original_len: 100,

@@ -139,6 +139,10 @@ pub async fn replay(file: &Path, r: &Reproducer, python: Option<&Path>, pyspark:
         outcome = match &judged {
             Outcome::PythonException { exc_type, message } => format!("PythonException {exc_type}: {message}"),
             Outcome::WorkerCrashed { pid, .. } => format!("{} (pid {pid})", sig.text()),
+            o @ Outcome::Hang { .. } => match &obs.worker_at_deadline {
+                Some(w) => format!("{o}; the worker then: {w}"),
+                None => o.to_string(),
+            },
             o => o.to_string(),
         };
         if r.signature.kind == OutcomeKind::LeakedProcess {
