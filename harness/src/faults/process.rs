@@ -155,12 +155,7 @@ impl<'a> Performer<'a> {
 
 /// The state letter of /proc/<pid>/stat (R, S, T, Z...), None when there is no such process.
 pub fn proc_state(pid: i32) -> Option<char> {
-    if pid <= 0 {
-        return None;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain anything: the state follows the last ')'.
-    stat.get(stat.rfind(')')? + 1..)?.split_whitespace().next()?.chars().next()
+    crate::worker::procs::stat(pid).map(|s| s.state)
 }
 
 /// Ended: no such process, or a zombie waiting to be reaped.

@@ -218,7 +218,7 @@ impl CpuTimes {
         if v.len() < 8 {
             return None;
         }
-        let hz = (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0);
+        let hz = crate::worker::procs::clock_ticks();
         Some(CpuTimes { busy: (v[0] + v[1] + v[2] + v[5] + v[6]) / hz, idle: (v[3] + v[4]) / hz, steal: v[7] / hz })
     }
 

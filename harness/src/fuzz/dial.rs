@@ -9,7 +9,7 @@
 //! The exchange is the one `worker::handshake::with_daemon` speaks (TCP only): the forked child
 //! writes its pid (i32), we send the secret as a string, it answers the string "ok".
 
-use crate::worker::{Connection, WorkerError};
+use crate::worker::{check_forked_pid, Connection, WorkerError};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,14 +46,9 @@ impl Dialer {
         let during = "reading the forked worker's pid from the daemon";
         read_exact(&mut s, 4, deadline, during, &mut inbound).await.map_err(|e| e.unwrap_or_else(|| timed_out(during)))?;
         let pid = i32::from_be_bytes(inbound[..4].try_into().expect("4 bytes"));
-        if pid < 0 {
-            return Err(WorkerError::NegativePid { value: pid });
-        }
         // A fork that failed with an errno other than EAGAIN/EINTR writes the errno here, as a
         // positive number: only a live child of the daemon is a worker.
-        if !super::exec::live_child_of(pid, self.daemon_pid) {
-            return Err(WorkerError::ErrnoAsPid { value: pid });
-        }
+        check_forked_pid(pid, self.daemon_pid)?;
 
         let mut outbound = (self.secret.len() as i32).to_be_bytes().to_vec();
         outbound.extend_from_slice(self.secret.as_bytes());

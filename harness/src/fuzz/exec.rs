@@ -18,7 +18,7 @@ use crate::protocol::{decode_requests, Dialect, Reply, ReplyEnd, SpanKind};
 use crate::pyenv::PythonEnv;
 use crate::session::{self, SessionOptions, Transcript, WritePlan, WriteStep};
 use crate::verdict::{classify_failure, Outcome, WorkerFacts};
-use crate::worker::{Connection, LaunchOptions, Mode, WorkerError, Workers};
+use crate::worker::{procs, Connection, LaunchOptions, Mode, WorkerError, Workers};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -143,7 +143,6 @@ impl Executor {
             extra_env: vec![("PYTHON_FAULTHANDLER_DIR".into(), faulthandler.path().display().to_string())],
             connect_timeout: Duration::from_secs(10),
             rlimit_as: opts.memory_limit_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
-            ..LaunchOptions::default()
         };
         let workers = Workers::start(&env.python, launch.clone()).await?;
         let workers_daemon = workers.daemon_pid();
@@ -433,8 +432,8 @@ impl Executor {
         let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut leaks: Vec<Leak> = due
             .into_iter()
-            .filter(|w| !in_flight.contains(&w.pid) && live_child_of(w.pid, daemon))
-            .map(|w| Leak { pid: w.pid, cmdline: cmdline(w.pid), bytes: Some(w.bytes) })
+            .filter(|w| !in_flight.contains(&w.pid) && procs::live_child_of(w.pid, daemon))
+            .map(|w| Leak { pid: w.pid, cmdline: procs::cmdline(w.pid), bytes: Some(w.bytes) })
             .collect();
         let scan_due = {
             let mut last = self.last_group_scan.lock().unwrap_or_else(|p| p.into_inner());
@@ -447,7 +446,7 @@ impl Executor {
         if scan_due && daemon > 1 && self.mode != ExecMode::Spawn {
             for (pid, cmd) in crate::worker::leftover_processes(&[daemon]) {
                 let known = pid == daemon || in_flight.contains(&pid) || watched.contains(&pid) || leaks.iter().any(|l| l.pid == pid);
-                if !known && process_age(pid).is_some_and(|age| age > grace) {
+                if !known && procs::stat(pid).and_then(|s| s.age()).is_some_and(|age| age > grace) {
                     leaks.push(Leak { pid, cmdline: cmd, bytes: None });
                 }
             }
@@ -507,59 +506,30 @@ fn tail_bytes(b: &[u8], n: usize) -> Vec<u8> {
     b[b.len().saturating_sub(n)..].to_vec()
 }
 
-/// Alive (not a zombie) and a child of `parent`, from /proc/<pid>/stat.
-pub(crate) fn live_child_of(pid: i32, parent: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    // The command name may hold spaces and parentheses: the fixed fields follow the last ')'.
-    let Some(close) = stat.rfind(')') else { return false };
-    let mut fields = stat[close + 1..].split_ascii_whitespace();
-    let state = fields.next().unwrap_or("X");
-    let ppid: i32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    !matches!(state, "Z" | "X" | "x") && ppid == parent
-}
-
 /// One line on what a process is doing, from /proc: its scheduler state, the kernel function it
 /// sleeps in, its CPU time so far and its resident memory. None once it is gone.
 fn process_state(pid: i32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let close = stat.rfind(')')?;
-    let f: Vec<&str> = stat[close + 1..].split_ascii_whitespace().collect();
-    // After the command: state (0), ..., utime (11), stime (12), ..., rss in pages (21).
-    let hz = (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0);
+    let s = procs::stat(pid)?;
+    let hz = procs::clock_ticks();
+    // SAFETY: sysconf only reads a system constant.
     let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64).max(1.0);
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let state = match *f.first()? {
-        "R" => "R (running: busy, not waiting for input)",
-        "S" => "S (sleeping)",
-        "D" => "D (uninterruptible sleep)",
-        "T" | "t" => "T (stopped)",
-        "Z" => "Z (exited, not reaped)",
-        other => other,
+    let other = s.state.to_string();
+    let state = match s.state {
+        'R' => "R (running: busy, not waiting for input)",
+        'S' => "S (sleeping)",
+        'D' => "D (uninterruptible sleep)",
+        'T' | 't' => "T (stopped)",
+        'Z' => "Z (exited, not reaped)",
+        _ => &other,
     };
     let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
     let wchan = if wchan.is_empty() || wchan == "0" { "-".to_string() } else { wchan };
     Some(format!(
         "state {state}, in {wchan}, user {:.2} s, system {:.2} s, RSS {:.0} MiB",
-        num(11) / hz,
-        num(12) / hz,
-        num(21) * page / (1024.0 * 1024.0)
+        s.utime as f64 / hz,
+        s.stime as f64 / hz,
+        s.rss_pages as f64 * page / (1024.0 * 1024.0)
     ))
-}
-
-/// How long ago the process started (from /proc/<pid>/stat starttime and /proc/uptime).
-fn process_age(pid: i32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let close = stat.rfind(')')?;
-    // Fields after the command: state is field 3 of the line, starttime field 22.
-    let start_ticks: f64 = stat[close + 1..].split_ascii_whitespace().nth(19)?.parse().ok()?;
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(Duration::from_secs_f64((uptime - start_ticks / hz.max(1.0)).max(0.0)))
-}
-
-fn cmdline(pid: i32) -> String {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&raw).split('\0').filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -588,20 +558,4 @@ mod tests {
         assert_eq!(process_state(-1), None);
     }
 
-    #[test]
-    fn process_age_is_read_from_proc() {
-        let me = std::process::id() as i32;
-        let age = process_age(me).expect("our own age");
-        assert!(age < Duration::from_secs(24 * 3600), "{age:?}");
-        assert_eq!(process_age(-1), None);
-    }
-
-    #[test]
-    fn our_own_process_is_no_child_of_pid_1_unless_it_is() {
-        let me = std::process::id() as i32;
-        let parent = unsafe { libc::getppid() };
-        assert!(live_child_of(me, parent));
-        assert!(!live_child_of(me, parent + 1));
-        assert!(!live_child_of(0, 0));
-    }
 }

@@ -171,9 +171,10 @@ pub(crate) fn check_forked_pid(value: i32, daemon_pid: i32) -> Result<(), Worker
     if value < 0 {
         return Err(WorkerError::NegativePid { value });
     }
-    match procs::stat(value) {
-        Some(s) if s.ppid == daemon_pid && !s.is_dead() => Ok(()),
-        _ => Err(WorkerError::ErrnoAsPid { value }),
+    if procs::live_child_of(value, daemon_pid) {
+        Ok(())
+    } else {
+        Err(WorkerError::ErrnoAsPid { value })
     }
 }
 

@@ -12,11 +12,12 @@
 
 mod groups;
 mod handshake;
-mod procs;
+pub(crate) mod procs;
 mod spawn;
 
 pub use groups::{install_interrupt_handler, kill_all_registered, leftover_processes, registered_groups};
 pub use handshake::errno_label;
+pub(crate) use handshake::check_forked_pid;
 pub use spawn::{ProcessTweaks, CAPTURE_LIMIT, PASS_THROUGH_ENV};
 
 use groups::Group;
