@@ -142,17 +142,17 @@ pub fn classify_failure(result: &TaskResult, facts: &WorkerFacts) -> Option<Outc
         },
         Err(failure) => {
             if let Some((exit, stderr_tail)) = &facts.daemon_died {
-                return Some(Outcome::DaemonDied { exit: exit.clone(), stderr_tail: stderr_tail.clone() });
+                return Some(Outcome::DaemonDied { exit: *exit, stderr_tail: stderr_tail.clone() });
             }
             Some(match failure {
                 ReadFailure::Eof { at_byte, what } => Outcome::WorkerCrashed {
                     pid: facts.pid,
-                    exit: facts.worker_exit.clone(),
+                    exit: facts.worker_exit,
                     detail: format!("connection closed at reply byte {at_byte}, {what}"),
                 },
                 ReadFailure::Io { what } => Outcome::WorkerCrashed {
                     pid: facts.pid,
-                    exit: facts.worker_exit.clone(),
+                    exit: facts.worker_exit,
                     detail: format!("reading the reply failed: {what}"),
                 },
                 ReadFailure::Deadline { after_ms, at_byte } => Outcome::Hang { after_ms: *after_ms, at_byte: *at_byte },
