@@ -185,10 +185,10 @@ impl CampaignSummary {
             self.seeds.builtin, self.seeds.scenario_tasks, self.seeds.golden_requests
         ));
         // Goldens of other request families are left out by design: one line for all of them.
-        let (other_dialect, rest): (Vec<&String>, Vec<&String>) = self.seeds.skipped.iter().partition(|w| w.contains("the campaign speaks"));
-        if !other_dialect.is_empty() {
-            s.push_str(&format!("    left out: {} golden(s) recorded in other dialects\n", other_dialect.len()));
+        if !self.seeds.other_dialect.is_empty() {
+            s.push_str(&format!("    left out: {} golden(s) recorded in other dialects\n", self.seeds.other_dialect.len()));
         }
+        let rest = &self.seeds.skipped;
         for why in rest.iter().take(8) {
             s.push_str(&format!("    left out: {why}\n"));
         }
@@ -255,7 +255,7 @@ pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign
     let (seeds, dropped) = seeds::calibrate(seeds, &exec, cfg.jobs).await;
     seed_report.skipped.extend(dropped);
     if seeds.is_empty() {
-        return Err(BadInput(format!("no seed runs cleanly against pyspark {}: {}", env.pyspark, seed_report.skipped.join("; "))).into());
+        return Err(BadInput(format!("no seed runs cleanly against pyspark {}: {}", env.pyspark, seed_report.skipped.iter().chain(&seed_report.other_dialect).cloned().collect::<Vec<_>>().join("; "))).into());
     }
     let corpus = load_corpus(&cfg.out, &seeds);
     let pending = unminimised(&cfg.out, &state);

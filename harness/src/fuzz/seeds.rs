@@ -47,6 +47,14 @@ pub struct SeedReport {
     pub golden_requests: usize,
     /// Why each left-out source was left out.
     pub skipped: Vec<String>,
+    /// Goldens recorded in another request family (left out by design, so listed apart).
+    pub other_dialect: Vec<String>,
+}
+
+/// Why a golden folder gives no seeds.
+enum GoldenSkip {
+    OtherDialect(Dialect),
+    Unreadable(String),
 }
 
 /// A built-in seed: an identity function over one framing of the input.
@@ -185,7 +193,8 @@ pub fn load(env: &PythonEnv, dialect: Dialect, dirs: &[PathBuf], with_builtins: 
                 report.golden_requests += found.len();
                 seeds.extend(found);
             }
-            Err(why) => report.skipped.push(format!("{}: {why}", g.display())),
+            Err(GoldenSkip::OtherDialect(d)) => report.other_dialect.push(format!("{}: recorded in dialect {d:?}, the campaign speaks {dialect:?}", g.display())),
+            Err(GoldenSkip::Unreadable(why)) => report.skipped.push(format!("{}: {why}", g.display())),
         }
     }
     if seeds.is_empty() {
@@ -218,17 +227,17 @@ fn walk(dir: &Path, scenarios: &mut Vec<PathBuf>, goldens: &mut Vec<PathBuf>) ->
 }
 
 /// Each recorded request of a golden, cut into frames by the decoder.
-fn golden_seeds(dir: &Path, dialect: Dialect, first_index: usize) -> Result<Vec<Seed>, String> {
-    let g = crate::golden::Golden::load(dir).map_err(|e| e.to_string())?;
+fn golden_seeds(dir: &Path, dialect: Dialect, first_index: usize) -> Result<Vec<Seed>, GoldenSkip> {
+    let g = crate::golden::Golden::load(dir).map_err(|e| GoldenSkip::Unreadable(e.to_string()))?;
     if g.index.dialect != dialect {
-        return Err(format!("recorded in dialect {:?}, the campaign speaks {dialect:?}", g.index.dialect));
+        return Err(GoldenSkip::OtherDialect(g.index.dialect));
     }
     let mut out = vec![];
     for c in &g.index.connections {
-        let bytes = g.read(&c.request).map_err(|e| e.to_string())?;
+        let bytes = g.read(&c.request).map_err(|e| GoldenSkip::Unreadable(e.to_string()))?;
         for (t, [start, end]) in c.request_spans.iter().enumerate() {
             let Some(window) = bytes.get(*start as usize..*end as usize) else {
-                return Err(format!("{} task {t}: span {start}..{end} is past the end of {}", c.id, c.request));
+                return Err(GoldenSkip::Unreadable(format!("{} task {t}: span {start}..{end} is past the end of {}", c.id, c.request)));
             };
             let (decoded, err) = decode_requests(dialect, window);
             let name = format!("{}:{}#{t}", dir.display(), c.id);
