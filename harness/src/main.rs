@@ -194,14 +194,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
             println!("== scenarios ({})", scenarios.display());
             let a = run_scenarios(&env, &[scenarios], &RunOptions::default(), json.as_deref()).await?;
             println!("== goldens ({})", golden.display());
-            let b = fakejvm::golden::replay_cmd(fakejvm::golden::ReplayArgs {
-                paths: vec![golden],
-                bless: false,
-                python: None,
-                deadline_ms: 30_000,
-                jobs: 2,
-            })
-            .await?;
+            // With --python (or FAKEJVM_PYTHON), goldens of other pyspark versions are N/A.
+            let b = fakejvm::golden::replay_cmd(fakejvm::golden::ReplayArgs::replay(vec![golden], env.python.clone())).await?;
             Ok(a.max(b))
         }
         Command::Decode { file, dialect, direction, skip, json } => {
