@@ -12,13 +12,19 @@ pub fn scenario_lines(r: &ScenarioReport) -> String {
         Status::Failed => "FAIL",
         Status::NotApplicable { .. } => "N/A ",
     };
-    let mut out = format!("{tag}  {}  [{} | pyspark {} | dialect {:?} | {:?}] {} ms", r.file, r.name, r.pyspark, r.dialect, r.mode, r.elapsed_ms);
+    let mut out = format!(
+        "{tag}  {}  [{} | pyspark {} | dialect {:?} | {:?}] {} ms",
+        r.file, r.name, r.pyspark, r.dialect, r.mode, r.elapsed_ms
+    );
     if let Status::NotApplicable { why } = &r.status {
         out.push_str(&format!("\n      not applicable: {why}"));
     }
     for t in &r.tasks {
         if !t.ok {
-            out.push_str(&format!("\n      task {}: expected {}, got {}", t.index, t.expected, t.outcome));
+            out.push_str(&format!(
+                "\n      task {}: expected {}, got {}",
+                t.index, t.expected, t.outcome
+            ));
         }
         if let Some(n) = &t.note {
             out.push_str(&format!("\n      task {}: known behaviour, {n}", t.index));
@@ -29,12 +35,27 @@ pub fn scenario_lines(r: &ScenarioReport) -> String {
         out.push_str(&crate::faults::fault_lines(&r.faults));
     }
     if !r.leftovers.is_empty() {
-        let l: Vec<String> = r.leftovers.iter().map(|(p, c)| format!("{p} {c}")).collect();
-        out.push_str(&format!("\n      leaked processes (killed): {}", l.join("; ")));
+        let l: Vec<String> = r
+            .leftovers
+            .iter()
+            .map(|(p, c)| format!("{p} {c}"))
+            .collect();
+        out.push_str(&format!(
+            "\n      leaked processes (killed): {}",
+            l.join("; ")
+        ));
     }
     if r.status == Status::Failed && !r.stderr_tail.is_empty() {
         out.push_str("\n      worker stderr (tail):");
-        for l in r.stderr_tail.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev() {
+        for l in r
+            .stderr_tail
+            .lines()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
             out.push_str(&format!("\n        {l}"));
         }
     }
@@ -78,7 +99,12 @@ struct JsonReport<'a> {
     scenarios: &'a [ScenarioReport],
 }
 
-pub fn write_json(path: &Path, pyspark: &str, python: &Path, reports: &[ScenarioReport]) -> std::io::Result<()> {
+pub fn write_json(
+    path: &Path,
+    pyspark: &str,
+    python: &Path,
+    reports: &[ScenarioReport],
+) -> std::io::Result<()> {
     let doc = JsonReport {
         fakejvm: env!("CARGO_PKG_VERSION"),
         pyspark,
@@ -93,9 +119,14 @@ pub fn write_json(path: &Path, pyspark: &str, python: &Path, reports: &[Scenario
 /// Write to a temporary file beside `path`, then rename over it: a reader (or a crash) never
 /// sees half a file, and what was there stays until the new one is whole.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".fakejvm-").tempfile_in(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".fakejvm-")
+        .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

@@ -36,17 +36,39 @@ pub struct FaultReport {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// An action performed at its protocol position (`what` says what was done and seen).
-    Action { at_ms: u64, at_byte: u64, what: String },
+    Action {
+        at_ms: u64,
+        at_byte: u64,
+        what: String,
+    },
     /// The fork-failure shim is loaded in the daemon.
-    ShimLoaded { pid: i32, schedule: String, errno: i32 },
+    ShimLoaded {
+        pid: i32,
+        schedule: String,
+        errno: i32,
+    },
     /// The daemon's fork() number `ordinal` failed (`task` None: after the last task).
-    ForkFailed { task: Option<usize>, ordinal: u64, errno: i32, injected: bool },
+    ForkFailed {
+        task: Option<usize>,
+        ordinal: u64,
+        errno: i32,
+        injected: bool,
+    },
     /// The daemon's fork() number `ordinal` made `child`; `retry_after_ms` is set when it was
     /// the retry after a failure daemon.py retries (EAGAIN, EINTR), measured from that failure.
-    Forked { task: Option<usize>, ordinal: u64, child: i32, retry_after_ms: Option<u64> },
+    Forked {
+        task: Option<usize>,
+        ordinal: u64,
+        child: i32,
+        retry_after_ms: Option<u64>,
+    },
     /// After the task, the stopped worker was killed as Spark kills a hung one (`error`: it
     /// could not be).
-    KilledStopped { pid: i32, via_daemon: bool, error: Option<String> },
+    KilledStopped {
+        pid: i32,
+        via_daemon: bool,
+        error: Option<String>,
+    },
     /// A line the worker wrote about its memory limit.
     WorkerStderr { task: usize, line: String },
     /// The RLIMIT_AS soft limit fakejvm set.
@@ -65,35 +87,87 @@ fn when(task: &Option<usize>) -> String {
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Event::Action { at_ms, at_byte, what } => write!(f, "at {at_ms} ms, request byte {at_byte}: {what}"),
-            Event::ShimLoaded { pid, schedule, errno } => {
+            Event::Action {
+                at_ms,
+                at_byte,
+                what,
+            } => write!(f, "at {at_ms} ms, request byte {at_byte}: {what}"),
+            Event::ShimLoaded {
+                pid,
+                schedule,
+                errno,
+            } => {
                 write!(f, "the shim is loaded in the daemon (pid {pid}), failing {schedule} with errno {errno} ({})", errno_label(*errno))
             }
-            Event::ForkFailed { task, ordinal, errno, injected } => {
-                let how = if *injected { "injected" } else { "a real failure, not injected" };
-                write!(f, "{}: fork #{ordinal} failed with errno {errno} ({}), {how}", when(task), errno_label(*errno))
+            Event::ForkFailed {
+                task,
+                ordinal,
+                errno,
+                injected,
+            } => {
+                let how = if *injected {
+                    "injected"
+                } else {
+                    "a real failure, not injected"
+                };
+                write!(
+                    f,
+                    "{}: fork #{ordinal} failed with errno {errno} ({}), {how}",
+                    when(task),
+                    errno_label(*errno)
+                )
             }
-            Event::Forked { task, ordinal, child, retry_after_ms } => {
-                write!(f, "{}: fork #{ordinal} succeeded: worker {child}", when(task))?;
+            Event::Forked {
+                task,
+                ordinal,
+                child,
+                retry_after_ms,
+            } => {
+                write!(
+                    f,
+                    "{}: fork #{ordinal} succeeded: worker {child}",
+                    when(task)
+                )?;
                 match retry_after_ms {
                     Some(ms) => write!(f, ", {ms} ms after the failed fork (the daemon's retry)"),
                     None => Ok(()),
                 }
             }
-            Event::KilledStopped { pid, via_daemon, error } => {
-                let how = if *via_daemon { "its pid on the daemon's stdin" } else { "SIGKILL to its group" };
+            Event::KilledStopped {
+                pid,
+                via_daemon,
+                error,
+            } => {
+                let how = if *via_daemon {
+                    "its pid on the daemon's stdin"
+                } else {
+                    "SIGKILL to its group"
+                };
                 match error {
                     None => write!(f, "after the task: killed the stopped worker {pid} ({how}), as Spark does with a hung worker"),
                     Some(e) => write!(f, "after the task: could not kill the stopped worker {pid}: {e}"),
                 }
             }
-            Event::WorkerStderr { task, line } => write!(f, "task {task}: the worker wrote to stderr: {line}"),
+            Event::WorkerStderr { task, line } => {
+                write!(f, "task {task}: the worker wrote to stderr: {line}")
+            }
             Event::RlimitSet { bytes, daemon } => {
-                let on = if *daemon { "the daemon (its forked workers inherit it)" } else { "each direct worker" };
-                write!(f, "fakejvm set the RLIMIT_AS soft limit to {bytes} bytes on {on}")
+                let on = if *daemon {
+                    "the daemon (its forked workers inherit it)"
+                } else {
+                    "each direct worker"
+                };
+                write!(
+                    f,
+                    "fakejvm set the RLIMIT_AS soft limit to {bytes} bytes on {on}"
+                )
             }
             Event::ExecutorMemory { mb, daemon } => {
-                let on = if *daemon { "the daemon's environment (each forked worker reads it)" } else { "each direct worker's environment" };
+                let on = if *daemon {
+                    "the daemon's environment (each forked worker reads it)"
+                } else {
+                    "each direct worker's environment"
+                };
                 write!(f, "PYSPARK_EXECUTOR_MEMORY_MB={mb} in {on}")
             }
         }
@@ -128,7 +202,12 @@ impl FaultReport {
 
     /// Sets `ok` and `problem` from what is recorded; `error` is a failure to perform the fault.
     pub fn settle(&mut self, error: Option<String>) {
-        let failed: Vec<String> = self.checks.iter().filter(|c| !c.ok).map(|c| format!("{}: expected {}, saw {}", c.what, c.expected, c.observed)).collect();
+        let failed: Vec<String> = self
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: expected {}, saw {}", c.what, c.expected, c.observed))
+            .collect();
         self.problem = if !self.fired {
             Some(error.unwrap_or_else(|| "never fired".into()))
         } else if let Some(e) = error {
@@ -156,7 +235,12 @@ pub fn fault_lines(reports: &[FaultReport]) -> String {
         if let Some(t) = r.task {
             head.push_str(&format!(" [task {t}"));
             if let Some(p) = &r.placement {
-                head.push_str(&format!(", span {} +{}, request byte {}", super::spec::span_name(p.span), p.offset_in_span, p.byte));
+                head.push_str(&format!(
+                    ", span {} +{}, request byte {}",
+                    super::spec::span_name(p.span),
+                    p.offset_in_span,
+                    p.byte
+                ));
             }
             head.push(']');
         }
@@ -175,12 +259,22 @@ pub fn fault_lines(reports: &[FaultReport]) -> String {
             out.push_str(&format!("        then: {}\n", fates.join("; ")));
         }
         for c in &r.checks {
-            out.push_str(&format!("        check {}: expected {}, saw {} ({})\n", c.what, c.expected, c.observed, if c.ok { "ok" } else { "FAILED" }));
+            out.push_str(&format!(
+                "        check {}: expected {}, saw {} ({})\n",
+                c.what,
+                c.expected,
+                c.observed,
+                if c.ok { "ok" } else { "FAILED" }
+            ));
         }
         if let Some(p) = &r.problem {
             out.push_str(&format!("        problem: {p}\n"));
         }
-        let tail: Vec<&str> = r.stderr_tail.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail: Vec<&str> = r
+            .stderr_tail
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
         if !tail.is_empty() {
             out.push_str("        stderr:\n");
             for l in &tail[tail.len().saturating_sub(4)..] {

@@ -82,12 +82,22 @@ pub fn pending(dir: &Path) -> Vec<String> {
 /// An accept that stopped after switching the index to the staged files: only --accept may
 /// go on from there (dropping those files would leave the index naming missing files).
 fn accept_interrupted(dir: &Path) -> bool {
-    Golden::load(dir).is_ok_and(|g| g.index.connections.iter().any(|c| [&c.reply, &c.reply_text].iter().any(|f| f.ends_with(NEW_SUFFIX))))
+    Golden::load(dir).is_ok_and(|g| {
+        g.index.connections.iter().any(|c| {
+            [&c.reply, &c.reply_text]
+                .iter()
+                .any(|f| f.ends_with(NEW_SUFFIX))
+        })
+    })
 }
 
 /// Stage the changed connections of `golden` as pending files, replacing any pending files an
 /// earlier --bless left. The golden itself is not touched.
-pub fn stage(golden: &Golden, changes: &[NewReply], differences: &[Difference]) -> anyhow::Result<Vec<String>> {
+pub fn stage(
+    golden: &Golden,
+    changes: &[NewReply],
+    differences: &[Difference],
+) -> anyhow::Result<Vec<String>> {
     let dir = &golden.dir;
     discard(dir)?;
     let dialect = golden.index.dialect;
@@ -97,17 +107,30 @@ pub fn stage(golden: &Golden, changes: &[NewReply], differences: &[Difference]) 
     let mut files = vec![];
     let mut text_diffs = String::new();
     for ch in changes {
-        let entry = index.connections.iter_mut().find(|c| c.id == ch.conn).ok_or_else(|| anyhow::anyhow!("no connection {} in the index", ch.conn))?;
+        let entry = index
+            .connections
+            .iter_mut()
+            .find(|c| c.id == ch.conn)
+            .ok_or_else(|| anyhow::anyhow!("no connection {} in the index", ch.conn))?;
         let old_text = old_reply_text(golden, dialect, &entry.reply);
         let new_text = super::record::reply_text(dialect, &ch.replies);
         write_atomic(&dir.join(staged(&entry.reply)), &ch.bytes)?;
         write_atomic(&dir.join(staged(&entry.reply_text)), new_text.as_bytes())?;
-        entry.reply_spans = ch.replies.iter().take(ch.tasks).map(|r| [r.start, r.end_offset]).collect();
+        entry.reply_spans = ch
+            .replies
+            .iter()
+            .take(ch.tasks)
+            .map(|r| [r.start, r.end_offset])
+            .collect();
         entry.after_close = ch.replies.get(ch.tasks).map(|r| [r.start, r.end_offset]);
         entry.blessed = Some(now.clone());
         files.push(entry.reply.clone());
         files.push(entry.reply_text.clone());
-        text_diffs.push_str(&format!("--- {} (golden)\n+++ {} (live)\n", entry.reply_text, staged(&entry.reply_text)));
+        text_diffs.push_str(&format!(
+            "--- {} (golden)\n+++ {} (live)\n",
+            entry.reply_text,
+            staged(&entry.reply_text)
+        ));
         text_diffs.push_str(&line_diff(&old_text, &new_text, 3));
     }
     let new_index = format::index_text(&index)?;
@@ -137,13 +160,18 @@ pub fn stage(golden: &Golden, changes: &[NewReply], differences: &[Difference]) 
         files,
     };
     // Last: a manifest means every staged file is complete.
-    write_atomic(&dir.join(MANIFEST), (serde_json::to_string_pretty(&manifest)? + "\n").as_bytes())?;
+    write_atomic(
+        &dir.join(MANIFEST),
+        (serde_json::to_string_pretty(&manifest)? + "\n").as_bytes(),
+    )?;
     Ok(pending(dir))
 }
 
 fn old_reply_text(golden: &Golden, dialect: Dialect, reply_file: &str) -> String {
     match golden.read(reply_file) {
-        Ok(bytes) => super::record::reply_text(dialect, &crate::protocol::decode_replies(dialect, &bytes).0),
+        Ok(bytes) => {
+            super::record::reply_text(dialect, &crate::protocol::decode_replies(dialect, &bytes).0)
+        }
         Err(e) => format!("({e})\n"),
     }
 }
@@ -156,8 +184,13 @@ pub fn discard(dir: &Path) -> anyhow::Result<Vec<String>> {
     }
     let files = pending(dir);
     // The manifest first: without it the rest is an incomplete stage, never accepted.
-    for f in files.iter().filter(|f| *f == MANIFEST).chain(files.iter().filter(|f| *f != MANIFEST)) {
-        std::fs::remove_file(dir.join(f)).map_err(|e| anyhow::anyhow!("{}: cannot remove: {e}", dir.join(f).display()))?;
+    for f in files
+        .iter()
+        .filter(|f| *f == MANIFEST)
+        .chain(files.iter().filter(|f| *f != MANIFEST))
+    {
+        std::fs::remove_file(dir.join(f))
+            .map_err(|e| anyhow::anyhow!("{}: cannot remove: {e}", dir.join(f).display()))?;
     }
     Ok(files)
 }
@@ -169,9 +202,14 @@ pub fn accept(dir: &Path) -> anyhow::Result<Vec<String>> {
 
 /// `accept`, calling `step` before each change on disk with the file about to change; an error
 /// from it stops the accept there (tests use it to stop an accept at every step).
-pub fn accept_with(dir: &Path, step: &mut dyn FnMut(&Path) -> std::io::Result<()>) -> anyhow::Result<Vec<String>> {
+pub fn accept_with(
+    dir: &Path,
+    step: &mut dyn FnMut(&Path) -> std::io::Result<()>,
+) -> anyhow::Result<Vec<String>> {
     let at = |f: &str| dir.join(f);
-    let io = |what: &str, f: &Path, e: std::io::Error| anyhow::anyhow!("{}: cannot {what}: {e}", f.display());
+    let io = |what: &str, f: &Path, e: std::io::Error| {
+        anyhow::anyhow!("{}: cannot {what}: {e}", f.display())
+    };
     let manifest_text = std::fs::read_to_string(at(MANIFEST)).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound && !pending(dir).is_empty() {
             anyhow::anyhow!("{}: the pending files are incomplete (no {MANIFEST}: the --bless stopped before the end); --reject them and bless again", dir.display())
@@ -179,24 +217,35 @@ pub fn accept_with(dir: &Path, step: &mut dyn FnMut(&Path) -> std::io::Result<()
             io("read", &at(MANIFEST), e)
         }
     })?;
-    let m: Manifest = serde_json::from_str(&manifest_text).map_err(|e| anyhow::anyhow!("{}: not a pending manifest: {e}", at(MANIFEST).display()))?;
+    let m: Manifest = serde_json::from_str(&manifest_text)
+        .map_err(|e| anyhow::anyhow!("{}: not a pending manifest: {e}", at(MANIFEST).display()))?;
     let index_path = at(format::INDEX);
     let new_index_path = at(&staged(format::INDEX));
     let current = std::fs::read(&index_path).map_err(|e| io("read", &index_path, e))?;
     let current_sha = sha256(&current);
     if current_sha != m.new_index_sha256 {
-        let new_text = std::fs::read(&new_index_path).map_err(|e| io("read", &new_index_path, e))?;
+        let new_text =
+            std::fs::read(&new_index_path).map_err(|e| io("read", &new_index_path, e))?;
         if sha256(&new_text) != m.new_index_sha256 {
-            anyhow::bail!("{}: changed since --bless staged it; --reject the change and bless again", new_index_path.display());
+            anyhow::bail!(
+                "{}: changed since --bless staged it; --reject the change and bless again",
+                new_index_path.display()
+            );
         }
-        let new_index: Index = serde_json::from_slice(&new_text).map_err(|e| anyhow::anyhow!("{}: not a golden index: {e}", new_index_path.display()))?;
+        let new_index: Index = serde_json::from_slice(&new_text).map_err(|e| {
+            anyhow::anyhow!("{}: not a golden index: {e}", new_index_path.display())
+        })?;
         let interim = format::index_text(&pointing_at_staged(new_index, &m.files))?;
         if current_sha == m.base_index_sha256 {
             // The commit point: from here on the golden is the new one.
             step(&index_path).map_err(|e| io("write", &index_path, e))?;
-            write_atomic(&index_path, interim.as_bytes()).map_err(|e| io("write", &index_path, e))?;
+            write_atomic(&index_path, interim.as_bytes())
+                .map_err(|e| io("write", &index_path, e))?;
         } else if current_sha != sha256(interim.as_bytes()) {
-            anyhow::bail!("{}: changed since --bless staged this change; --reject it and bless again", index_path.display());
+            anyhow::bail!(
+                "{}: changed since --bless staged this change; --reject it and bless again",
+                index_path.display()
+            );
         }
         for f in &m.files {
             let (from, to) = (at(&staged(f)), at(f));
@@ -206,11 +255,16 @@ pub fn accept_with(dir: &Path, step: &mut dyn FnMut(&Path) -> std::io::Result<()
         }
         // The index last.
         step(&index_path).map_err(|e| io("write", &index_path, e))?;
-        std::fs::rename(&new_index_path, &index_path).map_err(|e| io("rename index.json.new over", &index_path, e))?;
+        std::fs::rename(&new_index_path, &index_path)
+            .map_err(|e| io("rename index.json.new over", &index_path, e))?;
     }
     // Clean up: the staged files, the diff, then the manifest.
     let files = pending(dir);
-    for f in files.iter().filter(|f| *f != MANIFEST).chain(files.iter().filter(|f| *f == MANIFEST)) {
+    for f in files
+        .iter()
+        .filter(|f| *f != MANIFEST)
+        .chain(files.iter().filter(|f| *f == MANIFEST))
+    {
         step(&at(f)).map_err(|e| io("remove", &at(f), e))?;
         std::fs::remove_file(at(f)).map_err(|e| io("remove", &at(f), e))?;
     }
@@ -231,7 +285,10 @@ fn pointing_at_staged(mut index: Index, files: &[String]) -> Index {
 
 /// The golden folders under `paths` that have pending files (folders searched as `collect` does).
 pub fn pending_goldens(paths: &[PathBuf]) -> Result<Vec<PathBuf>, BadInput> {
-    Ok(format::collect(paths)?.into_iter().filter(|d| !pending(d).is_empty()).collect())
+    Ok(format::collect(paths)?
+        .into_iter()
+        .filter(|d| !pending(d).is_empty())
+        .collect())
 }
 
 /// The pending golden `name` names: its folder, or a trailing part of its path
@@ -241,16 +298,41 @@ pub fn select(pending: &[PathBuf], name: &str) -> Result<PathBuf, BadInput> {
     let canonical = std::fs::canonicalize(wanted).ok();
     let hits: Vec<&PathBuf> = pending
         .iter()
-        .filter(|d| d.ends_with(wanted) || (canonical.is_some() && std::fs::canonicalize(d).ok() == canonical))
+        .filter(|d| {
+            d.ends_with(wanted)
+                || (canonical.is_some() && std::fs::canonicalize(d).ok() == canonical)
+        })
         .collect();
-    let listed = || pending.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+    let listed = || {
+        pending
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     match hits.as_slice() {
         [one] => Ok((*one).clone()),
-        [] if pending.is_empty() => Err(BadInput::new(wanted, "no golden has pending changes (run `fakejvm replay --bless` first)")),
-        [] => Err(BadInput::new(wanted, format!("names no golden with pending changes; pending: {}", listed()))),
+        [] if pending.is_empty() => Err(BadInput::new(
+            wanted,
+            "no golden has pending changes (run `fakejvm replay --bless` first)",
+        )),
+        [] => Err(BadInput::new(
+            wanted,
+            format!(
+                "names no golden with pending changes; pending: {}",
+                listed()
+            ),
+        )),
         many => Err(BadInput::new(
             wanted,
-            format!("names {} goldens with pending changes ({}): name one by more of its path", many.len(), many.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")),
+            format!(
+                "names {} goldens with pending changes ({}): name one by more of its path",
+                many.len(),
+                many.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         )),
     }
 }
@@ -278,7 +360,11 @@ pub fn line_diff(old: &str, new: &str, context: usize) -> String {
     let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
     for i in (0..a.len()).rev() {
         for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
         }
     }
     // (tag, old line number, new line number, text)
@@ -297,7 +383,12 @@ pub fn line_diff(old: &str, new: &str, context: usize) -> String {
             j += 1;
         }
     }
-    let changed: Vec<usize> = ops.iter().enumerate().filter(|(_, o)| o.0 != ' ').map(|(k, _)| k).collect();
+    let changed: Vec<usize> = ops
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.0 != ' ')
+        .map(|(k, _)| k)
+        .collect();
     let mut out = String::new();
     let mut k = 0;
     while k < changed.len() {
@@ -309,14 +400,23 @@ pub fn line_diff(old: &str, new: &str, context: usize) -> String {
         }
         let end = (end + context + 1).min(ops.len());
         let hunk = &ops[start..end];
-        let (old_n, new_n) = (hunk.iter().filter(|o| o.0 != '+').count(), hunk.iter().filter(|o| o.0 != '-').count());
-        out.push_str(&format!("@@ -{},{old_n} +{},{new_n} @@\n", hunk[0].1 + 1, hunk[0].2 + 1));
+        let (old_n, new_n) = (
+            hunk.iter().filter(|o| o.0 != '+').count(),
+            hunk.iter().filter(|o| o.0 != '-').count(),
+        );
+        out.push_str(&format!(
+            "@@ -{},{old_n} +{},{new_n} @@\n",
+            hunk[0].1 + 1,
+            hunk[0].2 + 1
+        ));
         for (tag, _, _, text) in hunk {
             out.push_str(&format!("{tag}{text}\n"));
         }
     }
     if out.is_empty() {
-        out.push_str("(the decoded text is the same: the difference is in bytes the text does not show)\n");
+        out.push_str(
+            "(the decoded text is the same: the difference is in bytes the text does not show)\n",
+        );
     }
     out
 }
@@ -330,18 +430,30 @@ mod tests {
         let old = "a\nb\nc\nd\ne\nf\ng\nh\n";
         let new = "a\nb\nc\nD\ne\nf\ng\nh\ni\n";
         let d = line_diff(old, new, 1);
-        assert_eq!(d, "@@ -3,3 +3,3 @@\n c\n-d\n+D\n e\n@@ -8,1 +8,2 @@\n h\n+i\n");
+        assert_eq!(
+            d,
+            "@@ -3,3 +3,3 @@\n c\n-d\n+D\n e\n@@ -8,1 +8,2 @@\n h\n+i\n"
+        );
         assert!(line_diff("x\n", "x\n", 3).contains("the same"));
     }
 
     #[test]
     fn selecting_a_pending_golden_needs_exactly_one_match() {
-        let pending = vec![PathBuf::from("golden/pyspark-4.0.5/map"), PathBuf::from("golden/pyspark-4.1.4/map")];
+        let pending = vec![
+            PathBuf::from("golden/pyspark-4.0.5/map"),
+            PathBuf::from("golden/pyspark-4.1.4/map"),
+        ];
         assert_eq!(select(&pending, "pyspark-4.1.4/map").unwrap(), pending[1]);
         let e = select(&pending, "map").unwrap_err().to_string();
         assert!(e.contains("names 2 goldens"), "{e}");
         let e = select(&pending, "nope").unwrap_err().to_string();
-        assert!(e.contains("names no golden") && e.contains("pyspark-4.0.5/map"), "{e}");
-        assert!(select(&[], "x").unwrap_err().to_string().contains("no golden has pending changes"));
+        assert!(
+            e.contains("names no golden") && e.contains("pyspark-4.0.5/map"),
+            "{e}"
+        );
+        assert!(select(&[], "x")
+            .unwrap_err()
+            .to_string()
+            .contains("no golden has pending changes"));
     }
 }

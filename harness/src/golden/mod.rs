@@ -21,7 +21,7 @@ pub mod tap;
 
 pub use format::{Golden, Index};
 pub use record::{record_cmd, RecordArgs};
-pub use replay::{replay_cmd, replay_golden, ReplayArgs, ReplayOptions, GoldenReport};
+pub use replay::{replay_cmd, replay_golden, GoldenReport, ReplayArgs, ReplayOptions};
 pub use tap::{tap_main, TapArgs};
 
 use std::path::Path;
@@ -35,7 +35,13 @@ pub struct BadInput(pub String);
 impl BadInput {
     pub fn new(file: &Path, problem: impl std::fmt::Display) -> BadInput {
         let text = format!("{}: {problem}", file.display());
-        BadInput(text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
+        BadInput(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
     }
 }
 
@@ -44,10 +50,18 @@ impl BadInput {
 /// meant to be committed and read.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".fakejvm-").tempfile_in(dir)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".fakejvm-")
+        .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
-    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }

@@ -13,7 +13,9 @@ use super::format::{self, Golden};
 use super::normalise::{self, LiveValues};
 use super::BadInput;
 use crate::pickle;
-use crate::protocol::{decode_replies, decode_requests, Dialect, Reply, ReplyEnd, ReplyItem, TaskRequest};
+use crate::protocol::{
+    decode_replies, decode_requests, Dialect, Reply, ReplyEnd, ReplyItem, TaskRequest,
+};
 use crate::pyenv;
 use crate::session::{self, ReadFailure, SessionOptions, Transcript, WritePlan};
 use crate::verdict::parse_exception;
@@ -89,7 +91,11 @@ pub struct ReplayOptions {
 
 impl Default for ReplayOptions {
     fn default() -> Self {
-        ReplayOptions { bless: false, python: None, deadline: Duration::from_secs(30) }
+        ReplayOptions {
+            bless: false,
+            python: None,
+            deadline: Duration::from_secs(30),
+        }
     }
 }
 
@@ -101,7 +107,9 @@ pub enum GoldenStatus {
     Blessed,
     Failed,
     /// Not replayed: the given interpreter has another pyspark than the recorded one.
-    NotApplicable { why: String },
+    NotApplicable {
+        why: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -169,15 +177,26 @@ impl GoldenReport {
             out.push_str(&format!("\n      error: {e}"));
         }
         if !self.leftovers.is_empty() {
-            let l: Vec<String> = self.leftovers.iter().map(|(p, c)| format!("{p} {c}")).collect();
-            out.push_str(&format!("\n      leaked processes (killed): {}", l.join("; ")));
+            let l: Vec<String> = self
+                .leftovers
+                .iter()
+                .map(|(p, c)| format!("{p} {c}"))
+                .collect();
+            out.push_str(&format!(
+                "\n      leaked processes (killed): {}",
+                l.join("; ")
+            ));
         }
         if let GoldenStatus::NotApplicable { why } = &self.status {
             out.push_str(&format!("\n      {why}"));
         }
         if !self.pending.is_empty() {
             let dir = self.dir.display();
-            let what = if self.status == GoldenStatus::Blessed { "staged for review" } else { "pending from an earlier --bless" };
+            let what = if self.status == GoldenStatus::Blessed {
+                "staged for review"
+            } else {
+                "pending from an earlier --bless"
+            };
             out.push_str(&format!(
                 "\n      {what}: {}\n      review: fakejvm replay --review {dir}; then --accept {dir} or --reject {dir}",
                 self.pending.join(", ")
@@ -225,21 +244,36 @@ struct PreparedConn {
 fn prepare(dir: &Path) -> Result<Prepared, BadInput> {
     let golden = Golden::load(dir)?;
     let ix = &golden.index;
-    let version: pyenv::PysparkVersion = ix.pyspark.parse().map_err(|e| BadInput::new(&dir.join(format::INDEX), e))?;
+    let version: pyenv::PysparkVersion = ix
+        .pyspark
+        .parse()
+        .map_err(|e| BadInput::new(&dir.join(format::INDEX), e))?;
     if Dialect::for_version(version.major, version.minor) != Some(ix.dialect) {
-        return Err(BadInput::new(&dir.join(format::INDEX), format!("dialect {:?} does not belong to pyspark {}", ix.dialect, ix.pyspark)));
+        return Err(BadInput::new(
+            &dir.join(format::INDEX),
+            format!(
+                "dialect {:?} does not belong to pyspark {}",
+                ix.dialect, ix.pyspark
+            ),
+        ));
     }
     let mut conns = vec![];
     for c in &ix.connections {
         let req_bytes = golden.read(&c.request)?;
         let (decoded, err) = decode_requests(ix.dialect, &req_bytes);
         if let Some(e) = err {
-            return Err(BadInput::new(&dir.join(&c.request), format!("does not decode as dialect {:?}: {e}", ix.dialect)));
+            return Err(BadInput::new(
+                &dir.join(&c.request),
+                format!("does not decode as dialect {:?}: {e}", ix.dialect),
+            ));
         }
         let rep_bytes = golden.read(&c.reply)?;
         let (mut recorded, err) = decode_replies(ix.dialect, &rep_bytes);
         if let Some(e) = err {
-            return Err(BadInput::new(&dir.join(&c.reply), format!("does not decode as dialect {:?}: {e}", ix.dialect)));
+            return Err(BadInput::new(
+                &dir.join(&c.reply),
+                format!("does not decode as dialect {:?}: {e}", ix.dialect),
+            ));
         }
         let expected_replies = c.tasks + c.after_close.is_some() as usize;
         if decoded.len() != c.tasks || recorded.len() != expected_replies {
@@ -255,14 +289,28 @@ fn prepare(dir: &Path) -> Result<Prepared, BadInput> {
                 ),
             ));
         }
-        let after_close = if c.after_close.is_some() { recorded.pop() } else { None };
-        conns.push(PreparedConn { id: c.id.clone(), requests: decoded.into_iter().map(|d| d.request).collect(), recorded, after_close });
+        let after_close = if c.after_close.is_some() {
+            recorded.pop()
+        } else {
+            None
+        };
+        conns.push(PreparedConn {
+            id: c.id.clone(),
+            requests: decoded.into_iter().map(|d| d.request).collect(),
+            recorded,
+            after_close,
+        });
     }
     Ok(Prepared { golden, conns })
 }
 
 pub async fn replay_cmd(args: ReplayArgs) -> anyhow::Result<u8> {
-    if args.review || args.accept_all || args.reject_all || !args.accept.is_empty() || !args.reject.is_empty() {
+    if args.review
+        || args.accept_all
+        || args.reject_all
+        || !args.accept.is_empty()
+        || !args.reject.is_empty()
+    {
         return review_cmd(&args);
     }
     let dirs = format::collect(&args.paths)?;
@@ -275,13 +323,23 @@ pub async fn replay_cmd(args: ReplayArgs) -> anyhow::Result<u8> {
     if let Some(python) = &args.python {
         pyenv::resolve(Some(python), None).map_err(|e| BadInput::new(python, e))?;
     }
-    let opts = ReplayOptions { bless: args.bless, python: args.python.clone(), deadline: Duration::from_millis(args.deadline_ms) };
-    let reports = replay_prepared(prepared, &opts, args.jobs.max(1), |r| println!("{}", r.text())).await;
+    let opts = ReplayOptions {
+        bless: args.bless,
+        python: args.python.clone(),
+        deadline: Duration::from_millis(args.deadline_ms),
+    };
+    let reports = replay_prepared(prepared, &opts, args.jobs.max(1), |r| {
+        println!("{}", r.text())
+    })
+    .await;
     let count = |f: fn(&GoldenStatus) -> bool| reports.iter().filter(|r| f(&r.status)).count();
     let failed = count(|s| *s == GoldenStatus::Failed);
     let blessed = count(|s| *s == GoldenStatus::Blessed);
     let na = count(|s| matches!(s, GoldenStatus::NotApplicable { .. }));
-    println!("{} passed, {blessed} blessed, {failed} failed, {na} n/a", reports.len() - failed - blessed - na);
+    println!(
+        "{} passed, {blessed} blessed, {failed} failed, {na} n/a",
+        reports.len() - failed - blessed - na
+    );
     if blessed > 0 {
         println!("review the staged changes: fakejvm replay --review {}; then --accept NAME, --accept-all or --reject NAME", paths_text(&args.paths));
     }
@@ -289,7 +347,11 @@ pub async fn replay_cmd(args: ReplayArgs) -> anyhow::Result<u8> {
 }
 
 fn paths_text(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `--review`, `--accept`, `--reject`: nothing is replayed.
@@ -304,10 +366,25 @@ fn review_cmd(args: &ReplayArgs) -> anyhow::Result<u8> {
         return Ok(0);
     }
     let accepting = args.accept_all || !args.accept.is_empty();
-    let names = if accepting { &args.accept } else { &args.reject };
-    let all = if accepting { args.accept_all } else { args.reject_all };
+    let names = if accepting {
+        &args.accept
+    } else {
+        &args.reject
+    };
+    let all = if accepting {
+        args.accept_all
+    } else {
+        args.reject_all
+    };
     // Every name is checked before any golden changes.
-    let chosen: Vec<PathBuf> = if all { pending } else { names.iter().map(|n| bless::select(&pending, n)).collect::<Result<_, _>>()? };
+    let chosen: Vec<PathBuf> = if all {
+        pending
+    } else {
+        names
+            .iter()
+            .map(|n| bless::select(&pending, n))
+            .collect::<Result<_, _>>()?
+    };
     for d in &chosen {
         if accepting {
             let conns = bless::accept(d)?;
@@ -317,12 +394,21 @@ fn review_cmd(args: &ReplayArgs) -> anyhow::Result<u8> {
             println!("REJECT {} ({} file(s) removed)", d.display(), files.len());
         }
     }
-    println!("{} golden(s) {}", chosen.len(), if accepting { "accepted" } else { "rejected" });
+    println!(
+        "{} golden(s) {}",
+        chosen.len(),
+        if accepting { "accepted" } else { "rejected" }
+    );
     Ok(0)
 }
 
 /// Replay several goldens, `jobs` at a time; `each` sees every report as it is done.
-pub async fn replay_all(dirs: &[PathBuf], opts: &ReplayOptions, jobs: usize, each: impl FnMut(&GoldenReport)) -> Result<Vec<GoldenReport>, BadInput> {
+pub async fn replay_all(
+    dirs: &[PathBuf],
+    opts: &ReplayOptions,
+    jobs: usize,
+    each: impl FnMut(&GoldenReport),
+) -> Result<Vec<GoldenReport>, BadInput> {
     let mut prepared = vec![];
     for d in dirs {
         prepared.push(prepare(d)?);
@@ -330,12 +416,19 @@ pub async fn replay_all(dirs: &[PathBuf], opts: &ReplayOptions, jobs: usize, eac
     Ok(replay_prepared(prepared, opts, jobs.max(1), each).await)
 }
 
-async fn replay_prepared(prepared: Vec<Prepared>, opts: &ReplayOptions, jobs: usize, each: impl FnMut(&GoldenReport)) -> Vec<GoldenReport> {
+async fn replay_prepared(
+    prepared: Vec<Prepared>,
+    opts: &ReplayOptions,
+    jobs: usize,
+    each: impl FnMut(&GoldenReport),
+) -> Vec<GoldenReport> {
     let jobs_list = prepared
         .into_iter()
         .map(|p| {
             let opts = opts.clone();
-            (GoldenReport::new(&p.golden), async move { replay_one(p, &opts).await })
+            (GoldenReport::new(&p.golden), async move {
+                replay_one(p, &opts).await
+            })
         })
         .collect();
     run_jobs(jobs_list, jobs, each).await
@@ -344,7 +437,11 @@ async fn replay_prepared(prepared: Vec<Prepared>, opts: &ReplayOptions, jobs: us
 /// Runs each golden's replay, `jobs` at a time, and returns one report per golden in order. A
 /// replay that panics becomes a Failed report (its `before` with the panic as an error): a
 /// golden never drops out of the count.
-async fn run_jobs<F>(list: Vec<(GoldenReport, F)>, jobs: usize, mut each: impl FnMut(&GoldenReport)) -> Vec<GoldenReport>
+async fn run_jobs<F>(
+    list: Vec<(GoldenReport, F)>,
+    jobs: usize,
+    mut each: impl FnMut(&GoldenReport),
+) -> Vec<GoldenReport>
 where
     F: std::future::Future<Output = GoldenReport> + 'static,
 {
@@ -361,7 +458,10 @@ where
             for (i, (report, fut)) in list.into_iter().enumerate() {
                 let limit = limit.clone();
                 let handle = set.spawn_local(async move {
-                    let _permit = limit.acquire().await.expect("the semaphore is never closed");
+                    let _permit = limit
+                        .acquire()
+                        .await
+                        .expect("the semaphore is never closed");
                     fut.await
                 });
                 slot.insert(handle.id(), i);
@@ -374,7 +474,9 @@ where
                         let i = slot[&e.id()];
                         let mut report = before[i].take().expect("each task ends once");
                         report.status = GoldenStatus::Failed;
-                        report.errors.push(format!("the replay panicked: {}", panic_text(e)));
+                        report
+                            .errors
+                            .push(format!("the replay panicked: {}", panic_text(e)));
                         (i, report)
                     }
                 };
@@ -383,7 +485,9 @@ where
             }
         })
         .await;
-    done.into_iter().map(|r| r.expect("every task was joined")).collect()
+    done.into_iter()
+        .map(|r| r.expect("every task was joined"))
+        .collect()
 }
 
 fn panic_text(e: tokio::task::JoinError) -> String {
@@ -437,15 +541,25 @@ async fn replay_one(p: Prepared, opts: &ReplayOptions) -> GoldenReport {
             None
         }
     };
-    let failed = !report.differences.is_empty() || !report.errors.is_empty() || !report.leftovers.is_empty();
-    report.status = if failed { GoldenStatus::Failed } else { GoldenStatus::Passed };
+    let failed =
+        !report.differences.is_empty() || !report.errors.is_empty() || !report.leftovers.is_empty();
+    report.status = if failed {
+        GoldenStatus::Failed
+    } else {
+        GoldenStatus::Passed
+    };
     match live.filter(|_| opts.bless) {
         // Only a clean replay may become a golden: errors or leaked processes mean the live
         // replies may not be what the worker normally says.
         Some(_) if !report.errors.is_empty() || !report.leftovers.is_empty() => {
-            report.errors.push("--bless refused: the replay had errors or leaked processes; nothing was staged".into());
+            report.errors.push(
+                "--bless refused: the replay had errors or leaked processes; nothing was staged"
+                    .into(),
+            );
         }
-        Some(live) if !changed.is_empty() => match new_replies(&p, &live, &changed).and_then(|new| bless::stage(&p.golden, &new, &report.differences)) {
+        Some(live) if !changed.is_empty() => match new_replies(&p, &live, &changed)
+            .and_then(|new| bless::stage(&p.golden, &new, &report.differences))
+        {
             Ok(files) => {
                 report.pending = files;
                 report.status = GoldenStatus::Blessed;
@@ -475,36 +589,63 @@ async fn replay_one(p: Prepared, opts: &ReplayOptions) -> GoldenReport {
 fn not_applicable(ix: &format::Index, opts: &ReplayOptions) -> Option<String> {
     let python = opts.python.as_deref()?;
     match pyenv::resolve(Some(python), None) {
-        Ok(env) if env.pyspark.to_string() != ix.pyspark => {
-            Some(format!("recorded with pyspark {}; the given interpreter {} has pyspark {}", ix.pyspark, python.display(), env.pyspark))
-        }
+        Ok(env) if env.pyspark.to_string() != ix.pyspark => Some(format!(
+            "recorded with pyspark {}; the given interpreter {} has pyspark {}",
+            ix.pyspark,
+            python.display(),
+            env.pyspark
+        )),
         // Probed before any golden ran (replay_cmd); a failure now shows up in run_live.
         _ => None,
     }
 }
 
-async fn run_live(p: &Prepared, opts: &ReplayOptions, report: &mut GoldenReport) -> anyhow::Result<Vec<LiveConn>> {
+async fn run_live(
+    p: &Prepared,
+    opts: &ReplayOptions,
+    report: &mut GoldenReport,
+) -> anyhow::Result<Vec<LiveConn>> {
     let ix = &p.golden.index;
     let env = pyenv::resolve(opts.python.as_deref(), Some(&ix.pyspark)).map_err(|e| {
-        anyhow::anyhow!("no Python env with pyspark {}: {e}\n(get it with `fakejvm env setup --pyspark {}`)", ix.pyspark, ix.pyspark)
+        anyhow::anyhow!(
+            "no Python env with pyspark {}: {e}\n(get it with `fakejvm env setup --pyspark {}`)",
+            ix.pyspark,
+            ix.pyspark
+        )
     })?;
-    let files_dir = tempfile::Builder::new().prefix("fakejvm-replay-files-").tempdir()?;
-    let launch = LaunchOptions { mode: ix.mode, reuse: ix.reuse, extra_env: normalise::replay_env(&ix.worker_env), ..LaunchOptions::default() };
+    let files_dir = tempfile::Builder::new()
+        .prefix("fakejvm-replay-files-")
+        .tempdir()?;
+    let launch = LaunchOptions {
+        mode: ix.mode,
+        reuse: ix.reuse,
+        extra_env: normalise::replay_env(&ix.worker_env),
+        ..LaunchOptions::default()
+    };
     let mut workers = Workers::start(&env.python, launch).await?;
     let live_values = LiveValues {
         spark_files_dir: files_dir.path().to_path_buf(),
         broadcasts: normalise::broadcast_files(&p.golden.dir, &ix.broadcasts),
         secret: Some(workers.secret().to_owned()),
     };
-    let session_opts = SessionOptions { deadline: opts.deadline, record_transcript: true, ..SessionOptions::default() };
+    let session_opts = SessionOptions {
+        deadline: opts.deadline,
+        record_transcript: true,
+        ..SessionOptions::default()
+    };
 
     let mut out = vec![];
     for conn in &p.conns {
-        let mut live = LiveConn { replies: vec![], after_close: None, raw: vec![] };
+        let mut live = LiveConn {
+            replies: vec![],
+            after_close: None,
+            raw: vec![],
+        };
         let mut c = match workers.connect().await {
             Ok(c) => c,
             Err(e) => {
-                live.replies.push(Err(format!("could not get a worker: {e}")));
+                live.replies
+                    .push(Err(format!("could not get a worker: {e}")));
                 out.push(live);
                 continue;
             }
@@ -515,12 +656,28 @@ async fn run_live(p: &Prepared, opts: &ReplayOptions, report: &mut GoldenReport)
             let req = normalise::refill_request(req, &live_values);
             let bytes = ix.dialect.encode_request(&req).bytes;
             let mut transcript = Transcript::default();
-            let result = session::run_task(&mut c.reader, &mut c.writer, ix.dialect, &bytes, &WritePlan::whole(bytes.len()), base, &session_opts, &mut transcript).await;
+            let result = session::run_task(
+                &mut c.reader,
+                &mut c.writer,
+                ix.dialect,
+                &bytes,
+                &WritePlan::whole(bytes.len()),
+                base,
+                &session_opts,
+                &mut transcript,
+            )
+            .await;
             live.raw.push(transcript.received());
             match result.reply {
                 Ok(reply) => {
                     base = reply.end_offset;
-                    reusable = matches!(reply.end, ReplyEnd::Completed { final_marker: -4, .. });
+                    reusable = matches!(
+                        reply.end,
+                        ReplyEnd::Completed {
+                            final_marker: -4,
+                            ..
+                        }
+                    );
                     live.replies.push(Ok(reply));
                     if !reusable {
                         break;
@@ -536,7 +693,14 @@ async fn run_live(p: &Prepared, opts: &ReplayOptions, report: &mut GoldenReport)
         // The JVM closes a worker's connection when it is done with it (at the latest when the
         // SparkContext stops); a worker still waiting for a task answers that too.
         if reusable && live.replies.len() == conn.requests.len() {
-            let (answer, raw) = close_and_drain(&mut c.reader, &mut c.writer, ix.dialect, base, opts.deadline).await;
+            let (answer, raw) = close_and_drain(
+                &mut c.reader,
+                &mut c.writer,
+                ix.dialect,
+                base,
+                opts.deadline,
+            )
+            .await;
             live.after_close = answer;
             live.raw.push(raw);
         }
@@ -550,7 +714,13 @@ async fn run_live(p: &Prepared, opts: &ReplayOptions, report: &mut GoldenReport)
 
 /// Half-close our side (the worker sees EOF where the next split index belongs) and read what
 /// it writes until it closes: None when it writes nothing.
-async fn close_and_drain<R, W>(r: &mut R, w: &mut W, dialect: Dialect, base: u64, deadline: Duration) -> (Option<Result<Reply, String>>, Vec<u8>)
+async fn close_and_drain<R, W>(
+    r: &mut R,
+    w: &mut W,
+    dialect: Dialect,
+    base: u64,
+    deadline: Duration,
+) -> (Option<Result<Reply, String>>, Vec<u8>)
 where
     R: tokio::io::AsyncRead + Unpin + ?Sized,
     W: tokio::io::AsyncWrite + Unpin + ?Sized,
@@ -575,8 +745,15 @@ where
     dec.feed(&raw);
     let answer = match dec.next_reply() {
         Ok(Some(reply)) if dec.pending() == 0 => Ok(reply),
-        Ok(Some(_)) => Err(format!("{} byte(s) more after a whole reply", dec.pending())),
-        Ok(None) if read.is_err() => Err(format!("still writing after {} ms ({} byte(s) so far)", deadline.as_millis(), raw.len())),
+        Ok(Some(_)) => Err(format!(
+            "{} byte(s) more after a whole reply",
+            dec.pending()
+        )),
+        Ok(None) if read.is_err() => Err(format!(
+            "still writing after {} ms ({} byte(s) so far)",
+            deadline.as_millis(),
+            raw.len()
+        )),
         Ok(None) => Err(dec.eof_error().to_string()),
         Err(e) => Err(format!("protocol violation: {e}")),
     };
@@ -585,9 +762,15 @@ where
 
 fn describe_failure(f: &ReadFailure) -> String {
     match f {
-        ReadFailure::Eof { at_byte, what } => format!("the worker closed the connection at reply byte {at_byte} ({what})"),
-        ReadFailure::Deadline { after_ms, at_byte } => format!("no complete reply after {after_ms} ms (stopped at reply byte {at_byte})"),
-        ReadFailure::Violation { at_byte, what } => format!("protocol violation at reply byte {at_byte}: {what}"),
+        ReadFailure::Eof { at_byte, what } => {
+            format!("the worker closed the connection at reply byte {at_byte} ({what})")
+        }
+        ReadFailure::Deadline { after_ms, at_byte } => {
+            format!("no complete reply after {after_ms} ms (stopped at reply byte {at_byte})")
+        }
+        ReadFailure::Violation { at_byte, what } => {
+            format!("protocol violation at reply byte {at_byte}: {what}")
+        }
         ReadFailure::Io { what } => format!("reading the reply failed: {what}"),
     }
 }
@@ -596,17 +779,33 @@ fn describe_failure(f: &ReadFailure) -> String {
 /// reply (exception type and message, or spills, accumulator updates and the final int).
 fn compare(conn: &PreparedConn, live: &LiveConn) -> Vec<Difference> {
     let mut out = vec![];
-    let diff = |reply: usize, at: String, expected: String, got: String| Difference { conn: conn.id.clone(), reply, at, expected, got };
+    let diff = |reply: usize, at: String, expected: String, got: String| Difference {
+        conn: conn.id.clone(),
+        reply,
+        at,
+        expected,
+        got,
+    };
     for (k, recorded) in conn.recorded.iter().enumerate() {
         let expected = normalise::normalise_reply(recorded);
         let got = match live.replies.get(k) {
             Some(Ok(r)) => normalise::normalise_reply(r),
             Some(Err(why)) => {
-                out.push(diff(k, "reply".into(), summary(&expected), format!("no reply: {why}")));
+                out.push(diff(
+                    k,
+                    "reply".into(),
+                    summary(&expected),
+                    format!("no reply: {why}"),
+                ));
                 break;
             }
             None => {
-                out.push(diff(k, "reply".into(), summary(&expected), "not sent: the worker could not take this task after the previous reply".into()));
+                out.push(diff(
+                    k,
+                    "reply".into(),
+                    summary(&expected),
+                    "not sent: the worker could not take this task after the previous reply".into(),
+                ));
                 break;
             }
         };
@@ -620,21 +819,48 @@ fn compare(conn: &PreparedConn, live: &LiveConn) -> Vec<Difference> {
         match (&expected.end, &got.end) {
             (ReplyEnd::Exception { traceback: e }, ReplyEnd::Exception { traceback: g }) => {
                 if parse_exception(e) != parse_exception(g) {
-                    out.push(diff(k, "exception".into(), e.trim().to_owned(), g.trim().to_owned()));
+                    out.push(diff(
+                        k,
+                        "exception".into(),
+                        e.trim().to_owned(),
+                        g.trim().to_owned(),
+                    ));
                 }
             }
             (
-                ReplyEnd::Completed { memory_bytes_spilled: em, disk_bytes_spilled: ed, accumulators: ea, final_marker: ef, .. },
-                ReplyEnd::Completed { memory_bytes_spilled: gm, disk_bytes_spilled: gd, accumulators: ga, final_marker: gf, .. },
+                ReplyEnd::Completed {
+                    memory_bytes_spilled: em,
+                    disk_bytes_spilled: ed,
+                    accumulators: ea,
+                    final_marker: ef,
+                    ..
+                },
+                ReplyEnd::Completed {
+                    memory_bytes_spilled: gm,
+                    disk_bytes_spilled: gd,
+                    accumulators: ga,
+                    final_marker: gf,
+                    ..
+                },
             ) => {
                 for i in 0..ea.len().max(ga.len()) {
                     let (e, g) = (ea.get(i), ga.get(i));
                     if e != g {
-                        out.push(diff(k, format!("accumulator[{i}]"), bytes_text(e), bytes_text(g)));
+                        out.push(diff(
+                            k,
+                            format!("accumulator[{i}]"),
+                            bytes_text(e),
+                            bytes_text(g),
+                        ));
                     }
                 }
                 if (em, ed) != (gm, gd) {
-                    out.push(diff(k, "spills".into(), format!("memory {em} disk {ed}"), format!("memory {gm} disk {gd}")));
+                    out.push(diff(
+                        k,
+                        "spills".into(),
+                        format!("memory {em} disk {ed}"),
+                        format!("memory {gm} disk {gd}"),
+                    ));
                 }
                 if ef != gf {
                     out.push(diff(k, "final int".into(), ef.to_string(), gf.to_string()));
@@ -657,7 +883,9 @@ fn compare(conn: &PreparedConn, live: &LiveConn) -> Vec<Difference> {
             (e, g) => out.push(diff(
                 k,
                 "after the close".into(),
-                e.as_ref().map(|r| summary(&normalise::normalise_reply(r))).unwrap_or_else(|| "nothing".into()),
+                e.as_ref()
+                    .map(|r| summary(&normalise::normalise_reply(r)))
+                    .unwrap_or_else(|| "nothing".into()),
                 match g {
                     None => "nothing".into(),
                     Some(Ok(r)) => summary(&normalise::normalise_reply(r)),
@@ -675,8 +903,15 @@ fn summary(r: &Reply) -> String {
 
 fn end_text(e: &ReplyEnd) -> String {
     match e {
-        ReplyEnd::Completed { accumulators, final_marker, .. } => {
-            format!("completed ({} accumulator update(s), final int {final_marker})", accumulators.len())
+        ReplyEnd::Completed {
+            accumulators,
+            final_marker,
+            ..
+        } => {
+            format!(
+                "completed ({} accumulator update(s), final int {final_marker})",
+                accumulators.len()
+            )
         }
         ReplyEnd::Exception { traceback } => format!("exception {}", traceback.trim()),
     }
@@ -711,7 +946,11 @@ fn preview(b: &[u8]) -> String {
         }
     };
     if text.chars().count() > 200 {
-        format!("{}... ({} chars)", text.chars().take(200).collect::<String>(), text.chars().count())
+        format!(
+            "{}... ({} chars)",
+            text.chars().take(200).collect::<String>(),
+            text.chars().count()
+        )
     } else {
         text
     }
@@ -719,7 +958,11 @@ fn preview(b: &[u8]) -> String {
 
 /// The live replies of each changed connection, checked: only a whole reply can become the
 /// golden.
-fn new_replies(p: &Prepared, live: &[LiveConn], changed: &[String]) -> anyhow::Result<Vec<NewReply>> {
+fn new_replies(
+    p: &Prepared,
+    live: &[LiveConn],
+    changed: &[String],
+) -> anyhow::Result<Vec<NewReply>> {
     let dialect = p.golden.index.dialect;
     let mut out = vec![];
     for (conn, live) in p.conns.iter().zip(live) {
@@ -729,21 +972,44 @@ fn new_replies(p: &Prepared, live: &[LiveConn], changed: &[String]) -> anyhow::R
         let mut replies: Vec<Reply> = live
             .replies
             .iter()
-            .map(|r| r.clone().map_err(|why| anyhow::anyhow!("{}: cannot bless an incomplete reply: {why}", conn.id)))
+            .map(|r| {
+                r.clone().map_err(|why| {
+                    anyhow::anyhow!("{}: cannot bless an incomplete reply: {why}", conn.id)
+                })
+            })
             .collect::<anyhow::Result<_>>()?;
         if replies.len() != conn.requests.len() {
-            anyhow::bail!("{}: the live worker answered {} of {} task(s)", conn.id, replies.len(), conn.requests.len());
+            anyhow::bail!(
+                "{}: the live worker answered {} of {} task(s)",
+                conn.id,
+                replies.len(),
+                conn.requests.len()
+            );
         }
         let tasks = replies.len();
         if let Some(answer) = &live.after_close {
-            replies.push(answer.clone().map_err(|why| anyhow::anyhow!("{}: cannot bless an incomplete answer to the close: {why}", conn.id))?);
+            replies.push(answer.clone().map_err(|why| {
+                anyhow::anyhow!(
+                    "{}: cannot bless an incomplete answer to the close: {why}",
+                    conn.id
+                )
+            })?);
         }
         let bytes: Vec<u8> = live.raw.concat();
         let (check, err) = decode_replies(dialect, &bytes);
         if err.is_some() || check.len() != replies.len() {
-            anyhow::bail!("{}: the live reply bytes do not decode back into {} replies", conn.id, replies.len());
+            anyhow::bail!(
+                "{}: the live reply bytes do not decode back into {} replies",
+                conn.id,
+                replies.len()
+            );
         }
-        out.push(NewReply { conn: conn.id.clone(), bytes, replies: check, tasks });
+        out.push(NewReply {
+            conn: conn.id.clone(),
+            bytes,
+            replies: check,
+            tasks,
+        });
     }
     Ok(out)
 }
@@ -780,10 +1046,23 @@ mod tests {
         let mut seen = 0;
         let reports = run_jobs(jobs, 2, |_| seen += 1).await;
         assert_eq!(seen, 3);
-        let names: Vec<String> = reports.iter().map(|r| r.dir.display().to_string()).collect();
+        let names: Vec<String> = reports
+            .iter()
+            .map(|r| r.dir.display().to_string())
+            .collect();
         assert_eq!(names, ["a", "b", "c"]);
         assert_eq!(reports[1].status, GoldenStatus::Failed);
-        assert!(reports[1].errors.iter().any(|e| e.contains("panicked: decoder exploded")), "{:?}", reports[1].errors);
-        assert_eq!((reports[0].status.clone(), reports[2].status.clone()), (GoldenStatus::Passed, GoldenStatus::Passed));
+        assert!(
+            reports[1]
+                .errors
+                .iter()
+                .any(|e| e.contains("panicked: decoder exploded")),
+            "{:?}",
+            reports[1].errors
+        );
+        assert_eq!(
+            (reports[0].status.clone(), reports[2].status.clone()),
+            (GoldenStatus::Passed, GoldenStatus::Passed)
+        );
     }
 }

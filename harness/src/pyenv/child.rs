@@ -50,12 +50,24 @@ impl Ran {
 /// Run `cmd` with `input` on its stdin (or /dev/null), to completion or `limit`. With
 /// `echo = Some(prefix)`, each output line is also copied to our stderr as it arrives, so a
 /// person sees a long pip install progress. Err only when the program cannot be started.
-pub(super) fn run(mut cmd: Command, input: Option<Vec<u8>>, limit: Duration, echo: Option<&'static str>) -> io::Result<Ran> {
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut group = Group { child: cmd.spawn()?, reaped: false };
+pub(super) fn run(
+    mut cmd: Command,
+    input: Option<Vec<u8>>,
+    limit: Duration,
+    echo: Option<&'static str>,
+) -> io::Result<Ran> {
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
+    let mut group = Group {
+        child: cmd.spawn()?,
+        reaped: false,
+    };
     let deadline = Instant::now() + limit;
 
     if let (Some(bytes), Some(mut stdin)) = (input, group.child.stdin.take()) {
@@ -65,7 +77,10 @@ pub(super) fn run(mut cmd: Command, input: Option<Vec<u8>>, limit: Duration, ech
         });
     }
     let (sender, outputs) = mpsc::channel();
-    for (stream, which) in [(group.child.stdout.take().map(boxed), 0), (group.child.stderr.take().map(boxed), 1)] {
+    for (stream, which) in [
+        (group.child.stdout.take().map(boxed), 0),
+        (group.child.stderr.take().map(boxed), 1),
+    ] {
         let sender = sender.clone();
         if let Some(stream) = stream {
             thread::spawn(move || {
@@ -88,7 +103,11 @@ pub(super) fn run(mut cmd: Command, input: Option<Vec<u8>>, limit: Duration, ech
     };
     let status = group.kill_and_reap()?;
 
-    let mut ran = Ran { status: exited.then_some(status), stdout: Vec::new(), stderr: Vec::new() };
+    let mut ran = Ran {
+        status: exited.then_some(status),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
     // The group is dead, so the pipes are closed unless someone left the group; do not wait forever.
     for _ in 0..2 {
         match outputs.recv_timeout(Duration::from_secs(5)) {
@@ -141,7 +160,8 @@ impl Group {
         unsafe {
             let mut info: libc::siginfo_t = std::mem::zeroed();
             let flags = libc::WEXITED | libc::WNOWAIT | libc::WNOHANG;
-            libc::waitid(libc::P_PID, self.pgid() as libc::id_t, &mut info, flags) == 0 && info.si_pid() != 0
+            libc::waitid(libc::P_PID, self.pgid() as libc::id_t, &mut info, flags) == 0
+                && info.si_pid() != 0
         }
     }
 

@@ -14,7 +14,9 @@ static LIVE_GROUPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
 fn live() -> std::sync::MutexGuard<'static, BTreeSet<i32>> {
     // A panic while holding this lock must not stop the cleanup that runs during unwinding.
-    LIVE_GROUPS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    LIVE_GROUPS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub(crate) fn register(pgid: i32) {
@@ -52,7 +54,10 @@ pub(crate) struct Group {
 impl Group {
     pub fn new(pgid: i32) -> Group {
         register(pgid);
-        Group { pgid, leader_reaped: false }
+        Group {
+            pgid,
+            leader_reaped: false,
+        }
     }
 
     pub fn still_ours(&self) -> bool {
@@ -68,7 +73,10 @@ impl Group {
 /// For a CLI's Ctrl-C path and for test teardown; returns the groups signalled.
 pub fn kill_all_registered() -> Vec<i32> {
     let groups: Vec<i32> = std::mem::take(&mut *live()).into_iter().collect();
-    groups.into_iter().filter(|&g| signal_group(g, libc::SIGKILL)).collect()
+    groups
+        .into_iter()
+        .filter(|&g| signal_group(g, libc::SIGKILL))
+        .collect()
 }
 
 /// On SIGINT or SIGTERM: SIGKILL every registered group, then exit with status 130.
@@ -94,5 +102,8 @@ pub fn install_interrupt_handler() -> std::io::Result<()> {
 /// Live processes (pid, command line) whose process group is one of `pgids`. Zombies are left
 /// out: they have exited and only wait to be reaped (orphans are reaped by init, not by us).
 pub fn leftover_processes(pgids: &[i32]) -> Vec<(i32, String)> {
-    procs::members_of(pgids).into_iter().map(|s| (s.pid, procs::cmdline(s.pid))).collect()
+    procs::members_of(pgids)
+        .into_iter()
+        .map(|s| (s.pid, procs::cmdline(s.pid)))
+        .collect()
 }
