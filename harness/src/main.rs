@@ -221,13 +221,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
             let a =
                 run_scenarios(&env, &[scenarios], &RunOptions::default(), json.as_deref()).await?;
             println!("== goldens ({})", golden.display());
-            let b = fakejvm::golden::replay_cmd(fakejvm::golden::ReplayArgs {
-                paths: vec![golden],
-                bless: false,
-                python: None,
-                deadline_ms: 30_000,
-                jobs: 2,
-            })
+            // With --python (or FAKEJVM_PYTHON), goldens of other pyspark versions are N/A.
+            let b = fakejvm::golden::replay_cmd(fakejvm::golden::ReplayArgs::replay(
+                vec![golden],
+                env.python.clone(),
+            ))
             .await?;
             Ok(a.max(b))
         }

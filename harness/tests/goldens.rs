@@ -2,11 +2,13 @@
 //! recorded by `fakejvm record` (ci/record-goldens). Every golden must replay against a live
 //! worker of its version; every recorded stream must decode, and the decoder's framing must
 //! agree with the tap's own account of it; a corrupted reply must fail with a readable
-//! frame-level diff and must not be rewritten without --bless.
+//! frame-level diff; --bless stages the change for review and only --accept moves it in; no
+//! pending change may sit in golden/.
 
 mod common;
 use common::{env_for, repo_root};
 use fakejvm::decode::{self, StreamDirection};
+use fakejvm::golden::bless;
 use fakejvm::golden::format::{self, Golden};
 use fakejvm::golden::normalise::{self, LiveValues};
 use fakejvm::golden::replay::{replay_all, replay_golden, GoldenStatus, ReplayOptions};
@@ -153,21 +155,19 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupted_reply_frame_fails_with_a_frame_level_diff_and_only_bless_rewrites_it() {
+/// A copy of golden/pyspark-4.0.5/map_parallelize whose recorded reply 0 says 100 more in the
+/// last small int of its first data frame than the worker does: one byte of its pickle, so every
+/// length and span in the index still holds. Returns the folder, the reply file and the original
+/// value.
+fn changed_golden(tmp: &Path) -> (PathBuf, PathBuf, u8) {
     let source = corpus()
         .into_iter()
         .find(|d| d.ends_with("pyspark-4.0.5/map_parallelize"))
         .expect("the corpus has golden/pyspark-4.0.5/map_parallelize");
     env_for("4.0.5");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("map_parallelize");
+    let dir = tmp.join("map_parallelize");
     copy_dir(&source, &dir);
-
-    // Corrupt the first data frame of reply 0 in place: one byte of its pickle, so every length
-    // and span in the index still holds.
-    let g = load(&dir);
-    let ix = g.index.clone();
+    let ix = load(&dir).index;
     let reply_file = dir.join(&ix.connections[0].reply);
     let mut bytes = std::fs::read(&reply_file).unwrap();
     let (replies, err) = decode_replies(ix.dialect, &bytes);
@@ -185,6 +185,57 @@ async fn a_corrupted_reply_frame_fails_with_a_frame_level_diff_and_only_bless_re
     let original = frame[pos];
     bytes[replies[0].start as usize + 4 + pos] = original.wrapping_add(100);
     std::fs::write(&reply_file, &bytes).unwrap();
+    (dir, reply_file, original)
+}
+
+fn fakejvm(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fakejvm"))
+        .args(args)
+        .env_remove("FAKEJVM_PYTHON")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Loadable and consistent: the index loads, every reply file it names decodes into the replies
+/// it counts, at the spans it records.
+fn assert_consistent(dir: &Path, when: &str) {
+    let g = Golden::load(dir).unwrap_or_else(|e| panic!("{when}: {e}"));
+    for c in &g.index.connections {
+        let bytes = g.read(&c.reply).unwrap_or_else(|e| panic!("{when}: {e}"));
+        let (replies, err) = decode_replies(g.index.dialect, &bytes);
+        assert!(
+            err.is_none(),
+            "{when}: {} does not decode: {err:?}",
+            c.reply
+        );
+        assert_eq!(
+            replies.len(),
+            c.tasks + c.after_close.is_some() as usize,
+            "{when}: {}",
+            c.reply
+        );
+        let spans: Vec<[u64; 2]> = replies
+            .iter()
+            .take(c.tasks)
+            .map(|r| [r.start, r.end_offset])
+            .collect();
+        assert_eq!(spans, c.reply_spans, "{when}: the spans of {}", c.reply);
+    }
+}
+
+/// The review flow: a changed reply fails with a frame-level diff; --bless stages the live reply
+/// beside the golden with a readable diff and leaves the golden as it is (which then fails as
+/// pending); --review shows the diff; --accept moves it in; then the golden replays green.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_reply_is_staged_by_bless_reviewed_and_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, reply_file, original) = changed_golden(tmp.path());
+    let golden_bytes = std::fs::read(&reply_file).unwrap();
 
     let report = replay_golden(&dir, &ReplayOptions::default())
         .await
@@ -213,7 +264,7 @@ async fn a_corrupted_reply_frame_fails_with_a_frame_level_diff_and_only_bless_re
     );
     assert_eq!(
         std::fs::read(&reply_file).unwrap(),
-        bytes,
+        golden_bytes,
         "replay without --bless rewrote the golden"
     );
 
@@ -226,17 +277,261 @@ async fn a_corrupted_reply_frame_fails_with_a_frame_level_diff_and_only_bless_re
     )
     .await
     .unwrap();
+    eprintln!("{}", blessed.text());
     assert_eq!(blessed.status, GoldenStatus::Blessed, "{}", blessed.text());
+    assert_eq!(
+        std::fs::read(&reply_file).unwrap(),
+        golden_bytes,
+        "--bless rewrote the golden"
+    );
+    assert!(load(&dir).index.connections[0].blessed.is_none());
+    let mut staged: Vec<String> = [
+        "c0.reply.bin.new",
+        "c0.reply.txt.new",
+        "index.json.new",
+        bless::MANIFEST,
+        bless::DIFF_FILE,
+    ]
+    .map(String::from)
+    .to_vec();
+    staged.sort();
+    assert_eq!(blessed.pending, staged);
+    let diff = std::fs::read_to_string(dir.join(bless::DIFF_FILE)).unwrap();
+    // Decoded rows, not hex: the changed frame as its pickled value on each side.
+    assert!(
+        diff.contains(&format!(
+            "-  data[0] frame 17 bytes: pickle [{}]",
+            original as u32 + 100
+        )),
+        "{diff}"
+    );
+    assert!(
+        diff.contains(&format!("+  data[0] frame 17 bytes: pickle [{original}]")),
+        "{diff}"
+    );
+    assert!(!diff.contains("hex "), "{diff}");
+
+    // Pending, the golden fails (and says how to go on) until it is accepted or rejected.
+    let pending = replay_golden(&dir, &ReplayOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(pending.status, GoldenStatus::Failed, "{}", pending.text());
+    assert!(
+        pending.differences.len() == 1
+            && pending.text().contains("pending from an earlier --bless"),
+        "{}",
+        pending.text()
+    );
+
+    let (code, out, err) = fakejvm(&[
+        "replay".as_ref(),
+        "--review".as_ref(),
+        tmp.path().as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("== {}", dir.display()))
+            && out.contains(&diff)
+            && out.ends_with("1 golden(s) with pending changes\n"),
+        "{out}"
+    );
+
+    let (code, out, err) = fakejvm(&[
+        "replay".as_ref(),
+        "--accept".as_ref(),
+        "map_parallelize".as_ref(),
+        tmp.path().as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        format!("ACCEPT {} (c0)\n1 golden(s) accepted\n", dir.display())
+    );
+    assert_eq!(bless::pending(&dir), Vec::<String>::new());
     assert_ne!(
         std::fs::read(&reply_file).unwrap(),
-        bytes,
-        "--bless did not rewrite the reply"
+        golden_bytes,
+        "--accept did not move the live reply in"
     );
     assert!(load(&dir).index.connections[0].blessed.is_some());
+    assert_consistent(&dir, "after --accept");
     let again = replay_golden(&dir, &ReplayOptions::default())
         .await
         .unwrap();
     assert_eq!(again.status, GoldenStatus::Passed, "{}", again.text());
+
+    // Nothing pending: --accept names nothing, which is bad input.
+    let (code, _, err) = fakejvm(&[
+        "replay".as_ref(),
+        "--accept".as_ref(),
+        "map_parallelize".as_ref(),
+        tmp.path().as_os_str(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no golden has pending changes") && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
+/// An accept stopped at any step leaves a golden that loads and is consistent, holding either
+/// the old replies or the new ones; running it again finishes it. --reject drops a staged change
+/// and leaves the golden as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accept_stopped_at_any_step_leaves_every_golden_loadable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (staged, reply_file, _) = changed_golden(tmp.path());
+    let reply_name = reply_file.file_name().unwrap().to_owned();
+    let old = std::fs::read(&reply_file).unwrap();
+    let blessed = replay_golden(
+        &staged,
+        &ReplayOptions {
+            bless: true,
+            ..ReplayOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(blessed.status, GoldenStatus::Blessed, "{}", blessed.text());
+    let new = std::fs::read(staged.join(format!("{}.new", reply_name.to_string_lossy()))).unwrap();
+
+    let mut finished = false;
+    for stop_at in 0.. {
+        let dir = tmp.path().join(format!("stop{stop_at}"));
+        copy_dir(&staged, &dir);
+        let mut steps = 0;
+        let result = bless::accept_with(&dir, &mut |_| {
+            steps += 1;
+            if steps > stop_at {
+                Err(std::io::Error::other("stopped by the test"))
+            } else {
+                Ok(())
+            }
+        });
+        let when = format!("accept stopped after {stop_at} step(s)");
+        assert_consistent(&dir, &when);
+        let g = load(&dir);
+        let now = g.read(&g.index.connections[0].reply).unwrap();
+        assert!(
+            now == old || now == new,
+            "{when}: the reply is neither the old nor the new one"
+        );
+        match result {
+            Ok(conns) => {
+                assert_eq!(conns, ["c0"], "{when}");
+                assert_eq!(now, new, "{when}");
+                assert_eq!(bless::pending(&dir), Vec::<String>::new(), "{when}");
+                finished = true;
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    e.to_string().contains("stopped by the test"),
+                    "{when}: {e:#}"
+                );
+                assert!(
+                    !bless::pending(&dir).is_empty(),
+                    "{when}: nothing says the accept is unfinished"
+                );
+                bless::accept(&dir).unwrap_or_else(|e| panic!("{when}: finishing it: {e:#}"));
+                assert_consistent(&dir, &format!("{when}, then finished"));
+                let done = load(&dir);
+                assert_eq!(
+                    done.index.connections[0].reply,
+                    reply_name.to_string_lossy(),
+                    "{when}, then finished"
+                );
+                assert_eq!(
+                    done.read(&done.index.connections[0].reply).unwrap(),
+                    new,
+                    "{when}, then finished"
+                );
+                assert_eq!(
+                    bless::pending(&dir),
+                    Vec::<String>::new(),
+                    "{when}, then finished"
+                );
+            }
+        }
+        assert!(stop_at < 50, "the accept never finished");
+    }
+    assert!(finished);
+    let last = replay_golden(&staged, &ReplayOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        last.status,
+        GoldenStatus::Failed,
+        "still pending: {}",
+        last.text()
+    );
+    let accepted = tmp.path().join("stop0");
+    let report = replay_golden(&accepted, &ReplayOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.status, GoldenStatus::Passed, "{}", report.text());
+
+    let rejected = tmp.path().join("rejected");
+    copy_dir(&staged, &rejected);
+    let removed = bless::discard(&rejected).unwrap();
+    assert_eq!(removed.len(), 5, "{removed:?}");
+    assert_eq!(bless::pending(&rejected), Vec::<String>::new());
+    assert_eq!(std::fs::read(rejected.join(&reply_name)).unwrap(), old);
+}
+
+/// CI fails on pending goldens: a change --bless staged in golden/ must be accepted (and
+/// committed) or rejected.
+#[test]
+fn no_golden_has_pending_changes() {
+    let root = repo_root().join("golden");
+    let mut found = vec![];
+    for dir in corpus() {
+        found.extend(
+            bless::pending(&dir)
+                .into_iter()
+                .map(|f| dir.join(f).display().to_string()),
+        );
+    }
+    assert!(
+        found.is_empty(),
+        "pending golden changes under {}:\n  {}\nreview them with `fakejvm replay --review golden`, then --accept NAME / --accept-all or --reject NAME / --reject-all",
+        root.display(),
+        found.join("\n  ")
+    );
+}
+
+/// With an interpreter given (--python, FAKEJVM_PYTHON), a golden of another pyspark version is
+/// N/A with the reason, not a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_given_interpreter_replays_its_own_version_and_the_rest_is_not_applicable() {
+    let env = env_for("4.0.5");
+    let dirs: Vec<PathBuf> = [
+        "golden/pyspark-4.0.5/map_parallelize",
+        "golden/pyspark-4.1.4/map_parallelize",
+    ]
+    .iter()
+    .map(|d| repo_root().join(d))
+    .collect();
+    let opts = ReplayOptions {
+        python: Some(env.python.clone()),
+        ..ReplayOptions::default()
+    };
+    let reports = replay_all(&dirs, &opts, 2, |r| eprintln!("{}", r.text()))
+        .await
+        .unwrap();
+    assert_eq!(
+        reports[0].status,
+        GoldenStatus::Passed,
+        "{}",
+        reports[0].text()
+    );
+    match &reports[1].status {
+        GoldenStatus::NotApplicable { why } => assert!(
+            why.contains("recorded with pyspark 4.1.4") && why.contains("has pyspark 4.0.5"),
+            "{why}"
+        ),
+        other => panic!("expected N/A, got {other:?}: {}", reports[1].text()),
+    }
 }
 
 #[test]

@@ -22,7 +22,7 @@ pub use plan::{compile, resolve, Action, Placement, PlannedAction, TaskPlan};
 pub use process::{
     has_ended, observe_daemon, observe_worker, proc_state, Fired, Observed, Performer,
 };
-pub use report::{fault_lines, Check, FaultReport};
+pub use report::{fault_lines, Check, Event, FaultReport};
 pub use sockfd::our_end_of;
 pub use spec::{
     span_name, EnvValue, Errno, Fate, FateExpect, Fault, ForkSchedule, Position, Signal,
@@ -123,7 +123,7 @@ pub struct Injector {
     mode: Mode,
     shim: Option<Shim>,
     /// Events of the launch faults (fork attempts, memory-limit lines), by fault index.
-    launch_events: Vec<Vec<String>>,
+    launch_events: Vec<Vec<Event>>,
     /// Wall-clock ms of the last fork failure that daemon.py retries (EAGAIN, EINTR), to show
     /// the retry's delay.
     retried_failure_ms: Option<u64>,
@@ -232,7 +232,7 @@ impl Injector {
             String::from_utf8_lossy(stderr.get(self.stderr_mark..).unwrap_or_default())
                 .into_owned();
         self.stderr_mark = stderr.len();
-        self.read_fork_log(&format!("task {}", end.task));
+        self.read_fork_log(Some(end.task));
         self.note_memory_lines(end.task, &new_stderr);
 
         let mine: Vec<usize> = (0..self.faults.len())
@@ -255,20 +255,20 @@ impl Injector {
         let daemon = observe_daemon(workers, want_daemon, FATE_GRACE).await;
 
         // Seen stopped above; now killed the way Spark kills a hung worker, so nothing is left behind.
-        let mut extra_events: Vec<(usize, String)> = vec![];
+        let mut extra_events: Vec<(usize, Event)> = vec![];
         for f in end.fired {
             if matches!(self.faults[f.fault], Fault::StopWorker { .. }) {
                 if let Some(pid) = end.pid.filter(|p| !has_ended(*p)) {
-                    let how = if workers.mode().uses_daemon() {
-                        "its pid on the daemon's stdin"
-                    } else {
-                        "SIGKILL to its group"
-                    };
-                    let what = match workers.kill_worker(pid).await {
-                        Ok(()) => format!("after the task: killed the stopped worker {pid} ({how}), as Spark does with a hung worker"),
-                        Err(e) => format!("after the task: could not kill the stopped worker {pid}: {e}"),
-                    };
-                    extra_events.push((f.fault, what));
+                    let via_daemon = workers.mode().uses_daemon();
+                    let error = workers.kill_worker(pid).await.err().map(|e| e.to_string());
+                    extra_events.push((
+                        f.fault,
+                        Event::KilledStopped {
+                            pid,
+                            via_daemon,
+                            error,
+                        },
+                    ));
                 }
             }
         }
@@ -290,10 +290,11 @@ impl Injector {
             } else if !fired.is_empty() {
                 r.fired = true;
                 for f in &fired {
-                    r.events.push(format!(
-                        "at {} ms, request byte {}: {}",
-                        f.at_ms, f.at_byte, f.what
-                    ));
+                    r.events.push(Event::Action {
+                        at_ms: f.at_ms,
+                        at_byte: f.at_byte,
+                        what: f.what.clone(),
+                    });
                     if let Some(e) = &f.error {
                         error = Some(e.clone());
                     }
@@ -324,8 +325,8 @@ impl Injector {
                     .filter(|(fi, _)| *fi == i)
                     .map(|(_, e)| e.clone()),
             );
-            r.worker = worker.map(|w| w.to_string());
-            r.daemon = daemon.map(|d| d.to_string());
+            r.worker = worker;
+            r.daemon = daemon;
             r.stderr_tail = tail(&new_stderr, 12);
             check(&mut r, "worker", fault.expect().worker, worker);
             check(&mut r, "daemon", fault.expect().daemon, daemon);
@@ -359,7 +360,7 @@ impl Injector {
     /// After the last task, before shutdown: reports for the launch faults (and for task faults
     /// whose task never ran).
     pub async fn finish(&mut self, workers: &mut Workers) {
-        self.read_fork_log("after the last task");
+        self.read_fork_log(None);
         let stderr = workers.stderr();
         let rest = String::from_utf8_lossy(stderr.get(self.stderr_mark..).unwrap_or_default())
             .into_owned();
@@ -376,25 +377,18 @@ impl Injector {
                 }
                 Fault::RlimitAs { bytes, .. } => {
                     r.fired = true;
-                    let on = if self.mode.uses_daemon() {
-                        "the daemon (its forked workers inherit it)"
-                    } else {
-                        "each direct worker"
-                    };
-                    r.events.push(format!(
-                        "fakejvm set the RLIMIT_AS soft limit to {bytes} bytes on {on}"
-                    ));
+                    r.events.push(Event::RlimitSet {
+                        bytes: *bytes,
+                        daemon: self.mode.uses_daemon(),
+                    });
                     None
                 }
                 Fault::ExecutorMemory { mb, .. } => {
                     r.fired = true;
-                    let on = if self.mode.uses_daemon() {
-                        "the daemon's environment (each forked worker reads it)"
-                    } else {
-                        "each direct worker's environment"
-                    };
-                    r.events
-                        .push(format!("PYSPARK_EXECUTOR_MEMORY_MB={} in {on}", mb.0));
+                    r.events.push(Event::ExecutorMemory {
+                        mb: mb.0.clone(),
+                        daemon: self.mode.uses_daemon(),
+                    });
                     None
                 }
                 _ => Some(format!(
@@ -405,7 +399,7 @@ impl Injector {
             r.events.extend(self.launch_events[i].iter().cloned());
             let want = fault.expect().daemon;
             let daemon = observe_daemon(workers, want, FATE_GRACE).await;
-            r.daemon = daemon.map(|d| d.to_string());
+            r.daemon = daemon;
             r.stderr_tail = tail(&rest, 12);
             check(&mut r, "daemon", want, daemon);
             r.settle(error);
@@ -421,8 +415,9 @@ impl Injector {
         self.faults.iter().position(pred)
     }
 
-    /// New lines of the shim's log become events of the fork_fail fault.
-    fn read_fork_log(&mut self, when: &str) {
+    /// New lines of the shim's log become events of the fork_fail fault (`task` None: after the
+    /// last task).
+    fn read_fork_log(&mut self, task: Option<usize>) {
         let Some(i) = self.fault_index(|f| matches!(f, Fault::ForkFail { .. })) else {
             return;
         };
@@ -437,12 +432,14 @@ impl Injector {
             let event = match line {
                 LogLine::Loaded {
                     pid,
-                    when: sched,
+                    when: schedule,
                     errno,
                     ..
-                } => {
-                    format!("the shim is loaded in the daemon (pid {pid}), failing {sched} with errno {errno} ({})", errno_label(errno))
-                }
+                } => Event::ShimLoaded {
+                    pid,
+                    schedule,
+                    errno,
+                },
                 LogLine::Failed {
                     ordinal,
                     errno,
@@ -455,15 +452,12 @@ impl Injector {
                     self.retried_failure_ms = [libc::EAGAIN, libc::EINTR]
                         .contains(&errno)
                         .then_some(at_ms);
-                    let how = if injected {
-                        "injected"
-                    } else {
-                        "a real failure, not injected"
-                    };
-                    format!(
-                        "{when}: fork #{ordinal} failed with errno {errno} ({}), {how}",
-                        errno_label(errno)
-                    )
+                    Event::ForkFailed {
+                        task,
+                        ordinal,
+                        errno,
+                        injected,
+                    }
                 }
                 LogLine::Forked {
                     ordinal,
@@ -471,14 +465,16 @@ impl Injector {
                     at_ms,
                     ..
                 } => {
-                    let after = match self.retried_failure_ms.take() {
-                        Some(t) => format!(
-                            ", {} ms after the failed fork (the daemon's retry)",
-                            at_ms.saturating_sub(t)
-                        ),
-                        None => String::new(),
-                    };
-                    format!("{when}: fork #{ordinal} succeeded: worker {child}{after}")
+                    let retry_after_ms = self
+                        .retried_failure_ms
+                        .take()
+                        .map(|t| at_ms.saturating_sub(t));
+                    Event::Forked {
+                        task,
+                        ordinal,
+                        child,
+                        retry_after_ms,
+                    }
                 }
             };
             self.launch_events[i].push(event);
@@ -498,7 +494,10 @@ impl Injector {
                 || l.contains("memory limit")
                 || l.starts_with("MemoryError")
             {
-                self.launch_events[i].push(format!("task {task}: the worker wrote to stderr: {l}"));
+                self.launch_events[i].push(Event::WorkerStderr {
+                    task,
+                    line: l.to_string(),
+                });
             }
         }
     }

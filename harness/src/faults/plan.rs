@@ -337,7 +337,6 @@ pub fn resolve(p: &Position, req: &EncodedRequest) -> Result<Placement, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::faults::spec::FateExpect;
 
     /// header 0..10, command 10..20, data[0] 20..28, data[1] 28..36, end_of_data 36..40, final 40..44
     fn req() -> EncodedRequest {
@@ -523,6 +522,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("can never happen"), "{e}");
-        let _ = FateExpect::default();
     }
 }

@@ -8,7 +8,7 @@ use super::plan::{Action, TaskPlan};
 use super::sockfd;
 use super::spec::Fate;
 use crate::session::{ActionRequest, AfterAction};
-use crate::worker::{Connection, ExitInfo, Mode, Workers};
+use crate::worker::{Connection, ExitInfo, Mode, WorkerError, Workers};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -16,6 +16,10 @@ use tokio::sync::mpsc;
 /// How long an action waits to see its effect (a worker gone, a daemon exited) before it reports
 /// what it saw and lets the writer go on.
 const EFFECT_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a failed connection waits for the daemon to end when the daemon closed it: daemon.py
+/// exits (status 1) after a failed fork retry, some time after the socket closed.
+const DAEMON_FATE_WAIT: Duration = Duration::from_secs(5);
 
 /// One action that was performed.
 #[derive(Clone, Debug, Serialize)]
@@ -178,14 +182,27 @@ impl<'a> Performer<'a> {
                         (what, None, AfterAction::Continue)
                     }
                     // Failing to connect is what some scenarios are about (a fork failure): an event, not an error.
-                    Err(e) => (
-                        format!(
-                            "opening another connection failed after {} ms: {e}",
-                            started.elapsed().as_millis()
-                        ),
-                        None,
-                        AfterAction::Continue,
-                    ),
+                    Err(e) => {
+                        let failed_ms = started.elapsed().as_millis();
+                        // A failed fork ends daemon.py (its retry failed too), but the daemon's
+                        // exit can come well after its socket closed on a busy machine. Wait for
+                        // its fate (within a limit) before the writer goes on, so the task's end
+                        // is judged knowing whether the daemon died.
+                        let closed =
+                            matches!(e, WorkerError::Closed { .. } | WorkerError::Io { .. });
+                        let seen = if closed && daemon_mode {
+                            format!("; {}", self.wait_daemon_exit(DAEMON_FATE_WAIT).await)
+                        } else {
+                            String::new()
+                        };
+                        (
+                            format!(
+                                "opening another connection failed after {failed_ms} ms: {e}{seen}"
+                            ),
+                            None,
+                            AfterAction::Continue,
+                        )
+                    }
                 }
             }
             Action::Close => (

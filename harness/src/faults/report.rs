@@ -2,7 +2,10 @@
 //! what became of the worker and the daemon, and the declared expectations checked against that.
 
 use super::plan::Placement;
+use super::process::Observed;
+use crate::worker::errno_label;
 use serde::Serialize;
+use std::fmt;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct FaultReport {
@@ -15,10 +18,10 @@ pub struct FaultReport {
     pub placement: Option<Placement>,
     pub fired: bool,
     /// What happened, in order.
-    pub events: Vec<String>,
+    pub events: Vec<Event>,
     /// What became of the task's worker, once the task was over.
-    pub worker: Option<String>,
-    pub daemon: Option<String>,
+    pub worker: Option<Observed>,
+    pub daemon: Option<Observed>,
     /// The end of what the daemon and its workers wrote to stderr during the task.
     pub stderr_tail: String,
     pub checks: Vec<Check>,
@@ -26,6 +29,149 @@ pub struct FaultReport {
     pub ok: bool,
     /// Why it is not ok, in words.
     pub problem: Option<String>,
+}
+
+/// Something a fault did or made happen; its text (Display) is what the report prints.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// An action performed at its protocol position (`what` says what was done and seen).
+    Action {
+        at_ms: u64,
+        at_byte: u64,
+        what: String,
+    },
+    /// The fork-failure shim is loaded in the daemon.
+    ShimLoaded {
+        pid: i32,
+        schedule: String,
+        errno: i32,
+    },
+    /// The daemon's fork() number `ordinal` failed (`task` None: after the last task).
+    ForkFailed {
+        task: Option<usize>,
+        ordinal: u64,
+        errno: i32,
+        injected: bool,
+    },
+    /// The daemon's fork() number `ordinal` made `child`; `retry_after_ms` is set when it was
+    /// the retry after a failure daemon.py retries (EAGAIN, EINTR), measured from that failure.
+    Forked {
+        task: Option<usize>,
+        ordinal: u64,
+        child: i32,
+        retry_after_ms: Option<u64>,
+    },
+    /// After the task, the stopped worker was killed as Spark kills a hung one (`error`: it
+    /// could not be).
+    KilledStopped {
+        pid: i32,
+        via_daemon: bool,
+        error: Option<String>,
+    },
+    /// A line the worker wrote about its memory limit.
+    WorkerStderr { task: usize, line: String },
+    /// The RLIMIT_AS soft limit fakejvm set.
+    RlimitSet { bytes: u64, daemon: bool },
+    /// PYSPARK_EXECUTOR_MEMORY_MB in the environment.
+    ExecutorMemory { mb: String, daemon: bool },
+}
+
+fn when(task: &Option<usize>) -> String {
+    match task {
+        Some(t) => format!("task {t}"),
+        None => "after the last task".into(),
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Action {
+                at_ms,
+                at_byte,
+                what,
+            } => write!(f, "at {at_ms} ms, request byte {at_byte}: {what}"),
+            Event::ShimLoaded {
+                pid,
+                schedule,
+                errno,
+            } => {
+                write!(f, "the shim is loaded in the daemon (pid {pid}), failing {schedule} with errno {errno} ({})", errno_label(*errno))
+            }
+            Event::ForkFailed {
+                task,
+                ordinal,
+                errno,
+                injected,
+            } => {
+                let how = if *injected {
+                    "injected"
+                } else {
+                    "a real failure, not injected"
+                };
+                write!(
+                    f,
+                    "{}: fork #{ordinal} failed with errno {errno} ({}), {how}",
+                    when(task),
+                    errno_label(*errno)
+                )
+            }
+            Event::Forked {
+                task,
+                ordinal,
+                child,
+                retry_after_ms,
+            } => {
+                write!(
+                    f,
+                    "{}: fork #{ordinal} succeeded: worker {child}",
+                    when(task)
+                )?;
+                match retry_after_ms {
+                    Some(ms) => write!(f, ", {ms} ms after the failed fork (the daemon's retry)"),
+                    None => Ok(()),
+                }
+            }
+            Event::KilledStopped {
+                pid,
+                via_daemon,
+                error,
+            } => {
+                let how = if *via_daemon {
+                    "its pid on the daemon's stdin"
+                } else {
+                    "SIGKILL to its group"
+                };
+                match error {
+                    None => write!(f, "after the task: killed the stopped worker {pid} ({how}), as Spark does with a hung worker"),
+                    Some(e) => write!(f, "after the task: could not kill the stopped worker {pid}: {e}"),
+                }
+            }
+            Event::WorkerStderr { task, line } => {
+                write!(f, "task {task}: the worker wrote to stderr: {line}")
+            }
+            Event::RlimitSet { bytes, daemon } => {
+                let on = if *daemon {
+                    "the daemon (its forked workers inherit it)"
+                } else {
+                    "each direct worker"
+                };
+                write!(
+                    f,
+                    "fakejvm set the RLIMIT_AS soft limit to {bytes} bytes on {on}"
+                )
+            }
+            Event::ExecutorMemory { mb, daemon } => {
+                let on = if *daemon {
+                    "the daemon's environment (each forked worker reads it)"
+                } else {
+                    "each direct worker's environment"
+                };
+                write!(f, "PYSPARK_EXECUTOR_MEMORY_MB={mb} in {on}")
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

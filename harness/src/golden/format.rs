@@ -9,6 +9,7 @@
 //!   c0.request.txt        the normalised request stream as text (crate::decode)
 //!   c0.reply.txt          the normalised reply stream as text
 //!   broadcast-<id>.bin    broadcast files the requests name, copied while Spark had them
+//!   *.new, pending.*      a change `fakejvm replay --bless` staged for review (see bless.rs)
 //! ```
 //! The handshake (pid, secret, "ok") is kept out of the stream files: its lengths and the pid are
 //! in the index, the secret is nowhere.
@@ -167,6 +168,11 @@ impl Golden {
         let p = self.dir.join(file);
         std::fs::read(&p).map_err(|e| BadInput::new(&p, format!("cannot read: {e}")))
     }
+}
+
+/// The index as `index.json` holds it: pretty JSON and a final newline.
+pub fn index_text(index: &Index) -> serde_json::Result<String> {
+    Ok(serde_json::to_string_pretty(index)? + "\n")
 }
 
 /// Golden folders under the given paths: a folder with an index.json is one golden; any other

@@ -7,8 +7,11 @@
 //! - [`normalise`]: volatile fields (paths, ports, secrets, timings) found and replaced through
 //!   the typed protocol values of the dialect.
 //! - [`replay`]: `fakejvm replay`, sends the recorded requests to a live worker of the recorded
-//!   version and mode and compares the replies frame by frame; `--bless` accepts a change.
+//!   version and mode and compares the replies frame by frame.
+//! - [`bless`]: `replay --bless` stages a changed reply as pending files with a diff;
+//!   `--review`, `--accept`, `--reject` act on them (insta's review flow).
 
+pub mod bless;
 pub mod format;
 pub mod normalise;
 pub mod record;

@@ -3,14 +3,14 @@
 //! so a reused worker is reused again); each normalised live reply is compared with the
 //! normalised recorded one, frame by frame.
 //!
-//! A difference fails the golden and prints as a frame-level diff. `--bless` accepts it on
-//! purpose: the recorded reply and its text are rewritten (atomically) with the live ones, and
-//! what changed is printed. Nothing is rewritten without `--bless`.
+//! A difference fails the golden and prints as a frame-level diff. `--bless` stages the live
+//! replies beside the recorded ones as pending files with a readable diff; `--review` shows them,
+//! `--accept` moves them in and `--reject` drops them (bless.rs). A golden is never rewritten by
+//! a replay, and a golden with pending files fails until they are accepted or rejected.
 
+use super::bless::{self, NewReply};
 use super::format::{self, Golden};
 use super::normalise::{self, LiveValues};
-use super::record::{reply_text, write_index};
-use super::write_atomic;
 use super::BadInput;
 use crate::pickle;
 use crate::protocol::{
@@ -29,15 +29,32 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReplayArgs {
     /// Golden folders, their index.json files, or directories holding goldens.
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(value_name = "PATH", default_value = "golden")]
     pub paths: Vec<PathBuf>,
-    /// Accept changed replies: rewrite each recorded reply that differs (and its text) with the
-    /// live one, and print what changed.
-    #[arg(long)]
+    /// Stage each changed reply for review: the live reply is written beside the recorded one
+    /// (`c0.reply.bin.new`...) with a readable diff (`pending.diff.txt`); the golden itself is
+    /// left as it is. Refused for a golden whose replay had errors or leaked processes.
+    #[arg(long, conflicts_with_all = ["review", "accept", "accept_all", "reject", "reject_all"])]
     pub bless: bool,
-    /// Use this interpreter for every golden instead of fakejvm's cached env of the recorded
-    /// pyspark version (it must have that version).
-    #[arg(long, value_name = "PATH")]
+    /// Show the pending changes under PATH (what --bless staged); replays nothing.
+    #[arg(long, conflicts_with_all = ["accept", "accept_all", "reject", "reject_all"])]
+    pub review: bool,
+    /// Accept the pending change of one golden: its folder, or the end of its path
+    /// (`pyspark-4.0.5/map_parallelize`). Repeatable.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["accept_all", "reject", "reject_all"])]
+    pub accept: Vec<String>,
+    /// Accept every pending change under PATH.
+    #[arg(long, conflicts_with_all = ["reject", "reject_all"])]
+    pub accept_all: bool,
+    /// Drop the pending change of one golden (named as for --accept). Repeatable.
+    #[arg(long, value_name = "NAME", conflicts_with = "reject_all")]
+    pub reject: Vec<String>,
+    /// Drop every pending change under PATH.
+    #[arg(long)]
+    pub reject_all: bool,
+    /// Use this interpreter instead of fakejvm's cached env of each golden's recorded pyspark
+    /// version; goldens of another pyspark version are N/A.
+    #[arg(long, env = "FAKEJVM_PYTHON", value_name = "PATH")]
     pub python: Option<PathBuf>,
     /// Deadline for each task, in milliseconds.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
@@ -45,6 +62,24 @@ pub struct ReplayArgs {
     /// Goldens replayed at once.
     #[arg(long, short = 'j', default_value_t = 2, value_name = "N")]
     pub jobs: usize,
+}
+
+impl ReplayArgs {
+    /// A plain replay of `paths` (no --bless, review or accept), with the defaults of the flags.
+    pub fn replay(paths: Vec<PathBuf>, python: Option<PathBuf>) -> ReplayArgs {
+        ReplayArgs {
+            paths,
+            bless: false,
+            review: false,
+            accept: vec![],
+            accept_all: false,
+            reject: vec![],
+            reject_all: false,
+            python,
+            deadline_ms: 30_000,
+            jobs: 2,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -68,9 +103,13 @@ impl Default for ReplayOptions {
 #[serde(rename_all = "snake_case")]
 pub enum GoldenStatus {
     Passed,
-    /// Replies differed and were accepted with --bless.
+    /// Replies differed and --bless staged the live ones for review (bless.rs).
     Blessed,
     Failed,
+    /// Not replayed: the given interpreter has another pyspark than the recorded one.
+    NotApplicable {
+        why: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -86,16 +125,38 @@ pub struct GoldenReport {
     pub errors: Vec<String>,
     /// Processes of ours still alive after shutdown (then killed).
     pub leftovers: Vec<(i32, String)>,
+    /// Pending files in the golden's folder: staged by this --bless, or left by an earlier one
+    /// (then the golden fails until they are accepted or rejected).
+    pub pending: Vec<String>,
     pub elapsed_ms: u64,
 }
 
 impl GoldenReport {
+    /// The report of a golden that has not run yet.
+    fn new(golden: &Golden) -> GoldenReport {
+        let ix = &golden.index;
+        GoldenReport {
+            dir: golden.dir.clone(),
+            pyspark: ix.pyspark.clone(),
+            dialect: ix.dialect,
+            mode: ix.mode,
+            tasks: ix.connections.iter().map(|c| c.tasks).sum(),
+            status: GoldenStatus::Passed,
+            differences: vec![],
+            errors: vec![],
+            leftovers: vec![],
+            pending: vec![],
+            elapsed_ms: 0,
+        }
+    }
+
     /// One summary line, then one block per difference or error.
     pub fn text(&self) -> String {
-        let tag = match self.status {
+        let tag = match &self.status {
             GoldenStatus::Passed => "PASS ",
             GoldenStatus::Blessed => "BLESS",
             GoldenStatus::Failed => "FAIL ",
+            GoldenStatus::NotApplicable { .. } => "N/A  ",
         };
         let mut out = format!(
             "{tag} {}  [pyspark {} | dialect {:?} | {:?} | {} task(s)] {} ms",
@@ -124,6 +185,21 @@ impl GoldenReport {
             out.push_str(&format!(
                 "\n      leaked processes (killed): {}",
                 l.join("; ")
+            ));
+        }
+        if let GoldenStatus::NotApplicable { why } = &self.status {
+            out.push_str(&format!("\n      {why}"));
+        }
+        if !self.pending.is_empty() {
+            let dir = self.dir.display();
+            let what = if self.status == GoldenStatus::Blessed {
+                "staged for review"
+            } else {
+                "pending from an earlier --bless"
+            };
+            out.push_str(&format!(
+                "\n      {what}: {}\n      review: fakejvm replay --review {dir}; then --accept {dir} or --reject {dir}",
+                self.pending.join(", ")
             ));
         }
         out
@@ -229,11 +305,23 @@ fn prepare(dir: &Path) -> Result<Prepared, BadInput> {
 }
 
 pub async fn replay_cmd(args: ReplayArgs) -> anyhow::Result<u8> {
+    if args.review
+        || args.accept_all
+        || args.reject_all
+        || !args.accept.is_empty()
+        || !args.reject.is_empty()
+    {
+        return review_cmd(&args);
+    }
     let dirs = format::collect(&args.paths)?;
     // Every golden is checked before anything runs: one broken file is exit 2, not a failure.
     let mut prepared = vec![];
     for d in &dirs {
         prepared.push(prepare(d)?);
+    }
+    // So is the interpreter: one that cannot be run is bad input, not N/A for every golden.
+    if let Some(python) = &args.python {
+        pyenv::resolve(Some(python), None).map_err(|e| BadInput::new(python, e))?;
     }
     let opts = ReplayOptions {
         bless: args.bless,
@@ -244,19 +332,74 @@ pub async fn replay_cmd(args: ReplayArgs) -> anyhow::Result<u8> {
         println!("{}", r.text())
     })
     .await;
-    let failed = reports
-        .iter()
-        .filter(|r| r.status == GoldenStatus::Failed)
-        .count();
-    let blessed = reports
-        .iter()
-        .filter(|r| r.status == GoldenStatus::Blessed)
-        .count();
+    let count = |f: fn(&GoldenStatus) -> bool| reports.iter().filter(|r| f(&r.status)).count();
+    let failed = count(|s| *s == GoldenStatus::Failed);
+    let blessed = count(|s| *s == GoldenStatus::Blessed);
+    let na = count(|s| matches!(s, GoldenStatus::NotApplicable { .. }));
     println!(
-        "{} passed, {blessed} blessed, {failed} failed",
-        reports.len() - failed - blessed
+        "{} passed, {blessed} blessed, {failed} failed, {na} n/a",
+        reports.len() - failed - blessed - na
     );
+    if blessed > 0 {
+        println!("review the staged changes: fakejvm replay --review {}; then --accept NAME, --accept-all or --reject NAME", paths_text(&args.paths));
+    }
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+fn paths_text(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `--review`, `--accept`, `--reject`: nothing is replayed.
+fn review_cmd(args: &ReplayArgs) -> anyhow::Result<u8> {
+    let pending = bless::pending_goldens(&args.paths)?;
+    if args.review {
+        for d in &pending {
+            println!("== {}", d.display());
+            print!("{}", bless::review_text(d));
+        }
+        println!("{} golden(s) with pending changes", pending.len());
+        return Ok(0);
+    }
+    let accepting = args.accept_all || !args.accept.is_empty();
+    let names = if accepting {
+        &args.accept
+    } else {
+        &args.reject
+    };
+    let all = if accepting {
+        args.accept_all
+    } else {
+        args.reject_all
+    };
+    // Every name is checked before any golden changes.
+    let chosen: Vec<PathBuf> = if all {
+        pending
+    } else {
+        names
+            .iter()
+            .map(|n| bless::select(&pending, n))
+            .collect::<Result<_, _>>()?
+    };
+    for d in &chosen {
+        if accepting {
+            let conns = bless::accept(d)?;
+            println!("ACCEPT {} ({})", d.display(), conns.join(", "));
+        } else {
+            let files = bless::discard(d)?;
+            println!("REJECT {} ({} file(s) removed)", d.display(), files.len());
+        }
+    }
+    println!(
+        "{} golden(s) {}",
+        chosen.len(),
+        if accepting { "accepted" } else { "rejected" }
+    );
+    Ok(0)
 }
 
 /// Replay several goldens, `jobs` at a time; `each` sees every report as it is done.
@@ -277,35 +420,86 @@ async fn replay_prepared(
     prepared: Vec<Prepared>,
     opts: &ReplayOptions,
     jobs: usize,
-    mut each: impl FnMut(&GoldenReport),
+    each: impl FnMut(&GoldenReport),
 ) -> Vec<GoldenReport> {
+    let jobs_list = prepared
+        .into_iter()
+        .map(|p| {
+            let opts = opts.clone();
+            (GoldenReport::new(&p.golden), async move {
+                replay_one(p, &opts).await
+            })
+        })
+        .collect();
+    run_jobs(jobs_list, jobs, each).await
+}
+
+/// Runs each golden's replay, `jobs` at a time, and returns one report per golden in order. A
+/// replay that panics becomes a Failed report (its `before` with the panic as an error): a
+/// golden never drops out of the count.
+async fn run_jobs<F>(
+    list: Vec<(GoldenReport, F)>,
+    jobs: usize,
+    mut each: impl FnMut(&GoldenReport),
+) -> Vec<GoldenReport>
+where
+    F: std::future::Future<Output = GoldenReport> + 'static,
+{
     // Tasks on one thread (a LocalSet): the work is waiting on worker processes, not CPU, and
     // the session futures need not be Send.
     let local = tokio::task::LocalSet::new();
-    let limit = std::rc::Rc::new(tokio::sync::Semaphore::new(jobs));
-    let total = prepared.len();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    for (i, p) in prepared.into_iter().enumerate() {
-        let (limit, opts, tx) = (limit.clone(), opts.clone(), tx.clone());
-        local.spawn_local(async move {
-            let _permit = limit
-                .acquire()
-                .await
-                .expect("the semaphore is never closed");
-            let _ = tx.send((i, replay_one(p, &opts).await));
-        });
-    }
-    drop(tx);
-    let mut done: Vec<Option<GoldenReport>> = (0..total).map(|_| None).collect();
+    let limit = std::rc::Rc::new(tokio::sync::Semaphore::new(jobs.max(1)));
+    let mut done: Vec<Option<GoldenReport>> = (0..list.len()).map(|_| None).collect();
     local
         .run_until(async {
-            while let Some((i, report)) = rx.recv().await {
+            let mut set = tokio::task::JoinSet::new();
+            let mut slot = std::collections::HashMap::new();
+            let mut before = vec![];
+            for (i, (report, fut)) in list.into_iter().enumerate() {
+                let limit = limit.clone();
+                let handle = set.spawn_local(async move {
+                    let _permit = limit
+                        .acquire()
+                        .await
+                        .expect("the semaphore is never closed");
+                    fut.await
+                });
+                slot.insert(handle.id(), i);
+                before.push(Some(report));
+            }
+            while let Some(joined) = set.join_next_with_id().await {
+                let (i, report) = match joined {
+                    Ok((id, report)) => (slot[&id], report),
+                    Err(e) => {
+                        let i = slot[&e.id()];
+                        let mut report = before[i].take().expect("each task ends once");
+                        report.status = GoldenStatus::Failed;
+                        report
+                            .errors
+                            .push(format!("the replay panicked: {}", panic_text(e)));
+                        (i, report)
+                    }
+                };
                 each(&report);
                 done[i] = Some(report);
             }
         })
         .await;
-    done.into_iter().flatten().collect()
+    done.into_iter()
+        .map(|r| r.expect("every task was joined"))
+        .collect()
+}
+
+fn panic_text(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic without a message)".into())
 }
 
 /// Replay one golden folder.
@@ -325,22 +519,14 @@ struct LiveConn {
 
 async fn replay_one(p: Prepared, opts: &ReplayOptions) -> GoldenReport {
     let started = Instant::now();
-    let ix = &p.golden.index;
-    let mut report = GoldenReport {
-        dir: p.golden.dir.clone(),
-        pyspark: ix.pyspark.clone(),
-        dialect: ix.dialect,
-        mode: ix.mode,
-        tasks: ix.connections.iter().map(|c| c.tasks).sum(),
-        status: GoldenStatus::Passed,
-        differences: vec![],
-        errors: vec![],
-        leftovers: vec![],
-        elapsed_ms: 0,
-    };
-    match run_live(&p, opts, &mut report).await {
+    let mut report = GoldenReport::new(&p.golden);
+    if let Some(why) = not_applicable(&p.golden.index, opts) {
+        report.status = GoldenStatus::NotApplicable { why };
+        return report;
+    }
+    let mut changed = vec![];
+    let live = match run_live(&p, opts, &mut report).await {
         Ok(live) => {
-            let mut changed = vec![];
             for (conn, live) in p.conns.iter().zip(&live) {
                 let diffs = compare(conn, live);
                 if !diffs.is_empty() {
@@ -348,24 +534,70 @@ async fn replay_one(p: Prepared, opts: &ReplayOptions) -> GoldenReport {
                 }
                 report.differences.extend(diffs);
             }
-            if opts.bless && !changed.is_empty() && report.errors.is_empty() {
-                match bless(&p, &live, &changed) {
-                    Ok(()) => report.status = GoldenStatus::Blessed,
-                    Err(e) => report.errors.push(format!("--bless: {e:#}")),
-                }
+            Some(live)
+        }
+        Err(e) => {
+            report.errors.push(format!("{e:#}"));
+            None
+        }
+    };
+    let failed =
+        !report.differences.is_empty() || !report.errors.is_empty() || !report.leftovers.is_empty();
+    report.status = if failed {
+        GoldenStatus::Failed
+    } else {
+        GoldenStatus::Passed
+    };
+    match live.filter(|_| opts.bless) {
+        // Only a clean replay may become a golden: errors or leaked processes mean the live
+        // replies may not be what the worker normally says.
+        Some(_) if !report.errors.is_empty() || !report.leftovers.is_empty() => {
+            report.errors.push(
+                "--bless refused: the replay had errors or leaked processes; nothing was staged"
+                    .into(),
+            );
+        }
+        Some(live) if !changed.is_empty() => match new_replies(&p, &live, &changed)
+            .and_then(|new| bless::stage(&p.golden, &new, &report.differences))
+        {
+            Ok(files) => {
+                report.pending = files;
+                report.status = GoldenStatus::Blessed;
+            }
+            Err(e) => report.errors.push(format!("--bless: {e:#}")),
+        },
+        // Matches again: an earlier bless's pending change is obsolete (insta drops it too).
+        Some(_) => {
+            if let Err(e) = bless::discard(&p.golden.dir) {
+                report.errors.push(format!("--bless: {e:#}"));
+                report.status = GoldenStatus::Failed;
             }
         }
-        Err(e) => report.errors.push(format!("{e:#}")),
+        None => {}
     }
-    if report.status != GoldenStatus::Blessed
-        && (!report.differences.is_empty()
-            || !report.errors.is_empty()
-            || !report.leftovers.is_empty())
-    {
-        report.status = GoldenStatus::Failed;
+    if !opts.bless {
+        report.pending = bless::pending(&p.golden.dir);
+        if !report.pending.is_empty() {
+            report.status = GoldenStatus::Failed;
+        }
     }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report
+}
+
+/// With an interpreter given, goldens of other pyspark versions are not for it.
+fn not_applicable(ix: &format::Index, opts: &ReplayOptions) -> Option<String> {
+    let python = opts.python.as_deref()?;
+    match pyenv::resolve(Some(python), None) {
+        Ok(env) if env.pyspark.to_string() != ix.pyspark => Some(format!(
+            "recorded with pyspark {}; the given interpreter {} has pyspark {}",
+            ix.pyspark,
+            python.display(),
+            env.pyspark
+        )),
+        // Probed before any golden ran (replay_cmd); a failure now shows up in run_live.
+        _ => None,
+    }
 }
 
 async fn run_live(
@@ -724,12 +956,15 @@ fn preview(b: &[u8]) -> String {
     }
 }
 
-/// Rewrite the reply file and text of each changed connection with the live replies, then the
-/// index; each file atomically. Refused when a live reply is incomplete: only a whole reply can
-/// become the golden.
-fn bless(p: &Prepared, live: &[LiveConn], changed: &[String]) -> anyhow::Result<()> {
-    let mut index = p.golden.index.clone();
-    let dialect = index.dialect;
+/// The live replies of each changed connection, checked: only a whole reply can become the
+/// golden.
+fn new_replies(
+    p: &Prepared,
+    live: &[LiveConn],
+    changed: &[String],
+) -> anyhow::Result<Vec<NewReply>> {
+    let dialect = p.golden.index.dialect;
+    let mut out = vec![];
     for (conn, live) in p.conns.iter().zip(live) {
         if !changed.contains(&conn.id) {
             continue;
@@ -769,23 +1004,65 @@ fn bless(p: &Prepared, live: &[LiveConn], changed: &[String]) -> anyhow::Result<
                 replies.len()
             );
         }
-        let entry = index
-            .connections
-            .iter_mut()
-            .find(|c| c.id == conn.id)
-            .expect("prepared from this index");
-        write_atomic(&p.golden.dir.join(&entry.reply), &bytes)?;
-        write_atomic(
-            &p.golden.dir.join(&entry.reply_text),
-            reply_text(dialect, &check).as_bytes(),
-        )?;
-        entry.reply_spans = check
-            .iter()
-            .take(tasks)
-            .map(|r| [r.start, r.end_offset])
-            .collect();
-        entry.after_close = check.get(tasks).map(|r| [r.start, r.end_offset]);
-        entry.blessed = Some(format::utc_now());
+        out.push(NewReply {
+            conn: conn.id.clone(),
+            bytes,
+            replies: check,
+            tasks,
+        });
     }
-    write_index(&p.golden.dir, &index)
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(name: &str) -> GoldenReport {
+        GoldenReport {
+            dir: PathBuf::from(name),
+            pyspark: "4.0.5".into(),
+            dialect: Dialect::A,
+            mode: Mode::Daemon,
+            tasks: 1,
+            status: GoldenStatus::Passed,
+            differences: vec![],
+            errors: vec![],
+            leftovers: vec![],
+            pending: vec![],
+            elapsed_ms: 0,
+        }
+    }
+
+    /// A golden whose replay panics is a Failed report in its place, never a missing one.
+    #[tokio::test]
+    async fn a_replay_that_panics_is_a_failed_report() {
+        type Job = std::pin::Pin<Box<dyn std::future::Future<Output = GoldenReport>>>;
+        let jobs: Vec<(GoldenReport, Job)> = vec![
+            (report("a"), Box::pin(async { report("a") })),
+            (report("b"), Box::pin(async { panic!("decoder exploded") })),
+            (report("c"), Box::pin(async { report("c") })),
+        ];
+        let mut seen = 0;
+        let reports = run_jobs(jobs, 2, |_| seen += 1).await;
+        assert_eq!(seen, 3);
+        let names: Vec<String> = reports
+            .iter()
+            .map(|r| r.dir.display().to_string())
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(reports[1].status, GoldenStatus::Failed);
+        assert!(
+            reports[1]
+                .errors
+                .iter()
+                .any(|e| e.contains("panicked: decoder exploded")),
+            "{:?}",
+            reports[1].errors
+        );
+        assert_eq!(
+            (reports[0].status.clone(), reports[2].status.clone()),
+            (GoldenStatus::Passed, GoldenStatus::Passed)
+        );
+    }
 }

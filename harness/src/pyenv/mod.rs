@@ -329,15 +329,4 @@ mod tests {
         assert!(matches!(err, EnvError::VersionMismatch { .. }), "{err:?}");
         assert!(err.to_string().contains("drop --pyspark"), "{err}");
     }
-
-    #[test]
-    fn env_dirs_use_the_existing_layout() {
-        let dir = env_dir("4.0.5", "3.11");
-        assert!(
-            dir.ends_with("envs/pyspark-4.0.5-py3.11"),
-            "{}",
-            dir.display()
-        );
-        assert!(dir.starts_with(cache_root()));
-    }
 }

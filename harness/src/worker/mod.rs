@@ -1078,15 +1078,6 @@ fn unix_connection(s: UnixStream, hs: handshake::Handshake) -> Connection {
 mod tests {
     use super::*;
 
-    #[test]
-    fn modes_serialize_in_snake_case() {
-        assert_eq!(
-            serde_json::to_string(&Mode::DirectUds).unwrap(),
-            "\"direct_uds\""
-        );
-        assert_eq!(serde_json::from_str::<Mode>("\"uds\"").unwrap(), Mode::Uds);
-    }
-
     #[tokio::test]
     async fn a_missing_interpreter_is_a_spawn_error_that_names_it() {
         let err = match Workers::start(Path::new("/nonexistent/python"), LaunchOptions::default())
