@@ -15,6 +15,7 @@ use fakejvm::golden::replay::{replay_all, replay_golden, GoldenStatus, ReplayOpt
 use fakejvm::golden::spool::{self, Role, TapMeta, Transport};
 use fakejvm::protocol::{decode_replies, decode_requests, ReplyItem};
 use fakejvm::session::{self, SessionOptions, Transcript, WritePlan};
+use fakejvm::verdict::Outcome;
 use fakejvm::worker::{leftover_processes, LaunchOptions, Mode, Workers};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -67,6 +68,16 @@ async fn every_golden_replays_against_a_live_worker() {
         reports.len(),
         failed.join("\n")
     );
+    // Every task ends in the same typed outcome scenarios and fuzz cases end in.
+    for r in &reports {
+        assert_eq!(r.outcomes.len(), r.tasks, "{}", r.dir.display());
+        assert!(
+            r.outcomes.iter().all(|o| *o == Outcome::Passed),
+            "{}: {:?}",
+            r.dir.display(),
+            r.outcomes
+        );
+    }
     eprintln!(
         "{} goldens replayed in {:.1} s",
         reports.len(),

@@ -441,7 +441,7 @@ async fn fork_failure_errno_is_reported_not_taken_for_a_pid() {
             "{text}"
         );
         assert!(
-            w.daemon_alive(),
+            w.daemon_state() == DaemonState::Running,
             "{version}: a non-EAGAIN fork error does not end the daemon"
         );
         assert!(w

@@ -17,13 +17,16 @@ use crate::protocol::{
     decode_replies, decode_requests, Dialect, Reply, ReplyEnd, ReplyItem, TaskRequest,
 };
 use crate::pyenv;
-use crate::session::{self, ReadFailure, SessionOptions, Transcript, WritePlan};
-use crate::verdict::parse_exception;
+use crate::session::{self, SessionOptions, Transcript, WritePlan};
+use crate::verdict::{connect_failure, judge_task, parse_exception, Outcome, WorkerFacts};
 use crate::worker::{LaunchOptions, Mode, Workers};
 use serde::Serialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// How long a failed task waits for the daemon's (or a direct worker's) fate before it is judged.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// Replay goldens against live workers and compare the replies.
 #[derive(clap::Args, Debug, Clone)]
@@ -128,6 +131,10 @@ pub struct GoldenReport {
     /// Pending files in the golden's folder: staged by this --bless, or left by an earlier one
     /// (then the golden fails until they are accepted or rejected).
     pub pending: Vec<String>,
+    /// One typed outcome per recorded task, the same `Outcome` scenarios and fuzz cases end in:
+    /// Passed when its live reply matched, Mismatch when it differed, or what kept it from
+    /// completing (WorkerCrashed, Hang, DaemonDied...). Empty when the golden did not run.
+    pub outcomes: Vec<Outcome>,
     pub elapsed_ms: u64,
 }
 
@@ -146,6 +153,7 @@ impl GoldenReport {
             errors: vec![],
             leftovers: vec![],
             pending: vec![],
+            outcomes: vec![],
             elapsed_ms: 0,
         }
     }
@@ -509,7 +517,9 @@ pub async fn replay_golden(dir: &Path, opts: &ReplayOptions) -> Result<GoldenRep
 
 /// What the live worker sent back for one recorded connection.
 struct LiveConn {
-    replies: Vec<Result<Reply, String>>,
+    /// Each task's reply, or the outcome that kept it from completing (judged by verdict, as for
+    /// scenarios and fuzz cases).
+    replies: Vec<Result<Reply, Outcome>>,
     /// What the worker wrote after we closed our side following a reusable last reply.
     after_close: Option<Result<Reply, String>>,
     /// The raw reply bytes of each task, then of the answer to the close (after the handshake),
@@ -529,6 +539,7 @@ async fn replay_one(p: Prepared, opts: &ReplayOptions) -> GoldenReport {
         Ok(live) => {
             for (conn, live) in p.conns.iter().zip(&live) {
                 let diffs = compare(conn, live);
+                report.outcomes.extend(task_outcomes(conn, live, &diffs));
                 if !diffs.is_empty() {
                     changed.push(conn.id.clone());
                 }
@@ -622,7 +633,17 @@ async fn run_live(
         extra_env: normalise::replay_env(&ix.worker_env),
         ..LaunchOptions::default()
     };
-    let mut workers = Workers::start(&env.python, launch).await?;
+    let mut workers = match Workers::start(&env.python, launch).await {
+        Ok(w) => w,
+        // A daemon that dies at launch is judged like any other failure to get a worker.
+        Err(e) => match connect_failure(e, &WorkerFacts::default()) {
+            Outcome::Harness { error } => anyhow::bail!("{error}"),
+            o => {
+                report.outcomes = vec![o; report.tasks];
+                anyhow::bail!("{}", report.outcomes[0])
+            }
+        },
+    };
     let live_values = LiveValues {
         spark_files_dir: files_dir.path().to_path_buf(),
         broadcasts: normalise::broadcast_files(&p.golden.dir, &ix.broadcasts),
@@ -644,8 +665,8 @@ async fn run_live(
         let mut c = match workers.connect().await {
             Ok(c) => c,
             Err(e) => {
-                live.replies
-                    .push(Err(format!("could not get a worker: {e}")));
+                let facts = WorkerFacts::gather(&mut workers, None, SETTLE).await;
+                live.replies.push(Err(connect_failure(e, &facts)));
                 out.push(live);
                 continue;
             }
@@ -668,6 +689,13 @@ async fn run_live(
             )
             .await;
             live.raw.push(transcript.received());
+            let failed = match &result.reply {
+                Ok(_) => None,
+                Err(_) => {
+                    let facts = WorkerFacts::gather(&mut workers, Some(c.pid), SETTLE).await;
+                    Some(judge_task(&result, &facts, |_| Outcome::Passed))
+                }
+            };
             match result.reply {
                 Ok(reply) => {
                     base = reply.end_offset;
@@ -683,9 +711,9 @@ async fn run_live(
                         break;
                     }
                 }
-                Err(failure) => {
+                Err(_) => {
                     reusable = false;
-                    live.replies.push(Err(describe_failure(&failure)));
+                    live.replies.push(Err(failed.expect("judged above")));
                     break;
                 }
             }
@@ -760,19 +788,36 @@ where
     (Some(answer), raw)
 }
 
-fn describe_failure(f: &ReadFailure) -> String {
-    match f {
-        ReadFailure::Eof { at_byte, what } => {
-            format!("the worker closed the connection at reply byte {at_byte} ({what})")
-        }
-        ReadFailure::Deadline { after_ms, at_byte } => {
-            format!("no complete reply after {after_ms} ms (stopped at reply byte {at_byte})")
-        }
-        ReadFailure::Violation { at_byte, what } => {
-            format!("protocol violation at reply byte {at_byte}: {what}")
-        }
-        ReadFailure::Io { what } => format!("reading the reply failed: {what}"),
-    }
+/// The typed outcome of each recorded task of a connection, from its live reply and the
+/// differences found in it.
+fn task_outcomes(conn: &PreparedConn, live: &LiveConn, diffs: &[Difference]) -> Vec<Outcome> {
+    (0..conn.recorded.len())
+        .map(|k| match live.replies.get(k) {
+            Some(Err(o)) => o.clone(),
+            None => Outcome::Harness {
+                error: "not sent: the worker could not take this task after the previous reply"
+                    .into(),
+            },
+            Some(Ok(_)) => {
+                let mine: Vec<&Difference> = diffs.iter().filter(|d| d.reply == k).collect();
+                if mine.is_empty() {
+                    Outcome::Passed
+                } else {
+                    let side = |f: fn(&Difference) -> &String| {
+                        serde_json::Value::Object(
+                            mine.iter()
+                                .map(|d| (d.at.clone(), serde_json::Value::String(f(d).clone())))
+                                .collect(),
+                        )
+                    };
+                    Outcome::Mismatch {
+                        expected: side(|d| &d.expected),
+                        got: side(|d| &d.got),
+                    }
+                }
+            }
+        })
+        .collect()
 }
 
 /// Frame-level comparison of normalised replies: data frames by index, then the end of the
@@ -1030,6 +1075,7 @@ mod tests {
             errors: vec![],
             leftovers: vec![],
             pending: vec![],
+            outcomes: vec![],
             elapsed_ms: 0,
         }
     }
