@@ -11,7 +11,7 @@ use super::format::{self, Golden};
 use super::normalise::{self, LiveValues};
 use super::record::{reply_text, write_index};
 use super::write_atomic;
-use super::BadInput;
+use crate::error::BadInput;
 use crate::pickle;
 use crate::protocol::{
     decode_replies, decode_requests, Dialect, Reply, ReplyEnd, ReplyItem, TaskRequest,
