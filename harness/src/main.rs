@@ -133,10 +133,14 @@ enum EnvAction {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: clap's own text, exit 0.
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("fakejvm: {}", flag_error_line(&e));
+            return ExitCode::from(2);
         }
     };
     // The tap stands in for a Python interpreter: it runs its own runtime and signal handling.
@@ -166,6 +170,20 @@ fn main() -> ExitCode {
             ExitCode::from(error::exit_code(&e))
         }
     }
+}
+
+/// A wrong flag as one line, like every other bad input: clap's message and tip without its
+/// usage block, and where to read more.
+fn flag_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let before_usage: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .filter(|l| !l.starts_with("For more information"))
+        .collect();
+    let line = error::one_line(&before_usage.join("\n"));
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    format!("{line} (see `fakejvm --help`)")
 }
 
 fn init_logging(verbose: u8) {

@@ -235,6 +235,13 @@ pub async fn replay_cmd(args: ReplayArgs) -> anyhow::Result<u8> {
     for d in &dirs {
         prepared.push(prepare(d)?);
     }
+    // So is every env (provisioned if missing): a wrong --python is exit 2, an env that will
+    // not provision exit 3, each one line, instead of a failed golden per version.
+    for p in &prepared {
+        let index = p.golden.dir.join(format::INDEX);
+        pyenv::resolve(args.python.as_deref(), Some(&p.golden.index.pyspark))
+            .map_err(|e| crate::error::env_failure(Some(&index), e))?;
+    }
     let opts = ReplayOptions {
         bless: args.bless,
         python: args.python.clone(),

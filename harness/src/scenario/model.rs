@@ -680,4 +680,45 @@ mod tests {
             }
         ));
     }
+
+    #[test]
+    fn every_bundled_scenario_loads() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+        let files = crate::scenario::collect_files(&[root]).unwrap();
+        assert!(files.len() > 20, "{} scenario files", files.len());
+        for f in files {
+            Scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn a_bad_value_names_its_field_path() {
+        let task = |fields: &str| {
+            format!(r#"{{"tasks":[{{"function":"func = lambda s, it: it",{fields}}}]}}"#)
+        };
+        let e = Scenario::parse(&task(
+            r#""input":{"encoding":"pickle","values":[1,{"$int":"x"}]},"expect":{"values":[]}"#,
+        ))
+        .unwrap_err();
+        assert!(
+            e.starts_with("tasks[0].input.values[1] (at /$int): "),
+            "{e}"
+        );
+        let e = Scenario::parse(&task(r#""expect":{"values":[{"$bytes":"0"}]}"#)).unwrap_err();
+        assert!(
+            e.starts_with("tasks[0].expect.values[0] (at /$bytes): "),
+            "{e}"
+        );
+        let e = Scenario::parse(&task(r#""expect":{"outcome":"Nope"}"#)).unwrap_err();
+        assert!(
+            e.starts_with("tasks[0].expect.outcome: unknown variant `Nope`"),
+            "{e}"
+        );
+        let e = Scenario::parse(&task(r#""expect":{}"#)).unwrap_err();
+        assert!(e.starts_with("tasks[0].expect: needs exactly one"), "{e}");
+        let e = Scenario::parse(&task(r#""input":{"encoding":"utf8","lines":[{"repeat":"xx","times":200000000}]},"expect":{"values":[]}"#)).unwrap_err();
+        assert!(e.starts_with("tasks[0].input.lines[0]: "), "{e}");
+        let e = Scenario::parse(&format!("{} x", task(r#""expect":{"values":[]}"#))).unwrap_err();
+        assert!(e.contains("trailing characters"), "{e}");
+    }
 }
