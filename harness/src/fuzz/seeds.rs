@@ -183,7 +183,7 @@ pub fn load(
         walk(dir, &mut scenario_files, &mut goldens)
             .map_err(|e| BadInput::new(dir, format!("cannot list: {e}")))?;
         for file in scenario_files {
-            let sc = Scenario::load(&file).map_err(|e| BadInput::msg(e))?;
+            let sc = Scenario::load(&file).map_err(BadInput::from)?;
             for (i, task) in sc.tasks.iter().enumerate() {
                 let name = format!("{}#{i}", file.display());
                 if !task.broadcasts.is_empty()

@@ -290,3 +290,49 @@ pub(crate) fn save_corpus_entry(
     crate::report::write_atomic(&path, &bytes)
         .map_err(|e| HarnessError::io("write the corpus entry", &path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> PythonEnv {
+        PythonEnv {
+            python: "/nonexistent/python".into(),
+            pyspark: "4.0.5".parse().unwrap(),
+            python_version: "3.11".into(),
+            pyspark_dir: "/nonexistent/pyspark".into(),
+        }
+    }
+
+    #[test]
+    fn a_state_that_cannot_be_written_is_a_harness_error() {
+        let st = State::fresh(&env(), Dialect::A, ExecMode::ForkServer);
+        let e = st.write(Path::new("/proc/nonexistent")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot write /proc/nonexistent/state.json: "),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        st.write(dir.path()).unwrap();
+        let again =
+            State::load_or_new(dir.path(), &env(), Dialect::A, ExecMode::ForkServer).unwrap();
+        assert_eq!(again.pyspark, "4.0.5");
+    }
+
+    #[test]
+    fn a_state_of_another_mode_is_bad_input_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        State::fresh(&env(), Dialect::A, ExecMode::Reuse)
+            .write(dir.path())
+            .unwrap();
+        let e =
+            State::load_or_new(dir.path(), &env(), Dialect::A, ExecMode::ForkServer).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("state.json: holds a campaign for pyspark 4.0.5")
+                && text.contains("another --out"),
+            "{text}"
+        );
+    }
+}
