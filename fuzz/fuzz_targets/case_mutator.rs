@@ -22,7 +22,7 @@ fn seed(d: fakejvm::protocol::Dialect, i: usize) -> Seed {
     let mut req = TaskRequest::non_udf("3.11", vec![0x80, 5, 0x4e, 0x2e], vec![DataItem::Frame(b"abc".to_vec()), DataItem::Null, DataItem::Frame(vec![])]);
     req.context.local_properties = vec![("k".into(), "v".into())];
     req.includes = vec!["x.zip".into()];
-    Seed { name: format!("s{i}"), case: Case::from_encoded(i, &d.encode_request(&req)), request: Some(req), round_trip: None }
+    Seed { name: format!("s{i}"), case: Case::from_encoded(Some(i), &d.encode_request(&req)), request: Some(req), round_trip: None }
 }
 
 fuzz_target!(|input: Input| {

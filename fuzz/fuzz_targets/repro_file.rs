@@ -8,7 +8,7 @@ static ALLOC: fakejvm_fuzz::CappedAlloc = fakejvm_fuzz::CappedAlloc;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    match fakejvm::repro::Reproducer::parse(text) {
+    match fakejvm::fuzz::reproducer::Reproducer::parse(text) {
         Ok(r) => {
             let bytes = r.bytes().expect("parse checked the bytes");
             let case = r.case().expect("parse checked the frames");

@@ -5,6 +5,7 @@
 //! worker's reply becomes one typed verdict.
 pub mod bench;
 pub mod decode;
+pub mod error;
 pub mod faults;
 pub mod fuzz;
 pub mod golden;

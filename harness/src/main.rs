@@ -1,9 +1,10 @@
 //! The `fakejvm` command line. Exit codes: 0 all passed, 1 something failed, 2 bad input
-//! (a broken file or a wrong flag: one line naming it).
+//! (a broken file, a wrong flag or version: one line naming it), 3 fakejvm itself failed (one
+//! line), 130 / 143 interrupted by Ctrl-C / SIGTERM.
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use fakejvm::decode::{self, StreamDirection};
+use fakejvm::error::{self, env_failure, BadInput, HarnessError};
 use fakejvm::protocol::Dialect;
 use fakejvm::pyenv::{self, PythonEnv};
 use fakejvm::report::{self, Summary};
@@ -20,7 +21,14 @@ use std::time::Duration;
     about = "A fake Spark JVM: drives real pyspark workers over the PythonRDD pipe protocol",
     long_about = "fakejvm plays the JVM side of Spark's Python worker protocol, byte for byte, against real \
                   `python -m pyspark.daemon` / `pyspark.worker` processes.\n\n\
-                  Exit codes: 0 all passed, 1 something failed, 2 bad input (a broken file or a wrong flag)."
+                  Exit codes:\n  \
+                  0    all passed (repro: the finding no longer reproduces)\n  \
+                  1    something failed (repro: the finding still reproduces)\n  \
+                  2    bad input: a broken file, a wrong flag, value or version; one line naming it\n  \
+                  3    fakejvm itself failed (cannot write a report, an env will not provision, a daemon \
+                  cannot be spawned); one line\n  \
+                  130  interrupted by Ctrl-C\n  \
+                  143  terminated by SIGTERM"
 )]
 struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG works too.
@@ -122,18 +130,17 @@ enum EnvAction {
     List,
 }
 
-/// A failure that is the user's input, not a test result: exit 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct BadInput(String);
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: clap's own text, exit 0.
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("fakejvm: {}", flag_error_line(&e));
+            return ExitCode::from(2);
         }
     };
     // The tap stands in for a Python interpreter: it runs its own runtime and signal handling.
@@ -159,18 +166,24 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            if let Some(b) = e.downcast_ref::<BadInput>() {
-                eprintln!("fakejvm: {b}");
-                ExitCode::from(2)
-            } else if let Some(b) = e.downcast_ref::<fakejvm::golden::BadInput>() {
-                eprintln!("fakejvm: {b}");
-                ExitCode::from(2)
-            } else {
-                eprintln!("fakejvm: error: {e:#}");
-                ExitCode::from(2)
-            }
+            eprintln!("fakejvm: {}", error::message(&e));
+            ExitCode::from(error::exit_code(&e))
         }
     }
+}
+
+/// A wrong flag as one line, like every other bad input: clap's message and tip without its
+/// usage block, and where to read more.
+fn flag_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let before_usage: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .filter(|l| !l.starts_with("For more information"))
+        .collect();
+    let line = error::one_line(&before_usage.join("\n"));
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    format!("{line} (see `fakejvm --help`)")
 }
 
 fn init_logging(verbose: u8) {
@@ -191,7 +204,7 @@ fn init_logging(verbose: u8) {
 
 fn resolve_env(args: &EnvArgs) -> anyhow::Result<PythonEnv> {
     pyenv::resolve(args.python.as_deref(), args.pyspark.as_deref())
-        .map_err(|e| BadInput(e.to_string()).into())
+        .map_err(|e| env_failure(None, e))
 }
 
 async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
@@ -237,13 +250,12 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
             json,
         } => {
             let bytes = std::fs::read(&file)
-                .map_err(|e| BadInput(format!("{}: cannot read: {e}", file.display())))?;
+                .map_err(|e| BadInput::new(&file, format!("cannot read: {e}")))?;
             let bytes = bytes.get(skip..).ok_or_else(|| {
-                BadInput(format!(
-                    "{}: --skip {skip} is past the end ({} bytes)",
-                    file.display(),
-                    bytes.len()
-                ))
+                BadInput::new(
+                    &file,
+                    format!("--skip {skip} is past the end ({} bytes)", bytes.len()),
+                )
             })?;
             let d = decode::decode(dialect, direction, bytes);
             if json {
@@ -253,10 +265,12 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
             }
             match &d.error {
                 None => Ok(0),
-                Some(e) => Err(BadInput(format!(
-                    "{}: does not decode as a {direction:?} stream of dialect {dialect:?}: {e}",
-                    file.display()
-                ))
+                Some(e) => Err(BadInput::new(
+                    &file,
+                    format!(
+                        "does not decode as a {direction:?} stream of dialect {dialect:?}: {e}"
+                    ),
+                )
                 .into()),
             }
         }
@@ -274,27 +288,19 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
             }
             Some(EnvAction::Setup) => {
                 let v = env.pyspark.as_deref().unwrap_or(pyenv::DEFAULT_PYSPARK);
-                let e = pyenv::setup(v).map_err(|e| BadInput(e.to_string()))?;
+                let e = pyenv::setup(v).map_err(|e| env_failure(None, e))?;
                 print_env(&e);
                 Ok(0)
             }
             Some(EnvAction::List) => {
                 for v in pyenv::PINNED {
-                    let base = pyenv::base_python_minor().unwrap_or_else(|_| "3.11".into());
-                    let dir = pyenv::env_dir(v, &base);
-                    let ready = dir.join("fakejvm-env.json").exists();
-                    let (maj, min) = v
-                        .split_once('.')
-                        .map(|(a, b)| {
-                            (
-                                a.parse().unwrap_or(0),
-                                b.split('.').next().unwrap_or("0").parse().unwrap_or(0),
-                            )
-                        })
-                        .unwrap_or((0, 0));
-                    let d = Dialect::for_version(maj, min)
+                    let (dir, ready) = pyenv::cached_env(v).map_err(|e| env_failure(None, e))?;
+                    let version: pyenv::PysparkVersion = v
+                        .parse()
+                        .map_err(|e| HarnessError::new(format!("the pinned version {v}: {e}")))?;
+                    let d = Dialect::for_version(version.major, version.minor)
                         .map(|d| format!("{d:?}"))
-                        .unwrap_or_default();
+                        .unwrap_or_else(|| "-".into());
                     println!(
                         "pyspark {v:<6} dialect {d}  {}  {}",
                         if ready { "ready  " } else { "missing" },
@@ -314,9 +320,9 @@ async fn run_scenarios(
     json: Option<&std::path::Path>,
 ) -> anyhow::Result<u8> {
     // Parse every file before starting anything: a broken file is exit 2, not a failure.
-    let files = scenario::collect_files(paths).map_err(|e| BadInput(e.to_string()))?;
+    let files = scenario::collect_files(paths).map_err(BadInput::from)?;
     if files.is_empty() {
-        return Err(BadInput(format!(
+        return Err(BadInput::msg(format!(
             "no scenario files (*.json) under {}",
             paths_text(paths)
         ))
@@ -324,18 +330,14 @@ async fn run_scenarios(
     }
     let mut scenarios = vec![];
     for f in &files {
-        scenarios.push((
-            f.clone(),
-            Scenario::load(f).map_err(|e| BadInput(e.to_string()))?,
-        ));
+        scenarios.push((f.clone(), Scenario::load(f).map_err(BadInput::from)?));
     }
     let env = resolve_env(env)?;
     // Build every command up front: a function that does not compile is a broken
     // scenario file (exit 2), found before any worker starts. Builds are cached on disk.
     for (f, s) in &scenarios {
         let specs: Vec<_> = s.tasks.iter().map(scenario::command_spec).collect();
-        pyenv::build_commands(&env, &specs)
-            .map_err(|e| BadInput(format!("{}: {}", f.display(), one_line(&e.to_string()))))?;
+        pyenv::build_commands(&env, &specs).map_err(|e| env_failure(Some(f), e))?;
     }
     let mut reports = vec![];
     for (f, s) in &scenarios {
@@ -347,7 +349,7 @@ async fn run_scenarios(
     println!("{}", summary.line(&env.pyspark.to_string()));
     if let Some(path) = json {
         report::write_json(path, &env.pyspark.to_string(), &env.python, &reports)
-            .with_context(|| format!("writing the JSON report {}", path.display()))?;
+            .map_err(|e| HarnessError::io("write the JSON report", path, e))?;
     }
     Ok(if reports.iter().any(|r| r.status == Status::Failed) {
         1
@@ -366,15 +368,6 @@ fn print_env(e: &PythonEnv) {
         Some(d) => println!("dialect      {d}"),
         None => println!("dialect      none: fakejvm speaks pyspark 3.3 and later"),
     }
-}
-
-/// Error texts from Python can span lines; the CLI promises one.
-fn one_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" | ")
 }
 
 fn paths_text(paths: &[PathBuf]) -> String {

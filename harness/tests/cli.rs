@@ -1,10 +1,11 @@
-//! The command line as a user meets it: bad input is one clear line and exit code 2; the
-//! bundled scenarios pass.
+//! The command line as a user meets it: bad input is exactly one line naming the file and the
+//! field, exit code 2, before any Python starts; fakejvm's own failures are one line and exit 3;
+//! the bundled scenarios pass.
 
 mod common;
 use assert_cmd::Command;
 use predicates::prelude::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn fakejvm() -> Command {
     let mut c = Command::cargo_bin("fakejvm").expect("binary");
@@ -13,48 +14,248 @@ fn fakejvm() -> Command {
     c
 }
 
-fn scenario_file(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+fn scenario_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
 }
 
+/// Runs `args`, expects exit `code` and returns stderr, which must be exactly one line
+/// starting with "fakejvm: " that contains every one of `wanted`.
+fn assert_one_line(args: &[&str], code: i32, wanted: &[&str]) -> String {
+    let out = fakejvm()
+        .args(args)
+        .assert()
+        .code(code)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "expected exactly one line on stderr, got:\n{stderr}"
+    );
+    assert!(stderr.starts_with("fakejvm: "), "{stderr}");
+    for w in wanted {
+        assert!(stderr.contains(w), "the line must contain {w:?}: {stderr}");
+    }
+    stderr
+}
+
 /// Exit 2 and exactly one line on stderr that names the file and contains `problem`.
 fn assert_bad_input(args: &[&str], file_hint: &str, problem: &str) {
-    let out = fakejvm().args(args).assert().code(2).get_output().clone();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
-    assert!(
-        lines[0].contains(file_hint),
-        "the line must name {file_hint:?}: {}",
-        lines[0]
-    );
-    assert!(
-        lines[0].contains(problem),
-        "the line must say {problem:?}: {}",
-        lines[0]
-    );
+    assert_one_line(args, 2, &[file_hint, problem]);
+}
+
+/// An interpreter that leaves a mark when anything runs it, then is the real env's Python: a
+/// bad scenario must be refused before fakejvm starts any Python (a probe, a command build, a
+/// daemon or a worker).
+struct MarkingPython {
+    _dir: tempfile::TempDir,
+    script: PathBuf,
+    marker: PathBuf,
+}
+
+impl MarkingPython {
+    fn new() -> MarkingPython {
+        let real = common::env_for(fakejvm::pyenv::DEFAULT_PYSPARK).python;
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("python-ran");
+        let script = dir.path().join("python");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ntouch '{}'\nexec '{}' \"$@\"\n",
+                marker.display(),
+                real.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        MarkingPython {
+            _dir: dir,
+            script,
+            marker,
+        }
+    }
+
+    fn ran(&self) -> bool {
+        self.marker.exists()
+    }
 }
 
 const GOOD: &str = r#"{"tasks":[{"function":"func = lambda s, it: it","input":{"encoding":"pickle","values":[1]},"expect":{"values":[1]}}]}"#;
+
+/// One task around `task_fields` (JSON object members without the braces).
+fn one_task(task_fields: &str) -> String {
+    format!(r#"{{"tasks":[{{"function":"func = lambda s, it: it",{task_fields}}}]}}"#)
+}
+
+/// A bad value in each scenario field: exit 2, one line naming the file and the field's path,
+/// and no Python ran.
+#[test]
+fn a_bad_value_in_any_field_is_one_line_naming_file_and_field_before_any_python_runs() {
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "input $int",
+            one_task(
+                r#""input":{"encoding":"pickle","values":[1,2,{"$int":"abc"}]},"expect":{"values":[1]}"#,
+            ),
+            "tasks[0].input.values[2]",
+            "not a decimal integer",
+        ),
+        (
+            "input $tuple",
+            one_task(
+                r#""input":{"encoding":"pickle_batched","batch_size":2,"values":[{"$tuple":5}]},"expect":{"outcome":"Passed"}"#,
+            ),
+            "tasks[0].input.values[0]",
+            "$tuple",
+        ),
+        (
+            "input unknown tag",
+            one_task(
+                r#""input":{"encoding":"auto_batched","values":[[{"$tupel":[1]}]]},"expect":{"outcome":"Passed"}"#,
+            ),
+            "tasks[0].input.values[0]",
+            "$tupel",
+        ),
+        (
+            "hex frame",
+            one_task(
+                r#""input":{"encoding":"raw","frames":[{"int":-5},{"hex":"zz"}]},"expect":{"outcome":"Passed"}"#,
+            ),
+            "tasks[0].input.frames[1].hex",
+            "not hex",
+        ),
+        (
+            "bytes frame",
+            one_task(
+                r#""input":{"encoding":"raw","frames":[{"bytes":"abc"}]},"expect":{"outcome":"Passed"}"#,
+            ),
+            "tasks[0].input.frames[0].bytes",
+            "not hex",
+        ),
+        (
+            "range",
+            one_task(
+                r#""input":{"encoding":"pickle","range":[10,0]},"expect":{"outcome":"Passed"}"#,
+            ),
+            "tasks[0].input.range",
+            "starts after it ends",
+        ),
+        (
+            "broadcast value",
+            one_task(r#""broadcasts":[{"id":1,"value":{"$bytes":"xyz"}}],"expect":{"values":[]}"#),
+            "tasks[0].broadcasts[0].value",
+            "$bytes",
+        ),
+        (
+            "broadcast id",
+            one_task(r#""broadcasts":[{"id":-2,"value":1}],"expect":{"values":[]}"#),
+            "tasks[0].broadcasts[0].id",
+            "negative",
+        ),
+        (
+            "expect values",
+            one_task(r#""expect":{"values":[{"$tuple":[1,{"$float":"big"}]}]}"#),
+            "tasks[0].expect.values[0]",
+            "\"big\"",
+        ),
+        (
+            "expect_by_version values",
+            one_task(
+                r#""expect":{"values":[]},"expect_by_version":[{"pyspark":">=4.1","note":"n","expect":{"values":[{"$set":5}]}}]"#,
+            ),
+            "tasks[0].expect_by_version[0].expect.values[0]",
+            "$set",
+        ),
+        (
+            "expect_by_version version",
+            one_task(
+                r#""expect":{"values":[]},"expect_by_version":[{"pyspark":"four","note":"n","expect":{"values":[]}}]"#,
+            ),
+            "tasks[0].expect_by_version[0].pyspark",
+            "four",
+        ),
+        (
+            "expect_by_version two expectations",
+            one_task(
+                r#""expect":{"values":[]},"expect_by_version":[{"pyspark":"<4.2","note":"n","expect":{"values":[],"outcome":"Hang"}}]"#,
+            ),
+            "tasks[0].expect_by_version[0].expect",
+            "exactly one",
+        ),
+        (
+            "outcome name",
+            one_task(r#""expect":{"outcome":"Hangs"}"#),
+            "tasks[0].expect.outcome",
+            "Hangs",
+        ),
+        (
+            "expect exit without a crash",
+            one_task(r#""expect":{"outcome":"Hang","exit":{"code":3}}"#),
+            "tasks[0].expect.exit",
+            "WorkerCrashed",
+        ),
+        (
+            "unknown task field",
+            one_task(r#""inptu":{},"expect":{"values":[]}"#),
+            "tasks[0]",
+            "inptu",
+        ),
+        (
+            "unknown top-level field",
+            GOOD.replace(r#"{"tasks""#, r#"{"taks":[],"tasks""#),
+            "taks",
+            "unknown field",
+        ),
+        (
+            "output_of a later task",
+            one_task(r#""input":{"encoding":"output_of","task":0},"expect":{"values":[]}"#),
+            "tasks[0].input.task",
+            "earlier task",
+        ),
+        (
+            "file name",
+            one_task(r#""files":{"../x.py":"x = 1"},"expect":{"values":[]}"#),
+            "tasks[0].files",
+            "../x.py",
+        ),
+    ];
+    let python = MarkingPython::new();
+    let d = tempfile::tempdir().unwrap();
+    for (i, (what, text, field, problem)) in cases.iter().enumerate() {
+        let name = format!("bad{i}.json");
+        let f = scenario_file(d.path(), &name, text);
+        let line = assert_one_line(
+            &[
+                "run",
+                "--python",
+                python.script.to_str().unwrap(),
+                f.to_str().unwrap(),
+            ],
+            2,
+            &[&f.display().to_string(), field, problem],
+        );
+        assert!(!python.ran(), "{what}: a Python ran before {line}");
+    }
+    // The same interpreter does run for a good file: the check above can fail.
+    let f = scenario_file(d.path(), "good.json", GOOD);
+    fakejvm()
+        .args(["run", "--python", python.script.to_str().unwrap()])
+        .arg(&f)
+        .assert()
+        .code(0);
+    assert!(python.ran(), "the marking interpreter never ran");
+}
 
 #[test]
 fn truncated_scenario_is_bad_input() {
     let d = tempfile::tempdir().unwrap();
     let f = scenario_file(d.path(), "cut.json", &GOOD[..GOOD.len() / 2]);
     assert_bad_input(&["run", f.to_str().unwrap()], "cut.json", "truncated");
-}
-
-#[test]
-fn unknown_field_is_bad_input() {
-    let d = tempfile::tempdir().unwrap();
-    let f = scenario_file(
-        d.path(),
-        "typo.json",
-        &GOOD.replace("\"input\"", "\"inptu\""),
-    );
-    assert_bad_input(&["run", f.to_str().unwrap()], "typo.json", "inptu");
 }
 
 #[test]
@@ -80,17 +281,41 @@ fn nonexistent_python_is_bad_input() {
             f.to_str().unwrap(),
         ],
         "/nonexistent/python3",
-        "",
+        "not found",
     );
 }
 
 #[test]
-fn wrong_flag_is_exit_2() {
-    fakejvm()
-        .args(["run", "--no-such-flag", "x.json"])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("--no-such-flag"));
+fn a_bad_pyspark_version_is_bad_input() {
+    let d = tempfile::tempdir().unwrap();
+    let f = scenario_file(d.path(), "good.json", GOOD);
+    assert_bad_input(
+        &["run", "--pyspark", "four", f.to_str().unwrap()],
+        "\"four\"",
+        "not a pyspark version",
+    );
+    assert_bad_input(
+        &["env", "setup", "--pyspark", "4.0.5; rm -rf /"],
+        "4.0.5; rm -rf /",
+        "not a pyspark version",
+    );
+}
+
+#[test]
+fn wrong_flags_are_one_line_and_exit_2() {
+    assert_bad_input(
+        &["run", "--no-such-flag", "x.json"],
+        "--no-such-flag",
+        "unexpected argument",
+    );
+    assert_bad_input(&["fuzz", "--duration", "5y"], "--duration", "unknown unit");
+    assert_bad_input(&["fuzz", "--jobs", "0"], "--jobs 0", "at least one");
+    assert_bad_input(
+        &["repro", "x.json", "--runs", "0"],
+        "--runs 0",
+        "at least one",
+    );
+    assert_bad_input(&["run"], "<PATHS>", "required");
 }
 
 #[test]
@@ -118,6 +343,58 @@ fn undecodable_stream_is_bad_input_naming_the_offset() {
         ],
         "junk.bin",
         "at byte",
+    );
+}
+
+/// A report fakejvm cannot write after a passing run is its own failure: exit 3, one line.
+#[test]
+fn an_unwritable_report_is_a_harness_error_exit_3() {
+    let _ = common::env_for(fakejvm::pyenv::DEFAULT_PYSPARK);
+    let d = tempfile::tempdir().unwrap();
+    let f = scenario_file(d.path(), "good.json", GOOD);
+    let out = fakejvm()
+        .args(["run", "--json", "/proc/x/report.json"])
+        .arg(&f)
+        .assert()
+        .code(3)
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("1 passed"),
+        "the run itself passed: {stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("fakejvm: cannot write the JSON report /proc/x/report.json"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn env_list_names_every_pinned_version_and_its_dialect() {
+    let out = fakejvm()
+        .args(["env", "list"])
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), fakejvm::pyenv::PINNED.len(), "{stdout}");
+    for (line, v) in lines.iter().zip(fakejvm::pyenv::PINNED) {
+        let (dir, ready) = fakejvm::pyenv::cached_env(v).unwrap();
+        assert!(
+            line.starts_with(&format!("pyspark {v:<6} dialect ")),
+            "{line}"
+        );
+        assert!(line.ends_with(&dir.display().to_string()), "{line}");
+        assert_eq!(line.contains("ready"), ready, "{line}");
+    }
+    assert!(
+        lines[0].contains("dialect A") && lines[3].contains("dialect D"),
+        "{stdout}"
     );
 }
 

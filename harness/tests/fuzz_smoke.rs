@@ -7,8 +7,8 @@ mod common;
 
 use fakejvm::fuzz::campaign::{self, CampaignConfig, STATE_FILE, SUMMARY_FILE};
 use fakejvm::fuzz::oracle::ExpectedRule;
+use fakejvm::fuzz::reproducer::Reproducer;
 use fakejvm::fuzz::ExecMode;
-use fakejvm::repro::Reproducer;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -158,7 +158,7 @@ async fn a_state_of_another_version_is_refused_in_one_line() {
         .await
         .unwrap_err();
     let bad = err
-        .downcast_ref::<fakejvm::repro::BadInput>()
+        .downcast_ref::<fakejvm::error::BadInput>()
         .unwrap_or_else(|| panic!("not BadInput: {err:#}"));
     let text = bad.to_string();
     assert!(

@@ -5,13 +5,15 @@
 
 mod common;
 
+use fakejvm::error::BadInput;
 use fakejvm::fuzz::case::Case;
 use fakejvm::fuzz::exec::{ExecMode, ExecOptions, Executor};
 use fakejvm::fuzz::oracle::Judge;
+use fakejvm::fuzz::reproducer::{self, Found, Reproducer, RequestBytes};
 use fakejvm::fuzz::signature::Signature;
 use fakejvm::protocol::{DataItem, Dialect, SpanKind, TaskRequest};
 use fakejvm::pyenv::{self, CommandSpec, PythonEnv, SerializerSpec};
-use fakejvm::repro::{self, Found, ReproArgs, Reproducer, RequestBytes};
+use fakejvm::repro::{self, ReproArgs};
 use fakejvm::verdict::OutcomeKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,8 +38,8 @@ async fn record(env: &PythonEnv, case: &Case, dir: &Path, name: &str) -> (PathBu
     assert_eq!(report.leftovers, vec![]);
     let path = dir.join(format!("{name}.json"));
     let r = Reproducer {
-        kind: repro::KIND.into(),
-        format: repro::FORMAT,
+        kind: reproducer::KIND.into(),
+        format: reproducer::FORMAT,
         title: format!("{} (pyspark {})", signature.text(), env.pyspark),
         pyspark: env.pyspark.to_string(),
         python: env.python_version.clone(),
@@ -81,7 +83,7 @@ fn args(file: &Path) -> ReproArgs {
 
 fn raw(bytes: &[u8]) -> Case {
     Case::from_spans(
-        0,
+        None,
         bytes,
         &[fakejvm::protocol::Span {
             kind: SpanKind::Header,
@@ -151,7 +153,7 @@ async fn the_three_classes_reproduce_and_a_changed_signature_does_not() {
         command,
         vec![DataItem::Frame(batch), DataItem::Null],
     );
-    let case = Case::from_encoded(0, &Dialect::A.encode_request(&req));
+    let case = Case::from_encoded(None, &Dialect::A.encode_request(&req));
     let (null, r) = record(&env, &case, dir.path(), "null-in-batch").await;
     assert_eq!(
         r.signature.exc_type.as_deref(),
@@ -173,6 +175,31 @@ async fn the_three_classes_reproduce_and_a_changed_signature_does_not() {
     let path = dir.path().join("changed.json");
     changed.save(&path).unwrap();
     assert_eq!(repro::repro_cmd(args(&path)).await.unwrap(), 0);
+
+    // As a user runs it: exit 1 and four lines that end in REPRODUCES; exit 0 for the changed one.
+    let out = fakejvm_cmd()
+        .arg("repro")
+        .arg(&short)
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8_lossy(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[0].starts_with("repro   ") && lines[3].starts_with("result  REPRODUCES"),
+        "{text}"
+    );
+    fakejvm_cmd().arg("repro").arg(&path).assert().code(0);
+}
+
+fn fakejvm_cmd() -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::cargo_bin("fakejvm").expect("binary");
+    c.env_remove("FAKEJVM_PYTHON")
+        .timeout(std::time::Duration::from_secs(300));
+    c
 }
 
 #[tokio::test]
@@ -186,7 +213,7 @@ async fn broken_reproducers_and_flags_are_one_line_of_bad_input() {
     .unwrap();
     let err = repro::repro_cmd(args(&p)).await.unwrap_err();
     let bad = err
-        .downcast_ref::<repro::BadInput>()
+        .downcast_ref::<BadInput>()
         .unwrap_or_else(|| panic!("not BadInput: {err:#}"));
     assert!(
         bad.to_string().starts_with(&p.display().to_string()),
@@ -200,12 +227,28 @@ async fn broken_reproducers_and_flags_are_one_line_of_bad_input() {
     })
     .await
     .unwrap_err();
-    assert!(err.downcast_ref::<repro::BadInput>().is_some(), "{err:#}");
+    assert!(err.downcast_ref::<BadInput>().is_some(), "{err:#}");
 
     let missing = dir.path().join("nope.json");
     let err = repro::repro_cmd(args(&missing)).await.unwrap_err();
     assert!(
         err.to_string().contains("nope.json") && err.to_string().contains("cannot read"),
         "{err}"
+    );
+
+    // From the command line: exit 2 and one line naming the file.
+    let out = fakejvm_cmd()
+        .arg("repro")
+        .arg(&p)
+        .assert()
+        .code(2)
+        .get_output()
+        .stderr
+        .clone();
+    let stderr = String::from_utf8_lossy(&out);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("fakejvm: {}", p.display())),
+        "{stderr}"
     );
 }

@@ -1,8 +1,10 @@
 //! Launching real pyspark workers: daemon (TCP and Unix socket), direct, kill-by-pid, shutdown,
 //! cleanup on panic, and the fork-failure errno quirk, against the pip-installed envs.
 //!
-//! The interpreters: FAKEJVM_PYTHON (for 4.0.5) or ~/.cache/fakejvm/envs/pyspark-<v>-py3.11/bin/python.
-//! A missing interpreter FAILS the test, with a message saying how to get one.
+//! The interpreters: fakejvm's cached env of each version (tests/common::env_for). A missing
+//! env is provisioned; one that cannot be FAILS the test, with a message saying how to get one.
+
+mod common;
 
 use fakejvm::worker::{
     leftover_processes, DaemonState, ExitInfo, LaunchOptions, Mode, ProcessTweaks, WorkerError,
@@ -12,20 +14,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The cached env of `version`, found as the binary finds it (`$FAKEJVM_CACHE_DIR`, the base
+/// Python of `$FAKEJVM_BASE_PYTHON`) and provisioned on first use.
 fn python(version: &str) -> PathBuf {
-    let path = match std::env::var_os("FAKEJVM_PYTHON") {
-        Some(p) if version == "4.0.5" => PathBuf::from(p),
-        _ => dirs::home_dir().expect("a home directory").join(format!(
-            ".cache/fakejvm/envs/pyspark-{version}-py3.11/bin/python"
-        )),
-    };
-    assert!(
-        path.exists(),
-        "no Python with pyspark {version} at {}: provision it with `cargo run -p fakejvm -- env setup --pyspark {version}` \
-         (or point FAKEJVM_PYTHON at one for 4.0.5)",
-        path.display()
-    );
-    path
+    common::env_for(version).python
 }
 
 fn opts(mode: Mode) -> LaunchOptions {

@@ -5,9 +5,9 @@
 use super::exec::{ExecMode, ExecOptions, Executor, Lane};
 use super::mutate::{self, Context};
 use super::seeds::{self, Seed, SeedReport};
+use crate::error::BadInput;
 use crate::protocol::Dialect;
 use crate::pyenv::PythonEnv;
-use crate::repro::BadInput;
 use crate::verdict::OutcomeKind;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;

@@ -1,36 +1,38 @@
 //! The live campaign: lanes pick a seed or corpus case, mutate it, run it on a real worker, judge
 //! it, and save what is new.
 //!
-//! Everything lives in `--out`: `state.json` (counts, signatures, runs; rewritten atomically every
+//! Everything lives in `--out` (see [`super::state`]): `state.json` (rewritten atomically every
 //! few seconds), one reproducer file per finding (written the moment it is found, then again once
-//! minimised), `corpus/` (one case per distinct behaviour), and `summary.json` at the end. A
-//! campaign that finds `state.json` in `--out` resumes it: known signatures are not reported
-//! again, the corpus is reloaded, and findings that were not minimised yet are minimised first.
+//! minimised), `corpus/`, and `summary.json` at the end ([`super::summary`]). A campaign that
+//! finds `state.json` in `--out` resumes it: known signatures are not reported again, the corpus
+//! is reloaded, and findings that were not minimised yet are minimised first. A file that cannot
+//! be written stops the campaign with a [`HarnessError`].
 
 use super::case::Case;
 use super::exec::{ExecMode, ExecOptions, Executor, Lane, Observation};
 use super::minimise::{minimise, LiveCheck, MinimiseStats, Reproduces};
 use super::mutate::{self, Context};
 use super::oracle::{ExpectedRule, Judge, Verdict};
+use super::reproducer::{self, Found, Reproducer, RequestBytes};
 use super::seeds::{self, Seed, SeedReport};
 use super::signature::Signature;
+use super::state::{self, ExpectedRecord, FindingRecord, RunRecord, State};
+use super::summary::{self, CampaignSummary, Figures};
+use crate::error::{BadInput, HarnessError};
 use crate::golden::format::utc_now;
 use crate::protocol::{decode_requests, Dialect};
 use crate::pyenv::PythonEnv;
-use crate::repro::{self, BadInput, Found, Reproducer, RequestBytes};
 use crate::verdict::{Outcome, OutcomeKind};
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const STATE_FILE: &str = "state.json";
-pub const SUMMARY_FILE: &str = "summary.json";
-const STATE_KIND: &str = "fakejvm-fuzz-state";
-const STATE_FORMAT: u32 = 1;
+pub use super::state::STATE_FILE;
+pub use super::summary::SUMMARY_FILE;
+
 /// One corpus case per behaviour, up to this many.
 const CORPUS_MAX: usize = 4096;
 /// This many harness errors in a row (no daemon, cannot connect) end the campaign.
@@ -60,188 +62,12 @@ pub struct CampaignConfig {
     pub memory_limit_mb: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FindingRecord {
-    pub signature: Signature,
-    pub text: String,
-    pub count: u64,
-    /// The reproducer, relative to --out.
-    pub file: String,
-    pub minimised: bool,
-    /// Did not reproduce on a fresh worker when checked (kept, not minimised).
-    #[serde(default)]
-    pub flaky: bool,
-    pub len: usize,
-    pub first_exec: u64,
-    pub first_at: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ExpectedRecord {
-    pub text: String,
-    pub count: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub started: String,
-    pub execs: u64,
-    pub elapsed_ms: u64,
-    pub finished: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct State {
-    kind: String,
-    format: u32,
-    pyspark: String,
-    python: String,
-    dialect: Dialect,
-    mode: ExecMode,
-    execs: u64,
-    elapsed_ms: u64,
-    minimise_runs: u64,
-    harness_errors: u64,
-    daemon_restarts: u64,
-    runs: Vec<RunRecord>,
-    findings: BTreeMap<String, FindingRecord>,
-    expected: BTreeMap<String, ExpectedRecord>,
-    /// Processes found alive in the daemon's group with no case to blame (killed).
-    #[serde(default)]
-    unattributed_leaks: Vec<(i32, String)>,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Figures {
-    pub execs: u64,
-    pub elapsed_ms: u64,
-    pub execs_per_sec: f64,
-    pub minimise_runs: u64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct FindingSummary {
-    pub id: String,
-    pub signature: String,
-    pub count: u64,
-    pub file: String,
-    pub minimised: bool,
-    pub flaky: bool,
-    pub len: usize,
-    pub new: bool,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct CampaignSummary {
-    pub fakejvm: &'static str,
-    pub out: String,
-    pub pyspark: String,
-    pub python: String,
-    pub dialect: Dialect,
-    pub mode: ExecMode,
-    pub jobs: usize,
-    /// This run, then all runs of this --out together.
-    pub run: Figures,
-    pub total: Figures,
-    pub resumed: bool,
-    pub seeds: SeedReport,
-    pub corpus: usize,
-    pub daemon_restarts: u64,
-    pub harness_errors: u64,
-    pub findings: Vec<FindingSummary>,
-    pub new_findings: usize,
-    /// The most frequent clean outcomes (expected exceptions and passes).
-    pub expected: Vec<ExpectedRecord>,
-    /// Processes of ours alive after the campaign's shutdown (then killed): must be empty.
-    pub leftover_processes: Vec<(i32, String)>,
-    /// Processes of the daemon's group that outlived their case with no case known (killed).
-    pub unattributed_leaks: Vec<(i32, String)>,
-    /// The daemons this run started (pid = process group id), for checking that nothing of
-    /// theirs is left.
-    pub daemon_pgids: Vec<i32>,
-    /// Why the campaign stopped early, if it did.
-    pub aborted: Option<String>,
-}
-
-impl CampaignSummary {
-    /// A few lines for the terminal.
-    pub fn text(&self) -> String {
-        let mut s = format!(
-            "fuzz: pyspark {} | dialect {:?} | {} x{} | {} execs in {:.1} s = {:.0} execs/s | corpus {} | {} finding(s), {} new{}\n",
-            self.pyspark,
-            self.dialect,
-            self.mode.name(),
-            self.jobs,
-            self.run.execs,
-            self.run.elapsed_ms as f64 / 1000.0,
-            self.run.execs_per_sec,
-            self.corpus,
-            self.findings.len(),
-            self.new_findings,
-            if self.resumed { format!(" (resumed: {} execs in total)", self.total.execs) } else { String::new() },
-        );
-        s.push_str(&format!(
-            "  seeds: {} built-in, {} scenario task(s), {} golden request(s)\n",
-            self.seeds.builtin, self.seeds.scenario_tasks, self.seeds.golden_requests
-        ));
-        // Goldens of other request families are left out by design: one line for all of them.
-        if !self.seeds.other_dialect.is_empty() {
-            s.push_str(&format!(
-                "    left out: {} golden(s) recorded in other dialects\n",
-                self.seeds.other_dialect.len()
-            ));
-        }
-        let rest = &self.seeds.skipped;
-        for why in rest.iter().take(8) {
-            s.push_str(&format!("    left out: {why}\n"));
-        }
-        if rest.len() > 8 {
-            s.push_str(&format!(
-                "    left out: {} more (see summary.json)\n",
-                rest.len() - 8
-            ));
-        }
-        for f in &self.findings {
-            let state = if f.flaky {
-                "flaky"
-            } else if f.minimised {
-                "minimised"
-            } else {
-                "raw"
-            };
-            s.push_str(&format!(
-                "  {:>6}x  {}  [{} {} B]  {}\n",
-                f.count, f.file, state, f.len, f.signature
-            ));
-        }
-        if !self.leftover_processes.is_empty() {
-            s.push_str(&format!(
-                "  LEAKED after shutdown: {:?}\n",
-                self.leftover_processes
-            ));
-        }
-        if !self.unattributed_leaks.is_empty() {
-            s.push_str(&format!(
-                "  outlived their case (no case known, killed): {:?}\n",
-                self.unattributed_leaks
-            ));
-        }
-        if let Some(a) = &self.aborted {
-            s.push_str(&format!("  aborted: {a}\n"));
-        }
-        s.push_str(&format!(
-            "  summary: {}",
-            Path::new(&self.out).join(SUMMARY_FILE).display()
-        ));
-        s
-    }
-}
-
 struct Campaign {
     cfg: CampaignConfig,
     env: PythonEnv,
     dialect: Dialect,
     seeds: Vec<Seed>,
+    seed_report: SeedReport,
     judge: Judge,
     exec: Executor,
     state: Mutex<State>,
@@ -254,6 +80,8 @@ struct Campaign {
     harness_streak: AtomicU64,
     stop: AtomicBool,
     aborted: Mutex<Option<String>>,
+    /// The first file fakejvm could not write: the campaign ends with it as its error.
+    failed: Mutex<Option<HarnessError>>,
     started: Instant,
     base_execs: u64,
     base_elapsed_ms: u64,
@@ -264,81 +92,171 @@ struct Campaign {
 /// Run a campaign to its end (duration or max execs) and return its summary (also written to
 /// `--out/summary.json`).
 pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<CampaignSummary> {
-    let dialect = Dialect::for_version(env.pyspark.major, env.pyspark.minor).ok_or_else(|| {
-        BadInput(format!(
-            "pyspark {} is older than any dialect fakejvm speaks",
-            env.pyspark
-        ))
-    })?;
-    std::fs::create_dir_all(cfg.out.join("corpus"))
-        .map_err(|e| BadInput::new(&cfg.out, format!("cannot create the output directory: {e}")))?;
-    let (seeds, mut seed_report) = seeds::load(&env, dialect, &cfg.seed_dirs, cfg.builtin_seeds)?;
-    let state = load_or_new_state(&cfg, &env, dialect)?;
-    let exec = Executor::start(
-        env.clone(),
-        dialect,
-        cfg.mode,
-        ExecOptions {
+    let campaign = Arc::new(Campaign::prepare(env, cfg).await?);
+    campaign.begin_run();
+    drive(&campaign).await;
+    let campaign = match Arc::try_unwrap(campaign) {
+        Ok(c) => c,
+        Err(_) => anyhow::bail!(
+            "fuzz campaign: a background task still holds the campaign after the lanes ended"
+        ),
+    };
+    campaign.finish().await
+}
+
+impl Campaign {
+    /// Seeds loaded and calibrated on a started executor, the state and corpus of an earlier
+    /// run of `--out` read back.
+    async fn prepare(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign> {
+        let dialect =
+            Dialect::for_version(env.pyspark.major, env.pyspark.minor).ok_or_else(|| {
+                BadInput::msg(format!(
+                    "pyspark {} is older than any dialect fakejvm speaks",
+                    env.pyspark
+                ))
+            })?;
+        let corpus_dir = cfg.out.join(state::CORPUS_DIR);
+        std::fs::create_dir_all(&corpus_dir).map_err(|e| {
+            BadInput::new(&cfg.out, format!("cannot create the output directory: {e}"))
+        })?;
+        let (seeds, mut seed_report) =
+            seeds::load(&env, dialect, &cfg.seed_dirs, cfg.builtin_seeds)?;
+        let state = State::load_or_new(&cfg.out, &env, dialect, cfg.mode)?;
+        let options = ExecOptions {
             deadline: cfg.deadline,
             memory_limit_mb: cfg.memory_limit_mb,
             ..ExecOptions::default()
-        },
-    )
-    .await?;
-    let (seeds, dropped) = seeds::calibrate(seeds, &exec, cfg.jobs).await;
-    seed_report.skipped.extend(dropped);
-    if seeds.is_empty() {
-        return Err(BadInput(format!(
-            "no seed runs cleanly against pyspark {}: {}",
-            env.pyspark,
-            seed_report
+        };
+        let exec = Executor::start(env.clone(), dialect, cfg.mode, options).await?;
+        let (seeds, dropped) = seeds::calibrate(seeds, &exec, cfg.jobs).await;
+        seed_report.skipped.extend(dropped);
+        if seeds.is_empty() {
+            let why = seed_report
                 .skipped
                 .iter()
                 .chain(&seed_report.other_dialect)
                 .cloned()
                 .collect::<Vec<_>>()
-                .join("; ")
-        ))
-        .into());
+                .join("; ");
+            let _ = exec.shutdown().await;
+            return Err(BadInput::msg(format!(
+                "no seed runs cleanly against pyspark {}: {why}",
+                env.pyspark
+            ))
+            .into());
+        }
+        let corpus = state::load_corpus(&cfg.out, &seeds);
+        let pending = state.unminimised(&cfg.out);
+        Ok(Campaign {
+            judge: Judge {
+                expected: cfg.expected.clone(),
+                depth: cfg.sig_frames,
+            },
+            base_execs: state.execs,
+            base_elapsed_ms: state.elapsed_ms,
+            corpus_keys: Mutex::new(corpus.iter().map(|(k, _)| k.clone()).collect()),
+            corpus: Mutex::new(corpus.into_iter().map(|(_, c)| c).collect()),
+            state: Mutex::new(state),
+            new_ids: Mutex::new(HashSet::new()),
+            execs: AtomicU64::new(0),
+            minimise_runs: AtomicU64::new(0),
+            harness_streak: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            aborted: Mutex::new(None),
+            failed: Mutex::new(None),
+            started: Instant::now(),
+            pending: Mutex::new(pending),
+            cfg,
+            env,
+            dialect,
+            seeds,
+            seed_report,
+            exec,
+        })
     }
-    let corpus = load_corpus(&cfg.out, &seeds);
-    let pending = unminimised(&cfg.out, &state);
 
-    let campaign = Arc::new(Campaign {
-        judge: Judge {
-            expected: cfg.expected.clone(),
-            depth: cfg.sig_frames,
-        },
-        base_execs: state.execs,
-        base_elapsed_ms: state.elapsed_ms,
-        corpus_keys: Mutex::new(corpus.iter().map(|(k, _)| k.clone()).collect()),
-        corpus: Mutex::new(corpus.into_iter().map(|(_, c)| c).collect()),
-        state: Mutex::new(state),
-        new_ids: Mutex::new(HashSet::new()),
-        execs: AtomicU64::new(0),
-        minimise_runs: AtomicU64::new(0),
-        harness_streak: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-        aborted: Mutex::new(None),
-        started: Instant::now(),
-        pending: Mutex::new(pending),
-        cfg,
-        env,
-        dialect,
-        seeds,
-        exec,
-    });
-    {
-        let mut st = campaign.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.runs.push(RunRecord {
-            started: utc_now(),
-            execs: 0,
-            elapsed_ms: 0,
-            finished: false,
-        });
+    /// This run's record, saved before the first case.
+    fn begin_run(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .runs
+            .push(RunRecord {
+                started: utc_now(),
+                execs: 0,
+                elapsed_ms: 0,
+                finished: false,
+            });
+        self.save_state();
     }
-    campaign.save_state();
 
+    /// After the lanes: the executor shut down, the final state, counts and summary written.
+    async fn finish(self) -> anyhow::Result<CampaignSummary> {
+        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        let restarts = self.exec.daemon_restarts();
+        let daemon_pgids = self.exec.daemon_pids();
+        let leftovers = self
+            .exec
+            .shutdown()
+            .await
+            .map(|s| s.leftovers)
+            .unwrap_or_default();
+        if let Some(e) = self.failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e.into());
+        }
+        let execs = self.execs.load(Ordering::Relaxed);
+        let min_runs = self.minimise_runs.load(Ordering::Relaxed);
+        let mut st = self.state.into_inner().unwrap_or_else(|p| p.into_inner());
+        st.execs += execs;
+        st.elapsed_ms += elapsed_ms;
+        st.minimise_runs += min_runs;
+        st.daemon_restarts += restarts;
+        if let Some(r) = st.runs.last_mut() {
+            r.execs = execs;
+            r.elapsed_ms = elapsed_ms;
+            r.finished = true;
+        }
+        let out = &self.cfg.out;
+        st.write(out)?;
+        st.update_counts(out)?;
+
+        let new_ids = self.new_ids.into_inner().unwrap_or_else(|p| p.into_inner());
+        let findings = summary::findings(&st, &new_ids);
+        let summary = CampaignSummary {
+            fakejvm: env!("CARGO_PKG_VERSION"),
+            out: out.display().to_string(),
+            pyspark: self.env.pyspark.to_string(),
+            python: self.env.python_version.clone(),
+            dialect: self.dialect,
+            mode: self.cfg.mode,
+            jobs: self.cfg.jobs,
+            run: Figures::of(execs, elapsed_ms, min_runs),
+            total: Figures::of(st.execs, st.elapsed_ms, st.minimise_runs),
+            resumed: st.runs.len() > 1,
+            seeds: self.seed_report,
+            corpus: self
+                .corpus
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+            daemon_restarts: st.daemon_restarts,
+            harness_errors: st.harness_errors,
+            new_findings: findings.iter().filter(|f| f.new).count(),
+            findings,
+            expected: summary::top_expected(&st),
+            leftover_processes: leftovers,
+            unattributed_leaks: st.unattributed_leaks.clone(),
+            daemon_pgids,
+            aborted: self.aborted.into_inner().unwrap_or_else(|p| p.into_inner()),
+        };
+        summary.write(out)?;
+        Ok(summary)
+    }
+}
+
+/// The lanes and their helpers (progress line, periodic save, leak watch) until the campaign
+/// stops, then a last leak check once the last cases' workers had their grace period.
+async fn drive(campaign: &Arc<Campaign>) {
     // session::run_task's future is not Send (a watch guard lives across an await in its
     // writer), so the lanes run as local tasks on this thread; the Python side is the work.
     let local = tokio::task::LocalSet::new();
@@ -350,10 +268,9 @@ pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign
                 .then(|| spawn_progress(campaign.clone()));
             let saver = tokio::task::spawn_local(periodic_save(campaign.clone()));
             let leaks = tokio::task::spawn_local(watch_leaks(campaign.clone()));
-            let mut lanes = vec![];
-            for id in 0..campaign.cfg.jobs.max(1) {
-                lanes.push(tokio::task::spawn_local(lane(campaign.clone(), id)));
-            }
+            let lanes: Vec<_> = (0..campaign.cfg.jobs.max(1))
+                .map(|id| tokio::task::spawn_local(lane(campaign.clone(), id)))
+                .collect();
             for l in lanes {
                 if let Err(e) = l.await {
                     campaign.abort(format!("a fuzz lane panicked: {e}"));
@@ -361,13 +278,7 @@ pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign
             }
             campaign.stop.store(true, Ordering::Relaxed);
             let _ = leaks.await;
-            // Workers of the last cases get the grace period before the final leak check.
-            let until = Instant::now() + campaign.cfg.leak_grace + Duration::from_millis(500);
-            while campaign.exec.watched() > 0 && Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                campaign.report_leaks().await;
-            }
-            campaign.report_leaks().await;
+            campaign.last_leak_check().await;
             saver.abort();
             let _ = saver.await;
             if let Some((bar, task)) = progress {
@@ -377,111 +288,6 @@ pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign
             }
         })
         .await;
-
-    let elapsed_ms = campaign.started.elapsed().as_millis() as u64;
-    let campaign = match Arc::try_unwrap(campaign) {
-        Ok(c) => c,
-        Err(_) => anyhow::bail!(
-            "fuzz campaign: a background task still holds the campaign after the lanes ended"
-        ),
-    };
-    let restarts = campaign.exec.daemon_restarts();
-    let daemon_pgids = campaign.exec.daemon_pids();
-    let shutdown = campaign.exec.shutdown().await;
-    let leftovers = shutdown.map(|s| s.leftovers).unwrap_or_default();
-
-    let execs = campaign.execs.load(Ordering::Relaxed);
-    let min_runs = campaign.minimise_runs.load(Ordering::Relaxed);
-    let mut st = campaign
-        .state
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner());
-    st.execs += execs;
-    st.elapsed_ms += elapsed_ms;
-    st.minimise_runs += min_runs;
-    st.daemon_restarts += restarts;
-    if let Some(r) = st.runs.last_mut() {
-        r.execs = execs;
-        r.elapsed_ms = elapsed_ms;
-        r.finished = true;
-    }
-    let out = &campaign.cfg.out;
-    write_state(out, &st);
-    update_counts(out, &st);
-
-    let new_ids = campaign
-        .new_ids
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner());
-    let mut findings: Vec<FindingSummary> = st
-        .findings
-        .iter()
-        .map(|(id, f)| FindingSummary {
-            id: id.clone(),
-            signature: f.text.clone(),
-            count: f.count,
-            file: f.file.clone(),
-            minimised: f.minimised,
-            flaky: f.flaky,
-            len: f.len,
-            new: new_ids.contains(id),
-        })
-        .collect();
-    findings.sort_by(|a, b| b.count.cmp(&a.count).then(a.file.cmp(&b.file)));
-    let mut expected: Vec<ExpectedRecord> = st.expected.values().cloned().collect();
-    expected.sort_by_key(|e| std::cmp::Reverse(e.count));
-    expected.truncate(30);
-    let per_sec = |n: u64, ms: u64| {
-        if ms == 0 {
-            0.0
-        } else {
-            n as f64 * 1000.0 / ms as f64
-        }
-    };
-    let summary = CampaignSummary {
-        fakejvm: env!("CARGO_PKG_VERSION"),
-        out: out.display().to_string(),
-        pyspark: campaign.env.pyspark.to_string(),
-        python: campaign.env.python_version.clone(),
-        dialect: campaign.dialect,
-        mode: campaign.cfg.mode,
-        jobs: campaign.cfg.jobs,
-        run: Figures {
-            execs,
-            elapsed_ms,
-            execs_per_sec: per_sec(execs, elapsed_ms),
-            minimise_runs: min_runs,
-        },
-        total: Figures {
-            execs: st.execs,
-            elapsed_ms: st.elapsed_ms,
-            execs_per_sec: per_sec(st.execs, st.elapsed_ms),
-            minimise_runs: st.minimise_runs,
-        },
-        resumed: st.runs.len() > 1,
-        seeds: seed_report,
-        corpus: campaign
-            .corpus
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner())
-            .len(),
-        daemon_restarts: st.daemon_restarts,
-        harness_errors: st.harness_errors,
-        new_findings: findings.iter().filter(|f| f.new).count(),
-        findings,
-        expected,
-        leftover_processes: leftovers,
-        unattributed_leaks: st.unattributed_leaks.clone(),
-        daemon_pgids,
-        aborted: campaign
-            .aborted
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner()),
-    };
-    let mut bytes = serde_json::to_vec_pretty(&summary)?;
-    bytes.push(b'\n');
-    crate::report::write_atomic(&out.join(SUMMARY_FILE), &bytes)?;
-    Ok(summary)
 }
 
 async fn lane(c: Arc<Campaign>, id: usize) {
@@ -512,7 +318,7 @@ async fn lane(c: Arc<Campaign>, id: usize) {
         let bytes = Arc::new(case.to_bytes());
         let obs = c.exec.exec(&mut lane, bytes).await;
         let n = c.execs.fetch_add(1, Ordering::Relaxed) + 1;
-        match c.judge.judge(&obs, &case, c.seeds.get(case.seed)) {
+        match c.judge.judge(&obs, &case, case.seed_in(&c.seeds)) {
             Verdict::Finding(sig, outcome) => {
                 c.harness_streak.store(0, Ordering::Relaxed);
                 c.on_finding(case, sig, outcome, obs, n).await;
@@ -561,6 +367,28 @@ impl Campaign {
         self.stop.store(true, Ordering::Relaxed);
     }
 
+    /// fakejvm's own failure (a file it cannot write): the campaign stops and `run` returns it,
+    /// rather than go on claiming findings whose files do not exist.
+    fn fail(&self, e: HarnessError) {
+        tracing::error!("fuzz campaign stopped: {e}");
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// `result`'s error, if any, stops the campaign; true when it was Ok.
+    fn check(&self, result: Result<(), HarnessError>) -> bool {
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail(e);
+                false
+            }
+        }
+    }
+
     /// A seed half the time, else a corpus case.
     fn pick(&self, rng: &mut impl Rng) -> Case {
         let corpus = self.corpus.lock().unwrap_or_else(|p| p.into_inner());
@@ -582,21 +410,13 @@ impl Campaign {
                 return;
             }
         }
-        let seed = self
-            .seeds
-            .get(case.seed)
-            .map(|s| s.name.clone())
-            .unwrap_or_default();
-        let entry = CorpusEntry {
-            seed,
-            signature: sig.text(),
-            frames: case.frames.clone(),
-        };
-        if let Ok(bytes) = serde_json::to_vec(&entry) {
-            let _ = crate::report::write_atomic(
-                &self.cfg.out.join("corpus").join(format!("{id}.json")),
-                &bytes,
-            );
+        if !self.check(state::save_corpus_entry(
+            &self.cfg.out,
+            case,
+            &self.seeds,
+            sig,
+        )) {
+            return;
         }
         self.corpus
             .lock()
@@ -629,7 +449,7 @@ impl Campaign {
         exec_no: u64,
     ) {
         let id = sig.id();
-        let file_name = format!("{}-{id}.json", sig.slug());
+        let file_name = reproducer::file_name(&sig);
         let first = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             match st.findings.get_mut(&id) {
@@ -666,10 +486,9 @@ impl Campaign {
         let path = self.cfg.out.join(&file_name);
         // Saved before anything else: a campaign killed from here on still has it.
         let raw = self.reproducer(&case, &sig, &outcome, &obs, None, case.len(), exec_no);
-        if let Err(e) = raw.save(&path) {
-            tracing::error!("cannot write the reproducer {}: {e}", path.display());
+        if !self.check(state::save_reproducer(&raw, &path)) || !self.save_state() {
+            return;
         }
-        self.save_state();
         self.add_to_corpus(&case, &sig);
         if sig.kind == OutcomeKind::LeakedProcess {
             return; // each test would wait the leak grace period: kept as found
@@ -680,7 +499,7 @@ impl Campaign {
     /// Confirm on a fresh worker, minimise, and rewrite the reproducer.
     async fn minimise_and_save(&self, case: Case, sig: Signature, raw: Reproducer, path: &Path) {
         let id = sig.id();
-        let seed = self.seeds.get(case.seed);
+        let seed = case.seed_in(&self.seeds);
         let mut check = TimedCheck {
             live: LiveCheck {
                 exec: &self.exec,
@@ -742,8 +561,8 @@ impl Campaign {
             tracing::warn!("finding {id}: the minimised case ended in {} on its final run; keeping the original", final_sig.text());
             raw.clone()
         };
-        if let Err(e) = repro.save(path) {
-            tracing::error!("cannot rewrite the reproducer {}: {e}", path.display());
+        if !self.check(state::save_reproducer(&repro, path)) {
+            return;
         }
         {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -765,11 +584,7 @@ impl Campaign {
             return;
         };
         let Ok(mut case) = raw.case() else { return };
-        case.seed = self
-            .seeds
-            .iter()
-            .position(|s| s.name == raw.found.seed)
-            .unwrap_or(usize::MAX);
+        case.seed = self.seeds.iter().position(|s| s.name == raw.found.seed);
         if raw.signature.id() != sig_id {
             return;
         }
@@ -788,14 +603,11 @@ impl Campaign {
         original_len: usize,
         exec_no: u64,
     ) -> Reproducer {
-        let file = self
-            .cfg
-            .out
-            .join(format!("{}-{}.json", sig.slug(), sig.id()));
-        let seed = self.seeds.get(case.seed);
+        let file = self.cfg.out.join(reproducer::file_name(sig));
+        let seed = case.seed_in(&self.seeds);
         Reproducer {
-            kind: repro::KIND.into(),
-            format: repro::FORMAT,
+            kind: reproducer::KIND.into(),
+            format: reproducer::FORMAT,
             title: format!("{} (pyspark {})", sig.text(), self.env.pyspark),
             pyspark: self.env.pyspark.to_string(),
             python: self.env.python_version.clone(),
@@ -828,6 +640,16 @@ impl Campaign {
         }
     }
 
+    /// Workers of the last cases get the grace period before the final leak check.
+    async fn last_leak_check(&self) {
+        let until = Instant::now() + self.cfg.leak_grace + Duration::from_millis(500);
+        while self.exec.watched() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.report_leaks().await;
+        }
+        self.report_leaks().await;
+    }
+
     async fn report_leaks(&self) {
         for leak in self.exec.leaked(self.cfg.leak_grace).await {
             let outcome = Outcome::LeakedProcess {
@@ -850,7 +672,7 @@ impl Campaign {
             let sig = Signature::of(&outcome, None, self.cfg.sig_frames);
             let (reqs, _) = decode_requests(self.dialect, &bytes);
             let spans = reqs.first().map(|r| r.spans.clone()).unwrap_or_default();
-            let case = Case::from_spans(usize::MAX, &bytes, &spans);
+            let case = Case::from_spans(None, &bytes, &spans);
             let obs = Observation {
                 outcome: outcome.clone(),
                 traceback: None,
@@ -867,7 +689,9 @@ impl Campaign {
         }
     }
 
-    fn save_state(&self) {
+    /// Rewrite state.json with the figures so far; false (and the campaign stopped) when it
+    /// cannot be written.
+    fn save_state(&self) -> bool {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
         // The figures so far, so a killed campaign resumes from about here.
         let execs = self.execs.load(Ordering::Relaxed);
@@ -880,7 +704,7 @@ impl Campaign {
             r.execs = execs;
             r.elapsed_ms = elapsed;
         }
-        write_state(&self.cfg.out, &st);
+        self.check(st.write(&self.cfg.out))
     }
 }
 
@@ -920,183 +744,12 @@ fn trim_traceback(tb: &str) -> String {
     )
 }
 
-#[derive(Serialize, Deserialize)]
-struct CorpusEntry {
-    seed: String,
-    signature: String,
-    frames: Vec<super::case::Frame>,
-}
-
-fn write_state(out: &Path, st: &State) {
-    match serde_json::to_vec_pretty(st) {
-        Ok(mut bytes) => {
-            bytes.push(b'\n');
-            if let Err(e) = crate::report::write_atomic(&out.join(STATE_FILE), &bytes) {
-                tracing::error!("cannot write {}: {e}", out.join(STATE_FILE).display());
-            }
-        }
-        Err(e) => tracing::error!("cannot serialise the campaign state: {e}"),
-    }
-}
-
-fn load_or_new_state(
-    cfg: &CampaignConfig,
-    env: &PythonEnv,
-    dialect: Dialect,
-) -> Result<State, BadInput> {
-    let path = cfg.out.join(STATE_FILE);
-    let fresh = State {
-        kind: STATE_KIND.into(),
-        format: STATE_FORMAT,
-        pyspark: env.pyspark.to_string(),
-        python: env.python_version.clone(),
-        dialect,
-        mode: cfg.mode,
-        execs: 0,
-        elapsed_ms: 0,
-        minimise_runs: 0,
-        harness_errors: 0,
-        daemon_restarts: 0,
-        runs: vec![],
-        findings: BTreeMap::new(),
-        expected: BTreeMap::new(),
-        unattributed_leaks: vec![],
-    };
-    let mut st = if path.exists() {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| BadInput::new(&path, format!("cannot read: {e}")))?;
-        let st: State = serde_json::from_str(&text).map_err(|e| {
-            BadInput::new(
-                &path,
-                format!("not a fuzz campaign state ({e}); use another --out or remove it"),
-            )
-        })?;
-        if st.kind != STATE_KIND || st.format != STATE_FORMAT {
-            return Err(BadInput::new(
-                &path,
-                format!(
-                    "a {} format {} file, not a {STATE_KIND} format {STATE_FORMAT}",
-                    st.kind, st.format
-                ),
-            ));
-        }
-        if st.pyspark != fresh.pyspark || st.mode != fresh.mode || st.python != fresh.python {
-            return Err(BadInput::new(
-                &path,
-                format!(
-                    "holds a campaign for pyspark {} / Python {} / {} mode, not pyspark {} / Python {} / {} mode: use another --out to start a new one",
-                    st.pyspark,
-                    st.python,
-                    st.mode.name(),
-                    fresh.pyspark,
-                    fresh.python,
-                    fresh.mode.name()
-                ),
-            ));
-        }
-        st
-    } else {
-        fresh
-    };
-    // A reproducer written just before a kill, when state.json was not rewritten yet.
-    for (id, file, r) in reproducers_in(&cfg.out) {
-        st.findings.entry(id).or_insert_with(|| FindingRecord {
-            text: r.signature.text(),
-            signature: r.signature.clone(),
-            count: r.found.count.max(1),
-            file,
-            minimised: r.minimised,
-            flaky: false,
-            len: r.request.len,
-            first_exec: r.found.exec,
-            first_at: r.found.at.clone(),
-        });
-    }
-    Ok(st)
-}
-
-/// Reproducer files directly in `out`: (signature id, file name, reproducer).
-fn reproducers_in(out: &Path) -> Vec<(String, String, Reproducer)> {
-    let Ok(dir) = std::fs::read_dir(out) else {
-        return vec![];
-    };
-    let mut found = vec![];
-    for e in dir.flatten() {
-        let p = e.path();
-        let name = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("")
-            .to_string();
-        if !name.ends_with(".json") || name == STATE_FILE || name == SUMMARY_FILE {
-            continue;
-        }
-        if let Ok(r) = Reproducer::load(&p) {
-            found.push((r.signature_id.clone(), name, r));
-        }
-    }
-    found.sort_by(|a, b| a.1.cmp(&b.1));
-    found
-}
-
-fn unminimised(out: &Path, st: &State) -> Vec<(String, PathBuf)> {
-    st.findings
-        .iter()
-        .filter(|(_, f)| !f.minimised && !f.flaky && f.signature.kind != OutcomeKind::LeakedProcess)
-        .map(|(id, f)| (id.clone(), out.join(&f.file)))
-        .filter(|(_, p)| p.is_file())
-        .collect()
-}
-
-fn load_corpus(out: &Path, seeds: &[Seed]) -> Vec<(String, Case)> {
-    let Ok(dir) = std::fs::read_dir(out.join("corpus")) else {
-        return vec![];
-    };
-    let mut entries: Vec<(String, Case)> = vec![];
-    for e in dir.flatten() {
-        let p = e.path();
-        let Some(id) = p.file_stem().and_then(|s| s.to_str()).map(str::to_string) else {
-            continue;
-        };
-        let Ok(text) = std::fs::read_to_string(&p) else {
-            continue;
-        };
-        let Ok(entry) = serde_json::from_str::<CorpusEntry>(&text) else {
-            continue;
-        };
-        let seed = seeds
-            .iter()
-            .position(|s| s.name == entry.seed)
-            .unwrap_or(usize::MAX);
-        entries.push((
-            id,
-            Case {
-                seed,
-                frames: entry.frames,
-            },
-        ));
-    }
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    entries
-}
-
-/// Rewrite each reproducer's `found.count` with the campaign's count.
-fn update_counts(out: &Path, st: &State) {
-    for f in st.findings.values() {
-        let p = out.join(&f.file);
-        if let Ok(mut r) = Reproducer::load(&p) {
-            if r.found.count != f.count {
-                r.found.count = f.count;
-                let _ = r.save(&p);
-            }
-        }
-    }
-}
-
 async fn periodic_save(c: Arc<Campaign>) {
     loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        c.save_state();
+        if !c.save_state() {
+            return;
+        }
     }
 }
 

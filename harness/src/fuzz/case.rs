@@ -21,8 +21,9 @@ pub struct Frame {
 /// A request as frames. Concatenated in order they are exactly the bytes sent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Case {
-    /// Index of the seed this case descends from (into the campaign's seed list).
-    pub seed: usize,
+    /// Index of the seed this case descends from (into the campaign's seed list); None for
+    /// bytes with no known seed (a leaked worker's case, a reproducer read back).
+    pub seed: Option<usize>,
     pub frames: Vec<Frame>,
 }
 
@@ -40,11 +41,11 @@ pub enum FrameShape {
 impl Case {
     /// Frames from an encoder's spans. Bytes outside every span (none, for our encoder) stay
     /// with the frame before them so nothing is lost.
-    pub fn from_encoded(seed: usize, enc: &EncodedRequest) -> Case {
+    pub fn from_encoded(seed: Option<usize>, enc: &EncodedRequest) -> Case {
         Case::from_spans(seed, &enc.bytes, &enc.spans)
     }
 
-    pub fn from_spans(seed: usize, bytes: &[u8], spans: &[Span]) -> Case {
+    pub fn from_spans(seed: Option<usize>, bytes: &[u8], spans: &[Span]) -> Case {
         let mut spans: Vec<Span> = spans
             .iter()
             .copied()
@@ -85,6 +86,11 @@ impl Case {
             }
         }
         Case { seed, frames }
+    }
+
+    /// The seed this case descends from, if it is one of `seeds`.
+    pub fn seed_in<'a>(&self, seeds: &'a [super::seeds::Seed]) -> Option<&'a super::seeds::Seed> {
+        self.seed.and_then(|i| seeds.get(i))
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -229,7 +235,7 @@ mod tests {
     fn frames_concatenate_to_the_encoded_bytes() {
         for d in Dialect::ALL {
             let enc = d.encode_request(&request());
-            let case = Case::from_encoded(0, &enc);
+            let case = Case::from_encoded(Some(0), &enc);
             assert_eq!(case.to_bytes(), enc.bytes);
             assert_eq!(case.spans(), enc.spans);
             let data: Vec<FrameShape> = case
@@ -251,7 +257,7 @@ mod tests {
     #[test]
     fn init_length_follows_a_resized_header_in_d() {
         let enc = Dialect::D.encode_request(&request());
-        let mut case = Case::from_encoded(0, &enc);
+        let mut case = Case::from_encoded(Some(0), &enc);
         let h = case.position(SpanKind::Header).unwrap();
         case.frames[h].bytes.extend_from_slice(&[1, 2, 3]);
         case.fix_init_length(Dialect::D);
@@ -278,7 +284,7 @@ mod tests {
                 end: 6,
             },
         ];
-        let case = Case::from_spans(0, &bytes, &spans);
+        let case = Case::from_spans(Some(0), &bytes, &spans);
         assert_eq!(case.to_bytes(), bytes);
     }
 }

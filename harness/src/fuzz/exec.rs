@@ -89,10 +89,23 @@ pub struct Observation {
     pub worker_at_deadline: Option<String>,
 }
 
+/// How long a worker may live after its case before it counts as leaked (campaign and repro).
+pub const LEAK_GRACE: Duration = Duration::from_secs(5);
+
 /// Per-lane state: the reused connection, if any.
 #[derive(Default)]
 pub struct Lane {
-    conn: Option<(Connection, u64, u64)>,
+    kept: Option<KeptWorker>,
+}
+
+/// A reused worker's connection, kept between cases of one lane.
+struct KeptWorker {
+    conn: Connection,
+    /// Reply offset where the next case's reply starts (session::run_task's `base`).
+    reply_base: u64,
+    /// The executor's daemon generation it was forked under: a worker of a restarted daemon's
+    /// predecessor is not reused.
+    daemon_generation: u64,
 }
 
 /// A worker whose case ended: it should be gone within the leak grace period.
@@ -238,13 +251,13 @@ impl Executor {
         let started = Instant::now();
         let close = Executor::close_after_write(self.mode, self.dialect, &bytes);
         let generation = self.generation.load(Ordering::Relaxed);
-        let reused = match lane.conn.take() {
-            Some((c, base, g)) if g == generation => Some((c, base)),
-            Some((c, _, _)) => {
+        let reused = match lane.kept.take() {
+            Some(k) if k.daemon_generation == generation => Some((k.conn, k.reply_base)),
+            Some(k) => {
                 self.in_flight
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .remove(&c.pid);
+                    .remove(&k.conn.pid);
                 None
             }
             None => None,
@@ -362,7 +375,13 @@ impl Executor {
         }
         match keep {
             // A kept worker stays "held": alive by design, never a leak.
-            Some(end) => lane.conn = Some((conn, end, generation)),
+            Some(end) => {
+                lane.kept = Some(KeptWorker {
+                    conn,
+                    reply_base: end,
+                    daemon_generation: generation,
+                })
+            }
             None => {
                 self.in_flight
                     .lock()

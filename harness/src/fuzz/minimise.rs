@@ -214,7 +214,7 @@ mod tests {
             touched,
         };
         Case {
-            seed: 0,
+            seed: Some(0),
             frames: vec![
                 f(SpanKind::Header, b"header bytes", false),
                 f(SpanKind::Command, b"command", false),

@@ -3,7 +3,8 @@
 //! Requests are mutated as typed frames ([`case`], [`mutate`]) starting from [`seeds`], run on
 //! real workers forked by one long-lived daemon, or on reused workers ([`exec`]), judged by the
 //! oracles ([`oracle`]), deduplicated by [`signature`], shrunk ([`minimise`]) and saved as
-//! reproducer files (crate::repro) by the [`campaign`]. [`bench`] measures execs per second of
+//! [`reproducer`] files by the [`campaign`] (its [`state`] resumes, its [`summary`] reports);
+//! `fakejvm repro` (crate::repro) replays them. [`bench`] measures execs per second of
 //! the ways to run a case. The in-process targets over fakejvm's own decoders are a separate
 //! cargo-fuzz crate (`fuzz/` at the repo root).
 
@@ -15,15 +16,19 @@ pub mod exec;
 pub mod minimise;
 pub mod mutate;
 pub mod oracle;
+pub mod reproducer;
 pub mod seeds;
 pub mod signature;
+pub mod state;
+pub mod summary;
 
 pub use bench::{fuzz_bench, BenchConfig, BenchReport};
-pub use campaign::{CampaignConfig, CampaignSummary};
+pub use campaign::CampaignConfig;
 pub use exec::ExecMode;
+pub use summary::CampaignSummary;
 
+use crate::error::{BadInput, HarnessError};
 use crate::pyenv;
-use crate::repro::BadInput;
 use oracle::ExpectedRule;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -201,7 +206,7 @@ impl FuzzArgs {
             sig_frames: self.sig_frames,
             minimise_runs: self.minimise_runs,
             minimise_time: self.minimise_time,
-            leak_grace: crate::repro::replay::LEAK_GRACE,
+            leak_grace: exec::LEAK_GRACE,
             rng_seed: self.rng_seed(),
             progress: !self.no_progress,
             mutate_command: self.mutate_command,
@@ -211,11 +216,12 @@ impl FuzzArgs {
 }
 
 /// `fakejvm fuzz`. Exit codes: 0 the campaign ran (findings are in --out), 1 it aborted or left
-/// processes behind; a `BadInput` error (bad flag, broken seed file) means 2.
+/// processes behind; a `BadInput` error (bad flag, broken seed file) means 2, any other error
+/// (a reproducer or state file that cannot be written, an executor that fails) 3.
 pub async fn fuzz_cmd(args: FuzzArgs) -> anyhow::Result<u8> {
     let mut cfg = args.campaign_config()?;
     let env = pyenv::resolve(args.python.as_deref(), args.pyspark.as_deref())
-        .map_err(|e| BadInput(e.to_string()))?;
+        .map_err(|e| crate::error::env_failure(None, e))?;
     if args.deadline_ms.is_none() && (env.pyspark.major, env.pyspark.minor) >= (4, 2) {
         cfg.deadline = Duration::from_millis(DEFAULT_DEADLINE_MS_IMPORTING);
     }
@@ -242,7 +248,7 @@ pub async fn fuzz_cmd(args: FuzzArgs) -> anyhow::Result<u8> {
         let mut bytes = serde_json::to_vec_pretty(&report)?;
         bytes.push(b'\n');
         crate::report::write_atomic(&path, &bytes)
-            .map_err(|e| BadInput::new(&path, format!("cannot write: {e}")))?;
+            .map_err(|e| HarnessError::io("write", &path, e))?;
         println!("bench: {}", path.display());
         return Ok(if report.rows.iter().any(|r| r.leftovers > 0) {
             1

@@ -474,7 +474,7 @@ const CPU_AMOUNTS: [&str; 5] = ["1", "0.5", "abc", "", "1e400"];
 /// Change one typed field of the seed's request and put the re-encoded header (and, in D, the
 /// init prefix) in place of the case's; the data frames the case has now stay.
 fn apply_field(case: &mut Case, field: &Field, ctx: &Context) -> bool {
-    let Some(mut req) = ctx.seeds.get(case.seed).and_then(|s| s.request.clone()) else {
+    let Some(mut req) = case.seed_in(ctx.seeds).and_then(|s| s.request.clone()) else {
         return false;
     };
     let d = ctx.dialect;
@@ -609,7 +609,7 @@ mod tests {
             ],
         );
         req.context.local_properties = vec![("k".into(), "v".into())];
-        let case = Case::from_encoded(0, &d.encode_request(&req));
+        let case = Case::from_encoded(Some(0), &d.encode_request(&req));
         Seed {
             name: "t".into(),
             request: Some(req),

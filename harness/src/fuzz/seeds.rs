@@ -12,10 +12,10 @@
 //! broadcast files, spark files or includes are left out.
 
 use super::case::Case;
+use crate::error::{BadInput, HarnessError};
 use crate::pickle::{self, FrameKind};
 use crate::protocol::{decode_requests, DataItem, Dialect, TaskRequest};
 use crate::pyenv::{self, CommandSpec, PythonEnv, SerializerSpec};
-use crate::repro::BadInput;
 use crate::scenario::{self, Input, Scenario};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -148,7 +148,7 @@ pub fn load(
     dialect: Dialect,
     dirs: &[PathBuf],
     with_builtins: bool,
-) -> Result<(Vec<Seed>, SeedReport), BadInput> {
+) -> anyhow::Result<(Vec<Seed>, SeedReport)> {
     let mut report = SeedReport::default();
     // Typed seeds first: (name, request without command, command spec, round trip).
     let mut typed: Vec<(String, TaskRequest, CommandSpec, Option<RoundTrip>)> = vec![];
@@ -172,16 +172,18 @@ pub fn load(
     let scratch = tempfile::Builder::new()
         .prefix("fakejvm-fuzz-seeds-")
         .tempdir()
-        .map_err(|e| BadInput(format!("cannot make a temporary directory for seeds: {e}")))?;
+        .map_err(|e| {
+            HarnessError::new(format!("cannot make a temporary directory for seeds: {e}"))
+        })?;
     for dir in dirs {
         if !dir.exists() {
-            return Err(BadInput::new(dir, "--seeds: no such file or directory"));
+            return Err(BadInput::new(dir, "--seeds: no such file or directory").into());
         }
         let mut scenario_files = vec![];
         walk(dir, &mut scenario_files, &mut goldens)
             .map_err(|e| BadInput::new(dir, format!("cannot list: {e}")))?;
         for file in scenario_files {
-            let sc = Scenario::load(&file).map_err(|e| BadInput(e.to_string()))?;
+            let sc = Scenario::load(&file).map_err(BadInput::from)?;
             for (i, task) in sc.tasks.iter().enumerate() {
                 let name = format!("{}#{i}", file.display());
                 if !task.broadcasts.is_empty()
@@ -205,7 +207,7 @@ pub fn load(
                     &scratch.path().join(format!("s{}", typed.len())),
                     &[],
                 )
-                .map_err(|e| BadInput::new(&file, format!("task {i}: {e:#}")))?;
+                .map_err(|e| HarnessError::new(format!("{}: task {i}: {e:#}", file.display())))?;
                 let rt = match (
                     is_identity(&task.function),
                     frame_kind(&spec.deserializer),
@@ -222,14 +224,14 @@ pub fn load(
 
     let specs: Vec<CommandSpec> = typed.iter().map(|t| t.2.clone()).collect();
     let commands = pyenv::build_commands(env, &specs)
-        .map_err(|e| BadInput(one_line(&format!("building seed commands: {e}"))))?;
+        .map_err(|e| crate::error::env_failure(None, e).context("building seed commands"))?;
     let mut seeds = vec![];
     for ((name, mut req, _, round_trip), command) in typed.into_iter().zip(commands) {
         req.command = command;
         // The scratch dir goes away; the worker only puts the files dir on sys.path, so a path that
         // no longer exists behaves like an empty one. A fixed text keeps reproducers stable.
         req.spark_files_dir = "/nonexistent/fakejvm-fuzz/files".into();
-        let case = Case::from_encoded(seeds.len(), &dialect.encode_request(&req));
+        let case = Case::from_encoded(Some(seeds.len()), &dialect.encode_request(&req));
         seeds.push(Seed {
             name,
             request: Some(req),
@@ -258,9 +260,10 @@ pub fn load(
             .map(|d| d.display().to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        return Err(BadInput(format!(
+        return Err(BadInput::msg(format!(
             "{where_}: no usable seeds for dialect {dialect:?} (and built-in seeds are off)"
-        )));
+        ))
+        .into());
     }
     Ok((seeds, report))
 }
@@ -326,7 +329,7 @@ fn golden_seeds(dir: &Path, dialect: Dialect, first_index: usize) -> Result<Vec<
                     continue;
                 }
                 (Some(d), None) => {
-                    let case = Case::from_spans(first_index + out.len(), window, &d.spans);
+                    let case = Case::from_spans(Some(first_index + out.len()), window, &d.spans);
                     out.push(Seed {
                         name,
                         request: Some(d.request),
@@ -339,7 +342,7 @@ fn golden_seeds(dir: &Path, dialect: Dialect, first_index: usize) -> Result<Vec<
                 _ => out.push(Seed {
                     name,
                     request: None,
-                    case: Case::from_spans(first_index + out.len(), window, &[]),
+                    case: Case::from_spans(Some(first_index + out.len()), window, &[]),
                     round_trip: None,
                 }),
             }
@@ -389,7 +392,7 @@ pub async fn calibrate(
         match why {
             Some(w) => dropped.push(format!("{}: {w}", s.name)),
             None => {
-                s.case.seed = kept.len();
+                s.case.seed = Some(kept.len());
                 kept.push(s);
             }
         }
@@ -421,14 +424,6 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
     out.into_iter()
         .map(|v| v.expect("every future finished"))
         .collect()
-}
-
-fn one_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" | ")
 }
 
 #[cfg(test)]

@@ -84,11 +84,10 @@ impl Signature {
         let mut s = kind.to_string();
         if let Some(t) = &self.exc_type {
             s.push('-');
+            // The module stays: struct.error and socket.error are different findings.
             s.extend(
-                t.rsplit('.')
-                    .next()
-                    .unwrap_or(t)
-                    .chars()
+                t.chars()
+                    .map(|c| if c == '.' { '_' } else { c })
                     .filter(|c| c.is_ascii_alphanumeric() || *c == '_'),
             );
         }
@@ -320,7 +319,7 @@ mod tests {
         };
         let s = Signature::of(&o, Some(STRUCT_ERROR), 1);
         assert_eq!(s.text(), "PythonException struct.error at serializers.py:read_int: return struct.unpack(\"!i\", length)[0]");
-        assert_eq!(s.slug(), "exception-error");
+        assert_eq!(s.slug(), "exception-struct_error");
         assert_eq!(s.id().len(), 12);
         // Another path and line numbers: the same signature.
         let moved = STRUCT_ERROR

@@ -20,7 +20,8 @@
 
 use super::format::{self, Golden, Index};
 use super::replay::Difference;
-use super::{write_atomic, BadInput};
+use super::write_atomic;
+use crate::error::BadInput;
 use crate::protocol::{Dialect, Reply};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

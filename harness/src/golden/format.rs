@@ -14,7 +14,7 @@
 //! The handshake (pid, secret, "ok") is kept out of the stream files: its lengths and the pid are
 //! in the index, the secret is nowhere.
 
-use super::BadInput;
+use crate::error::BadInput;
 use crate::protocol::Dialect;
 use crate::worker::Mode;
 use serde::{Deserialize, Serialize};

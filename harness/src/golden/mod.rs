@@ -26,25 +26,6 @@ pub use tap::{tap_main, TapArgs};
 
 use std::path::Path;
 
-/// Input the user has to fix (a broken golden index, a missing file, a wrong flag): one line
-/// naming the file and the problem. The CLI exits with 2 on it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct BadInput(pub String);
-
-impl BadInput {
-    pub fn new(file: &Path, problem: impl std::fmt::Display) -> BadInput {
-        let text = format!("{}: {problem}", file.display());
-        BadInput(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join(" "),
-        )
-    }
-}
-
 /// Write to a temporary file beside `path`, then rename over it: a reader (or a crash) never sees
 /// half a file. Unlike report::write_atomic the file is world-readable (0644): golden files are
 /// meant to be committed and read.

@@ -8,8 +8,8 @@ use super::format::{self, Connection, Handshake, Index, FORMAT_VERSION};
 use super::normalise;
 use super::spool::{self, ConnMeta, Role, TapMeta, Transport};
 use super::write_atomic;
-use super::BadInput;
 use crate::decode::{self, StreamDirection};
+use crate::error::BadInput;
 use crate::protocol::{decode_replies, decode_requests, BroadcastOp, Dialect, Reply, TaskRequest};
 use crate::pyenv::{self, PythonEnv};
 use crate::worker::Mode;
@@ -48,7 +48,7 @@ pub struct RecordArgs {
 
 pub async fn record_cmd(args: RecordArgs) -> anyhow::Result<u8> {
     let env = pyenv::resolve(args.python.as_deref(), args.pyspark.as_deref())
-        .map_err(|e| BadInput(one_line(&e.to_string())))?;
+        .map_err(|e| crate::error::env_failure(None, e))?;
     let dialect = Dialect::for_version(env.pyspark.major, env.pyspark.minor).ok_or_else(|| {
         BadInput(format!(
             "{}: pyspark {} has no dialect fakejvm speaks",
@@ -661,12 +661,4 @@ fn print_summary(out: &Path, index: &Index) {
     for n in &index.notes {
         println!("  note: {n}");
     }
-}
-
-fn one_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }

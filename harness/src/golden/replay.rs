@@ -11,7 +11,7 @@
 use super::bless::{self, NewReply};
 use super::format::{self, Golden};
 use super::normalise::{self, LiveValues};
-use super::BadInput;
+use crate::error::BadInput;
 use crate::pickle;
 use crate::protocol::{
     decode_replies, decode_requests, Dialect, Reply, ReplyEnd, ReplyItem, TaskRequest,
@@ -327,9 +327,18 @@ pub async fn replay_cmd(args: ReplayArgs) -> anyhow::Result<u8> {
     for d in &dirs {
         prepared.push(prepare(d)?);
     }
-    // So is the interpreter: one that cannot be run is bad input, not N/A for every golden.
+    // So is the interpreter or every golden's env (provisioned if missing): a wrong --python is
+    // exit 2, an env that will not provision exit 3, each one line, instead of a failed golden per
+    // version. With --python, goldens of other versions are N/A, so only it is checked.
     if let Some(python) = &args.python {
-        pyenv::resolve(Some(python), None).map_err(|e| BadInput::new(python, e))?;
+        pyenv::resolve(Some(python), None)
+            .map_err(|e| crate::error::env_failure(Some(python), e))?;
+    } else {
+        for p in &prepared {
+            let index = p.golden.dir.join(format::INDEX);
+            pyenv::resolve(None, Some(&p.golden.index.pyspark))
+                .map_err(|e| crate::error::env_failure(Some(&index), e))?;
+        }
     }
     let opts = ReplayOptions {
         bless: args.bless,

@@ -46,7 +46,7 @@ pub(super) fn is_complete(dir: &Path, release: &str) -> bool {
 }
 
 /// The interpreter envs are built from: `$FAKEJVM_BASE_PYTHON`, else `python3` on PATH.
-fn base_python() -> String {
+pub(super) fn base_python() -> String {
     std::env::var("FAKEJVM_BASE_PYTHON")
         .ok()
         .filter(|p| !p.is_empty())

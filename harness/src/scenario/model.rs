@@ -1,7 +1,9 @@
 //! The scenario file format (JSON). Documented for users in scenarios/README.md; every struct
 //! refuses unknown fields so a typo is an error, not a silently ignored setting.
 
+use crate::error::BadInput;
 use crate::faults::Fault;
+use crate::pickle::{self, PickleError};
 use crate::pyenv::{PysparkVersion, SerializerSpec};
 use crate::verdict::OutcomeKind;
 use crate::worker::{ExitInfo, Mode};
@@ -319,18 +321,32 @@ impl Expect {
         if n == 1 {
             Ok(())
         } else {
-            Err("`expect` needs exactly one of `values`, `exception` or `outcome`".into())
+            Err("needs exactly one of `values`, `exception` or `outcome`".into())
         }
     }
 }
 
-/// Why a scenario file could not be used: always names the file.
+/// Why a scenario file could not be used: always names the file, and the field when one is at
+/// fault (`tasks[0].input.values[2]`).
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {problem}")]
 pub struct ScenarioError {
     pub file: String,
     pub problem: String,
 }
+
+impl From<ScenarioError> for BadInput {
+    fn from(e: ScenarioError) -> BadInput {
+        BadInput::msg(e)
+    }
+}
+
+/// A `range` of ints is spelled out in memory before it is pickled: more than this many values
+/// is a typo, not a test.
+const MAX_RANGE: i64 = 10_000_000;
+/// A generated text line (`repeat` x `times`) is one frame; fakejvm's readers refuse frames
+/// past 256 MiB (wire::MAX_FRAME), so a longer one could not be a sensible request either.
+const MAX_LINE_BYTES: usize = 256 << 20;
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
@@ -342,18 +358,26 @@ impl Scenario {
         Scenario::parse(&text).map_err(err)
     }
 
+    /// Parse and check every field and value: the problem comes back as one line, starting with
+    /// the path of the field at fault.
     pub fn parse(text: &str) -> Result<Scenario, String> {
-        let mut s: Scenario = serde_json::from_str(text).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let mut s: Scenario = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let e = e.into_inner();
             if e.is_eof() {
                 format!(
                     "truncated JSON (ends at line {}, column {})",
                     e.line(),
                     e.column()
                 )
-            } else {
+            } else if path == "." || path.is_empty() {
                 e.to_string()
+            } else {
+                format!("{path}: {e}")
             }
         })?;
+        de.end().map_err(|e| e.to_string())?;
         s.validate()?;
         if let Some(name) = &mut s.name {
             *name = name.trim().to_owned();
@@ -363,61 +387,214 @@ impl Scenario {
 
     fn validate(&self) -> Result<(), String> {
         if self.tasks.is_empty() {
-            return Err("`tasks` is empty: a scenario needs at least one task".into());
+            return Err("tasks: empty: a scenario needs at least one task".into());
         }
-        crate::faults::validate(&self.faults, self.mode, self.tasks.len())?;
+        if self.deadline_ms == Some(0) {
+            return Err("deadline_ms: 0 would make every task a Hang".into());
+        }
+        for (k, v) in &self.env {
+            check_env(&format!("env.{k:?}"), k, v)?;
+        }
+        crate::faults::validate(&self.faults, self.mode, self.tasks.len())
+            .map_err(|m| format!("faults: {m}"))?;
         let sets_memory = self
             .faults
             .iter()
             .any(|f| matches!(f, Fault::ExecutorMemory { .. }));
         if sets_memory && self.env.contains_key("PYSPARK_EXECUTOR_MEMORY_MB") {
-            return Err("PYSPARK_EXECUTOR_MEMORY_MB is set both in `env` and by an `executor_memory` fault: keep one".into());
+            return Err("env.PYSPARK_EXECUTOR_MEMORY_MB: set both in `env` and by an `executor_memory` fault: keep one".into());
         }
         let preloads = self
             .faults
             .iter()
             .any(|f| matches!(f, Fault::ForkFail { .. }));
         if preloads && self.env.contains_key("LD_PRELOAD") {
-            return Err("LD_PRELOAD is set in `env`, but a `fork_fail` fault preloads its own shim: remove one".into());
+            return Err("env.LD_PRELOAD: set in `env`, but a `fork_fail` fault preloads its own shim: remove one".into());
         }
         for (i, t) in self.tasks.iter().enumerate() {
-            let at = |m: String| format!("task {i}: {m}");
-            if t.function.trim().is_empty() {
-                return Err(at(
-                    "`function` is empty: give Python source that binds `func`".into(),
+            t.validate(&format!("tasks[{i}]"), i)?;
+        }
+        Ok(())
+    }
+}
+
+impl Task {
+    /// Every field of task number `index`, whose path in the file is `at`.
+    fn validate(&self, at: &str, index: usize) -> Result<(), String> {
+        if self.function.trim().is_empty() {
+            return Err(format!(
+                "{at}.function: empty: give Python source that binds `func`"
+            ));
+        }
+        for name in self.files.keys() {
+            if name.is_empty()
+                || name == "."
+                || name == ".."
+                || name.contains('/')
+                || name.contains('\0')
+            {
+                return Err(format!(
+                    "{at}.files.{name:?}: a file name in the task's files dir, without `/`"
                 ));
             }
-            t.expect.check().map_err(at)?;
-            if let Input::OutputOf { task } = t.input {
-                if task >= i {
-                    return Err(at(format!(
-                        "input `output_of` task {task} must be an earlier task (0..{i})"
-                    )));
-                }
+        }
+        for (j, b) in self.broadcasts.iter().enumerate() {
+            // The protocol sends a negative id for "remove broadcast -id-1".
+            if b.id < 0 {
+                return Err(format!("{at}.broadcasts[{j}].id: {} is negative; a negative id means \"remove\" on the wire", b.id));
             }
-            for v in &t.expect_by_version {
-                v.expect
-                    .check()
-                    .map_err(|m| at(format!("expect_by_version {:?}: {m}", v.pyspark.as_str())))?;
+            check_value(&format!("{at}.broadcasts[{j}].value"), &b.value)?;
+        }
+        self.input.validate(&format!("{at}.input"), index)?;
+        self.expect.validate(&format!("{at}.expect"))?;
+        for (k, v) in self.expect_by_version.iter().enumerate() {
+            let here = format!("{at}.expect_by_version[{k}]");
+            v.expect.validate(&format!("{here}.expect"))?;
+            if v.note.trim().is_empty() {
+                return Err(format!(
+                    "{here}.note: empty: say what pyspark {} does differently",
+                    v.pyspark.as_str()
+                ));
             }
-            for (k, v) in &t.context.resources {
-                let ok = v
-                    .as_array()
-                    .is_some_and(|a| a.iter().all(|x| x.is_string()));
-                if !ok {
-                    return Err(at(format!(
-                        "resource {k:?} must be a list of address strings"
-                    )));
-                }
+        }
+        for (k, v) in &self.context.resources {
+            let ok = v
+                .as_array()
+                .is_some_and(|a| a.iter().all(|x| x.is_string()));
+            if !ok {
+                return Err(format!(
+                    "{at}.context.resources.{k:?}: must be a list of address strings"
+                ));
             }
-            for (k, v) in &t.context.local_properties {
-                if !v.is_string() {
-                    return Err(at(format!("local property {k:?} must be a string")));
-                }
+        }
+        for (k, v) in &self.context.local_properties {
+            if !v.is_string() {
+                return Err(format!(
+                    "{at}.context.local_properties.{k:?}: must be a string"
+                ));
             }
         }
         Ok(())
     }
+}
+
+impl Input {
+    /// The input of task number `index`, at path `at`.
+    fn validate(&self, at: &str, index: usize) -> Result<(), String> {
+        match self {
+            Input::Empty => Ok(()),
+            Input::PickleBatched { values, range, .. }
+            | Input::AutoBatched { values, range }
+            | Input::Pickle { values, range } => {
+                check_values(&format!("{at}.values"), values)?;
+                if let Some((a, b)) = range {
+                    if a > b {
+                        return Err(format!("{at}.range: [{a}, {b}) starts after it ends"));
+                    }
+                    if b.saturating_sub(*a) > MAX_RANGE {
+                        return Err(format!(
+                            "{at}.range: [{a}, {b}) holds more than {MAX_RANGE} values"
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Input::Utf8 { lines } => {
+                for (j, l) in lines.iter().enumerate() {
+                    if let Line::Repeat { repeat, times } = l {
+                        if repeat
+                            .len()
+                            .checked_mul(*times)
+                            .is_none_or(|n| n > MAX_LINE_BYTES)
+                        {
+                            return Err(format!("{at}.lines[{j}]: {times} x {} bytes is longer than a frame may be ({MAX_LINE_BYTES} bytes)", repeat.len()));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Input::Raw { frames } => {
+                for (j, f) in frames.iter().enumerate() {
+                    match f {
+                        RawFrame::Hex(h) => check_hex(&format!("{at}.frames[{j}].hex"), h)?,
+                        RawFrame::Bytes(h) => check_hex(&format!("{at}.frames[{j}].bytes"), h)?,
+                        RawFrame::Text(_) | RawFrame::Int(_) => {}
+                    }
+                }
+                Ok(())
+            }
+            Input::OutputOf { task } => {
+                if *task >= index {
+                    return Err(format!(
+                        "{at}.task: output_of task {task} must be an earlier task (0..{index})"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Expect {
+    /// Exactly one of values / exception / outcome, each well formed; `at` is its path.
+    fn validate(&self, at: &str) -> Result<(), String> {
+        self.check().map_err(|m| format!("{at}: {m}"))?;
+        if let Some(values) = &self.values {
+            check_values(&format!("{at}.values"), values)?;
+        }
+        if let Some(x) = &self.exception {
+            if x.exc_type.trim().is_empty() {
+                return Err(format!(
+                    "{at}.exception.type: empty: name the exception, e.g. \"ValueError\""
+                ));
+            }
+        }
+        let ends_a_process = matches!(
+            self.outcome,
+            Some(OutcomeKind::WorkerCrashed | OutcomeKind::DaemonDied)
+        );
+        if self.exit.is_some() && !ends_a_process {
+            return Err(format!(
+                "{at}.exit: only with `outcome` WorkerCrashed or DaemonDied (how that process ended)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A value in the tagged JSON of scenarios/README.md, at path `at`.
+fn check_value(at: &str, v: &serde_json::Value) -> Result<(), String> {
+    match pickle::value_from_json(v) {
+        Ok(_) => Ok(()),
+        Err(PickleError::Json { path, what }) if path == "the top level" => {
+            Err(format!("{at}: {what}"))
+        }
+        Err(PickleError::Json { path, what }) => Err(format!("{at} (at {path}): {what}")),
+        Err(e) => Err(format!("{at}: {e}")),
+    }
+}
+
+fn check_values(at: &str, values: &[serde_json::Value]) -> Result<(), String> {
+    values
+        .iter()
+        .enumerate()
+        .try_for_each(|(j, v)| check_value(&format!("{at}[{j}]"), v))
+}
+
+fn check_hex(at: &str, h: &str) -> Result<(), String> {
+    hex::decode(h)
+        .map(drop)
+        .map_err(|e| format!("{at}: {h:?} is not hex ({e})"))
+}
+
+fn check_env(at: &str, key: &str, value: &str) -> Result<(), String> {
+    if key.is_empty() || key.contains('=') || key.contains('\0') {
+        return Err(format!("{at}: not a variable name"));
+    }
+    if value.contains('\0') {
+        return Err(format!("{at}: the value holds a NUL byte"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -502,5 +679,46 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn every_bundled_scenario_loads() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+        let files = crate::scenario::collect_files(&[root]).unwrap();
+        assert!(files.len() > 20, "{} scenario files", files.len());
+        for f in files {
+            Scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn a_bad_value_names_its_field_path() {
+        let task = |fields: &str| {
+            format!(r#"{{"tasks":[{{"function":"func = lambda s, it: it",{fields}}}]}}"#)
+        };
+        let e = Scenario::parse(&task(
+            r#""input":{"encoding":"pickle","values":[1,{"$int":"x"}]},"expect":{"values":[]}"#,
+        ))
+        .unwrap_err();
+        assert!(
+            e.starts_with("tasks[0].input.values[1] (at /$int): "),
+            "{e}"
+        );
+        let e = Scenario::parse(&task(r#""expect":{"values":[{"$bytes":"0"}]}"#)).unwrap_err();
+        assert!(
+            e.starts_with("tasks[0].expect.values[0] (at /$bytes): "),
+            "{e}"
+        );
+        let e = Scenario::parse(&task(r#""expect":{"outcome":"Nope"}"#)).unwrap_err();
+        assert!(
+            e.starts_with("tasks[0].expect.outcome: unknown variant `Nope`"),
+            "{e}"
+        );
+        let e = Scenario::parse(&task(r#""expect":{}"#)).unwrap_err();
+        assert!(e.starts_with("tasks[0].expect: needs exactly one"), "{e}");
+        let e = Scenario::parse(&task(r#""input":{"encoding":"utf8","lines":[{"repeat":"xx","times":200000000}]},"expect":{"values":[]}"#)).unwrap_err();
+        assert!(e.starts_with("tasks[0].input.lines[0]: "), "{e}");
+        let e = Scenario::parse(&format!("{} x", task(r#""expect":{"values":[]}"#))).unwrap_err();
+        assert!(e.contains("trailing characters"), "{e}");
     }
 }

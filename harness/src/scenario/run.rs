@@ -598,17 +598,20 @@ fn compare_values(expect: &Expect, got: serde_json::Value) -> Outcome {
         return Outcome::Passed;
     };
     // Canonicalise the expectation through the pickle value model so tagged forms
-    // ({"$tuple": ...}) compare equal to what the worker produced.
-    let expected = serde_json::Value::Array(
-        expected
-            .iter()
-            .map(|v| {
-                pickle::value_from_json(v)
-                    .map(|p| pickle::value_to_json(&p))
-                    .unwrap_or_else(|_| v.clone())
-            })
-            .collect(),
-    );
+    // ({"$tuple": ...}) compare equal to what the worker produced. Scenario::parse checked
+    // every value, so a failure here is fakejvm's, never a Mismatch.
+    let expected: Result<Vec<_>, _> = expected
+        .iter()
+        .map(|v| pickle::value_from_json(v).map(|p| pickle::value_to_json(&p)))
+        .collect();
+    let expected = match expected {
+        Ok(values) => serde_json::Value::Array(values),
+        Err(e) => {
+            return Outcome::Harness {
+                error: format!("expect.values passed validation but does not convert: {e}"),
+            }
+        }
+    };
     if expected == got {
         Outcome::Passed
     } else {

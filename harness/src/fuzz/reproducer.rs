@@ -1,4 +1,9 @@
-//! The reproducer file format (JSON, versioned by `format`).
+//! The reproducer file format (JSON, versioned by `format`): one finding, self-contained.
+//!
+//! A reproducer holds the exact request bytes (base64, with the frame map and, when short, hex),
+//! the pyspark and Python versions, the dialect, the worker mode and how the bytes were written,
+//! and the outcome and signature it ended in. The campaign writes them (atomically, through
+//! report::write_atomic: a crash never leaves half a reproducer); `fakejvm repro` replays them.
 //!
 //! ```json
 //! {
@@ -11,15 +16,15 @@
 //!   "request": {"len": 3, "base64": "AAAA", "hex": "000000",
 //!               "frames": [{"kind": "header", "start": 0, "end": 3}]},
 //!   "outcome": {...}, "traceback": "...", "minimised": true, ...,
-//!   "replay": "fakejvm repro findings/exception-error-3f2a9c1b7d4e.json"
+//!   "replay": "fakejvm repro findings/exception-struct_error-3f2a9c1b7d4e.json"
 //! }
 //! ```
 
-use super::BadInput;
-use crate::fuzz::case::Case;
-use crate::fuzz::exec::ExecMode;
-use crate::fuzz::seeds::RoundTrip;
-use crate::fuzz::signature::Signature;
+use super::case::Case;
+use super::exec::ExecMode;
+use super::seeds::RoundTrip;
+use super::signature::Signature;
+use crate::error::BadInput;
 use crate::pickle::FrameKind;
 use crate::protocol::{Dialect, Span, SpanKind};
 use base64::Engine;
@@ -163,6 +168,12 @@ impl From<RoundTripSpec> for RoundTrip {
     }
 }
 
+/// The reproducer's file name for a signature, e.g. `exception-struct_error-3f2a9c1b7d4e.json`:
+/// one file per signature, so a finding found again rewrites its own file.
+pub fn file_name(sig: &Signature) -> String {
+    format!("{}-{}.json", sig.slug(), sig.id())
+}
+
 impl RequestBytes {
     pub fn of(case: &Case) -> RequestBytes {
         let bytes = case.to_bytes();
@@ -263,7 +274,7 @@ impl Reproducer {
                 end: f.end,
             })
             .collect();
-        Ok(Case::from_spans(0, &bytes, &spans))
+        Ok(Case::from_spans(None, &bytes, &spans))
     }
 
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
@@ -281,7 +292,7 @@ mod tests {
 
     pub(crate) fn sample() -> Reproducer {
         let case = Case {
-            seed: 0,
+            seed: None,
             frames: vec![Frame {
                 kind: SpanKind::Header,
                 bytes: vec![0, 0, 0],

@@ -1,9 +1,10 @@
 //! `fakejvm repro FILE`: replay a reproducer against a matching env and say, in a few lines
 //! that fit in a bug report, whether it still reproduces.
 
-use super::{BadInput, Reproducer};
-use crate::fuzz::exec::{ExecOptions, Executor};
+use crate::error::{env_failure, BadInput, HarnessError};
+use crate::fuzz::exec::{ExecOptions, Executor, LEAK_GRACE};
 use crate::fuzz::oracle::{Judge, Verdict};
+use crate::fuzz::reproducer::Reproducer;
 use crate::fuzz::seeds::Seed;
 use crate::fuzz::signature::Signature;
 use crate::protocol::Dialect;
@@ -13,9 +14,6 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How long a replayed worker may live after its case before it counts as leaked (as in fuzz).
-pub const LEAK_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReproArgs {
@@ -36,7 +34,7 @@ pub struct ReproArgs {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct ReplayReport {
+pub struct ReproReport {
     pub file: String,
     pub pyspark: String,
     pub recorded: Signature,
@@ -49,7 +47,7 @@ pub struct ReplayReport {
     pub elapsed_ms: u64,
 }
 
-impl ReplayReport {
+impl ReproReport {
     pub fn text(&self, r: &Reproducer) -> String {
         let mut s = format!("repro   {}\n", self.file);
         s.push_str(&format!(
@@ -94,13 +92,14 @@ fn short(s: &str, n: usize) -> String {
     }
 }
 
-/// Exit codes: 0 no longer reproduces, 1 reproduces; a `BadInput` error means 2.
+/// `fakejvm repro`. Exit codes: 0 no longer reproduces, 1 reproduces; a `BadInput` error means
+/// 2, any other error (the executor failed) 3.
 pub async fn repro_cmd(args: ReproArgs) -> anyhow::Result<u8> {
     if args.runs == 0 {
-        return Err(BadInput("--runs 0: give at least one run".into()).into());
+        return Err(BadInput::msg("--runs 0: give at least one run").into());
     }
     let r = Reproducer::load(&args.file)?;
-    let report = replay(
+    let report = run(
         &args.file,
         &r,
         args.python.as_deref(),
@@ -117,19 +116,18 @@ pub async fn repro_cmd(args: ReproArgs) -> anyhow::Result<u8> {
 }
 
 /// Replay `r` (read from `file`) `runs` times on fresh workers.
-pub async fn replay(
+pub async fn run(
     file: &Path,
     r: &Reproducer,
     python: Option<&Path>,
     pyspark: Option<&str>,
     runs: usize,
-) -> anyhow::Result<ReplayReport> {
+) -> anyhow::Result<ReproReport> {
     let started = Instant::now();
     let bytes = r.bytes().map_err(|e| BadInput::new(file, e))?;
     let case = r.case().map_err(|e| BadInput::new(file, e))?;
     let wanted = pyspark.unwrap_or(&r.pyspark);
-    let env = pyenv::resolve(python, Some(wanted))
-        .map_err(|e| BadInput::new(file, format!("no env to replay it in: {e}")))?;
+    let env = pyenv::resolve(python, Some(wanted)).map_err(|e| env_failure(Some(file), e))?;
     if env.python_version != r.python {
         return Err(BadInput::new(
             file,
@@ -194,10 +192,11 @@ pub async fn replay(
             Verdict::Finding(s, o) => (s, o),
             Verdict::Expected(s) => (s, obs.outcome.clone()),
             Verdict::Harness(e) => {
-                return Err(anyhow::anyhow!(
+                return Err(HarnessError::new(format!(
                     "replaying {}: fakejvm itself failed: {e}",
                     file.display()
                 ))
+                .into())
             }
         };
         outcome = match &judged {
@@ -226,7 +225,7 @@ pub async fn replay(
     }
     let _ = exec.shutdown().await;
     let reproduced = replayed.iter().any(|s| s == &r.signature);
-    Ok(ReplayReport {
+    Ok(ReproReport {
         file: file.display().to_string(),
         pyspark: env.pyspark.to_string(),
         recorded_id: r.signature_id.clone(),
