@@ -6,10 +6,10 @@
 //! test binaries provision concurrently, so the check and the build happen under an exclusive
 //! `flock` on `<cache_root>/envs/.lock-<name>`; whoever comes second finds the marker.
 
+use crate::atomic::{write_atomic, WriteOptions};
 use super::{child, probe, version, EnvError, PythonEnv, PANDAS, PYARROW};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -191,10 +191,8 @@ fn run_step(
 fn write_marker(dir: &Path, env: &PythonEnv, packages: BTreeMap<String, String>) -> Result<(), EnvError> {
     let io = |action: &'static str| move |source| EnvError::Io { action, path: dir.join(MARKER), source };
     let marker = Marker { pyspark: env.pyspark.to_string(), python: Some(env.python_version.clone()), packages };
-    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(io("create a temporary file for"))?;
-    file.write_all(&serde_json::to_vec_pretty(&marker).expect("a marker serializes")).map_err(io("write"))?;
-    file.persist(dir.join(MARKER)).map_err(|e| e.error).map_err(io("write"))?;
-    Ok(())
+    let bytes = serde_json::to_vec_pretty(&marker).expect("a marker serializes");
+    write_atomic(&dir.join(MARKER), &bytes, WriteOptions::CACHE).map_err(io("write"))
 }
 
 #[cfg(test)]
