@@ -96,7 +96,7 @@ impl<'a> Performer<'a> {
                     return (format!("could not signal daemon {dpid}"), Some(e.to_string()), AfterAction::Continue);
                 }
                 let seen = self.wait_daemon_exit(EFFECT_WAIT).await;
-                (format!("sent {} to daemon {dpid}; {seen}", super::spec::Signal(sig)), None, AfterAction::Continue)
+                (format!("sent {} to daemon {dpid}; {seen}", super::spec::Signal::new(sig)), None, AfterAction::Continue)
             }
             Action::CloseDaemonStdin => {
                 self.workers.close_daemon_stdin();
@@ -264,7 +264,7 @@ mod tests {
         assert!(alive.satisfies(Fate::Alive) && !alive.satisfies(Fate::Gone));
         assert!(gone.satisfies(Fate::Gone) && !gone.satisfies(Fate::Exit(1)));
         assert!(exit1.satisfies(Fate::Exit(1)) && exit1.satisfies(Fate::Gone) && !exit1.satisfies(Fate::Exit(0)));
-        assert!(killed.satisfies(Fate::Signal(super::super::spec::Signal(9))));
+        assert!(killed.satisfies(Fate::Signal(super::super::spec::Signal::new(9))));
     }
 
     #[test]

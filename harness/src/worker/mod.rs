@@ -20,7 +20,7 @@ pub use groups::{
     registered_groups, spawn_in_group, Group, GroupCommand, OWNER_ENV, TEST_RUN_ENV,
 };
 pub use handshake::errno_label;
-pub(crate) use handshake::check_forked_pid;
+pub(crate) use handshake::{check_forked_pid, ERRNOS};
 pub use spawn::{ProcessTweaks, CAPTURE_LIMIT, PASS_THROUGH_ENV};
 
 use handshake::Deadline;
