@@ -235,7 +235,7 @@ pub fn kill_all_registered() -> Vec<i32> {
 }
 
 /// SIGKILL every live process (but us) that carries the mark this process minted, until a pass
-/// finds none (a daemon may fork between our look and our kill), for at most a few seconds.
+/// finds none (a daemon may fork between our look and our kill), for at most ten seconds.
 /// Returns the pids killed. A process that inherited its mark leaves this to its ancestor.
 pub fn kill_marked() -> Vec<i32> {
     if !owner().minted {
@@ -243,7 +243,8 @@ pub fn kill_marked() -> Vec<i32> {
     }
     let me = std::process::id() as i32;
     let mut killed = BTreeSet::new();
-    let until = std::time::Instant::now() + Duration::from_secs(3);
+    // SIGKILL takes effect within moments; the bound only guards against a process stuck in D state.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let marked: Vec<i32> = procs::all_pids()
             .into_iter()
