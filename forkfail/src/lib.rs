@@ -31,7 +31,10 @@ pub fn available() -> bool {
 /// Writes the shim into `dir` and returns its path, for LD_PRELOAD.
 pub fn install(dir: &Path) -> io::Result<PathBuf> {
     if !available() {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "the fork-failure shim is built for Linux only"));
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the fork-failure shim is built for Linux only",
+        ));
     }
     let path = dir.join(FILE_NAME);
     std::fs::write(&path, SHIM)?;
@@ -41,11 +44,27 @@ pub fn install(dir: &Path) -> io::Result<PathBuf> {
 /// One line of the shim's log. `at_ms` is wall-clock time in ms since the epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LogLine {
-    Loaded { pid: i32, when: String, errno: i32, at_ms: u64 },
+    Loaded {
+        pid: i32,
+        when: String,
+        errno: i32,
+        at_ms: u64,
+    },
     /// fork() number `ordinal` in `pid` made `child`.
-    Forked { ordinal: u64, pid: i32, child: i32, at_ms: u64 },
+    Forked {
+        ordinal: u64,
+        pid: i32,
+        child: i32,
+        at_ms: u64,
+    },
     /// fork() number `ordinal` failed; `injected` is false when libc itself failed.
-    Failed { ordinal: u64, pid: i32, errno: i32, injected: bool, at_ms: u64 },
+    Failed {
+        ordinal: u64,
+        pid: i32,
+        errno: i32,
+        injected: bool,
+        at_ms: u64,
+    },
 }
 
 impl LogLine {
@@ -98,9 +117,25 @@ mod tests {
         assert_eq!(
             LogLine::parse_all(text),
             vec![
-                LogLine::Loaded { pid: 7, when: "nth:1,2".into(), errno: 11, at_ms: 5 },
-                LogLine::Failed { ordinal: 1, pid: 7, errno: 11, injected: true, at_ms: 6 },
-                LogLine::Forked { ordinal: 2, pid: 7, child: 9, at_ms: 1007 },
+                LogLine::Loaded {
+                    pid: 7,
+                    when: "nth:1,2".into(),
+                    errno: 11,
+                    at_ms: 5
+                },
+                LogLine::Failed {
+                    ordinal: 1,
+                    pid: 7,
+                    errno: 11,
+                    injected: true,
+                    at_ms: 6
+                },
+                LogLine::Forked {
+                    ordinal: 2,
+                    pid: 7,
+                    child: 9,
+                    at_ms: 1007
+                },
             ]
         );
     }

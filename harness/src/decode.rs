@@ -2,7 +2,10 @@
 //! (`fakejvm decode`, and the decoded form stored beside each golden).
 
 use crate::pickle;
-use crate::protocol::{decode_replies, decode_requests, BroadcastOp, ConnInfo, DataItem, DecodedRequest, Dialect, Reply, ReplyEnd, ReplyItem, SpanKind};
+use crate::protocol::{
+    decode_replies, decode_requests, BroadcastOp, ConnInfo, DataItem, DecodedRequest, Dialect,
+    Reply, ReplyEnd, ReplyItem, SpanKind,
+};
 use crate::wire::WireError;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
@@ -27,7 +30,13 @@ pub struct Decoded {
 }
 
 pub fn decode(dialect: Dialect, direction: StreamDirection, bytes: &[u8]) -> Decoded {
-    let mut d = Decoded { dialect, direction, requests: vec![], replies: vec![], error: None };
+    let mut d = Decoded {
+        dialect,
+        direction,
+        requests: vec![],
+        replies: vec![],
+        error: None,
+    };
     match direction {
         StreamDirection::Request => {
             let (reqs, err) = decode_requests(dialect, bytes);
@@ -61,15 +70,26 @@ impl Decoded {
 
 fn request_text(out: &mut String, i: usize, d: &DecodedRequest) {
     let r = &d.request;
-    let whole = (d.spans.first().map(|s| s.start).unwrap_or(0), d.spans.last().map(|s| s.end).unwrap_or(0));
+    let whole = (
+        d.spans.first().map(|s| s.start).unwrap_or(0),
+        d.spans.last().map(|s| s.end).unwrap_or(0),
+    );
     let _ = writeln!(out, "request {i}  bytes {}..{}", whole.0, whole.1);
     for s in &d.spans {
         let at = format!("@{}..{}", s.start, s.end);
         match s.kind {
             SpanKind::InitPrefix => {
                 // The init message holds the header and the command.
-                let body = d.spans.iter().filter(|x| matches!(x.kind, SpanKind::Header | SpanKind::Command)).map(|x| x.end - x.start).sum::<usize>();
-                let _ = writeln!(out, "  {at:<16} START_OF_INIT_MESSAGE (-8), init message length {body}");
+                let body = d
+                    .spans
+                    .iter()
+                    .filter(|x| matches!(x.kind, SpanKind::Header | SpanKind::Command))
+                    .map(|x| x.end - x.start)
+                    .sum::<usize>();
+                let _ = writeln!(
+                    out,
+                    "  {at:<16} START_OF_INIT_MESSAGE (-8), init message length {body}"
+                );
             }
             SpanKind::Header => {
                 let _ = writeln!(out, "  {at:<16} header: split_index {}", r.split_index);
@@ -87,12 +107,26 @@ fn request_text(out: &mut String, i: usize, d: &DecodedRequest) {
                         c.attempt_number,
                         c.task_attempt_id,
                         c.cpus,
-                        c.cpu_amount.as_ref().map(|a| format!(" cpu_amount {a}")).unwrap_or_default()
+                        c.cpu_amount
+                            .as_ref()
+                            .map(|a| format!(" cpu_amount {a}"))
+                            .unwrap_or_default()
                     ),
-                    format!("barrier {}{}", c.is_barrier, c.barrier.as_ref().map(conn_text).map(|t| format!(" ({t})")).unwrap_or_default()),
+                    format!(
+                        "barrier {}{}",
+                        c.is_barrier,
+                        c.barrier
+                            .as_ref()
+                            .map(conn_text)
+                            .map(|t| format!(" ({t})"))
+                            .unwrap_or_default()
+                    ),
                 ];
                 for res in &c.resources {
-                    lines.push(format!("resource {:?} name {:?} addresses {:?}", res.key, res.name, res.addresses));
+                    lines.push(format!(
+                        "resource {:?} name {:?} addresses {:?}",
+                        res.key, res.name, res.addresses
+                    ));
                 }
                 for (k, v) in &c.local_properties {
                     lines.push(format!("local property {k:?} = {v:?}"));
@@ -100,26 +134,46 @@ fn request_text(out: &mut String, i: usize, d: &DecodedRequest) {
                 if let Some(j) = &d.context_json {
                     lines.push(format!("task context JSON {j}"));
                 }
-                lines.push(format!("spark_files_dir {:?}, includes {:?}", r.spark_files_dir, r.includes));
+                lines.push(format!(
+                    "spark_files_dir {:?}, includes {:?}",
+                    r.spark_files_dir, r.includes
+                ));
                 if let Some(s) = &r.broadcasts.decryption_server {
                     lines.push(format!("broadcast decryption server {}", conn_text(s)));
                 }
                 for op in &r.broadcasts.ops {
                     lines.push(match op {
-                        BroadcastOp::Add { id, path } => format!("broadcast add {id} {}", path.as_deref().map(|p| format!("path {p:?}")).unwrap_or_default()),
+                        BroadcastOp::Add { id, path } => format!(
+                            "broadcast add {id} {}",
+                            path.as_deref()
+                                .map(|p| format!("path {p:?}"))
+                                .unwrap_or_default()
+                        ),
                         BroadcastOp::Remove { id } => format!("broadcast remove {id}"),
                     });
                 }
-                lines.push(format!("eval_type {} ({:?})", r.eval_type.value(), r.eval_type));
-                if !r.runner_conf.is_empty() || !r.eval_conf.is_empty() || d.context_json.is_some() {
-                    lines.push(format!("runner_conf {:?}, eval_conf {:?}", r.runner_conf, r.eval_conf));
+                lines.push(format!(
+                    "eval_type {} ({:?})",
+                    r.eval_type.value(),
+                    r.eval_type
+                ));
+                if !r.runner_conf.is_empty() || !r.eval_conf.is_empty() || d.context_json.is_some()
+                {
+                    lines.push(format!(
+                        "runner_conf {:?}, eval_conf {:?}",
+                        r.runner_conf, r.eval_conf
+                    ));
                 }
                 for l in lines {
                     let _ = writeln!(out, "{:21}{l}", "");
                 }
             }
             SpanKind::Command => {
-                let _ = writeln!(out, "  {at:<16} command: {}-byte pickle (func, profiler, deserializer, serializer)", r.command.len());
+                let _ = writeln!(
+                    out,
+                    "  {at:<16} command: {}-byte pickle (func, profiler, deserializer, serializer)",
+                    r.command.len()
+                );
             }
             SpanKind::Data(k) => {
                 let text = match r.data.get(k) {
@@ -135,7 +189,9 @@ fn request_text(out: &mut String, i: usize, d: &DecodedRequest) {
             }
             SpanKind::FinalMarker => {
                 let m = r.final_marker.unwrap_or(0);
-                let name = crate::wire::SpecialLength::from_value(m).map(|s| s.name()).unwrap_or("not END_OF_STREAM");
+                let name = crate::wire::SpecialLength::from_value(m)
+                    .map(|s| s.name())
+                    .unwrap_or("not END_OF_STREAM");
                 let _ = writeln!(out, "  {at:<16} final int {m} ({name})");
             }
         }
@@ -159,18 +215,46 @@ fn reply_text(out: &mut String, i: usize, r: &Reply) {
         let _ = writeln!(out, "  data[{k}] {text}");
     }
     if r.data.is_empty() && r.data_items > 0 {
-        let _ = writeln!(out, "  {} data frames, {} bytes (not kept)", r.data_items, r.data_bytes);
+        let _ = writeln!(
+            out,
+            "  {} data frames, {} bytes (not kept)",
+            r.data_items, r.data_bytes
+        );
     }
     match &r.end {
-        ReplyEnd::Completed { timing, memory_bytes_spilled, disk_bytes_spilled, accumulators, final_marker } => {
-            let processing = timing.processing_ms.map(|p| format!(" processing {p}")).unwrap_or_default();
-            let _ = writeln!(out, "  TIMING_DATA (-3) boot {} init {} finish {}{processing}", timing.boot_ms, timing.init_ms, timing.finish_ms);
-            let _ = writeln!(out, "  spilled: memory {memory_bytes_spilled} disk {disk_bytes_spilled}");
-            let _ = writeln!(out, "  END_OF_DATA_SECTION (-1), {} accumulator update(s)", accumulators.len());
+        ReplyEnd::Completed {
+            timing,
+            memory_bytes_spilled,
+            disk_bytes_spilled,
+            accumulators,
+            final_marker,
+        } => {
+            let processing = timing
+                .processing_ms
+                .map(|p| format!(" processing {p}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  TIMING_DATA (-3) boot {} init {} finish {}{processing}",
+                timing.boot_ms, timing.init_ms, timing.finish_ms
+            );
+            let _ = writeln!(
+                out,
+                "  spilled: memory {memory_bytes_spilled} disk {disk_bytes_spilled}"
+            );
+            let _ = writeln!(
+                out,
+                "  END_OF_DATA_SECTION (-1), {} accumulator update(s)",
+                accumulators.len()
+            );
             for a in accumulators {
                 let _ = writeln!(out, "    update {} bytes: {}", a.len(), preview(a));
             }
-            let name = if *final_marker == -4 { "END_OF_STREAM: reusable" } else { "END_OF_DATA_SECTION: worker exits" };
+            let name = if *final_marker == -4 {
+                "END_OF_STREAM: reusable"
+            } else {
+                "END_OF_DATA_SECTION: worker exits"
+            };
             let _ = writeln!(out, "  final int {final_marker} ({name})");
         }
         ReplyEnd::Exception { traceback } => {
@@ -206,7 +290,11 @@ fn hex_preview(b: &[u8]) -> String {
 
 fn clip(s: &str) -> String {
     if s.chars().count() > 160 {
-        format!("{}... ({} chars)", s.chars().take(160).collect::<String>(), s.chars().count())
+        format!(
+            "{}... ({} chars)",
+            s.chars().take(160).collect::<String>(),
+            s.chars().count()
+        )
     } else {
         s.to_owned()
     }

@@ -4,18 +4,18 @@
 //! becomes a typed request, the request becomes bytes on a socket to a real worker, and the
 //! worker's reply becomes one typed verdict.
 pub mod atomic;
-pub mod wire;
-pub mod protocol;
-pub mod pickle;
-pub mod pyenv;
-pub mod worker;
+pub mod bench;
+pub mod decode;
+pub mod faults;
+pub mod fuzz;
 pub mod golden;
+pub mod pickle;
+pub mod protocol;
+pub mod pyenv;
+pub mod report;
+pub mod repro;
+pub mod scenario;
 pub mod session;
 pub mod verdict;
-pub mod faults;
-pub mod scenario;
-pub mod decode;
-pub mod report;
-pub mod fuzz;
-pub mod repro;
-pub mod bench;
+pub mod wire;
+pub mod worker;

@@ -145,7 +145,11 @@ fn main() -> ExitCode {
         ..cli
     };
     init_logging(cli.verbose);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = rt.block_on(async {
         if let Err(e) = worker::install_interrupt_handler() {
             tracing::warn!("no Ctrl-C handler: {e}");
@@ -176,23 +180,46 @@ fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn resolve_env(args: &EnvArgs) -> anyhow::Result<PythonEnv> {
-    pyenv::resolve(args.python.as_deref(), args.pyspark.as_deref()).map_err(|e| BadInput(e.to_string()).into())
+    pyenv::resolve(args.python.as_deref(), args.pyspark.as_deref())
+        .map_err(|e| BadInput(e.to_string()).into())
 }
 
 async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
     match cmd {
-        Command::Run { env, paths, dialect, json, deadline_ms, transcripts } => {
-            let opts = RunOptions { dialect, deadline: deadline_ms.map(Duration::from_millis), keep_transcripts: transcripts };
+        Command::Run {
+            env,
+            paths,
+            dialect,
+            json,
+            deadline_ms,
+            transcripts,
+        } => {
+            let opts = RunOptions {
+                dialect,
+                deadline: deadline_ms.map(Duration::from_millis),
+                keep_transcripts: transcripts,
+            };
             run_scenarios(&env, &paths, &opts, json.as_deref()).await
         }
-        Command::Check { env, scenarios, golden, json } => {
+        Command::Check {
+            env,
+            scenarios,
+            golden,
+            json,
+        } => {
             println!("== scenarios ({})", scenarios.display());
-            let a = run_scenarios(&env, &[scenarios], &RunOptions::default(), json.as_deref()).await?;
+            let a =
+                run_scenarios(&env, &[scenarios], &RunOptions::default(), json.as_deref()).await?;
             println!("== goldens ({})", golden.display());
             let b = fakejvm::golden::replay_cmd(fakejvm::golden::ReplayArgs {
                 paths: vec![golden],
@@ -204,9 +231,22 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
             .await?;
             Ok(a.max(b))
         }
-        Command::Decode { file, dialect, direction, skip, json } => {
-            let bytes = std::fs::read(&file).map_err(|e| BadInput(format!("{}: cannot read: {e}", file.display())))?;
-            let bytes = bytes.get(skip..).ok_or_else(|| BadInput(format!("{}: --skip {skip} is past the end ({} bytes)", file.display(), bytes.len())))?;
+        Command::Decode {
+            file,
+            dialect,
+            direction,
+            skip,
+            json,
+        } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| BadInput(format!("{}: cannot read: {e}", file.display())))?;
+            let bytes = bytes.get(skip..).ok_or_else(|| {
+                BadInput(format!(
+                    "{}: --skip {skip} is past the end ({} bytes)",
+                    file.display(),
+                    bytes.len()
+                ))
+            })?;
             let d = decode::decode(dialect, direction, bytes);
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
@@ -215,7 +255,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
             }
             match &d.error {
                 None => Ok(0),
-                Some(e) => Err(BadInput(format!("{}: does not decode as a {direction:?} stream of dialect {dialect:?}: {e}", file.display())).into()),
+                Some(e) => Err(BadInput(format!(
+                    "{}: does not decode as a {direction:?} stream of dialect {dialect:?}: {e}",
+                    file.display()
+                ))
+                .into()),
             }
         }
         Command::Bench(args) => fakejvm::bench::bench_cmd(args).await,
@@ -241,9 +285,23 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
                     let base = pyenv::base_python_minor().unwrap_or_else(|_| "3.11".into());
                     let dir = pyenv::env_dir(v, &base);
                     let ready = dir.join("fakejvm-env.json").exists();
-                    let (maj, min) = v.split_once('.').map(|(a, b)| (a.parse().unwrap_or(0), b.split('.').next().unwrap_or("0").parse().unwrap_or(0))).unwrap_or((0, 0));
-                    let d = Dialect::for_version(maj, min).map(|d| format!("{d:?}")).unwrap_or_default();
-                    println!("pyspark {v:<6} dialect {d}  {}  {}", if ready { "ready  " } else { "missing" }, dir.display());
+                    let (maj, min) = v
+                        .split_once('.')
+                        .map(|(a, b)| {
+                            (
+                                a.parse().unwrap_or(0),
+                                b.split('.').next().unwrap_or("0").parse().unwrap_or(0),
+                            )
+                        })
+                        .unwrap_or((0, 0));
+                    let d = Dialect::for_version(maj, min)
+                        .map(|d| format!("{d:?}"))
+                        .unwrap_or_default();
+                    println!(
+                        "pyspark {v:<6} dialect {d}  {}  {}",
+                        if ready { "ready  " } else { "missing" },
+                        dir.display()
+                    );
                 }
                 Ok(0)
             }
@@ -251,22 +309,35 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
     }
 }
 
-async fn run_scenarios(env: &EnvArgs, paths: &[PathBuf], opts: &RunOptions, json: Option<&std::path::Path>) -> anyhow::Result<u8> {
+async fn run_scenarios(
+    env: &EnvArgs,
+    paths: &[PathBuf],
+    opts: &RunOptions,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<u8> {
     // Parse every file before starting anything: a broken file is exit 2, not a failure.
     let files = scenario::collect_files(paths).map_err(|e| BadInput(e.to_string()))?;
     if files.is_empty() {
-        return Err(BadInput(format!("no scenario files (*.json) under {}", paths_text(paths))).into());
+        return Err(BadInput(format!(
+            "no scenario files (*.json) under {}",
+            paths_text(paths)
+        ))
+        .into());
     }
     let mut scenarios = vec![];
     for f in &files {
-        scenarios.push((f.clone(), Scenario::load(f).map_err(|e| BadInput(e.to_string()))?));
+        scenarios.push((
+            f.clone(),
+            Scenario::load(f).map_err(|e| BadInput(e.to_string()))?,
+        ));
     }
     let env = resolve_env(env)?;
     // Build every command up front: a function that does not compile is a broken
     // scenario file (exit 2), found before any worker starts. Builds are cached on disk.
     for (f, s) in &scenarios {
         let specs: Vec<_> = s.tasks.iter().map(scenario::command_spec).collect();
-        pyenv::build_commands(&env, &specs).map_err(|e| BadInput(format!("{}: {}", f.display(), one_line(&e.to_string()))))?;
+        pyenv::build_commands(&env, &specs)
+            .map_err(|e| BadInput(format!("{}: {}", f.display(), one_line(&e.to_string()))))?;
     }
     let mut reports = vec![];
     for (f, s) in &scenarios {
@@ -280,7 +351,11 @@ async fn run_scenarios(env: &EnvArgs, paths: &[PathBuf], opts: &RunOptions, json
         report::write_json(path, &env.pyspark.to_string(), &env.python, &reports)
             .with_context(|| format!("writing the JSON report {}", path.display()))?;
     }
-    Ok(if reports.iter().any(|r| r.status == Status::Failed) { 1 } else { 0 })
+    Ok(if reports.iter().any(|r| r.status == Status::Failed) {
+        1
+    } else {
+        0
+    })
 }
 
 fn print_env(e: &PythonEnv) {
@@ -297,9 +372,17 @@ fn print_env(e: &PythonEnv) {
 
 /// Error texts from Python can span lines; the CLI promises one.
 fn one_line(s: &str) -> String {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 fn paths_text(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

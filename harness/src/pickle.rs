@@ -134,7 +134,11 @@ pub enum PickleError {
         "pickle at byte {at} uses {module}.{name}, which is not plain data; have the worker's \
          function return plain values (e.g. tuple(row) instead of a Row)"
     )]
-    NotPlainGlobal { at: usize, module: String, name: String },
+    NotPlainGlobal {
+        at: usize,
+        module: String,
+        name: String,
+    },
     #[error("malformed pickle at byte {at}: {what}")]
     Malformed { at: usize, what: String },
     #[error("the container built at byte {at} contains itself; a plain value cannot be cyclic")]
@@ -154,7 +158,10 @@ pub enum PickleError {
         source: Box<PickleError>,
     },
     #[error("frame {frame} is NULL (-5), which a {serializer} never writes")]
-    UnexpectedNull { frame: usize, serializer: &'static str },
+    UnexpectedNull {
+        frame: usize,
+        serializer: &'static str,
+    },
     #[error("frame {frame} holds a pickled {got}, not the list that a batched serializer writes per frame")]
     NotABatch { frame: usize, got: &'static str },
     #[error("frame {frame} is not UTF-8 (first invalid byte at {at}); pyspark would raise UnicodeDecodeError")]
@@ -286,7 +293,12 @@ struct Encoder {
 
 impl Encoder {
     fn new() -> Encoder {
-        Encoder { out: vec![op::PROTO, 5], frame_start: None, memo_len: 0, singletons: HashMap::new() }
+        Encoder {
+            out: vec![op::PROTO, 5],
+            frame_start: None,
+            memo_len: 0,
+            singletons: HashMap::new(),
+        }
     }
 
     fn finish(mut self) -> Vec<u8> {
@@ -304,7 +316,9 @@ impl Encoder {
     }
 
     fn commit_frame(&mut self) {
-        let Some(start) = self.frame_start.take() else { return };
+        let Some(start) = self.frame_start.take() else {
+            return;
+        };
         let len = self.out.len() - start - FRAME_HEADER;
         if len >= FRAME_MIN {
             self.out[start] = op::FRAME;
@@ -361,7 +375,10 @@ impl Encoder {
             Value::Str(s) => self.save_str(s),
             Value::Bytes(b) => self.save_bytes(b),
             Value::ByteArray(b) => {
-                self.write_payload(&with_arg(op::BYTEARRAY8, &(b.len() as u64).to_le_bytes()), b);
+                self.write_payload(
+                    &with_arg(op::BYTEARRAY8, &(b.len() as u64).to_le_bytes()),
+                    b,
+                );
                 self.memoize();
             }
             Value::List(items) => self.save_list(items),
@@ -413,7 +430,10 @@ impl Encoder {
             (Some(c), None) if (c as u32) < 256 => Some(Singleton::Str(Some(c))),
             _ => None,
         };
-        let header = sized(s.len(), [op::SHORT_BINUNICODE, op::BINUNICODE, op::BINUNICODE8]);
+        let header = sized(
+            s.len(),
+            [op::SHORT_BINUNICODE, op::BINUNICODE, op::BINUNICODE8],
+        );
         self.save_memoized_payload(singleton, &header, s.as_bytes());
     }
 
@@ -423,7 +443,12 @@ impl Encoder {
         self.save_memoized_payload(singleton, &header, b);
     }
 
-    fn save_memoized_payload(&mut self, singleton: Option<Singleton>, header: &[u8], payload: &[u8]) {
+    fn save_memoized_payload(
+        &mut self,
+        singleton: Option<Singleton>,
+        header: &[u8],
+        payload: &[u8],
+    ) {
         if let Some(idx) = singleton.as_ref().and_then(|s| self.singletons.get(s)) {
             let idx = *idx;
             self.write_get(idx);
@@ -539,7 +564,10 @@ fn with_arg(opcode: u8, arg: &[u8]) -> OpArg {
     let mut bytes = [0; 9];
     bytes[0] = opcode;
     bytes[1..1 + arg.len()].copy_from_slice(arg);
-    OpArg { bytes, len: 1 + arg.len() }
+    OpArg {
+        bytes,
+        len: 1 + arg.len(),
+    }
 }
 
 /// A str/bytes opcode with the narrowest length that fits: one byte, four, or eight.
@@ -671,7 +699,14 @@ impl Memo {
 
 impl<'a> Decoder<'a> {
     fn new(bytes: &'a [u8]) -> Decoder<'a> {
-        Decoder { bytes, pos: 0, nodes: Vec::new(), stack: Vec::new(), marks: Vec::new(), memo: Memo::default() }
+        Decoder {
+            bytes,
+            pos: 0,
+            nodes: Vec::new(),
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: Memo::default(),
+        }
     }
 
     // -- reading arguments; every length is checked against what is left --
@@ -701,7 +736,10 @@ impl<'a> Decoder<'a> {
 
     fn line(&mut self, what: &'static str) -> Result<&'a [u8]> {
         let rest = &self.bytes[self.pos..];
-        let n = rest.iter().position(|&b| b == b'\n').ok_or(PickleError::Truncated { at: self.pos, what })?;
+        let n = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or(PickleError::Truncated { at: self.pos, what })?;
         self.pos += n + 1;
         Ok(&rest[..n])
     }
@@ -709,7 +747,10 @@ impl<'a> Decoder<'a> {
     // -- the stack --
 
     fn malformed<T>(&self, at: usize, what: impl Into<String>) -> Result<T> {
-        Err(PickleError::Malformed { at, what: what.into() })
+        Err(PickleError::Malformed {
+            at,
+            what: what.into(),
+        })
     }
 
     fn new_node(&mut self, kind: Kind, at: usize) -> NodeId {
@@ -732,14 +773,20 @@ impl<'a> Decoder<'a> {
 
     fn pop(&mut self, at: usize) -> Result<NodeId> {
         if self.stack.len() <= self.frame_base() {
-            return self.malformed(at, "stack underflow (an opcode needs a value the pickle never pushed)");
+            return self.malformed(
+                at,
+                "stack underflow (an opcode needs a value the pickle never pushed)",
+            );
         }
         Ok(self.stack.pop().expect("checked non-empty"))
     }
 
     fn top(&self, at: usize) -> Result<NodeId> {
         if self.stack.len() <= self.frame_base() {
-            return self.malformed(at, "stack underflow (an opcode needs a value the pickle never pushed)");
+            return self.malformed(
+                at,
+                "stack underflow (an opcode needs a value the pickle never pushed)",
+            );
         }
         Ok(*self.stack.last().expect("checked non-empty"))
     }
@@ -796,19 +843,28 @@ impl<'a> Decoder<'a> {
                 op::PROTO => {
                     let v = self.u8("the protocol number")?;
                     if v > 5 {
-                        return self.malformed(at, format!("unsupported pickle protocol {v} (CPython 3.11 reads 0-5)"));
+                        return self.malformed(
+                            at,
+                            format!("unsupported pickle protocol {v} (CPython 3.11 reads 0-5)"),
+                        );
                     }
                 }
                 op::FRAME => {
                     let n = self.len_u64("a FRAME length")?;
                     if n > self.bytes.len() - self.pos {
-                        return Err(PickleError::Truncated { at, what: "a FRAME's announced contents" });
+                        return Err(PickleError::Truncated {
+                            at,
+                            what: "a FRAME's announced contents",
+                        });
                     }
                 }
                 op::STOP => {
                     let root = self.pop(at)?;
                     if self.pos != self.bytes.len() {
-                        return Err(PickleError::TrailingBytes { at, len: self.bytes.len() - self.pos });
+                        return Err(PickleError::TrailingBytes {
+                            at,
+                            len: self.bytes.len() - self.pos,
+                        });
                     }
                     return self.finish(root);
                 }
@@ -884,8 +940,10 @@ impl<'a> Decoder<'a> {
                 op::FLOAT => {
                     let text = self.line("a FLOAT")?;
                     let Some(f) = parse_ascii::<f64>(text) else {
-                        return self
-                            .malformed(at, format!("FLOAT {:?} is not a number", String::from_utf8_lossy(text)));
+                        return self.malformed(
+                            at,
+                            format!("FLOAT {:?} is not a number", String::from_utf8_lossy(text)),
+                        );
                     };
                     self.push_atom(Value::Float(f), at);
                 }
@@ -922,8 +980,12 @@ impl<'a> Decoder<'a> {
                 op::STRING => {
                     let text = self.line("a STRING")?;
                     let v = match text {
-                        [q, inner @ .., q2] if q == q2 && (*q == b'\'' || *q == b'"') => escape_decode(inner),
-                        _ => return self.malformed(at, "the STRING opcode argument must be quoted"),
+                        [q, inner @ .., q2] if q == q2 && (*q == b'\'' || *q == b'"') => {
+                            escape_decode(inner)
+                        }
+                        _ => {
+                            return self.malformed(at, "the STRING opcode argument must be quoted")
+                        }
                     };
                     self.push_atom(Value::Bytes(v), at);
                 }
@@ -988,7 +1050,8 @@ impl<'a> Decoder<'a> {
                 op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
                     let n = usize::from(code - op::TUPLE1) + 1;
                     if self.stack.len() < self.frame_base() + n {
-                        return self.malformed(at, format!("TUPLE{n} needs {n} values on the stack"));
+                        return self
+                            .malformed(at, format!("TUPLE{n} needs {n} values on the stack"));
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
                     self.push(Kind::Tuple(items), at);
@@ -1007,7 +1070,10 @@ impl<'a> Decoder<'a> {
                     let list = self.top(at)?;
                     match &mut self.nodes[list].kind {
                         Kind::List(items) => items.push(item),
-                        _ => return self.malformed(at, format!("APPEND to a {}", self.kind_name(list))),
+                        _ => {
+                            return self
+                                .malformed(at, format!("APPEND to a {}", self.kind_name(list)))
+                        }
                     }
                 }
                 op::APPENDS => {
@@ -1015,13 +1081,17 @@ impl<'a> Decoder<'a> {
                     let list = self.top(at)?;
                     match &mut self.nodes[list].kind {
                         Kind::List(items) => items.extend(new),
-                        _ => return self.malformed(at, format!("APPENDS to a {}", self.kind_name(list))),
+                        _ => {
+                            return self
+                                .malformed(at, format!("APPENDS to a {}", self.kind_name(list)))
+                        }
                     }
                 }
                 op::EMPTY_DICT => self.push(Kind::Dict(Vec::new()), at),
                 op::DICT => {
                     let items = self.pop_mark(at)?;
-                    let pairs = pairs_of(items).or_else(|_| self.malformed(at, "DICT with an odd number of items"))?;
+                    let pairs = pairs_of(items)
+                        .or_else(|_| self.malformed(at, "DICT with an odd number of items"))?;
                     self.push(Kind::Dict(pairs), at);
                 }
                 op::SETITEM => {
@@ -1030,17 +1100,23 @@ impl<'a> Decoder<'a> {
                     let dict = self.top(at)?;
                     match self.target(at)? {
                         Kind::Dict(pairs) => pairs.push((k, v)),
-                        _ => return self.malformed(at, format!("SETITEM on a {}", self.kind_name(dict))),
+                        _ => {
+                            return self
+                                .malformed(at, format!("SETITEM on a {}", self.kind_name(dict)))
+                        }
                     }
                 }
                 op::SETITEMS => {
                     let items = self.pop_mark(at)?;
-                    let new =
-                        pairs_of(items).or_else(|_| self.malformed(at, "SETITEMS with an odd number of items"))?;
+                    let new = pairs_of(items)
+                        .or_else(|_| self.malformed(at, "SETITEMS with an odd number of items"))?;
                     let dict = self.top(at)?;
                     match self.target(at)? {
                         Kind::Dict(pairs) => pairs.extend(new),
-                        _ => return self.malformed(at, format!("SETITEMS on a {}", self.kind_name(dict))),
+                        _ => {
+                            return self
+                                .malformed(at, format!("SETITEMS on a {}", self.kind_name(dict)))
+                        }
                     }
                 }
                 op::EMPTY_SET => self.push(Kind::Set(Vec::new()), at),
@@ -1049,7 +1125,10 @@ impl<'a> Decoder<'a> {
                     let set = self.top(at)?;
                     match self.target(at)? {
                         Kind::Set(items) => items.extend(new),
-                        _ => return self.malformed(at, format!("ADDITEMS on a {}", self.kind_name(set))),
+                        _ => {
+                            return self
+                                .malformed(at, format!("ADDITEMS on a {}", self.kind_name(set)))
+                        }
                     }
                 }
                 op::FROZENSET => {
@@ -1058,7 +1137,8 @@ impl<'a> Decoder<'a> {
                 }
 
                 op::GLOBAL => {
-                    let module = String::from_utf8_lossy(self.line("a GLOBAL module")?).into_owned();
+                    let module =
+                        String::from_utf8_lossy(self.line("a GLOBAL module")?).into_owned();
                     let name = String::from_utf8_lossy(self.line("a GLOBAL name")?).into_owned();
                     self.push(Kind::Global { module, name }, at);
                 }
@@ -1092,7 +1172,10 @@ impl<'a> Decoder<'a> {
                 | op::BINPERSID
                 | op::NEXT_BUFFER
                 | op::READONLY_BUFFER => {
-                    return Err(PickleError::NotPlainOpcode { at, name: opcode_name(code) });
+                    return Err(PickleError::NotPlainOpcode {
+                        at,
+                        name: opcode_name(code),
+                    });
                 }
                 other => return Err(PickleError::UnknownOpcode { at, opcode: other }),
             }
@@ -1102,7 +1185,13 @@ impl<'a> Decoder<'a> {
     fn parse_int(&self, text: &[u8], at: usize) -> Result<Value> {
         match parse_ascii::<BigInt>(text) {
             Some(i) => Ok(Value::int(i)),
-            None => self.malformed(at, format!("{:?} is not a decimal integer", String::from_utf8_lossy(text))),
+            None => self.malformed(
+                at,
+                format!(
+                    "{:?} is not a decimal integer",
+                    String::from_utf8_lossy(text)
+                ),
+            ),
         }
     }
 
@@ -1115,43 +1204,76 @@ impl<'a> Decoder<'a> {
             return self.malformed(at, format!("REDUCE calls a {}", self.kind_name(callable)));
         };
         let Kind::Tuple(args) = &self.nodes[args].kind else {
-            return self.malformed(at, format!("REDUCE arguments are a {}, not a tuple", self.kind_name(args)));
+            return self.malformed(
+                at,
+                format!(
+                    "REDUCE arguments are a {}, not a tuple",
+                    self.kind_name(args)
+                ),
+            );
         };
         let builtin = module == "builtins" || module == "__builtin__";
-        let not_plain = || PickleError::NotPlainGlobal { at, module: module.clone(), name: name.clone() };
+        let not_plain = || PickleError::NotPlainGlobal {
+            at,
+            module: module.clone(),
+            name: name.clone(),
+        };
         let atom = |i: usize| match args.get(i).map(|&id| &self.nodes[id].kind) {
             Some(Kind::Atom(v)) => Some(v),
             _ => None,
         };
         match (builtin, name.as_str(), args.len()) {
-            (true, "set" | "frozenset", 0) => {
-                Ok(if name == "set" { Kind::Set(Vec::new()) } else { Kind::FrozenSet(Vec::new()) })
-            }
+            (true, "set" | "frozenset", 0) => Ok(if name == "set" {
+                Kind::Set(Vec::new())
+            } else {
+                Kind::FrozenSet(Vec::new())
+            }),
             (true, "set" | "frozenset", 1) => {
                 // set(iterable) copies the items now; later changes to the list do not show.
                 let items = match &self.nodes[args[0]].kind {
                     Kind::List(c) | Kind::Tuple(c) | Kind::Set(c) | Kind::FrozenSet(c) => c.clone(),
-                    _ => return self.malformed(at, format!("{name}() of a {}", self.kind_name(args[0]))),
+                    _ => {
+                        return self
+                            .malformed(at, format!("{name}() of a {}", self.kind_name(args[0])))
+                    }
                 };
-                Ok(if name == "set" { Kind::Set(items) } else { Kind::FrozenSet(items) })
+                Ok(if name == "set" {
+                    Kind::Set(items)
+                } else {
+                    Kind::FrozenSet(items)
+                })
             }
             (true, "bytes", 0) => Ok(Kind::Atom(Value::Bytes(Vec::new()))),
             (true, "bytearray", 0) => Ok(Kind::Atom(Value::ByteArray(Vec::new()))),
             (true, "bytes" | "bytearray", 1 | 2) => {
                 let data = match (atom(0), atom(1)) {
-                    (Some(Value::Bytes(b) | Value::ByteArray(b)), None) if args.len() == 1 => b.clone(),
+                    (Some(Value::Bytes(b) | Value::ByteArray(b)), None) if args.len() == 1 => {
+                        b.clone()
+                    }
                     (Some(Value::Str(s)), Some(Value::Str(enc))) => {
                         encode_str(s, enc).or_else(|e| self.malformed(at, e))?
                     }
-                    _ => return self.malformed(at, format!("{name}() with arguments fakejvm does not read")),
+                    _ => {
+                        return self.malformed(
+                            at,
+                            format!("{name}() with arguments fakejvm does not read"),
+                        )
+                    }
                 };
-                Ok(Kind::Atom(if name == "bytes" { Value::Bytes(data) } else { Value::ByteArray(data) }))
+                Ok(Kind::Atom(if name == "bytes" {
+                    Value::Bytes(data)
+                } else {
+                    Value::ByteArray(data)
+                }))
             }
             _ if module == "_codecs" && name == "encode" => match (atom(0), atom(1)) {
-                (Some(Value::Str(s)), Some(Value::Str(enc))) if args.len() == 2 => {
-                    Ok(Kind::Atom(Value::Bytes(encode_str(s, enc).or_else(|e| self.malformed(at, e))?)))
-                }
-                _ => self.malformed(at, "_codecs.encode with arguments other than (str, encoding)"),
+                (Some(Value::Str(s)), Some(Value::Str(enc))) if args.len() == 2 => Ok(Kind::Atom(
+                    Value::Bytes(encode_str(s, enc).or_else(|e| self.malformed(at, e))?),
+                )),
+                _ => self.malformed(
+                    at,
+                    "_codecs.encode with arguments other than (str, encoding)",
+                ),
             },
             _ => Err(not_plain()),
         }
@@ -1202,7 +1324,10 @@ impl<'a> Decoder<'a> {
                             Value::Bytes(b) | Value::ByteArray(b) => b.len(),
                             _ => 0,
                         };
-                        seen[id] = Seen::Done { height: 0, cost: VALUE_SIZE + payload as u64 };
+                        seen[id] = Seen::Done {
+                            height: 0,
+                            cost: VALUE_SIZE + payload as u64,
+                        };
                         done = Some((0, VALUE_SIZE + payload as u64));
                     }
                     (Seen::No, Kind::Global { module, name }) => {
@@ -1220,19 +1345,28 @@ impl<'a> Decoder<'a> {
                             return Err(PickleError::TooDeep { at: node.at });
                         }
                         seen[id] = Seen::Active;
-                        open.push(Open { id, next: 0, height: 0, cost: VALUE_SIZE });
+                        open.push(Open {
+                            id,
+                            next: 0,
+                            height: 0,
+                            cost: VALUE_SIZE,
+                        });
                     }
                 }
             }
             if let Some((height, cost)) = done {
-                let Some(parent) = open.last_mut() else { return Ok(refs) };
+                let Some(parent) = open.last_mut() else {
+                    return Ok(refs);
+                };
                 parent.height = parent.height.max(height);
                 parent.cost = parent.cost.saturating_add(cost);
                 if parent.cost > MAX_EXPANDED_BYTES {
                     return Err(PickleError::TooLarge);
                 }
             }
-            let Some(top) = open.last_mut() else { return Ok(refs) };
+            let Some(top) = open.last_mut() else {
+                return Ok(refs);
+            };
             let kind = &self.nodes[top.id].kind;
             if top.next < kind.child_count() {
                 let child = kind.child(top.next);
@@ -1279,18 +1413,32 @@ impl<'a> Decoder<'a> {
             let mut done = None;
             if let Some(id) = visit.take() {
                 // Only objects used more than once are ever kept in `shared`.
-                if let Some((value, left)) = if refs[id] > 1 { shared.get_mut(&id) } else { None } {
+                if let Some((value, left)) = if refs[id] > 1 {
+                    shared.get_mut(&id)
+                } else {
+                    None
+                } {
                     *left -= 1;
-                    done = Some(if *left == 0 { shared.remove(&id).expect("present").0 } else { value.clone() });
+                    done = Some(if *left == 0 {
+                        shared.remove(&id).expect("present").0
+                    } else {
+                        value.clone()
+                    });
                 } else {
                     match std::mem::replace(&mut self.nodes[id].kind, Kind::Taken) {
                         Kind::Atom(v) => done = Some(keep(id, v, &mut shared)),
                         Kind::Global { .. } | Kind::Taken => {
-                            return self.malformed(self.nodes[id].at, "internal: object built twice")
+                            return self
+                                .malformed(self.nodes[id].at, "internal: object built twice")
                         }
                         kind => {
                             let items = Vec::with_capacity(kind.child_count());
-                            open.push(Open { id, kind, next: 0, items });
+                            open.push(Open {
+                                id,
+                                kind,
+                                next: 0,
+                                items,
+                            });
                         }
                     }
                 }
@@ -1323,7 +1471,9 @@ impl<'a> Decoder<'a> {
                     }
                     Value::Dict(dedupe_dict(pairs).map_err(unhashable)?)
                 }
-                Kind::Atom(_) | Kind::Global { .. } | Kind::Taken => unreachable!("only containers are opened"),
+                Kind::Atom(_) | Kind::Global { .. } | Kind::Taken => {
+                    unreachable!("only containers are opened")
+                }
             };
             let value = keep(top.id, value, &mut shared);
             match open.last_mut() {
@@ -1375,18 +1525,24 @@ fn utf8(b: &[u8], at: usize) -> Result<String> {
             } else {
                 "a str whose bytes are not UTF-8"
             };
-            Err(PickleError::Malformed { at, what: format!("{what} (byte {bad} of the str)") })
+            Err(PickleError::Malformed {
+                at,
+                what: format!("{what} (byte {bad} of the str)"),
+            })
         }
     }
 }
 
 fn encode_str(s: &str, encoding: &str) -> Result<Vec<u8>, String> {
     match encoding.to_ascii_lowercase().replace('_', "-").as_str() {
-        "latin1" | "latin-1" | "iso-8859-1" | "iso8859-1" => {
-            s.chars().map(|c| u8::try_from(c as u32).map_err(|_| format!("{c:?} is not latin-1"))).collect()
-        }
+        "latin1" | "latin-1" | "iso-8859-1" | "iso8859-1" => s
+            .chars()
+            .map(|c| u8::try_from(c as u32).map_err(|_| format!("{c:?} is not latin-1")))
+            .collect(),
         "utf8" | "utf-8" => Ok(s.as_bytes().to_vec()),
-        other => Err(format!("encoding {other:?} is not one plain-data pickles use")),
+        other => Err(format!(
+            "encoding {other:?} is not one plain-data pickles use"
+        )),
     }
 }
 
@@ -1423,7 +1579,10 @@ fn escape_decode(s: &[u8]) -> Vec<u8> {
                 out.push(v as u8);
             }
             b'x' if i + 2 <= s.len() && s[i..i + 2].iter().all(u8::is_ascii_hexdigit) => {
-                out.push(u8::from_str_radix(std::str::from_utf8(&s[i..i + 2]).expect("hex digits"), 16).expect("hex"));
+                out.push(
+                    u8::from_str_radix(std::str::from_utf8(&s[i..i + 2]).expect("hex digits"), 16)
+                        .expect("hex"),
+                );
                 i += 2;
             }
             _ => out.extend_from_slice(&[b'\\', c]),
@@ -1457,12 +1616,17 @@ fn raw_unicode_escape_decode(s: &[u8]) -> Result<String, String> {
                 continue;
             }
         };
-        let hex = s.get(i + 2..i + 2 + digits).ok_or("truncated \\u escape in UNICODE")?;
+        let hex = s
+            .get(i + 2..i + 2 + digits)
+            .ok_or("truncated \\u escape in UNICODE")?;
         let code = std::str::from_utf8(hex)
             .ok()
             .and_then(|h| u32::from_str_radix(h, 16).ok())
             .ok_or("bad \\u escape in UNICODE")?;
-        out.push(char::from_u32(code).ok_or("UNICODE holds a lone surrogate or a code point past U+10FFFF")?);
+        out.push(
+            char::from_u32(code)
+                .ok_or("UNICODE holds a lone surrogate or a code point past U+10FFFF")?,
+        );
         i += 2 + digits;
     }
     Ok(out)
@@ -1499,9 +1663,17 @@ fn hash_key(v: &Value, nans: &mut usize) -> Result<HashKey, &'static str> {
         Value::Float(f) => HashKey::Float(f.to_bits()),
         Value::Str(s) => HashKey::Str(s.clone()),
         Value::Bytes(b) => HashKey::Bytes(b.clone()),
-        Value::Tuple(items) => HashKey::Tuple(items.iter().map(|i| hash_key(i, nans)).collect::<Result<_, _>>()?),
+        Value::Tuple(items) => HashKey::Tuple(
+            items
+                .iter()
+                .map(|i| hash_key(i, nans))
+                .collect::<Result<_, _>>()?,
+        ),
         Value::FrozenSet(items) => {
-            let mut keys = items.iter().map(|i| hash_key(i, nans)).collect::<Result<Vec<_>, _>>()?;
+            let mut keys = items
+                .iter()
+                .map(|i| hash_key(i, nans))
+                .collect::<Result<Vec<_>, _>>()?;
             keys.sort();
             keys.dedup();
             HashKey::FrozenSet(keys)
@@ -1594,15 +1766,26 @@ fn json_err<T>(path: &[Segment], what: impl Into<String>) -> Result<T> {
     }
     if pointer.len() > 160 {
         let cut = pointer.ceil_char_boundary(pointer.len() - 120);
-        pointer = format!("{}...{}", &pointer[..pointer.floor_char_boundary(30)], &pointer[cut..]);
+        pointer = format!(
+            "{}...{}",
+            &pointer[..pointer.floor_char_boundary(30)],
+            &pointer[cut..]
+        );
     }
-    Err(PickleError::Json { path: pointer, what: what.into() })
+    Err(PickleError::Json {
+        path: pointer,
+        what: what.into(),
+    })
 }
 
 /// Recurses once per nesting level (with `json_items` and, for tags, `from_tag`), so these
 /// three keep their frames small and leave scalars, errors and rare shapes to helpers.
 /// `depth` counts the containers around `v`.
-fn from_json<'a>(v: &'a serde_json::Value, path: &mut Vec<Segment<'a>>, depth: usize) -> Result<Value> {
+fn from_json<'a>(
+    v: &'a serde_json::Value,
+    path: &mut Vec<Segment<'a>>,
+    depth: usize,
+) -> Result<Value> {
     use serde_json::Value as J;
     if depth >= MAX_DEPTH && (v.is_array() || v.is_object()) {
         return too_deep(path);
@@ -1628,7 +1811,11 @@ fn too_deep<T>(path: &[Segment]) -> Result<T> {
 }
 
 /// The items of a container at nesting `depth`.
-fn json_items<'a>(items: &'a [serde_json::Value], path: &mut Vec<Segment<'a>>, depth: usize) -> Result<Vec<Value>> {
+fn json_items<'a>(
+    items: &'a [serde_json::Value],
+    path: &mut Vec<Segment<'a>>,
+    depth: usize,
+) -> Result<Vec<Value>> {
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         path.push(Segment::Index(i));
@@ -1638,7 +1825,12 @@ fn json_items<'a>(items: &'a [serde_json::Value], path: &mut Vec<Segment<'a>>, d
     Ok(out)
 }
 
-fn from_tag<'a>(tag: &str, inner: &'a serde_json::Value, path: &mut Vec<Segment<'a>>, depth: usize) -> Result<Value> {
+fn from_tag<'a>(
+    tag: &str,
+    inner: &'a serde_json::Value,
+    path: &mut Vec<Segment<'a>>,
+    depth: usize,
+) -> Result<Value> {
     use serde_json::Value as J;
     match (tag, inner) {
         ("$tuple", J::Array(items)) => Ok(Value::Tuple(json_items(items, path, depth)?)),
@@ -1666,13 +1858,26 @@ fn str_dict_from_json<'a>(
 }
 
 #[inline(never)]
-fn set_from_json<'a>(items: &'a [serde_json::Value], path: &mut Vec<Segment<'a>>, depth: usize) -> Result<Vec<Value>> {
+fn set_from_json<'a>(
+    items: &'a [serde_json::Value],
+    path: &mut Vec<Segment<'a>>,
+    depth: usize,
+) -> Result<Vec<Value>> {
     let items = json_items(items, path, depth)?;
-    dedupe_set(items).or_else(|t| json_err(path, format!("a {t} cannot be a set member (Python cannot hash it)")))
+    dedupe_set(items).or_else(|t| {
+        json_err(
+            path,
+            format!("a {t} cannot be a set member (Python cannot hash it)"),
+        )
+    })
 }
 
 #[inline(never)]
-fn dict_from_json<'a>(entries: &'a [serde_json::Value], path: &mut Vec<Segment<'a>>, depth: usize) -> Result<Value> {
+fn dict_from_json<'a>(
+    entries: &'a [serde_json::Value],
+    path: &mut Vec<Segment<'a>>,
+    depth: usize,
+) -> Result<Value> {
     let mut pairs = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
         path.push(Segment::Index(i));
@@ -1685,8 +1890,12 @@ fn dict_from_json<'a>(entries: &'a [serde_json::Value], path: &mut Vec<Segment<'
         pairs.push((k, v));
         path.pop();
     }
-    let pairs = dedupe_dict(pairs)
-        .or_else(|t| json_err(path, format!("a {t} cannot be a dict key (Python cannot hash it)")))?;
+    let pairs = dedupe_dict(pairs).or_else(|t| {
+        json_err(
+            path,
+            format!("a {t} cannot be a dict key (Python cannot hash it)"),
+        )
+    })?;
     Ok(Value::Dict(pairs))
 }
 
@@ -1767,7 +1976,10 @@ pub fn value_to_json(v: &Value) -> serde_json::Value {
     // level, so its stack frame is kept small.
     match v {
         Value::List(items) => J::Array(items.iter().map(value_to_json).collect()),
-        Value::Tuple(items) => tagged("$tuple", J::Array(items.iter().map(value_to_json).collect())),
+        Value::Tuple(items) => tagged(
+            "$tuple",
+            J::Array(items.iter().map(value_to_json).collect()),
+        ),
         Value::Dict(pairs) => dict_to_json(pairs),
         Value::Set(items) => tagged("$set", members_to_json(items)),
         Value::FrozenSet(items) => tagged("$frozenset", members_to_json(items)),
@@ -1790,8 +2002,12 @@ fn scalar_to_json(v: &Value) -> serde_json::Value {
         Value::Int(i) => J::from(*i),
         Value::BigInt(b) => tagged("$int", J::String(b.to_string())),
         Value::Float(f) if f.is_nan() => tagged("$float", J::from("nan")),
-        Value::Float(f) if f.is_infinite() => tagged("$float", J::from(if *f > 0.0 { "inf" } else { "-inf" })),
-        Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
+        Value::Float(f) if f.is_infinite() => {
+            tagged("$float", J::from(if *f > 0.0 { "inf" } else { "-inf" }))
+        }
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(J::Number)
+            .unwrap_or(J::Null),
         Value::Str(s) => J::String(s.clone()),
         Value::Bytes(b) => tagged("$bytes", J::String(hex::encode(b))),
         Value::ByteArray(b) => tagged("$bytearray", J::String(hex::encode(b))),
@@ -1821,7 +2037,10 @@ fn dict_to_json(pairs: &[(Value, Value)]) -> serde_json::Value {
         }
         return J::Object(map);
     }
-    let mut entries: Vec<J> = pairs.iter().map(|(k, v)| J::Array(vec![value_to_json(k), value_to_json(v)])).collect();
+    let mut entries: Vec<J> = pairs
+        .iter()
+        .map(|(k, v)| J::Array(vec![value_to_json(k), value_to_json(v)]))
+        .collect();
     entries.sort_by_cached_key(|e| e[0].to_string());
     tagged("$dict", J::Array(entries))
 }
@@ -1876,7 +2095,10 @@ pub fn unbatched_frames(values: &[Value]) -> Vec<Vec<u8>> {
 
 /// UTF8Deserializer's input (textFile lines): UTF-8 frames; None is sent as NULL (-5).
 pub fn utf8_frames(lines: &[Option<String>]) -> Vec<Option<Vec<u8>>> {
-    lines.iter().map(|l| l.as_ref().map(|s| s.as_bytes().to_vec())).collect()
+    lines
+        .iter()
+        .map(|l| l.as_ref().map(|s| s.as_bytes().to_vec()))
+        .collect()
 }
 
 /// PairDeserializer's input (RDD.zip): key batch i, then value batch i, alternating on one
@@ -1928,23 +2150,42 @@ pub enum FrameKind {
 pub fn decode_frames(kind: FrameKind, frames: &[Option<Vec<u8>>]) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     for (frame, payload) in frames.iter().enumerate() {
-        let in_frame = |e: PickleError| PickleError::InFrame { frame, source: Box::new(e) };
+        let in_frame = |e: PickleError| PickleError::InFrame {
+            frame,
+            source: Box::new(e),
+        };
         match (kind, payload) {
             (FrameKind::Batched, None) => {
-                return Err(PickleError::UnexpectedNull { frame, serializer: "batched pickle serializer" })
+                return Err(PickleError::UnexpectedNull {
+                    frame,
+                    serializer: "batched pickle serializer",
+                })
             }
             (FrameKind::Unbatched, None) => {
-                return Err(PickleError::UnexpectedNull { frame, serializer: "CPickleSerializer" })
+                return Err(PickleError::UnexpectedNull {
+                    frame,
+                    serializer: "CPickleSerializer",
+                })
             }
             (FrameKind::Utf8 | FrameKind::Raw, None) => out.push(Value::None),
             (FrameKind::Batched, Some(b)) => match loads(b).map_err(in_frame)? {
                 Value::List(items) => out.extend(items),
-                other => return Err(PickleError::NotABatch { frame, got: other.type_name() }),
+                other => {
+                    return Err(PickleError::NotABatch {
+                        frame,
+                        got: other.type_name(),
+                    })
+                }
             },
             (FrameKind::Unbatched, Some(b)) => out.push(loads(b).map_err(in_frame)?),
             (FrameKind::Utf8, Some(b)) => match std::str::from_utf8(b) {
                 Ok(s) => out.push(Value::Str(s.to_owned())),
-                Err(e) => return Err(PickleError::NotUtf8 { frame, at: e.valid_up_to() }),
+                Err(e) => {
+                    return Err(PickleError::NotUtf8 {
+                        frame,
+                        at: e.valid_up_to(),
+                    })
+                }
             },
             (FrameKind::Raw, Some(b)) => out.push(Value::Bytes(b.clone())),
         }
@@ -1962,15 +2203,22 @@ mod tests {
     /// Structural equality that also matches NaN with NaN (Value's PartialEq follows Python's
     /// nan != nan) and tells -0.0 from 0.0.
     fn identical(a: &Value, b: &Value) -> bool {
-        let all = |x: &[Value], y: &[Value]| x.len() == y.len() && x.iter().zip(y).all(|(p, q)| identical(p, q));
+        let all = |x: &[Value], y: &[Value]| {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| identical(p, q))
+        };
         match (a, b) {
-            (Value::Float(x), Value::Float(y)) => (x.is_nan() && y.is_nan()) || x.to_bits() == y.to_bits(),
+            (Value::Float(x), Value::Float(y)) => {
+                (x.is_nan() && y.is_nan()) || x.to_bits() == y.to_bits()
+            }
             (Value::List(x), Value::List(y))
             | (Value::Tuple(x), Value::Tuple(y))
             | (Value::Set(x), Value::Set(y))
             | (Value::FrozenSet(x), Value::FrozenSet(y)) => all(x, y),
             (Value::Dict(x), Value::Dict(y)) => {
-                x.len() == y.len() && x.iter().zip(y).all(|((k1, v1), (k2, v2))| identical(k1, k2) && identical(v1, v2))
+                x.len() == y.len()
+                    && x.iter()
+                        .zip(y)
+                        .all(|((k1, v1), (k2, v2))| identical(k1, k2) && identical(v1, v2))
             }
             _ => a == b,
         }
@@ -2013,7 +2261,10 @@ mod tests {
     fn loads_reads_memoized_containers_used_twice() {
         // s = "abc"; t = (s, s); pickle.dumps([t, t], 5): serde-pickle 1.2 fails on this with
         // "recursive structure found".
-        let v = loads(&h("80059511000000000000005d94288c0361626394680186946802652e")).unwrap();
+        let v = loads(&h(
+            "80059511000000000000005d94288c0361626394680186946802652e",
+        ))
+        .unwrap();
         let t = Value::Tuple(vec![s("abc"), s("abc")]);
         assert_eq!(v, Value::List(vec![t.clone(), t]));
     }
@@ -2066,7 +2317,10 @@ mod tests {
             Value::None,
             Value::Tuple(vec![]),
             Value::Tuple(vec![Value::Int(1)]),
-            Value::Dict(vec![(s("k"), Value::Tuple(vec![Value::Int(1), Value::Int(2)]))]),
+            Value::Dict(vec![(
+                s("k"),
+                Value::Tuple(vec![Value::Int(1), Value::Int(2)]),
+            )]),
         ]);
         for (proto, p) in protocols.iter().enumerate() {
             let got = loads(&h(p)).unwrap_or_else(|e| panic!("protocol {proto}: {e}"));
@@ -2103,7 +2357,10 @@ mod tests {
             op::POP,
             op::STOP,
         ];
-        assert_eq!(loads(&p).unwrap(), Value::Tuple(vec![Value::List(vec![Value::Int(1)])]));
+        assert_eq!(
+            loads(&p).unwrap(),
+            Value::Tuple(vec![Value::List(vec![Value::Int(1)])])
+        );
         // set(l) copies: a later append to l does not reach the set.
         let mut p = vec![op::PROTO, 2, op::GLOBAL];
         p.extend_from_slice(b"builtins\nset\n");
@@ -2134,12 +2391,28 @@ mod tests {
             (Value::Float(1.0), s("third")),
         ]);
         // As Python's {"b": 1, 1: "first", "a": 2, True: "second", 1.0: "third"}.
-        let expected = Value::Dict(vec![(s("b"), Value::Int(1)), (Value::Int(1), s("third")), (s("a"), Value::Int(2))]);
+        let expected = Value::Dict(vec![
+            (s("b"), Value::Int(1)),
+            (Value::Int(1), s("third")),
+            (s("a"), Value::Int(2)),
+        ]);
         assert_eq!(loads(&dumps(&d)).unwrap(), expected);
-        let set = Value::Set(vec![Value::Float(2.0), Value::Int(2), Value::Float(f64::NAN), Value::Float(f64::NAN)]);
+        let set = Value::Set(vec![
+            Value::Float(2.0),
+            Value::Int(2),
+            Value::Float(f64::NAN),
+            Value::Float(f64::NAN),
+        ]);
         let back = loads(&dumps(&set)).unwrap();
         assert!(
-            identical(&back, &Value::Set(vec![Value::Float(2.0), Value::Float(f64::NAN), Value::Float(f64::NAN)])),
+            identical(
+                &back,
+                &Value::Set(vec![
+                    Value::Float(2.0),
+                    Value::Float(f64::NAN),
+                    Value::Float(f64::NAN)
+                ])
+            ),
             "{back:?}"
         );
     }
@@ -2148,7 +2421,11 @@ mod tests {
     fn loads_rejects_what_is_not_plain_data() {
         // l = []; l.append((l,))
         let cycle = h("80059508000000000000005d9468008594612e");
-        assert!(matches!(loads(&cycle), Err(PickleError::Recursive { .. })), "{:?}", loads(&cycle));
+        assert!(
+            matches!(loads(&cycle), Err(PickleError::Recursive { .. })),
+            "{:?}",
+            loads(&cycle)
+        );
         // datetime.date(2020, 1, 2)
         let date = h("80059520000000000000008c086461746574696d65948c0464617465949394430407e4010294859452942e");
         match loads(&date) {
@@ -2161,16 +2438,52 @@ mod tests {
         let odict = h(
             "80059529000000000000008c0b636f6c6c656374696f6e73948c0b4f726465726564446963749493942952948c0161944b01732e",
         );
-        assert!(matches!(loads(&odict), Err(PickleError::NotPlainGlobal { .. })), "{:?}", loads(&odict));
+        assert!(
+            matches!(loads(&odict), Err(PickleError::NotPlainGlobal { .. })),
+            "{:?}",
+            loads(&odict)
+        );
         assert!(matches!(
             loads(&[op::PROTO, 5, op::NEWOBJ]),
-            Err(PickleError::NotPlainOpcode { at: 2, name: "NEWOBJ" })
+            Err(PickleError::NotPlainOpcode {
+                at: 2,
+                name: "NEWOBJ"
+            })
         ));
-        assert!(matches!(loads(&[0xff]), Err(PickleError::UnknownOpcode { at: 0, opcode: 0xff })));
-        let unhashable = [op::PROTO, 5, op::EMPTY_DICT, op::EMPTY_LIST, op::NONE, op::SETITEM, op::STOP];
-        assert!(matches!(loads(&unhashable), Err(PickleError::Unhashable { at: 2, type_name: "list" })));
+        assert!(matches!(
+            loads(&[0xff]),
+            Err(PickleError::UnknownOpcode {
+                at: 0,
+                opcode: 0xff
+            })
+        ));
+        let unhashable = [
+            op::PROTO,
+            5,
+            op::EMPTY_DICT,
+            op::EMPTY_LIST,
+            op::NONE,
+            op::SETITEM,
+            op::STOP,
+        ];
+        assert!(matches!(
+            loads(&unhashable),
+            Err(PickleError::Unhashable {
+                at: 2,
+                type_name: "list"
+            })
+        ));
         // A lone surrogate, as CPython writes "\ud800" (surrogatepass).
-        let surrogate = [op::PROTO, 5, op::SHORT_BINUNICODE, 3, 0xed, 0xa0, 0x80, op::STOP];
+        let surrogate = [
+            op::PROTO,
+            5,
+            op::SHORT_BINUNICODE,
+            3,
+            0xed,
+            0xa0,
+            0x80,
+            op::STOP,
+        ];
         let e = loads(&surrogate).unwrap_err().to_string();
         assert!(e.contains("lone surrogate"), "{e}");
     }
@@ -2180,15 +2493,39 @@ mod tests {
         let p = dumps(&Value::List(vec![s("hello"), Value::Int(70000)]));
         for cut in 0..p.len() {
             let e = loads(&p[..cut]).unwrap_err();
-            assert!(matches!(e, PickleError::Truncated { .. }), "cut at {cut}: {e}");
+            assert!(
+                matches!(e, PickleError::Truncated { .. }),
+                "cut at {cut}: {e}"
+            );
         }
         let mut trailing = p.clone();
         trailing.push(0);
-        assert!(matches!(loads(&trailing), Err(PickleError::TrailingBytes { len: 1, .. })));
+        assert!(matches!(
+            loads(&trailing),
+            Err(PickleError::TrailingBytes { len: 1, .. })
+        ));
         // A length that claims more than there is: an error, never an allocation of that size.
-        let huge = [op::PROTO, 5, op::BINBYTES8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, op::STOP];
-        assert!(matches!(loads(&huge), Err(PickleError::Truncated { at: 11, .. })));
-        let e = loads(&[op::PROTO, 5, op::BINGET, 9, op::STOP]).unwrap_err().to_string();
+        let huge = [
+            op::PROTO,
+            5,
+            op::BINBYTES8,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0x7f,
+            op::STOP,
+        ];
+        assert!(matches!(
+            loads(&huge),
+            Err(PickleError::Truncated { at: 11, .. })
+        ));
+        let e = loads(&[op::PROTO, 5, op::BINGET, 9, op::STOP])
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "malformed pickle at byte 2: memo key 9 was never stored");
     }
 
@@ -2213,14 +2550,23 @@ mod tests {
                 assert_eq!(j.clone(), j);
                 assert!(j.to_string().len() > MAX_DEPTH);
                 assert_eq!(value_from_json(&j).unwrap(), v);
-                assert!(matches!(loads(&nest(MAX_DEPTH + 1)), Err(PickleError::TooDeep { .. })));
+                assert!(matches!(
+                    loads(&nest(MAX_DEPTH + 1)),
+                    Err(PickleError::TooDeep { .. })
+                ));
                 let deeper = serde_json::json!({"$tuple": [j]});
-                assert!(matches!(value_from_json(&deeper), Err(PickleError::Json { .. })));
+                assert!(matches!(
+                    value_from_json(&deeper),
+                    Err(PickleError::Json { .. })
+                ));
                 let mut deep_list = vec![op::PROTO, 5];
                 deep_list.extend(std::iter::repeat_n(op::EMPTY_LIST, 100_000));
                 deep_list.extend(std::iter::repeat_n(op::APPEND, 99_999));
                 deep_list.push(op::STOP);
-                assert!(matches!(loads(&deep_list), Err(PickleError::TooDeep { .. })));
+                assert!(matches!(
+                    loads(&deep_list),
+                    Err(PickleError::TooDeep { .. })
+                ));
             })
             .unwrap()
             .join()
@@ -2313,7 +2659,12 @@ mod tests {
         ];
         for (v, len, tail) in cases {
             let p = dumps(&v);
-            assert_eq!((p.len(), hex::encode(&p[p.len() - 8..])), (len, tail.to_owned()), "{}", hex_head(&p));
+            assert_eq!(
+                (p.len(), hex::encode(&p[p.len() - 8..])),
+                (len, tail.to_owned()),
+                "{}",
+                hex_head(&p)
+            );
         }
     }
 
@@ -2323,7 +2674,21 @@ mod tests {
         // payload unframed, writes the payload outside any frame, then frames the 7-byte rest.
         let p = dumps(&Value::List(vec![s(&"x".repeat(70000)), s("y")]));
         assert_eq!(p.len(), 70026);
-        assert_eq!(&p[..10], &[0x80, 5, op::EMPTY_LIST, op::MEMOIZE, op::MARK, op::BINUNICODE, 0x70, 0x11, 1, 0]);
+        assert_eq!(
+            &p[..10],
+            &[
+                0x80,
+                5,
+                op::EMPTY_LIST,
+                op::MEMOIZE,
+                op::MARK,
+                op::BINUNICODE,
+                0x70,
+                0x11,
+                1,
+                0
+            ]
+        );
         assert_eq!(&p[70010..70019], &[op::FRAME, 7, 0, 0, 0, 0, 0, 0, 0]);
         // pickle.dumps(list(range(30000)), 5): frames of 65537 and 24270 bytes.
         let p = dumps(&Value::List((0..30000).map(Value::Int).collect()));
@@ -2350,8 +2715,14 @@ mod tests {
         let v = value_from_json(&j).unwrap();
         let Value::List(items) = &v else { panic!() };
         assert_eq!(items[3], big("18446744073709551615"));
-        assert_eq!(items[7], Value::Dict(vec![(s("a"), Value::Int(1)), (s("$b"), Value::Int(2))]));
-        assert_eq!(items[8], Value::Tuple(vec![Value::Int(1), Value::Tuple(vec![])]));
+        assert_eq!(
+            items[7],
+            Value::Dict(vec![(s("a"), Value::Int(1)), (s("$b"), Value::Int(2))])
+        );
+        assert_eq!(
+            items[8],
+            Value::Tuple(vec![Value::Int(1), Value::Tuple(vec![])])
+        );
         assert_eq!(items[9], Value::Bytes(vec![0, 255]));
         assert_eq!(items[10], Value::ByteArray(vec![]));
         assert!(matches!(items[11], Value::Float(f) if f.is_nan()));
@@ -2367,10 +2738,16 @@ mod tests {
         assert_eq!(canonical[9], json!({"$bytes": "00ff"}));
         assert_eq!(canonical[13], json!(1000.0));
         assert_eq!(canonical[15], json!(5));
-        assert_eq!(canonical[16], json!({"$dict": [["$x", null], [1, "a"], [{"$tuple": [1, 2]}, "b"]]}));
+        assert_eq!(
+            canonical[16],
+            json!({"$dict": [["$x", null], [1, "a"], [{"$tuple": [1, 2]}, "b"]]})
+        );
         assert_eq!(canonical[17], json!({"$dict": [["$tuple", 1]]}));
         assert_eq!(canonical[18], json!({"$set": [1, 3]}));
-        assert_eq!(value_to_json(&value_from_json(&canonical).unwrap()), canonical);
+        assert_eq!(
+            value_to_json(&value_from_json(&canonical).unwrap()),
+            canonical
+        );
     }
 
     #[test]
@@ -2403,49 +2780,85 @@ mod tests {
         };
         assert_eq!(lens(batched_frames(&ints(7), 3)), [3, 3, 1]);
         assert_eq!(lens(batched_frames(&ints(7), -1)), [7]);
-        assert_eq!(lens(batched_frames(&[], -1)), [0], "UNLIMITED writes one frame even when empty");
+        assert_eq!(
+            lens(batched_frames(&[], -1)),
+            [0],
+            "UNLIMITED writes one frame even when empty"
+        );
         assert_eq!(lens(batched_frames(&[], 2)), Vec::<usize>::new());
         // pyspark 3.5-4.1: a size that the counting loop never reaches.
         assert_eq!(lens(batched_frames(&ints(5), 0)), [5]);
         assert_eq!(lens(batched_frames(&ints(5), -2)), [5]);
         assert_eq!(lens(batched_frames(&[], 0)), Vec::<usize>::new());
         // AutoBatched: 1, 2, 4, ... while frames stay under 64 KiB.
-        assert_eq!(lens(auto_batched_frames(&ints(100))), [1, 2, 4, 8, 16, 32, 37]);
+        assert_eq!(
+            lens(auto_batched_frames(&ints(100))),
+            [1, 2, 4, 8, 16, 32, 37]
+        );
         let big = vec![s(&"x".repeat(700_000)); 3];
         assert_eq!(lens(auto_batched_frames(&big)), [1, 1, 1]);
         let frames = unbatched_frames(&ints(3));
-        assert_eq!(frames.iter().map(|f| loads(f).unwrap()).collect::<Vec<_>>(), ints(3));
+        assert_eq!(
+            frames.iter().map(|f| loads(f).unwrap()).collect::<Vec<_>>(),
+            ints(3)
+        );
     }
 
     #[test]
     fn text_and_pair_frames() {
-        assert_eq!(utf8_frames(&[Some("é".into()), None]), [Some("é".as_bytes().to_vec()), None]);
-        let (k, v) = (vec![b"k0".to_vec(), b"k1".to_vec()], vec![b"v0".to_vec(), b"v1".to_vec()]);
-        let names = |f: Vec<Vec<u8>>| f.into_iter().map(|b| String::from_utf8(b).unwrap()).collect::<Vec<_>>();
+        assert_eq!(
+            utf8_frames(&[Some("é".into()), None]),
+            [Some("é".as_bytes().to_vec()), None]
+        );
+        let (k, v) = (
+            vec![b"k0".to_vec(), b"k1".to_vec()],
+            vec![b"v0".to_vec(), b"v1".to_vec()],
+        );
+        let names = |f: Vec<Vec<u8>>| {
+            f.into_iter()
+                .map(|b| String::from_utf8(b).unwrap())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(pair_frames(&k, &v)), ["k0", "v0", "k1", "v1"]);
         assert_eq!(names(pair_frames(&k, &v[..1])), ["k0", "v0", "k1"]);
-        assert_eq!(names(cartesian_frames(&k, &v)), ["k0", "v0", "k0", "v1", "k1", "v0", "k1", "v1"]);
+        assert_eq!(
+            names(cartesian_frames(&k, &v)),
+            ["k0", "v0", "k0", "v1", "k1", "v0", "k1", "v1"]
+        );
     }
 
     #[test]
     fn decode_frames_by_kind() {
-        let batch = |vs: &[i64]| Some(dumps(&Value::List(vs.iter().copied().map(Value::Int).collect())));
-        let got = decode_frames(FrameKind::Batched, &[batch(&[1, 2]), batch(&[]), batch(&[3])]).unwrap();
+        let batch = |vs: &[i64]| {
+            Some(dumps(&Value::List(
+                vs.iter().copied().map(Value::Int).collect(),
+            )))
+        };
+        let got = decode_frames(
+            FrameKind::Batched,
+            &[batch(&[1, 2]), batch(&[]), batch(&[3])],
+        )
+        .unwrap();
         assert_eq!(got, [Value::Int(1), Value::Int(2), Value::Int(3)]);
-        let got = decode_frames(FrameKind::Unbatched, &[batch(&[1]), Some(dumps(&s("x")))]).unwrap();
+        let got =
+            decode_frames(FrameKind::Unbatched, &[batch(&[1]), Some(dumps(&s("x")))]).unwrap();
         assert_eq!(got, [Value::List(vec![Value::Int(1)]), s("x")]);
         let got = decode_frames(FrameKind::Utf8, &[Some(b"a".to_vec()), None]).unwrap();
         assert_eq!(got, [s("a"), Value::None]);
         let got = decode_frames(FrameKind::Raw, &[Some(vec![0xff]), None]).unwrap();
         assert_eq!(got, [Value::Bytes(vec![0xff]), Value::None]);
 
-        let err = |kind, frames: &[Option<Vec<u8>>]| decode_frames(kind, frames).unwrap_err().to_string();
+        let err =
+            |kind, frames: &[Option<Vec<u8>>]| decode_frames(kind, frames).unwrap_err().to_string();
         assert_eq!(
             err(FrameKind::Batched, &[batch(&[1]), None]),
             "frame 1 is NULL (-5), which a batched pickle serializer never writes"
         );
         assert_eq!(
-            err(FrameKind::Batched, &[batch(&[1]), Some(dumps(&Value::Int(1)))]),
+            err(
+                FrameKind::Batched,
+                &[batch(&[1]), Some(dumps(&Value::Int(1)))]
+            ),
             "frame 1 holds a pickled int, not the list that a batched serializer writes per frame"
         );
         assert_eq!(
@@ -2471,7 +2884,8 @@ mod tests {
         leaf.prop_recursive(2, 8, 3, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Tuple),
-                prop::collection::vec(inner, 0..3).prop_map(|v| Value::FrozenSet(dedupe_set(v).expect("hashable"))),
+                prop::collection::vec(inner, 0..3)
+                    .prop_map(|v| Value::FrozenSet(dedupe_set(v).expect("hashable"))),
             ]
         })
     }
@@ -2480,7 +2894,8 @@ mod tests {
         let leaf = prop_oneof![
             arb_hashable(),
             prop::collection::vec(any::<u8>(), 0..300).prop_map(Value::ByteArray),
-            prop::collection::vec(any::<char>(), 0..300).prop_map(|c| Value::Str(c.into_iter().collect())),
+            prop::collection::vec(any::<char>(), 0..300)
+                .prop_map(|c| Value::Str(c.into_iter().collect())),
             (1u32..80).prop_map(|bits| Value::int(BigInt::from(3u8).pow(bits * 20))),
         ];
         leaf.prop_recursive(4, 64, 8, |inner| {
@@ -2489,7 +2904,8 @@ mod tests {
                 prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Tuple),
                 prop::collection::vec((arb_hashable(), inner), 0..8)
                     .prop_map(|p| Value::Dict(dedupe_dict(p).expect("hashable"))),
-                prop::collection::vec(arb_hashable(), 0..8).prop_map(|v| Value::Set(dedupe_set(v).expect("hashable"))),
+                prop::collection::vec(arb_hashable(), 0..8)
+                    .prop_map(|v| Value::Set(dedupe_set(v).expect("hashable"))),
             ]
         })
     }
@@ -2568,9 +2984,9 @@ mod tests {
     fn cross_check_with_cpython_and_pyspark() {
         let python = match std::env::var_os("FAKEJVM_PYTHON") {
             Some(p) => std::path::PathBuf::from(p),
-            None => {
-                dirs::home_dir().expect("a home directory").join(".cache/fakejvm/envs/pyspark-4.0.5-py3.11/bin/python")
-            }
+            None => dirs::home_dir()
+                .expect("a home directory")
+                .join(".cache/fakejvm/envs/pyspark-4.0.5-py3.11/bin/python"),
         };
         assert!(
             python.exists(),
@@ -2595,18 +3011,29 @@ mod tests {
                 Value::Bytes(vec![1]),
             ]),
             Value::Float(f64::NAN),
-            Value::List(vec![Value::Float(f64::INFINITY), Value::Float(f64::NEG_INFINITY), Value::Float(-0.0)]),
+            Value::List(vec![
+                Value::Float(f64::INFINITY),
+                Value::Float(f64::NEG_INFINITY),
+                Value::Float(-0.0),
+            ]),
             big("-340282366920938463463374607431768211457"),
             Value::int(BigInt::from(7u8).pow(2000)),
             s("😀\u{10ffff}\0é"),
-            Value::Tuple(vec![Value::Tuple(vec![Value::Tuple(vec![s("deep")])]), Value::Tuple(vec![])]),
+            Value::Tuple(vec![
+                Value::Tuple(vec![Value::Tuple(vec![s("deep")])]),
+                Value::Tuple(vec![]),
+            ]),
             Value::List(vec![
                 s(&"x".repeat(70_000)),
                 s("y"),
                 Value::Bytes(vec![7; 65_536]),
                 Value::ByteArray(vec![8; 65_535]),
             ]),
-            Value::Dict((0..2000).map(|i| (Value::Int(i), Value::Tuple(vec![s("v"), Value::Int(i)]))).collect()),
+            Value::Dict(
+                (0..2000)
+                    .map(|i| (Value::Int(i), Value::Tuple(vec![s("v"), Value::Int(i)])))
+                    .collect(),
+            ),
             Value::Set((0..1000).map(Value::Int).collect()),
             Value::Dict(vec![
                 (Value::Tuple(vec![Value::Int(1), s("k")]), Value::None),
@@ -2621,7 +3048,9 @@ mod tests {
         // CPython writes set members in hash order; only compare bytes where order cannot differ.
         fn order_free(v: &Value) -> bool {
             match v {
-                Value::Set(items) | Value::FrozenSet(items) => items.len() <= 1 && items.iter().all(order_free),
+                Value::Set(items) | Value::FrozenSet(items) => {
+                    items.len() <= 1 && items.iter().all(order_free)
+                }
                 Value::List(items) | Value::Tuple(items) => items.iter().all(order_free),
                 Value::Dict(pairs) => pairs.iter().all(|(k, v)| order_free(k) && order_free(v)),
                 _ => true,
@@ -2630,13 +3059,20 @@ mod tests {
         // Mixed data for the batch framings: ints, tuples, and strings large enough to cross
         // AutoBatchedSerializer's 64 KiB and 640 KiB thresholds (growing, then halving).
         let mut batch_values: Vec<Value> = (1..=1000).map(Value::Int).collect();
-        batch_values.extend((0..50).map(|i| Value::Tuple(vec![Value::Int(i), s(&"r".repeat(i as usize * 37))])));
+        batch_values.extend(
+            (0..50).map(|i| Value::Tuple(vec![Value::Int(i), s(&"r".repeat(i as usize * 37))])),
+        );
         batch_values.extend((0..40).map(|i| s(&"b".repeat(20_000 + i * 9_000))));
         batch_values.extend((0..3000).map(|i| Value::Float(i as f64 / 3.0)));
         batch_values.extend((0..12).map(|_| s(&"c".repeat(300_000))));
         let keys: Vec<Value> = (0..10).map(Value::Int).collect();
         let vals: Vec<Value> = (0..10).map(|i| s(&format!("v{i}"))).collect();
-        let lines = vec![Some("é".to_owned()), None, Some(String::new()), Some("x".repeat(100_000))];
+        let lines = vec![
+            Some("é".to_owned()),
+            None,
+            Some(String::new()),
+            Some("x".repeat(100_000)),
+        ];
 
         let write_frames = |name: &str, frames: &[Option<Vec<u8>>]| {
             let mut out = Vec::new();
@@ -2657,13 +3093,17 @@ mod tests {
         let key_batches = batched_frames(&keys, 3);
         let val_batches = batched_frames(&vals, 3);
         write_frames("pairs.bin", &some(pair_frames(&key_batches, &val_batches)));
-        write_frames("cartesian.bin", &some(cartesian_frames(&key_batches, &val_batches)));
+        write_frames(
+            "cartesian.bin",
+            &some(cartesian_frames(&key_batches, &val_batches)),
+        );
         write_frames("lines.bin", &utf8_frames(&lines));
 
         run_python(&python, CROSS_CHECK_PY, dir.path());
 
         let read_frames = |name: &str| -> Vec<Vec<u8>> {
-            let data = std::fs::read(path(name)).unwrap_or_else(|e| panic!("{name} from the Python side: {e}"));
+            let data = std::fs::read(path(name))
+                .unwrap_or_else(|e| panic!("{name} from the Python side: {e}"));
             let mut frames = Vec::new();
             let mut at = 0;
             while at < data.len() {
@@ -2673,10 +3113,13 @@ mod tests {
             }
             frames
         };
-        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(path("report.json")).unwrap()).unwrap();
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path("report.json")).unwrap()).unwrap();
         let pyspark_version = report["pyspark"].as_str().unwrap().to_owned();
         let islice_batching = {
-            let mut parts = pyspark_version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+            let mut parts = pyspark_version
+                .split('.')
+                .map(|p| p.parse::<u32>().unwrap_or(0));
             (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (4, 2)
         };
 
@@ -2685,7 +3128,12 @@ mod tests {
         assert_eq!(same.len(), corpus.len());
         for (i, (v, same)) in corpus.iter().zip(same).enumerate() {
             if order_free(v) {
-                assert_eq!(same, &json!(true), "value {i}: CPython re-pickles {} differently", short(v));
+                assert_eq!(
+                    same,
+                    &json!(true),
+                    "value {i}: CPython re-pickles {} differently",
+                    short(v)
+                );
             }
         }
         // 2. `loads` reads CPython's pickles of every value at protocols 0-5.
@@ -2693,9 +3141,19 @@ mod tests {
         assert_eq!(redumped.len(), corpus.len() * 6);
         for (i, p) in redumped.iter().enumerate() {
             let (v, proto) = (&corpus[i / 6], i % 6);
-            let got =
-                loads(p).unwrap_or_else(|e| panic!("value {}, protocol {proto}: {e}; pickle {}", i / 6, hex_head(p)));
-            assert_eq!(value_to_json(&got), value_to_json(v), "value {}, protocol {proto}", i / 6);
+            let got = loads(p).unwrap_or_else(|e| {
+                panic!(
+                    "value {}, protocol {proto}: {e}; pickle {}",
+                    i / 6,
+                    hex_head(p)
+                )
+            });
+            assert_eq!(
+                value_to_json(&got),
+                value_to_json(v),
+                "value {}, protocol {proto}",
+                i / 6
+            );
             if order_free(v) && proto == 5 {
                 assert!(identical(&got, v), "value {}: {}", i / 6, short(&got));
             }
@@ -2704,10 +3162,20 @@ mod tests {
         let check = |name: &str, ours: Vec<Vec<u8>>| {
             let theirs = read_frames(&format!("{name}.bin"));
             let sizes = |f: &[Vec<u8>]| f.iter().map(Vec::len).collect::<Vec<_>>();
-            assert_eq!(sizes(&ours), sizes(&theirs), "{name}: frame sizes differ from pyspark {pyspark_version}'s");
-            assert!(ours == theirs, "{name}: frame bytes differ from pyspark {pyspark_version}'s");
+            assert_eq!(
+                sizes(&ours),
+                sizes(&theirs),
+                "{name}: frame sizes differ from pyspark {pyspark_version}'s"
+            );
+            assert!(
+                ours == theirs,
+                "{name}: frame bytes differ from pyspark {pyspark_version}'s"
+            );
             let decoded = decode_frames(FrameKind::Batched, &some(theirs)).unwrap();
-            assert!(identical(&Value::List(decoded), &Value::List(batch_values.clone())), "{name}: decode_frames");
+            assert!(
+                identical(&Value::List(decoded), &Value::List(batch_values.clone())),
+                "{name}: decode_frames"
+            );
         };
         check("auto", auto_batched_frames(&batch_values));
         for n in [-1, 1, 2, 3, 7, 10, 1000] {
@@ -2724,9 +3192,15 @@ mod tests {
             check("batched_-2", batched_frames(&batch_values, -2));
         }
         // 4. pyspark's deserializers read our pair, cartesian and text framings.
-        let zipped: Vec<Value> =
-            keys.iter().zip(&vals).map(|(k, v)| Value::Tuple(vec![k.clone(), v.clone()])).collect();
-        assert_eq!(loads(&std::fs::read(path("pairs_out.pkl")).unwrap()).unwrap(), Value::List(zipped));
+        let zipped: Vec<Value> = keys
+            .iter()
+            .zip(&vals)
+            .map(|(k, v)| Value::Tuple(vec![k.clone(), v.clone()]))
+            .collect();
+        assert_eq!(
+            loads(&std::fs::read(path("pairs_out.pkl")).unwrap()).unwrap(),
+            Value::List(zipped)
+        );
         // Every (key batch, value batch) combination, each expanded to its product.
         let mut product = Vec::new();
         for key_batch in keys.chunks(3) {
@@ -2738,9 +3212,18 @@ mod tests {
                 }
             }
         }
-        assert_eq!(loads(&std::fs::read(path("cartesian_out.pkl")).unwrap()).unwrap(), Value::List(product));
-        let texts: Vec<Value> = lines.iter().map(|l| l.clone().map(Value::Str).unwrap_or(Value::None)).collect();
-        assert_eq!(loads(&std::fs::read(path("lines_out.pkl")).unwrap()).unwrap(), Value::List(texts));
+        assert_eq!(
+            loads(&std::fs::read(path("cartesian_out.pkl")).unwrap()).unwrap(),
+            Value::List(product)
+        );
+        let texts: Vec<Value> = lines
+            .iter()
+            .map(|l| l.clone().map(Value::Str).unwrap_or(Value::None))
+            .collect();
+        assert_eq!(
+            loads(&std::fs::read(path("lines_out.pkl")).unwrap()).unwrap(),
+            Value::List(texts)
+        );
     }
 
     /// Runs `script` with `dir` as its argument, in its own process group, killed (group and
@@ -2774,12 +3257,19 @@ mod tests {
             if std::time::Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{} did not finish the cross-check within 180 s", python.display());
+                panic!(
+                    "{} did not finish the cross-check within 180 s",
+                    python.display()
+                );
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
         let log = std::fs::read_to_string(dir.join("python.log")).unwrap_or_default();
-        assert!(status.success(), "{} failed ({status}):\n{log}", python.display());
+        assert!(
+            status.success(),
+            "{} failed ({status}):\n{log}",
+            python.display()
+        );
     }
 
     /// The Python half of the cross-check: reads frames (i32 length, payload; -5 = NULL) that

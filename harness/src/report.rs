@@ -12,13 +12,19 @@ pub fn scenario_lines(r: &ScenarioReport) -> String {
         Status::Failed => "FAIL",
         Status::NotApplicable { .. } => "N/A ",
     };
-    let mut out = format!("{tag}  {}  [{} | pyspark {} | dialect {:?} | {:?}] {} ms", r.file, r.name, r.pyspark, r.dialect, r.mode, r.elapsed_ms);
+    let mut out = format!(
+        "{tag}  {}  [{} | pyspark {} | dialect {:?} | {:?}] {} ms",
+        r.file, r.name, r.pyspark, r.dialect, r.mode, r.elapsed_ms
+    );
     if let Status::NotApplicable { why } = &r.status {
         out.push_str(&format!("\n      not applicable: {why}"));
     }
     for t in &r.tasks {
         if !t.ok {
-            out.push_str(&format!("\n      task {}: expected {}, got {}", t.index, t.expected, t.outcome));
+            out.push_str(&format!(
+                "\n      task {}: expected {}, got {}",
+                t.index, t.expected, t.outcome
+            ));
         }
         if let Some(n) = &t.note {
             out.push_str(&format!("\n      task {}: known behaviour, {n}", t.index));
@@ -29,12 +35,27 @@ pub fn scenario_lines(r: &ScenarioReport) -> String {
         out.push_str(&crate::faults::fault_lines(&r.faults));
     }
     if !r.leftovers.is_empty() {
-        let l: Vec<String> = r.leftovers.iter().map(|(p, c)| format!("{p} {c}")).collect();
-        out.push_str(&format!("\n      leaked processes (killed): {}", l.join("; ")));
+        let l: Vec<String> = r
+            .leftovers
+            .iter()
+            .map(|(p, c)| format!("{p} {c}"))
+            .collect();
+        out.push_str(&format!(
+            "\n      leaked processes (killed): {}",
+            l.join("; ")
+        ));
     }
     if r.status == Status::Failed && !r.stderr_tail.is_empty() {
         out.push_str("\n      worker stderr (tail):");
-        for l in r.stderr_tail.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev() {
+        for l in r
+            .stderr_tail
+            .lines()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
             out.push_str(&format!("\n        {l}"));
         }
     }
@@ -78,7 +99,12 @@ struct JsonReport<'a> {
     scenarios: &'a [ScenarioReport],
 }
 
-pub fn write_json(path: &Path, pyspark: &str, python: &Path, reports: &[ScenarioReport]) -> std::io::Result<()> {
+pub fn write_json(
+    path: &Path,
+    pyspark: &str,
+    python: &Path,
+    reports: &[ScenarioReport],
+) -> std::io::Result<()> {
     let doc = JsonReport {
         fakejvm: env!("CARGO_PKG_VERSION"),
         pyspark,

@@ -18,7 +18,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 #[serde(rename_all = "snake_case")]
 pub enum WriteStep {
     /// Write this range of the request, in chunks of at most `chunk` bytes (None: one write).
-    Write { start: usize, end: usize, chunk: Option<usize> },
+    Write {
+        start: usize,
+        end: usize,
+        chunk: Option<usize>,
+    },
     Pause(#[serde(with = "duration_ms")] Duration),
     /// Half-close: the worker sees EOF on its input but can still write.
     ShutdownWrite,
@@ -47,10 +51,14 @@ pub enum AfterAction {
     Continue,
     /// Stop writing and reading now (the caller is about to close or reset the connection); the
     /// reply ends in `ReadFailure::Io` carrying `why`.
-    EndTask { why: String },
+    EndTask {
+        why: String,
+    },
     /// Stop reading now (the reply ends in `ReadFailure::Io` carrying `why`) but write the rest of
     /// the plan: the JVM side stopped receiving, the worker cannot tell.
-    StopReading { why: String },
+    StopReading {
+        why: String,
+    },
 }
 
 /// Why the reader was told to stop.
@@ -75,7 +83,13 @@ pub struct WritePlan {
 
 impl WritePlan {
     pub fn whole(len: usize) -> WritePlan {
-        WritePlan { steps: vec![WriteStep::Write { start: 0, end: len, chunk: None }] }
+        WritePlan {
+            steps: vec![WriteStep::Write {
+                start: 0,
+                end: len,
+                chunk: None,
+            }],
+        }
     }
 }
 
@@ -113,7 +127,11 @@ impl Transcript {
         self.bytes(Direction::FromWorker)
     }
     fn bytes(&self, dir: Direction) -> Vec<u8> {
-        self.events.iter().filter(|e| e.dir == dir).flat_map(|e| e.bytes.iter().copied()).collect()
+        self.events
+            .iter()
+            .filter(|e| e.dir == dir)
+            .flat_map(|e| e.bytes.iter().copied())
+            .collect()
     }
 }
 
@@ -122,12 +140,23 @@ impl Transcript {
 #[serde(rename_all = "snake_case")]
 pub enum ReadFailure {
     /// The worker closed its end; `at_byte` is how far the reply got, `what` where it stopped.
-    Eof { at_byte: u64, what: String },
+    Eof {
+        at_byte: u64,
+        what: String,
+    },
     /// Nothing completed the reply before the deadline.
-    Deadline { after_ms: u64, at_byte: u64 },
+    Deadline {
+        after_ms: u64,
+        at_byte: u64,
+    },
     /// The reply broke the protocol.
-    Violation { at_byte: u64, what: String },
-    Io { what: String },
+    Violation {
+        at_byte: u64,
+        what: String,
+    },
+    Io {
+        what: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -178,7 +207,10 @@ where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
-    run_task_with_actions(reader, writer, dialect, request, plan, reply_base, opts, transcript, None).await
+    run_task_with_actions(
+        reader, writer, dialect, request, plan, reply_base, opts, transcript, None,
+    )
+    .await
 }
 
 /// `run_task` for a plan with `WriteStep::Action`s: each is sent on `actions` and the writer waits
@@ -211,11 +243,27 @@ where
     let mut recv_events = vec![];
 
     let write = async {
-        let w = Writer { done: done_rx, started, record: opts.record_transcript, actions, abort: abort_tx };
+        let w = Writer {
+            done: done_rx,
+            started,
+            record: opts.record_transcript,
+            actions,
+            abort: abort_tx,
+        };
         w.run(writer, request, plan, &mut sent_events).await
     };
     let read = async {
-        let r = read_reply(reader, dialect, reply_base, opts, started, &mut recv_events, deadline, abort_rx).await;
+        let r = read_reply(
+            reader,
+            dialect,
+            reply_base,
+            opts,
+            started,
+            &mut recv_events,
+            deadline,
+            abort_rx,
+        )
+        .await;
         // After StopReading the writer goes on: it is not told that the reader is done.
         if !matches!(*stopped_reading.borrow(), Some(Abort::StopReading(_))) {
             let _ = done_tx.send(true);
@@ -229,7 +277,12 @@ where
         events.sort_by_key(|e| e.at_us);
         transcript.events.extend(events);
     }
-    TaskResult { reply, write_error, bytes_sent, elapsed_ms: started.elapsed().as_millis() as u64 }
+    TaskResult {
+        reply,
+        write_error,
+        bytes_sent,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    }
 }
 
 /// The writing half of a task: follows the plan, stops as soon as the reader is finished.
@@ -274,7 +327,11 @@ impl Writer {
                         }
                         sent += piece.len() as u64;
                         if self.record {
-                            events.push(Event { at_us: started.elapsed().as_micros() as u64, dir: Direction::ToWorker, bytes: piece.to_vec() });
+                            events.push(Event {
+                                at_us: started.elapsed().as_micros() as u64,
+                                dir: Direction::ToWorker,
+                                bytes: piece.to_vec(),
+                            });
                         }
                     }
                     res
@@ -293,7 +350,12 @@ impl Writer {
                         return (sent, Some(format!("the write plan has action {index} but nobody performs actions; stopped after {sent} bytes")));
                     };
                     let (done_tx, done_rx) = oneshot::channel();
-                    let req = ActionRequest { index: *index, at_byte: sent, at_us: started.elapsed().as_micros() as u64, done: done_tx };
+                    let req = ActionRequest {
+                        index: *index,
+                        at_byte: sent,
+                        at_us: started.elapsed().as_micros() as u64,
+                        done: done_tx,
+                    };
                     // The performer is gone (or dropped the answer): nothing sensible can follow.
                     let after = match tx.send(req).await {
                         Ok(()) => done_rx.await.ok(),
@@ -309,12 +371,24 @@ impl Writer {
                             let _ = self.abort.send(Some(Abort::StopReading(why)));
                             Ok(())
                         }
-                        None => return (sent, Some(format!("action {index} was not performed; stopped after {sent} bytes"))),
+                        None => {
+                            return (
+                                sent,
+                                Some(format!(
+                                    "action {index} was not performed; stopped after {sent} bytes"
+                                )),
+                            )
+                        }
                     }
                 }
             };
             if let Err(e) = res {
-                return (sent, Some(format!("writing the request failed after {sent} bytes: {e}")));
+                return (
+                    sent,
+                    Some(format!(
+                        "writing the request failed after {sent} bytes: {e}"
+                    )),
+                );
             }
         }
         (sent, None)
@@ -332,7 +406,9 @@ async fn read_reply<R: AsyncRead + Unpin + ?Sized>(
     deadline: tokio::time::Instant,
     mut abort: watch::Receiver<Option<Abort>>,
 ) -> Result<Reply, ReadFailure> {
-    let mut dec = ReplyDecoder::new(dialect).with_base(base).with_max_frame(opts.max_frame);
+    let mut dec = ReplyDecoder::new(dialect)
+        .with_base(base)
+        .with_max_frame(opts.max_frame);
     if opts.count_only {
         dec = dec.counting_only();
     }
@@ -358,26 +434,43 @@ async fn read_reply<R: AsyncRead + Unpin + ?Sized>(
                 })
             }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
-            Ok(Err(e)) => return Err(ReadFailure::Io { what: e.to_string() }),
+            Ok(Err(e)) => {
+                return Err(ReadFailure::Io {
+                    what: e.to_string(),
+                })
+            }
             Ok(Ok(n)) => n,
         };
         if n == 0 {
             let e = dec.eof_error();
-            return Err(ReadFailure::Eof { at_byte: dec.offset() + dec.pending() as u64, what: e.kind.to_string() });
+            return Err(ReadFailure::Eof {
+                at_byte: dec.offset() + dec.pending() as u64,
+                what: e.kind.to_string(),
+            });
         }
         if opts.record_transcript {
-            events.push(Event { at_us: started.elapsed().as_micros() as u64, dir: Direction::FromWorker, bytes: buf[..n].to_vec() });
+            events.push(Event {
+                at_us: started.elapsed().as_micros() as u64,
+                dir: Direction::FromWorker,
+                bytes: buf[..n].to_vec(),
+            });
         }
         dec.feed(&buf[..n]);
     }
 }
 
 fn violation(e: WireError) -> ReadFailure {
-    ReadFailure::Violation { at_byte: e.at_byte, what: e.kind.to_string() }
+    ReadFailure::Violation {
+        at_byte: e.at_byte,
+        what: e.kind.to_string(),
+    }
 }
 
 mod duration_ms {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_millis() as u64)
     }
 }
@@ -388,7 +481,10 @@ mod tests {
 
     /// Runs a plan against an in-memory "worker" that reads everything and never answers; the
     /// performer answers every action with `after`. Returns the result and what the worker got.
-    async fn run_with(plan: WritePlan, after: Option<AfterAction>) -> (TaskResult, Vec<u8>, Vec<usize>) {
+    async fn run_with(
+        plan: WritePlan,
+        after: Option<AfterAction>,
+    ) -> (TaskResult, Vec<u8>, Vec<usize>) {
         let request: Vec<u8> = (0u8..20).collect();
         let (ours, theirs) = tokio::io::duplex(1024);
         let (mut r, mut w) = tokio::io::split(ours);
@@ -398,19 +494,37 @@ mod tests {
             let _ = wr.read_to_end(&mut got).await;
             got
         });
-        let opts = SessionOptions { deadline: Duration::from_millis(300), ..SessionOptions::default() };
+        let opts = SessionOptions {
+            deadline: Duration::from_millis(300),
+            ..SessionOptions::default()
+        };
         let mut t = Transcript::default();
         let (tx, mut rx) = mpsc::channel::<ActionRequest>(1);
         let performer = async move {
             let mut seen = vec![];
             while let Some(req) = rx.recv().await {
                 seen.push(req.at_byte as usize);
-                let _ = req.done.send(after.clone().unwrap_or(AfterAction::Continue));
+                let _ = req
+                    .done
+                    .send(after.clone().unwrap_or(AfterAction::Continue));
             }
             seen
         };
         let actions = Some(tx);
-        let (result, seen) = tokio::join!(run_task_with_actions(&mut r, &mut w, Dialect::A, &request, &plan, 0, &opts, &mut t, actions), performer);
+        let (result, seen) = tokio::join!(
+            run_task_with_actions(
+                &mut r,
+                &mut w,
+                Dialect::A,
+                &request,
+                &plan,
+                0,
+                &opts,
+                &mut t,
+                actions
+            ),
+            performer
+        );
         drop((r, w));
         (result, worker.await.unwrap(), seen)
     }
@@ -421,28 +535,84 @@ mod tests {
 
     #[tokio::test]
     async fn an_action_happens_at_its_byte_and_writing_goes_on() {
-        let p = plan(vec![WriteStep::Write { start: 0, end: 7, chunk: Some(2) }, WriteStep::Action(0), WriteStep::Write { start: 7, end: 20, chunk: None }]);
+        let p = plan(vec![
+            WriteStep::Write {
+                start: 0,
+                end: 7,
+                chunk: Some(2),
+            },
+            WriteStep::Action(0),
+            WriteStep::Write {
+                start: 7,
+                end: 20,
+                chunk: None,
+            },
+        ]);
         let (result, got, seen) = run_with(p, None).await;
         assert_eq!(seen, vec![7]);
         assert_eq!(got, (0u8..20).collect::<Vec<_>>());
-        assert!(matches!(result.reply, Err(ReadFailure::Deadline { .. })), "{:?}", result.reply);
+        assert!(
+            matches!(result.reply, Err(ReadFailure::Deadline { .. })),
+            "{:?}",
+            result.reply
+        );
     }
 
     #[tokio::test]
     async fn ending_the_task_stops_both_sides_with_the_reason() {
-        let p = plan(vec![WriteStep::Write { start: 0, end: 5, chunk: None }, WriteStep::Action(0), WriteStep::Write { start: 5, end: 20, chunk: None }]);
-        let (result, got, _) = run_with(p, Some(AfterAction::EndTask { why: "closed by the plan".into() })).await;
+        let p = plan(vec![
+            WriteStep::Write {
+                start: 0,
+                end: 5,
+                chunk: None,
+            },
+            WriteStep::Action(0),
+            WriteStep::Write {
+                start: 5,
+                end: 20,
+                chunk: None,
+            },
+        ]);
+        let (result, got, _) = run_with(
+            p,
+            Some(AfterAction::EndTask {
+                why: "closed by the plan".into(),
+            }),
+        )
+        .await;
         assert_eq!(got, vec![0, 1, 2, 3, 4]);
         assert_eq!(result.bytes_sent, 5);
-        assert!(matches!(&result.reply, Err(ReadFailure::Io { what }) if what == "closed by the plan"), "{:?}", result.reply);
+        assert!(
+            matches!(&result.reply, Err(ReadFailure::Io { what }) if what == "closed by the plan"),
+            "{:?}",
+            result.reply
+        );
     }
 
     #[tokio::test]
     async fn stopping_the_reader_still_writes_the_rest() {
-        let p = plan(vec![WriteStep::Action(0), WriteStep::Pause(Duration::from_millis(20)), WriteStep::Write { start: 0, end: 20, chunk: Some(3) }]);
-        let (result, got, _) = run_with(p, Some(AfterAction::StopReading { why: "SHUT_RD".into() })).await;
+        let p = plan(vec![
+            WriteStep::Action(0),
+            WriteStep::Pause(Duration::from_millis(20)),
+            WriteStep::Write {
+                start: 0,
+                end: 20,
+                chunk: Some(3),
+            },
+        ]);
+        let (result, got, _) = run_with(
+            p,
+            Some(AfterAction::StopReading {
+                why: "SHUT_RD".into(),
+            }),
+        )
+        .await;
         assert_eq!(got.len(), 20);
-        assert!(matches!(&result.reply, Err(ReadFailure::Io { what }) if what == "SHUT_RD"), "{:?}", result.reply);
+        assert!(
+            matches!(&result.reply, Err(ReadFailure::Io { what }) if what == "SHUT_RD"),
+            "{:?}",
+            result.reply
+        );
     }
 
     #[tokio::test]
@@ -450,10 +620,37 @@ mod tests {
         let request = [0u8; 4];
         let (ours, _theirs) = tokio::io::duplex(64);
         let (mut r, mut w) = tokio::io::split(ours);
-        let opts = SessionOptions { deadline: Duration::from_millis(100), ..SessionOptions::default() };
-        let p = plan(vec![WriteStep::Write { start: 0, end: 2, chunk: None }, WriteStep::Action(3)]);
-        let result = run_task(&mut r, &mut w, Dialect::A, &request, &p, 0, &opts, &mut Transcript::default()).await;
-        assert!(result.write_error.as_deref().is_some_and(|e| e.contains("action 3")), "{:?}", result.write_error);
+        let opts = SessionOptions {
+            deadline: Duration::from_millis(100),
+            ..SessionOptions::default()
+        };
+        let p = plan(vec![
+            WriteStep::Write {
+                start: 0,
+                end: 2,
+                chunk: None,
+            },
+            WriteStep::Action(3),
+        ]);
+        let result = run_task(
+            &mut r,
+            &mut w,
+            Dialect::A,
+            &request,
+            &p,
+            0,
+            &opts,
+            &mut Transcript::default(),
+        )
+        .await;
+        assert!(
+            result
+                .write_error
+                .as_deref()
+                .is_some_and(|e| e.contains("action 3")),
+            "{:?}",
+            result.write_error
+        );
         assert_eq!(result.bytes_sent, 2);
     }
 }

@@ -11,21 +11,41 @@ use std::fmt;
 pub enum Outcome {
     /// The task completed and its output was what was expected (or nothing was expected of it).
     Passed,
-    Mismatch { expected: serde_json::Value, got: serde_json::Value },
+    Mismatch {
+        expected: serde_json::Value,
+        got: serde_json::Value,
+    },
     /// The worker answered -2 with a traceback.
     PythonException {
         #[serde(rename = "type")]
         exc_type: String,
         message: String,
     },
-    ProtocolViolation { at_byte: u64, what: String },
+    ProtocolViolation {
+        at_byte: u64,
+        what: String,
+    },
     /// The worker closed the connection (or died) without a complete reply.
-    WorkerCrashed { pid: i32, exit: Option<ExitInfo>, detail: String },
-    Hang { after_ms: u64, at_byte: u64 },
-    DaemonDied { exit: Option<ExitInfo>, stderr_tail: String },
-    LeakedProcess { processes: Vec<(i32, String)> },
+    WorkerCrashed {
+        pid: i32,
+        exit: Option<ExitInfo>,
+        detail: String,
+    },
+    Hang {
+        after_ms: u64,
+        at_byte: u64,
+    },
+    DaemonDied {
+        exit: Option<ExitInfo>,
+        stderr_tail: String,
+    },
+    LeakedProcess {
+        processes: Vec<(i32, String)>,
+    },
     /// fakejvm itself failed (could not start Python, bad temp dir...): not a finding about the worker.
-    Harness { error: String },
+    Harness {
+        error: String,
+    },
 }
 
 /// The outcome's name, for expectations, signatures and summaries.
@@ -63,10 +83,19 @@ impl fmt::Display for Outcome {
         match self {
             Outcome::Passed => write!(f, "Passed"),
             Outcome::Mismatch { expected, got } => {
-                write!(f, "Mismatch: expected {}, got {}", short(expected), short(got))
+                write!(
+                    f,
+                    "Mismatch: expected {}, got {}",
+                    short(expected),
+                    short(got)
+                )
             }
-            Outcome::PythonException { exc_type, message } => write!(f, "PythonException {exc_type}: {message}"),
-            Outcome::ProtocolViolation { at_byte, what } => write!(f, "ProtocolViolation at byte {at_byte}: {what}"),
+            Outcome::PythonException { exc_type, message } => {
+                write!(f, "PythonException {exc_type}: {message}")
+            }
+            Outcome::ProtocolViolation { at_byte, what } => {
+                write!(f, "ProtocolViolation at byte {at_byte}: {what}")
+            }
             Outcome::WorkerCrashed { pid, exit, detail } => {
                 write!(f, "WorkerCrashed (pid {pid}")?;
                 if let Some(e) = exit {
@@ -74,7 +103,10 @@ impl fmt::Display for Outcome {
                 }
                 write!(f, "): {detail}")
             }
-            Outcome::Hang { after_ms, at_byte } => write!(f, "Hang: no complete reply after {after_ms} ms (reply stopped at byte {at_byte})"),
+            Outcome::Hang { after_ms, at_byte } => write!(
+                f,
+                "Hang: no complete reply after {after_ms} ms (reply stopped at byte {at_byte})"
+            ),
             Outcome::DaemonDied { exit, stderr_tail } => {
                 write!(f, "DaemonDied")?;
                 if let Some(e) = exit {
@@ -98,7 +130,11 @@ impl fmt::Display for Outcome {
 fn short(v: &serde_json::Value) -> String {
     let s = v.to_string();
     if s.chars().count() > 200 {
-        format!("{}... ({} chars)", s.chars().take(200).collect::<String>(), s.len())
+        format!(
+            "{}... ({} chars)",
+            s.chars().take(200).collect::<String>(),
+            s.len()
+        )
     } else {
         s
     }
@@ -142,7 +178,10 @@ pub fn classify_failure(result: &TaskResult, facts: &WorkerFacts) -> Option<Outc
         },
         Err(failure) => {
             if let Some((exit, stderr_tail)) = &facts.daemon_died {
-                return Some(Outcome::DaemonDied { exit: *exit, stderr_tail: stderr_tail.clone() });
+                return Some(Outcome::DaemonDied {
+                    exit: *exit,
+                    stderr_tail: stderr_tail.clone(),
+                });
             }
             Some(match failure {
                 ReadFailure::Eof { at_byte, what } => Outcome::WorkerCrashed {
@@ -155,8 +194,14 @@ pub fn classify_failure(result: &TaskResult, facts: &WorkerFacts) -> Option<Outc
                     exit: facts.worker_exit,
                     detail: format!("reading the reply failed: {what}"),
                 },
-                ReadFailure::Deadline { after_ms, at_byte } => Outcome::Hang { after_ms: *after_ms, at_byte: *at_byte },
-                ReadFailure::Violation { at_byte, what } => Outcome::ProtocolViolation { at_byte: *at_byte, what: what.clone() },
+                ReadFailure::Deadline { after_ms, at_byte } => Outcome::Hang {
+                    after_ms: *after_ms,
+                    at_byte: *at_byte,
+                },
+                ReadFailure::Violation { at_byte, what } => Outcome::ProtocolViolation {
+                    at_byte: *at_byte,
+                    what: what.clone(),
+                },
             })
         }
     }
@@ -169,9 +214,18 @@ mod tests {
     #[test]
     fn exception_type_and_message_come_from_the_last_line() {
         let tb = "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n    1/0\nZeroDivisionError: division by zero\n";
-        assert_eq!(parse_exception(tb), ("ZeroDivisionError".into(), "division by zero".into()));
+        assert_eq!(
+            parse_exception(tb),
+            ("ZeroDivisionError".into(), "division by zero".into())
+        );
         let tb = "Traceback...\n  File ...\npyspark.errors.exceptions.base.PySparkRuntimeError: [X] bad: thing\n";
-        assert_eq!(parse_exception(tb).0, "pyspark.errors.exceptions.base.PySparkRuntimeError");
-        assert_eq!(parse_exception("Traceback\nEOFError\n"), ("EOFError".into(), String::new()));
+        assert_eq!(
+            parse_exception(tb).0,
+            "pyspark.errors.exceptions.base.PySparkRuntimeError"
+        );
+        assert_eq!(
+            parse_exception("Traceback\nEOFError\n"),
+            ("EOFError".into(), String::new())
+        );
     }
 }

@@ -128,7 +128,11 @@ pub enum WireErrorKind {
     #[error("incomplete {what}: needed {needed} more byte(s)")]
     Incomplete { what: &'static str, needed: usize },
     #[error("{what} length {len} exceeds the limit of {max} bytes")]
-    TooLong { what: &'static str, len: i64, max: usize },
+    TooLong {
+        what: &'static str,
+        len: i64,
+        max: usize,
+    },
     #[error("{what}: unexpected length {len}")]
     BadLength { what: &'static str, len: i32 },
     #[error("bool byte is {0}, not 0 or 1")]
@@ -157,7 +161,12 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0, base: 0, max_frame: DEFAULT_MAX_FRAME }
+        Reader {
+            buf,
+            pos: 0,
+            base: 0,
+            max_frame: DEFAULT_MAX_FRAME,
+        }
     }
 
     pub fn with_base(mut self, base: u64) -> Self {
@@ -209,7 +218,10 @@ impl<'a> Reader<'a> {
         if self.remaining() < n {
             return Err(self.error(
                 self.offset(),
-                WireErrorKind::Incomplete { what, needed: n - self.remaining() },
+                WireErrorKind::Incomplete {
+                    what,
+                    needed: n - self.remaining(),
+                },
             ));
         }
         let out = &self.buf[self.pos..self.pos + n];
@@ -261,7 +273,14 @@ impl<'a> Reader<'a> {
         let len = len as usize;
         if len > self.max_frame {
             self.pos = start;
-            return Err(self.error(at, WireErrorKind::TooLong { what, len: len as i64, max: self.max_frame }));
+            return Err(self.error(
+                at,
+                WireErrorKind::TooLong {
+                    what,
+                    len: len as i64,
+                    max: self.max_frame,
+                },
+            ));
         }
         match self.take(len, what) {
             Ok(b) => Ok(Slot::Bytes(b)),
@@ -280,7 +299,13 @@ impl<'a> Reader<'a> {
             Slot::Bytes(b) => Ok(b),
             Slot::Special(s) => {
                 self.pos = start;
-                Err(self.error(at, WireErrorKind::BadLength { what, len: s.value() }))
+                Err(self.error(
+                    at,
+                    WireErrorKind::BadLength {
+                        what,
+                        len: s.value(),
+                    },
+                ))
             }
         }
     }
@@ -295,7 +320,13 @@ impl<'a> Reader<'a> {
             Ok(s) => Ok(s.to_owned()),
             Err(e) => {
                 self.pos = start;
-                Err(self.error(at, WireErrorKind::BadUtf8 { what, detail: e.to_string() }))
+                Err(self.error(
+                    at,
+                    WireErrorKind::BadUtf8 {
+                        what,
+                        detail: e.to_string(),
+                    },
+                ))
             }
         }
     }
@@ -312,7 +343,14 @@ impl<'a> Reader<'a> {
         let need = (n as usize).saturating_mul(min_item_bytes.max(1));
         if need > self.max_frame {
             self.pos -= 4;
-            return Err(self.error(at, WireErrorKind::TooLong { what, len: n as i64, max: self.max_frame }));
+            return Err(self.error(
+                at,
+                WireErrorKind::TooLong {
+                    what,
+                    len: n as i64,
+                    max: self.max_frame,
+                },
+            ));
         }
         Ok(n as usize)
     }
@@ -434,7 +472,13 @@ mod tests {
         r.int().unwrap();
         let e = r.slot("data frame").unwrap_err();
         assert_eq!(e.at_byte, 104);
-        assert_eq!(e.kind, WireErrorKind::BadLength { what: "data frame", len: -7 });
+        assert_eq!(
+            e.kind,
+            WireErrorKind::BadLength {
+                what: "data frame",
+                len: -7
+            }
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::path::Path;
 
 fn fakejvm() -> Command {
     let mut c = Command::cargo_bin("fakejvm").expect("binary");
-    c.env_remove("FAKEJVM_PYTHON").timeout(std::time::Duration::from_secs(300));
+    c.env_remove("FAKEJVM_PYTHON")
+        .timeout(std::time::Duration::from_secs(300));
     c
 }
 
@@ -24,8 +25,16 @@ fn assert_bad_input(args: &[&str], file_hint: &str, problem: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
-    assert!(lines[0].contains(file_hint), "the line must name {file_hint:?}: {}", lines[0]);
-    assert!(lines[0].contains(problem), "the line must say {problem:?}: {}", lines[0]);
+    assert!(
+        lines[0].contains(file_hint),
+        "the line must name {file_hint:?}: {}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(problem),
+        "the line must say {problem:?}: {}",
+        lines[0]
+    );
 }
 
 const GOOD: &str = r#"{"tasks":[{"function":"func = lambda s, it: it","input":{"encoding":"pickle","values":[1]},"expect":{"values":[1]}}]}"#;
@@ -40,14 +49,22 @@ fn truncated_scenario_is_bad_input() {
 #[test]
 fn unknown_field_is_bad_input() {
     let d = tempfile::tempdir().unwrap();
-    let f = scenario_file(d.path(), "typo.json", &GOOD.replace("\"input\"", "\"inptu\""));
+    let f = scenario_file(
+        d.path(),
+        "typo.json",
+        &GOOD.replace("\"input\"", "\"inptu\""),
+    );
     assert_bad_input(&["run", f.to_str().unwrap()], "typo.json", "inptu");
 }
 
 #[test]
 fn missing_function_is_bad_input() {
     let d = tempfile::tempdir().unwrap();
-    let f = scenario_file(d.path(), "nofunc.json", r#"{"tasks":[{"expect":{"values":[]}}]}"#);
+    let f = scenario_file(
+        d.path(),
+        "nofunc.json",
+        r#"{"tasks":[{"expect":{"values":[]}}]}"#,
+    );
     assert_bad_input(&["run", f.to_str().unwrap()], "nofunc.json", "function");
 }
 
@@ -55,17 +72,34 @@ fn missing_function_is_bad_input() {
 fn nonexistent_python_is_bad_input() {
     let d = tempfile::tempdir().unwrap();
     let f = scenario_file(d.path(), "good.json", GOOD);
-    assert_bad_input(&["run", "--python", "/nonexistent/python3", f.to_str().unwrap()], "/nonexistent/python3", "");
+    assert_bad_input(
+        &[
+            "run",
+            "--python",
+            "/nonexistent/python3",
+            f.to_str().unwrap(),
+        ],
+        "/nonexistent/python3",
+        "",
+    );
 }
 
 #[test]
 fn wrong_flag_is_exit_2() {
-    fakejvm().args(["run", "--no-such-flag", "x.json"]).assert().code(2).stderr(predicate::str::contains("--no-such-flag"));
+    fakejvm()
+        .args(["run", "--no-such-flag", "x.json"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--no-such-flag"));
 }
 
 #[test]
 fn missing_scenario_path_is_bad_input() {
-    assert_bad_input(&["run", "/nonexistent/scenarios"], "/nonexistent/scenarios", "no such file");
+    assert_bad_input(
+        &["run", "/nonexistent/scenarios"],
+        "/nonexistent/scenarios",
+        "no such file",
+    );
 }
 
 #[test]
@@ -73,7 +107,18 @@ fn undecodable_stream_is_bad_input_naming_the_offset() {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("junk.bin");
     std::fs::write(&f, [0, 0, 0, 0, 0, 0, 0, 9, b'x']).unwrap();
-    assert_bad_input(&["decode", f.to_str().unwrap(), "--dialect", "A", "--direction", "request"], "junk.bin", "at byte");
+    assert_bad_input(
+        &[
+            "decode",
+            f.to_str().unwrap(),
+            "--dialect",
+            "A",
+            "--direction",
+            "request",
+        ],
+        "junk.bin",
+        "at byte",
+    );
 }
 
 #[test]
@@ -97,6 +142,10 @@ fn bundled_core_scenarios_pass_from_the_command_line() {
 fn function_that_does_not_compile_is_bad_input() {
     let _ = common::env_for(fakejvm::pyenv::DEFAULT_PYSPARK);
     let d = tempfile::tempdir().unwrap();
-    let f = scenario_file(d.path(), "syntax.json", &GOOD.replace("func = lambda s, it: it", "func = lambda s, it: (("));
+    let f = scenario_file(
+        d.path(),
+        "syntax.json",
+        &GOOD.replace("func = lambda s, it: it", "func = lambda s, it: (("),
+    );
     assert_bad_input(&["run", f.to_str().unwrap()], "syntax.json", "SyntaxError");
 }

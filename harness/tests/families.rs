@@ -20,18 +20,27 @@ async fn family(version: &str, expected_dialect: Dialect, not_applicable: &[&str
 
     // The raising task is a typed PythonException, not just "a failure".
     let raises = by_name(&reports, "raises");
-    assert!(matches!(&raises.tasks[0].outcome, Outcome::PythonException { exc_type, .. } if exc_type == "ZeroDivisionError"));
+    assert!(
+        matches!(&raises.tasks[0].outcome, Outcome::PythonException { exc_type, .. } if exc_type == "ZeroDivisionError")
+    );
 
     // Both reused tasks ran in one worker process.
     let reuse = by_name(&reports, "reuse_two_tasks");
     assert_eq!(reuse.tasks.len(), 2);
-    assert_eq!(reuse.tasks[0].pid, reuse.tasks[1].pid, "the second task must reuse the first task's worker");
+    assert_eq!(
+        reuse.tasks[0].pid, reuse.tasks[1].pid,
+        "the second task must reuse the first task's worker"
+    );
 
     // The resources quirk is stated for the versions that have it, and only for them.
     let ctx = by_name(&reports, "task_context");
     let note = ctx.tasks[0].note.clone().unwrap_or_default();
     let has_quirk = matches!(expected_dialect, Dialect::A | Dialect::B);
-    assert_eq!(note.contains("only the last resource survives"), has_quirk, "pyspark {version}: note {note:?}");
+    assert_eq!(
+        note.contains("only the last resource survives"),
+        has_quirk,
+        "pyspark {version}: note {note:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,9 +14,13 @@ use std::time::{Duration, Instant};
 async fn run_suite(version: &str) -> Vec<ScenarioReport> {
     let env = env_for(version);
     let filter = std::env::var("FAKEJVM_FAULTS_FILTER").unwrap_or_default();
-    let files = scenario::collect_files(&[repo_root().join("scenarios/faults")]).expect("scenarios/faults");
+    let files =
+        scenario::collect_files(&[repo_root().join("scenarios/faults")]).expect("scenarios/faults");
     let mut out = vec![];
-    for f in files.iter().filter(|f| f.to_string_lossy().contains(&filter)) {
+    for f in files
+        .iter()
+        .filter(|f| f.to_string_lossy().contains(&filter))
+    {
         let s = Scenario::load(f).unwrap_or_else(|e| panic!("{e}"));
         let r = scenario::run_scenario(&env, f, &s, &RunOptions::default()).await;
         eprintln!("{}", fakejvm::report::scenario_lines(&r));
@@ -32,9 +36,17 @@ async fn run_suite(version: &str) -> Vec<ScenarioReport> {
 /// the reports name is alive (zombies count as gone).
 fn assert_nothing_left(reports: &[ScenarioReport]) {
     let mut groups: Vec<i32> = reports.iter().filter_map(|r| r.daemon_pid).collect();
-    let workers: Vec<i32> = reports.iter().flat_map(|r| r.tasks.iter().filter_map(|t| t.pid)).collect();
+    let workers: Vec<i32> = reports
+        .iter()
+        .flat_map(|r| r.tasks.iter().filter_map(|t| t.pid))
+        .collect();
     // A direct worker leads its own group.
-    groups.extend(reports.iter().filter(|r| !r.mode.uses_daemon()).flat_map(|r| r.tasks.iter().filter_map(|t| t.pid)));
+    groups.extend(
+        reports
+            .iter()
+            .filter(|r| !r.mode.uses_daemon())
+            .flat_map(|r| r.tasks.iter().filter_map(|t| t.pid)),
+    );
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let alive: Vec<String> = std::fs::read_dir("/proc")
@@ -51,13 +63,19 @@ fn assert_nothing_left(reports: &[ScenarioReport]) {
         if alive.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "processes of the fault suite are still alive: {alive:?}");
+        assert!(
+            Instant::now() < deadline,
+            "processes of the fault suite are still alive: {alive:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn fault(r: &ScenarioReport, index: usize) -> &FaultReport {
-    r.faults.iter().find(|f| f.index == index).unwrap_or_else(|| panic!("{}: no report for fault #{index}", r.name))
+    r.faults
+        .iter()
+        .find(|f| f.index == index)
+        .unwrap_or_else(|| panic!("{}: no report for fault #{index}", r.name))
 }
 
 fn filtered() -> bool {
@@ -73,13 +91,26 @@ async fn suite(version: &str, not_applicable: &[&str]) -> Vec<ScenarioReport> {
             problems.push(format!("{} leaked processes: {:?}", r.name, r.leftovers));
         }
         match &r.status {
-            Status::Passed if not_applicable.contains(&r.name.as_str()) => problems.push(format!("{} ran but was expected N/A", r.name)),
-            Status::NotApplicable { why } if !not_applicable.contains(&r.name.as_str()) => problems.push(format!("{} was N/A: {why}", r.name)),
-            Status::Failed => problems.push(format!("{}\n{}", fakejvm::report::scenario_lines(r), fault_lines(&r.faults))),
+            Status::Passed if not_applicable.contains(&r.name.as_str()) => {
+                problems.push(format!("{} ran but was expected N/A", r.name))
+            }
+            Status::NotApplicable { why } if !not_applicable.contains(&r.name.as_str()) => {
+                problems.push(format!("{} was N/A: {why}", r.name))
+            }
+            Status::Failed => problems.push(format!(
+                "{}\n{}",
+                fakejvm::report::scenario_lines(r),
+                fault_lines(&r.faults)
+            )),
             _ => {}
         }
     }
-    assert!(problems.is_empty(), "pyspark {version}: {} problem(s):\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "pyspark {version}: {} problem(s):\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
     reports
 }
 
@@ -88,14 +119,33 @@ fn common_checks(reports: &[ScenarioReport], version: &str) {
     // Every fault fired and says where and what became of the processes.
     for r in reports {
         for f in &r.faults {
-            assert!(f.fired && f.ok, "{}: fault #{} {:?}", r.name, f.index, f.problem);
+            assert!(
+                f.fired && f.ok,
+                "{}: fault #{} {:?}",
+                r.name,
+                f.index,
+                f.problem
+            );
             if f.task.is_some() {
-                let p = f.placement.as_ref().unwrap_or_else(|| panic!("{}: fault #{} has no placement", r.name, f.index));
+                let p = f
+                    .placement
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{}: fault #{} has no placement", r.name, f.index));
                 assert!(p.byte >= p.offset_in_span, "{}: {p:?}", r.name);
-                assert!(f.worker.is_some(), "{}: fault #{} does not say what became of the worker", r.name, f.index);
+                assert!(
+                    f.worker.is_some(),
+                    "{}: fault #{} does not say what became of the worker",
+                    r.name,
+                    f.index
+                );
             }
             if r.mode.uses_daemon() {
-                assert!(f.daemon.is_some(), "{}: fault #{} does not say what became of the daemon", r.name, f.index);
+                assert!(
+                    f.daemon.is_some(),
+                    "{}: fault #{} does not say what became of the daemon",
+                    r.name,
+                    f.index
+                );
             }
         }
     }
@@ -112,31 +162,57 @@ fn common_checks(reports: &[ScenarioReport], version: &str) {
         .and_then(|s| s.rsplit(", ").next())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or_else(|| panic!("no retry delay in {events}"));
-    assert!((900..3000).contains(&retry_ms), "the daemon retries after 1 s, took {retry_ms} ms");
+    assert!(
+        (900..3000).contains(&retry_ms),
+        "the daemon retries after 1 s, took {retry_ms} ms"
+    );
 
     // ENOMEM: the errno where a pid belongs is named as a defect, with the version.
     let enomem = by_name(reports, "fork_enomem_errno_as_pid");
     let note = enomem.tasks[0].note.clone().unwrap_or_default();
-    assert!(note.contains(&format!("pyspark {version} daemon defect")) && note.contains("pid < 0"), "{note}");
-    assert!(matches!(&enomem.tasks[0].outcome, Outcome::ProtocolViolation { what, .. } if what.contains("errno 12")));
+    assert!(
+        note.contains(&format!("pyspark {version} daemon defect")) && note.contains("pid < 0"),
+        "{note}"
+    );
+    assert!(
+        matches!(&enomem.tasks[0].outcome, Outcome::ProtocolViolation { what, .. } if what.contains("errno 12"))
+    );
 
     // Two EAGAINs: the daemon died (status 1) and took the busy worker with it.
     let twice = by_name(reports, "fork_eagain_twice");
-    assert!(matches!(&twice.tasks[0].outcome, Outcome::DaemonDied { .. }), "{:?}", twice.tasks[0].outcome);
-    assert_eq!(fault(twice, 1).worker.as_deref().map(|w| w.starts_with("ended")), Some(true));
+    assert!(
+        matches!(&twice.tasks[0].outcome, Outcome::DaemonDied { .. }),
+        "{:?}",
+        twice.tasks[0].outcome
+    );
+    assert_eq!(
+        fault(twice, 1)
+            .worker
+            .as_deref()
+            .map(|w| w.starts_with("ended")),
+        Some(true)
+    );
 
     // Memory: MemoryError, then a fresh worker (another pid) passes.
     let mem = by_name(reports, "memory_task_exceeds_executor_memory");
-    assert!(matches!(&mem.tasks[1].outcome, Outcome::PythonException { exc_type, .. } if exc_type == "MemoryError"));
+    assert!(
+        matches!(&mem.tasks[1].outcome, Outcome::PythonException { exc_type, .. } if exc_type == "MemoryError")
+    );
     assert_ne!(mem.tasks[1].pid, mem.tasks[2].pid);
 
     // A stopped worker is a Hang found by the deadline, not a crash.
     let stop = by_name(reports, "process_sigstop_worker");
-    assert!(matches!(stop.tasks[0].outcome, Outcome::Hang { .. }), "{:?}", stop.tasks[0].outcome);
+    assert!(
+        matches!(stop.tasks[0].outcome, Outcome::Hang { .. }),
+        "{:?}",
+        stop.tasks[0].outcome
+    );
 
     // Closing the connection: the outcome says which fault closed it and where.
     let trunc = by_name(reports, "socket_truncate_then_close");
-    assert!(matches!(&trunc.tasks[0].outcome, Outcome::WorkerCrashed { detail, .. } if detail.contains("closed the connection (FIN)") && detail.contains("span header +5")));
+    assert!(
+        matches!(&trunc.tasks[0].outcome, Outcome::WorkerCrashed { detail, .. } if detail.contains("closed the connection (FIN)") && detail.contains("span header +5"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,13 +277,24 @@ print(json.dumps({"results": results, "ld_preload_visible": "LD_PRELOAD" in os.e
             .env(forkfail::ENV_ERRNO, errno.to_string())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let r = run("nth:2,5", libc::ENOMEM);
-    assert_eq!(r["results"], serde_json::json!([0, 12, 0, 0, 12, 0]), "a child's own fork must pass: {r}");
+    assert_eq!(
+        r["results"],
+        serde_json::json!([0, 12, 0, 0, 12, 0]),
+        "a child's own fork must pass: {r}"
+    );
     assert_eq!(r["ld_preload_visible"], false);
-    assert_eq!(run("every", libc::EAGAIN)["results"], serde_json::json!([11, 11, 11, 11, 11, 11]));
+    assert_eq!(
+        run("every", libc::EAGAIN)["results"],
+        serde_json::json!([11, 11, 11, 11, 11, 11])
+    );
     // Seeded: the same sequence every run (fork_random_enomem.json relies on seed 7 failing forks 1 and 2).
     let seeded = run("random:0.5:7", libc::EAGAIN);
     assert_eq!(seeded["results"], serde_json::json!([11, 11, 0, 0, 11, 11]));
@@ -224,18 +311,33 @@ async fn faults_that_cannot_happen_fail_the_scenario_with_the_reason() {
             "tasks": [{"function": "func = lambda s, it: it", "expect": {"values": []}}]}"#,
     )
     .unwrap();
-    let r = scenario::run_scenario(&env, std::path::Path::new("never.json"), &never, &RunOptions::default()).await;
+    let r = scenario::run_scenario(
+        &env,
+        std::path::Path::new("never.json"),
+        &never,
+        &RunOptions::default(),
+    )
+    .await;
     assert_eq!(r.status, Status::Failed);
     assert!(r.tasks[0].ok, "the task itself passed");
     let problem = r.faults[0].problem.clone().unwrap_or_default();
-    assert!(!r.faults[0].fired && problem.contains("never fired"), "{problem}");
+    assert!(
+        !r.faults[0].fired && problem.contains("never fired"),
+        "{problem}"
+    );
 
     let nowhere = Scenario::parse(
         r#"{"faults": [{"kind": "delay", "at": {"after": {"data": 5}}, "ms": 10}],
             "tasks": [{"function": "func = lambda s, it: it", "expect": {"values": []}}]}"#,
     )
     .unwrap();
-    let r = scenario::run_scenario(&env, std::path::Path::new("nowhere.json"), &nowhere, &RunOptions::default()).await;
+    let r = scenario::run_scenario(
+        &env,
+        std::path::Path::new("nowhere.json"),
+        &nowhere,
+        &RunOptions::default(),
+    )
+    .await;
     assert_eq!(r.status, Status::Failed);
     assert!(
         matches!(&r.tasks[0].outcome, Outcome::Harness { error } if error.contains("fault #0") && error.contains("no span data[5]")),

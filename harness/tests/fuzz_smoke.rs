@@ -35,52 +35,89 @@ fn config(out: &Path, mode: ExecMode, max_execs: u64) -> CampaignConfig {
 /// Live processes in the given process groups (the campaign's daemons and all they forked).
 fn alive_in_groups(pgids: &[i32]) -> Vec<String> {
     assert!(!pgids.is_empty(), "the campaign reported no daemon");
-    fakejvm::worker::leftover_processes(pgids).into_iter().map(|(p, c)| format!("{p} {c}")).collect()
+    fakejvm::worker::leftover_processes(pgids)
+        .into_iter()
+        .map(|(p, c)| format!("{p} {c}"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_campaign_runs_saves_resumes_and_leaks_nothing() {
     let env = common::env_for("4.0.5");
     let out = tempfile::tempdir().unwrap();
-    let summary = campaign::run(env.clone(), config(out.path(), ExecMode::ForkServer, 400)).await.unwrap();
+    let summary = campaign::run(env.clone(), config(out.path(), ExecMode::ForkServer, 400))
+        .await
+        .unwrap();
     eprintln!("{}", summary.text());
 
     assert!(summary.aborted.is_none(), "{:?}", summary.aborted);
     assert!(summary.run.execs >= 400, "ran {} cases", summary.run.execs);
-    assert!(summary.seeds.builtin == 4 && summary.seeds.scenario_tasks > 0, "{:?}", summary.seeds);
+    assert!(
+        summary.seeds.builtin == 4 && summary.seeds.scenario_tasks > 0,
+        "{:?}",
+        summary.seeds
+    );
     assert!(summary.corpus > 0, "no behaviour reached the corpus");
-    assert_eq!(summary.leftover_processes, vec![], "processes left after the campaign");
+    assert_eq!(
+        summary.leftover_processes,
+        vec![],
+        "processes left after the campaign"
+    );
     assert!(out.path().join(STATE_FILE).is_file() && out.path().join(SUMMARY_FILE).is_file());
     // 400 mutated cases always hit some unclean failure; each finding is a loadable reproducer.
-    assert!(!summary.findings.is_empty(), "no findings in {} cases", summary.run.execs);
+    assert!(
+        !summary.findings.is_empty(),
+        "no findings in {} cases",
+        summary.run.execs
+    );
     for f in &summary.findings {
         let r = Reproducer::load(&out.path().join(&f.file)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.signature_id, f.id);
         assert_eq!(r.pyspark, "4.0.5");
-        assert!(r.found.count >= 1 && r.found.count == f.count, "{} vs {}", r.found.count, f.count);
+        assert!(
+            r.found.count >= 1 && r.found.count == f.count,
+            "{} vs {}",
+            r.found.count,
+            f.count
+        );
     }
 
     // Resume: the same folder goes on from where it stopped; known findings are not new again.
-    let again = campaign::run(env, config(out.path(), ExecMode::ForkServer, 100)).await.unwrap();
+    let again = campaign::run(env, config(out.path(), ExecMode::ForkServer, 100))
+        .await
+        .unwrap();
     assert!(again.resumed);
     assert_eq!(again.total.execs, summary.run.execs + again.run.execs);
-    for f in again.findings.iter().filter(|f| summary.findings.iter().any(|g| g.id == f.id)) {
+    for f in again
+        .findings
+        .iter()
+        .filter(|f| summary.findings.iter().any(|g| g.id == f.id))
+    {
         assert!(!f.new, "{} reported as new again", f.signature);
     }
     assert_eq!(again.leftover_processes, vec![]);
     for g in summary.daemon_pgids.iter().chain(&again.daemon_pgids) {
-        assert!(!fakejvm::worker::registered_groups().contains(g), "group {g} still registered");
+        assert!(
+            !fakejvm::worker::registered_groups().contains(g),
+            "group {g} still registered"
+        );
     }
     let mut groups = summary.daemon_pgids.clone();
     groups.extend(&again.daemon_pgids);
-    assert_eq!(alive_in_groups(&groups), Vec::<String>::new(), "processes alive after the campaigns");
+    assert_eq!(
+        alive_in_groups(&groups),
+        Vec::<String>::new(),
+        "processes alive after the campaigns"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reuse_mode_runs_cases_on_kept_workers() {
     let env = common::env_for("4.0.5");
     let out = tempfile::tempdir().unwrap();
-    let summary = campaign::run(env, config(out.path(), ExecMode::Reuse, 150)).await.unwrap();
+    let summary = campaign::run(env, config(out.path(), ExecMode::Reuse, 150))
+        .await
+        .unwrap();
     eprintln!("{}", summary.text());
     assert!(summary.aborted.is_none(), "{:?}", summary.aborted);
     assert!(summary.run.execs >= 150);
@@ -98,10 +135,19 @@ async fn a_state_of_another_version_is_refused_in_one_line() {
         "daemon_restarts": 0, "runs": [], "findings": {}, "expected": {}
     });
     std::fs::write(out.path().join(STATE_FILE), state.to_string()).unwrap();
-    let err = campaign::run(env, config(out.path(), ExecMode::ForkServer, 10)).await.unwrap_err();
-    let bad = err.downcast_ref::<fakejvm::repro::BadInput>().unwrap_or_else(|| panic!("not BadInput: {err:#}"));
+    let err = campaign::run(env, config(out.path(), ExecMode::ForkServer, 10))
+        .await
+        .unwrap_err();
+    let bad = err
+        .downcast_ref::<fakejvm::repro::BadInput>()
+        .unwrap_or_else(|| panic!("not BadInput: {err:#}"));
     let text = bad.to_string();
-    assert!(text.contains("state.json") && text.contains("pyspark 4.3.0") && text.contains("another --out"), "{text}");
+    assert!(
+        text.contains("state.json")
+            && text.contains("pyspark 4.3.0")
+            && text.contains("another --out"),
+        "{text}"
+    );
     assert_eq!(text.lines().count(), 1);
 }
 
@@ -116,30 +162,77 @@ async fn daemon_death_restarts_the_fork_server_and_hangs_are_cleaned_up() {
     use std::sync::Arc;
 
     let env = common::env_for("4.0.5");
-    let spec = |f: &str| CommandSpec { function: f.into(), deserializer: SerializerSpec::Pickle, serializer: SerializerSpec::Pickle };
-    let cmds = build_commands(&env, &[spec("func = lambda s, it: it"), spec("import time\ndef func(s, it):\n    time.sleep(30)\n    return it\n")]).unwrap();
-    let request = |cmd: &Vec<u8>| Arc::new(Dialect::A.encode_request(&TaskRequest::non_udf(&env.python_version, cmd.clone(), vec![DataItem::Frame(vec![0x80, 5, 0x4b, 7, 0x2e])])).bytes);
-    let opts = ExecOptions { deadline: Duration::from_millis(1500), ..ExecOptions::default() };
-    let exec = Executor::start(env.clone(), Dialect::A, ExecMode::ForkServer, opts).await.unwrap();
+    let spec = |f: &str| CommandSpec {
+        function: f.into(),
+        deserializer: SerializerSpec::Pickle,
+        serializer: SerializerSpec::Pickle,
+    };
+    let cmds = build_commands(
+        &env,
+        &[
+            spec("func = lambda s, it: it"),
+            spec("import time\ndef func(s, it):\n    time.sleep(30)\n    return it\n"),
+        ],
+    )
+    .unwrap();
+    let request = |cmd: &Vec<u8>| {
+        Arc::new(
+            Dialect::A
+                .encode_request(&TaskRequest::non_udf(
+                    &env.python_version,
+                    cmd.clone(),
+                    vec![DataItem::Frame(vec![0x80, 5, 0x4b, 7, 0x2e])],
+                ))
+                .bytes,
+        )
+    };
+    let opts = ExecOptions {
+        deadline: Duration::from_millis(1500),
+        ..ExecOptions::default()
+    };
+    let exec = Executor::start(env.clone(), Dialect::A, ExecMode::ForkServer, opts)
+        .await
+        .unwrap();
 
-    assert_eq!(exec.exec_fresh(request(&cmds[0])).await.outcome, Outcome::Passed);
+    assert_eq!(
+        exec.exec_fresh(request(&cmds[0])).await.outcome,
+        Outcome::Passed
+    );
     let first = exec.daemon_pid();
     unsafe { libc::kill(first, libc::SIGKILL) };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let obs = exec.exec_fresh(request(&cmds[0])).await;
-    assert!(matches!(obs.outcome, Outcome::DaemonDied { .. }), "{}", obs.outcome);
+    assert!(
+        matches!(obs.outcome, Outcome::DaemonDied { .. }),
+        "{}",
+        obs.outcome
+    );
     assert!(obs.daemon_restarted);
     assert_ne!(exec.daemon_pid(), first);
-    assert_eq!(exec.exec_fresh(request(&cmds[0])).await.outcome, Outcome::Passed, "the new daemon serves cases");
+    assert_eq!(
+        exec.exec_fresh(request(&cmds[0])).await.outcome,
+        Outcome::Passed,
+        "the new daemon serves cases"
+    );
 
     let obs = exec.exec_fresh(request(&cmds[1])).await;
-    assert!(matches!(obs.outcome, Outcome::Hang { .. }), "{}", obs.outcome);
+    assert!(
+        matches!(obs.outcome, Outcome::Hang { .. }),
+        "{}",
+        obs.outcome
+    );
     // time.sleep: asleep in the kernel, not busy.
     let state = obs.worker_at_deadline.as_deref().unwrap_or("");
     assert!(state.starts_with("state S (sleeping)"), "{state:?}");
     let hung = obs.pid.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!Path::new(&format!("/proc/{hung}")).exists() || std::fs::read_to_string(format!("/proc/{hung}/stat")).unwrap_or_default().contains(") Z"), "the hung worker {hung} is still alive");
+    assert!(
+        !Path::new(&format!("/proc/{hung}")).exists()
+            || std::fs::read_to_string(format!("/proc/{hung}/stat"))
+                .unwrap_or_default()
+                .contains(") Z"),
+        "the hung worker {hung} is still alive"
+    );
     tokio::time::sleep(Duration::from_millis(2200)).await;
     assert!(exec.leaked(Duration::from_secs(2)).await.is_empty());
 

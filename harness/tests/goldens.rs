@@ -8,12 +8,14 @@ mod common;
 use common::{env_for, repo_root};
 use fakejvm::decode::{self, StreamDirection};
 use fakejvm::golden::format::{self, Golden};
-use fakejvm::golden::replay::{replay_all, replay_golden, GoldenStatus, ReplayOptions};
 use fakejvm::golden::normalise::{self, LiveValues};
+use fakejvm::golden::replay::{replay_all, replay_golden, GoldenStatus, ReplayOptions};
 use fakejvm::golden::spool::{self, Role, TapMeta, Transport};
 use fakejvm::protocol::{decode_replies, decode_requests, ReplyItem};
 use fakejvm::session::{self, SessionOptions, Transcript, WritePlan};
-use fakejvm::worker::{kill_marked_groups, leftover_processes, spawn_in_group, LaunchOptions, Mode, Workers};
+use fakejvm::worker::{
+    kill_marked_groups, leftover_processes, spawn_in_group, LaunchOptions, Mode, Workers,
+};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -22,7 +24,11 @@ fn corpus() -> Vec<PathBuf> {
     let dirs = format::collect(std::slice::from_ref(&root)).unwrap_or_else(|e| {
         panic!("no golden corpus at {}: {e}\nrecord it with `ci/record-goldens` (needs Java 17; minutes)", root.display())
     });
-    assert!(!dirs.is_empty(), "no goldens under {}: record them with `ci/record-goldens`", root.display());
+    assert!(
+        !dirs.is_empty(),
+        "no goldens under {}: record them with `ci/record-goldens`",
+        root.display()
+    );
     dirs
 }
 
@@ -43,11 +49,29 @@ async fn every_golden_replays_against_a_live_worker() {
     let dirs = corpus();
     check_envs(&dirs);
     let started = std::time::Instant::now();
-    let reports = replay_all(&dirs, &ReplayOptions::default(), 2, |r| eprintln!("{}", r.text())).await.unwrap_or_else(|e| panic!("{e}"));
+    let reports = replay_all(&dirs, &ReplayOptions::default(), 2, |r| {
+        eprintln!("{}", r.text())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(reports.len(), dirs.len());
-    let failed: Vec<String> = reports.iter().filter(|r| r.status != GoldenStatus::Passed).map(|r| r.text()).collect();
-    assert!(failed.is_empty(), "{} of {} goldens failed:\n{}", failed.len(), reports.len(), failed.join("\n"));
-    eprintln!("{} goldens replayed in {:.1} s", reports.len(), started.elapsed().as_secs_f64());
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|r| r.status != GoldenStatus::Passed)
+        .map(|r| r.text())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} goldens failed:\n{}",
+        failed.len(),
+        reports.len(),
+        failed.join("\n")
+    );
+    eprintln!(
+        "{} goldens replayed in {:.1} s",
+        reports.len(),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[test]
@@ -68,21 +92,41 @@ fn every_recorded_stream_decodes_and_agrees_with_the_recorded_framing() {
                 let end = r.spans.iter().map(|s| s.end).max().unwrap() as u64;
                 assert_eq!([start, end], c.request_spans[k], "{at}: request {k} span");
             }
-            assert_eq!(c.request_spans.last().unwrap()[1], requests.len() as u64, "{at}: bytes after the last request");
+            assert_eq!(
+                c.request_spans.last().unwrap()[1],
+                requests.len() as u64,
+                "{at}: bytes after the last request"
+            );
             assert!(!d.to_text().is_empty());
 
             let replies = g.read(&c.reply).unwrap();
             let d = decode::decode(ix.dialect, StreamDirection::Reply, &replies);
             assert!(d.error.is_none(), "{at}: reply stream: {:?}", d.error);
-            assert_eq!(d.replies.len(), c.tasks + c.after_close.is_some() as usize, "{at}: replies");
+            assert_eq!(
+                d.replies.len(),
+                c.tasks + c.after_close.is_some() as usize,
+                "{at}: replies"
+            );
             for (k, r) in d.replies.iter().take(c.tasks).enumerate() {
-                assert_eq!([r.start, r.end_offset], c.reply_spans[k], "{at}: reply {k} span");
+                assert_eq!(
+                    [r.start, r.end_offset],
+                    c.reply_spans[k],
+                    "{at}: reply {k} span"
+                );
             }
             if let Some(span) = c.after_close {
                 let r = d.replies.last().unwrap();
-                assert_eq!([r.start, r.end_offset], span, "{at}: the answer to the close");
+                assert_eq!(
+                    [r.start, r.end_offset],
+                    span,
+                    "{at}: the answer to the close"
+                );
             }
-            assert_eq!(d.replies.last().unwrap().end_offset, replies.len() as u64, "{at}: bytes after the last reply");
+            assert_eq!(
+                d.replies.last().unwrap().end_offset,
+                replies.len() as u64,
+                "{at}: bytes after the last reply"
+            );
 
             // The tap saw the JVM start writing each request right after the worker's previous
             // reply ended (the JVM does not pipeline tasks on a connection): the decoder's
@@ -91,7 +135,9 @@ fn every_recorded_stream_decodes_and_agrees_with_the_recorded_framing() {
             for k in 0..c.tasks {
                 let request_start = c.request_spans[k][0];
                 let previous_reply_end = if k == 0 { 0 } else { c.reply_spans[k - 1][1] };
-                let seen = c.turns.iter().any(|[w, j]| *w == request_start && (c.blessed.is_some() || *j == previous_reply_end));
+                let seen = c.turns.iter().any(|[w, j]| {
+                    *w == request_start && (c.blessed.is_some() || *j == previous_reply_end)
+                });
                 assert!(seen, "{at}: the tap never saw request {k} start at byte {request_start} after reply byte {previous_reply_end}; turns {:?}", c.turns);
             }
             for f in [&c.request_text, &c.reply_text] {
@@ -128,31 +174,70 @@ async fn a_corrupted_reply_frame_fails_with_a_frame_level_diff_and_only_bless_re
     let mut bytes = std::fs::read(&reply_file).unwrap();
     let (replies, err) = decode_replies(ix.dialect, &bytes);
     assert!(err.is_none());
-    let ReplyItem::Frame(frame) = &replies[0].data[0] else { panic!("reply 0 starts with a frame") };
+    let ReplyItem::Frame(frame) = &replies[0].data[0] else {
+        panic!("reply 0 starts with a frame")
+    };
     // The frame's payload starts 4 bytes into the reply (after its length); a pickled list of
     // small ints ends "K<n>e." or "K<n>." before STOP: bump the last small int.
-    let pos = frame.iter().rposition(|b| *b == b'K').expect("a BININT1 opcode in the pickle") + 1;
+    let pos = frame
+        .iter()
+        .rposition(|b| *b == b'K')
+        .expect("a BININT1 opcode in the pickle")
+        + 1;
     let original = frame[pos];
     bytes[replies[0].start as usize + 4 + pos] = original.wrapping_add(100);
     std::fs::write(&reply_file, &bytes).unwrap();
 
-    let report = replay_golden(&dir, &ReplayOptions::default()).await.unwrap();
+    let report = replay_golden(&dir, &ReplayOptions::default())
+        .await
+        .unwrap();
     let text = report.text();
     eprintln!("{text}");
     assert_eq!(report.status, GoldenStatus::Failed, "{text}");
     assert_eq!(report.differences.len(), 1, "{text}");
     let d = &report.differences[0];
-    assert_eq!((d.conn.as_str(), d.reply, d.at.as_str()), ("c0", 0, "data[0]"), "{text}");
-    assert!(d.expected.contains(&format!("pickle [{}]", original as u32 + 100)), "{text}");
+    assert_eq!(
+        (d.conn.as_str(), d.reply, d.at.as_str()),
+        ("c0", 0, "data[0]"),
+        "{text}"
+    );
+    assert!(
+        d.expected
+            .contains(&format!("pickle [{}]", original as u32 + 100)),
+        "{text}"
+    );
     assert!(d.got.contains(&format!("pickle [{original}]")), "{text}");
-    assert!(text.contains("c0 reply 0 data[0]:") && text.contains("expected: frame") && text.contains("got:      frame"), "{text}");
-    assert_eq!(std::fs::read(&reply_file).unwrap(), bytes, "replay without --bless rewrote the golden");
+    assert!(
+        text.contains("c0 reply 0 data[0]:")
+            && text.contains("expected: frame")
+            && text.contains("got:      frame"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(&reply_file).unwrap(),
+        bytes,
+        "replay without --bless rewrote the golden"
+    );
 
-    let blessed = replay_golden(&dir, &ReplayOptions { bless: true, ..ReplayOptions::default() }).await.unwrap();
+    let blessed = replay_golden(
+        &dir,
+        &ReplayOptions {
+            bless: true,
+            ..ReplayOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(blessed.status, GoldenStatus::Blessed, "{}", blessed.text());
-    assert_ne!(std::fs::read(&reply_file).unwrap(), bytes, "--bless did not rewrite the reply");
+    assert_ne!(
+        std::fs::read(&reply_file).unwrap(),
+        bytes,
+        "--bless did not rewrite the reply"
+    );
     assert!(load(&dir).index.connections[0].blessed.is_some());
-    let again = replay_golden(&dir, &ReplayOptions::default()).await.unwrap();
+    let again = replay_golden(&dir, &ReplayOptions::default())
+        .await
+        .unwrap();
     assert_eq!(again.status, GoldenStatus::Passed, "{}", again.text());
 }
 
@@ -161,7 +246,10 @@ fn a_broken_index_is_one_line_of_bad_input_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("index.json"), "{\"format\": 1, \"name\": ").unwrap();
     let e = Golden::load(tmp.path()).unwrap_err().to_string();
-    assert!(e.contains("index.json") && e.contains("not a golden index"), "{e}");
+    assert!(
+        e.contains("index.json") && e.contains("not a golden index"),
+        "{e}"
+    );
     assert_eq!(e.lines().count(), 1, "{e}");
 
     let source = corpus().into_iter().next().unwrap();
@@ -183,7 +271,10 @@ async fn the_tap_records_every_byte_in_every_mode_and_leaves_nothing_behind() {
     let env = env_for(version);
     let golden = load(&repo_root().join("golden/pyspark-4.1.4/map_parallelize"));
     let dialect = golden.index.dialect;
-    let (recorded, err) = decode_requests(dialect, &golden.read(&golden.index.connections[0].request).unwrap());
+    let (recorded, err) = decode_requests(
+        dialect,
+        &golden.read(&golden.index.connections[0].request).unwrap(),
+    );
     assert!(err.is_none());
 
     for mode in [Mode::Daemon, Mode::Uds, Mode::Direct, Mode::DirectUds] {
@@ -201,29 +292,88 @@ async fn the_tap_records_every_byte_in_every_mode_and_leaves_nothing_behind() {
             ),
         )
         .unwrap();
-        std::fs::set_permissions(&launcher, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            &launcher,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let _cleanup = KillTaps(spool_dir.clone());
 
-        let live = |secret: &str| LiveValues { spark_files_dir: tmp.path().to_path_buf(), broadcasts: Default::default(), secret: Some(secret.into()) };
+        let live = |secret: &str| LiveValues {
+            spark_files_dir: tmp.path().to_path_buf(),
+            broadcasts: Default::default(),
+            secret: Some(secret.into()),
+        };
         let exchange = if mode.uses_daemon() {
-            daemon_through_tap(&launcher, mode, tmp.path(), |secret| dialect.encode_request(&normalise::refill_request(&recorded[0].request, &live(secret))).bytes, dialect).await
+            daemon_through_tap(
+                &launcher,
+                mode,
+                tmp.path(),
+                |secret| {
+                    dialect
+                        .encode_request(&normalise::refill_request(
+                            &recorded[0].request,
+                            &live(secret),
+                        ))
+                        .bytes
+                },
+                dialect,
+            )
+            .await
         } else {
             // fakejvm's own launcher plays the JVM for direct workers. (Not for the daemon: it
             // checks that a pid is the daemon's child, and behind the tap the daemon is the tap.)
-            let mut workers = Workers::start(&launcher, LaunchOptions { mode, ..LaunchOptions::default() }).await.unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+            let mut workers = Workers::start(
+                &launcher,
+                LaunchOptions {
+                    mode,
+                    ..LaunchOptions::default()
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
             let secret = workers.secret().to_owned();
-            let request = dialect.encode_request(&normalise::refill_request(&recorded[0].request, &live(&secret))).bytes;
-            let mut c = workers.connect().await.unwrap_or_else(|e| panic!("{mode:?}: {e}"));
-            let received = run(&mut c.reader, &mut c.writer, dialect, &request, c.handshake_in.len()).await;
-            let exchange = Exchange { secret, request, received, handshake_in: c.handshake_in.clone(), handshake_out: c.handshake_out.clone() };
+            let request = dialect
+                .encode_request(&normalise::refill_request(
+                    &recorded[0].request,
+                    &live(&secret),
+                ))
+                .bytes;
+            let mut c = workers
+                .connect()
+                .await
+                .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+            let received = run(
+                &mut c.reader,
+                &mut c.writer,
+                dialect,
+                &request,
+                c.handshake_in.len(),
+            )
+            .await;
+            let exchange = Exchange {
+                secret,
+                request,
+                received,
+                handshake_in: c.handshake_in.clone(),
+                handshake_out: c.handshake_out.clone(),
+            };
             drop(c);
             let report = workers.shutdown(std::time::Duration::from_secs(5)).await;
-            assert!(report.leftovers.is_empty(), "{mode:?}: {:?}", report.leftovers);
+            assert!(
+                report.leftovers.is_empty(),
+                "{mode:?}: {:?}",
+                report.leftovers
+            );
             exchange
         };
 
         // One tap process (a daemon, or one direct worker); its spool holds the connection.
-        let taps: Vec<PathBuf> = std::fs::read_dir(&spool_dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+        let taps: Vec<PathBuf> = std::fs::read_dir(&spool_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_dir())
+            .collect();
         assert_eq!(taps.len(), 1, "{mode:?}: {taps:?}");
         let meta_text = std::fs::read_to_string(taps[0].join(spool::META)).unwrap();
         let meta: TapMeta = serde_json::from_str(&meta_text).unwrap();
@@ -235,19 +385,48 @@ async fn the_tap_records_every_byte_in_every_mode_and_leaves_nothing_behind() {
         };
         assert_eq!((meta.role, meta.transport), expected, "{mode:?}");
         assert!(meta.errors.is_empty(), "{mode:?}: {:?}", meta.errors);
-        assert!(meta.exit.is_some(), "{mode:?}: the tap did not record how the real process ended");
-        assert!(!meta_text.contains(&exchange.secret), "{mode:?}: the spool holds the auth secret");
+        assert!(
+            meta.exit.is_some(),
+            "{mode:?}: the tap did not record how the real process ended"
+        );
+        assert!(
+            !meta_text.contains(&exchange.secret),
+            "{mode:?}: the spool holds the auth secret"
+        );
 
         let to_worker = std::fs::read(spool::conn_file(&taps[0], 0, "to_worker.bin")).unwrap();
         let to_jvm = std::fs::read(spool::conn_file(&taps[0], 0, "to_jvm.bin")).unwrap();
-        assert_eq!(to_worker, [exchange.handshake_out.as_slice(), exchange.request.as_slice()].concat(), "{mode:?}: JVM -> worker bytes");
-        let head = [exchange.handshake_in.as_slice(), exchange.received.as_slice()].concat();
-        assert_eq!(&to_jvm[..head.len().min(to_jvm.len())], head.as_slice(), "{mode:?}: worker -> JVM bytes");
+        assert_eq!(
+            to_worker,
+            [
+                exchange.handshake_out.as_slice(),
+                exchange.request.as_slice()
+            ]
+            .concat(),
+            "{mode:?}: JVM -> worker bytes"
+        );
+        let head = [
+            exchange.handshake_in.as_slice(),
+            exchange.received.as_slice(),
+        ]
+        .concat();
+        assert_eq!(
+            &to_jvm[..head.len().min(to_jvm.len())],
+            head.as_slice(),
+            "{mode:?}: worker -> JVM bytes"
+        );
         let split = spool::handshake_split(meta.role, meta.transport, &to_worker, &to_jvm).unwrap();
-        assert_eq!((split.to_worker, split.to_jvm), (exchange.handshake_out.len(), exchange.handshake_in.len()), "{mode:?}");
+        assert_eq!(
+            (split.to_worker, split.to_jvm),
+            (exchange.handshake_out.len(), exchange.handshake_in.len()),
+            "{mode:?}"
+        );
 
         let real = meta.real_pid.expect("the real pid");
-        assert!(leftover_processes(&[real]).is_empty(), "{mode:?}: the real process group {real} outlived the tap");
+        assert!(
+            leftover_processes(&[real]).is_empty(),
+            "{mode:?}: the real process group {real} outlived the tap"
+        );
     }
 }
 
@@ -259,13 +438,29 @@ struct Exchange {
     handshake_out: Vec<u8>,
 }
 
-async fn run<R, W>(r: &mut R, w: &mut W, dialect: fakejvm::protocol::Dialect, request: &[u8], base: usize) -> Vec<u8>
+async fn run<R, W>(
+    r: &mut R,
+    w: &mut W,
+    dialect: fakejvm::protocol::Dialect,
+    request: &[u8],
+    base: usize,
+) -> Vec<u8>
 where
     R: tokio::io::AsyncRead + Unpin + ?Sized,
     W: tokio::io::AsyncWrite + Unpin + ?Sized,
 {
     let mut transcript = Transcript::default();
-    let result = session::run_task(r, w, dialect, request, &WritePlan::whole(request.len()), base as u64, &SessionOptions::default(), &mut transcript).await;
+    let result = session::run_task(
+        r,
+        w,
+        dialect,
+        request,
+        &WritePlan::whole(request.len()),
+        base as u64,
+        &SessionOptions::default(),
+        &mut transcript,
+    )
+    .await;
     assert!(result.reply.is_ok(), "{:?}", result.reply);
     transcript.received()
 }
@@ -273,7 +468,13 @@ where
 /// The JVM's side of a daemon, as Spark's PythonWorkerFactory does it: start it, read where it
 /// listens, connect, read the pid, authenticate (TCP), run one task, then close the connection
 /// and the daemon's stdin.
-async fn daemon_through_tap(launcher: &Path, mode: Mode, dir: &Path, request: impl Fn(&str) -> Vec<u8>, dialect: fakejvm::protocol::Dialect) -> Exchange {
+async fn daemon_through_tap(
+    launcher: &Path,
+    mode: Mode,
+    dir: &Path,
+    request: impl Fn(&str) -> Vec<u8>,
+    dialect: fakejvm::protocol::Dialect,
+) -> Exchange {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let secret = "6a1c0ffee0ddba11".repeat(4);
     let mut cmd = tokio::process::Command::new(launcher);
@@ -285,34 +486,56 @@ async fn daemon_through_tap(launcher: &Path, mode: Mode, dir: &Path, request: im
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped());
     match mode {
-        Mode::Uds => cmd.env("PYTHON_UNIX_DOMAIN_ENABLED", "True").env("PYTHON_WORKER_FACTORY_SOCK_DIR", dir),
+        Mode::Uds => cmd
+            .env("PYTHON_UNIX_DOMAIN_ENABLED", "True")
+            .env("PYTHON_WORKER_FACTORY_SOCK_DIR", dir),
         _ => cmd.env("PYTHON_WORKER_FACTORY_SECRET", &secret),
     };
     // In a group of ours and with our mark, which the tap passes on to its real daemon (KillTaps).
     let (mut tap, mut group) = spawn_in_group(&mut cmd).unwrap();
     let mut stdout = tap.stdout.take().unwrap();
     let limit = std::time::Duration::from_secs(60);
-    let first = tokio::time::timeout(limit, stdout.read_i32()).await.expect("the tap announces in time").unwrap();
-    let (mut r, mut w): (Box<dyn tokio::io::AsyncRead + Unpin>, Box<dyn tokio::io::AsyncWrite + Unpin>) = if mode == Mode::Uds {
+    let first = tokio::time::timeout(limit, stdout.read_i32())
+        .await
+        .expect("the tap announces in time")
+        .unwrap();
+    let (mut r, mut w): (
+        Box<dyn tokio::io::AsyncRead + Unpin>,
+        Box<dyn tokio::io::AsyncWrite + Unpin>,
+    ) = if mode == Mode::Uds {
         let mut path = vec![0u8; first as usize];
         stdout.read_exact(&mut path).await.unwrap();
-        let s = tokio::net::UnixStream::connect(String::from_utf8(path).unwrap()).await.unwrap();
+        let s = tokio::net::UnixStream::connect(String::from_utf8(path).unwrap())
+            .await
+            .unwrap();
         let (r, w) = s.into_split();
         (Box::new(r), Box::new(w))
     } else {
-        let s = tokio::net::TcpStream::connect(("127.0.0.1", first as u16)).await.unwrap();
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", first as u16))
+            .await
+            .unwrap();
         s.set_nodelay(true).unwrap();
         let (r, w) = s.into_split();
         (Box::new(r), Box::new(w))
     };
     let mut handshake_in = vec![0u8; 4];
-    tokio::time::timeout(limit, r.read_exact(&mut handshake_in)).await.unwrap().unwrap();
+    tokio::time::timeout(limit, r.read_exact(&mut handshake_in))
+        .await
+        .unwrap()
+        .unwrap();
     let mut handshake_out = vec![];
     if mode != Mode::Uds {
-        handshake_out = [(secret.len() as i32).to_be_bytes().as_slice(), secret.as_bytes()].concat();
+        handshake_out = [
+            (secret.len() as i32).to_be_bytes().as_slice(),
+            secret.as_bytes(),
+        ]
+        .concat();
         w.write_all(&handshake_out).await.unwrap();
         let mut ok = vec![0u8; 6];
-        tokio::time::timeout(limit, r.read_exact(&mut ok)).await.unwrap().unwrap();
+        tokio::time::timeout(limit, r.read_exact(&mut ok))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&ok[4..], b"ok");
         handshake_in.extend(ok);
     }
@@ -321,9 +544,18 @@ async fn daemon_through_tap(launcher: &Path, mode: Mode, dir: &Path, request: im
     drop((r, w));
     // Closing the daemon's stdin is how the JVM stops it; the tap must end, and end everything.
     drop(tap.stdin.take());
-    tokio::time::timeout(std::time::Duration::from_secs(20), tap.wait()).await.expect("the tap ends after its stdin closes").unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(20), tap.wait())
+        .await
+        .expect("the tap ends after its stdin closes")
+        .unwrap();
     group.mark_reaped();
-    Exchange { secret, request, received, handshake_in, handshake_out }
+    Exchange {
+        secret,
+        request,
+        received,
+        handshake_in,
+        handshake_out,
+    }
 }
 
 /// On any way out of the test: SIGKILL each tap's real process group that is still ours (its

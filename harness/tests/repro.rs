@@ -11,16 +11,26 @@ use fakejvm::fuzz::oracle::Judge;
 use fakejvm::fuzz::signature::Signature;
 use fakejvm::protocol::{DataItem, Dialect, SpanKind, TaskRequest};
 use fakejvm::pyenv::{self, CommandSpec, PythonEnv, SerializerSpec};
-use fakejvm::repro::{self, Found, RequestBytes, ReproArgs, Reproducer};
+use fakejvm::repro::{self, Found, ReproArgs, Reproducer, RequestBytes};
 use fakejvm::verdict::OutcomeKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Run `case` once on a fresh fork-server worker and write what it ended in as a reproducer.
 async fn record(env: &PythonEnv, case: &Case, dir: &Path, name: &str) -> (PathBuf, Reproducer) {
-    let exec = Executor::start(env.clone(), Dialect::A, ExecMode::ForkServer, ExecOptions::default()).await.unwrap();
+    let exec = Executor::start(
+        env.clone(),
+        Dialect::A,
+        ExecMode::ForkServer,
+        ExecOptions::default(),
+    )
+    .await
+    .unwrap();
     let obs = exec.exec_fresh(Arc::new(case.to_bytes())).await;
-    let judge = Judge { expected: vec![], depth: 1 };
+    let judge = Judge {
+        expected: vec![],
+        depth: 1,
+    };
     let signature = judge.signature(&obs, case, None);
     let report = exec.shutdown().await.unwrap();
     assert_eq!(report.leftovers, vec![]);
@@ -47,7 +57,12 @@ async fn record(env: &PythonEnv, case: &Case, dir: &Path, name: &str) -> (PathBu
         minimised: true,
         minimise: None,
         original_len: case.len(),
-        found: Found { at: "2026-01-01T00:00:00Z".into(), seed: "hand-made".into(), exec: 0, count: 1 },
+        found: Found {
+            at: "2026-01-01T00:00:00Z".into(),
+            seed: "hand-made".into(),
+            exec: 0,
+            count: 1,
+        },
         replay: format!("fakejvm repro {}", path.display()),
     };
     r.save(&path).unwrap();
@@ -55,17 +70,36 @@ async fn record(env: &PythonEnv, case: &Case, dir: &Path, name: &str) -> (PathBu
 }
 
 fn args(file: &Path) -> ReproArgs {
-    ReproArgs { file: file.to_path_buf(), python: None, pyspark: None, runs: 1, json: false }
+    ReproArgs {
+        file: file.to_path_buf(),
+        python: None,
+        pyspark: None,
+        runs: 1,
+        json: false,
+    }
 }
 
 fn raw(bytes: &[u8]) -> Case {
-    Case::from_spans(0, bytes, &[fakejvm::protocol::Span { kind: SpanKind::Header, start: 0, end: bytes.len() }])
+    Case::from_spans(
+        0,
+        bytes,
+        &[fakejvm::protocol::Span {
+            kind: SpanKind::Header,
+            start: 0,
+            end: bytes.len(),
+        }],
+    )
 }
 
 fn assert_class(sig: &Signature, exc_type: &str, function: &str) {
     assert_eq!(sig.kind, OutcomeKind::PythonException, "{}", sig.text());
     assert_eq!(sig.exc_type.as_deref(), Some(exc_type), "{}", sig.text());
-    assert!(sig.frames[0].starts_with(&format!("serializers.py:{function}")) || sig.frames[0].contains(function), "{}", sig.text());
+    assert!(
+        sig.frames[0].starts_with(&format!("serializers.py:{function}"))
+            || sig.frames[0].contains(function),
+        "{}",
+        sig.text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,25 +110,60 @@ async fn the_three_classes_reproduce_and_a_changed_signature_does_not() {
     // Short read: three bytes of the split index, then EOF.
     let (short, r) = record(&env, &raw(&[0, 0, 0]), dir.path(), "short-read").await;
     assert_class(&r.signature, "struct.error", "read_int");
-    assert_eq!(repro::repro_cmd(args(&short)).await.unwrap(), 1, "the short read should reproduce");
+    assert_eq!(
+        repro::repro_cmd(args(&short)).await.unwrap(),
+        1,
+        "the short read should reproduce"
+    );
 
     // Negative length: the python version string claims -7 bytes.
     let mut b = 0i32.to_be_bytes().to_vec();
     b.extend((-7i32).to_be_bytes());
     let (negative, r) = record(&env, &raw(&b), dir.path(), "negative-length").await;
     assert_class(&r.signature, "ValueError", "loads");
-    assert!(r.traceback.as_deref().unwrap_or("").contains("read length must be non-negative"), "{:?}", r.traceback);
+    assert!(
+        r.traceback
+            .as_deref()
+            .unwrap_or("")
+            .contains("read length must be non-negative"),
+        "{:?}",
+        r.traceback
+    );
     assert_eq!(repro::repro_cmd(args(&negative)).await.unwrap(), 1);
 
     // NULL among pickled batches.
-    let spec = CommandSpec { function: "func = lambda split, it: it".into(), deserializer: SerializerSpec::Batched { size: 2 }, serializer: SerializerSpec::AutoBatched };
+    let spec = CommandSpec {
+        function: "func = lambda split, it: it".into(),
+        deserializer: SerializerSpec::Batched { size: 2 },
+        serializer: SerializerSpec::AutoBatched,
+    };
     let command = pyenv::build_commands(&env, &[spec]).unwrap().remove(0);
-    let batch = fakejvm::pickle::batched_frames(&[fakejvm::pickle::Value::Int(1), fakejvm::pickle::Value::Int(2)], 2).remove(0);
-    let req = TaskRequest::non_udf(&env.python_version, command, vec![DataItem::Frame(batch), DataItem::Null]);
+    let batch = fakejvm::pickle::batched_frames(
+        &[
+            fakejvm::pickle::Value::Int(1),
+            fakejvm::pickle::Value::Int(2),
+        ],
+        2,
+    )
+    .remove(0);
+    let req = TaskRequest::non_udf(
+        &env.python_version,
+        command,
+        vec![DataItem::Frame(batch), DataItem::Null],
+    );
     let case = Case::from_encoded(0, &Dialect::A.encode_request(&req));
     let (null, r) = record(&env, &case, dir.path(), "null-in-batch").await;
-    assert_eq!(r.signature.exc_type.as_deref(), Some("TypeError"), "{}", r.signature.text());
-    assert!(r.traceback.as_deref().unwrap_or("").contains("NoneType"), "{:?}", r.traceback);
+    assert_eq!(
+        r.signature.exc_type.as_deref(),
+        Some("TypeError"),
+        "{}",
+        r.signature.text()
+    );
+    assert!(
+        r.traceback.as_deref().unwrap_or("").contains("NoneType"),
+        "{:?}",
+        r.traceback
+    );
     assert_eq!(repro::repro_cmd(args(&null)).await.unwrap(), 1);
 
     // The same bytes recorded with another signature: "no longer reproduces", exit 0.
@@ -110,16 +179,33 @@ async fn the_three_classes_reproduce_and_a_changed_signature_does_not() {
 async fn broken_reproducers_and_flags_are_one_line_of_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("broken.json");
-    std::fs::write(&p, "{\"kind\": \"fakejvm-reproducer\", \"format\": 1, \"title\": 3}").unwrap();
+    std::fs::write(
+        &p,
+        "{\"kind\": \"fakejvm-reproducer\", \"format\": 1, \"title\": 3}",
+    )
+    .unwrap();
     let err = repro::repro_cmd(args(&p)).await.unwrap_err();
-    let bad = err.downcast_ref::<repro::BadInput>().unwrap_or_else(|| panic!("not BadInput: {err:#}"));
-    assert!(bad.to_string().starts_with(&p.display().to_string()), "{bad}");
+    let bad = err
+        .downcast_ref::<repro::BadInput>()
+        .unwrap_or_else(|| panic!("not BadInput: {err:#}"));
+    assert!(
+        bad.to_string().starts_with(&p.display().to_string()),
+        "{bad}"
+    );
     assert_eq!(bad.to_string().lines().count(), 1);
 
-    let err = repro::repro_cmd(ReproArgs { runs: 0, ..args(&p) }).await.unwrap_err();
+    let err = repro::repro_cmd(ReproArgs {
+        runs: 0,
+        ..args(&p)
+    })
+    .await
+    .unwrap_err();
     assert!(err.downcast_ref::<repro::BadInput>().is_some(), "{err:#}");
 
     let missing = dir.path().join("nope.json");
     let err = repro::repro_cmd(args(&missing)).await.unwrap_err();
-    assert!(err.to_string().contains("nope.json") && err.to_string().contains("cannot read"), "{err}");
+    assert!(
+        err.to_string().contains("nope.json") && err.to_string().contains("cannot read"),
+        "{err}"
+    );
 }

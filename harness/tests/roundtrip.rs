@@ -36,9 +36,12 @@ fn plain_value() -> impl Strategy<Value = J> {
             let big = i.unsigned_abs().saturating_add(1u128 << 64);
             json!({"$int": format!("{}{big}", if neg { "-" } else { "" })})
         }),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(J::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(J::from),
         any::<String>().prop_map(J::from),
-        proptest::collection::vec(any::<u8>(), 0..40).prop_map(|b| json!({"$bytes": hex::encode(b)})),
+        proptest::collection::vec(any::<u8>(), 0..40)
+            .prop_map(|b| json!({"$bytes": hex::encode(b)})),
     ];
     leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
@@ -72,7 +75,9 @@ fn text_line() -> impl Strategy<Value = Option<String>> {
 /// `CASES` draws of `strategy`, reproducible: proptest's deterministic runner, fixed seed.
 fn draw<S: Strategy>(strategy: S) -> Vec<S::Value> {
     let mut runner = TestRunner::deterministic();
-    (0..CASES).map(|_| strategy.new_tree(&mut runner).expect("strategy").current()).collect()
+    (0..CASES)
+        .map(|_| strategy.new_tree(&mut runner).expect("strategy").current())
+        .collect()
 }
 
 /// Runs the tasks as one reused-connection scenario and fails with every failing case's input.
@@ -86,9 +91,17 @@ async fn run_cases(env: &PythonEnv, name: &str, tasks: Vec<J>) {
     .expect("scenario JSON");
     let file = Path::new("tests/roundtrip.rs");
     let report = scenario::run_scenario(env, file, &sc, &RunOptions::default()).await;
-    assert!(report.leftovers.is_empty(), "{name}: leaked processes {:?}", report.leftovers);
+    assert!(
+        report.leftovers.is_empty(),
+        "{name}: leaked processes {:?}",
+        report.leftovers
+    );
     if report.status != Status::Passed {
-        let mut msg = format!("{name} on pyspark {}:\n{}\n", env.pyspark, fakejvm::report::scenario_lines(&report));
+        let mut msg = format!(
+            "{name} on pyspark {}:\n{}\n",
+            env.pyspark,
+            fakejvm::report::scenario_lines(&report)
+        );
         for t in report.tasks.iter().filter(|t| !t.ok) {
             let input = serde_json::to_string(&sc.tasks[t.index].input).unwrap_or_default();
             let head: String = input.chars().take(2000).collect();
@@ -96,13 +109,20 @@ async fn run_cases(env: &PythonEnv, name: &str, tasks: Vec<J>) {
         }
         panic!("{msg}");
     }
-    assert_eq!(report.tasks.len(), sc.tasks.len(), "{name}: not every case ran");
+    assert_eq!(
+        report.tasks.len(),
+        sc.tasks.len(),
+        "{name}: not every case ran"
+    );
 }
 
 /// Identity over each pickle input encoding: batched with arbitrary sizes (incl. -1 =
 /// everything in one frame), auto-batched and unbatched.
 async fn identity_pickle_encodings(env: &PythonEnv) {
-    let cases = draw((proptest::collection::vec(plain_value(), 0..40), prop_oneof![Just(-1i32), 1i32..9]));
+    let cases = draw((
+        proptest::collection::vec(plain_value(), 0..40),
+        prop_oneof![Just(-1i32), 1i32..9],
+    ));
     let mut tasks = vec![];
     for (i, (values, size)) in cases.iter().enumerate() {
         let inputs = [
@@ -132,11 +152,18 @@ async fn identity_utf8(env: &PythonEnv) {
 }
 
 fn hex_frames(frames: &[Vec<u8>]) -> J {
-    J::Array(frames.iter().map(|f| json!({"hex": hex::encode(f)})).collect())
+    J::Array(
+        frames
+            .iter()
+            .map(|f| json!({"hex": hex::encode(f)}))
+            .collect(),
+    )
 }
 
 fn to_values(js: &[J]) -> Vec<pickle::Value> {
-    js.iter().map(|j| pickle::value_from_json(j).expect("generated value")).collect()
+    js.iter()
+        .map(|j| pickle::value_from_json(j).expect("generated value"))
+        .collect()
 }
 
 /// RDD.zip: equal-length key and value batches on one alternating stream (PairDeserializer)
@@ -157,7 +184,11 @@ async fn zip_pairs(env: &PythonEnv) {
                 &pickle::batched_frames(&to_values(keys), *size),
                 &pickle::batched_frames(&to_values(vals), *size),
             );
-            let expected: Vec<J> = keys.iter().zip(vals).map(|(k, v)| json!({"$tuple": [k, v]})).collect();
+            let expected: Vec<J> = keys
+                .iter()
+                .zip(vals)
+                .map(|(k, v)| json!({"$tuple": [k, v]}))
+                .collect();
             let batched = json!({"kind": "batched", "size": size});
             json!({"split_index": i, "function": IDENTITY,
                    "input": {"encoding": "raw", "frames": hex_frames(&frames)},

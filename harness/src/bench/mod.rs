@@ -123,10 +123,15 @@ fn ints_job(n: i64) -> Job {
         workload: Workload::Ints,
         spec: CommandSpec {
             function: "func = lambda split, it: (x + 1 for x in it)".into(),
-            deserializer: SerializerSpec::Batched { size: PARALLELIZE_BATCH },
+            deserializer: SerializerSpec::Batched {
+                size: PARALLELIZE_BATCH,
+            },
             serializer: SerializerSpec::AutoBatched,
         },
-        data: pickle::batched_frames(&values, PARALLELIZE_BATCH).into_iter().map(DataItem::Frame).collect(),
+        data: pickle::batched_frames(&values, PARALLELIZE_BATCH)
+            .into_iter()
+            .map(DataItem::Frame)
+            .collect(),
         records: n as u64,
     }
 }
@@ -155,19 +160,30 @@ pub async fn bench_cmd(args: BenchArgs) -> anyhow::Result<u8> {
 pub async fn run_bench(env: &PythonEnv, args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let dialect = Dialect::for_version(env.pyspark.major, env.pyspark.minor)
         .with_context(|| format!("pyspark {} has no known request dialect", env.pyspark))?;
-    let tmp = tempfile::Builder::new().prefix("fakejvm-bench-").tempdir()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("fakejvm-bench-")
+        .tempdir()?;
     let glue = tmp.path().join("bench_glue.py");
     std::fs::write(&glue, GLUE)?;
     let jobs = [text_job(args.lines, args.line_bytes), ints_job(args.ints)];
-    let commands = pyenv::build_commands(env, &jobs.iter().map(|j| j.spec.clone()).collect::<Vec<_>>())?;
+    let commands = pyenv::build_commands(
+        env,
+        &jobs.iter().map(|j| j.spec.clone()).collect::<Vec<_>>(),
+    )?;
     let mut notes = vec![];
     let mut results = vec![];
 
     for (job, command) in jobs.into_iter().zip(commands) {
         let data_bytes = data_bytes(&job.data);
         let (workload, records) = (job.workload, job.records);
-        let request = dialect.encode_request(&TaskRequest::non_udf(&env.python_version, command, job.data));
-        let (fakejvm_s, reply_frames) = through_fakejvm(env, dialect, &request.bytes).await.with_context(|| format!("{workload:?} through fakejvm"))?;
+        let request = dialect.encode_request(&TaskRequest::non_udf(
+            &env.python_version,
+            command,
+            job.data,
+        ));
+        let (fakejvm_s, reply_frames) = through_fakejvm(env, dialect, &request.bytes)
+            .await
+            .with_context(|| format!("{workload:?} through fakejvm"))?;
         if reply_frames == 0 {
             bail!("{workload:?}: the worker replied with no data frames; the benchmark measured nothing");
         }
@@ -176,7 +192,14 @@ pub async fn run_bench(env: &PythonEnv, args: &BenchArgs) -> anyhow::Result<Benc
         } else {
             let file = tmp.path().join(format!("{workload:?}.request"));
             std::fs::File::create(&file)?.write_all(&request.bytes)?;
-            match run_glue(env, &glue, &["worker", &file.to_string_lossy()], Duration::from_secs(600)).await {
+            match run_glue(
+                env,
+                &glue,
+                &["worker", &file.to_string_lossy()],
+                Duration::from_secs(600),
+            )
+            .await
+            {
                 Ok(v) => v["seconds"].as_f64(),
                 Err(e) => {
                     notes.push(format!("{workload:?} worker alone failed: {e:#}"));
@@ -184,30 +207,67 @@ pub async fn run_bench(env: &PythonEnv, args: &BenchArgs) -> anyhow::Result<Benc
                 }
             }
         };
-        results.push(WorkloadResult { workload, records, data_bytes, fakejvm_s, reply_frames, worker_alone_s, spark_s: None });
+        results.push(WorkloadResult {
+            workload,
+            records,
+            data_bytes,
+            fakejvm_s,
+            reply_frames,
+            worker_alone_s,
+            spark_s: None,
+        });
     }
 
     if !args.no_spark {
         let text = tmp.path().join("lines.txt");
         write_text_file(&text, args.lines, args.line_bytes)?;
         let n = args.ints.to_string();
-        match run_glue(env, &glue, &["spark", &text.to_string_lossy(), &n], Duration::from_secs(900)).await {
+        match run_glue(
+            env,
+            &glue,
+            &["spark", &text.to_string_lossy(), &n],
+            Duration::from_secs(900),
+        )
+        .await
+        {
             Ok(v) => {
                 results[0].spark_s = v["text_seconds"].as_f64();
                 results[1].spark_s = v["ints_seconds"].as_f64();
             }
-            Err(e) => notes.push(format!("Spark local[1] failed (needs Java 17+ on PATH): {e:#}")),
+            Err(e) => notes.push(format!(
+                "Spark local[1] failed (needs Java 17+ on PATH): {e:#}"
+            )),
         }
     }
-    Ok(BenchReport { pyspark: env.pyspark.to_string(), results, notes })
+    Ok(BenchReport {
+        pyspark: env.pyspark.to_string(),
+        results,
+        notes,
+    })
 }
 
 /// One task on a fresh daemon connection; times the task only (not the daemon's startup).
-async fn through_fakejvm(env: &PythonEnv, dialect: Dialect, request: &[u8]) -> anyhow::Result<(f64, u64)> {
-    let mut workers = Workers::start(&env.python, LaunchOptions { mode: Mode::Daemon, ..LaunchOptions::default() }).await?;
+async fn through_fakejvm(
+    env: &PythonEnv,
+    dialect: Dialect,
+    request: &[u8],
+) -> anyhow::Result<(f64, u64)> {
+    let mut workers = Workers::start(
+        &env.python,
+        LaunchOptions {
+            mode: Mode::Daemon,
+            ..LaunchOptions::default()
+        },
+    )
+    .await?;
     let outcome = async {
         let mut conn = workers.connect().await?;
-        let opts = SessionOptions { deadline: Duration::from_secs(600), record_transcript: false, count_only: true, ..SessionOptions::default() };
+        let opts = SessionOptions {
+            deadline: Duration::from_secs(600),
+            record_transcript: false,
+            count_only: true,
+            ..SessionOptions::default()
+        };
         let base = conn.handshake_in.len() as u64;
         let started = Instant::now();
         let result = session::run_task(
@@ -235,11 +295,22 @@ async fn through_fakejvm(env: &PythonEnv, dialect: Dialect, request: &[u8]) -> a
 /// The glue in a group of its own, with the Spark driver's JVM (the JVM's own pyspark daemon
 /// leaves the group, but carries our mark for the interrupt handler, and stops when the JVM goes).
 /// On a deadline the group is killed while the leader is still unreaped, so the id is still ours.
-async fn run_glue(env: &PythonEnv, glue: &Path, args: &[&str], limit: Duration) -> anyhow::Result<serde_json::Value> {
+async fn run_glue(
+    env: &PythonEnv,
+    glue: &Path,
+    args: &[&str],
+    limit: Duration,
+) -> anyhow::Result<serde_json::Value> {
     let mut cmd = tokio::process::Command::new(&env.python);
-    cmd.arg(glue).args(args).env("PYSPARK_PYTHON", &env.python).env("PYSPARK_DRIVER_PYTHON", &env.python);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let (mut child, mut group) = spawn_in_group(&mut cmd).with_context(|| format!("starting {}", env.python.display()))?;
+    cmd.arg(glue)
+        .args(args)
+        .env("PYSPARK_PYTHON", &env.python)
+        .env("PYSPARK_DRIVER_PYTHON", &env.python);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (mut child, mut group) =
+        spawn_in_group(&mut cmd).with_context(|| format!("starting {}", env.python.display()))?;
     let stdout = read_all(child.stdout.take());
     let stderr = read_all(child.stderr.take());
     let status = match tokio::time::timeout(limit, child.wait()).await {
@@ -256,20 +327,35 @@ async fn run_glue(env: &PythonEnv, glue: &Path, args: &[&str], limit: Duration) 
     // process outside the group holds them, which is not worth more than a few seconds.
     drop(group);
     let collect = |h: tokio::task::JoinHandle<Vec<u8>>| async move {
-        tokio::time::timeout(Duration::from_secs(5), h).await.ok().and_then(Result::ok).unwrap_or_default()
+        tokio::time::timeout(Duration::from_secs(5), h)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
     };
     let (stdout, stderr) = (collect(stdout).await, collect(stderr).await);
     if !status.success() {
         let err = String::from_utf8_lossy(&stderr);
-        let tail: String = err.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String = err
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
         bail!("bench glue {args:?} exited with {status}:\n{tail}");
     }
     let stdout = String::from_utf8_lossy(&stdout);
     let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last).with_context(|| format!("bench glue {args:?} printed no JSON result: {stdout:?}"))
+    serde_json::from_str(last)
+        .with_context(|| format!("bench glue {args:?} printed no JSON result: {stdout:?}"))
 }
 
-fn read_all<R: tokio::io::AsyncRead + Unpin + Send + 'static>(pipe: Option<R>) -> tokio::task::JoinHandle<Vec<u8>> {
+fn read_all<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    pipe: Option<R>,
+) -> tokio::task::JoinHandle<Vec<u8>> {
     tokio::spawn(async move {
         let mut all = vec![];
         if let Some(mut pipe) = pipe {
@@ -292,13 +378,28 @@ fn write_text_file(path: &Path, lines: usize, line_bytes: usize) -> anyhow::Resu
 
 pub fn render(r: &BenchReport) -> String {
     let mut s = format!("fakejvm bench, pyspark {}\n", r.pyspark);
-    s += &format!("{:<6} {:>10} {:>9} {:>10} {:>9} {:>12} {:>12} {:>9} {:>12}\n", "load", "records", "MB", "side", "seconds", "MB/s", "records/s", "reply", "fakejvm/x");
+    s += &format!(
+        "{:<6} {:>10} {:>9} {:>10} {:>9} {:>12} {:>12} {:>9} {:>12}\n",
+        "load", "records", "MB", "side", "seconds", "MB/s", "records/s", "reply", "fakejvm/x"
+    );
     for w in &r.results {
-        let sides = [("fakejvm", Some(w.fakejvm_s)), ("worker", w.worker_alone_s), ("spark", w.spark_s)];
+        let sides = [
+            ("fakejvm", Some(w.fakejvm_s)),
+            ("worker", w.worker_alone_s),
+            ("spark", w.spark_s),
+        ];
         for (name, secs) in sides {
             let Some(t) = secs else { continue };
-            let ratio = if name == "fakejvm" { "-".to_string() } else { format!("{:.2}", w.fakejvm_s / t) };
-            let reply = if name == "fakejvm" { w.reply_frames.to_string() } else { String::new() };
+            let ratio = if name == "fakejvm" {
+                "-".to_string()
+            } else {
+                format!("{:.2}", w.fakejvm_s / t)
+            };
+            let reply = if name == "fakejvm" {
+                w.reply_frames.to_string()
+            } else {
+                String::new()
+            };
             s += &format!(
                 "{:<6} {:>10} {:>9.1} {:>10} {:>9.3} {:>12.1} {:>12.0} {:>9} {:>12}\n",
                 format!("{:?}", w.workload).to_lowercase(),
@@ -325,7 +426,16 @@ mod tests {
     use super::*;
 
     fn args(lines: usize, ints: i64, spark: bool) -> BenchArgs {
-        BenchArgs { pyspark: None, python: None, lines, line_bytes: 100, ints, no_spark: !spark, no_worker_alone: false, json: false }
+        BenchArgs {
+            pyspark: None,
+            python: None,
+            lines,
+            line_bytes: 100,
+            ints,
+            no_spark: !spark,
+            no_worker_alone: false,
+            json: false,
+        }
     }
 
     fn env() -> PythonEnv {
@@ -340,7 +450,10 @@ mod tests {
         assert!(r.notes.is_empty(), "{:?}", r.notes);
         assert_eq!(r.results[0].records, 2000);
         assert_eq!(r.results[0].data_bytes, 2000 * 104);
-        assert!(r.results.iter().all(|w| w.reply_frames > 0 && w.worker_alone_s.is_some()));
+        assert!(r
+            .results
+            .iter()
+            .all(|w| w.reply_frames > 0 && w.worker_alone_s.is_some()));
         eprintln!("{}", render(&r));
     }
 }

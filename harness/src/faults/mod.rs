@@ -19,10 +19,14 @@ mod sockfd;
 mod spec;
 
 pub use plan::{compile, resolve, Action, Placement, PlannedAction, TaskPlan};
-pub use process::{has_ended, observe_daemon, observe_worker, proc_state, Fired, Observed, Performer};
+pub use process::{
+    has_ended, observe_daemon, observe_worker, proc_state, Fired, Observed, Performer,
+};
 pub use report::{fault_lines, Check, FaultReport};
 pub use sockfd::our_end_of;
-pub use spec::{span_name, EnvValue, Errno, Fate, FateExpect, Fault, ForkSchedule, Position, Signal};
+pub use spec::{
+    span_name, EnvValue, Errno, Fate, FateExpect, Fault, ForkSchedule, Position, Signal,
+};
 
 use crate::verdict::Outcome;
 use crate::worker::{errno_label, Mode, Workers};
@@ -47,7 +51,9 @@ pub fn validate(faults: &[Fault], mode: Mode, tasks: usize) -> Result<(), String
         };
         if let Some(k) = launch_kind {
             if seen_launch.contains(&k) {
-                return Err(at(format!("only one `{k}` fault per scenario (it configures the launch)")));
+                return Err(at(format!(
+                    "only one `{k}` fault per scenario (it configures the launch)"
+                )));
             }
             seen_launch.push(k);
             if f.expect().worker.is_some() {
@@ -56,19 +62,40 @@ pub fn validate(faults: &[Fault], mode: Mode, tasks: usize) -> Result<(), String
         }
         if let Some(t) = f.task() {
             if t >= tasks {
-                return Err(at(format!("task {t} does not exist (the scenario has {tasks} task(s), counted from 0)")));
+                return Err(at(format!(
+                    "task {t} does not exist (the scenario has {tasks} task(s), counted from 0)"
+                )));
             }
         }
-        let needs_daemon = matches!(f, Fault::ForkFail { .. } | Fault::SignalDaemon { .. } | Fault::CloseDaemonStdin { .. } | Fault::OpenConnection { .. });
+        let needs_daemon = matches!(
+            f,
+            Fault::ForkFail { .. }
+                | Fault::SignalDaemon { .. }
+                | Fault::CloseDaemonStdin { .. }
+                | Fault::OpenConnection { .. }
+        );
         if needs_daemon && !mode.uses_daemon() {
-            return Err(at(format!("needs a daemon (mode daemon or uds); this scenario's mode is {mode:?}")));
+            return Err(at(format!(
+                "needs a daemon (mode daemon or uds); this scenario's mode is {mode:?}"
+            )));
         }
-        let needs_tcp = matches!(f, Fault::Reset { .. } | Fault::HalfClose { direction: crate::session::Direction::FromWorker, .. });
+        let needs_tcp = matches!(
+            f,
+            Fault::Reset { .. }
+                | Fault::HalfClose {
+                    direction: crate::session::Direction::FromWorker,
+                    ..
+                }
+        );
         if needs_tcp && mode.is_unix_socket() {
-            return Err(at(format!("needs a TCP connection (mode daemon or direct); this scenario's mode is {mode:?}")));
+            return Err(at(format!(
+                "needs a TCP connection (mode daemon or direct); this scenario's mode is {mode:?}"
+            )));
         }
         if !mode.uses_daemon() && f.expect().daemon.is_some() {
-            return Err(at(format!("`expect.daemon` needs a daemon; this scenario's mode is {mode:?}")));
+            return Err(at(format!(
+                "`expect.daemon` needs a daemon; this scenario's mode is {mode:?}"
+            )));
         }
     }
     Ok(())
@@ -119,8 +146,17 @@ impl Injector {
     /// Installs the fork-failure shim into `scratch` when a `fork_fail` fault asks for it.
     pub fn new(faults: &[Fault], mode: Mode, scratch: &Path) -> anyhow::Result<Injector> {
         let shim = if faults.iter().any(|f| matches!(f, Fault::ForkFail { .. })) {
-            let path = forkfail::install(scratch).map_err(|e| anyhow::anyhow!("installing the fork-failure shim into {}: {e}", scratch.display()))?;
-            Some(Shim { path, log: scratch.join("forkfail.log"), lines_seen: 0 })
+            let path = forkfail::install(scratch).map_err(|e| {
+                anyhow::anyhow!(
+                    "installing the fork-failure shim into {}: {e}",
+                    scratch.display()
+                )
+            })?;
+            Some(Shim {
+                path,
+                log: scratch.join("forkfail.log"),
+                lines_seen: 0,
+            })
         } else {
             None
         };
@@ -145,14 +181,21 @@ impl Injector {
         let mut env = vec![];
         for f in &self.faults {
             match f {
-                Fault::ForkFail { errno, schedule, .. } => {
-                    let shim = self.shim.as_ref().expect("installed in new() for fork_fail");
+                Fault::ForkFail {
+                    errno, schedule, ..
+                } => {
+                    let shim = self
+                        .shim
+                        .as_ref()
+                        .expect("installed in new() for fork_fail");
                     env.push(("LD_PRELOAD".into(), shim.path.display().to_string()));
                     env.push((forkfail::ENV_WHEN.into(), schedule.shim_value()));
                     env.push((forkfail::ENV_ERRNO.into(), errno.0.to_string()));
                     env.push((forkfail::ENV_LOG.into(), shim.log.display().to_string()));
                 }
-                Fault::ExecutorMemory { mb, .. } => env.push(("PYSPARK_EXECUTOR_MEMORY_MB".into(), mb.0.clone())),
+                Fault::ExecutorMemory { mb, .. } => {
+                    env.push(("PYSPARK_EXECUTOR_MEMORY_MB".into(), mb.0.clone()))
+                }
                 _ => {}
             }
         }
@@ -166,7 +209,11 @@ impl Injector {
         })
     }
 
-    pub fn plan(&self, task: usize, req: &crate::protocol::EncodedRequest) -> Result<TaskPlan, String> {
+    pub fn plan(
+        &self,
+        task: usize,
+        req: &crate::protocol::EncodedRequest,
+    ) -> Result<TaskPlan, String> {
         plan::compile(&self.faults, task, req)
     }
 
@@ -181,17 +228,25 @@ impl Injector {
     /// connection: then no reply could be read and the outcome is what the worker did.
     pub async fn task_ended(&mut self, workers: &mut Workers, end: TaskEnd<'_>) -> Option<Outcome> {
         let stderr = workers.stderr();
-        let new_stderr = String::from_utf8_lossy(stderr.get(self.stderr_mark..).unwrap_or_default()).into_owned();
+        let new_stderr =
+            String::from_utf8_lossy(stderr.get(self.stderr_mark..).unwrap_or_default())
+                .into_owned();
         self.stderr_mark = stderr.len();
         self.read_fork_log(&format!("task {}", end.task));
         self.note_memory_lines(end.task, &new_stderr);
 
-        let mine: Vec<usize> = (0..self.faults.len()).filter(|&i| self.faults[i].task() == Some(end.task)).collect();
+        let mine: Vec<usize> = (0..self.faults.len())
+            .filter(|&i| self.faults[i].task() == Some(end.task))
+            .collect();
         if mine.is_empty() {
             return None;
         }
         let ended_by = end.fired.iter().find(|f| f.ended_task);
-        let want_worker = if ended_by.is_some() { Some(Fate::Gone) } else { mine.iter().find_map(|&i| self.faults[i].expect().worker) };
+        let want_worker = if ended_by.is_some() {
+            Some(Fate::Gone)
+        } else {
+            mine.iter().find_map(|&i| self.faults[i].expect().worker)
+        };
         let want_daemon = mine.iter().find_map(|&i| self.faults[i].expect().daemon);
         let worker = match end.pid {
             Some(pid) => Some(observe_worker(workers, pid, want_worker, FATE_GRACE).await),
@@ -204,7 +259,11 @@ impl Injector {
         for f in end.fired {
             if matches!(self.faults[f.fault], Fault::StopWorker { .. }) {
                 if let Some(pid) = end.pid.filter(|p| !has_ended(*p)) {
-                    let how = if workers.mode().uses_daemon() { "its pid on the daemon's stdin" } else { "SIGKILL to its group" };
+                    let how = if workers.mode().uses_daemon() {
+                        "its pid on the daemon's stdin"
+                    } else {
+                        "SIGKILL to its group"
+                    };
                     let what = match workers.kill_worker(pid).await {
                         Ok(()) => format!("after the task: killed the stopped worker {pid} ({how}), as Spark does with a hung worker"),
                         Err(e) => format!("after the task: could not kill the stopped worker {pid}: {e}"),
@@ -217,15 +276,24 @@ impl Injector {
         for &i in &mine {
             let fault = &self.faults[i];
             let mut r = FaultReport::new(i, fault.describe(), Some(end.task));
-            r.placement = end.plan.and_then(|p| p.placements.iter().find(|(fi, _)| *fi == i)).map(|(_, p)| p.clone());
+            r.placement = end
+                .plan
+                .and_then(|p| p.placements.iter().find(|(fi, _)| *fi == i))
+                .map(|(_, p)| p.clone());
             let mut error = None;
             let fired: Vec<&Fired> = end.fired.iter().filter(|f| f.fault == i).collect();
             if end.pid.is_none() {
-                error = Some(format!("never fired: task {} got no worker (connecting to it failed)", end.task));
+                error = Some(format!(
+                    "never fired: task {} got no worker (connecting to it failed)",
+                    end.task
+                ));
             } else if !fired.is_empty() {
                 r.fired = true;
                 for f in &fired {
-                    r.events.push(format!("at {} ms, request byte {}: {}", f.at_ms, f.at_byte, f.what));
+                    r.events.push(format!(
+                        "at {} ms, request byte {}: {}",
+                        f.at_ms, f.at_byte, f.what
+                    ));
                     if let Some(e) = &f.error {
                         error = Some(e.clone());
                     }
@@ -236,7 +304,9 @@ impl Injector {
                     Fault::SplitWrites { .. } => end.bytes_sent > p.byte as u64,
                     _ => end.bytes_sent >= p.byte as u64,
                 };
-                let is_action = end.plan.is_some_and(|pl| pl.actions.iter().any(|a| a.fault == i));
+                let is_action = end
+                    .plan
+                    .is_some_and(|pl| pl.actions.iter().any(|a| a.fault == i));
                 r.fired = reached && !is_action;
                 if !r.fired {
                     error = Some(format!(
@@ -248,7 +318,12 @@ impl Injector {
             } else {
                 error = Some("never fired".into());
             }
-            r.events.extend(extra_events.iter().filter(|(fi, _)| *fi == i).map(|(_, e)| e.clone()));
+            r.events.extend(
+                extra_events
+                    .iter()
+                    .filter(|(fi, _)| *fi == i)
+                    .map(|(_, e)| e.clone()),
+            );
             r.worker = worker.map(|w| w.to_string());
             r.daemon = daemon.map(|d| d.to_string());
             r.stderr_tail = tail(&new_stderr, 12);
@@ -259,15 +334,25 @@ impl Injector {
         }
 
         let f = ended_by?;
-        let place = end.plan.and_then(|p| p.placements.iter().find(|(fi, _)| *fi == f.fault)).map(|(_, p)| p.to_string()).unwrap_or_default();
+        let place = end
+            .plan
+            .and_then(|p| p.placements.iter().find(|(fi, _)| *fi == f.fault))
+            .map(|(_, p)| p.to_string())
+            .unwrap_or_default();
         let pid = end.pid.unwrap_or(0);
         Some(match worker {
             Some(Observed::Ended { exit }) => Outcome::WorkerCrashed {
                 pid,
                 exit,
-                detail: format!("{} [{place}]; no reply could be read after that; the worker then ended", f.what),
+                detail: format!(
+                    "{} [{place}]; no reply could be read after that; the worker then ended",
+                    f.what
+                ),
             },
-            _ => Outcome::Hang { after_ms: FATE_GRACE.as_millis() as u64, at_byte: 0 },
+            _ => Outcome::Hang {
+                after_ms: FATE_GRACE.as_millis() as u64,
+                at_byte: 0,
+            },
         })
     }
 
@@ -276,7 +361,8 @@ impl Injector {
     pub async fn finish(&mut self, workers: &mut Workers) {
         self.read_fork_log("after the last task");
         let stderr = workers.stderr();
-        let rest = String::from_utf8_lossy(stderr.get(self.stderr_mark..).unwrap_or_default()).into_owned();
+        let rest = String::from_utf8_lossy(stderr.get(self.stderr_mark..).unwrap_or_default())
+            .into_owned();
         for i in 0..self.faults.len() {
             if self.reports[i].is_some() {
                 continue;
@@ -290,17 +376,31 @@ impl Injector {
                 }
                 Fault::RlimitAs { bytes, .. } => {
                     r.fired = true;
-                    let on = if self.mode.uses_daemon() { "the daemon (its forked workers inherit it)" } else { "each direct worker" };
-                    r.events.push(format!("fakejvm set the RLIMIT_AS soft limit to {bytes} bytes on {on}"));
+                    let on = if self.mode.uses_daemon() {
+                        "the daemon (its forked workers inherit it)"
+                    } else {
+                        "each direct worker"
+                    };
+                    r.events.push(format!(
+                        "fakejvm set the RLIMIT_AS soft limit to {bytes} bytes on {on}"
+                    ));
                     None
                 }
                 Fault::ExecutorMemory { mb, .. } => {
                     r.fired = true;
-                    let on = if self.mode.uses_daemon() { "the daemon's environment (each forked worker reads it)" } else { "each direct worker's environment" };
-                    r.events.push(format!("PYSPARK_EXECUTOR_MEMORY_MB={} in {on}", mb.0));
+                    let on = if self.mode.uses_daemon() {
+                        "the daemon's environment (each forked worker reads it)"
+                    } else {
+                        "each direct worker's environment"
+                    };
+                    r.events
+                        .push(format!("PYSPARK_EXECUTOR_MEMORY_MB={} in {on}", mb.0));
                     None
                 }
-                _ => Some(format!("never fired: task {} did not run", fault.task().unwrap_or(0))),
+                _ => Some(format!(
+                    "never fired: task {} did not run",
+                    fault.task().unwrap_or(0)
+                )),
             };
             r.events.extend(self.launch_events[i].iter().cloned());
             let want = fault.expect().daemon;
@@ -323,27 +423,59 @@ impl Injector {
 
     /// New lines of the shim's log become events of the fork_fail fault.
     fn read_fork_log(&mut self, when: &str) {
-        let Some(i) = self.fault_index(|f| matches!(f, Fault::ForkFail { .. })) else { return };
-        let Some(shim) = self.shim.as_mut() else { return };
+        let Some(i) = self.fault_index(|f| matches!(f, Fault::ForkFail { .. })) else {
+            return;
+        };
+        let Some(shim) = self.shim.as_mut() else {
+            return;
+        };
         let text = std::fs::read_to_string(&shim.log).unwrap_or_default();
         let lines = LogLine::parse_all(&text);
         let new: Vec<LogLine> = lines.iter().skip(shim.lines_seen).cloned().collect();
         shim.lines_seen = lines.len();
         for line in new {
             let event = match line {
-                LogLine::Loaded { pid, when: sched, errno, .. } => {
+                LogLine::Loaded {
+                    pid,
+                    when: sched,
+                    errno,
+                    ..
+                } => {
                     format!("the shim is loaded in the daemon (pid {pid}), failing {sched} with errno {errno} ({})", errno_label(errno))
                 }
-                LogLine::Failed { ordinal, errno, injected, at_ms, .. } => {
+                LogLine::Failed {
+                    ordinal,
+                    errno,
+                    injected,
+                    at_ms,
+                    ..
+                } => {
                     self.fork_failures += injected as usize;
                     // daemon.py (every version) sleeps 1 s and forks once more after these two.
-                    self.retried_failure_ms = [libc::EAGAIN, libc::EINTR].contains(&errno).then_some(at_ms);
-                    let how = if injected { "injected" } else { "a real failure, not injected" };
-                    format!("{when}: fork #{ordinal} failed with errno {errno} ({}), {how}", errno_label(errno))
+                    self.retried_failure_ms = [libc::EAGAIN, libc::EINTR]
+                        .contains(&errno)
+                        .then_some(at_ms);
+                    let how = if injected {
+                        "injected"
+                    } else {
+                        "a real failure, not injected"
+                    };
+                    format!(
+                        "{when}: fork #{ordinal} failed with errno {errno} ({}), {how}",
+                        errno_label(errno)
+                    )
                 }
-                LogLine::Forked { ordinal, child, at_ms, .. } => {
+                LogLine::Forked {
+                    ordinal,
+                    child,
+                    at_ms,
+                    ..
+                } => {
                     let after = match self.retried_failure_ms.take() {
-                        Some(t) => format!(", {} ms after the failed fork (the daemon's retry)", at_ms.saturating_sub(t)),
+                        Some(t) => format!(
+                            ", {} ms after the failed fork (the daemon's retry)",
+                            at_ms.saturating_sub(t)
+                        ),
                         None => String::new(),
                     };
                     format!("{when}: fork #{ordinal} succeeded: worker {child}{after}")
@@ -355,10 +487,17 @@ impl Injector {
 
     /// pyspark prints what it does with PYSPARK_EXECUTOR_MEMORY_MB to the worker's stderr.
     fn note_memory_lines(&mut self, task: usize, stderr: &str) {
-        let Some(i) = self.fault_index(|f| matches!(f, Fault::ExecutorMemory { .. } | Fault::RlimitAs { .. })) else { return };
+        let Some(i) = self
+            .fault_index(|f| matches!(f, Fault::ExecutorMemory { .. } | Fault::RlimitAs { .. }))
+        else {
+            return;
+        };
         for l in stderr.lines() {
             let l = l.trim();
-            if l.contains("mem limits") || l.contains("memory limit") || l.starts_with("MemoryError") {
+            if l.contains("mem limits")
+                || l.contains("memory limit")
+                || l.starts_with("MemoryError")
+            {
                 self.launch_events[i].push(format!("task {task}: the worker wrote to stderr: {l}"));
             }
         }
@@ -371,7 +510,12 @@ fn check(r: &mut FaultReport, what: &str, want: Option<Fate>, seen: Option<Obser
         Some(o) => (o.to_string(), o.satisfies(want)),
         None => ("nothing (no such process)".to_string(), false),
     };
-    r.checks.push(Check { what: what.into(), expected: want.to_string(), observed, ok });
+    r.checks.push(Check {
+        what: what.into(),
+        expected: want.to_string(),
+        observed,
+        ok,
+    });
 }
 
 fn tail(text: &str, lines: usize) -> String {

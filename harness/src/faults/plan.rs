@@ -23,7 +23,14 @@ pub struct Placement {
 
 impl std::fmt::Display for Placement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (span {} +{}, request byte {})", self.position, span_name(self.span), self.offset_in_span, self.byte)
+        write!(
+            f,
+            "{} (span {} +{}, request byte {})",
+            self.position,
+            span_name(self.span),
+            self.offset_in_span,
+            self.byte
+        )
     }
 }
 
@@ -98,21 +105,38 @@ pub fn compile(faults: &[Fault], task: usize, req: &EncodedRequest) -> Result<Ta
         if fault.task() != Some(task) {
             continue;
         }
-        let at = |p: &Position| resolve(p, req).map_err(|e| format!("fault #{fi} ({}): {e}", fault.describe()));
-        if let Fault::SplitWrites { from, to, chunk, .. } = fault {
+        let at = |p: &Position| {
+            resolve(p, req).map_err(|e| format!("fault #{fi} ({}): {e}", fault.describe()))
+        };
+        if let Fault::SplitWrites {
+            from, to, chunk, ..
+        } = fault
+        {
             if *chunk == 0 {
-                return Err(format!("fault #{fi} ({}): `chunk` must be at least 1 byte", fault.describe()));
+                return Err(format!(
+                    "fault #{fi} ({}): `chunk` must be at least 1 byte",
+                    fault.describe()
+                ));
             }
             let start = match from {
                 Some(p) => at(p)?,
-                None => Placement { position: "request start".into(), span: first_span(req), offset_in_span: 0, byte: 0 },
+                None => Placement {
+                    position: "request start".into(),
+                    span: first_span(req),
+                    offset_in_span: 0,
+                    byte: 0,
+                },
             };
             let end = match to {
                 Some(p) => at(p)?.byte,
                 None => len,
             };
             if end <= start.byte {
-                return Err(format!("fault #{fi} ({}): `to` (byte {end}) is not after `from` (byte {})", fault.describe(), start.byte));
+                return Err(format!(
+                    "fault #{fi} ({}): `to` (byte {end}) is not after `from` (byte {})",
+                    fault.describe(),
+                    start.byte
+                ));
             }
             splits.push((start.byte, end, *chunk));
             placements.push((fi, start));
@@ -121,21 +145,38 @@ pub fn compile(faults: &[Fault], task: usize, req: &EncodedRequest) -> Result<Ta
         let Some(pos) = fault.at() else { continue };
         let place = at(pos)?;
         let mut push_action = |action: Action, place: &Placement| {
-            actions.push(PlannedAction { fault: fi, action, placement: place.clone() });
+            actions.push(PlannedAction {
+                fault: fi,
+                action,
+                placement: place.clone(),
+            });
             Event::Action(actions.len() - 1)
         };
         let (event, ends) = match fault {
             Fault::Delay { ms, .. } => (Event::Pause(Duration::from_millis(*ms)), false),
             Fault::Truncate { .. } => (push_action(Action::Close, &place), true),
             Fault::Reset { .. } => (push_action(Action::Reset, &place), true),
-            Fault::HalfClose { direction: Direction::ToWorker, .. } => (Event::ShutdownWrite, true),
-            Fault::HalfClose { direction: Direction::FromWorker, .. } => (push_action(Action::ShutRead, &place), false),
+            Fault::HalfClose {
+                direction: Direction::ToWorker,
+                ..
+            } => (Event::ShutdownWrite, true),
+            Fault::HalfClose {
+                direction: Direction::FromWorker,
+                ..
+            } => (push_action(Action::ShutRead, &place), false),
             Fault::KillWorker { .. } => (push_action(Action::KillWorker, &place), false),
             Fault::StopWorker { .. } => (push_action(Action::StopWorker, &place), false),
-            Fault::SignalDaemon { signal, .. } => (push_action(Action::SignalDaemon(signal.0), &place), false),
-            Fault::CloseDaemonStdin { .. } => (push_action(Action::CloseDaemonStdin, &place), false),
+            Fault::SignalDaemon { signal, .. } => {
+                (push_action(Action::SignalDaemon(signal.0), &place), false)
+            }
+            Fault::CloseDaemonStdin { .. } => {
+                (push_action(Action::CloseDaemonStdin, &place), false)
+            }
             Fault::OpenConnection { .. } => (push_action(Action::OpenConnection, &place), false),
-            Fault::ForkFail { .. } | Fault::RlimitAs { .. } | Fault::ExecutorMemory { .. } | Fault::SplitWrites { .. } => {
+            Fault::ForkFail { .. }
+            | Fault::RlimitAs { .. }
+            | Fault::ExecutorMemory { .. }
+            | Fault::SplitWrites { .. } => {
                 unreachable!("launch faults have no task; split_writes is handled above")
             }
         };
@@ -149,7 +190,10 @@ pub fn compile(faults: &[Fault], task: usize, req: &EncodedRequest) -> Result<Ta
             }
         }
         if ends {
-            if let Some((first, _)) = placements.iter().find(|(_, p): &&(usize, Placement)| p.byte > place.byte) {
+            if let Some((first, _)) = placements
+                .iter()
+                .find(|(_, p): &&(usize, Placement)| p.byte > place.byte)
+            {
                 return Err(format!(
                     "fault #{first} comes after request byte {}, where fault #{fi} ({}) stops writing",
                     place.byte,
@@ -191,17 +235,40 @@ pub fn compile(faults: &[Fault], task: usize, req: &EncodedRequest) -> Result<Ta
             }
         }
         let Some(&next) = cuts.get(i + 1) else { break };
-        let chunk = splits.iter().find(|(a, b, _)| *a <= cut && next <= *b).map(|(_, _, c)| *c);
-        steps.push(WriteStep::Write { start: cut, end: next, chunk });
+        let chunk = splits
+            .iter()
+            .find(|(a, b, _)| *a <= cut && next <= *b)
+            .map(|(_, _, c)| *c);
+        steps.push(WriteStep::Write {
+            start: cut,
+            end: next,
+            chunk,
+        });
     }
-    Ok(TaskPlan { write: WritePlan { steps: merge_writes(steps) }, actions, placements })
+    Ok(TaskPlan {
+        write: WritePlan {
+            steps: merge_writes(steps),
+        },
+        actions,
+        placements,
+    })
 }
 
 /// Neighbouring plain writes become one (so a fault-free stretch is a single write, as without faults).
 fn merge_writes(steps: Vec<WriteStep>) -> Vec<WriteStep> {
     let mut out: Vec<WriteStep> = vec![];
     for s in steps {
-        if let (Some(WriteStep::Write { end, chunk: None, .. }), WriteStep::Write { start, end: e2, chunk: None }) = (out.last_mut(), &s) {
+        if let (
+            Some(WriteStep::Write {
+                end, chunk: None, ..
+            }),
+            WriteStep::Write {
+                start,
+                end: e2,
+                chunk: None,
+            },
+        ) = (out.last_mut(), &s)
+        {
             if *end == *start {
                 *end = *e2;
                 continue;
@@ -213,7 +280,10 @@ fn merge_writes(steps: Vec<WriteStep>) -> Vec<WriteStep> {
 }
 
 fn first_span(req: &EncodedRequest) -> SpanKind {
-    req.spans.first().map(|s| s.kind).unwrap_or(SpanKind::Header)
+    req.spans
+        .first()
+        .map(|s| s.kind)
+        .unwrap_or(SpanKind::Header)
 }
 
 /// The byte a position names in this request.
@@ -224,26 +294,44 @@ pub fn resolve(p: &Position, req: &EncodedRequest) -> Result<Placement, String> 
     };
     let span: Span = req.span(kind).ok_or_else(|| {
         let have: Vec<String> = req.spans.iter().map(|s| span_name(s.kind)).collect();
-        format!("this request has no span {} (it has: {})", span_name(kind), have.join(", "))
+        format!(
+            "this request has no span {} (it has: {})",
+            span_name(kind),
+            have.join(", ")
+        )
     })?;
     let len = span.end - span.start;
     let offset = match p {
         Position::Before(_) => 0,
         Position::After(_) => len,
-        Position::Inside { offset: Some(o), .. } => {
+        Position::Inside {
+            offset: Some(o), ..
+        } => {
             if *o == 0 || *o >= len {
-                return Err(format!("offset {o} is not inside span {} ({len} bytes): use 1..={}", span_name(kind), len.saturating_sub(1)));
+                return Err(format!(
+                    "offset {o} is not inside span {} ({len} bytes): use 1..={}",
+                    span_name(kind),
+                    len.saturating_sub(1)
+                ));
             }
             *o
         }
         Position::Inside { offset: None, .. } => {
             if len < 2 {
-                return Err(format!("span {} is {len} byte(s) long: nothing is inside it", span_name(kind)));
+                return Err(format!(
+                    "span {} is {len} byte(s) long: nothing is inside it",
+                    span_name(kind)
+                ));
             }
             len / 2
         }
     };
-    Ok(Placement { position: p.to_string(), span: kind, offset_in_span: offset, byte: span.start + offset })
+    Ok(Placement {
+        position: p.to_string(),
+        span: kind,
+        offset_in_span: offset,
+        byte: span.start + offset,
+    })
 }
 
 #[cfg(test)]
@@ -261,7 +349,13 @@ mod tests {
             (SpanKind::EndOfData, 36, 40),
             (SpanKind::FinalMarker, 40, 44),
         ];
-        EncodedRequest { bytes: vec![0; 44], spans: spans.iter().map(|&(kind, start, end)| Span { kind, start, end }).collect() }
+        EncodedRequest {
+            bytes: vec![0; 44],
+            spans: spans
+                .iter()
+                .map(|&(kind, start, end)| Span { kind, start, end })
+                .collect(),
+        }
     }
 
     fn f(json: &str) -> Fault {
@@ -277,13 +371,26 @@ mod tests {
 
     #[test]
     fn a_delay_after_a_frame_cuts_the_request_there() {
-        let p = compile(&[f(r#"{"kind":"delay","at":{"after":{"data":0}},"ms":5}"#)], 0, &req()).unwrap();
+        let p = compile(
+            &[f(r#"{"kind":"delay","at":{"after":{"data":0}},"ms":5}"#)],
+            0,
+            &req(),
+        )
+        .unwrap();
         assert_eq!(
             p.write.steps,
             vec![
-                WriteStep::Write { start: 0, end: 28, chunk: None },
+                WriteStep::Write {
+                    start: 0,
+                    end: 28,
+                    chunk: None
+                },
                 WriteStep::Pause(Duration::from_millis(5)),
-                WriteStep::Write { start: 28, end: 44, chunk: None },
+                WriteStep::Write {
+                    start: 28,
+                    end: 44,
+                    chunk: None
+                },
             ]
         );
         assert_eq!(p.placements[0].1.byte, 28);
@@ -291,48 +398,126 @@ mod tests {
 
     #[test]
     fn faults_of_other_tasks_are_ignored() {
-        let p = compile(&[f(r#"{"kind":"delay","task":1,"at":{"after":"header"},"ms":5}"#)], 0, &req()).unwrap();
+        let p = compile(
+            &[f(
+                r#"{"kind":"delay","task":1,"at":{"after":"header"},"ms":5}"#,
+            )],
+            0,
+            &req(),
+        )
+        .unwrap();
         assert!(p.is_plain());
     }
 
     #[test]
     fn split_writes_inside_a_frame_body_and_an_action_in_the_header() {
         let faults = [
-            f(r#"{"kind":"split_writes","from":{"inside":{"data":1},"offset":4},"to":{"after":{"data":1}},"chunk":1}"#),
+            f(
+                r#"{"kind":"split_writes","from":{"inside":{"data":1},"offset":4},"to":{"after":{"data":1}},"chunk":1}"#,
+            ),
             f(r#"{"kind":"kill_worker","at":{"inside":"header","offset":3}}"#),
         ];
         let p = compile(&faults, 0, &req()).unwrap();
         assert_eq!(
             p.write.steps,
             vec![
-                WriteStep::Write { start: 0, end: 3, chunk: None },
+                WriteStep::Write {
+                    start: 0,
+                    end: 3,
+                    chunk: None
+                },
                 WriteStep::Action(0),
-                WriteStep::Write { start: 3, end: 32, chunk: None },
-                WriteStep::Write { start: 32, end: 36, chunk: Some(1) },
-                WriteStep::Write { start: 36, end: 44, chunk: None },
+                WriteStep::Write {
+                    start: 3,
+                    end: 32,
+                    chunk: None
+                },
+                WriteStep::Write {
+                    start: 32,
+                    end: 36,
+                    chunk: Some(1)
+                },
+                WriteStep::Write {
+                    start: 36,
+                    end: 44,
+                    chunk: None
+                },
             ]
         );
         assert_eq!(p.actions[0].action, Action::KillWorker);
-        assert_eq!(p.actions[0].placement.to_string(), "inside header at +3 (span header +3, request byte 3)");
+        assert_eq!(
+            p.actions[0].placement.to_string(),
+            "inside header at +3 (span header +3, request byte 3)"
+        );
     }
 
     #[test]
     fn truncation_and_half_close_end_the_writing() {
-        let p = compile(&[f(r#"{"kind":"truncate","at":{"inside":"command"}}"#)], 0, &req()).unwrap();
-        assert_eq!(p.write.steps, vec![WriteStep::Write { start: 0, end: 15, chunk: None }, WriteStep::Action(0)]);
+        let p = compile(
+            &[f(r#"{"kind":"truncate","at":{"inside":"command"}}"#)],
+            0,
+            &req(),
+        )
+        .unwrap();
+        assert_eq!(
+            p.write.steps,
+            vec![
+                WriteStep::Write {
+                    start: 0,
+                    end: 15,
+                    chunk: None
+                },
+                WriteStep::Action(0)
+            ]
+        );
         assert_eq!(p.actions[0].action, Action::Close);
-        let p = compile(&[f(r#"{"kind":"half_close","at":{"before":"end_of_data"},"direction":"to_worker"}"#)], 0, &req()).unwrap();
-        assert_eq!(p.write.steps, vec![WriteStep::Write { start: 0, end: 36, chunk: None }, WriteStep::ShutdownWrite]);
+        let p = compile(
+            &[f(
+                r#"{"kind":"half_close","at":{"before":"end_of_data"},"direction":"to_worker"}"#,
+            )],
+            0,
+            &req(),
+        )
+        .unwrap();
+        assert_eq!(
+            p.write.steps,
+            vec![
+                WriteStep::Write {
+                    start: 0,
+                    end: 36,
+                    chunk: None
+                },
+                WriteStep::ShutdownWrite
+            ]
+        );
     }
 
     #[test]
     fn impossible_positions_are_errors_that_say_why() {
-        let e = compile(&[f(r#"{"kind":"delay","at":{"after":{"data":5}},"ms":1}"#)], 0, &req()).unwrap_err();
-        assert!(e.contains("no span data[5]") && e.contains("data[1]"), "{e}");
-        let e = compile(&[f(r#"{"kind":"delay","at":{"inside":"final_marker","offset":4},"ms":1}"#)], 0, &req()).unwrap_err();
+        let e = compile(
+            &[f(r#"{"kind":"delay","at":{"after":{"data":5}},"ms":1}"#)],
+            0,
+            &req(),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("no span data[5]") && e.contains("data[1]"),
+            "{e}"
+        );
+        let e = compile(
+            &[f(
+                r#"{"kind":"delay","at":{"inside":"final_marker","offset":4},"ms":1}"#,
+            )],
+            0,
+            &req(),
+        )
+        .unwrap_err();
         assert!(e.contains("offset 4 is not inside"), "{e}");
         let e = compile(
-            &[f(r#"{"kind":"reset","at":{"after":"header"}}"#), f(r#"{"kind":"delay","at":{"after":"command"},"ms":1}"#)],
+            &[
+                f(r#"{"kind":"reset","at":{"after":"header"}}"#),
+                f(r#"{"kind":"delay","at":{"after":"command"},"ms":1}"#),
+            ],
             0,
             &req(),
         )

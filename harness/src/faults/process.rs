@@ -44,84 +44,166 @@ pub struct Performer<'a> {
 
 impl<'a> Performer<'a> {
     pub fn new(workers: &'a mut Workers, worker_pid: i32, plan: &'a TaskPlan) -> Self {
-        Performer { workers, worker_pid, plan, fired: vec![], extra: vec![] }
+        Performer {
+            workers,
+            worker_pid,
+            plan,
+            fired: vec![],
+            extra: vec![],
+        }
     }
 
     /// Serves the writer's action requests until the session drops its sender.
-    pub async fn serve(mut self, mut rx: mpsc::Receiver<ActionRequest>) -> (Vec<Fired>, Vec<Connection>) {
+    pub async fn serve(
+        mut self,
+        mut rx: mpsc::Receiver<ActionRequest>,
+    ) -> (Vec<Fired>, Vec<Connection>) {
         while let Some(req) = rx.recv().await {
             let Some(planned) = self.plan.actions.get(req.index).cloned() else {
-                let _ = req.done.send(AfterAction::EndTask { why: format!("the plan has no action {}", req.index) });
+                let _ = req.done.send(AfterAction::EndTask {
+                    why: format!("the plan has no action {}", req.index),
+                });
                 continue;
             };
             let (what, error, after) = self.perform(planned.action, req.at_byte).await;
             let ended_task = !matches!(after, AfterAction::Continue);
-            self.fired.push(Fired { fault: planned.fault, at_byte: req.at_byte, at_ms: req.at_us / 1000, what, error, ended_task });
+            self.fired.push(Fired {
+                fault: planned.fault,
+                at_byte: req.at_byte,
+                at_ms: req.at_us / 1000,
+                what,
+                error,
+                ended_task,
+            });
             let _ = req.done.send(after);
         }
         (self.fired, self.extra)
     }
 
-    async fn perform(&mut self, action: Action, at_byte: u64) -> (String, Option<String>, AfterAction) {
+    async fn perform(
+        &mut self,
+        action: Action,
+        at_byte: u64,
+    ) -> (String, Option<String>, AfterAction) {
         let pid = self.worker_pid;
         let daemon_mode = self.workers.mode().uses_daemon();
         match action {
             Action::KillWorker => {
-                let how = if daemon_mode { "wrote its pid to the daemon's stdin" } else { "sent SIGKILL to its process group" };
+                let how = if daemon_mode {
+                    "wrote its pid to the daemon's stdin"
+                } else {
+                    "sent SIGKILL to its process group"
+                };
                 match self.workers.kill_worker(pid).await {
                     Ok(()) => {
                         let seen = wait_worker_gone(pid, EFFECT_WAIT).await;
-                        (format!("killed worker {pid}: {how}; {seen}"), None, AfterAction::Continue)
+                        (
+                            format!("killed worker {pid}: {how}; {seen}"),
+                            None,
+                            AfterAction::Continue,
+                        )
                     }
-                    Err(e) => (format!("could not kill worker {pid}"), Some(e.to_string()), AfterAction::Continue),
+                    Err(e) => (
+                        format!("could not kill worker {pid}"),
+                        Some(e.to_string()),
+                        AfterAction::Continue,
+                    ),
                 }
             }
             Action::StopWorker => {
                 // SAFETY: kill(2) with a pid we know to be our worker; no memory is involved.
                 if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
                     let e = std::io::Error::last_os_error();
-                    return (format!("could not SIGSTOP worker {pid}"), Some(e.to_string()), AfterAction::Continue);
+                    return (
+                        format!("could not SIGSTOP worker {pid}"),
+                        Some(e.to_string()),
+                        AfterAction::Continue,
+                    );
                 }
                 let stopped = wait_until(EFFECT_WAIT, || proc_state(pid) == Some('T')).await;
-                let seen = if stopped { "it is stopped (state T)".to_string() } else { format!("its state is {:?}", proc_state(pid)) };
-                (format!("sent SIGSTOP to worker {pid}; {seen}"), None, AfterAction::Continue)
+                let seen = if stopped {
+                    "it is stopped (state T)".to_string()
+                } else {
+                    format!("its state is {:?}", proc_state(pid))
+                };
+                (
+                    format!("sent SIGSTOP to worker {pid}; {seen}"),
+                    None,
+                    AfterAction::Continue,
+                )
             }
             Action::SignalDaemon(sig) => {
                 let Some(dpid) = self.workers.daemon_pid() else {
-                    return ("no daemon to signal".into(), Some("signal_daemon needs a daemon mode".into()), AfterAction::Continue);
+                    return (
+                        "no daemon to signal".into(),
+                        Some("signal_daemon needs a daemon mode".into()),
+                        AfterAction::Continue,
+                    );
                 };
                 // SAFETY: kill(2) with the daemon's pid, which we own.
                 if unsafe { libc::kill(dpid, sig) } != 0 {
                     let e = std::io::Error::last_os_error();
-                    return (format!("could not signal daemon {dpid}"), Some(e.to_string()), AfterAction::Continue);
+                    return (
+                        format!("could not signal daemon {dpid}"),
+                        Some(e.to_string()),
+                        AfterAction::Continue,
+                    );
                 }
                 let seen = self.wait_daemon_exit(EFFECT_WAIT).await;
-                (format!("sent {} to daemon {dpid}; {seen}", super::spec::Signal::new(sig)), None, AfterAction::Continue)
+                (
+                    format!(
+                        "sent {} to daemon {dpid}; {seen}",
+                        super::spec::Signal::new(sig)
+                    ),
+                    None,
+                    AfterAction::Continue,
+                )
             }
             Action::CloseDaemonStdin => {
                 self.workers.close_daemon_stdin();
                 let seen = self.wait_daemon_exit(EFFECT_WAIT).await;
-                (format!("closed the daemon's stdin; {seen}"), None, AfterAction::Continue)
+                (
+                    format!("closed the daemon's stdin; {seen}"),
+                    None,
+                    AfterAction::Continue,
+                )
             }
             Action::OpenConnection => {
                 let started = Instant::now();
                 match self.workers.connect().await {
                     Ok(c) => {
-                        let what = format!("opened another connection: the daemon forked worker {} in {} ms", c.pid, started.elapsed().as_millis());
+                        let what = format!(
+                            "opened another connection: the daemon forked worker {} in {} ms",
+                            c.pid,
+                            started.elapsed().as_millis()
+                        );
                         self.extra.push(c);
                         (what, None, AfterAction::Continue)
                     }
                     // Failing to connect is what some scenarios are about (a fork failure): an event, not an error.
-                    Err(e) => (format!("opening another connection failed after {} ms: {e}", started.elapsed().as_millis()), None, AfterAction::Continue),
+                    Err(e) => (
+                        format!(
+                            "opening another connection failed after {} ms: {e}",
+                            started.elapsed().as_millis()
+                        ),
+                        None,
+                        AfterAction::Continue,
+                    ),
                 }
             }
             Action::Close => (
-                format!("stopped writing at request byte {at_byte} and closed the connection (FIN)"),
+                format!(
+                    "stopped writing at request byte {at_byte} and closed the connection (FIN)"
+                ),
                 None,
-                AfterAction::EndTask { why: format!("fakejvm closed the connection at request byte {at_byte} (fault)") },
+                AfterAction::EndTask {
+                    why: format!("fakejvm closed the connection at request byte {at_byte} (fault)"),
+                },
             ),
             Action::Reset => {
-                let end = AfterAction::EndTask { why: format!("fakejvm reset the connection at request byte {at_byte} (fault)") };
+                let end = AfterAction::EndTask {
+                    why: format!("fakejvm reset the connection at request byte {at_byte} (fault)"),
+                };
                 match sockfd::our_end_of(pid).and_then(|fd| sockfd::set_linger_zero(fd).map_err(|e| format!("setsockopt SO_LINGER: {e}"))) {
                     Ok(()) => (format!("stopped writing at request byte {at_byte}, set SO_LINGER 0 and closed the connection (RST)"), None, end),
                     Err(e) => (format!("stopped writing at request byte {at_byte} and closed the connection with a FIN, not a reset"), Some(e), end),
@@ -145,11 +227,17 @@ impl<'a> Performer<'a> {
         let started = Instant::now();
         while started.elapsed() < limit {
             if let Some(exit) = self.workers.daemon_exit() {
-                return format!("the daemon ended ({exit}) {} ms later", started.elapsed().as_millis());
+                return format!(
+                    "the daemon ended ({exit}) {} ms later",
+                    started.elapsed().as_millis()
+                );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        format!("the daemon was still running {} ms later", limit.as_millis())
+        format!(
+            "the daemon was still running {} ms later",
+            limit.as_millis()
+        )
     }
 }
 
@@ -181,7 +269,11 @@ async fn wait_worker_gone(pid: i32, limit: Duration) -> String {
     if wait_until(limit, || has_ended(pid)).await {
         format!("it was gone {} ms later", started.elapsed().as_millis())
     } else {
-        format!("it was still there {} ms later (state {:?})", limit.as_millis(), proc_state(pid))
+        format!(
+            "it was still there {} ms later (state {:?})",
+            limit.as_millis(),
+            proc_state(pid)
+        )
     }
 }
 
@@ -189,9 +281,13 @@ async fn wait_worker_gone(pid: i32, limit: Duration) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Observed {
-    Alive { state: char },
+    Alive {
+        state: char,
+    },
     /// Ended; the status is known only for processes fakejvm started.
-    Ended { exit: Option<ExitInfo> },
+    Ended {
+        exit: Option<ExitInfo>,
+    },
 }
 
 impl Observed {
@@ -199,8 +295,18 @@ impl Observed {
         match (want, self) {
             (Fate::Alive, Observed::Alive { .. }) => true,
             (Fate::Gone, Observed::Ended { .. }) => true,
-            (Fate::Exit(c), Observed::Ended { exit: Some(ExitInfo::Code(got)) }) => c == *got,
-            (Fate::Signal(s), Observed::Ended { exit: Some(ExitInfo::Signal(got)) }) => s.0 == *got,
+            (
+                Fate::Exit(c),
+                Observed::Ended {
+                    exit: Some(ExitInfo::Code(got)),
+                },
+            ) => c == *got,
+            (
+                Fate::Signal(s),
+                Observed::Ended {
+                    exit: Some(ExitInfo::Signal(got)),
+                },
+            ) => s.0 == *got,
             _ => false,
         }
     }
@@ -212,14 +318,22 @@ impl std::fmt::Display for Observed {
             Observed::Alive { state: 'T' } => write!(f, "alive, stopped"),
             Observed::Alive { state } => write!(f, "alive (state {state})"),
             Observed::Ended { exit: Some(e) } => write!(f, "ended ({e})"),
-            Observed::Ended { exit: None } => write!(f, "ended (a child of the daemon: its exit status is not ours to read)"),
+            Observed::Ended { exit: None } => write!(
+                f,
+                "ended (a child of the daemon: its exit status is not ours to read)"
+            ),
         }
     }
 }
 
 /// Waits up to `grace` for the worker to reach `want` when that is an ended state (a fault's
 /// effect can take a moment), then says what it is.
-pub async fn observe_worker(workers: &mut Workers, pid: i32, want: Option<Fate>, grace: Duration) -> Observed {
+pub async fn observe_worker(
+    workers: &mut Workers,
+    pid: i32,
+    want: Option<Fate>,
+    grace: Duration,
+) -> Observed {
     let wait_for_end = matches!(want, Some(Fate::Gone | Fate::Exit(_) | Fate::Signal(_)));
     let limit = if wait_for_end { grace } else { Duration::ZERO };
     if matches!(workers.mode(), Mode::Direct | Mode::DirectUds) {
@@ -236,7 +350,11 @@ pub async fn observe_worker(workers: &mut Workers, pid: i32, want: Option<Fate>,
 }
 
 /// The daemon's state, waiting up to `grace` for it to end when that is what is expected.
-pub async fn observe_daemon(workers: &mut Workers, want: Option<Fate>, grace: Duration) -> Option<Observed> {
+pub async fn observe_daemon(
+    workers: &mut Workers,
+    want: Option<Fate>,
+    grace: Duration,
+) -> Option<Observed> {
     workers.daemon_pid()?;
     let started = Instant::now();
     let wait_for_end = matches!(want, Some(Fate::Gone | Fate::Exit(_) | Fate::Signal(_)));
@@ -245,7 +363,9 @@ pub async fn observe_daemon(workers: &mut Workers, want: Option<Fate>, grace: Du
             return Some(Observed::Ended { exit: Some(exit) });
         }
         if !wait_for_end || started.elapsed() >= grace {
-            return Some(Observed::Alive { state: proc_state(workers.daemon_pid()?).unwrap_or('?') });
+            return Some(Observed::Alive {
+                state: proc_state(workers.daemon_pid()?).unwrap_or('?'),
+            });
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -259,11 +379,19 @@ mod tests {
     fn fates_match_observations() {
         let alive = Observed::Alive { state: 'S' };
         let gone = Observed::Ended { exit: None };
-        let exit1 = Observed::Ended { exit: Some(ExitInfo::Code(1)) };
-        let killed = Observed::Ended { exit: Some(ExitInfo::Signal(9)) };
+        let exit1 = Observed::Ended {
+            exit: Some(ExitInfo::Code(1)),
+        };
+        let killed = Observed::Ended {
+            exit: Some(ExitInfo::Signal(9)),
+        };
         assert!(alive.satisfies(Fate::Alive) && !alive.satisfies(Fate::Gone));
         assert!(gone.satisfies(Fate::Gone) && !gone.satisfies(Fate::Exit(1)));
-        assert!(exit1.satisfies(Fate::Exit(1)) && exit1.satisfies(Fate::Gone) && !exit1.satisfies(Fate::Exit(0)));
+        assert!(
+            exit1.satisfies(Fate::Exit(1))
+                && exit1.satisfies(Fate::Gone)
+                && !exit1.satisfies(Fate::Exit(0))
+        );
         assert!(killed.satisfies(Fate::Signal(super::super::spec::Signal::new(9))));
     }
 

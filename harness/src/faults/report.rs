@@ -56,7 +56,12 @@ impl FaultReport {
 
     /// Sets `ok` and `problem` from what is recorded; `error` is a failure to perform the fault.
     pub fn settle(&mut self, error: Option<String>) {
-        let failed: Vec<String> = self.checks.iter().filter(|c| !c.ok).map(|c| format!("{}: expected {}, saw {}", c.what, c.expected, c.observed)).collect();
+        let failed: Vec<String> = self
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: expected {}, saw {}", c.what, c.expected, c.observed))
+            .collect();
         self.problem = if !self.fired {
             Some(error.unwrap_or_else(|| "never fired".into()))
         } else if let Some(e) = error {
@@ -84,7 +89,12 @@ pub fn fault_lines(reports: &[FaultReport]) -> String {
         if let Some(t) = r.task {
             head.push_str(&format!(" [task {t}"));
             if let Some(p) = &r.placement {
-                head.push_str(&format!(", span {} +{}, request byte {}", super::spec::span_name(p.span), p.offset_in_span, p.byte));
+                head.push_str(&format!(
+                    ", span {} +{}, request byte {}",
+                    super::spec::span_name(p.span),
+                    p.offset_in_span,
+                    p.byte
+                ));
             }
             head.push(']');
         }
@@ -103,12 +113,22 @@ pub fn fault_lines(reports: &[FaultReport]) -> String {
             out.push_str(&format!("        then: {}\n", fates.join("; ")));
         }
         for c in &r.checks {
-            out.push_str(&format!("        check {}: expected {}, saw {} ({})\n", c.what, c.expected, c.observed, if c.ok { "ok" } else { "FAILED" }));
+            out.push_str(&format!(
+                "        check {}: expected {}, saw {} ({})\n",
+                c.what,
+                c.expected,
+                c.observed,
+                if c.ok { "ok" } else { "FAILED" }
+            ));
         }
         if let Some(p) = &r.problem {
             out.push_str(&format!("        problem: {p}\n"));
         }
-        let tail: Vec<&str> = r.stderr_tail.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail: Vec<&str> = r
+            .stderr_tail
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
         if !tail.is_empty() {
             out.push_str("        stderr:\n");
             for l in &tail[tail.len().saturating_sub(4)..] {

@@ -17,11 +17,18 @@ type Tuple = (String, String);
 
 /// Socket inodes a process holds open.
 fn socket_inodes(pid: &str) -> Vec<(u64, Option<RawFd>)> {
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else { return vec![] };
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return vec![];
+    };
     dir.filter_map(|e| {
         let e = e.ok()?;
         let target = fs::read_link(e.path()).ok()?;
-        let inode = target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()?;
+        let inode = target
+            .to_str()?
+            .strip_prefix("socket:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()?;
         Some((inode, e.file_name().to_str()?.parse().ok()))
     })
     .collect()
@@ -31,7 +38,9 @@ fn socket_inodes(pid: &str) -> Vec<(u64, Option<RawFd>)> {
 fn tcp_table() -> HashMap<u64, Tuple> {
     let mut out = HashMap::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = fs::read_to_string(file) else { continue };
+        let Ok(text) = fs::read_to_string(file) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
@@ -48,7 +57,10 @@ fn tcp_table() -> HashMap<u64, Tuple> {
 /// Our fd of the TCP connection whose other end the process `worker_pid` holds.
 pub fn our_end_of(worker_pid: i32) -> Result<RawFd, String> {
     let table = tcp_table();
-    let theirs: Vec<&Tuple> = socket_inodes(&worker_pid.to_string()).iter().filter_map(|(inode, _)| table.get(inode)).collect();
+    let theirs: Vec<&Tuple> = socket_inodes(&worker_pid.to_string())
+        .iter()
+        .filter_map(|(inode, _)| table.get(inode))
+        .collect();
     if theirs.is_empty() {
         return Err(format!(
             "worker {worker_pid} holds no established TCP socket (it has exited, or this is a Unix-socket \
@@ -56,17 +68,24 @@ pub fn our_end_of(worker_pid: i32) -> Result<RawFd, String> {
         ));
     }
     for (inode, fd) in socket_inodes("self") {
-        let (Some(fd), Some((local, remote))) = (fd, table.get(&inode)) else { continue };
+        let (Some(fd), Some((local, remote))) = (fd, table.get(&inode)) else {
+            continue;
+        };
         if theirs.iter().any(|(l, r)| l == remote && r == local) {
             return Ok(fd);
         }
     }
-    Err(format!("none of this process's sockets is connected to worker {worker_pid}"))
+    Err(format!(
+        "none of this process's sockets is connected to worker {worker_pid}"
+    ))
 }
 
 /// SO_LINGER {on, 0}: closing the socket then sends a reset instead of a FIN.
 pub fn set_linger_zero(fd: RawFd) -> std::io::Result<()> {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: fd is an open socket of ours; the option value is a plain struct of the right size.
     let rc = unsafe {
         libc::setsockopt(

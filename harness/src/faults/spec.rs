@@ -186,12 +186,24 @@ impl Fault {
     /// One line for people: the kind and its parameters.
     pub fn describe(&self) -> String {
         match self {
-            Fault::ForkFail { errno, schedule, .. } => format!("fork_fail {} on {}", errno, schedule.describe()),
+            Fault::ForkFail {
+                errno, schedule, ..
+            } => format!("fork_fail {} on {}", errno, schedule.describe()),
             Fault::RlimitAs { bytes, .. } => format!("rlimit_as {bytes} bytes"),
-            Fault::ExecutorMemory { mb, .. } => format!("executor_memory PYSPARK_EXECUTOR_MEMORY_MB={}", mb.0),
-            Fault::SplitWrites { chunk, from, to, .. } => {
-                let from = from.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "request start".into());
-                let to = to.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "request end".into());
+            Fault::ExecutorMemory { mb, .. } => {
+                format!("executor_memory PYSPARK_EXECUTOR_MEMORY_MB={}", mb.0)
+            }
+            Fault::SplitWrites {
+                chunk, from, to, ..
+            } => {
+                let from = from
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "request start".into());
+                let to = to
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "request end".into());
                 format!("split_writes of {chunk} byte(s) from {from} to {to}")
             }
             Fault::Delay { ms, at, .. } => format!("delay {ms} ms {at}"),
@@ -228,7 +240,10 @@ impl ForkSchedule {
     pub fn shim_value(&self) -> String {
         match self {
             ForkSchedule::Every => "every".into(),
-            ForkSchedule::Nth(n) => format!("nth:{}", n.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
+            ForkSchedule::Nth(n) => format!(
+                "nth:{}",
+                n.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+            ),
             ForkSchedule::Random { probability, seed } => format!("random:{probability}:{seed}"),
         }
     }
@@ -240,7 +255,9 @@ impl ForkSchedule {
                 let list: Vec<String> = n.iter().map(|k| format!("#{k}")).collect();
                 format!("fork {}", list.join(", "))
             }
-            ForkSchedule::Random { probability, seed } => format!("each fork with probability {probability} (seed {seed})"),
+            ForkSchedule::Random { probability, seed } => {
+                format!("each fork with probability {probability} (seed {seed})")
+            }
         }
     }
 }
@@ -248,25 +265,39 @@ impl ForkSchedule {
 impl TryFrom<serde_json::Value> for ForkSchedule {
     type Error = String;
     fn try_from(v: serde_json::Value) -> Result<Self, String> {
-        const HELP: &str = "expected \"every\", {\"nth\": [1, 2]} or {\"probability\": 0.5, \"seed\": 7}";
+        const HELP: &str =
+            "expected \"every\", {\"nth\": [1, 2]} or {\"probability\": 0.5, \"seed\": 7}";
         if v.as_str() == Some("every") {
             return Ok(ForkSchedule::Every);
         }
-        let Some(obj) = v.as_object() else { return Err(format!("bad fork schedule {v}: {HELP}")) };
+        let Some(obj) = v.as_object() else {
+            return Err(format!("bad fork schedule {v}: {HELP}"));
+        };
         if let Some(nth) = obj.get("nth") {
             if obj.len() != 1 {
-                return Err(format!("bad fork schedule {v}: `nth` takes no other field; {HELP}"));
+                return Err(format!(
+                    "bad fork schedule {v}: `nth` takes no other field; {HELP}"
+                ));
             }
-            let list: Option<Vec<u32>> = nth.as_array().and_then(|a| a.iter().map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok())).collect());
+            let list: Option<Vec<u32>> = nth.as_array().and_then(|a| {
+                a.iter()
+                    .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
+                    .collect()
+            });
             return match list {
                 Some(l) if !l.is_empty() && l.iter().all(|&n| n >= 1) && l.len() <= 64 => Ok(ForkSchedule::Nth(l)),
                 _ => Err(format!("bad fork schedule {v}: `nth` is a list of 1 to 64 fork numbers, counting from 1")),
             };
         }
         if let Some(p) = obj.get("probability") {
-            let unknown: Vec<&String> = obj.keys().filter(|k| *k != "probability" && *k != "seed").collect();
+            let unknown: Vec<&String> = obj
+                .keys()
+                .filter(|k| *k != "probability" && *k != "seed")
+                .collect();
             if !unknown.is_empty() {
-                return Err(format!("bad fork schedule {v}: unknown field(s) {unknown:?}; {HELP}"));
+                return Err(format!(
+                    "bad fork schedule {v}: unknown field(s) {unknown:?}; {HELP}"
+                ));
             }
             let probability = p.as_f64().filter(|p| (0.0..=1.0).contains(p));
             let seed = obj.get("seed").map(|s| s.as_u64()).unwrap_or(Some(0));
@@ -284,7 +315,9 @@ impl From<ForkSchedule> for serde_json::Value {
         match s {
             ForkSchedule::Every => "every".into(),
             ForkSchedule::Nth(n) => serde_json::json!({ "nth": n }),
-            ForkSchedule::Random { probability, seed } => serde_json::json!({ "probability": probability, "seed": seed }),
+            ForkSchedule::Random { probability, seed } => {
+                serde_json::json!({ "probability": probability, "seed": seed })
+            }
         }
     }
 }
@@ -352,7 +385,10 @@ impl<K: NumberKind> NamedNumber<K> {
     }
 
     pub fn name(self) -> Option<&'static str> {
-        K::NAMES.iter().find(|(_, n)| *n == self.0).map(|(name, _)| *name)
+        K::NAMES
+            .iter()
+            .find(|(_, n)| *n == self.0)
+            .map(|(name, _)| *name)
     }
 }
 
@@ -393,14 +429,36 @@ impl<K: NumberKind> TryFrom<serde_json::Value> for NamedNumber<K> {
         if let Some(n) = v.as_i64() {
             return match i32::try_from(n) {
                 Ok(n) if K::RANGE.contains(&n) => Ok(Self::new(n)),
-                _ if *K::RANGE.end() == i32::MAX => Err(format!("{what} {n} must be a positive number")),
-                _ => Err(format!("{what} {n} is outside {}..={}", K::RANGE.start(), K::RANGE.end())),
+                _ if *K::RANGE.end() == i32::MAX => {
+                    Err(format!("{what} {n} must be a positive number"))
+                }
+                _ => Err(format!(
+                    "{what} {n} is outside {}..={}",
+                    K::RANGE.start(),
+                    K::RANGE.end()
+                )),
             };
         }
-        let name = v.as_str().ok_or_else(|| format!("{what} {v}: expected a name like \"{}\" or a number", K::EXAMPLE))?;
-        K::NAMES.iter().find(|(n, _)| *n == name).map(|(_, e)| Self::new(*e)).ok_or_else(|| {
-            format!("unknown {what} {name:?}: use one of {} or a number", K::NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))
-        })
+        let name = v.as_str().ok_or_else(|| {
+            format!(
+                "{what} {v}: expected a name like \"{}\" or a number",
+                K::EXAMPLE
+            )
+        })?;
+        K::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, e)| Self::new(*e))
+            .ok_or_else(|| {
+                format!(
+                    "unknown {what} {name:?}: use one of {} or a number",
+                    K::NAMES
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
     }
 }
 
@@ -459,7 +517,10 @@ impl From<EnvValue> for serde_json::Value {
 pub enum Position {
     Before(SpanKind),
     After(SpanKind),
-    Inside { span: SpanKind, offset: Option<usize> },
+    Inside {
+        span: SpanKind,
+        offset: Option<usize>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
@@ -491,9 +552,19 @@ impl TryFrom<PositionJson> for Position {
 impl From<Position> for PositionJson {
     fn from(p: Position) -> Self {
         match p {
-            Position::Before(s) => PositionJson { before: Some(s), ..Default::default() },
-            Position::After(s) => PositionJson { after: Some(s), ..Default::default() },
-            Position::Inside { span, offset } => PositionJson { inside: Some(span), offset, ..Default::default() },
+            Position::Before(s) => PositionJson {
+                before: Some(s),
+                ..Default::default()
+            },
+            Position::After(s) => PositionJson {
+                after: Some(s),
+                ..Default::default()
+            },
+            Position::Inside { span, offset } => PositionJson {
+                inside: Some(span),
+                offset,
+                ..Default::default()
+            },
         }
     }
 }
@@ -514,8 +585,13 @@ impl std::fmt::Display for Position {
         match self {
             Position::Before(s) => write!(f, "before {}", span_name(*s)),
             Position::After(s) => write!(f, "after {}", span_name(*s)),
-            Position::Inside { span, offset: Some(o) } => write!(f, "inside {} at +{o}", span_name(*span)),
-            Position::Inside { span, offset: None } => write!(f, "inside {} (middle)", span_name(*span)),
+            Position::Inside {
+                span,
+                offset: Some(o),
+            } => write!(f, "inside {} at +{o}", span_name(*span)),
+            Position::Inside { span, offset: None } => {
+                write!(f, "inside {} (middle)", span_name(*span))
+            }
         }
     }
 }
@@ -547,15 +623,22 @@ pub enum Fate {
 impl TryFrom<serde_json::Value> for Fate {
     type Error = String;
     fn try_from(v: serde_json::Value) -> Result<Self, String> {
-        const HELP: &str = "expected \"alive\", \"gone\", {\"exit\": N} or {\"signal\": \"SIGKILL\"}";
+        const HELP: &str =
+            "expected \"alive\", \"gone\", {\"exit\": N} or {\"signal\": \"SIGKILL\"}";
         match v.as_str() {
             Some("alive") => return Ok(Fate::Alive),
             Some("gone") => return Ok(Fate::Gone),
             _ => {}
         }
-        let obj = v.as_object().filter(|o| o.len() == 1).ok_or_else(|| format!("bad fate {v}: {HELP}"))?;
+        let obj = v
+            .as_object()
+            .filter(|o| o.len() == 1)
+            .ok_or_else(|| format!("bad fate {v}: {HELP}"))?;
         if let Some(code) = obj.get("exit") {
-            let code = code.as_i64().and_then(|c| i32::try_from(c).ok()).ok_or_else(|| format!("bad exit status {code}"))?;
+            let code = code
+                .as_i64()
+                .and_then(|c| i32::try_from(c).ok())
+                .ok_or_else(|| format!("bad exit status {code}"))?;
             return Ok(Fate::Exit(code));
         }
         if let Some(sig) = obj.get("signal") {
@@ -598,9 +681,19 @@ mod tests {
     #[test]
     fn faults_parse_with_their_defaults() {
         let f = parse(r#"{"kind":"fork_fail","errno":"EAGAIN","schedule":{"nth":[1,2]}}"#).unwrap();
-        assert_eq!(f, Fault::ForkFail { errno: Errno::new(libc::EAGAIN), schedule: ForkSchedule::Nth(vec![1, 2]), expect: FateExpect::default() });
-        let f = parse(r#"{"kind":"fork_fail","errno":12,"schedule":{"probability":0.5,"seed":3}}"#).unwrap();
-        assert!(matches!(f, Fault::ForkFail { errno, schedule: ForkSchedule::Random { seed: 3, .. }, .. } if errno.0 == 12));
+        assert_eq!(
+            f,
+            Fault::ForkFail {
+                errno: Errno::new(libc::EAGAIN),
+                schedule: ForkSchedule::Nth(vec![1, 2]),
+                expect: FateExpect::default()
+            }
+        );
+        let f = parse(r#"{"kind":"fork_fail","errno":12,"schedule":{"probability":0.5,"seed":3}}"#)
+            .unwrap();
+        assert!(
+            matches!(f, Fault::ForkFail { errno, schedule: ForkSchedule::Random { seed: 3, .. }, .. } if errno.0 == 12)
+        );
         let f = parse(r#"{"kind":"delay","at":{"after":{"data":1}},"ms":20,"expect":{"daemon":"alive","worker":{"exit":255}}}"#).unwrap();
         assert_eq!(f.task(), Some(0));
         assert_eq!(f.at(), Some(&Position::After(SpanKind::Data(1))));
@@ -608,7 +701,13 @@ mod tests {
         let f = parse(r#"{"kind":"signal_daemon","task":2,"at":{"inside":"header","offset":3},"signal":"SIGTERM"}"#).unwrap();
         assert_eq!(f.describe(), "signal_daemon SIGTERM inside header at +3");
         let f = parse(r#"{"kind":"executor_memory","mb":-1}"#).unwrap();
-        assert_eq!(f, Fault::ExecutorMemory { mb: EnvValue("-1".into()), expect: FateExpect::default() });
+        assert_eq!(
+            f,
+            Fault::ExecutorMemory {
+                mb: EnvValue("-1".into()),
+                expect: FateExpect::default()
+            }
+        );
     }
 
     #[test]
@@ -617,11 +716,15 @@ mod tests {
         assert!(e.contains("bogus"), "{e}");
         let e = parse(r#"{"kind":"fork_fail","errno":"EWHAT","schedule":"every"}"#).unwrap_err();
         assert!(e.contains("EAGAIN"), "{e}");
-        let e = parse(r#"{"kind":"fork_fail","errno":"ENOMEM","schedule":{"nth":[0]}}"#).unwrap_err();
+        let e =
+            parse(r#"{"kind":"fork_fail","errno":"ENOMEM","schedule":{"nth":[0]}}"#).unwrap_err();
         assert!(e.contains("counting from 1"), "{e}");
-        let e = parse(r#"{"kind":"delay","at":{"after":"header","before":"command"},"ms":1}"#).unwrap_err();
+        let e = parse(r#"{"kind":"delay","at":{"after":"header","before":"command"},"ms":1}"#)
+            .unwrap_err();
         assert!(e.contains("exactly one"), "{e}");
-        let e = parse(r#"{"kind":"kill_worker","at":{"after":"header"},"expect":{"worker":"dead"}}"#).unwrap_err();
+        let e =
+            parse(r#"{"kind":"kill_worker","at":{"after":"header"},"expect":{"worker":"dead"}}"#)
+                .unwrap_err();
         assert!(e.contains("gone"), "{e}");
     }
 

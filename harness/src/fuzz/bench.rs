@@ -64,7 +64,12 @@ pub struct BenchReport {
 
 impl BenchReport {
     pub fn table(&self) -> String {
-        let spawn = self.rows.iter().find(|r| r.mode == ExecMode::Spawn).map(|r| r.execs_per_sec).filter(|v| *v > 0.0);
+        let spawn = self
+            .rows
+            .iter()
+            .find(|r| r.mode == ExecMode::Spawn)
+            .map(|r| r.execs_per_sec)
+            .filter(|v| *v > 0.0);
         let mut s = format!(
             "fuzz bench: pyspark {} (dialect {:?}), {} CPU(s), {} seed(s)\n{:<12} {:<8} {:>4} {:>7} {:>6} {:>9} {:>9} {:>7} {:>10}\n",
             self.pyspark,
@@ -82,7 +87,9 @@ impl BenchReport {
             "CPU/case"
         );
         for r in &self.rows {
-            let ratio = spawn.map(|sp| format!("{:.1}x", r.execs_per_sec / sp)).unwrap_or_else(|| "-".into());
+            let ratio = spawn
+                .map(|sp| format!("{:.1}x", r.execs_per_sec / sp))
+                .unwrap_or_else(|| "-".into());
             s.push_str(&format!(
                 "{:<12} {:<8} {:>4} {:>7} {:>6.1} {:>9.1} {:>9} {:>6.0}% {:>10}\n",
                 r.mode.name(),
@@ -93,7 +100,9 @@ impl BenchReport {
                 r.execs_per_sec,
                 ratio,
                 r.reused_pct,
-                r.cpu_ms_per_exec.map(|c| format!("{c:.2} ms")).unwrap_or_else(|| "-".into())
+                r.cpu_ms_per_exec
+                    .map(|c| format!("{c:.2} ms"))
+                    .unwrap_or_else(|| "-".into())
             ));
         }
         s
@@ -101,35 +110,85 @@ impl BenchReport {
 }
 
 pub async fn fuzz_bench(env: PythonEnv, cfg: BenchConfig) -> anyhow::Result<BenchReport> {
-    let dialect = Dialect::for_version(env.pyspark.major, env.pyspark.minor)
-        .ok_or_else(|| BadInput(format!("pyspark {} is older than any dialect fakejvm speaks", env.pyspark)))?;
+    let dialect = Dialect::for_version(env.pyspark.major, env.pyspark.minor).ok_or_else(|| {
+        BadInput(format!(
+            "pyspark {} is older than any dialect fakejvm speaks",
+            env.pyspark
+        ))
+    })?;
     let (seeds, mut seed_report) = seeds::load(&env, dialect, &cfg.seed_dirs, cfg.builtin_seeds)?;
     // The same seeds a campaign would keep (see seeds::calibrate), checked on a fork server.
-    let probe = Executor::start(env.clone(), dialect, ExecMode::ForkServer, ExecOptions { deadline: cfg.deadline, memory_limit_mb: cfg.memory_limit_mb, ..ExecOptions::default() }).await?;
+    let probe = Executor::start(
+        env.clone(),
+        dialect,
+        ExecMode::ForkServer,
+        ExecOptions {
+            deadline: cfg.deadline,
+            memory_limit_mb: cfg.memory_limit_mb,
+            ..ExecOptions::default()
+        },
+    )
+    .await?;
     let (seeds, dropped) = seeds::calibrate(seeds, &probe, cfg.jobs).await;
     let _ = probe.shutdown().await;
     seed_report.skipped.extend(dropped);
     if seeds.is_empty() {
-        return Err(BadInput(format!("no seed runs cleanly against pyspark {}", env.pyspark)).into());
+        return Err(BadInput(format!(
+            "no seed runs cleanly against pyspark {}",
+            env.pyspark
+        ))
+        .into());
     }
     let seeds = Arc::new(seeds);
     let mut rows = vec![];
-    let plan = [(ExecMode::ForkServer, true), (ExecMode::ForkServer, false), (ExecMode::Reuse, true), (ExecMode::Reuse, false), (ExecMode::Spawn, true)];
+    let plan = [
+        (ExecMode::ForkServer, true),
+        (ExecMode::ForkServer, false),
+        (ExecMode::Reuse, true),
+        (ExecMode::Reuse, false),
+        (ExecMode::Spawn, true),
+    ];
     for (mode, mutated) in plan.into_iter().filter(|(m, _)| cfg.modes.contains(m)) {
-        let time = if mode == ExecMode::Spawn { cfg.spawn_time } else { cfg.time };
+        let time = if mode == ExecMode::Spawn {
+            cfg.spawn_time
+        } else {
+            cfg.time
+        };
         rows.push(bench_row(&env, dialect, seeds.clone(), mode, mutated, time, &cfg).await?);
     }
     Ok(BenchReport {
         pyspark: env.pyspark.to_string(),
         dialect,
-        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         seeds: seed_report,
         rows,
     })
 }
 
-async fn bench_row(env: &PythonEnv, dialect: Dialect, seeds: Arc<Vec<Seed>>, mode: ExecMode, mutated: bool, time: Duration, cfg: &BenchConfig) -> anyhow::Result<BenchRow> {
-    let exec = Arc::new(Executor::start(env.clone(), dialect, mode, ExecOptions { deadline: cfg.deadline, memory_limit_mb: cfg.memory_limit_mb, ..ExecOptions::default() }).await?);
+async fn bench_row(
+    env: &PythonEnv,
+    dialect: Dialect,
+    seeds: Arc<Vec<Seed>>,
+    mode: ExecMode,
+    mutated: bool,
+    time: Duration,
+    cfg: &BenchConfig,
+) -> anyhow::Result<BenchRow> {
+    let exec = Arc::new(
+        Executor::start(
+            env.clone(),
+            dialect,
+            mode,
+            ExecOptions {
+                deadline: cfg.deadline,
+                memory_limit_mb: cfg.memory_limit_mb,
+                ..ExecOptions::default()
+            },
+        )
+        .await?,
+    );
     let execs = Arc::new(AtomicU64::new(0));
     let reused = Arc::new(AtomicU64::new(0));
     let cpu_before = CpuTimes::now();
@@ -139,7 +198,8 @@ async fn bench_row(env: &PythonEnv, dialect: Dialect, seeds: Arc<Vec<Seed>>, mod
     let local = tokio::task::LocalSet::new();
     let mut lanes = vec![];
     for id in 0..cfg.jobs.max(1) {
-        let (exec, seeds, execs, reused) = (exec.clone(), seeds.clone(), execs.clone(), reused.clone());
+        let (exec, seeds, execs, reused) =
+            (exec.clone(), seeds.clone(), execs.clone(), reused.clone());
         let rng_seed = cfg.rng_seed.wrapping_add(id as u64);
         let mutate_command = cfg.mutate_command;
         lanes.push(local.spawn_local(async move {
@@ -149,7 +209,11 @@ async fn bench_row(env: &PythonEnv, dialect: Dialect, seeds: Arc<Vec<Seed>>, mod
             while Instant::now() < until {
                 let mut case = seeds[rng.random_range(0..seeds.len())].case.clone();
                 if mutated {
-                    let ctx = Context { dialect, seeds: &seeds, mutate_command };
+                    let ctx = Context {
+                        dialect,
+                        seeds: &seeds,
+                        mutate_command,
+                    };
                     mutate::mutate(&mut case, &ctx, &mut rng);
                 }
                 let obs = exec.exec(&mut lane, Arc::new(case.to_bytes())).await;
@@ -181,8 +245,13 @@ async fn bench_row(env: &PythonEnv, dialect: Dialect, seeds: Arc<Vec<Seed>>, mod
     let secs = started.elapsed().as_secs_f64();
     let n = execs.load(Ordering::Relaxed);
     let cpu = CpuTimes::now().and_then(|c| c.since(&cpu_before));
-    let exec = Arc::try_unwrap(exec).map_err(|_| anyhow::anyhow!("bench: a lane still holds the executor"))?;
-    let leftovers = exec.shutdown().await.map(|s| s.leftovers.len()).unwrap_or(0);
+    let exec = Arc::try_unwrap(exec)
+        .map_err(|_| anyhow::anyhow!("bench: a lane still holds the executor"))?;
+    let leftovers = exec
+        .shutdown()
+        .await
+        .map(|s| s.leftovers.len())
+        .unwrap_or(0);
     Ok(BenchRow {
         mode,
         cases: if mutated { "mutated" } else { "clean" },
@@ -190,7 +259,11 @@ async fn bench_row(env: &PythonEnv, dialect: Dialect, seeds: Arc<Vec<Seed>>, mod
         execs: n,
         secs,
         execs_per_sec: n as f64 / secs.max(1e-9),
-        reused_pct: if n == 0 { 0.0 } else { 100.0 * reused.load(Ordering::Relaxed) as f64 / n as f64 },
+        reused_pct: if n == 0 {
+            0.0
+        } else {
+            100.0 * reused.load(Ordering::Relaxed) as f64 / n as f64
+        },
         outcomes,
         leftovers,
         cpu_ms_per_exec: cpu.map(|c| 1000.0 * c.busy / (n.max(1) as f64)),
@@ -213,17 +286,28 @@ impl CpuTimes {
     fn now() -> Option<CpuTimes> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let line = stat.lines().next()?.strip_prefix("cpu ")?;
-        let v: Vec<f64> = line.split_ascii_whitespace().filter_map(|x| x.parse().ok()).collect();
+        let v: Vec<f64> = line
+            .split_ascii_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
         // user nice system idle iowait irq softirq steal (guest time is already in user).
         if v.len() < 8 {
             return None;
         }
         let hz = crate::worker::procs::clock_ticks();
-        Some(CpuTimes { busy: (v[0] + v[1] + v[2] + v[5] + v[6]) / hz, idle: (v[3] + v[4]) / hz, steal: v[7] / hz })
+        Some(CpuTimes {
+            busy: (v[0] + v[1] + v[2] + v[5] + v[6]) / hz,
+            idle: (v[3] + v[4]) / hz,
+            steal: v[7] / hz,
+        })
     }
 
     fn since(&self, before: &Option<CpuTimes>) -> Option<CpuTimes> {
         let b = before.as_ref()?;
-        Some(CpuTimes { busy: self.busy - b.busy, idle: self.idle - b.idle, steal: self.steal - b.steal })
+        Some(CpuTimes {
+            busy: self.busy - b.busy,
+            idle: self.idle - b.idle,
+            steal: self.steal - b.steal,
+        })
     }
 }

@@ -17,7 +17,7 @@ use super::signature::Signature;
 use crate::golden::format::utc_now;
 use crate::protocol::{decode_requests, Dialect};
 use crate::pyenv::PythonEnv;
-use crate::repro::{self, BadInput, Found, RequestBytes, Reproducer};
+use crate::repro::{self, BadInput, Found, Reproducer, RequestBytes};
 use crate::verdict::{Outcome, OutcomeKind};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -186,14 +186,20 @@ impl CampaignSummary {
         ));
         // Goldens of other request families are left out by design: one line for all of them.
         if !self.seeds.other_dialect.is_empty() {
-            s.push_str(&format!("    left out: {} golden(s) recorded in other dialects\n", self.seeds.other_dialect.len()));
+            s.push_str(&format!(
+                "    left out: {} golden(s) recorded in other dialects\n",
+                self.seeds.other_dialect.len()
+            ));
         }
         let rest = &self.seeds.skipped;
         for why in rest.iter().take(8) {
             s.push_str(&format!("    left out: {why}\n"));
         }
         if rest.len() > 8 {
-            s.push_str(&format!("    left out: {} more (see summary.json)\n", rest.len() - 8));
+            s.push_str(&format!(
+                "    left out: {} more (see summary.json)\n",
+                rest.len() - 8
+            ));
         }
         for f in &self.findings {
             let state = if f.flaky {
@@ -203,18 +209,30 @@ impl CampaignSummary {
             } else {
                 "raw"
             };
-            s.push_str(&format!("  {:>6}x  {}  [{} {} B]  {}\n", f.count, f.file, state, f.len, f.signature));
+            s.push_str(&format!(
+                "  {:>6}x  {}  [{} {} B]  {}\n",
+                f.count, f.file, state, f.len, f.signature
+            ));
         }
         if !self.leftover_processes.is_empty() {
-            s.push_str(&format!("  LEAKED after shutdown: {:?}\n", self.leftover_processes));
+            s.push_str(&format!(
+                "  LEAKED after shutdown: {:?}\n",
+                self.leftover_processes
+            ));
         }
         if !self.unattributed_leaks.is_empty() {
-            s.push_str(&format!("  outlived their case (no case known, killed): {:?}\n", self.unattributed_leaks));
+            s.push_str(&format!(
+                "  outlived their case (no case known, killed): {:?}\n",
+                self.unattributed_leaks
+            ));
         }
         if let Some(a) = &self.aborted {
             s.push_str(&format!("  aborted: {a}\n"));
         }
-        s.push_str(&format!("  summary: {}", Path::new(&self.out).join(SUMMARY_FILE).display()));
+        s.push_str(&format!(
+            "  summary: {}",
+            Path::new(&self.out).join(SUMMARY_FILE).display()
+        ));
         s
     }
 }
@@ -246,22 +264,51 @@ struct Campaign {
 /// Run a campaign to its end (duration or max execs) and return its summary (also written to
 /// `--out/summary.json`).
 pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<CampaignSummary> {
-    let dialect = Dialect::for_version(env.pyspark.major, env.pyspark.minor)
-        .ok_or_else(|| BadInput(format!("pyspark {} is older than any dialect fakejvm speaks", env.pyspark)))?;
-    std::fs::create_dir_all(cfg.out.join("corpus")).map_err(|e| BadInput::new(&cfg.out, format!("cannot create the output directory: {e}")))?;
+    let dialect = Dialect::for_version(env.pyspark.major, env.pyspark.minor).ok_or_else(|| {
+        BadInput(format!(
+            "pyspark {} is older than any dialect fakejvm speaks",
+            env.pyspark
+        ))
+    })?;
+    std::fs::create_dir_all(cfg.out.join("corpus"))
+        .map_err(|e| BadInput::new(&cfg.out, format!("cannot create the output directory: {e}")))?;
     let (seeds, mut seed_report) = seeds::load(&env, dialect, &cfg.seed_dirs, cfg.builtin_seeds)?;
     let state = load_or_new_state(&cfg, &env, dialect)?;
-    let exec = Executor::start(env.clone(), dialect, cfg.mode, ExecOptions { deadline: cfg.deadline, memory_limit_mb: cfg.memory_limit_mb, ..ExecOptions::default() }).await?;
+    let exec = Executor::start(
+        env.clone(),
+        dialect,
+        cfg.mode,
+        ExecOptions {
+            deadline: cfg.deadline,
+            memory_limit_mb: cfg.memory_limit_mb,
+            ..ExecOptions::default()
+        },
+    )
+    .await?;
     let (seeds, dropped) = seeds::calibrate(seeds, &exec, cfg.jobs).await;
     seed_report.skipped.extend(dropped);
     if seeds.is_empty() {
-        return Err(BadInput(format!("no seed runs cleanly against pyspark {}: {}", env.pyspark, seed_report.skipped.iter().chain(&seed_report.other_dialect).cloned().collect::<Vec<_>>().join("; "))).into());
+        return Err(BadInput(format!(
+            "no seed runs cleanly against pyspark {}: {}",
+            env.pyspark,
+            seed_report
+                .skipped
+                .iter()
+                .chain(&seed_report.other_dialect)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+        .into());
     }
     let corpus = load_corpus(&cfg.out, &seeds);
     let pending = unminimised(&cfg.out, &state);
 
     let campaign = Arc::new(Campaign {
-        judge: Judge { expected: cfg.expected.clone(), depth: cfg.sig_frames },
+        judge: Judge {
+            expected: cfg.expected.clone(),
+            depth: cfg.sig_frames,
+        },
         base_execs: state.execs,
         base_elapsed_ms: state.elapsed_ms,
         corpus_keys: Mutex::new(corpus.iter().map(|(k, _)| k.clone()).collect()),
@@ -283,7 +330,12 @@ pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign
     });
     {
         let mut st = campaign.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.runs.push(RunRecord { started: utc_now(), execs: 0, elapsed_ms: 0, finished: false });
+        st.runs.push(RunRecord {
+            started: utc_now(),
+            execs: 0,
+            elapsed_ms: 0,
+            finished: false,
+        });
     }
     campaign.save_state();
 
@@ -292,7 +344,10 @@ pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async {
-            let progress = campaign.cfg.progress.then(|| spawn_progress(campaign.clone()));
+            let progress = campaign
+                .cfg
+                .progress
+                .then(|| spawn_progress(campaign.clone()));
             let saver = tokio::task::spawn_local(periodic_save(campaign.clone()));
             let leaks = tokio::task::spawn_local(watch_leaks(campaign.clone()));
             let mut lanes = vec![];
@@ -326,7 +381,9 @@ pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign
     let elapsed_ms = campaign.started.elapsed().as_millis() as u64;
     let campaign = match Arc::try_unwrap(campaign) {
         Ok(c) => c,
-        Err(_) => anyhow::bail!("fuzz campaign: a background task still holds the campaign after the lanes ended"),
+        Err(_) => anyhow::bail!(
+            "fuzz campaign: a background task still holds the campaign after the lanes ended"
+        ),
     };
     let restarts = campaign.exec.daemon_restarts();
     let daemon_pgids = campaign.exec.daemon_pids();
@@ -335,7 +392,10 @@ pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign
 
     let execs = campaign.execs.load(Ordering::Relaxed);
     let min_runs = campaign.minimise_runs.load(Ordering::Relaxed);
-    let mut st = campaign.state.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut st = campaign
+        .state
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
     st.execs += execs;
     st.elapsed_ms += elapsed_ms;
     st.minimise_runs += min_runs;
@@ -349,7 +409,10 @@ pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign
     write_state(out, &st);
     update_counts(out, &st);
 
-    let new_ids = campaign.new_ids.into_inner().unwrap_or_else(|p| p.into_inner());
+    let new_ids = campaign
+        .new_ids
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
     let mut findings: Vec<FindingSummary> = st
         .findings
         .iter()
@@ -368,7 +431,13 @@ pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign
     let mut expected: Vec<ExpectedRecord> = st.expected.values().cloned().collect();
     expected.sort_by_key(|e| std::cmp::Reverse(e.count));
     expected.truncate(30);
-    let per_sec = |n: u64, ms: u64| if ms == 0 { 0.0 } else { n as f64 * 1000.0 / ms as f64 };
+    let per_sec = |n: u64, ms: u64| {
+        if ms == 0 {
+            0.0
+        } else {
+            n as f64 * 1000.0 / ms as f64
+        }
+    };
     let summary = CampaignSummary {
         fakejvm: env!("CARGO_PKG_VERSION"),
         out: out.display().to_string(),
@@ -377,11 +446,25 @@ pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign
         dialect: campaign.dialect,
         mode: campaign.cfg.mode,
         jobs: campaign.cfg.jobs,
-        run: Figures { execs, elapsed_ms, execs_per_sec: per_sec(execs, elapsed_ms), minimise_runs: min_runs },
-        total: Figures { execs: st.execs, elapsed_ms: st.elapsed_ms, execs_per_sec: per_sec(st.execs, st.elapsed_ms), minimise_runs: st.minimise_runs },
+        run: Figures {
+            execs,
+            elapsed_ms,
+            execs_per_sec: per_sec(execs, elapsed_ms),
+            minimise_runs: min_runs,
+        },
+        total: Figures {
+            execs: st.execs,
+            elapsed_ms: st.elapsed_ms,
+            execs_per_sec: per_sec(st.execs, st.elapsed_ms),
+            minimise_runs: st.minimise_runs,
+        },
         resumed: st.runs.len() > 1,
         seeds: seed_report,
-        corpus: campaign.corpus.into_inner().unwrap_or_else(|p| p.into_inner()).len(),
+        corpus: campaign
+            .corpus
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .len(),
         daemon_restarts: st.daemon_restarts,
         harness_errors: st.harness_errors,
         new_findings: findings.iter().filter(|f| f.new).count(),
@@ -390,7 +473,10 @@ pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign
         leftover_processes: leftovers,
         unattributed_leaks: st.unattributed_leaks.clone(),
         daemon_pgids,
-        aborted: campaign.aborted.into_inner().unwrap_or_else(|p| p.into_inner()),
+        aborted: campaign
+            .aborted
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner()),
     };
     let mut bytes = serde_json::to_vec_pretty(&summary)?;
     bytes.push(b'\n');
@@ -399,7 +485,8 @@ pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign
 }
 
 async fn lane(c: Arc<Campaign>, id: usize) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(c.cfg.rng_seed.wrapping_add(id as u64 * 0x9e37_79b9));
+    let mut rng =
+        rand::rngs::StdRng::seed_from_u64(c.cfg.rng_seed.wrapping_add(id as u64 * 0x9e37_79b9));
     let mut lane = Lane::default();
     loop {
         if c.should_stop() {
@@ -412,7 +499,11 @@ async fn lane(c: Arc<Campaign>, id: usize) {
             continue;
         }
         let mut case = c.pick(&mut rng);
-        let ctx = Context { dialect: c.dialect, seeds: &c.seeds, mutate_command: c.cfg.mutate_command };
+        let ctx = Context {
+            dialect: c.dialect,
+            seeds: &c.seeds,
+            mutate_command: c.cfg.mutate_command,
+        };
         for _ in 0..4 {
             if mutate::mutate(&mut case, &ctx, &mut rng) > 0 {
                 break;
@@ -431,9 +522,14 @@ async fn lane(c: Arc<Campaign>, id: usize) {
                 c.on_expected(case, sig);
             }
             Verdict::Harness(e) => {
-                c.state.lock().unwrap_or_else(|p| p.into_inner()).harness_errors += 1;
+                c.state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .harness_errors += 1;
                 if c.harness_streak.fetch_add(1, Ordering::Relaxed) + 1 >= HARNESS_STREAK_LIMIT {
-                    c.abort(format!("{HARNESS_STREAK_LIMIT} harness errors in a row, the last: {e}"));
+                    c.abort(format!(
+                        "{HARNESS_STREAK_LIMIT} harness errors in a row, the last: {e}"
+                    ));
                 }
             }
         }
@@ -445,7 +541,11 @@ impl Campaign {
         if self.stop.load(Ordering::Relaxed) {
             return true;
         }
-        let over = self.started.elapsed() >= self.cfg.duration || self.cfg.max_execs.is_some_and(|m| self.execs.load(Ordering::Relaxed) >= m);
+        let over = self.started.elapsed() >= self.cfg.duration
+            || self
+                .cfg
+                .max_execs
+                .is_some_and(|m| self.execs.load(Ordering::Relaxed) >= m);
         if over {
             self.stop.store(true, Ordering::Relaxed);
         }
@@ -454,7 +554,10 @@ impl Campaign {
 
     fn abort(&self, why: String) {
         tracing::error!("fuzz campaign aborted: {why}");
-        self.aborted.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(why);
+        self.aborted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(why);
         self.stop.store(true, Ordering::Relaxed);
     }
 
@@ -462,7 +565,9 @@ impl Campaign {
     fn pick(&self, rng: &mut impl Rng) -> Case {
         let corpus = self.corpus.lock().unwrap_or_else(|p| p.into_inner());
         if corpus.is_empty() || rng.random_bool(0.5) {
-            self.seeds[rng.random_range(0..self.seeds.len())].case.clone()
+            self.seeds[rng.random_range(0..self.seeds.len())]
+                .case
+                .clone()
         } else {
             corpus[rng.random_range(0..corpus.len())].clone()
         }
@@ -477,19 +582,36 @@ impl Campaign {
                 return;
             }
         }
-        let seed = self.seeds.get(case.seed).map(|s| s.name.clone()).unwrap_or_default();
-        let entry = CorpusEntry { seed, signature: sig.text(), frames: case.frames.clone() };
+        let seed = self
+            .seeds
+            .get(case.seed)
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        let entry = CorpusEntry {
+            seed,
+            signature: sig.text(),
+            frames: case.frames.clone(),
+        };
         if let Ok(bytes) = serde_json::to_vec(&entry) {
-            let _ = crate::report::write_atomic(&self.cfg.out.join("corpus").join(format!("{id}.json")), &bytes);
+            let _ = crate::report::write_atomic(
+                &self.cfg.out.join("corpus").join(format!("{id}.json")),
+                &bytes,
+            );
         }
-        self.corpus.lock().unwrap_or_else(|p| p.into_inner()).push(case.clone());
+        self.corpus
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(case.clone());
     }
 
     fn on_expected(&self, case: Case, sig: Signature) {
         let id = sig.id();
         let new = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let e = st.expected.entry(id).or_insert_with(|| ExpectedRecord { text: sig.text(), count: 0 });
+            let e = st.expected.entry(id).or_insert_with(|| ExpectedRecord {
+                text: sig.text(),
+                count: 0,
+            });
             e.count += 1;
             e.count == 1
         };
@@ -498,7 +620,14 @@ impl Campaign {
         }
     }
 
-    async fn on_finding(&self, case: Case, sig: Signature, outcome: Outcome, obs: Observation, exec_no: u64) {
+    async fn on_finding(
+        &self,
+        case: Case,
+        sig: Signature,
+        outcome: Outcome,
+        obs: Observation,
+        exec_no: u64,
+    ) {
         let id = sig.id();
         let file_name = format!("{}-{id}.json", sig.slug());
         let first = {
@@ -530,7 +659,10 @@ impl Campaign {
         if !first {
             return;
         }
-        self.new_ids.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
+        self.new_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone());
         let path = self.cfg.out.join(&file_name);
         // Saved before anything else: a campaign killed from here on still has it.
         let raw = self.reproducer(&case, &sig, &outcome, &obs, None, case.len(), exec_no);
@@ -550,20 +682,28 @@ impl Campaign {
         let id = sig.id();
         let seed = self.seeds.get(case.seed);
         let mut check = TimedCheck {
-            live: LiveCheck { exec: &self.exec, judge: &self.judge, seed, target: &sig },
+            live: LiveCheck {
+                exec: &self.exec,
+                judge: &self.judge,
+                seed,
+                target: &sig,
+            },
             // Never long past the campaign's own end: an unfinished minimisation is picked up
             // again when the campaign is resumed.
-            until: (Instant::now() + self.cfg.minimise_time).min(self.started + self.cfg.duration + Duration::from_secs(5)),
+            until: (Instant::now() + self.cfg.minimise_time)
+                .min(self.started + self.cfg.duration + Duration::from_secs(5)),
             runs: 0,
         };
         let confirmed = check.reproduces(&case).await || check.reproduces(&case).await;
         if !confirmed && check.out_of_time() {
             // Not flaky, just late: left unminimised for a resumed campaign to finish.
-            self.minimise_runs.fetch_add(check.runs as u64, Ordering::Relaxed);
+            self.minimise_runs
+                .fetch_add(check.runs as u64, Ordering::Relaxed);
             return;
         }
         if !confirmed {
-            self.minimise_runs.fetch_add(check.runs as u64, Ordering::Relaxed);
+            self.minimise_runs
+                .fetch_add(check.runs as u64, Ordering::Relaxed);
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(f) = st.findings.get_mut(&id) {
                 f.flaky = true;
@@ -577,14 +717,23 @@ impl Campaign {
         let bytes = Arc::new(min.to_bytes());
         let obs = self.exec.exec_fresh(bytes).await;
         check.runs += 1;
-        self.minimise_runs.fetch_add(check.runs as u64, Ordering::Relaxed);
+        self.minimise_runs
+            .fetch_add(check.runs as u64, Ordering::Relaxed);
         let final_sig = self.judge.signature(&obs, &min, seed);
         let repro = if final_sig == sig {
             let outcome = match self.judge.judge(&obs, &min, seed) {
                 Verdict::Finding(_, out) => out,
                 _ => obs.outcome.clone(),
             };
-            let mut r = self.reproducer(&min, &sig, &outcome, &obs, Some(&stats), case.len(), raw.found.exec);
+            let mut r = self.reproducer(
+                &min,
+                &sig,
+                &outcome,
+                &obs,
+                Some(&stats),
+                case.len(),
+                raw.found.exec,
+            );
             r.found = raw.found.clone();
             r
         } else {
@@ -609,20 +758,40 @@ impl Campaign {
     /// A finding of an earlier run saved before it could be minimised.
     async fn finish_pending(&self, sig_id: &str, path: &Path) {
         let Ok(raw) = Reproducer::load(path) else {
-            tracing::warn!("{}: not a readable reproducer, left as it is", path.display());
+            tracing::warn!(
+                "{}: not a readable reproducer, left as it is",
+                path.display()
+            );
             return;
         };
         let Ok(mut case) = raw.case() else { return };
-        case.seed = self.seeds.iter().position(|s| s.name == raw.found.seed).unwrap_or(usize::MAX);
+        case.seed = self
+            .seeds
+            .iter()
+            .position(|s| s.name == raw.found.seed)
+            .unwrap_or(usize::MAX);
         if raw.signature.id() != sig_id {
             return;
         }
-        self.minimise_and_save(case, raw.signature.clone(), raw, path).await;
+        self.minimise_and_save(case, raw.signature.clone(), raw, path)
+            .await;
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn reproducer(&self, case: &Case, sig: &Signature, outcome: &Outcome, obs: &Observation, stats: Option<&MinimiseStats>, original_len: usize, exec_no: u64) -> Reproducer {
-        let file = self.cfg.out.join(format!("{}-{}.json", sig.slug(), sig.id()));
+    fn reproducer(
+        &self,
+        case: &Case,
+        sig: &Signature,
+        outcome: &Outcome,
+        obs: &Observation,
+        stats: Option<&MinimiseStats>,
+        original_len: usize,
+        exec_no: u64,
+    ) -> Reproducer {
+        let file = self
+            .cfg
+            .out
+            .join(format!("{}-{}.json", sig.slug(), sig.id()));
         let seed = self.seeds.get(case.seed);
         Reproducer {
             kind: repro::KIND.into(),
@@ -639,25 +808,43 @@ impl Campaign {
             signature: sig.clone(),
             signature_frames: self.cfg.sig_frames,
             request: RequestBytes::of(case),
-            round_trip: seed.and_then(|s| s.round_trip).filter(|_| sig.kind == OutcomeKind::Mismatch).map(Into::into),
+            round_trip: seed
+                .and_then(|s| s.round_trip)
+                .filter(|_| sig.kind == OutcomeKind::Mismatch)
+                .map(Into::into),
             outcome: serde_json::to_value(outcome).unwrap_or_default(),
             traceback: obs.traceback.as_deref().map(trim_traceback),
             worker_at_deadline: obs.worker_at_deadline.clone(),
             minimised: stats.is_some(),
             minimise: stats.and_then(|s| serde_json::to_value(s).ok()),
             original_len,
-            found: Found { at: utc_now(), seed: seed.map(|s| s.name.clone()).unwrap_or_default(), exec: self.base_execs + exec_no, count: 1 },
+            found: Found {
+                at: utc_now(),
+                seed: seed.map(|s| s.name.clone()).unwrap_or_default(),
+                exec: self.base_execs + exec_no,
+                count: 1,
+            },
             replay: format!("fakejvm repro {}", file.display()),
         }
     }
 
     async fn report_leaks(&self) {
         for leak in self.exec.leaked(self.cfg.leak_grace).await {
-            let outcome = Outcome::LeakedProcess { processes: vec![(leak.pid, leak.cmdline.clone())] };
+            let outcome = Outcome::LeakedProcess {
+                processes: vec![(leak.pid, leak.cmdline.clone())],
+            };
             let Some(bytes) = leak.bytes else {
                 // No case to replay: counted and listed, killed by the executor.
-                tracing::warn!("a process of the daemon's group outlived its case: {} {}", leak.pid, leak.cmdline);
-                self.state.lock().unwrap_or_else(|p| p.into_inner()).unattributed_leaks.push((leak.pid, leak.cmdline));
+                tracing::warn!(
+                    "a process of the daemon's group outlived its case: {} {}",
+                    leak.pid,
+                    leak.cmdline
+                );
+                self.state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unattributed_leaks
+                    .push((leak.pid, leak.cmdline));
                 continue;
             };
             let sig = Signature::of(&outcome, None, self.cfg.sig_frames);
@@ -726,7 +913,11 @@ fn trim_traceback(tb: &str) -> String {
     if lines.len() <= 40 {
         return tb.to_string();
     }
-    format!("[{} lines cut]\n{}", lines.len() - 40, lines[lines.len() - 40..].join("\n"))
+    format!(
+        "[{} lines cut]\n{}",
+        lines.len() - 40,
+        lines[lines.len() - 40..].join("\n")
+    )
 }
 
 #[derive(Serialize, Deserialize)]
@@ -748,7 +939,11 @@ fn write_state(out: &Path, st: &State) {
     }
 }
 
-fn load_or_new_state(cfg: &CampaignConfig, env: &PythonEnv, dialect: Dialect) -> Result<State, BadInput> {
+fn load_or_new_state(
+    cfg: &CampaignConfig,
+    env: &PythonEnv,
+    dialect: Dialect,
+) -> Result<State, BadInput> {
     let path = cfg.out.join(STATE_FILE);
     let fresh = State {
         kind: STATE_KIND.into(),
@@ -768,10 +963,22 @@ fn load_or_new_state(cfg: &CampaignConfig, env: &PythonEnv, dialect: Dialect) ->
         unattributed_leaks: vec![],
     };
     let mut st = if path.exists() {
-        let text = std::fs::read_to_string(&path).map_err(|e| BadInput::new(&path, format!("cannot read: {e}")))?;
-        let st: State = serde_json::from_str(&text).map_err(|e| BadInput::new(&path, format!("not a fuzz campaign state ({e}); use another --out or remove it")))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| BadInput::new(&path, format!("cannot read: {e}")))?;
+        let st: State = serde_json::from_str(&text).map_err(|e| {
+            BadInput::new(
+                &path,
+                format!("not a fuzz campaign state ({e}); use another --out or remove it"),
+            )
+        })?;
         if st.kind != STATE_KIND || st.format != STATE_FORMAT {
-            return Err(BadInput::new(&path, format!("a {} format {} file, not a {STATE_KIND} format {STATE_FORMAT}", st.kind, st.format)));
+            return Err(BadInput::new(
+                &path,
+                format!(
+                    "a {} format {} file, not a {STATE_KIND} format {STATE_FORMAT}",
+                    st.kind, st.format
+                ),
+            ));
         }
         if st.pyspark != fresh.pyspark || st.mode != fresh.mode || st.python != fresh.python {
             return Err(BadInput::new(
@@ -810,11 +1017,17 @@ fn load_or_new_state(cfg: &CampaignConfig, env: &PythonEnv, dialect: Dialect) ->
 
 /// Reproducer files directly in `out`: (signature id, file name, reproducer).
 fn reproducers_in(out: &Path) -> Vec<(String, String, Reproducer)> {
-    let Ok(dir) = std::fs::read_dir(out) else { return vec![] };
+    let Ok(dir) = std::fs::read_dir(out) else {
+        return vec![];
+    };
     let mut found = vec![];
     for e in dir.flatten() {
         let p = e.path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
         if !name.ends_with(".json") || name == STATE_FILE || name == SUMMARY_FILE {
             continue;
         }
@@ -836,15 +1049,32 @@ fn unminimised(out: &Path, st: &State) -> Vec<(String, PathBuf)> {
 }
 
 fn load_corpus(out: &Path, seeds: &[Seed]) -> Vec<(String, Case)> {
-    let Ok(dir) = std::fs::read_dir(out.join("corpus")) else { return vec![] };
+    let Ok(dir) = std::fs::read_dir(out.join("corpus")) else {
+        return vec![];
+    };
     let mut entries: Vec<(String, Case)> = vec![];
     for e in dir.flatten() {
         let p = e.path();
-        let Some(id) = p.file_stem().and_then(|s| s.to_str()).map(str::to_string) else { continue };
-        let Ok(text) = std::fs::read_to_string(&p) else { continue };
-        let Ok(entry) = serde_json::from_str::<CorpusEntry>(&text) else { continue };
-        let seed = seeds.iter().position(|s| s.name == entry.seed).unwrap_or(usize::MAX);
-        entries.push((id, Case { seed, frames: entry.frames }));
+        let Some(id) = p.file_stem().and_then(|s| s.to_str()).map(str::to_string) else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            continue;
+        };
+        let Ok(entry) = serde_json::from_str::<CorpusEntry>(&text) else {
+            continue;
+        };
+        let seed = seeds
+            .iter()
+            .position(|s| s.name == entry.seed)
+            .unwrap_or(usize::MAX);
+        entries.push((
+            id,
+            Case {
+                seed,
+                frames: entry.frames,
+            },
+        ));
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     entries
@@ -880,8 +1110,15 @@ async fn watch_leaks(c: Arc<Campaign>) {
 fn spawn_progress(c: Arc<Campaign>) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
     use std::io::IsTerminal;
     let tty = std::io::stderr().is_terminal();
-    let bar = if tty { indicatif::ProgressBar::new_spinner() } else { indicatif::ProgressBar::hidden() };
-    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("a valid template"));
+    let bar = if tty {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .expect("a valid template"),
+    );
     let b = bar.clone();
     let task = tokio::task::spawn_local(async move {
         let mut last_line = Instant::now();
@@ -921,6 +1158,9 @@ mod tests {
     fn long_tracebacks_keep_their_end() {
         let tb: String = (0..100).map(|i| format!("line {i}\n")).collect();
         let t = trim_traceback(&tb);
-        assert!(t.starts_with("[60 lines cut]") && t.ends_with("line 99"), "{t}");
+        assert!(
+            t.starts_with("[60 lines cut]") && t.ends_with("line 99"),
+            "{t}"
+        );
     }
 }

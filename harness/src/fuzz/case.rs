@@ -45,7 +45,11 @@ impl Case {
     }
 
     pub fn from_spans(seed: usize, bytes: &[u8], spans: &[Span]) -> Case {
-        let mut spans: Vec<Span> = spans.iter().copied().filter(|s| s.start <= s.end && s.end <= bytes.len()).collect();
+        let mut spans: Vec<Span> = spans
+            .iter()
+            .copied()
+            .filter(|s| s.start <= s.end && s.end <= bytes.len())
+            .collect();
         spans.sort_by_key(|s| s.start);
         let mut frames: Vec<Frame> = vec![];
         let mut at = 0;
@@ -56,16 +60,28 @@ impl Case {
             if s.start > at {
                 match frames.last_mut() {
                     Some(f) => f.bytes.extend_from_slice(&bytes[at..s.start]),
-                    None => frames.push(Frame { kind: SpanKind::Header, bytes: bytes[at..s.start].to_vec(), touched: false }),
+                    None => frames.push(Frame {
+                        kind: SpanKind::Header,
+                        bytes: bytes[at..s.start].to_vec(),
+                        touched: false,
+                    }),
                 }
             }
-            frames.push(Frame { kind: s.kind, bytes: bytes[s.start..s.end].to_vec(), touched: false });
+            frames.push(Frame {
+                kind: s.kind,
+                bytes: bytes[s.start..s.end].to_vec(),
+                touched: false,
+            });
             at = s.end;
         }
         if at < bytes.len() {
             match frames.last_mut() {
                 Some(f) => f.bytes.extend_from_slice(&bytes[at..]),
-                None => frames.push(Frame { kind: SpanKind::Header, bytes: bytes[at..].to_vec(), touched: false }),
+                None => frames.push(Frame {
+                    kind: SpanKind::Header,
+                    bytes: bytes[at..].to_vec(),
+                    touched: false,
+                }),
             }
         }
         Case { seed, frames }
@@ -93,7 +109,11 @@ impl Case {
         self.frames
             .iter()
             .map(|f| {
-                let s = Span { kind: f.kind, start: at, end: at + f.bytes.len() };
+                let s = Span {
+                    kind: f.kind,
+                    start: at,
+                    end: at + f.bytes.len(),
+                };
                 at = s.end;
                 s
             })
@@ -109,7 +129,12 @@ impl Case {
         let first = self
             .frames
             .iter()
-            .position(|f| matches!(f.kind, SpanKind::Data(_) | SpanKind::EndOfData | SpanKind::FinalMarker))
+            .position(|f| {
+                matches!(
+                    f.kind,
+                    SpanKind::Data(_) | SpanKind::EndOfData | SpanKind::FinalMarker
+                )
+            })
             .unwrap_or(self.frames.len());
         first..self.frames.len()
     }
@@ -132,18 +157,27 @@ impl Case {
         if !dialect.wraps_init_message() {
             return;
         }
-        let Some(p) = self.position(SpanKind::InitPrefix) else { return };
+        let Some(p) = self.position(SpanKind::InitPrefix) else {
+            return;
+        };
         if self.frames[p].bytes.len() != 8 {
             return;
         }
-        let inner: usize = self.frames.iter().filter(|f| matches!(f.kind, SpanKind::Header | SpanKind::Command)).map(|f| f.bytes.len()).sum();
+        let inner: usize = self
+            .frames
+            .iter()
+            .filter(|f| matches!(f.kind, SpanKind::Header | SpanKind::Command))
+            .map(|f| f.bytes.len())
+            .sum();
         self.frames[p].bytes[4..8].copy_from_slice(&(inner as i32).to_be_bytes());
     }
 }
 
 impl Frame {
     pub fn shape(&self) -> FrameShape {
-        let Some(head) = self.bytes.get(..4) else { return FrameShape::Raw };
+        let Some(head) = self.bytes.get(..4) else {
+            return FrameShape::Raw;
+        };
         let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
         if len < 0 {
             return match SpecialLength::from_value(len) {
@@ -184,7 +218,11 @@ mod tests {
     use crate::protocol::{DataItem, TaskRequest};
 
     fn request() -> TaskRequest {
-        TaskRequest::non_udf("3.11", vec![0x80, 5, 0x4e, 0x2e], vec![DataItem::Frame(b"ab".to_vec()), DataItem::Null])
+        TaskRequest::non_udf(
+            "3.11",
+            vec![0x80, 5, 0x4e, 0x2e],
+            vec![DataItem::Frame(b"ab".to_vec()), DataItem::Null],
+        )
     }
 
     #[test]
@@ -194,8 +232,19 @@ mod tests {
             let case = Case::from_encoded(0, &enc);
             assert_eq!(case.to_bytes(), enc.bytes);
             assert_eq!(case.spans(), enc.spans);
-            let data: Vec<FrameShape> = case.frames.iter().filter(|f| matches!(f.kind, SpanKind::Data(_))).map(Frame::shape).collect();
-            assert_eq!(data, vec![FrameShape::Framed { len: 2 }, FrameShape::Special(SpecialLength::Null)]);
+            let data: Vec<FrameShape> = case
+                .frames
+                .iter()
+                .filter(|f| matches!(f.kind, SpanKind::Data(_)))
+                .map(Frame::shape)
+                .collect();
+            assert_eq!(
+                data,
+                vec![
+                    FrameShape::Framed { len: 2 },
+                    FrameShape::Special(SpecialLength::Null)
+                ]
+            );
         }
     }
 
@@ -208,13 +257,27 @@ mod tests {
         case.fix_init_length(Dialect::D);
         let bytes = case.to_bytes();
         let len = i32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize;
-        assert_eq!(len, bytes.len() - 8 - (enc.bytes.len() - enc.span(SpanKind::Command).unwrap().end));
+        assert_eq!(
+            len,
+            bytes.len() - 8 - (enc.bytes.len() - enc.span(SpanKind::Command).unwrap().end)
+        );
     }
 
     #[test]
     fn gaps_between_spans_are_kept() {
         let bytes = b"abcdefgh".to_vec();
-        let spans = [Span { kind: SpanKind::Header, start: 0, end: 2 }, Span { kind: SpanKind::Command, start: 4, end: 6 }];
+        let spans = [
+            Span {
+                kind: SpanKind::Header,
+                start: 0,
+                end: 2,
+            },
+            Span {
+                kind: SpanKind::Command,
+                start: 4,
+                end: 6,
+            },
+        ];
         let case = Case::from_spans(0, &bytes, &spans);
         assert_eq!(case.to_bytes(), bytes);
     }

@@ -27,24 +27,47 @@ pub struct Dialer {
 
 impl Dialer {
     /// From the daemon's raw announce (its stdout began with the port as an i32).
-    pub fn new(announce: &[u8], secret: &str, daemon_pid: i32, timeout: Duration) -> Option<Dialer> {
+    pub fn new(
+        announce: &[u8],
+        secret: &str,
+        daemon_pid: i32,
+        timeout: Duration,
+    ) -> Option<Dialer> {
         let port = i32::from_be_bytes(announce.get(..4)?.try_into().ok()?);
-        Some(Dialer { port: u16::try_from(port).ok().filter(|p| *p > 0)?, secret: secret.to_string(), daemon_pid, timeout })
+        Some(Dialer {
+            port: u16::try_from(port).ok().filter(|p| *p > 0)?,
+            secret: secret.to_string(),
+            daemon_pid,
+            timeout,
+        })
     }
 
     pub async fn connect(&self) -> Result<Connection, WorkerError> {
         let deadline = Instant::now() + self.timeout;
-        let timed_out = |what| WorkerError::Timeout { what, after: self.timeout };
+        let timed_out = |what| WorkerError::Timeout {
+            what,
+            after: self.timeout,
+        };
         let during = "connecting to the daemon's TCP port";
-        let mut s = match timeout_at(deadline, TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))).await {
+        let mut s = match timeout_at(
+            deadline,
+            TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)),
+        )
+        .await
+        {
             Err(_) => return Err(timed_out(during)),
             Ok(r) => r.map_err(|source| WorkerError::Io { during, source })?,
         };
-        s.set_nodelay(true).map_err(|source| WorkerError::Io { during: "setting TCP_NODELAY", source })?;
+        s.set_nodelay(true).map_err(|source| WorkerError::Io {
+            during: "setting TCP_NODELAY",
+            source,
+        })?;
         let mut inbound = Vec::with_capacity(10);
 
         let during = "reading the forked worker's pid from the daemon";
-        read_exact(&mut s, 4, deadline, during, &mut inbound).await.map_err(|e| e.unwrap_or_else(|| timed_out(during)))?;
+        read_exact(&mut s, 4, deadline, during, &mut inbound)
+            .await
+            .map_err(|e| e.unwrap_or_else(|| timed_out(during)))?;
         let pid = i32::from_be_bytes(inbound[..4].try_into().expect("4 bytes"));
         // A fork that failed with an errno other than EAGAIN/EINTR writes the errno here, as a
         // positive number: only a live child of the daemon is a worker.
@@ -58,24 +81,48 @@ impl Dialer {
             Ok(r) => r.map_err(|source| WorkerError::Io { during, source })?,
         }
         let during = "reading the worker's auth reply";
-        read_exact(&mut s, 4, deadline, during, &mut inbound).await.map_err(|e| e.unwrap_or_else(|| timed_out(during)))?;
+        read_exact(&mut s, 4, deadline, during, &mut inbound)
+            .await
+            .map_err(|e| e.unwrap_or_else(|| timed_out(during)))?;
         let len = i32::from_be_bytes(inbound[4..8].try_into().expect("4 bytes"));
         if !(0..=16).contains(&len) {
-            return Err(WorkerError::BadLength { during, value: len, max: 16 });
+            return Err(WorkerError::BadLength {
+                during,
+                value: len,
+                max: 16,
+            });
         }
-        read_exact(&mut s, len as usize, deadline, during, &mut inbound).await.map_err(|e| e.unwrap_or_else(|| timed_out(during)))?;
+        read_exact(&mut s, len as usize, deadline, during, &mut inbound)
+            .await
+            .map_err(|e| e.unwrap_or_else(|| timed_out(during)))?;
         match &inbound[8..] {
             b"ok" => {}
             b"err" => return Err(WorkerError::AuthRejected),
-            other => return Err(WorkerError::BadAuthReply { reply: other.to_vec() }),
+            other => {
+                return Err(WorkerError::BadAuthReply {
+                    reply: other.to_vec(),
+                })
+            }
         }
         let (r, w) = s.into_split();
-        Ok(Connection { pid, reader: Box::new(r), writer: Box::new(w), handshake_in: inbound, handshake_out: outbound })
+        Ok(Connection {
+            pid,
+            reader: Box::new(r),
+            writer: Box::new(w),
+            handshake_in: inbound,
+            handshake_out: outbound,
+        })
     }
 }
 
 /// Append exactly `n` bytes to `buf`. Err(None) is the deadline.
-async fn read_exact(s: &mut TcpStream, n: usize, deadline: Instant, during: &'static str, buf: &mut Vec<u8>) -> Result<(), Option<WorkerError>> {
+async fn read_exact(
+    s: &mut TcpStream,
+    n: usize,
+    deadline: Instant,
+    during: &'static str,
+    buf: &mut Vec<u8>,
+) -> Result<(), Option<WorkerError>> {
     let start = buf.len();
     buf.resize(start + n, 0);
     let mut got = 0;
@@ -88,7 +135,10 @@ async fn read_exact(s: &mut TcpStream, n: usize, deadline: Instant, during: &'st
         if k == 0 {
             let got_bytes = buf[start..start + got].to_vec();
             buf.truncate(start + got);
-            return Err(Some(WorkerError::Closed { during, got: got_bytes }));
+            return Err(Some(WorkerError::Closed {
+                during,
+                got: got_bytes,
+            }));
         }
         got += k;
     }

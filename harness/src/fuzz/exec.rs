@@ -61,7 +61,11 @@ pub struct ExecOptions {
 
 impl Default for ExecOptions {
     fn default() -> Self {
-        ExecOptions { deadline: Duration::from_secs(2), max_frame: 64 * 1024 * 1024, memory_limit_mb: None }
+        ExecOptions {
+            deadline: Duration::from_secs(2),
+            max_frame: 64 * 1024 * 1024,
+            memory_limit_mb: None,
+        }
     }
 }
 
@@ -135,20 +139,40 @@ pub struct Executor {
 }
 
 impl Executor {
-    pub async fn start(env: PythonEnv, dialect: Dialect, mode: ExecMode, opts: ExecOptions) -> anyhow::Result<Executor> {
+    pub async fn start(
+        env: PythonEnv,
+        dialect: Dialect,
+        mode: ExecMode,
+        opts: ExecOptions,
+    ) -> anyhow::Result<Executor> {
         let faulthandler = fault_dump_dir()?;
         let launch = LaunchOptions {
-            mode: if mode == ExecMode::Spawn { Mode::Direct } else { Mode::Daemon },
+            mode: if mode == ExecMode::Spawn {
+                Mode::Direct
+            } else {
+                Mode::Daemon
+            },
             reuse: mode == ExecMode::Reuse,
-            extra_env: vec![("PYTHON_FAULTHANDLER_DIR".into(), faulthandler.path().display().to_string())],
+            extra_env: vec![(
+                "PYTHON_FAULTHANDLER_DIR".into(),
+                faulthandler.path().display().to_string(),
+            )],
             connect_timeout: Duration::from_secs(10),
-            rlimit_as: opts.memory_limit_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
+            rlimit_as: opts
+                .memory_limit_mb
+                .map(|mb| mb.saturating_mul(1024 * 1024)),
         };
         let workers = Workers::start(&env.python, launch.clone()).await?;
         let workers_daemon = workers.daemon_pid();
         let dialer = dialer_for(&workers, &launch);
         #[allow(clippy::needless_update)] // robust to fields added later
-        let session = SessionOptions { deadline: opts.deadline, record_transcript: false, count_only: false, max_frame: opts.max_frame, ..SessionOptions::default() };
+        let session = SessionOptions {
+            deadline: opts.deadline,
+            record_transcript: false,
+            count_only: false,
+            max_frame: opts.max_frame,
+            ..SessionOptions::default()
+        };
         let exec = Executor {
             env,
             dialect,
@@ -176,7 +200,10 @@ impl Executor {
 
     /// Every daemon started so far (their pids are their process group ids).
     pub fn daemon_pids(&self) -> Vec<i32> {
-        self.daemons.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.daemons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The current daemon's pid (0 in spawn mode).
@@ -196,7 +223,13 @@ impl Executor {
             return true;
         }
         let (reqs, err) = decode_requests(dialect, bytes);
-        let complete = err.is_none() && reqs.len() == 1 && reqs[0].request.final_marker == Some(-4) && reqs[0].spans.iter().any(|s| s.kind == SpanKind::FinalMarker);
+        let complete = err.is_none()
+            && reqs.len() == 1
+            && reqs[0].request.final_marker == Some(-4)
+            && reqs[0]
+                .spans
+                .iter()
+                .any(|s| s.kind == SpanKind::FinalMarker);
         !complete
     }
 
@@ -208,7 +241,10 @@ impl Executor {
         let reused = match lane.conn.take() {
             Some((c, base, g)) if g == generation => Some((c, base)),
             Some((c, _, _)) => {
-                self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.pid);
+                self.in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&c.pid);
                 None
             }
             None => None,
@@ -225,14 +261,30 @@ impl Executor {
             },
         };
         let pid = conn.pid;
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(pid);
-        let mut steps = vec![WriteStep::Write { start: 0, end: bytes.len(), chunk: None }];
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pid);
+        let mut steps = vec![WriteStep::Write {
+            start: 0,
+            end: bytes.len(),
+            chunk: None,
+        }];
         if close {
             steps.push(WriteStep::ShutdownWrite);
         }
         let mut transcript = Transcript::default();
-        let result =
-            session::run_task(&mut conn.reader, &mut conn.writer, self.dialect, &bytes, &WritePlan { steps }, base, &self.session, &mut transcript).await;
+        let result = session::run_task(
+            &mut conn.reader,
+            &mut conn.writer,
+            self.dialect,
+            &bytes,
+            &WritePlan { steps },
+            base,
+            &self.session,
+            &mut transcript,
+        )
+        .await;
 
         let mut obs = Observation {
             outcome: Outcome::Passed,
@@ -251,8 +303,18 @@ impl Executor {
                 if let ReplyEnd::Exception { traceback } = &reply.end {
                     obs.traceback = Some(traceback.clone());
                 }
-                obs.outcome = classify_failure(&result, &WorkerFacts { pid, ..WorkerFacts::default() }).unwrap_or(Outcome::Passed);
-                if let ReplyEnd::Completed { final_marker: -4, .. } = reply.end {
+                obs.outcome = classify_failure(
+                    &result,
+                    &WorkerFacts {
+                        pid,
+                        ..WorkerFacts::default()
+                    },
+                )
+                .unwrap_or(Outcome::Passed);
+                if let ReplyEnd::Completed {
+                    final_marker: -4, ..
+                } = reply.end
+                {
                     if self.mode == ExecMode::Reuse && !close {
                         keep = Some(reply.end_offset);
                     }
@@ -260,7 +322,10 @@ impl Executor {
                 obs.reply = Some(reply.clone());
             }
             Err(_) => {
-                let mut facts = WorkerFacts { pid, ..WorkerFacts::default() };
+                let mut facts = WorkerFacts {
+                    pid,
+                    ..WorkerFacts::default()
+                };
                 if self.mode == ExecMode::Spawn {
                     let mut guard = self.workers.lock().await;
                     if let Some(w) = guard.as_mut() {
@@ -269,7 +334,9 @@ impl Executor {
                 } else if let Some(died) = self.daemon_death().await {
                     facts.daemon_died = Some(died);
                 }
-                obs.outcome = classify_failure(&result, &facts).unwrap_or(Outcome::Harness { error: "a failed read classified as a pass".into() });
+                obs.outcome = classify_failure(&result, &facts).unwrap_or(Outcome::Harness {
+                    error: "a failed read classified as a pass".into(),
+                });
                 if matches!(obs.outcome, Outcome::DaemonDied { .. }) {
                     obs.daemon_restarted = self.restart().await;
                 }
@@ -286,7 +353,10 @@ impl Executor {
                     if let Some(w) = guard.as_mut() {
                         let _ = w.kill_worker(pid).await;
                     }
-                    self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
+                    self.in_flight
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&pid);
                     let _ = self.take_fault_dump(pid);
                     obs.elapsed = started.elapsed();
                     return obs;
@@ -297,10 +367,20 @@ impl Executor {
             // A kept worker stays "held": alive by design, never a leak.
             Some(end) => lane.conn = Some((conn, end, generation)),
             None => {
-                self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
+                self.in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&pid);
                 drop(conn);
                 if self.mode != ExecMode::Spawn {
-                    self.watch.lock().unwrap_or_else(|p| p.into_inner()).push_back(Watched { pid, since: Instant::now(), bytes: bytes.clone() });
+                    self.watch
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_back(Watched {
+                            pid,
+                            since: Instant::now(),
+                            bytes: bytes.clone(),
+                        });
                 }
             }
         }
@@ -326,7 +406,11 @@ impl Executor {
             reused_worker: false,
             worker_at_deadline: None,
         };
-        let dialer = self.dialer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let dialer = self
+            .dialer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let result = match dialer {
             Some(d) => d.connect().await,
             None => {
@@ -336,7 +420,12 @@ impl Executor {
                     None => {
                         drop(guard);
                         let restarted = self.restart().await;
-                        return Err(fail(Outcome::Harness { error: "no daemon: a restart failed earlier".into() }, restarted));
+                        return Err(fail(
+                            Outcome::Harness {
+                                error: "no daemon: a restart failed earlier".into(),
+                            },
+                            restarted,
+                        ));
                     }
                 }
             }
@@ -346,10 +435,22 @@ impl Executor {
             Err(e) => e,
         };
         let outcome = match e {
-            WorkerError::ErrnoAsPid { .. } | WorkerError::NegativePid { .. } => Outcome::ProtocolViolation { at_byte: 0, what: e.to_string() },
-            WorkerError::DaemonDied { exit, stderr_tail } => Outcome::DaemonDied { exit, stderr_tail },
-            WorkerError::Timeout { after, .. } => Outcome::Hang { after_ms: after.as_millis() as u64, at_byte: 0 },
-            WorkerError::Spawn { .. } => Outcome::Harness { error: e.to_string() },
+            WorkerError::ErrnoAsPid { .. } | WorkerError::NegativePid { .. } => {
+                Outcome::ProtocolViolation {
+                    at_byte: 0,
+                    what: e.to_string(),
+                }
+            }
+            WorkerError::DaemonDied { exit, stderr_tail } => {
+                Outcome::DaemonDied { exit, stderr_tail }
+            }
+            WorkerError::Timeout { after, .. } => Outcome::Hang {
+                after_ms: after.as_millis() as u64,
+                at_byte: 0,
+            },
+            WorkerError::Spawn { .. } => Outcome::Harness {
+                error: e.to_string(),
+            },
             other => {
                 // A daemon killed a moment ago may not be reapable yet: look twice.
                 let mut died = self.daemon_death().await;
@@ -359,7 +460,11 @@ impl Executor {
                 }
                 match died {
                     Some((exit, stderr_tail)) => Outcome::DaemonDied { exit, stderr_tail },
-                    None => Outcome::WorkerCrashed { pid: 0, exit: None, detail: format!("connecting failed: {other}") },
+                    None => Outcome::WorkerCrashed {
+                        pid: 0,
+                        exit: None,
+                        detail: format!("connecting failed: {other}"),
+                    },
                 }
             }
         };
@@ -391,9 +496,14 @@ impl Executor {
         }
         match Workers::start(&self.env.python, self.launch.clone()).await {
             Ok(w) => {
-                *self.dialer.lock().unwrap_or_else(|p| p.into_inner()) = dialer_for(&w, &self.launch);
-                self.daemon_pid.store(w.daemon_pid().unwrap_or(0), Ordering::Relaxed);
-                self.daemons.lock().unwrap_or_else(|p| p.into_inner()).extend(w.daemon_pid());
+                *self.dialer.lock().unwrap_or_else(|p| p.into_inner()) =
+                    dialer_for(&w, &self.launch);
+                self.daemon_pid
+                    .store(w.daemon_pid().unwrap_or(0), Ordering::Relaxed);
+                self.daemons
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(w.daemon_pid());
                 *guard = Some(w);
                 self.generation.fetch_add(1, Ordering::Relaxed);
                 self.restarts.fetch_add(1, Ordering::Relaxed);
@@ -429,14 +539,25 @@ impl Executor {
             }
             watch.iter().map(|w| w.pid).collect()
         };
-        let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut leaks: Vec<Leak> = due
             .into_iter()
             .filter(|w| !in_flight.contains(&w.pid) && procs::live_child_of(w.pid, daemon))
-            .map(|w| Leak { pid: w.pid, cmdline: procs::cmdline(w.pid), bytes: Some(w.bytes) })
+            .map(|w| Leak {
+                pid: w.pid,
+                cmdline: procs::cmdline(w.pid),
+                bytes: Some(w.bytes),
+            })
             .collect();
         let scan_due = {
-            let mut last = self.last_group_scan.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = self
+                .last_group_scan
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let due = last.elapsed() >= GROUP_SCAN_EVERY;
             if due {
                 *last = Instant::now();
@@ -445,9 +566,20 @@ impl Executor {
         };
         if scan_due && daemon > 1 && self.mode != ExecMode::Spawn {
             for (pid, cmd) in crate::worker::leftover_processes(&[daemon]) {
-                let known = pid == daemon || in_flight.contains(&pid) || watched.contains(&pid) || leaks.iter().any(|l| l.pid == pid);
-                if !known && procs::stat(pid).and_then(|s| s.age()).is_some_and(|age| age > grace) {
-                    leaks.push(Leak { pid, cmdline: cmd, bytes: None });
+                let known = pid == daemon
+                    || in_flight.contains(&pid)
+                    || watched.contains(&pid)
+                    || leaks.iter().any(|l| l.pid == pid);
+                if !known
+                    && procs::stat(pid)
+                        .and_then(|s| s.age())
+                        .is_some_and(|age| age > grace)
+                {
+                    leaks.push(Leak {
+                        pid,
+                        cmdline: cmd,
+                        bytes: None,
+                    });
                 }
             }
         }
@@ -499,7 +631,12 @@ fn dialer_for(w: &Workers, launch: &LaunchOptions) -> Option<Dialer> {
     if launch.mode != Mode::Daemon {
         return None;
     }
-    Dialer::new(w.daemon_announce(), w.secret(), w.daemon_pid()?, launch.connect_timeout)
+    Dialer::new(
+        w.daemon_announce(),
+        w.secret(),
+        w.daemon_pid()?,
+        launch.connect_timeout,
+    )
 }
 
 fn tail_bytes(b: &[u8], n: usize) -> Vec<u8> {
@@ -523,7 +660,11 @@ fn process_state(pid: i32) -> Option<String> {
         _ => &other,
     };
     let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
-    let wchan = if wchan.is_empty() || wchan == "0" { "-".to_string() } else { wchan };
+    let wchan = if wchan.is_empty() || wchan == "0" {
+        "-".to_string()
+    } else {
+        wchan
+    };
     Some(format!(
         "state {state}, in {wchan}, user {:.2} s, system {:.2} s, RSS {:.0} MiB",
         s.utime as f64 / hz,
@@ -539,12 +680,25 @@ mod tests {
 
     #[test]
     fn reuse_keeps_the_write_side_open_only_for_complete_requests() {
-        let req = TaskRequest::non_udf("3.11", vec![0x80, 5, 0x4e, 0x2e], vec![DataItem::Frame(b"x".to_vec())]);
+        let req = TaskRequest::non_udf(
+            "3.11",
+            vec![0x80, 5, 0x4e, 0x2e],
+            vec![DataItem::Frame(b"x".to_vec())],
+        );
         for d in Dialect::ALL {
             let bytes = d.encode_request(&req).bytes;
-            assert!(!Executor::close_after_write(ExecMode::Reuse, d, &bytes), "{d:?}");
-            assert!(Executor::close_after_write(ExecMode::Reuse, d, &bytes[..bytes.len() - 1]), "{d:?}");
-            assert!(Executor::close_after_write(ExecMode::ForkServer, d, &bytes), "{d:?}");
+            assert!(
+                !Executor::close_after_write(ExecMode::Reuse, d, &bytes),
+                "{d:?}"
+            );
+            assert!(
+                Executor::close_after_write(ExecMode::Reuse, d, &bytes[..bytes.len() - 1]),
+                "{d:?}"
+            );
+            assert!(
+                Executor::close_after_write(ExecMode::ForkServer, d, &bytes),
+                "{d:?}"
+            );
         }
     }
 
@@ -552,10 +706,15 @@ mod tests {
     fn process_state_is_one_line_from_proc() {
         let line = process_state(std::process::id() as i32).expect("our own state");
         // The test harness's main thread (the one /proc/PID/stat describes) may be asleep.
-        assert!(line.starts_with("state R") || line.starts_with("state S"), "{line}");
-        assert!(line.contains(", user ") && line.contains(", system "), "{line}");
+        assert!(
+            line.starts_with("state R") || line.starts_with("state S"),
+            "{line}"
+        );
+        assert!(
+            line.contains(", user ") && line.contains(", system "),
+            "{line}"
+        );
         assert!(line.contains("MiB"), "{line}");
         assert_eq!(process_state(-1), None);
     }
-
 }

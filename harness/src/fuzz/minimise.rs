@@ -48,38 +48,66 @@ impl Reproduces for LiveCheck<'_> {
 const RAW_BYTES_UP_TO: usize = 2048;
 
 /// Shrink `case`, which is known to reproduce, within `budget` runs.
-pub async fn minimise<R: Reproduces>(case: &Case, oracle: &mut R, budget: usize) -> (Case, MinimiseStats) {
-    let mut stats = MinimiseStats { original_len: case.len(), original_frames: case.frames.len(), ..Default::default() };
+pub async fn minimise<R: Reproduces>(
+    case: &Case,
+    oracle: &mut R,
+    budget: usize,
+) -> (Case, MinimiseStats) {
+    let mut stats = MinimiseStats {
+        original_len: case.len(),
+        original_frames: case.frames.len(),
+        ..Default::default()
+    };
     let mut left = budget;
     let mut best = case.clone();
 
     // Frames.
-    let frames = ddmin(best.frames.clone(), &mut left, &mut stats.runs, |frames| {
-        let mut c = best.clone();
-        c.frames = frames.to_vec();
-        c
-    }, oracle)
+    let frames = ddmin(
+        best.frames.clone(),
+        &mut left,
+        &mut stats.runs,
+        |frames| {
+            let mut c = best.clone();
+            c.frames = frames.to_vec();
+            c
+        },
+        oracle,
+    )
     .await;
     best.frames = frames;
 
     // Bytes, culprit frames first, then the rest from the end (where the worker stopped reading).
     // A well-framed frame first loses payload with its length kept true (its framing stays
     // valid, so big payloads shrink fast); then raw bytes go, for frames small enough.
-    let mut order: Vec<usize> = (0..best.frames.len()).filter(|&i| best.frames[i].touched).collect();
-    order.extend((0..best.frames.len()).rev().filter(|&i| !best.frames[i].touched));
+    let mut order: Vec<usize> = (0..best.frames.len())
+        .filter(|&i| best.frames[i].touched)
+        .collect();
+    order.extend(
+        (0..best.frames.len())
+            .rev()
+            .filter(|&i| !best.frames[i].touched),
+    );
     for &i in &order {
         if left == 0 {
             break;
         }
-        let Some(payload) = best.frames[i].payload().map(<[u8]>::to_vec) else { continue };
+        let Some(payload) = best.frames[i].payload().map(<[u8]>::to_vec) else {
+            continue;
+        };
         let base = best.clone();
-        let shrunk = ddmin(payload, &mut left, &mut stats.runs, |p| {
-            let mut c = base.clone();
-            let mut bytes = (p.len() as i32).to_be_bytes().to_vec();
-            bytes.extend_from_slice(p);
-            c.frames[i].bytes = bytes;
-            c
-        }, oracle)
+        let shrunk = ddmin(
+            payload,
+            &mut left,
+            &mut stats.runs,
+            |p| {
+                let mut c = base.clone();
+                let mut bytes = (p.len() as i32).to_be_bytes().to_vec();
+                bytes.extend_from_slice(p);
+                c.frames[i].bytes = bytes;
+                c
+            },
+            oracle,
+        )
         .await;
         let mut bytes = (shrunk.len() as i32).to_be_bytes().to_vec();
         bytes.extend_from_slice(&shrunk);
@@ -94,11 +122,17 @@ pub async fn minimise<R: Reproduces>(case: &Case, oracle: &mut R, budget: usize)
         }
         let bytes = best.frames[i].bytes.clone();
         let base = best.clone();
-        let shrunk = ddmin(bytes, &mut left, &mut stats.runs, |b| {
-            let mut c = base.clone();
-            c.frames[i].bytes = b.to_vec();
-            c
-        }, oracle)
+        let shrunk = ddmin(
+            bytes,
+            &mut left,
+            &mut stats.runs,
+            |b| {
+                let mut c = base.clone();
+                c.frames[i].bytes = b.to_vec();
+                c
+            },
+            oracle,
+        )
         .await;
         best.frames[i].bytes = shrunk;
     }
@@ -125,7 +159,11 @@ async fn ddmin<T: Clone, R: Reproduces>(
         let mut start = 0;
         while start < items.len() && *left > 0 {
             let end = (start + chunk).min(items.len());
-            let candidate: Vec<T> = items[..start].iter().chain(&items[end..]).cloned().collect();
+            let candidate: Vec<T> = items[..start]
+                .iter()
+                .chain(&items[end..])
+                .cloned()
+                .collect();
             *left -= 1;
             *runs += 1;
             if oracle.reproduces(&build(&candidate)).await {
@@ -170,7 +208,11 @@ mod tests {
     }
 
     fn case() -> Case {
-        let f = |kind, b: &[u8], touched| Frame { kind, bytes: b.to_vec(), touched };
+        let f = |kind, b: &[u8], touched| Frame {
+            kind,
+            bytes: b.to_vec(),
+            touched,
+        };
         Case {
             seed: 0,
             frames: vec![

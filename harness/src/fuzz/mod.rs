@@ -117,9 +117,13 @@ const DEFAULT_DEADLINE_MS_IMPORTING: u64 = 5000;
 /// "10m", "90s", "1h", "500ms", or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration: write e.g. 90s, 10m, 1h"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: write e.g. 90s, 10m, 1h"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1000.0,
@@ -143,29 +147,46 @@ impl FuzzArgs {
     }
 
     fn expected(&self) -> Result<Vec<ExpectedRule>, BadInput> {
-        let mut rules = if self.no_default_expected { vec![] } else { ExpectedRule::defaults() };
+        let mut rules = if self.no_default_expected {
+            vec![]
+        } else {
+            ExpectedRule::defaults()
+        };
         for r in &self.expect_exception {
-            rules.push(ExpectedRule::parse(r).map_err(|e| BadInput(format!("--expect-exception: {e}")))?);
+            rules.push(
+                ExpectedRule::parse(r).map_err(|e| BadInput(format!("--expect-exception: {e}")))?,
+            );
         }
         Ok(rules)
     }
 
     fn rng_seed(&self) -> u64 {
-        self.rng_seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1))
+        self.rng_seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
     }
 
     pub fn campaign_config(&self) -> Result<CampaignConfig, BadInput> {
         if self.jobs == 0 {
-            return Err(BadInput("--jobs 0: at least one case must be in flight".into()));
+            return Err(BadInput(
+                "--jobs 0: at least one case must be in flight".into(),
+            ));
         }
         if self.sig_frames == 0 {
-            return Err(BadInput("--sig-frames 0: a signature needs at least the frame that raised".into()));
+            return Err(BadInput(
+                "--sig-frames 0: a signature needs at least the frame that raised".into(),
+            ));
         }
         if let Some(missing) = self.seeds.iter().find(|p| !p.exists()) {
             return Err(BadInput::new(missing, "--seeds: no such file or directory"));
         }
         if self.deadline_ms == Some(0) {
-            return Err(BadInput("--deadline-ms 0: every case would be a hang".into()));
+            return Err(BadInput(
+                "--deadline-ms 0: every case would be a hang".into(),
+            ));
         }
         Ok(CampaignConfig {
             seed_dirs: self.seeds.clone(),
@@ -193,7 +214,8 @@ impl FuzzArgs {
 /// processes behind; a `BadInput` error (bad flag, broken seed file) means 2.
 pub async fn fuzz_cmd(args: FuzzArgs) -> anyhow::Result<u8> {
     let mut cfg = args.campaign_config()?;
-    let env = pyenv::resolve(args.python.as_deref(), args.pyspark.as_deref()).map_err(|e| BadInput(e.to_string()))?;
+    let env = pyenv::resolve(args.python.as_deref(), args.pyspark.as_deref())
+        .map_err(|e| BadInput(e.to_string()))?;
     if args.deadline_ms.is_none() && (env.pyspark.major, env.pyspark.minor) >= (4, 2) {
         cfg.deadline = Duration::from_millis(DEFAULT_DEADLINE_MS_IMPORTING);
     }
@@ -208,16 +230,25 @@ pub async fn fuzz_cmd(args: FuzzArgs) -> anyhow::Result<u8> {
             rng_seed: cfg.rng_seed,
             mutate_command: cfg.mutate_command,
             memory_limit_mb: cfg.memory_limit_mb,
-            modes: if args.bench_mode.is_empty() { vec![ExecMode::ForkServer, ExecMode::Reuse, ExecMode::Spawn] } else { args.bench_mode.clone() },
+            modes: if args.bench_mode.is_empty() {
+                vec![ExecMode::ForkServer, ExecMode::Reuse, ExecMode::Spawn]
+            } else {
+                args.bench_mode.clone()
+            },
         };
         let report = fuzz_bench(env, bench).await?;
         print!("{}", report.table());
         let path = cfg.out.join("bench.json");
         let mut bytes = serde_json::to_vec_pretty(&report)?;
         bytes.push(b'\n');
-        crate::report::write_atomic(&path, &bytes).map_err(|e| BadInput::new(&path, format!("cannot write: {e}")))?;
+        crate::report::write_atomic(&path, &bytes)
+            .map_err(|e| BadInput::new(&path, format!("cannot write: {e}")))?;
         println!("bench: {}", path.display());
-        return Ok(if report.rows.iter().any(|r| r.leftovers > 0) { 1 } else { 0 });
+        return Ok(if report.rows.iter().any(|r| r.leftovers > 0) {
+            1
+        } else {
+            0
+        });
     }
     eprintln!(
         "fuzz: pyspark {} ({}), {} mode, {} job(s), {:?}{}, findings in {}",
@@ -226,12 +257,20 @@ pub async fn fuzz_cmd(args: FuzzArgs) -> anyhow::Result<u8> {
         cfg.mode.name(),
         cfg.jobs,
         cfg.duration,
-        cfg.max_execs.map(|m| format!(" or {m} execs")).unwrap_or_default(),
+        cfg.max_execs
+            .map(|m| format!(" or {m} execs"))
+            .unwrap_or_default(),
         cfg.out.display()
     );
     let summary = campaign::run(env, cfg).await?;
     println!("{}", summary.text());
-    Ok(if summary.aborted.is_some() || !summary.leftover_processes.is_empty() { 1 } else { 0 })
+    Ok(
+        if summary.aborted.is_some() || !summary.leftover_processes.is_empty() {
+            1
+        } else {
+            0
+        },
+    )
 }
 
 #[cfg(test)]

@@ -37,7 +37,9 @@ pub enum IntChoice {
 impl IntChoice {
     pub fn resolve(self, current: i32) -> i32 {
         match self {
-            IntChoice::Special(n) => SpecialLength::ALL[n as usize % SpecialLength::ALL.len()].value(),
+            IntChoice::Special(n) => {
+                SpecialLength::ALL[n as usize % SpecialLength::ALL.len()].value()
+            }
             IntChoice::Undefined(n) => [-7, -9, -10, -100, -65536][n as usize % 5],
             IntChoice::Zero => 0,
             IntChoice::One => 1,
@@ -52,12 +54,29 @@ impl IntChoice {
 
 #[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
 pub enum ByteOp {
-    Flip { at: u16, bit: u8 },
-    Set { at: u16, value: u8 },
-    Insert { at: u16, bytes: [u8; 4], n: u8 },
-    Delete { at: u16, n: u8 },
+    Flip {
+        at: u16,
+        bit: u8,
+    },
+    Set {
+        at: u16,
+        value: u8,
+    },
+    Insert {
+        at: u16,
+        bytes: [u8; 4],
+        n: u8,
+    },
+    Delete {
+        at: u16,
+        n: u8,
+    },
     /// Repeat a chunk in place (grows strings, pickles, counts of items).
-    Repeat { at: u16, n: u8, times: u8 },
+    Repeat {
+        at: u16,
+        n: u8,
+        times: u8,
+    },
 }
 
 /// A typed field of the request, changed and re-encoded: the header stays well-formed, so the
@@ -81,25 +100,58 @@ pub enum Field {
 #[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
 pub enum Mutation {
     /// The length in front of a frame (command, data item).
-    Length { frame: u16, value: IntChoice },
+    Length {
+        frame: u16,
+        value: IntChoice,
+    },
     /// A 4-byte window inside a frame: with `small` it lands where a small int already sits
     /// (a count, a string length, an id), else anywhere.
-    Int { frame: u16, at: u16, small: bool, value: IntChoice },
+    Int {
+        frame: u16,
+        at: u16,
+        small: bool,
+        value: IntChoice,
+    },
     Field(Field),
     /// Send only frames before `frame` and the first `keep` bytes of it; the rest never comes.
-    Truncate { frame: u16, keep: u16 },
-    Drop { frame: u16 },
-    Duplicate { frame: u16 },
-    Swap { a: u16, b: u16 },
+    Truncate {
+        frame: u16,
+        keep: u16,
+    },
+    Drop {
+        frame: u16,
+    },
+    Duplicate {
+        frame: u16,
+    },
+    Swap {
+        a: u16,
+        b: u16,
+    },
     /// A NULL (-5) in the data section before data item `at`.
-    InsertNull { at: u16 },
+    InsertNull {
+        at: u16,
+    },
     /// A special length alone in the data section.
-    InsertSpecial { at: u16, special: u8 },
+    InsertSpecial {
+        at: u16,
+        special: u8,
+    },
     /// All data items of another seed in place of this one's.
-    SpliceData { seed: u16 },
+    SpliceData {
+        seed: u16,
+    },
     /// One frame of another seed, inserted at `at`.
-    SpliceFrame { seed: u16, frame: u16, at: u16 },
-    Bytes { frame: u16, op: ByteOp, keep_length: bool },
+    SpliceFrame {
+        seed: u16,
+        frame: u16,
+        at: u16,
+    },
+    Bytes {
+        frame: u16,
+        op: ByteOp,
+        keep_length: bool,
+    },
     FinalMarker(IntChoice),
     NoFinalMarker,
     NoEndOfData,
@@ -125,7 +177,9 @@ pub fn mutate(case: &mut Case, ctx: &Context, rng: &mut impl rand::Rng) -> usize
     let n = 1 + u.int_in_range(0..=3u8).unwrap_or(0) as usize;
     let mut applied = 0;
     for _ in 0..n {
-        let Ok(m) = Mutation::arbitrary(&mut u) else { break };
+        let Ok(m) = Mutation::arbitrary(&mut u) else {
+            break;
+        };
         if apply(case, &m, ctx) {
             applied += 1;
         }
@@ -156,7 +210,12 @@ fn apply_to(case: &mut Case, m: &Mutation, ctx: &Context) -> bool {
             fix_init = case.frames[i].kind != SpanKind::InitPrefix;
             set_int(&mut case.frames[i], 0, *value)
         }
-        Mutation::Int { frame, at, small, value } => {
+        Mutation::Int {
+            frame,
+            at,
+            small,
+            value,
+        } => {
             let i = pick(*frame, nframes);
             fix_init = case.frames[i].kind != SpanKind::InitPrefix;
             let payload_locked = case.frames[i].kind == SpanKind::Command && !ctx.mutate_command;
@@ -214,13 +273,19 @@ fn apply_to(case: &mut Case, m: &Mutation, ctx: &Context) -> bool {
             case.frames[b].touched = true;
             true
         }
-        Mutation::InsertNull { at } => insert_data(case, *at, SpecialLength::Null.value().to_be_bytes().to_vec()),
+        Mutation::InsertNull { at } => insert_data(
+            case,
+            *at,
+            SpecialLength::Null.value().to_be_bytes().to_vec(),
+        ),
         Mutation::InsertSpecial { at, special } => {
             let s = SpecialLength::ALL[*special as usize % SpecialLength::ALL.len()];
             insert_data(case, *at, s.value().to_be_bytes().to_vec())
         }
         Mutation::SpliceData { seed } => {
-            let Some(other) = ctx.seeds.get(pick(*seed, ctx.seeds.len())) else { return false };
+            let Some(other) = ctx.seeds.get(pick(*seed, ctx.seeds.len())) else {
+                return false;
+            };
             let theirs: Vec<Frame> = other
                 .case
                 .frames
@@ -239,7 +304,9 @@ fn apply_to(case: &mut Case, m: &Mutation, ctx: &Context) -> bool {
             true
         }
         Mutation::SpliceFrame { seed, frame, at } => {
-            let Some(other) = ctx.seeds.get(pick(*seed, ctx.seeds.len())) else { return false };
+            let Some(other) = ctx.seeds.get(pick(*seed, ctx.seeds.len())) else {
+                return false;
+            };
             if other.case.frames.is_empty() {
                 return false;
             }
@@ -249,7 +316,11 @@ fn apply_to(case: &mut Case, m: &Mutation, ctx: &Context) -> bool {
             case.frames.insert(at, f);
             true
         }
-        Mutation::Bytes { frame, op, keep_length } => {
+        Mutation::Bytes {
+            frame,
+            op,
+            keep_length,
+        } => {
             let i = pick(*frame, nframes);
             if case.frames[i].kind == SpanKind::Command && !ctx.mutate_command {
                 return false;
@@ -304,7 +375,13 @@ fn mark_neighbour(case: &mut Case, i: usize) {
 
 /// A new data item before the `at`-th one (or before -1 / the final int when past the end).
 fn insert_data(case: &mut Case, at: u16, bytes: Vec<u8>) -> bool {
-    let data: Vec<usize> = case.frames.iter().enumerate().filter(|(_, f)| matches!(f.kind, SpanKind::Data(_))).map(|(i, _)| i).collect();
+    let data: Vec<usize> = case
+        .frames
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| matches!(f.kind, SpanKind::Data(_)))
+        .map(|(i, _)| i)
+        .collect();
     let end = case
         .frames
         .iter()
@@ -312,7 +389,14 @@ fn insert_data(case: &mut Case, at: u16, bytes: Vec<u8>) -> bool {
         .unwrap_or(case.frames.len());
     let slot = at as usize % (data.len() + 1);
     let pos = data.get(slot).copied().unwrap_or(end);
-    case.frames.insert(pos, Frame { kind: SpanKind::Data(0), bytes, touched: true });
+    case.frames.insert(
+        pos,
+        Frame {
+            kind: SpanKind::Data(0),
+            bytes,
+            touched: true,
+        },
+    );
     true
 }
 
@@ -390,17 +474,24 @@ const CPU_AMOUNTS: [&str; 5] = ["1", "0.5", "abc", "", "1e400"];
 /// Change one typed field of the seed's request and put the re-encoded header (and, in D, the
 /// init prefix) in place of the case's; the data frames the case has now stay.
 fn apply_field(case: &mut Case, field: &Field, ctx: &Context) -> bool {
-    let Some(mut req) = ctx.seeds.get(case.seed).and_then(|s| s.request.clone()) else { return false };
+    let Some(mut req) = ctx.seeds.get(case.seed).and_then(|s| s.request.clone()) else {
+        return false;
+    };
     let d = ctx.dialect;
     match field {
         Field::SplitIndex(v) => req.split_index = v.resolve(req.split_index),
-        Field::PythonVersion(i) => req.python_version = PYTHON_VERSIONS[*i as usize % PYTHON_VERSIONS.len()].into(),
+        Field::PythonVersion(i) => {
+            req.python_version = PYTHON_VERSIONS[*i as usize % PYTHON_VERSIONS.len()].into()
+        }
         Field::Barrier { port, path } => {
             req.context.is_barrier = true;
             req.context.barrier = Some(if *path && d.conn_info_may_be_path() {
                 ConnInfo::Path("/nonexistent/fakejvm-barrier.sock".into())
             } else {
-                ConnInfo::Port { port: port.resolve(0), secret: "s".into() }
+                ConnInfo::Port {
+                    port: port.resolve(0),
+                    secret: "s".into(),
+                }
             });
         }
         Field::ContextInt { which, value } => {
@@ -425,24 +516,45 @@ fn apply_field(case: &mut Case, field: &Field, ctx: &Context) -> bool {
         }
         Field::LocalProperties { n, long } => {
             let v = if *long { "v".repeat(5000) } else { "v".into() };
-            req.context.local_properties = (0..n % 40).map(|i| (format!("spark.k{i}"), v.clone())).collect();
+            req.context.local_properties = (0..n % 40)
+                .map(|i| (format!("spark.k{i}"), v.clone()))
+                .collect();
         }
-        Field::Includes(n) => req.includes = (0..n % 4).map(|i| format!("missing-{i}.zip")).collect(),
-        Field::Broadcasts { add, remove, server } => {
-            let mut ops: Vec<BroadcastOp> =
-                (0..add % 3).map(|i| BroadcastOp::Add { id: i as i64, path: (!server).then(|| format!("/nonexistent/broadcast_{i}")) }).collect();
+        Field::Includes(n) => {
+            req.includes = (0..n % 4).map(|i| format!("missing-{i}.zip")).collect()
+        }
+        Field::Broadcasts {
+            add,
+            remove,
+            server,
+        } => {
+            let mut ops: Vec<BroadcastOp> = (0..add % 3)
+                .map(|i| BroadcastOp::Add {
+                    id: i as i64,
+                    path: (!server).then(|| format!("/nonexistent/broadcast_{i}")),
+                })
+                .collect();
             ops.extend((0..remove % 3).map(|i| BroadcastOp::Remove { id: 100 + i as i64 }));
             req.broadcasts.ops = ops;
             // Port 1 on loopback: nothing listens there, so the worker's connect fails at once.
-            req.broadcasts.decryption_server = server.then(|| ConnInfo::Port { port: 1, secret: "s".into() });
+            req.broadcasts.decryption_server = server.then(|| ConnInfo::Port {
+                port: 1,
+                secret: "s".into(),
+            });
         }
-        Field::EvalType(i) => req.eval_type = EvalType::from_value(EVAL_TYPES[*i as usize % EVAL_TYPES.len()]),
+        Field::EvalType(i) => {
+            req.eval_type = EvalType::from_value(EVAL_TYPES[*i as usize % EVAL_TYPES.len()])
+        }
         Field::Conf { runner, eval } => {
             if !d.has_conf_maps() {
                 return false;
             }
-            req.runner_conf = (0..runner % 4).map(|i| (format!("spark.r{i}"), "1".into())).collect();
-            req.eval_conf = (0..eval % 4).map(|i| (format!("spark.e{i}"), "x".into())).collect();
+            req.runner_conf = (0..runner % 4)
+                .map(|i| (format!("spark.r{i}"), "1".into()))
+                .collect();
+            req.eval_conf = (0..eval % 4)
+                .map(|i| (format!("spark.e{i}"), "x".into()))
+                .collect();
         }
         Field::CpuAmount(i) => {
             if !d.json_context() {
@@ -457,12 +569,22 @@ fn apply_field(case: &mut Case, field: &Field, ctx: &Context) -> bool {
     let mut head: Vec<Frame> = fresh
         .frames
         .into_iter()
-        .filter(|f| matches!(f.kind, SpanKind::InitPrefix | SpanKind::Header | SpanKind::Command))
+        .filter(|f| {
+            matches!(
+                f.kind,
+                SpanKind::InitPrefix | SpanKind::Header | SpanKind::Command
+            )
+        })
         .collect();
     for f in head.iter_mut().filter(|f| f.kind == SpanKind::Header) {
         f.touched = true;
     }
-    case.frames.retain(|f| !matches!(f.kind, SpanKind::InitPrefix | SpanKind::Header | SpanKind::Command));
+    case.frames.retain(|f| {
+        !matches!(
+            f.kind,
+            SpanKind::InitPrefix | SpanKind::Header | SpanKind::Command
+        )
+    });
     // split index -1 ends the request after the header: the worker reads nothing more.
     if req.split_index == -1 {
         head.retain(|f| f.kind != SpanKind::Command);
@@ -478,10 +600,22 @@ mod tests {
     use rand::SeedableRng;
 
     fn seed(d: Dialect) -> Seed {
-        let mut req = TaskRequest::non_udf("3.11", vec![0x80, 5, 0x4e, 0x2e], vec![DataItem::Frame(b"abc".to_vec()), DataItem::Frame(b"de".to_vec())]);
+        let mut req = TaskRequest::non_udf(
+            "3.11",
+            vec![0x80, 5, 0x4e, 0x2e],
+            vec![
+                DataItem::Frame(b"abc".to_vec()),
+                DataItem::Frame(b"de".to_vec()),
+            ],
+        );
         req.context.local_properties = vec![("k".into(), "v".into())];
         let case = Case::from_encoded(0, &d.encode_request(&req));
-        Seed { name: "t".into(), request: Some(req), case, round_trip: None }
+        Seed {
+            name: "t".into(),
+            request: Some(req),
+            case,
+            round_trip: None,
+        }
     }
 
     #[test]
@@ -489,20 +623,49 @@ mod tests {
         let s = seed(Dialect::A);
         let mut case = s.case.clone();
         let seeds = [s.clone()];
-        let ctx = Context { dialect: Dialect::A, seeds: &seeds, mutate_command: true };
+        let ctx = Context {
+            dialect: Dialect::A,
+            seeds: &seeds,
+            mutate_command: true,
+        };
         assert!(apply(&mut case, &Mutation::InsertNull { at: 1 }, &ctx));
         let kinds: Vec<SpanKind> = case.frames.iter().map(|f| f.kind).collect();
-        assert_eq!(kinds, vec![SpanKind::Header, SpanKind::Command, SpanKind::Data(0), SpanKind::Data(1), SpanKind::Data(2), SpanKind::EndOfData, SpanKind::FinalMarker]);
-        assert_eq!(case.frames[3].shape(), FrameShape::Special(SpecialLength::Null));
+        assert_eq!(
+            kinds,
+            vec![
+                SpanKind::Header,
+                SpanKind::Command,
+                SpanKind::Data(0),
+                SpanKind::Data(1),
+                SpanKind::Data(2),
+                SpanKind::EndOfData,
+                SpanKind::FinalMarker
+            ]
+        );
+        assert_eq!(
+            case.frames[3].shape(),
+            FrameShape::Special(SpecialLength::Null)
+        );
     }
 
     #[test]
     fn a_length_mutation_puts_the_value_in_front_of_the_frame() {
         let s = seed(Dialect::A);
         let seeds = [s.clone()];
-        let ctx = Context { dialect: Dialect::A, seeds: &seeds, mutate_command: true };
+        let ctx = Context {
+            dialect: Dialect::A,
+            seeds: &seeds,
+            mutate_command: true,
+        };
         let mut case = s.case.clone();
-        assert!(apply(&mut case, &Mutation::Length { frame: 2, value: IntChoice::Undefined(0) }, &ctx));
+        assert!(apply(
+            &mut case,
+            &Mutation::Length {
+                frame: 2,
+                value: IntChoice::Undefined(0)
+            },
+            &ctx
+        ));
         assert_eq!(&case.frames[2].bytes[..4], &(-7i32).to_be_bytes());
         assert_eq!(case.len(), s.case.len());
     }
@@ -512,13 +675,25 @@ mod tests {
         for d in Dialect::ALL {
             let s = seed(d);
             let seeds = [s.clone()];
-            let ctx = Context { dialect: d, seeds: &seeds, mutate_command: true };
+            let ctx = Context {
+                dialect: d,
+                seeds: &seeds,
+                mutate_command: true,
+            };
             let mut case = s.case.clone();
-            assert!(apply(&mut case, &Mutation::Field(Field::LocalProperties { n: 3, long: false }), &ctx));
+            assert!(apply(
+                &mut case,
+                &Mutation::Field(Field::LocalProperties { n: 3, long: false }),
+                &ctx
+            ));
             let (reqs, err) = crate::protocol::decode_requests(d, &case.to_bytes());
             assert!(err.is_none(), "{d:?}: {err:?}");
             assert_eq!(reqs[0].request.context.local_properties.len(), 3, "{d:?}");
-            assert_eq!(reqs[0].request.data, s.request.as_ref().unwrap().data, "{d:?}");
+            assert_eq!(
+                reqs[0].request.data,
+                s.request.as_ref().unwrap().data,
+                "{d:?}"
+            );
         }
     }
 
@@ -526,11 +701,27 @@ mod tests {
     fn byte_edits_that_keep_the_length_stay_well_framed() {
         let s = seed(Dialect::D);
         let seeds = [s.clone()];
-        let ctx = Context { dialect: Dialect::D, seeds: &seeds, mutate_command: true };
+        let ctx = Context {
+            dialect: Dialect::D,
+            seeds: &seeds,
+            mutate_command: true,
+        };
         let mut case = s.case.clone();
         let i = case.position(SpanKind::Data(0)).unwrap();
-        let op = ByteOp::Insert { at: 0, bytes: [1, 2, 3, 4], n: 2 };
-        assert!(apply(&mut case, &Mutation::Bytes { frame: i as u16, op, keep_length: true }, &ctx));
+        let op = ByteOp::Insert {
+            at: 0,
+            bytes: [1, 2, 3, 4],
+            n: 2,
+        };
+        assert!(apply(
+            &mut case,
+            &Mutation::Bytes {
+                frame: i as u16,
+                op,
+                keep_length: true
+            },
+            &ctx
+        ));
         assert_eq!(case.frames[i].shape(), FrameShape::Framed { len: 6 });
         let (reqs, err) = crate::protocol::decode_requests(Dialect::D, &case.to_bytes());
         assert!(err.is_none(), "{err:?}");
@@ -542,17 +733,59 @@ mod tests {
         let s = seed(Dialect::A);
         let seeds = [s.clone()];
         let i = s.case.position(SpanKind::Command).unwrap() as u16;
-        let flip = Mutation::Bytes { frame: i, op: ByteOp::Flip { at: 9, bit: 1 }, keep_length: true };
-        let int = Mutation::Int { frame: i, at: 2, small: false, value: IntChoice::Zero };
-        let length = Mutation::Length { frame: i, value: IntChoice::Zero };
+        let flip = Mutation::Bytes {
+            frame: i,
+            op: ByteOp::Flip { at: 9, bit: 1 },
+            keep_length: true,
+        };
+        let int = Mutation::Int {
+            frame: i,
+            at: 2,
+            small: false,
+            value: IntChoice::Zero,
+        };
+        let length = Mutation::Length {
+            frame: i,
+            value: IntChoice::Zero,
+        };
         for m in [&flip, &int] {
             let mut case = s.case.clone();
-            assert!(!apply(&mut case, m, &Context { dialect: Dialect::A, seeds: &seeds, mutate_command: false }), "{m:?}");
+            assert!(
+                !apply(
+                    &mut case,
+                    m,
+                    &Context {
+                        dialect: Dialect::A,
+                        seeds: &seeds,
+                        mutate_command: false
+                    }
+                ),
+                "{m:?}"
+            );
             assert_eq!(case, s.case);
-            assert!(apply(&mut case, m, &Context { dialect: Dialect::A, seeds: &seeds, mutate_command: true }), "{m:?}");
+            assert!(
+                apply(
+                    &mut case,
+                    m,
+                    &Context {
+                        dialect: Dialect::A,
+                        seeds: &seeds,
+                        mutate_command: true
+                    }
+                ),
+                "{m:?}"
+            );
         }
         let mut case = s.case.clone();
-        assert!(apply(&mut case, &length, &Context { dialect: Dialect::A, seeds: &seeds, mutate_command: false }));
+        assert!(apply(
+            &mut case,
+            &length,
+            &Context {
+                dialect: Dialect::A,
+                seeds: &seeds,
+                mutate_command: false
+            }
+        ));
     }
 
     #[test]
@@ -561,7 +794,11 @@ mod tests {
         for d in Dialect::ALL {
             let s = seed(d);
             let seeds = [s.clone(), seed(Dialect::A)];
-            let ctx = Context { dialect: d, seeds: &seeds, mutate_command: true };
+            let ctx = Context {
+                dialect: d,
+                seeds: &seeds,
+                mutate_command: true,
+            };
             for _ in 0..3000 {
                 let mut case = s.case.clone();
                 for _ in 0..5 {

@@ -57,7 +57,9 @@ const MACHINERY: &[&str] = &[
 fn raised_in_user_code(traceback: &str) -> bool {
     let frames = innermost_frames(traceback, usize::MAX);
     // Frozen modules (importlib's bootstrap, for one) are the standard library without a path.
-    let stdlib = |p: &str| (p.contains("/lib/python3") && !p.contains("-packages/")) || p.starts_with("<frozen ");
+    let stdlib = |p: &str| {
+        (p.contains("/lib/python3") && !p.contains("-packages/")) || p.starts_with("<frozen ")
+    };
     match frames.iter().find(|f| !stdlib(&f.path)) {
         Some(f) => !(f.path.contains("/pyspark/") && MACHINERY.contains(&f.file.as_str())),
         None => false,
@@ -82,7 +84,9 @@ impl ExpectedRule {
             None => (text.trim(), None),
         };
         if code.as_deref() == Some("") {
-            return Err(format!("expected-exception rule {text:?}: nothing after '@'"));
+            return Err(format!(
+                "expected-exception rule {text:?}: nothing after '@'"
+            ));
         }
         let user_code = code.as_deref() == Some("user-code");
         let code = if user_code { None } else { code };
@@ -92,13 +96,22 @@ impl ExpectedRule {
             _ => return Err(format!("expected-exception rule {text:?}: {t:?} is not an exception type name (write TYPE, TYPE@CODE or *@CODE)")),
         };
         if exc_type.is_none() && code.is_none() && !user_code {
-            return Err(format!("expected-exception rule {text:?} would match every exception"));
+            return Err(format!(
+                "expected-exception rule {text:?} would match every exception"
+            ));
         }
-        Ok(ExpectedRule { exc_type, in_code: code, user_code })
+        Ok(ExpectedRule {
+            exc_type,
+            in_code: code,
+            user_code,
+        })
     }
 
     pub fn defaults() -> Vec<ExpectedRule> {
-        DEFAULT_EXPECTED.iter().map(|(r, _)| ExpectedRule::parse(r).expect("default rules parse")).collect()
+        DEFAULT_EXPECTED
+            .iter()
+            .map(|(r, _)| ExpectedRule::parse(r).expect("default rules parse"))
+            .collect()
     }
 
     pub fn matches(&self, exc_type: &str, traceback: &str) -> bool {
@@ -109,7 +122,9 @@ impl ExpectedRule {
         };
         let code_ok = match &self.in_code {
             None => true,
-            Some(c) => innermost_frames(traceback, usize::MAX).iter().any(|f| f.text().contains(c.as_str())),
+            Some(c) => innermost_frames(traceback, usize::MAX)
+                .iter()
+                .any(|f| f.text().contains(c.as_str())),
         };
         type_ok && code_ok && (!self.user_code || raised_in_user_code(traceback))
     }
@@ -162,7 +177,12 @@ impl Judge {
     pub fn signature(&self, obs: &Observation, case: &Case, seed: Option<&Seed>) -> Signature {
         match self.judge(obs, case, seed) {
             Verdict::Finding(s, _) | Verdict::Expected(s) => s,
-            Verdict::Harness(e) => Signature { kind: OutcomeKind::Harness, exc_type: None, frames: vec![], detail: Some(e) },
+            Verdict::Harness(e) => Signature {
+                kind: OutcomeKind::Harness,
+                exc_type: None,
+                frames: vec![],
+                detail: Some(e),
+            },
         }
     }
 }
@@ -174,23 +194,44 @@ fn round_trip_check(obs: &Observation, case: &Case, seed: Option<&Seed>) -> Opti
     let seed = seed?;
     let rt = seed.round_trip?;
     let reply = obs.reply.as_ref()?;
-    let ReplyEnd::Completed { .. } = &reply.end else { return None };
+    let ReplyEnd::Completed { .. } = &reply.end else {
+        return None;
+    };
     let head = |c: &Case| -> Vec<Vec<u8>> {
-        c.frames.iter().filter(|f| matches!(f.kind, SpanKind::InitPrefix | SpanKind::Header | SpanKind::Command)).map(|f| f.bytes.clone()).collect()
+        c.frames
+            .iter()
+            .filter(|f| {
+                matches!(
+                    f.kind,
+                    SpanKind::InitPrefix | SpanKind::Header | SpanKind::Command
+                )
+            })
+            .map(|f| f.bytes.clone())
+            .collect()
     };
     if head(case) != head(&seed.case) {
         return None;
     }
-    let data: Vec<u8> = case.frames[case.data_range()].iter().flat_map(|f| f.bytes.iter().copied()).collect();
+    let data: Vec<u8> = case.frames[case.data_range()]
+        .iter()
+        .flat_map(|f| f.bytes.iter().copied())
+        .collect();
     let got_frames = reply.frames();
     let got = pickle::decode_frames(rt.output, &got_frames).ok()?;
     let got_json = serde_json::Value::Array(got.iter().map(pickle::value_to_json).collect());
     match reference_values(rt, &data) {
         Reference::Values(expected) => {
-            let expected = serde_json::Value::Array(expected.iter().map(pickle::value_to_json).collect());
-            (expected != got_json).then_some(Outcome::Mismatch { expected, got: got_json })
+            let expected =
+                serde_json::Value::Array(expected.iter().map(pickle::value_to_json).collect());
+            (expected != got_json).then_some(Outcome::Mismatch {
+                expected,
+                got: got_json,
+            })
         }
-        Reference::Malformed(why) => Some(Outcome::Mismatch { expected: serde_json::Value::String(format!("a failure: {why}")), got: got_json }),
+        Reference::Malformed(why) => Some(Outcome::Mismatch {
+            expected: serde_json::Value::String(format!("a failure: {why}")),
+            got: got_json,
+        }),
         Reference::Unjudged => None,
     }
 }
@@ -212,7 +253,9 @@ fn reference_values(rt: RoundTrip, data: &[u8]) -> Reference {
             Ok(Slot::Bytes(b)) => items.push(Some(b.to_vec())),
             Ok(Slot::Special(SpecialLength::Null)) => items.push(None),
             Ok(Slot::Special(SpecialLength::EndOfDataSection)) => break,
-            Ok(Slot::Special(s)) => return Reference::Malformed(format!("{s} in the data section")),
+            Ok(Slot::Special(s)) => {
+                return Reference::Malformed(format!("{s} in the data section"))
+            }
             Err(e) => return Reference::Malformed(format!("the data section does not frame: {e}")),
         }
     }
@@ -222,7 +265,9 @@ fn reference_values(rt: RoundTrip, data: &[u8]) -> Reference {
     }
     match pickle::decode_frames(rt.input, &items) {
         Ok(v) => Reference::Values(v),
-        Err(_) if rt.input == FrameKind::Utf8 => Reference::Malformed("a text frame is not UTF-8".into()),
+        Err(_) if rt.input == FrameKind::Utf8 => {
+            Reference::Malformed("a text frame is not UTF-8".into())
+        }
         Err(_) => Reference::Unjudged,
     }
 }
@@ -240,35 +285,63 @@ mod tests {
         assert!(any("EOFError", ""));
         assert!(any("_pickle.UnpicklingError", ""));
         assert!(any("KeyError", BAD_PICKLE), "raised while unpickling");
-        assert!(any("pyspark.errors.exceptions.base.PySparkRuntimeError", ""));
+        assert!(any(
+            "pyspark.errors.exceptions.base.PySparkRuntimeError",
+            ""
+        ));
         assert!(!any("struct.error", ""));
         assert!(!any("KeyError", "Traceback (most recent call last):\n  File \"/e/site-packages/pyspark/worker.py\", line 5, in main\n    x = d[k]\nKeyError: 1\n"));
         assert!(ExpectedRule::parse("*").is_err());
         assert!(ExpectedRule::parse("Value Error").is_err());
-        assert_eq!(ExpectedRule::parse("ValueError@read(").unwrap(), ExpectedRule { exc_type: Some("ValueError".into()), in_code: Some("read(".into()), user_code: false });
+        assert_eq!(
+            ExpectedRule::parse("ValueError@read(").unwrap(),
+            ExpectedRule {
+                exc_type: Some("ValueError".into()),
+                in_code: Some("read(".into()),
+                user_code: false
+            }
+        );
         let user = "Traceback (most recent call last):\n  File \"/e/site-packages/pyspark/serializers.py\", line 274, in dump_stream\n    vs = list(x)\n  File \"/home/me/jobs.py\", line 3, in <lambda>\n    x * 2\nTypeError: bad\n";
         assert!(any("TypeError", user), "raised by the job's lambda");
         let in_rdd = user.replace("/home/me/jobs.py", "/e/site-packages/pyspark/rdd.py");
-        assert!(any("TypeError", &in_rdd), "an RDD API closure is the task's function");
+        assert!(
+            any("TypeError", &in_rdd),
+            "an RDD API closure is the task's function"
+        );
         let machinery = "Traceback (most recent call last):\n  File \"/e/site-packages/pyspark/serializers.py\", line 274, in dump_stream\n    vs = list(itertools.islice(iterator, batch))\n  File \"/usr/lib/python3.11/itertools.py\", line 1, in f\n    x\nTypeError: 'NoneType' object is not iterable\n";
-        assert!(!any("TypeError", machinery), "the NULL-in-batch TypeError is a finding");
+        assert!(
+            !any("TypeError", machinery),
+            "the NULL-in-batch TypeError is a finding"
+        );
         let import = "Traceback (most recent call last):\n  File \"/e/site-packages/pyspark/worker.py\", line 9, in main\n    import x\n  File \"<frozen importlib._bootstrap_external>\", line 1, in _path_stat\nValueError: embedded null byte\n";
-        assert!(!any("ValueError", import), "an include path pyspark put on sys.path is not user code");
+        assert!(
+            !any("ValueError", import),
+            "an include path pyspark put on sys.path is not user code"
+        );
     }
 
     #[test]
     fn reference_reads_frames_like_the_worker() {
-        let rt = RoundTrip { input: FrameKind::Utf8, output: FrameKind::Batched };
+        let rt = RoundTrip {
+            input: FrameKind::Utf8,
+            output: FrameKind::Batched,
+        };
         let mut data = vec![];
         data.extend(2i32.to_be_bytes());
         data.extend(b"hi");
         data.extend((-5i32).to_be_bytes());
         data.extend((-1i32).to_be_bytes());
         match reference_values(rt, &data) {
-            Reference::Values(v) => assert_eq!(v, vec![pickle::Value::Str("hi".into()), pickle::Value::None]),
+            Reference::Values(v) => assert_eq!(
+                v,
+                vec![pickle::Value::Str("hi".into()), pickle::Value::None]
+            ),
             _ => panic!("not values"),
         }
         data[3] = 9; // length 9, only 2 bytes follow before -5 -1
-        assert!(matches!(reference_values(rt, &data[..6]), Reference::Malformed(_)));
+        assert!(matches!(
+            reference_values(rt, &data[..6]),
+            Reference::Malformed(_)
+        ));
     }
 }

@@ -82,7 +82,10 @@ fn builtins() -> Vec<Builtin> {
     .collect();
     let frames = |f: Vec<Vec<u8>>| f.into_iter().map(DataItem::Frame).collect::<Vec<_>>();
     let lines = ["plain", "naïve", "", "😀 emoji"];
-    let mut utf8: Vec<DataItem> = lines.iter().map(|l| DataItem::Frame(l.as_bytes().to_vec())).collect();
+    let mut utf8: Vec<DataItem> = lines
+        .iter()
+        .map(|l| DataItem::Frame(l.as_bytes().to_vec()))
+        .collect();
     utf8.insert(2, DataItem::Null);
     vec![
         Builtin {
@@ -97,12 +100,21 @@ fn builtins() -> Vec<Builtin> {
             serializer: SerializerSpec::Pickle,
             data: frames(pickle::unbatched_frames(&values[..4])),
         },
-        Builtin { name: "identity_utf8", deserializer: SerializerSpec::Utf8, serializer: SerializerSpec::AutoBatched, data: utf8 },
+        Builtin {
+            name: "identity_utf8",
+            deserializer: SerializerSpec::Utf8,
+            serializer: SerializerSpec::AutoBatched,
+            data: utf8,
+        },
         Builtin {
             name: "identity_noop",
             deserializer: SerializerSpec::NoOp,
             serializer: SerializerSpec::NoOp,
-            data: vec![DataItem::Frame(b"\x00\x01raw".to_vec()), DataItem::Frame(vec![]), DataItem::Frame(vec![0xff; 9])],
+            data: vec![
+                DataItem::Frame(b"\x00\x01raw".to_vec()),
+                DataItem::Frame(vec![]),
+                DataItem::Frame(vec![0xff; 9]),
+            ],
         },
     ]
 }
@@ -121,13 +133,22 @@ fn frame_kind(spec: &SerializerSpec) -> Option<FrameKind> {
 /// True for `func = lambda a, b: b` (any names, any spacing): the identity over the iterator.
 fn is_identity(function: &str) -> bool {
     let s: String = function.chars().filter(|c| !c.is_whitespace()).collect();
-    let Some(rest) = s.strip_prefix("func=lambda") else { return false };
-    let Some((args, body)) = rest.split_once(':') else { return false };
+    let Some(rest) = s.strip_prefix("func=lambda") else {
+        return false;
+    };
+    let Some((args, body)) = rest.split_once(':') else {
+        return false;
+    };
     matches!(args.split_once(','), Some((_, it)) if it == body && !it.is_empty())
 }
 
 /// Every seed for a campaign in `dialect` against `env`: the built-ins, then what `dirs` hold.
-pub fn load(env: &PythonEnv, dialect: Dialect, dirs: &[PathBuf], with_builtins: bool) -> Result<(Vec<Seed>, SeedReport), BadInput> {
+pub fn load(
+    env: &PythonEnv,
+    dialect: Dialect,
+    dirs: &[PathBuf],
+    with_builtins: bool,
+) -> Result<(Vec<Seed>, SeedReport), BadInput> {
     let mut report = SeedReport::default();
     // Typed seeds first: (name, request without command, command spec, round trip).
     let mut typed: Vec<(String, TaskRequest, CommandSpec, Option<RoundTrip>)> = vec![];
@@ -138,35 +159,58 @@ pub fn load(env: &PythonEnv, dialect: Dialect, dirs: &[PathBuf], with_builtins: 
                 _ => None,
             };
             let req = TaskRequest::non_udf(&env.python_version, vec![], b.data);
-            let spec = CommandSpec { function: "func = lambda split, it: it".into(), deserializer: b.deserializer, serializer: b.serializer };
+            let spec = CommandSpec {
+                function: "func = lambda split, it: it".into(),
+                deserializer: b.deserializer,
+                serializer: b.serializer,
+            };
             typed.push((b.name.to_string(), req, spec, rt));
             report.builtin += 1;
         }
     }
     let mut goldens = vec![];
-    let scratch = tempfile::Builder::new().prefix("fakejvm-fuzz-seeds-").tempdir().map_err(|e| BadInput(format!("cannot make a temporary directory for seeds: {e}")))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("fakejvm-fuzz-seeds-")
+        .tempdir()
+        .map_err(|e| BadInput(format!("cannot make a temporary directory for seeds: {e}")))?;
     for dir in dirs {
         if !dir.exists() {
             return Err(BadInput::new(dir, "--seeds: no such file or directory"));
         }
         let mut scenario_files = vec![];
-        walk(dir, &mut scenario_files, &mut goldens).map_err(|e| BadInput::new(dir, format!("cannot list: {e}")))?;
+        walk(dir, &mut scenario_files, &mut goldens)
+            .map_err(|e| BadInput::new(dir, format!("cannot list: {e}")))?;
         for file in scenario_files {
             let sc = Scenario::load(&file).map_err(|e| BadInput(e.to_string()))?;
             for (i, task) in sc.tasks.iter().enumerate() {
                 let name = format!("{}#{i}", file.display());
-                if !task.broadcasts.is_empty() || !task.files.is_empty() || !task.includes.is_empty() {
+                if !task.broadcasts.is_empty()
+                    || !task.files.is_empty()
+                    || !task.includes.is_empty()
+                {
                     report.skipped.push(format!("{name}: sends broadcast or spark files, which a reproducer could not carry"));
                     continue;
                 }
                 if matches!(task.input, Input::OutputOf { .. }) {
-                    report.skipped.push(format!("{name}: its input is an earlier task's output"));
+                    report
+                        .skipped
+                        .push(format!("{name}: its input is an earlier task's output"));
                     continue;
                 }
                 let spec = scenario::command_spec(task);
-                let req = scenario::build_request(task, env, vec![], &scratch.path().join(format!("s{}", typed.len())), &[])
-                    .map_err(|e| BadInput::new(&file, format!("task {i}: {e:#}")))?;
-                let rt = match (is_identity(&task.function), frame_kind(&spec.deserializer), frame_kind(&spec.serializer)) {
+                let req = scenario::build_request(
+                    task,
+                    env,
+                    vec![],
+                    &scratch.path().join(format!("s{}", typed.len())),
+                    &[],
+                )
+                .map_err(|e| BadInput::new(&file, format!("task {i}: {e:#}")))?;
+                let rt = match (
+                    is_identity(&task.function),
+                    frame_kind(&spec.deserializer),
+                    frame_kind(&spec.serializer),
+                ) {
                     (true, Some(input), Some(output)) => Some(RoundTrip { input, output }),
                     _ => None,
                 };
@@ -177,7 +221,8 @@ pub fn load(env: &PythonEnv, dialect: Dialect, dirs: &[PathBuf], with_builtins: 
     }
 
     let specs: Vec<CommandSpec> = typed.iter().map(|t| t.2.clone()).collect();
-    let commands = pyenv::build_commands(env, &specs).map_err(|e| BadInput(one_line(&format!("building seed commands: {e}"))))?;
+    let commands = pyenv::build_commands(env, &specs)
+        .map_err(|e| BadInput(one_line(&format!("building seed commands: {e}"))))?;
     let mut seeds = vec![];
     for ((name, mut req, _, round_trip), command) in typed.into_iter().zip(commands) {
         req.command = command;
@@ -185,7 +230,12 @@ pub fn load(env: &PythonEnv, dialect: Dialect, dirs: &[PathBuf], with_builtins: 
         // no longer exists behaves like an empty one. A fixed text keeps reproducers stable.
         req.spark_files_dir = "/nonexistent/fakejvm-fuzz/files".into();
         let case = Case::from_encoded(seeds.len(), &dialect.encode_request(&req));
-        seeds.push(Seed { name, request: Some(req), case, round_trip });
+        seeds.push(Seed {
+            name,
+            request: Some(req),
+            case,
+            round_trip,
+        });
     }
     for g in goldens {
         match golden_seeds(&g, dialect, seeds.len()) {
@@ -193,19 +243,34 @@ pub fn load(env: &PythonEnv, dialect: Dialect, dirs: &[PathBuf], with_builtins: 
                 report.golden_requests += found.len();
                 seeds.extend(found);
             }
-            Err(GoldenSkip::OtherDialect(d)) => report.other_dialect.push(format!("{}: recorded in dialect {d:?}, the campaign speaks {dialect:?}", g.display())),
-            Err(GoldenSkip::Unreadable(why)) => report.skipped.push(format!("{}: {why}", g.display())),
+            Err(GoldenSkip::OtherDialect(d)) => report.other_dialect.push(format!(
+                "{}: recorded in dialect {d:?}, the campaign speaks {dialect:?}",
+                g.display()
+            )),
+            Err(GoldenSkip::Unreadable(why)) => {
+                report.skipped.push(format!("{}: {why}", g.display()))
+            }
         }
     }
     if seeds.is_empty() {
-        let where_ = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
-        return Err(BadInput(format!("{where_}: no usable seeds for dialect {dialect:?} (and built-in seeds are off)")));
+        let where_ = dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(BadInput(format!(
+            "{where_}: no usable seeds for dialect {dialect:?} (and built-in seeds are off)"
+        )));
     }
     Ok((seeds, report))
 }
 
 /// Scenario files and golden folders under `dir` (a golden folder is not searched further).
-fn walk(dir: &Path, scenarios: &mut Vec<PathBuf>, goldens: &mut Vec<PathBuf>) -> std::io::Result<()> {
+fn walk(
+    dir: &Path,
+    scenarios: &mut Vec<PathBuf>,
+    goldens: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
     if dir.is_file() {
         scenarios.push(dir.to_path_buf());
         return Ok(());
@@ -214,7 +279,9 @@ fn walk(dir: &Path, scenarios: &mut Vec<PathBuf>, goldens: &mut Vec<PathBuf>) ->
         goldens.push(dir.to_path_buf());
         return Ok(());
     }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
@@ -234,22 +301,38 @@ fn golden_seeds(dir: &Path, dialect: Dialect, first_index: usize) -> Result<Vec<
     }
     let mut out = vec![];
     for c in &g.index.connections {
-        let bytes = g.read(&c.request).map_err(|e| GoldenSkip::Unreadable(e.to_string()))?;
+        let bytes = g
+            .read(&c.request)
+            .map_err(|e| GoldenSkip::Unreadable(e.to_string()))?;
         for (t, [start, end]) in c.request_spans.iter().enumerate() {
             let Some(window) = bytes.get(*start as usize..*end as usize) else {
-                return Err(GoldenSkip::Unreadable(format!("{} task {t}: span {start}..{end} is past the end of {}", c.id, c.request)));
+                return Err(GoldenSkip::Unreadable(format!(
+                    "{} task {t}: span {start}..{end} is past the end of {}",
+                    c.id, c.request
+                )));
             };
             let (decoded, err) = decode_requests(dialect, window);
             let name = format!("{}:{}#{t}", dir.display(), c.id);
             match (decoded.into_iter().next(), err) {
-                (Some(d), None) if d.request.broadcasts.ops.iter().any(|op| matches!(op, crate::protocol::BroadcastOp::Add { .. })) => {
+                (Some(d), None)
+                    if d.request
+                        .broadcasts
+                        .ops
+                        .iter()
+                        .any(|op| matches!(op, crate::protocol::BroadcastOp::Add { .. })) =>
+                {
                     // The broadcast files were on the recording machine: a reproducer could not
                     // carry them (the function would fail with FileNotFoundError here).
                     continue;
                 }
                 (Some(d), None) => {
                     let case = Case::from_spans(first_index + out.len(), window, &d.spans);
-                    out.push(Seed { name, request: Some(d.request), case, round_trip: None });
+                    out.push(Seed {
+                        name,
+                        request: Some(d.request),
+                        case,
+                        round_trip: None,
+                    });
                 }
                 // A request the decoder does not model (e.g. a SQL eval type) is still a seed,
                 // as one opaque frame.
@@ -270,21 +353,32 @@ fn golden_seeds(dir: &Path, dialect: Dialect, first_index: usize) -> Result<Vec<
 /// purpose, say) would turn every case drawn from it into a "finding" about the seed. Seeds that
 /// fail with an exception stay (raising on purpose is a fine start). `jobs` seeds run at once.
 /// Returns the kept seeds, renumbered, and why each other one went.
-pub async fn calibrate(seeds: Vec<Seed>, exec: &super::exec::Executor, jobs: usize) -> (Vec<Seed>, Vec<String>) {
+pub async fn calibrate(
+    seeds: Vec<Seed>,
+    exec: &super::exec::Executor,
+    jobs: usize,
+) -> (Vec<Seed>, Vec<String>) {
     use crate::verdict::Outcome;
     let limit = exec.deadline() / 2;
     let mut verdicts: Vec<Option<String>> = Vec::with_capacity(seeds.len());
     for chunk in seeds.chunks(jobs.max(1)) {
-        let runs = chunk.iter().map(|s| exec.exec_fresh(std::sync::Arc::new(s.case.to_bytes())));
+        let runs = chunk
+            .iter()
+            .map(|s| exec.exec_fresh(std::sync::Arc::new(s.case.to_bytes())));
         for obs in join_all(runs.collect()).await {
             verdicts.push(match &obs.outcome {
                 Outcome::Hang { .. } => Some("it hangs unmutated".to_string()),
-                Outcome::WorkerCrashed { .. } | Outcome::DaemonDied { .. } | Outcome::Harness { .. } | Outcome::ProtocolViolation { .. } => {
+                Outcome::WorkerCrashed { .. }
+                | Outcome::DaemonDied { .. }
+                | Outcome::Harness { .. }
+                | Outcome::ProtocolViolation { .. } => {
                     Some(format!("unmutated it ends in {:?}", obs.outcome.kind()))
                 }
-                _ if obs.elapsed > limit => {
-                    Some(format!("it takes {} ms unmutated (over half the {} ms deadline)", obs.elapsed.as_millis(), exec.deadline().as_millis()))
-                }
+                _ if obs.elapsed > limit => Some(format!(
+                    "it takes {} ms unmutated (over half the {} ms deadline)",
+                    obs.elapsed.as_millis(),
+                    exec.deadline().as_millis()
+                )),
                 _ => None,
             });
         }
@@ -324,11 +418,17 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
         }
     })
     .await;
-    out.into_iter().map(|v| v.expect("every future finished")).collect()
+    out.into_iter()
+        .map(|v| v.expect("every future finished"))
+        .collect()
 }
 
 fn one_line(s: &str) -> String {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 #[cfg(test)]

@@ -84,7 +84,13 @@ impl Signature {
         let mut s = kind.to_string();
         if let Some(t) = &self.exc_type {
             s.push('-');
-            s.extend(t.rsplit('.').next().unwrap_or(t).chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_'));
+            s.extend(
+                t.rsplit('.')
+                    .next()
+                    .unwrap_or(t)
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_'),
+            );
         }
         s
     }
@@ -92,7 +98,16 @@ impl Signature {
     /// The signature of an outcome. `traceback` is the worker's -2 text (or a faulthandler dump
     /// for a crash); `depth` innermost frames are kept.
     pub fn of(outcome: &Outcome, traceback: Option<&str>, depth: usize) -> Signature {
-        let frames = || traceback.map(|t| innermost_frames(t, depth).iter().map(TbFrame::text).collect()).unwrap_or_default();
+        let frames = || {
+            traceback
+                .map(|t| {
+                    innermost_frames(t, depth)
+                        .iter()
+                        .map(TbFrame::text)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         let kind = outcome.kind();
         match outcome {
             Outcome::PythonException { exc_type, .. } => {
@@ -100,25 +115,78 @@ impl Signature {
                     Some(t) if exc_type.starts_with('<') => t,
                     _ => exc_type.clone(),
                 };
-                Signature { kind, exc_type: Some(exc_type), frames: frames(), detail: None }
+                Signature {
+                    kind,
+                    exc_type: Some(exc_type),
+                    frames: frames(),
+                    detail: None,
+                }
             }
             Outcome::WorkerCrashed { detail, .. } => {
                 let signal = traceback.and_then(fatal_signal);
-                Signature { kind, exc_type: signal, frames: frames(), detail: Some(normalise(detail)) }
+                Signature {
+                    kind,
+                    exc_type: signal,
+                    frames: frames(),
+                    detail: Some(normalise(detail)),
+                }
             }
-            Outcome::Hang { .. } => Signature { kind, exc_type: None, frames: vec![], detail: None },
-            Outcome::ProtocolViolation { what, .. } => Signature { kind, exc_type: None, frames: vec![], detail: Some(normalise(what)) },
+            Outcome::Hang { .. } => Signature {
+                kind,
+                exc_type: None,
+                frames: vec![],
+                detail: None,
+            },
+            Outcome::ProtocolViolation { what, .. } => Signature {
+                kind,
+                exc_type: None,
+                frames: vec![],
+                detail: Some(normalise(what)),
+            },
             Outcome::DaemonDied { stderr_tail, .. } => {
-                let last = stderr_tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-                Signature { kind, exc_type: None, frames: vec![], detail: Some(normalise(last)) }
+                let last = stderr_tail
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
+                Signature {
+                    kind,
+                    exc_type: None,
+                    frames: vec![],
+                    detail: Some(normalise(last)),
+                }
             }
-            Outcome::LeakedProcess { .. } => Signature { kind, exc_type: None, frames: vec![], detail: Some("a worker outlived its case".into()) },
+            Outcome::LeakedProcess { .. } => Signature {
+                kind,
+                exc_type: None,
+                frames: vec![],
+                detail: Some("a worker outlived its case".into()),
+            },
             Outcome::Mismatch { expected, .. } => {
-                let what = if expected.is_string() { "the worker accepted a malformed data section" } else { "output differs from the round-tripped input" };
-                Signature { kind, exc_type: None, frames: vec![], detail: Some(what.into()) }
+                let what = if expected.is_string() {
+                    "the worker accepted a malformed data section"
+                } else {
+                    "output differs from the round-tripped input"
+                };
+                Signature {
+                    kind,
+                    exc_type: None,
+                    frames: vec![],
+                    detail: Some(what.into()),
+                }
             }
-            Outcome::Passed => Signature { kind, exc_type: None, frames: vec![], detail: None },
-            Outcome::Harness { error } => Signature { kind, exc_type: None, frames: vec![], detail: Some(normalise(error)) },
+            Outcome::Passed => Signature {
+                kind,
+                exc_type: None,
+                frames: vec![],
+                detail: None,
+            },
+            Outcome::Harness { error } => Signature {
+                kind,
+                exc_type: None,
+                frames: vec![],
+                detail: Some(normalise(error)),
+            },
         }
     }
 }
@@ -127,15 +195,22 @@ impl Signature {
 /// first. Understands both `File "x", line 3, in f` (tracebacks) and `File "x", line 3 in f`
 /// (faulthandler).
 pub fn innermost_frames(text: &str, depth: usize) -> Vec<TbFrame> {
-    let start = text.rfind("Traceback (most recent call last):").or_else(|| text.rfind("Current thread")).or_else(|| text.rfind("Stack (most recent call first)"));
+    let start = text
+        .rfind("Traceback (most recent call last):")
+        .or_else(|| text.rfind("Current thread"))
+        .or_else(|| text.rfind("Stack (most recent call first)"));
     let body = &text[start.unwrap_or(0)..];
     let faulthandler_order = !body.starts_with("Traceback");
     let lines: Vec<&str> = body.lines().collect();
     let mut frames = vec![];
     for (i, line) in lines.iter().enumerate() {
         let t = line.trim_start();
-        let Some(rest) = t.strip_prefix("File \"") else { continue };
-        let Some((path, rest)) = rest.split_once('"') else { continue };
+        let Some(rest) = t.strip_prefix("File \"") else {
+            continue;
+        };
+        let Some((path, rest)) = rest.split_once('"') else {
+            continue;
+        };
         let function = rest.rsplit(" in ").next().unwrap_or("").trim().to_string();
         let file = path.rsplit('/').next().unwrap_or(path).to_string();
         // The code line follows a traceback frame line, indented deeper (4 spaces against 2);
@@ -148,7 +223,12 @@ pub fn innermost_frames(text: &str, depth: usize) -> Vec<TbFrame> {
             .filter(|l| !l.is_empty() && !l.chars().all(|c| matches!(c, '^' | '~' | ' ')))
             .map(normalise_code)
             .unwrap_or_default();
-        frames.push(TbFrame { path: path.to_string(), file, function, code });
+        frames.push(TbFrame {
+            path: path.to_string(),
+            file,
+            function,
+            code,
+        });
     }
     // Tracebacks list the outermost frame first; faulthandler the innermost.
     if !faulthandler_order {
@@ -184,7 +264,9 @@ pub fn exception_type(text: &str) -> Option<String> {
 
 /// "Fatal Python error: Segmentation fault" -> SIGSEGV, and so on.
 pub fn fatal_signal(dump: &str) -> Option<String> {
-    let line = dump.lines().find(|l| l.starts_with("Fatal Python error:"))?;
+    let line = dump
+        .lines()
+        .find(|l| l.starts_with("Fatal Python error:"))?;
     let what = line.trim_start_matches("Fatal Python error:").trim();
     let sig = match what {
         w if w.contains("Segmentation fault") => "SIGSEGV",
@@ -234,7 +316,13 @@ pub fn normalise(s: &str) -> String {
     }
     let words: Vec<String> = out
         .split_whitespace()
-        .map(|w| if w.contains('/') && w.len() > 1 { w.rsplit('/').next().unwrap_or(w).to_string() } else { w.to_string() })
+        .map(|w| {
+            if w.contains('/') && w.len() > 1 {
+                w.rsplit('/').next().unwrap_or(w).to_string()
+            } else {
+                w.to_string()
+            }
+        })
         .collect();
     words.join(" ")
 }
@@ -248,24 +336,44 @@ mod tests {
     #[test]
     fn frames_are_innermost_first_without_paths_or_line_numbers() {
         let f = innermost_frames(STRUCT_ERROR, 2);
-        assert_eq!(f[0].text(), "serializers.py:read_int: return struct.unpack(\"!i\", length)[0]");
-        assert_eq!(f[1].text(), "worker.py:main: split_index = read_int(infile)");
-        let o = Outcome::PythonException { exc_type: "struct.error".into(), message: "unpack requires a buffer of 4 bytes".into() };
+        assert_eq!(
+            f[0].text(),
+            "serializers.py:read_int: return struct.unpack(\"!i\", length)[0]"
+        );
+        assert_eq!(
+            f[1].text(),
+            "worker.py:main: split_index = read_int(infile)"
+        );
+        let o = Outcome::PythonException {
+            exc_type: "struct.error".into(),
+            message: "unpack requires a buffer of 4 bytes".into(),
+        };
         let s = Signature::of(&o, Some(STRUCT_ERROR), 1);
         assert_eq!(s.text(), "PythonException struct.error at serializers.py:read_int: return struct.unpack(\"!i\", length)[0]");
         assert_eq!(s.slug(), "exception-error");
         assert_eq!(s.id().len(), 12);
         // Another path and line numbers: the same signature.
-        let moved = STRUCT_ERROR.replace("/x/site-packages", "/elsewhere").replace("596", "601");
+        let moved = STRUCT_ERROR
+            .replace("/x/site-packages", "/elsewhere")
+            .replace("596", "601");
         assert_eq!(Signature::of(&o, Some(&moved), 1), s);
     }
 
     #[test]
     fn a_multi_line_message_still_gives_the_type() {
         let tb = "Traceback (most recent call last):\n  File \"/p/worker_util.py\", line 77, in check_python_version\n    raise PySparkRuntimeError(\npyspark.errors.exceptions.base.PySparkRuntimeError: [PYTHON_VERSION_MISMATCH] Python in worker has different version.\nPlease check environment variables PYSPARK_PYTHON and PYSPARK_DRIVER_PYTHON are correctly set.\n";
-        assert_eq!(exception_type(tb).as_deref(), Some("pyspark.errors.exceptions.base.PySparkRuntimeError"));
-        let o = Outcome::PythonException { exc_type: "<unparsed traceback>".into(), message: String::new() };
-        assert_eq!(Signature::of(&o, Some(tb), 1).exc_type.as_deref(), Some("pyspark.errors.exceptions.base.PySparkRuntimeError"));
+        assert_eq!(
+            exception_type(tb).as_deref(),
+            Some("pyspark.errors.exceptions.base.PySparkRuntimeError")
+        );
+        let o = Outcome::PythonException {
+            exc_type: "<unparsed traceback>".into(),
+            message: String::new(),
+        };
+        assert_eq!(
+            Signature::of(&o, Some(tb), 1).exc_type.as_deref(),
+            Some("pyspark.errors.exceptions.base.PySparkRuntimeError")
+        );
     }
 
     #[test]
@@ -295,7 +403,10 @@ mod tests {
 
     #[test]
     fn details_lose_numbers_and_paths() {
-        assert_eq!(normalise("connection closed at reply byte 1234, stream ended in /tmp/x/y"), "connection closed at reply byte N, stream ended in y");
+        assert_eq!(
+            normalise("connection closed at reply byte 1234, stream ended in /tmp/x/y"),
+            "connection closed at reply byte N, stream ended in y"
+        );
         assert_eq!(normalise("object at 0x7f00ab"), "object at <addr>");
     }
 }

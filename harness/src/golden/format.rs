@@ -112,32 +112,55 @@ pub struct Golden {
 impl Golden {
     pub fn load(dir: &Path) -> Result<Golden, BadInput> {
         let path = dir.join(INDEX);
-        let text = std::fs::read_to_string(&path).map_err(|e| BadInput::new(&path, format!("cannot read: {e}")))?;
-        let index: Index = serde_json::from_str(&text).map_err(|e| BadInput::new(&path, format!("not a golden index: {e}")))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| BadInput::new(&path, format!("cannot read: {e}")))?;
+        let index: Index = serde_json::from_str(&text)
+            .map_err(|e| BadInput::new(&path, format!("not a golden index: {e}")))?;
         if index.format != FORMAT_VERSION {
             return Err(BadInput::new(&path, format!("format {} is not the one this fakejvm reads ({FORMAT_VERSION}); re-record it with ci/record-goldens", index.format)));
         }
         if index.connections.is_empty() {
-            return Err(BadInput::new(&path, "no connections: the recording saw no worker traffic"));
+            return Err(BadInput::new(
+                &path,
+                "no connections: the recording saw no worker traffic",
+            ));
         }
         for c in &index.connections {
             for f in [&c.request, &c.reply] {
                 let p = dir.join(f);
                 if !p.is_file() {
-                    return Err(BadInput::new(&p, format!("missing (named by {} connection {})", path.display(), c.id)));
+                    return Err(BadInput::new(
+                        &p,
+                        format!("missing (named by {} connection {})", path.display(), c.id),
+                    ));
                 }
             }
             if c.request_spans.len() != c.tasks || c.reply_spans.len() != c.tasks {
-                return Err(BadInput::new(&path, format!("connection {}: {} tasks but {} request and {} reply spans", c.id, c.tasks, c.request_spans.len(), c.reply_spans.len())));
+                return Err(BadInput::new(
+                    &path,
+                    format!(
+                        "connection {}: {} tasks but {} request and {} reply spans",
+                        c.id,
+                        c.tasks,
+                        c.request_spans.len(),
+                        c.reply_spans.len()
+                    ),
+                ));
             }
         }
         for (id, f) in &index.broadcasts {
             let p = dir.join(f);
             if !p.is_file() {
-                return Err(BadInput::new(&p, format!("missing (broadcast {id}, named by {})", path.display())));
+                return Err(BadInput::new(
+                    &p,
+                    format!("missing (broadcast {id}, named by {})", path.display()),
+                ));
             }
         }
-        Ok(Golden { dir: dir.to_path_buf(), index })
+        Ok(Golden {
+            dir: dir.to_path_buf(),
+            index,
+        })
     }
 
     pub fn read(&self, file: &str) -> Result<Vec<u8>, BadInput> {
@@ -160,7 +183,10 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, BadInput> {
                 return Err(BadInput::new(p, "holds no golden (no index.json under it)"));
             }
         } else if p.exists() {
-            return Err(BadInput::new(p, "is neither a golden folder nor its index.json"));
+            return Err(BadInput::new(
+                p,
+                "is neither a golden folder nor its index.json",
+            ));
         } else {
             return Err(BadInput::new(p, "no such file or directory"));
         }
@@ -175,11 +201,15 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         out.push(dir.to_path_buf());
         return Ok(());
     }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     entries.sort();
     for p in entries {
         // Hidden folders are work in progress (ci/record-goldens stages into golden/.recording.*).
-        let hidden = p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        let hidden = p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
         if p.is_dir() && !hidden {
             walk(&p, out)?;
         }
@@ -189,7 +219,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 
 /// Now, as RFC 3339 UTC (no date crate: days-to-civil from Howard Hinnant's algorithm).
 pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -200,7 +233,12 @@ pub fn utc_now() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -220,14 +258,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(INDEX), "{\"format\": 1").unwrap();
         let e = Golden::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("index.json") && e.contains("not a golden index"), "{e}");
+        assert!(
+            e.contains("index.json") && e.contains("not a golden index"),
+            "{e}"
+        );
         assert_eq!(e.lines().count(), 1, "{e}");
     }
 
     #[test]
     fn collecting_an_empty_dir_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        let e = collect(&[dir.path().to_path_buf()]).unwrap_err().to_string();
+        let e = collect(&[dir.path().to_path_buf()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("holds no golden"), "{e}");
         let e = collect(&[dir.path().join("nope")]).unwrap_err().to_string();
         assert!(e.contains("no such file"), "{e}");

@@ -18,7 +18,7 @@ pub mod tap;
 
 pub use format::{Golden, Index};
 pub use record::{record_cmd, RecordArgs};
-pub use replay::{replay_cmd, replay_golden, ReplayArgs, ReplayOptions, GoldenReport};
+pub use replay::{replay_cmd, replay_golden, GoldenReport, ReplayArgs, ReplayOptions};
 pub use tap::{tap_main, TapArgs};
 
 use std::path::Path;
@@ -32,7 +32,13 @@ pub struct BadInput(pub String);
 impl BadInput {
     pub fn new(file: &Path, problem: impl std::fmt::Display) -> BadInput {
         let text = format!("{}: {problem}", file.display());
-        BadInput(text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
+        BadInput(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
     }
 }
 

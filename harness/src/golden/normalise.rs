@@ -8,7 +8,9 @@
 //! timing longs, and a traceback's paths and line numbers (an exception compares by type and
 //! message). The handshake (pid, secret) is never part of the stored streams.
 
-use crate::protocol::{BroadcastOp, ConnInfo, Dialect, Reply, ReplyEnd, ReplyItem, TaskRequest, Timing};
+use crate::protocol::{
+    BroadcastOp, ConnInfo, Dialect, Reply, ReplyEnd, ReplyItem, TaskRequest, Timing,
+};
 use crate::verdict::parse_exception;
 use crate::wire::{self, SpecialLength};
 use bytes::BytesMut;
@@ -49,7 +51,13 @@ pub fn normalise_request(req: &TaskRequest) -> TaskRequest {
 /// Every absolute path in `s` cut to its file name.
 fn strip_dirs(s: &str) -> String {
     s.split(' ')
-        .map(|w| if w.starts_with('/') { w.rsplit('/').next().unwrap_or(w) } else { w })
+        .map(|w| {
+            if w.starts_with('/') {
+                w.rsplit('/').next().unwrap_or(w)
+            } else {
+                w
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -60,7 +68,11 @@ fn normalise_conn(c: &ConnInfo) -> ConnInfo {
     match c {
         ConnInfo::Port { port, secret } => ConnInfo::Port {
             port: if *port > 0 { 0 } else { *port },
-            secret: if secret.is_empty() { String::new() } else { SECRET.to_owned() },
+            secret: if secret.is_empty() {
+                String::new()
+            } else {
+                SECRET.to_owned()
+            },
         },
         ConnInfo::Path(_) => ConnInfo::Path(SOCKET_PATH.to_owned()),
     }
@@ -84,14 +96,19 @@ pub fn is_redaction(s: &str) -> bool {
 /// its worker auth secret in every task's JSON context, barrier or not) and the broadcast
 /// decryption server's.
 pub fn secrets_in(req: &TaskRequest) -> Vec<String> {
-    [req.context.barrier.as_ref(), req.broadcasts.decryption_server.as_ref()]
-        .into_iter()
-        .flatten()
-        .filter_map(|c| match c {
-            ConnInfo::Port { secret, .. } if !secret.is_empty() && !is_redaction(secret) => Some(secret.clone()),
-            _ => None,
-        })
-        .collect()
+    [
+        req.context.barrier.as_ref(),
+        req.broadcasts.decryption_server.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|c| match c {
+        ConnInfo::Port { secret, .. } if !secret.is_empty() && !is_redaction(secret) => {
+            Some(secret.clone())
+        }
+        _ => None,
+    })
+    .collect()
 }
 
 /// The recorded request bytes with every secret the typed decode found replaced, in place, by a
@@ -100,7 +117,13 @@ pub fn secrets_in(req: &TaskRequest) -> Vec<String> {
 pub fn redact_secrets(bytes: &[u8], decoded: &[crate::protocol::DecodedRequest]) -> Vec<u8> {
     let mut out = bytes.to_vec();
     for d in decoded {
-        let Some(header) = d.spans.iter().find(|s| s.kind == crate::protocol::SpanKind::Header) else { continue };
+        let Some(header) = d
+            .spans
+            .iter()
+            .find(|s| s.kind == crate::protocol::SpanKind::Header)
+        else {
+            continue;
+        };
         for secret in secrets_in(&d.request) {
             let needle = secret.as_bytes();
             let mask = redaction(needle.len());
@@ -150,7 +173,11 @@ pub fn refill_request(req: &TaskRequest, live: &LiveValues) -> TaskRequest {
         if let BroadcastOp::Add { id, path: Some(p) } = op {
             *p = match live.broadcasts.get(id) {
                 Some(file) => file.display().to_string(),
-                None => live.spark_files_dir.join(format!("missing-broadcast-{id}")).display().to_string(),
+                None => live
+                    .spark_files_dir
+                    .join(format!("missing-broadcast-{id}"))
+                    .display()
+                    .to_string(),
             };
         }
     }
@@ -166,7 +193,12 @@ pub fn normalise_reply(r: &Reply) -> Reply {
     r.end_offset = 0;
     match &mut r.end {
         ReplyEnd::Completed { timing, .. } => {
-            *timing = Timing { boot_ms: 0, init_ms: 0, finish_ms: 0, processing_ms: timing.processing_ms.map(|_| 0) };
+            *timing = Timing {
+                boot_ms: 0,
+                init_ms: 0,
+                finish_ms: 0,
+                processing_ms: timing.processing_ms.map(|_| 0),
+            };
         }
         ReplyEnd::Exception { traceback } => *traceback = normalise_traceback(traceback),
     }
@@ -192,7 +224,13 @@ pub fn encode_reply(dialect: Dialect, r: &Reply, out: &mut BytesMut) {
         }
     }
     match &r.end {
-        ReplyEnd::Completed { timing, memory_bytes_spilled, disk_bytes_spilled, accumulators, final_marker } => {
+        ReplyEnd::Completed {
+            timing,
+            memory_bytes_spilled,
+            disk_bytes_spilled,
+            accumulators,
+            final_marker,
+        } => {
             wire::put_special(out, SpecialLength::TimingData);
             wire::put_long(out, timing.boot_ms);
             wire::put_long(out, timing.init_ms);
@@ -225,7 +263,9 @@ pub fn encode_replies(dialect: Dialect, replies: &[Reply]) -> Vec<u8> {
 }
 
 pub fn encode_requests(dialect: Dialect, reqs: &[TaskRequest]) -> Vec<u8> {
-    reqs.iter().flat_map(|r| dialect.encode_request(r).bytes).collect()
+    reqs.iter()
+        .flat_map(|r| dialect.encode_request(r).bytes)
+        .collect()
 }
 
 /// The worker environment as stored in an index: values that differ per run or per machine
@@ -253,11 +293,18 @@ pub fn worker_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
 /// secret and reuse are the worker module's business (it sets them itself); placeholders are
 /// not values.
 pub fn replay_env(stored: &BTreeMap<String, String>) -> Vec<(String, String)> {
-    const OWNED_BY_THE_LAUNCHER: [&str; 4] = ["SPARK_REUSE_WORKER", "PYTHON_UNIX_DOMAIN_ENABLED", "PYTHONUNBUFFERED", "PYSPARK_PYTHON"];
+    const OWNED_BY_THE_LAUNCHER: [&str; 4] = [
+        "SPARK_REUSE_WORKER",
+        "PYTHON_UNIX_DOMAIN_ENABLED",
+        "PYTHONUNBUFFERED",
+        "PYSPARK_PYTHON",
+    ];
     stored
         .iter()
         .filter(|(_, v)| !(v.starts_with('<') && v.ends_with('>')))
-        .filter(|(k, _)| !k.starts_with("PYTHON_WORKER_FACTORY_") && !OWNED_BY_THE_LAUNCHER.contains(&k.as_str()))
+        .filter(|(k, _)| {
+            !k.starts_with("PYTHON_WORKER_FACTORY_") && !OWNED_BY_THE_LAUNCHER.contains(&k.as_str())
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -274,10 +321,23 @@ mod tests {
     use crate::protocol::{decode_replies, decode_requests, DataItem};
 
     fn request() -> TaskRequest {
-        let mut r = TaskRequest::non_udf("3.11", vec![0x80, 5, 0x4e, 0x2e], vec![DataItem::Frame(b"x".to_vec())]);
+        let mut r = TaskRequest::non_udf(
+            "3.11",
+            vec![0x80, 5, 0x4e, 0x2e],
+            vec![DataItem::Frame(b"x".to_vec())],
+        );
         r.spark_files_dir = "/tmp/spark-1234/userFiles-abcd".into();
-        r.context.local_properties = vec![("callSite.short".into(), "collect at /home/me/jobs.py:61".into())];
-        r.broadcasts.ops = vec![BroadcastOp::Add { id: 3, path: Some("/tmp/spark-1234/broadcast123".into()) }, BroadcastOp::Remove { id: 1 }];
+        r.context.local_properties = vec![(
+            "callSite.short".into(),
+            "collect at /home/me/jobs.py:61".into(),
+        )];
+        r.broadcasts.ops = vec![
+            BroadcastOp::Add {
+                id: 3,
+                path: Some("/tmp/spark-1234/broadcast123".into()),
+            },
+            BroadcastOp::Remove { id: 1 },
+        ];
         r
     }
 
@@ -291,7 +351,13 @@ mod tests {
             assert_eq!(normalise_request(&n), n);
             assert_eq!(n.spark_files_dir, SPARK_FILES_DIR);
             assert_eq!(n.context.local_properties[0].1, "collect at jobs.py:61");
-            assert_eq!(n.broadcasts.ops[0], BroadcastOp::Add { id: 3, path: Some("<broadcast-3>".into()) });
+            assert_eq!(
+                n.broadcasts.ops[0],
+                BroadcastOp::Add {
+                    id: 3,
+                    path: Some("<broadcast-3>".into())
+                }
+            );
             assert_eq!(n.broadcasts.ops[1], BroadcastOp::Remove { id: 1 });
             let bytes = d.encode_request(&n).bytes;
             let (back, err) = decode_requests(d, &bytes);
@@ -304,12 +370,20 @@ mod tests {
     fn refilling_points_broadcasts_at_the_golden_copies() {
         let live = LiveValues {
             spark_files_dir: "/tmp/live".into(),
-            broadcasts: [(3, PathBuf::from("/g/broadcast-3.bin"))].into_iter().collect(),
+            broadcasts: [(3, PathBuf::from("/g/broadcast-3.bin"))]
+                .into_iter()
+                .collect(),
             secret: Some("live".into()),
         };
         let r = refill_request(&normalise_request(&request()), &live);
         assert_eq!(r.spark_files_dir, "/tmp/live");
-        assert_eq!(r.broadcasts.ops[0], BroadcastOp::Add { id: 3, path: Some("/g/broadcast-3.bin".into()) });
+        assert_eq!(
+            r.broadcasts.ops[0],
+            BroadcastOp::Add {
+                id: 3,
+                path: Some("/g/broadcast-3.bin".into())
+            }
+        );
     }
 
     #[test]
@@ -331,7 +405,9 @@ mod tests {
             assert!(err.is_none());
             assert_eq!(encode_replies(d, &replies), b.to_vec(), "dialect {d}");
             let n = normalise_reply(&replies[0]);
-            assert!(matches!(&n.end, ReplyEnd::Completed { timing, .. } if timing.boot_ms == 0 && timing.processing_ms == (d.timing_longs() == 4).then_some(0)));
+            assert!(
+                matches!(&n.end, ReplyEnd::Completed { timing, .. } if timing.boot_ms == 0 && timing.processing_ms == (d.timing_longs() == 4).then_some(0))
+            );
             assert_eq!(n.data, replies[0].data);
         }
     }
@@ -340,7 +416,10 @@ mod tests {
     fn secrets_in_a_json_context_are_redacted_in_place_and_refilled_live() {
         let secret = "e6bb32b4c6d88e5a26607ed3d3e57e431477c85eb97257e48d00beb2dcd810f1";
         let mut req = request();
-        req.context.barrier = Some(ConnInfo::Port { port: -1, secret: secret.into() });
+        req.context.barrier = Some(ConnInfo::Port {
+            port: -1,
+            secret: secret.into(),
+        });
         for d in [Dialect::C, Dialect::D] {
             let bytes = d.encode_request(&req).bytes;
             let (decoded, _) = decode_requests(d, &bytes);
@@ -349,12 +428,34 @@ mod tests {
             assert!(find(&redacted, secret.as_bytes()).is_none());
             let (back, err) = decode_requests(d, &redacted);
             assert!(err.is_none());
-            let Some(ConnInfo::Port { port: -1, secret: masked }) = &back[0].request.context.barrier else { panic!("{:?}", back[0].request.context) };
+            let Some(ConnInfo::Port {
+                port: -1,
+                secret: masked,
+            }) = &back[0].request.context.barrier
+            else {
+                panic!("{:?}", back[0].request.context)
+            };
             assert!(is_redaction(masked) && masked.len() == 64, "{masked}");
-            let live = LiveValues { spark_files_dir: "/x".into(), broadcasts: BTreeMap::new(), secret: Some("live".into()) };
+            let live = LiveValues {
+                spark_files_dir: "/x".into(),
+                broadcasts: BTreeMap::new(),
+                secret: Some("live".into()),
+            };
             let refilled = refill_request(&back[0].request, &live);
-            assert_eq!(refilled.context.barrier, Some(ConnInfo::Port { port: -1, secret: "live".into() }));
-            assert_eq!(normalise_request(&back[0].request).context.barrier, Some(ConnInfo::Port { port: -1, secret: SECRET.into() }));
+            assert_eq!(
+                refilled.context.barrier,
+                Some(ConnInfo::Port {
+                    port: -1,
+                    secret: "live".into()
+                })
+            );
+            assert_eq!(
+                normalise_request(&back[0].request).context.barrier,
+                Some(ConnInfo::Port {
+                    port: -1,
+                    secret: SECRET.into()
+                })
+            );
         }
     }
 
@@ -385,6 +486,12 @@ mod tests {
         assert_eq!(n["SPARK_JOB_ARTIFACT_UUID"], "default");
         assert_eq!(n["PYSPARK_SPARK_SESSION_UUID"], "<uuid>");
         let replay = replay_env(&n);
-        assert_eq!(replay, vec![("PYTHONHASHSEED".to_owned(), "0".to_owned()), ("SPARK_JOB_ARTIFACT_UUID".to_owned(), "default".to_owned())]);
+        assert_eq!(
+            replay,
+            vec![
+                ("PYTHONHASHSEED".to_owned(), "0".to_owned()),
+                ("SPARK_JOB_ARTIFACT_UUID".to_owned(), "default".to_owned())
+            ]
+        );
     }
 }

@@ -47,41 +47,94 @@ pub struct RecordArgs {
 }
 
 pub async fn record_cmd(args: RecordArgs) -> anyhow::Result<u8> {
-    let env = pyenv::resolve(args.python.as_deref(), args.pyspark.as_deref()).map_err(|e| BadInput(one_line(&e.to_string())))?;
-    let dialect = Dialect::for_version(env.pyspark.major, env.pyspark.minor)
-        .ok_or_else(|| BadInput(format!("{}: pyspark {} has no dialect fakejvm speaks", env.python.display(), env.pyspark)))?;
+    let env = pyenv::resolve(args.python.as_deref(), args.pyspark.as_deref())
+        .map_err(|e| BadInput(one_line(&e.to_string())))?;
+    let dialect = Dialect::for_version(env.pyspark.major, env.pyspark.minor).ok_or_else(|| {
+        BadInput(format!(
+            "{}: pyspark {} has no dialect fakejvm speaks",
+            env.python.display(),
+            env.pyspark
+        ))
+    })?;
     if args.out.join(format::INDEX).exists() && !args.force {
-        return Err(BadInput::new(&args.out, "already holds a golden: pass --force to record it again").into());
+        return Err(BadInput::new(
+            &args.out,
+            "already holds a golden: pass --force to record it again",
+        )
+        .into());
     }
-    let name = args.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "golden".into());
+    let name = args
+        .out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "golden".into());
     let java_home = java_home(args.java_home.as_deref())?;
 
-    let work = tempfile::Builder::new().prefix("fakejvm-record-").tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("fakejvm-record-")
+        .tempdir()?;
     let spool_dir = work.path().join("spool");
     std::fs::create_dir_all(&spool_dir)?;
     let launcher = write_launcher(work.path(), &env, &spool_dir)?;
 
-    let argv: Vec<String> = args.command.iter().map(|a| a.replace("{python}", &env.python.display().to_string())).collect();
-    eprintln!("fakejvm record: pyspark {} (dialect {dialect:?}), JAVA_HOME={}, running: {}", env.pyspark, java_home.display(), argv.join(" "));
-    let status = run_job(&argv, &launcher, &java_home, Duration::from_secs(args.timeout), &spool_dir).await?;
+    let argv: Vec<String> = args
+        .command
+        .iter()
+        .map(|a| a.replace("{python}", &env.python.display().to_string()))
+        .collect();
+    eprintln!(
+        "fakejvm record: pyspark {} (dialect {dialect:?}), JAVA_HOME={}, running: {}",
+        env.pyspark,
+        java_home.display(),
+        argv.join(" ")
+    );
+    let status = run_job(
+        &argv,
+        &launcher,
+        &java_home,
+        Duration::from_secs(args.timeout),
+        &spool_dir,
+    )
+    .await?;
     if let Some(problem) = status {
         let kept = work.keep();
-        eprintln!("fakejvm record: {problem}; nothing was written to {}; the spool is kept at {}", args.out.display(), kept.display());
+        eprintln!(
+            "fakejvm record: {problem}; nothing was written to {}; the spool is kept at {}",
+            args.out.display(),
+            kept.display()
+        );
         return Ok(1);
     }
 
-    let python_full = python_full_version(&env.python).await.unwrap_or_else(|| env.python_version.clone());
-    let meta = RecordingMeta { name, env: &env, dialect, python_full, command: args.command.clone() };
+    let python_full = python_full_version(&env.python)
+        .await
+        .unwrap_or_else(|| env.python_version.clone());
+    let meta = RecordingMeta {
+        name,
+        env: &env,
+        dialect,
+        python_full,
+        command: args.command.clone(),
+    };
     // Built beside --out, then renamed into place: an old golden stays whole until the new one is.
-    let parent = args.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = args
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
-    let staging = tempfile::Builder::new().prefix(".fakejvm-record-").tempdir_in(parent)?;
+    let staging = tempfile::Builder::new()
+        .prefix(".fakejvm-record-")
+        .tempdir_in(parent)?;
     std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))?;
     let index = match assemble(&spool_dir, &meta, staging.path()) {
         Ok(i) => i,
         Err(e) => {
             let kept = work.keep();
-            eprintln!("fakejvm record: {e:#}\nthe spool is kept at {} for a look", kept.display());
+            eprintln!(
+                "fakejvm record: {e:#}\nthe spool is kept at {} for a look",
+                kept.display()
+            );
             return Ok(1);
         }
     };
@@ -118,9 +171,16 @@ fn sh_quote(s: &str) -> String {
 /// on 17) from the usual Debian/Ubuntu location.
 fn java_home(given: Option<&Path>) -> Result<PathBuf, BadInput> {
     if let Some(p) = given {
-        return if p.join("bin/java").is_file() { Ok(p.to_path_buf()) } else { Err(BadInput::new(p, "has no bin/java: not a JAVA_HOME")) };
+        return if p.join("bin/java").is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(BadInput::new(p, "has no bin/java: not a JAVA_HOME"))
+        };
     }
-    if let Some(p) = std::env::var_os("JAVA_HOME").map(PathBuf::from).filter(|p| p.join("bin/java").is_file()) {
+    if let Some(p) = std::env::var_os("JAVA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.join("bin/java").is_file())
+    {
         return Ok(p);
     }
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/jvm")
@@ -138,8 +198,16 @@ fn java_home(given: Option<&Path>) -> Result<PathBuf, BadInput> {
 /// JVM stops the daemon when the driver goes, and the tap then writes its last records) before
 /// whatever is left of the group is killed, and then the real workers of any tap that could not
 /// clean up after itself (their groups are the taps', but they carry our mark).
-async fn run_job(argv: &[String], launcher: &Path, java_home: &Path, limit: Duration, spool_dir: &Path) -> anyhow::Result<Option<String>> {
-    let (prog, rest) = argv.split_first().ok_or_else(|| BadInput("record needs a command after `--`".into()))?;
+async fn run_job(
+    argv: &[String],
+    launcher: &Path,
+    java_home: &Path,
+    limit: Duration,
+    spool_dir: &Path,
+) -> anyhow::Result<Option<String>> {
+    let (prog, rest) = argv
+        .split_first()
+        .ok_or_else(|| BadInput("record needs a command after `--`".into()))?;
     let mut cmd = tokio::process::Command::new(prog);
     cmd.args(rest)
         .env("PYSPARK_PYTHON", launcher)
@@ -147,7 +215,8 @@ async fn run_job(argv: &[String], launcher: &Path, java_home: &Path, limit: Dura
         .stdin(std::process::Stdio::null())
         // Our stdout is for the summary; the job's chatter goes to stderr.
         .stdout(std::process::Stdio::from(std::io::stderr()));
-    let (mut child, mut group) = spawn_in_group(&mut cmd).map_err(|e| BadInput(format!("{prog}: cannot start the job: {e}")))?;
+    let (mut child, mut group) = spawn_in_group(&mut cmd)
+        .map_err(|e| BadInput(format!("{prog}: cannot start the job: {e}")))?;
     let mut result = tokio::time::timeout(limit, child.wait()).await;
     if result.is_err() {
         group.signal(libc::SIGTERM);
@@ -163,14 +232,21 @@ async fn run_job(argv: &[String], launcher: &Path, java_home: &Path, limit: Dura
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     group.signal(libc::SIGKILL);
-    let reals: Vec<i32> = read_taps(spool_dir).unwrap_or_default().iter().filter_map(|(_, tap)| tap.real_pid).collect();
+    let reals: Vec<i32> = read_taps(spool_dir)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(_, tap)| tap.real_pid)
+        .collect();
     kill_marked_groups(&reals);
     if !group.leader_reaped {
         let _ = child.wait().await;
         group.mark_reaped();
     }
     Ok(match result {
-        Err(_) => Some(format!("the job did not finish within {} s and was killed", limit.as_secs())),
+        Err(_) => Some(format!(
+            "the job did not finish within {} s and was killed",
+            limit.as_secs()
+        )),
         Ok(Ok(s)) if s.success() => None,
         Ok(Ok(s)) => Some(format!("the job failed ({s})")),
         Ok(Err(e)) => Some(format!("waiting for the job: {e}")),
@@ -185,9 +261,14 @@ async fn python_full_version(python: &Path) -> Option<String> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
     let (child, mut group) = spawn_in_group(&mut cmd).ok()?;
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await.ok()?.ok()?;
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .ok()?
+        .ok()?;
     group.mark_reaped();
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn read_taps(spool_dir: &Path) -> std::io::Result<Vec<(PathBuf, TapMeta)>> {
@@ -260,7 +341,11 @@ fn assemble(spool_dir: &Path, rec: &RecordingMeta, out: &Path) -> anyhow::Result
         }
         for e in std::fs::read_dir(dir)? {
             let p = e?.path();
-            let fname = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let fname = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             if !(fname.starts_with("conn-") && fname.ends_with(".json")) {
                 continue;
             }
@@ -268,13 +353,17 @@ fn assemble(spool_dir: &Path, rec: &RecordingMeta, out: &Path) -> anyhow::Result
             let k = meta.index;
             conns.push(Spooled {
                 meta,
-                to_worker: std::fs::read(spool::conn_file(dir, k, "to_worker.bin")).unwrap_or_default(),
+                to_worker: std::fs::read(spool::conn_file(dir, k, "to_worker.bin"))
+                    .unwrap_or_default(),
                 to_jvm: std::fs::read(spool::conn_file(dir, k, "to_jvm.bin")).unwrap_or_default(),
             });
         }
     }
     let (role, transport) = (taps[0].1.role, taps[0].1.transport);
-    if let Some((_, other)) = taps.iter().find(|(_, t)| (t.role, t.transport) != (role, transport)) {
+    if let Some((_, other)) = taps
+        .iter()
+        .find(|(_, t)| (t.role, t.transport) != (role, transport))
+    {
         anyhow::bail!("the job started workers two ways ({role:?}/{transport:?} and {:?}/{:?}): record one mode per golden", other.role, other.transport);
     }
     conns.sort_by_key(|c| c.meta.opened_unix_us);
@@ -288,14 +377,21 @@ fn assemble(spool_dir: &Path, rec: &RecordingMeta, out: &Path) -> anyhow::Result
     let mut conn_notes: Vec<(String, String)> = vec![];
     for c in &conns {
         for e in &c.meta.errors {
-            notes.push(format!("connection opened at +{} ms: {e}", (c.meta.opened_unix_us - t0) / 1000));
+            notes.push(format!(
+                "connection opened at +{} ms: {e}",
+                (c.meta.opened_unix_us - t0) / 1000
+            ));
         }
         if c.to_worker.is_empty() && c.to_jvm.is_empty() {
-            notes.push(format!("a connection opened at +{} ms carried no bytes; left out", (c.meta.opened_unix_us - t0) / 1000));
+            notes.push(format!(
+                "a connection opened at +{} ms carried no bytes; left out",
+                (c.meta.opened_unix_us - t0) / 1000
+            ));
             continue;
         }
         let id = format!("c{}", connections.len());
-        let hs = spool::handshake_split(role, transport, &c.to_worker, &c.to_jvm).map_err(|e| anyhow::anyhow!("{id}: the handshake does not parse: {e}"))?;
+        let hs = spool::handshake_split(role, transport, &c.to_worker, &c.to_jvm)
+            .map_err(|e| anyhow::anyhow!("{id}: the handshake does not parse: {e}"))?;
         let raw_requests = &c.to_worker[hs.to_worker..];
         let rep_bytes = &c.to_jvm[hs.to_jvm..];
         let (reqs, req_err) = decode_requests(dialect, raw_requests);
@@ -307,7 +403,9 @@ fn assemble(spool_dir: &Path, rec: &RecordingMeta, out: &Path) -> anyhow::Result
         let req_bytes = &redacted[..];
         let (replies, rep_err) = decode_replies(dialect, rep_bytes);
         if let Some(e) = rep_err {
-            anyhow::bail!("{id}: the worker's reply stream does not decode as dialect {dialect:?}: {e}");
+            anyhow::bail!(
+                "{id}: the worker's reply stream does not decode as dialect {dialect:?}: {e}"
+            );
         }
         // One reply more than requests: the worker's answer to the JVM closing the connection.
         let after_close = match replies.len().checked_sub(reqs.len()) {
@@ -323,7 +421,8 @@ fn assemble(spool_dir: &Path, rec: &RecordingMeta, out: &Path) -> anyhow::Result
         if let Some(n) = reencode_check(dialect, req_bytes, &reqs) {
             conn_notes.push((id.clone(), n));
         }
-        if let Some(d) = first_difference(&normalise::encode_replies(dialect, &replies), rep_bytes) {
+        if let Some(d) = first_difference(&normalise::encode_replies(dialect, &replies), rep_bytes)
+        {
             notes.push(format!("{id}: the decoded replies do not re-encode to the worker's bytes: first difference at reply byte {d}"));
         }
         for r in &requests {
@@ -343,7 +442,10 @@ fn assemble(spool_dir: &Path, rec: &RecordingMeta, out: &Path) -> anyhow::Result
         let files = ConnFiles::new(&id);
         std::fs::write(out.join(&files.request), req_bytes)?;
         std::fs::write(out.join(&files.reply), rep_bytes)?;
-        std::fs::write(out.join(&files.request_text), request_text(dialect, &requests))?;
+        std::fs::write(
+            out.join(&files.request_text),
+            request_text(dialect, &requests),
+        )?;
         std::fs::write(out.join(&files.reply_text), reply_text(dialect, &replies))?;
         let (tw, tj) = (hs.to_worker as u64, hs.to_jvm as u64);
         connections.push(Connection {
@@ -353,12 +455,25 @@ fn assemble(spool_dir: &Path, rec: &RecordingMeta, out: &Path) -> anyhow::Result
             reply: files.reply,
             request_text: files.request_text,
             reply_text: files.reply_text,
-            handshake: Handshake { to_worker_bytes: tw, to_jvm_bytes: tj },
+            handshake: Handshake {
+                to_worker_bytes: tw,
+                to_jvm_bytes: tj,
+            },
             tasks: requests.len(),
             request_spans: reqs.iter().map(|r| request_span(&r.spans)).collect(),
-            reply_spans: replies.iter().take(reqs.len()).map(|r| [r.start, r.end_offset]).collect(),
+            reply_spans: replies
+                .iter()
+                .take(reqs.len())
+                .map(|r| [r.start, r.end_offset])
+                .collect(),
             after_close,
-            turns: c.meta.turns.iter().filter(|(w, j)| *w >= tw && *j >= tj).map(|(w, j)| [w - tw, j - tj]).collect(),
+            turns: c
+                .meta
+                .turns
+                .iter()
+                .filter(|(w, j)| *w >= tw && *j >= tj)
+                .map(|(w, j)| [w - tw, j - tj])
+                .collect(),
             opened_ms: (c.meta.opened_unix_us - t0) / 1000,
             closed_ms: c.meta.closed_unix_us.map(|t| t.saturating_sub(t0) / 1000),
             blessed: None,
@@ -374,7 +489,11 @@ fn assemble(spool_dir: &Path, rec: &RecordingMeta, out: &Path) -> anyhow::Result
             None => merged.push((vec![id], n)),
         }
     }
-    notes.extend(merged.into_iter().map(|(ids, n)| format!("{}: {n}", ids.join(", "))));
+    notes.extend(
+        merged
+            .into_iter()
+            .map(|(ids, n)| format!("{}: {n}", ids.join(", "))),
+    );
     let index = Index {
         format: FORMAT_VERSION,
         name: rec.name.clone(),
@@ -423,14 +542,22 @@ pub(crate) fn request_span(spans: &[crate::protocol::Span]) -> [u64; 2] {
 pub(crate) fn request_text(dialect: Dialect, requests: &[TaskRequest]) -> String {
     let normal: Vec<TaskRequest> = requests.iter().map(normalise::normalise_request).collect();
     let bytes = normalise::encode_requests(dialect, &normal);
-    with_header(decode::decode(dialect, StreamDirection::Request, &bytes).to_text(), dialect, "request")
+    with_header(
+        decode::decode(dialect, StreamDirection::Request, &bytes).to_text(),
+        dialect,
+        "request",
+    )
 }
 
 /// The normalised replies as text: timings zeroed, tracebacks cut to type and message.
 pub(crate) fn reply_text(dialect: Dialect, replies: &[Reply]) -> String {
     let normal: Vec<Reply> = replies.iter().map(normalise::normalise_reply).collect();
     let bytes = normalise::encode_replies(dialect, &normal);
-    with_header(decode::decode(dialect, StreamDirection::Reply, &bytes).to_text(), dialect, "reply")
+    with_header(
+        decode::decode(dialect, StreamDirection::Reply, &bytes).to_text(),
+        dialect,
+        "reply",
+    )
 }
 
 fn with_header(text: String, dialect: Dialect, what: &str) -> String {
@@ -450,7 +577,11 @@ pub(crate) fn write_index(dir: &Path, index: &Index) -> anyhow::Result<()> {
 /// Does the dialect write the JVM's requests back byte for byte? None if so; else what differs.
 /// The 4.2+ task context is JSON, which the JVM writes in its own key order and pyspark reads by
 /// key: a difference in key order alone is named as such.
-fn reencode_check(dialect: Dialect, bytes: &[u8], decoded: &[crate::protocol::DecodedRequest]) -> Option<String> {
+fn reencode_check(
+    dialect: Dialect,
+    bytes: &[u8],
+    decoded: &[crate::protocol::DecodedRequest],
+) -> Option<String> {
     let mut key_order = None;
     for (k, d) in decoded.iter().enumerate() {
         let [start, end] = request_span(&d.spans);
@@ -459,9 +590,13 @@ fn reencode_check(dialect: Dialect, bytes: &[u8], decoded: &[crate::protocol::De
         if ours == recorded {
             continue;
         }
-        let our_json = decode_requests(dialect, &ours).0.first().and_then(|o| o.context_json.clone());
+        let our_json = decode_requests(dialect, &ours)
+            .0
+            .first()
+            .and_then(|o| o.context_json.clone());
         if let (Some(theirs), Some(ours_json)) = (&d.context_json, &our_json) {
-            let same_values = serde_json::from_str::<serde_json::Value>(theirs).ok() == serde_json::from_str::<serde_json::Value>(ours_json).ok();
+            let same_values = serde_json::from_str::<serde_json::Value>(theirs).ok()
+                == serde_json::from_str::<serde_json::Value>(ours_json).ok();
             let spliced = replace_once(recorded, theirs.as_bytes(), ours_json.as_bytes());
             if same_values && spliced.as_deref() == Some(&ours[..]) {
                 key_order.get_or_insert_with(|| json_keys(theirs));
@@ -469,7 +604,12 @@ fn reencode_check(dialect: Dialect, bytes: &[u8], decoded: &[crate::protocol::De
             }
         }
         let at = first_difference(&ours, recorded).unwrap_or(0);
-        let part = d.spans.iter().find(|s| (s.start..s.end).contains(&(start as usize + at))).map(|s| format!("{:?}", s.kind)).unwrap_or_default();
+        let part = d
+            .spans
+            .iter()
+            .find(|s| (s.start..s.end).contains(&(start as usize + at)))
+            .map(|s| format!("{:?}", s.kind))
+            .unwrap_or_default();
         return Some(format!(
             "dialect {dialect:?} does not re-encode request {k} as the JVM wrote it: first difference at byte {} ({part}); a replay sends the dialect's bytes",
             start as usize + at
@@ -499,7 +639,12 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     if a == b {
         return None;
     }
-    Some(a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len())))
+    Some(
+        a.iter()
+            .zip(b)
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.len().min(b.len())),
+    )
 }
 
 fn print_summary(out: &Path, index: &Index) {
@@ -521,5 +666,9 @@ fn print_summary(out: &Path, index: &Index) {
 }
 
 fn one_line(s: &str) -> String {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -13,7 +13,9 @@ use super::record::{reply_text, write_index};
 use super::write_atomic;
 use super::BadInput;
 use crate::pickle;
-use crate::protocol::{decode_replies, decode_requests, Dialect, Reply, ReplyEnd, ReplyItem, TaskRequest};
+use crate::protocol::{
+    decode_replies, decode_requests, Dialect, Reply, ReplyEnd, ReplyItem, TaskRequest,
+};
 use crate::pyenv;
 use crate::session::{self, ReadFailure, SessionOptions, Transcript, WritePlan};
 use crate::verdict::parse_exception;
@@ -54,7 +56,11 @@ pub struct ReplayOptions {
 
 impl Default for ReplayOptions {
     fn default() -> Self {
-        ReplayOptions { bless: false, python: None, deadline: Duration::from_secs(30) }
+        ReplayOptions {
+            bless: false,
+            python: None,
+            deadline: Duration::from_secs(30),
+        }
     }
 }
 
@@ -110,8 +116,15 @@ impl GoldenReport {
             out.push_str(&format!("\n      error: {e}"));
         }
         if !self.leftovers.is_empty() {
-            let l: Vec<String> = self.leftovers.iter().map(|(p, c)| format!("{p} {c}")).collect();
-            out.push_str(&format!("\n      leaked processes (killed): {}", l.join("; ")));
+            let l: Vec<String> = self
+                .leftovers
+                .iter()
+                .map(|(p, c)| format!("{p} {c}"))
+                .collect();
+            out.push_str(&format!(
+                "\n      leaked processes (killed): {}",
+                l.join("; ")
+            ));
         }
         out
     }
@@ -155,21 +168,36 @@ struct PreparedConn {
 fn prepare(dir: &Path) -> Result<Prepared, BadInput> {
     let golden = Golden::load(dir)?;
     let ix = &golden.index;
-    let version: pyenv::PysparkVersion = ix.pyspark.parse().map_err(|e| BadInput::new(&dir.join(format::INDEX), e))?;
+    let version: pyenv::PysparkVersion = ix
+        .pyspark
+        .parse()
+        .map_err(|e| BadInput::new(&dir.join(format::INDEX), e))?;
     if Dialect::for_version(version.major, version.minor) != Some(ix.dialect) {
-        return Err(BadInput::new(&dir.join(format::INDEX), format!("dialect {:?} does not belong to pyspark {}", ix.dialect, ix.pyspark)));
+        return Err(BadInput::new(
+            &dir.join(format::INDEX),
+            format!(
+                "dialect {:?} does not belong to pyspark {}",
+                ix.dialect, ix.pyspark
+            ),
+        ));
     }
     let mut conns = vec![];
     for c in &ix.connections {
         let req_bytes = golden.read(&c.request)?;
         let (decoded, err) = decode_requests(ix.dialect, &req_bytes);
         if let Some(e) = err {
-            return Err(BadInput::new(&dir.join(&c.request), format!("does not decode as dialect {:?}: {e}", ix.dialect)));
+            return Err(BadInput::new(
+                &dir.join(&c.request),
+                format!("does not decode as dialect {:?}: {e}", ix.dialect),
+            ));
         }
         let rep_bytes = golden.read(&c.reply)?;
         let (mut recorded, err) = decode_replies(ix.dialect, &rep_bytes);
         if let Some(e) = err {
-            return Err(BadInput::new(&dir.join(&c.reply), format!("does not decode as dialect {:?}: {e}", ix.dialect)));
+            return Err(BadInput::new(
+                &dir.join(&c.reply),
+                format!("does not decode as dialect {:?}: {e}", ix.dialect),
+            ));
         }
         let expected_replies = c.tasks + c.after_close.is_some() as usize;
         if decoded.len() != c.tasks || recorded.len() != expected_replies {
@@ -185,8 +213,17 @@ fn prepare(dir: &Path) -> Result<Prepared, BadInput> {
                 ),
             ));
         }
-        let after_close = if c.after_close.is_some() { recorded.pop() } else { None };
-        conns.push(PreparedConn { id: c.id.clone(), requests: decoded.into_iter().map(|d| d.request).collect(), recorded, after_close });
+        let after_close = if c.after_close.is_some() {
+            recorded.pop()
+        } else {
+            None
+        };
+        conns.push(PreparedConn {
+            id: c.id.clone(),
+            requests: decoded.into_iter().map(|d| d.request).collect(),
+            recorded,
+            after_close,
+        });
     }
     Ok(Prepared { golden, conns })
 }
@@ -198,16 +235,37 @@ pub async fn replay_cmd(args: ReplayArgs) -> anyhow::Result<u8> {
     for d in &dirs {
         prepared.push(prepare(d)?);
     }
-    let opts = ReplayOptions { bless: args.bless, python: args.python.clone(), deadline: Duration::from_millis(args.deadline_ms) };
-    let reports = replay_prepared(prepared, &opts, args.jobs.max(1), |r| println!("{}", r.text())).await;
-    let failed = reports.iter().filter(|r| r.status == GoldenStatus::Failed).count();
-    let blessed = reports.iter().filter(|r| r.status == GoldenStatus::Blessed).count();
-    println!("{} passed, {blessed} blessed, {failed} failed", reports.len() - failed - blessed);
+    let opts = ReplayOptions {
+        bless: args.bless,
+        python: args.python.clone(),
+        deadline: Duration::from_millis(args.deadline_ms),
+    };
+    let reports = replay_prepared(prepared, &opts, args.jobs.max(1), |r| {
+        println!("{}", r.text())
+    })
+    .await;
+    let failed = reports
+        .iter()
+        .filter(|r| r.status == GoldenStatus::Failed)
+        .count();
+    let blessed = reports
+        .iter()
+        .filter(|r| r.status == GoldenStatus::Blessed)
+        .count();
+    println!(
+        "{} passed, {blessed} blessed, {failed} failed",
+        reports.len() - failed - blessed
+    );
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
 /// Replay several goldens, `jobs` at a time; `each` sees every report as it is done.
-pub async fn replay_all(dirs: &[PathBuf], opts: &ReplayOptions, jobs: usize, each: impl FnMut(&GoldenReport)) -> Result<Vec<GoldenReport>, BadInput> {
+pub async fn replay_all(
+    dirs: &[PathBuf],
+    opts: &ReplayOptions,
+    jobs: usize,
+    each: impl FnMut(&GoldenReport),
+) -> Result<Vec<GoldenReport>, BadInput> {
     let mut prepared = vec![];
     for d in dirs {
         prepared.push(prepare(d)?);
@@ -215,7 +273,12 @@ pub async fn replay_all(dirs: &[PathBuf], opts: &ReplayOptions, jobs: usize, eac
     Ok(replay_prepared(prepared, opts, jobs.max(1), each).await)
 }
 
-async fn replay_prepared(prepared: Vec<Prepared>, opts: &ReplayOptions, jobs: usize, mut each: impl FnMut(&GoldenReport)) -> Vec<GoldenReport> {
+async fn replay_prepared(
+    prepared: Vec<Prepared>,
+    opts: &ReplayOptions,
+    jobs: usize,
+    mut each: impl FnMut(&GoldenReport),
+) -> Vec<GoldenReport> {
     // Tasks on one thread (a LocalSet): the work is waiting on worker processes, not CPU, and
     // the session futures need not be Send.
     let local = tokio::task::LocalSet::new();
@@ -225,7 +288,10 @@ async fn replay_prepared(prepared: Vec<Prepared>, opts: &ReplayOptions, jobs: us
     for (i, p) in prepared.into_iter().enumerate() {
         let (limit, opts, tx) = (limit.clone(), opts.clone(), tx.clone());
         local.spawn_local(async move {
-            let _permit = limit.acquire().await.expect("the semaphore is never closed");
+            let _permit = limit
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
             let _ = tx.send((i, replay_one(p, &opts).await));
         });
     }
@@ -291,35 +357,63 @@ async fn replay_one(p: Prepared, opts: &ReplayOptions) -> GoldenReport {
         }
         Err(e) => report.errors.push(format!("{e:#}")),
     }
-    if report.status != GoldenStatus::Blessed && (!report.differences.is_empty() || !report.errors.is_empty() || !report.leftovers.is_empty()) {
+    if report.status != GoldenStatus::Blessed
+        && (!report.differences.is_empty()
+            || !report.errors.is_empty()
+            || !report.leftovers.is_empty())
+    {
         report.status = GoldenStatus::Failed;
     }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report
 }
 
-async fn run_live(p: &Prepared, opts: &ReplayOptions, report: &mut GoldenReport) -> anyhow::Result<Vec<LiveConn>> {
+async fn run_live(
+    p: &Prepared,
+    opts: &ReplayOptions,
+    report: &mut GoldenReport,
+) -> anyhow::Result<Vec<LiveConn>> {
     let ix = &p.golden.index;
     let env = pyenv::resolve(opts.python.as_deref(), Some(&ix.pyspark)).map_err(|e| {
-        anyhow::anyhow!("no Python env with pyspark {}: {e}\n(get it with `fakejvm env setup --pyspark {}`)", ix.pyspark, ix.pyspark)
+        anyhow::anyhow!(
+            "no Python env with pyspark {}: {e}\n(get it with `fakejvm env setup --pyspark {}`)",
+            ix.pyspark,
+            ix.pyspark
+        )
     })?;
-    let files_dir = tempfile::Builder::new().prefix("fakejvm-replay-files-").tempdir()?;
-    let launch = LaunchOptions { mode: ix.mode, reuse: ix.reuse, extra_env: normalise::replay_env(&ix.worker_env), ..LaunchOptions::default() };
+    let files_dir = tempfile::Builder::new()
+        .prefix("fakejvm-replay-files-")
+        .tempdir()?;
+    let launch = LaunchOptions {
+        mode: ix.mode,
+        reuse: ix.reuse,
+        extra_env: normalise::replay_env(&ix.worker_env),
+        ..LaunchOptions::default()
+    };
     let mut workers = Workers::start(&env.python, launch).await?;
     let live_values = LiveValues {
         spark_files_dir: files_dir.path().to_path_buf(),
         broadcasts: normalise::broadcast_files(&p.golden.dir, &ix.broadcasts),
         secret: Some(workers.secret().to_owned()),
     };
-    let session_opts = SessionOptions { deadline: opts.deadline, record_transcript: true, ..SessionOptions::default() };
+    let session_opts = SessionOptions {
+        deadline: opts.deadline,
+        record_transcript: true,
+        ..SessionOptions::default()
+    };
 
     let mut out = vec![];
     for conn in &p.conns {
-        let mut live = LiveConn { replies: vec![], after_close: None, raw: vec![] };
+        let mut live = LiveConn {
+            replies: vec![],
+            after_close: None,
+            raw: vec![],
+        };
         let mut c = match workers.connect().await {
             Ok(c) => c,
             Err(e) => {
-                live.replies.push(Err(format!("could not get a worker: {e}")));
+                live.replies
+                    .push(Err(format!("could not get a worker: {e}")));
                 out.push(live);
                 continue;
             }
@@ -330,12 +424,28 @@ async fn run_live(p: &Prepared, opts: &ReplayOptions, report: &mut GoldenReport)
             let req = normalise::refill_request(req, &live_values);
             let bytes = ix.dialect.encode_request(&req).bytes;
             let mut transcript = Transcript::default();
-            let result = session::run_task(&mut c.reader, &mut c.writer, ix.dialect, &bytes, &WritePlan::whole(bytes.len()), base, &session_opts, &mut transcript).await;
+            let result = session::run_task(
+                &mut c.reader,
+                &mut c.writer,
+                ix.dialect,
+                &bytes,
+                &WritePlan::whole(bytes.len()),
+                base,
+                &session_opts,
+                &mut transcript,
+            )
+            .await;
             live.raw.push(transcript.received());
             match result.reply {
                 Ok(reply) => {
                     base = reply.end_offset;
-                    reusable = matches!(reply.end, ReplyEnd::Completed { final_marker: -4, .. });
+                    reusable = matches!(
+                        reply.end,
+                        ReplyEnd::Completed {
+                            final_marker: -4,
+                            ..
+                        }
+                    );
                     live.replies.push(Ok(reply));
                     if !reusable {
                         break;
@@ -351,7 +461,14 @@ async fn run_live(p: &Prepared, opts: &ReplayOptions, report: &mut GoldenReport)
         // The JVM closes a worker's connection when it is done with it (at the latest when the
         // SparkContext stops); a worker still waiting for a task answers that too.
         if reusable && live.replies.len() == conn.requests.len() {
-            let (answer, raw) = close_and_drain(&mut c.reader, &mut c.writer, ix.dialect, base, opts.deadline).await;
+            let (answer, raw) = close_and_drain(
+                &mut c.reader,
+                &mut c.writer,
+                ix.dialect,
+                base,
+                opts.deadline,
+            )
+            .await;
             live.after_close = answer;
             live.raw.push(raw);
         }
@@ -365,7 +482,13 @@ async fn run_live(p: &Prepared, opts: &ReplayOptions, report: &mut GoldenReport)
 
 /// Half-close our side (the worker sees EOF where the next split index belongs) and read what
 /// it writes until it closes: None when it writes nothing.
-async fn close_and_drain<R, W>(r: &mut R, w: &mut W, dialect: Dialect, base: u64, deadline: Duration) -> (Option<Result<Reply, String>>, Vec<u8>)
+async fn close_and_drain<R, W>(
+    r: &mut R,
+    w: &mut W,
+    dialect: Dialect,
+    base: u64,
+    deadline: Duration,
+) -> (Option<Result<Reply, String>>, Vec<u8>)
 where
     R: tokio::io::AsyncRead + Unpin + ?Sized,
     W: tokio::io::AsyncWrite + Unpin + ?Sized,
@@ -390,8 +513,15 @@ where
     dec.feed(&raw);
     let answer = match dec.next_reply() {
         Ok(Some(reply)) if dec.pending() == 0 => Ok(reply),
-        Ok(Some(_)) => Err(format!("{} byte(s) more after a whole reply", dec.pending())),
-        Ok(None) if read.is_err() => Err(format!("still writing after {} ms ({} byte(s) so far)", deadline.as_millis(), raw.len())),
+        Ok(Some(_)) => Err(format!(
+            "{} byte(s) more after a whole reply",
+            dec.pending()
+        )),
+        Ok(None) if read.is_err() => Err(format!(
+            "still writing after {} ms ({} byte(s) so far)",
+            deadline.as_millis(),
+            raw.len()
+        )),
         Ok(None) => Err(dec.eof_error().to_string()),
         Err(e) => Err(format!("protocol violation: {e}")),
     };
@@ -400,9 +530,15 @@ where
 
 fn describe_failure(f: &ReadFailure) -> String {
     match f {
-        ReadFailure::Eof { at_byte, what } => format!("the worker closed the connection at reply byte {at_byte} ({what})"),
-        ReadFailure::Deadline { after_ms, at_byte } => format!("no complete reply after {after_ms} ms (stopped at reply byte {at_byte})"),
-        ReadFailure::Violation { at_byte, what } => format!("protocol violation at reply byte {at_byte}: {what}"),
+        ReadFailure::Eof { at_byte, what } => {
+            format!("the worker closed the connection at reply byte {at_byte} ({what})")
+        }
+        ReadFailure::Deadline { after_ms, at_byte } => {
+            format!("no complete reply after {after_ms} ms (stopped at reply byte {at_byte})")
+        }
+        ReadFailure::Violation { at_byte, what } => {
+            format!("protocol violation at reply byte {at_byte}: {what}")
+        }
         ReadFailure::Io { what } => format!("reading the reply failed: {what}"),
     }
 }
@@ -411,17 +547,33 @@ fn describe_failure(f: &ReadFailure) -> String {
 /// reply (exception type and message, or spills, accumulator updates and the final int).
 fn compare(conn: &PreparedConn, live: &LiveConn) -> Vec<Difference> {
     let mut out = vec![];
-    let diff = |reply: usize, at: String, expected: String, got: String| Difference { conn: conn.id.clone(), reply, at, expected, got };
+    let diff = |reply: usize, at: String, expected: String, got: String| Difference {
+        conn: conn.id.clone(),
+        reply,
+        at,
+        expected,
+        got,
+    };
     for (k, recorded) in conn.recorded.iter().enumerate() {
         let expected = normalise::normalise_reply(recorded);
         let got = match live.replies.get(k) {
             Some(Ok(r)) => normalise::normalise_reply(r),
             Some(Err(why)) => {
-                out.push(diff(k, "reply".into(), summary(&expected), format!("no reply: {why}")));
+                out.push(diff(
+                    k,
+                    "reply".into(),
+                    summary(&expected),
+                    format!("no reply: {why}"),
+                ));
                 break;
             }
             None => {
-                out.push(diff(k, "reply".into(), summary(&expected), "not sent: the worker could not take this task after the previous reply".into()));
+                out.push(diff(
+                    k,
+                    "reply".into(),
+                    summary(&expected),
+                    "not sent: the worker could not take this task after the previous reply".into(),
+                ));
                 break;
             }
         };
@@ -435,21 +587,48 @@ fn compare(conn: &PreparedConn, live: &LiveConn) -> Vec<Difference> {
         match (&expected.end, &got.end) {
             (ReplyEnd::Exception { traceback: e }, ReplyEnd::Exception { traceback: g }) => {
                 if parse_exception(e) != parse_exception(g) {
-                    out.push(diff(k, "exception".into(), e.trim().to_owned(), g.trim().to_owned()));
+                    out.push(diff(
+                        k,
+                        "exception".into(),
+                        e.trim().to_owned(),
+                        g.trim().to_owned(),
+                    ));
                 }
             }
             (
-                ReplyEnd::Completed { memory_bytes_spilled: em, disk_bytes_spilled: ed, accumulators: ea, final_marker: ef, .. },
-                ReplyEnd::Completed { memory_bytes_spilled: gm, disk_bytes_spilled: gd, accumulators: ga, final_marker: gf, .. },
+                ReplyEnd::Completed {
+                    memory_bytes_spilled: em,
+                    disk_bytes_spilled: ed,
+                    accumulators: ea,
+                    final_marker: ef,
+                    ..
+                },
+                ReplyEnd::Completed {
+                    memory_bytes_spilled: gm,
+                    disk_bytes_spilled: gd,
+                    accumulators: ga,
+                    final_marker: gf,
+                    ..
+                },
             ) => {
                 for i in 0..ea.len().max(ga.len()) {
                     let (e, g) = (ea.get(i), ga.get(i));
                     if e != g {
-                        out.push(diff(k, format!("accumulator[{i}]"), bytes_text(e), bytes_text(g)));
+                        out.push(diff(
+                            k,
+                            format!("accumulator[{i}]"),
+                            bytes_text(e),
+                            bytes_text(g),
+                        ));
                     }
                 }
                 if (em, ed) != (gm, gd) {
-                    out.push(diff(k, "spills".into(), format!("memory {em} disk {ed}"), format!("memory {gm} disk {gd}")));
+                    out.push(diff(
+                        k,
+                        "spills".into(),
+                        format!("memory {em} disk {ed}"),
+                        format!("memory {gm} disk {gd}"),
+                    ));
                 }
                 if ef != gf {
                     out.push(diff(k, "final int".into(), ef.to_string(), gf.to_string()));
@@ -472,7 +651,9 @@ fn compare(conn: &PreparedConn, live: &LiveConn) -> Vec<Difference> {
             (e, g) => out.push(diff(
                 k,
                 "after the close".into(),
-                e.as_ref().map(|r| summary(&normalise::normalise_reply(r))).unwrap_or_else(|| "nothing".into()),
+                e.as_ref()
+                    .map(|r| summary(&normalise::normalise_reply(r)))
+                    .unwrap_or_else(|| "nothing".into()),
                 match g {
                     None => "nothing".into(),
                     Some(Ok(r)) => summary(&normalise::normalise_reply(r)),
@@ -490,8 +671,15 @@ fn summary(r: &Reply) -> String {
 
 fn end_text(e: &ReplyEnd) -> String {
     match e {
-        ReplyEnd::Completed { accumulators, final_marker, .. } => {
-            format!("completed ({} accumulator update(s), final int {final_marker})", accumulators.len())
+        ReplyEnd::Completed {
+            accumulators,
+            final_marker,
+            ..
+        } => {
+            format!(
+                "completed ({} accumulator update(s), final int {final_marker})",
+                accumulators.len()
+            )
         }
         ReplyEnd::Exception { traceback } => format!("exception {}", traceback.trim()),
     }
@@ -526,7 +714,11 @@ fn preview(b: &[u8]) -> String {
         }
     };
     if text.chars().count() > 200 {
-        format!("{}... ({} chars)", text.chars().take(200).collect::<String>(), text.chars().count())
+        format!(
+            "{}... ({} chars)",
+            text.chars().take(200).collect::<String>(),
+            text.chars().count()
+        )
     } else {
         text
     }
@@ -545,24 +737,53 @@ fn bless(p: &Prepared, live: &[LiveConn], changed: &[String]) -> anyhow::Result<
         let mut replies: Vec<Reply> = live
             .replies
             .iter()
-            .map(|r| r.clone().map_err(|why| anyhow::anyhow!("{}: cannot bless an incomplete reply: {why}", conn.id)))
+            .map(|r| {
+                r.clone().map_err(|why| {
+                    anyhow::anyhow!("{}: cannot bless an incomplete reply: {why}", conn.id)
+                })
+            })
             .collect::<anyhow::Result<_>>()?;
         if replies.len() != conn.requests.len() {
-            anyhow::bail!("{}: the live worker answered {} of {} task(s)", conn.id, replies.len(), conn.requests.len());
+            anyhow::bail!(
+                "{}: the live worker answered {} of {} task(s)",
+                conn.id,
+                replies.len(),
+                conn.requests.len()
+            );
         }
         let tasks = replies.len();
         if let Some(answer) = &live.after_close {
-            replies.push(answer.clone().map_err(|why| anyhow::anyhow!("{}: cannot bless an incomplete answer to the close: {why}", conn.id))?);
+            replies.push(answer.clone().map_err(|why| {
+                anyhow::anyhow!(
+                    "{}: cannot bless an incomplete answer to the close: {why}",
+                    conn.id
+                )
+            })?);
         }
         let bytes: Vec<u8> = live.raw.concat();
         let (check, err) = decode_replies(dialect, &bytes);
         if err.is_some() || check.len() != replies.len() {
-            anyhow::bail!("{}: the live reply bytes do not decode back into {} replies", conn.id, replies.len());
+            anyhow::bail!(
+                "{}: the live reply bytes do not decode back into {} replies",
+                conn.id,
+                replies.len()
+            );
         }
-        let entry = index.connections.iter_mut().find(|c| c.id == conn.id).expect("prepared from this index");
+        let entry = index
+            .connections
+            .iter_mut()
+            .find(|c| c.id == conn.id)
+            .expect("prepared from this index");
         write_atomic(&p.golden.dir.join(&entry.reply), &bytes)?;
-        write_atomic(&p.golden.dir.join(&entry.reply_text), reply_text(dialect, &check).as_bytes())?;
-        entry.reply_spans = check.iter().take(tasks).map(|r| [r.start, r.end_offset]).collect();
+        write_atomic(
+            &p.golden.dir.join(&entry.reply_text),
+            reply_text(dialect, &check).as_bytes(),
+        )?;
+        entry.reply_spans = check
+            .iter()
+            .take(tasks)
+            .map(|r| [r.start, r.end_offset])
+            .collect();
         entry.after_close = check.get(tasks).map(|r| [r.start, r.end_offset]);
         entry.blessed = Some(format::utc_now());
     }

@@ -121,7 +121,10 @@ pub fn broadcast_file(spool: &Path, id: i64) -> PathBuf {
 /// else in the JVM's environment (which is the driver's: HOME, PATH, tokens...) is none of the
 /// golden's business and is never written down.
 pub fn is_worker_env(name: &str) -> bool {
-    name.starts_with("SPARK_") || name.starts_with("PYSPARK_") || name.starts_with("PYTHON") || name == "OMP_NUM_THREADS"
+    name.starts_with("SPARK_")
+        || name.starts_with("PYSPARK_")
+        || name.starts_with("PYTHON")
+        || name == "OMP_NUM_THREADS"
 }
 
 /// The worker-relevant environment of this process, with the auth secret masked.
@@ -129,7 +132,13 @@ pub fn worker_env() -> BTreeMap<String, String> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
         .filter(|(k, _)| is_worker_env(k))
-        .map(|(k, v)| if k == "PYTHON_WORKER_FACTORY_SECRET" { (k, "<secret>".to_owned()) } else { (k, v) })
+        .map(|(k, v)| {
+            if k == "PYTHON_WORKER_FACTORY_SECRET" {
+                (k, "<secret>".to_owned())
+            } else {
+                (k, v)
+            }
+        })
         .collect()
 }
 
@@ -151,35 +160,63 @@ pub struct HandshakeSplit {
 /// - direct, Unix: worker -> JVM pid (i32)
 ///
 /// Err says what did not fit, with the offset.
-pub fn handshake_split(role: Role, transport: Transport, to_worker: &[u8], to_jvm: &[u8]) -> Result<HandshakeSplit, String> {
+pub fn handshake_split(
+    role: Role,
+    transport: Transport,
+    to_worker: &[u8],
+    to_jvm: &[u8],
+) -> Result<HandshakeSplit, String> {
     let string_len = |b: &[u8], at: usize, what: &str| -> Result<usize, String> {
-        let len = int_at(b, at).ok_or_else(|| format!("{what}: stream ends before its length at byte {at}"))?;
+        let len = int_at(b, at)
+            .ok_or_else(|| format!("{what}: stream ends before its length at byte {at}"))?;
         if !(0..=4096).contains(&len) {
-            return Err(format!("{what}: length {len} at byte {at} is not a handshake string"));
+            return Err(format!(
+                "{what}: length {len} at byte {at} is not a handshake string"
+            ));
         }
         let end = at + 4 + len as usize;
         if end > b.len() {
-            return Err(format!("{what}: stream ends inside it (needs {end} bytes, has {})", b.len()));
+            return Err(format!(
+                "{what}: stream ends inside it (needs {end} bytes, has {})",
+                b.len()
+            ));
         }
         Ok(end)
     };
-    let pid_at = |b: &[u8], at: usize| int_at(b, at).ok_or_else(|| format!("pid: stream ends before byte {}", at + 4));
+    let pid_at = |b: &[u8], at: usize| {
+        int_at(b, at).ok_or_else(|| format!("pid: stream ends before byte {}", at + 4))
+    };
     match (role, transport) {
         (Role::Daemon, Transport::Tcp) => {
             let pid = pid_at(to_jvm, 0)?;
             let ok_end = string_len(to_jvm, 4, "auth reply")?;
             if &to_jvm[8..ok_end] != b"ok" {
-                return Err(format!("auth reply is {:?}, not \"ok\"", String::from_utf8_lossy(&to_jvm[8..ok_end])));
+                return Err(format!(
+                    "auth reply is {:?}, not \"ok\"",
+                    String::from_utf8_lossy(&to_jvm[8..ok_end])
+                ));
             }
-            Ok(HandshakeSplit { to_worker: string_len(to_worker, 0, "secret")?, to_jvm: ok_end, pid })
+            Ok(HandshakeSplit {
+                to_worker: string_len(to_worker, 0, "secret")?,
+                to_jvm: ok_end,
+                pid,
+            })
         }
         (Role::Direct, Transport::Tcp) => {
             let secret_end = string_len(to_jvm, 0, "secret from the worker")?;
             let pid = pid_at(to_jvm, secret_end)?;
             let ok_end = string_len(to_worker, 0, "auth reply")?;
-            Ok(HandshakeSplit { to_worker: ok_end, to_jvm: secret_end + 4, pid })
+            Ok(HandshakeSplit {
+                to_worker: ok_end,
+                to_jvm: secret_end + 4,
+                pid,
+            })
         }
-        (_, Transport::Unix) => Ok(HandshakeSplit { to_worker: 0, to_jvm: 4, pid: pid_at(to_jvm, 0)? }),
+        (_, Transport::Unix) => Ok(HandshakeSplit {
+            to_worker: 0,
+            to_jvm: 4,
+            pid: pid_at(to_jvm, 0)?,
+        }),
     }
 }
 
@@ -201,7 +238,10 @@ fn int_at(b: &[u8], at: usize) -> Option<i32> {
 }
 
 pub fn now_unix_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -222,7 +262,14 @@ mod tests {
         let mut to_worker = s("abcdef");
         to_worker.extend([0, 0, 0, 0]);
         let h = handshake_split(Role::Daemon, Transport::Tcp, &to_worker, &to_jvm).unwrap();
-        assert_eq!(h, HandshakeSplit { to_worker: 10, to_jvm: 10, pid: 4242 });
+        assert_eq!(
+            h,
+            HandshakeSplit {
+                to_worker: 10,
+                to_jvm: 10,
+                pid: 4242
+            }
+        );
     }
 
     #[test]
@@ -231,13 +278,27 @@ mod tests {
         to_jvm.extend(77i32.to_be_bytes());
         let to_worker = s("ok");
         let h = handshake_split(Role::Direct, Transport::Tcp, &to_worker, &to_jvm).unwrap();
-        assert_eq!(h, HandshakeSplit { to_worker: 6, to_jvm: 14, pid: 77 });
+        assert_eq!(
+            h,
+            HandshakeSplit {
+                to_worker: 6,
+                to_jvm: 14,
+                pid: 77
+            }
+        );
     }
 
     #[test]
     fn unix_sockets_have_only_a_pid() {
         let h = handshake_split(Role::Daemon, Transport::Unix, &[], &9i32.to_be_bytes()).unwrap();
-        assert_eq!(h, HandshakeSplit { to_worker: 0, to_jvm: 4, pid: 9 });
+        assert_eq!(
+            h,
+            HandshakeSplit {
+                to_worker: 0,
+                to_jvm: 4,
+                pid: 9
+            }
+        );
     }
 
     #[test]
@@ -251,9 +312,18 @@ mod tests {
     #[test]
     fn roles_come_from_the_module() {
         let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(Role::of_args(&a(&["-m", "pyspark.daemon", "pyspark.worker"])), Some(Role::Daemon));
-        assert_eq!(Role::of_args(&a(&["-m", "pyspark.daemon"])), Some(Role::Daemon));
-        assert_eq!(Role::of_args(&a(&["-m", "pyspark.worker"])), Some(Role::Direct));
+        assert_eq!(
+            Role::of_args(&a(&["-m", "pyspark.daemon", "pyspark.worker"])),
+            Some(Role::Daemon)
+        );
+        assert_eq!(
+            Role::of_args(&a(&["-m", "pyspark.daemon"])),
+            Some(Role::Daemon)
+        );
+        assert_eq!(
+            Role::of_args(&a(&["-m", "pyspark.worker"])),
+            Some(Role::Direct)
+        );
         assert_eq!(Role::of_args(&a(&["-c", "print(1)"])), None);
         assert_eq!(Role::of_args(&a(&[])), None);
     }

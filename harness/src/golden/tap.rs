@@ -64,12 +64,19 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// tokio runtime: it builds its own. Prints problems to stderr, which the JVM copies to its log;
 /// stdout belongs to the protocol (the daemon's announce).
 pub fn tap_main(args: TapArgs) -> u8 {
-    let utf8: Option<Vec<String>> = args.args.iter().map(|a| a.clone().into_string().ok()).collect();
+    let utf8: Option<Vec<String>> = args
+        .args
+        .iter()
+        .map(|a| a.clone().into_string().ok())
+        .collect();
     let role = utf8.as_deref().and_then(Role::of_args);
     let Some(role) = role else {
         return exec_real(&args.real_python, &args.args);
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fakejvm tap: cannot build a tokio runtime: {e}");
@@ -129,16 +136,22 @@ impl Tap {
         let transport = match role {
             Role::Daemon if env_is_true("PYTHON_UNIX_DOMAIN_ENABLED") => Transport::Unix,
             // 4.1+ worker.py takes the socket branch only with SOCK_PATH set and no SECRET.
-            Role::Direct if std::env::var_os("PYTHON_WORKER_FACTORY_SOCK_PATH").is_some()
-                && std::env::var_os("PYTHON_WORKER_FACTORY_SECRET").is_none() =>
+            Role::Direct
+                if std::env::var_os("PYTHON_WORKER_FACTORY_SOCK_PATH").is_some()
+                    && std::env::var_os("PYTHON_WORKER_FACTORY_SECRET").is_none() =>
             {
                 Transport::Unix
             }
             _ => Transport::Tcp,
         };
         let dir = spool::tap_dir(&args.spool, std::process::id());
-        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create the spool dir {}: {e}", dir.display()))?;
-        let dialect = args.pyspark.parse::<crate::pyenv::PysparkVersion>().ok().and_then(|v| Dialect::for_version(v.major, v.minor));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create the spool dir {}: {e}", dir.display()))?;
+        let dialect = args
+            .pyspark
+            .parse::<crate::pyenv::PysparkVersion>()
+            .ok()
+            .and_then(|v| Dialect::for_version(v.major, v.minor));
         let meta = TapMeta {
             role,
             transport,
@@ -153,9 +166,19 @@ impl Tap {
             real_announce: None,
             tap_announce: None,
         };
-        let tap = Tap { args, dir, dialect, meta: Mutex::new(meta), conns: Mutex::new(vec![]), copied: Mutex::new(BTreeSet::new()) };
+        let tap = Tap {
+            args,
+            dir,
+            dialect,
+            meta: Mutex::new(meta),
+            conns: Mutex::new(vec![]),
+            copied: Mutex::new(BTreeSet::new()),
+        };
         if tap.dialect.is_none() {
-            tap.error(format!("pyspark version {:?} has no known dialect: broadcast files are not copied", tap.args.pyspark));
+            tap.error(format!(
+                "pyspark version {:?} has no known dialect: broadcast files are not copied",
+                tap.args.pyspark
+            ));
         }
         tap.write_meta();
         Ok(tap)
@@ -172,7 +195,10 @@ impl Tap {
     fn write_meta(&self) {
         let bytes = serde_json::to_vec_pretty(&*lock(&self.meta)).unwrap_or_default();
         if let Err(e) = write_atomic(&self.dir.join(spool::META), &bytes) {
-            eprintln!("fakejvm tap: cannot write {}: {e}", self.dir.join(spool::META).display());
+            eprintln!(
+                "fakejvm tap: cannot write {}: {e}",
+                self.dir.join(spool::META).display()
+            );
         }
     }
 
@@ -191,12 +217,21 @@ impl Tap {
     fn new_conn(self: &Arc<Self>) -> std::io::Result<Arc<ConnRecorder>> {
         let mut conns = lock(&self.conns);
         let k = conns.len();
-        let open = |what: &str| std::fs::OpenOptions::new().create(true).append(true).open(spool::conn_file(&self.dir, k, what));
+        let open = |what: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(spool::conn_file(&self.dir, k, what))
+        };
         let rec = Arc::new(ConnRecorder {
             tap: Arc::downgrade(self),
             dir: self.dir.clone(),
             state: Mutex::new(ConnState {
-                meta: ConnMeta { index: k, opened_unix_us: spool::now_unix_us(), ..ConnMeta::default() },
+                meta: ConnMeta {
+                    index: k,
+                    opened_unix_us: spool::now_unix_us(),
+                    ..ConnMeta::default()
+                },
                 to_worker_file: open("to_worker.bin")?,
                 to_jvm_file: open("to_jvm.bin")?,
                 last_was_jvm: false,
@@ -214,7 +249,9 @@ impl Tap {
     /// Copy broadcast files named by a request, while Spark still has them.
     fn copy_broadcasts(&self, ops: &[BroadcastOp], meta: &mut ConnMeta) {
         for op in ops {
-            let BroadcastOp::Add { id, path } = op else { continue };
+            let BroadcastOp::Add { id, path } = op else {
+                continue;
+            };
             if !meta.broadcasts.contains(id) {
                 meta.broadcasts.push(*id);
             }
@@ -222,12 +259,15 @@ impl Tap {
                 continue;
             }
             let Some(path) = path else {
-                meta.errors.push(format!("broadcast {id} came through the decryption server: its value is not recorded"));
+                meta.errors.push(format!(
+                    "broadcast {id} came through the decryption server: its value is not recorded"
+                ));
                 continue;
             };
             let dest = spool::broadcast_file(&self.args.spool, *id);
             if let Err(e) = std::fs::copy(path, &dest) {
-                meta.errors.push(format!("copying broadcast {id} from {path}: {e}"));
+                meta.errors
+                    .push(format!("copying broadcast {id} from {path}: {e}"));
             }
         }
     }
@@ -268,7 +308,9 @@ impl ConnRecorder {
         let res = match dir {
             Dir::ToWorker => {
                 if st.last_was_jvm {
-                    st.meta.turns.push((st.meta.to_worker_bytes, st.meta.to_jvm_bytes));
+                    st.meta
+                        .turns
+                        .push((st.meta.to_worker_bytes, st.meta.to_jvm_bytes));
                 }
                 st.last_was_jvm = false;
                 st.meta.to_worker_bytes += chunk.len() as u64;
@@ -291,17 +333,22 @@ impl ConnRecorder {
     }
 
     fn scan_requests(&self, st: &mut ConnState) {
-        let Some(tap) = self.tap.upgrade() else { return };
+        let Some(tap) = self.tap.upgrade() else {
+            return;
+        };
         let Some(dialect) = tap.dialect else { return };
         if st.handshake_len.is_none() {
             st.handshake_len = spool::to_worker_handshake_len(tap.transport(), &st.requests);
         }
         let Some(hs) = st.handshake_len else { return };
-        let Some(rest) = st.requests.get(hs + st.decoded_upto..) else { return };
+        let Some(rest) = st.requests.get(hs + st.decoded_upto..) else {
+            return;
+        };
         let (reqs, _incomplete) = decode_requests(dialect, rest);
         for r in &reqs {
             tap.copy_broadcasts(&r.request.broadcasts.ops, &mut st.meta);
-            st.decoded_upto += r.spans.iter().map(|s| s.end).max().unwrap_or(0) - r.spans.iter().map(|s| s.start).min().unwrap_or(0);
+            st.decoded_upto += r.spans.iter().map(|s| s.end).max().unwrap_or(0)
+                - r.spans.iter().map(|s| s.start).min().unwrap_or(0);
         }
     }
 
@@ -329,7 +376,10 @@ impl ConnRecorder {
     fn write_meta(&self) {
         let (k, bytes) = {
             let st = lock(&self.state);
-            (st.meta.index, serde_json::to_vec_pretty(&st.meta).unwrap_or_default())
+            (
+                st.meta.index,
+                serde_json::to_vec_pretty(&st.meta).unwrap_or_default(),
+            )
         };
         let path = spool::conn_file(&self.dir, k, "json");
         if let Err(e) = write_atomic(&path, &bytes) {
@@ -353,10 +403,20 @@ async fn run_daemon(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
     let mut real_stdout = real.child.stdout.take().expect("piped");
     let real_stderr = real.child.stderr.take().expect("piped");
     let real_stdin = real.child.stdin.take().expect("piped");
-    tokio::spawn(tee(tap.clone(), real_stderr, std_fd(2), tap.dir.join("stderr.bin")));
+    tokio::spawn(tee(
+        tap.clone(),
+        real_stderr,
+        std_fd(2),
+        tap.dir.join("stderr.bin"),
+    ));
 
     // Where the real daemon listens, and where we listen in its place.
-    let (announce, _raw) = read_daemon_announce(&mut real_stdout, transport == Transport::Unix, ANNOUNCE_TIMEOUT).await;
+    let (announce, _raw) = read_daemon_announce(
+        &mut real_stdout,
+        transport == Transport::Unix,
+        ANNOUNCE_TIMEOUT,
+    )
+    .await;
     let real_addr = match announce {
         Err(e) => {
             // Let the JVM see the daemon's own complaint (it reads our stderr on failure).
@@ -377,11 +437,21 @@ async fn run_daemon(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
     stdout.write_all(&listener.addr.announce_bytes()).await?;
     stdout.flush().await?;
     // Forked workers inherit the daemon's stdout (prints, 4.1+ JSON logs): keep passing it on.
-    tokio::spawn(tee(tap.clone(), real_stdout, stdout, tap.dir.join("stdout.bin")));
+    tokio::spawn(tee(
+        tap.clone(),
+        real_stdout,
+        stdout,
+        tap.dir.join("stdout.bin"),
+    ));
 
     let (stdin_closed_tx, mut stdin_closed) = tokio::sync::watch::channel(false);
     let (stdin_back_tx, stdin_back) = tokio::sync::oneshot::channel();
-    tokio::spawn(forward_stdin(tap.clone(), real_stdin, stdin_closed_tx, stdin_back_tx));
+    tokio::spawn(forward_stdin(
+        tap.clone(),
+        real_stdin,
+        stdin_closed_tx,
+        stdin_back_tx,
+    ));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut proxies = tokio::task::JoinSet::new();
@@ -421,7 +491,10 @@ async fn run_daemon(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
     // which SIGHUPs its workers at once. A reused worker answers the close (an EOFError
     // traceback that the JVM never reads): let the connections finish before the daemon is
     // told, so the recording holds that answer every time instead of when the race allows.
-    let _ = tokio::time::timeout(Duration::from_secs(2), async { while proxies.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while proxies.join_next().await.is_some() {}
+    })
+    .await;
     match why {
         "SIGTERM" => {
             real.group.signal_leader(libc::SIGTERM);
@@ -433,7 +506,10 @@ async fn run_daemon(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
     let exit = real.wait_for(SHUTDOWN_GRACE).await;
     // The daemon SIGHUPs its forked workers when it stops; their sockets close, and so do our
     // proxies. Anything still open after the grace is cut.
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while proxies.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while proxies.join_next().await.is_some() {}
+    })
+    .await;
     proxies.abort_all();
     real.kill_group();
     Ok(exit)
@@ -467,7 +543,9 @@ async fn run_direct(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
                 .ok_or_else(|| anyhow::anyhow!("PYTHON_WORKER_FACTORY_PORT is not set to a port: the JVM did not start a direct worker"))?;
             Addr::Tcp(SocketAddr::new(loopback(), port))
         }
-        Transport::Unix => Addr::Unix(PathBuf::from(env_str("PYTHON_WORKER_FACTORY_SOCK_PATH").unwrap_or_default())),
+        Transport::Unix => Addr::Unix(PathBuf::from(
+            env_str("PYTHON_WORKER_FACTORY_SOCK_PATH").unwrap_or_default(),
+        )),
     };
     let listener = Listener::bind_like(&jvm_addr).await?;
     {
@@ -485,8 +563,18 @@ async fn run_direct(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
     let mut real = Real::spawn(cmd, false)?;
     lock(&tap.meta).real_pid = Some(real.group.pgid());
     tap.write_meta();
-    tokio::spawn(tee(tap.clone(), real.child.stdout.take().expect("piped"), std_fd(1), tap.dir.join("stdout.bin")));
-    tokio::spawn(tee(tap.clone(), real.child.stderr.take().expect("piped"), std_fd(2), tap.dir.join("stderr.bin")));
+    tokio::spawn(tee(
+        tap.clone(),
+        real.child.stdout.take().expect("piped"),
+        std_fd(1),
+        tap.dir.join("stdout.bin"),
+    ));
+    tokio::spawn(tee(
+        tap.clone(),
+        real.child.stderr.take().expect("piped"),
+        std_fd(2),
+        tap.dir.join("stderr.bin"),
+    ));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let worker = tokio::select! {
@@ -566,7 +654,12 @@ impl Addr {
         };
         tokio::time::timeout(Duration::from_secs(10), fut)
             .await
-            .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out after 10 s")))
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out after 10 s",
+                ))
+            })
     }
 }
 
@@ -597,13 +690,27 @@ impl Listener {
             Addr::Tcp(a) => {
                 let l = TcpListener::bind(SocketAddr::new(a.ip(), 0)).await?;
                 let addr = Addr::Tcp(l.local_addr()?);
-                Ok(Listener { inner: ListenerKind::Tcp(l), addr })
+                Ok(Listener {
+                    inner: ListenerKind::Tcp(l),
+                    addr,
+                })
             }
             Addr::Unix(p) => {
-                let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("/tmp"));
-                let path = dir.join(format!(".fakejvm-tap-{}-{}.sock", std::process::id(), hex::encode(rand::random::<[u8; 4]>())));
-                let l = UnixListener::bind(&path).map_err(|e| anyhow::anyhow!("listening on {}: {e}", path.display()))?;
-                Ok(Listener { inner: ListenerKind::Unix(l), addr: Addr::Unix(path) })
+                let dir = p
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("/tmp"));
+                let path = dir.join(format!(
+                    ".fakejvm-tap-{}-{}.sock",
+                    std::process::id(),
+                    hex::encode(rand::random::<[u8; 4]>())
+                ));
+                let l = UnixListener::bind(&path)
+                    .map_err(|e| anyhow::anyhow!("listening on {}: {e}", path.display()))?;
+                Ok(Listener {
+                    inner: ListenerKind::Unix(l),
+                    addr: Addr::Unix(path),
+                })
             }
         }
     }
@@ -708,10 +815,17 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut file = match std::fs::OpenOptions::new().create(true).append(true).open(&log) {
+    let mut file = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+    {
         Ok(f) => Some(f),
         Err(e) => {
-            tap.error(format!("opening {}: {e}; what passes there is not recorded", log.display()));
+            tap.error(format!(
+                "opening {}: {e}; what passes there is not recorded",
+                log.display()
+            ));
             None
         }
     };
@@ -722,7 +836,10 @@ where
             Ok(n) => {
                 if let Some(f) = file.as_mut() {
                     if let Err(e) = f.write_all(&buf[..n]) {
-                        tap.error(format!("writing {}: {e}; the rest of it is not recorded", log.display()));
+                        tap.error(format!(
+                            "writing {}: {e}; the rest of it is not recorded",
+                            log.display()
+                        ));
                         file = None;
                     }
                 }
@@ -746,10 +863,15 @@ struct Real {
 
 impl Real {
     fn spawn(mut cmd: Command, pipe_stdin: bool) -> anyhow::Result<Real> {
-        cmd.stdin(if pipe_stdin { std::process::Stdio::piped() } else { std::process::Stdio::inherit() })
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let (child, group) = spawn_in_group(&mut cmd).map_err(|e| anyhow::anyhow!("starting the real Python: {e}"))?;
+        cmd.stdin(if pipe_stdin {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::inherit()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        let (child, group) = spawn_in_group(&mut cmd)
+            .map_err(|e| anyhow::anyhow!("starting the real Python: {e}"))?;
         Ok(Real { child, group })
     }
 
@@ -782,7 +904,11 @@ fn std_fd(fd: i32) -> tokio::fs::File {
     let dup = unsafe { libc::dup(fd) };
     if dup < 0 {
         // No such stream (the JVM always gives all three): /dev/null reads EOF and takes writes.
-        let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").expect("/dev/null");
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .expect("/dev/null");
         return tokio::fs::File::from_std(null);
     }
     tokio::fs::File::from_std(unsafe { std::fs::File::from_raw_fd(dup) })

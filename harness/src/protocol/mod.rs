@@ -103,7 +103,9 @@ impl std::str::FromStr for Dialect {
             "B" => Ok(Dialect::B),
             "C" => Ok(Dialect::C),
             "D" => Ok(Dialect::D),
-            _ => Err(format!("unknown dialect {s:?}: expected A (3.3-4.0), B (4.1), C (4.2) or D (4.3)")),
+            _ => Err(format!(
+                "unknown dialect {s:?}: expected A (3.3-4.0), B (4.1), C (4.2) or D (4.3)"
+            )),
         }
     }
 }
@@ -143,7 +145,10 @@ impl EvalType {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnInfo {
-    Port { port: i32, secret: String },
+    Port {
+        port: i32,
+        secret: String,
+    },
     /// pyspark 4.1+: a Unix socket path, no secret.
     Path(String),
 }

@@ -157,7 +157,9 @@ impl ReplyDecoder {
     pub fn next_reply(&mut self) -> Result<Option<Reply>, WireError> {
         loop {
             let buf = std::mem::take(&mut self.buf);
-            let mut r = Reader::new(&buf).with_base(self.base).with_max_frame(self.max_frame);
+            let mut r = Reader::new(&buf)
+                .with_base(self.base)
+                .with_max_frame(self.max_frame);
             let step = self.step(&mut r);
             let used = r.position();
             self.buf = buf;
@@ -195,11 +197,21 @@ impl ReplyDecoder {
                         }
                     }
                     Slot::Special(SpecialLength::TimingData) => self.state = State::Timing,
-                    Slot::Special(SpecialLength::PythonExceptionThrown) => return self.exception(r, at),
-                    Slot::Special(SpecialLength::StartArrowStream) => {
-                        return Err(r.violation(at, "START_ARROW_STREAM (-6): Arrow replies are not decoded yet"))
+                    Slot::Special(SpecialLength::PythonExceptionThrown) => {
+                        return self.exception(r, at)
                     }
-                    Slot::Special(s) => return Err(r.violation(at, format!("{s} where a data frame or TIMING_DATA belongs"))),
+                    Slot::Special(SpecialLength::StartArrowStream) => {
+                        return Err(r.violation(
+                            at,
+                            "START_ARROW_STREAM (-6): Arrow replies are not decoded yet",
+                        ))
+                    }
+                    Slot::Special(s) => {
+                        return Err(r.violation(
+                            at,
+                            format!("{s} where a data frame or TIMING_DATA belongs"),
+                        ))
+                    }
                 }
                 Ok(None)
             }
@@ -209,7 +221,11 @@ impl ReplyDecoder {
                 let boot = r.long()?;
                 let init = r.long()?;
                 let finish = r.long()?;
-                let processing = if self.dialect.timing_longs() == 4 { Some(r.long()?) } else { None };
+                let processing = if self.dialect.timing_longs() == 4 {
+                    Some(r.long()?)
+                } else {
+                    None
+                };
                 let mem = r.long()?;
                 let disk = r.long()?;
                 let at = r.offset();
@@ -236,14 +252,31 @@ impl ReplyDecoder {
                 if n < 0 || n as usize > self.max_frame / 4 {
                     return Err(r.violation(at, format!("accumulator count {n} is out of range")));
                 }
-                self.timing = Some((Timing { boot_ms: boot, init_ms: init, finish_ms: finish, processing_ms: processing }, mem, disk));
-                self.state = if n == 0 { State::Final } else { State::Accumulators { left: n as usize } };
+                self.timing = Some((
+                    Timing {
+                        boot_ms: boot,
+                        init_ms: init,
+                        finish_ms: finish,
+                        processing_ms: processing,
+                    },
+                    mem,
+                    disk,
+                ));
+                self.state = if n == 0 {
+                    State::Final
+                } else {
+                    State::Accumulators { left: n as usize }
+                };
                 Ok(None)
             }
             State::Accumulators { left } => {
                 let b = r.frame("accumulator update")?;
                 self.accumulators.push(b.to_vec());
-                self.state = if left == 1 { State::Final } else { State::Accumulators { left: left - 1 } };
+                self.state = if left == 1 {
+                    State::Final
+                } else {
+                    State::Accumulators { left: left - 1 }
+                };
                 Ok(None)
             }
             State::Final => {
@@ -252,10 +285,15 @@ impl ReplyDecoder {
                 if m == SpecialLength::PythonExceptionThrown.value() {
                     return self.exception(r, at);
                 }
-                if m != SpecialLength::EndOfStream.value() && m != SpecialLength::EndOfDataSection.value() {
+                if m != SpecialLength::EndOfStream.value()
+                    && m != SpecialLength::EndOfDataSection.value()
+                {
                     return Err(r.violation(at, format!("final int is {m}, expected END_OF_STREAM (-4) or END_OF_DATA_SECTION (-1)")));
                 }
-                let (timing, mem, disk) = self.timing.take().expect("timing decoded before the final int");
+                let (timing, mem, disk) = self
+                    .timing
+                    .take()
+                    .expect("timing decoded before the final int");
                 let end = ReplyEnd::Completed {
                     timing,
                     memory_bytes_spilled: mem,
@@ -271,7 +309,9 @@ impl ReplyDecoder {
     fn exception(&mut self, r: &mut Reader, _at: u64) -> Result<Option<Reply>, WireError> {
         let bytes = r.frame("exception traceback")?;
         let traceback = String::from_utf8_lossy(bytes).into_owned();
-        Ok(Some(self.finish(ReplyEnd::Exception { traceback }, r.offset())))
+        Ok(Some(
+            self.finish(ReplyEnd::Exception { traceback }, r.offset()),
+        ))
     }
 
     fn finish(&mut self, end: ReplyEnd, end_offset: u64) -> Reply {
@@ -364,9 +404,17 @@ mod tests {
                 }
             }
             let r = got.expect("a reply");
-            assert_eq!(r.data, vec![ReplyItem::Frame(b"one".to_vec()), ReplyItem::Frame(vec![])]);
+            assert_eq!(
+                r.data,
+                vec![ReplyItem::Frame(b"one".to_vec()), ReplyItem::Frame(vec![])]
+            );
             match r.end {
-                ReplyEnd::Completed { final_marker, accumulators, timing, .. } => {
+                ReplyEnd::Completed {
+                    final_marker,
+                    accumulators,
+                    timing,
+                    ..
+                } => {
                     assert_eq!(final_marker, -4);
                     assert_eq!(accumulators, vec![b"acc".to_vec()]);
                     assert_eq!(timing.processing_ms.is_some(), d.timing_longs() == 4);
@@ -390,10 +438,15 @@ mod tests {
         let mut b = BytesMut::new();
         wire::put_frame(&mut b, b"x");
         wire::put_special(&mut b, SpecialLength::PythonExceptionThrown);
-        wire::put_str(&mut b, "Traceback...\nZeroDivisionError: division by zero\n");
+        wire::put_str(
+            &mut b,
+            "Traceback...\nZeroDivisionError: division by zero\n",
+        );
         let (replies, err) = decode_replies(Dialect::A, &b);
         assert!(err.is_none());
-        assert!(matches!(&replies[0].end, ReplyEnd::Exception { traceback } if traceback.contains("ZeroDivisionError")));
+        assert!(
+            matches!(&replies[0].end, ReplyEnd::Exception { traceback } if traceback.contains("ZeroDivisionError"))
+        );
     }
 
     proptest! {

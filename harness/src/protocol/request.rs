@@ -45,7 +45,10 @@ impl EncodedRequest {
     }
 
     pub fn data_frames(&self) -> usize {
-        self.spans.iter().filter(|s| matches!(s.kind, SpanKind::Data(_))).count()
+        self.spans
+            .iter()
+            .filter(|s| matches!(s.kind, SpanKind::Data(_)))
+            .count()
     }
 }
 
@@ -55,7 +58,11 @@ impl Dialect {
         let mut out = EncodedRequest::default();
         let mut buf = BytesMut::new();
         let mark = |buf: &BytesMut, kind: SpanKind, start: usize, spans: &mut Vec<Span>| {
-            spans.push(Span { kind, start, end: buf.len() });
+            spans.push(Span {
+                kind,
+                start,
+                end: buf.len(),
+            });
         };
 
         // The header (and in D the command) is built on its own so D can wrap it.
@@ -114,7 +121,10 @@ impl Dialect {
         } else {
             wire::put_bool(buf, ctx.is_barrier);
             if ctx.is_barrier || self.always_sends_barrier_fields() {
-                let conn = ctx.barrier.clone().unwrap_or(ConnInfo::Port { port: 0, secret: String::new() });
+                let conn = ctx.barrier.clone().unwrap_or(ConnInfo::Port {
+                    port: 0,
+                    secret: String::new(),
+                });
                 self.put_conn_info(buf, &conn);
             }
             wire::put_int(buf, ctx.stage_id);
@@ -195,10 +205,18 @@ impl Dialect {
         let resources: serde_json::Map<String, serde_json::Value> = ctx
             .resources
             .iter()
-            .map(|r| (r.key.clone(), json!({"name": r.name, "addresses": r.addresses})))
+            .map(|r| {
+                (
+                    r.key.clone(),
+                    json!({"name": r.name, "addresses": r.addresses}),
+                )
+            })
             .collect();
-        let props: serde_json::Map<String, serde_json::Value> =
-            ctx.local_properties.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let props: serde_json::Map<String, serde_json::Value> = ctx
+            .local_properties
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
         let mut v = json!({
             "isBarrier": ctx.is_barrier,
             "stageId": ctx.stage_id,
@@ -211,7 +229,10 @@ impl Dialect {
             "connInfo": conn,
             "secret": secret,
         });
-        let amount = ctx.cpu_amount.clone().or_else(|| (self == Dialect::D).then(|| ctx.cpus.to_string()));
+        let amount = ctx
+            .cpu_amount
+            .clone()
+            .or_else(|| (self == Dialect::D).then(|| ctx.cpus.to_string()));
         if let Some(a) = amount {
             v["cpuAmount"] = json!(a);
         }
@@ -269,14 +290,23 @@ impl Dialect {
             let at = r.offset();
             let marker = r.int()?;
             if marker != SpecialLength::StartOfInitMessage.value() {
-                return Err(r.violation(at, format!("expected START_OF_INIT_MESSAGE (-8), got {marker}")));
+                return Err(r.violation(
+                    at,
+                    format!("expected START_OF_INIT_MESSAGE (-8), got {marker}"),
+                ));
             }
             let len_at = r.offset();
             let len = r.int()?;
             if len < 0 || len as usize > r.max_frame() {
-                return Err(r.violation(len_at, format!("init message length {len} is out of range")));
+                return Err(
+                    r.violation(len_at, format!("init message length {len} is out of range"))
+                );
             }
-            spans.push(Span { kind: SpanKind::InitPrefix, start: (outer_base) as usize, end: r.offset() as usize });
+            spans.push(Span {
+                kind: SpanKind::InitPrefix,
+                start: (outer_base) as usize,
+                end: r.offset() as usize,
+            });
             let base = r.offset();
             Some((base, r.bytes(len as usize, "init message")?))
         } else {
@@ -285,7 +315,9 @@ impl Dialect {
         let mut inner;
         let h: &mut Reader = match init_window {
             Some((base, window)) => {
-                inner = Reader::new(window).with_base(base).with_max_frame(r.max_frame());
+                inner = Reader::new(window)
+                    .with_base(base)
+                    .with_max_frame(r.max_frame());
                 &mut inner
             }
             None => r,
@@ -294,8 +326,16 @@ impl Dialect {
         let start = h.offset();
         req.split_index = h.int()?;
         if req.split_index == -1 {
-            spans.push(Span { kind: SpanKind::Header, start: start as usize, end: h.offset() as usize });
-            return Ok(DecodedRequest { request: req, context_json, spans });
+            spans.push(Span {
+                kind: SpanKind::Header,
+                start: start as usize,
+                end: h.offset() as usize,
+            });
+            return Ok(DecodedRequest {
+                request: req,
+                context_json,
+                spans,
+            });
         }
         req.python_version = h.string("python version")?;
         if self.json_context() {
@@ -321,8 +361,14 @@ impl Dialect {
                 let key = h.string("resource key")?;
                 let name = h.string("resource name")?;
                 let n = h.count("resource address count", 4)?;
-                let addresses = (0..n).map(|_| h.string("resource address")).collect::<Result<_, _>>()?;
-                ctx.resources.push(Resource { key, name, addresses });
+                let addresses = (0..n)
+                    .map(|_| h.string("resource address"))
+                    .collect::<Result<_, _>>()?;
+                ctx.resources.push(Resource {
+                    key,
+                    name,
+                    addresses,
+                });
             }
             ctx.local_properties = read_string_map(h, "local property count")?;
         }
@@ -338,7 +384,11 @@ impl Dialect {
         for _ in 0..n {
             let id = h.long()?;
             if id >= 0 {
-                let path = if has_server { None } else { Some(h.string("broadcast path")?) };
+                let path = if has_server {
+                    None
+                } else {
+                    Some(h.string("broadcast path")?)
+                };
                 req.broadcasts.ops.push(BroadcastOp::Add { id, path });
             } else {
                 req.broadcasts.ops.push(BroadcastOp::Remove { id: -1 - id });
@@ -349,20 +399,37 @@ impl Dialect {
             req.runner_conf = read_string_map(h, "runner conf count")?;
             req.eval_conf = read_string_map(h, "eval conf count")?;
         }
-        spans.push(Span { kind: SpanKind::Header, start: start as usize, end: h.offset() as usize });
+        spans.push(Span {
+            kind: SpanKind::Header,
+            start: start as usize,
+            end: h.offset() as usize,
+        });
         if req.eval_type != EvalType::NonUdf {
             return Err(h.violation(
                 h.offset(),
-                format!("eval type {} is not decoded yet (only NON_UDF = 0)", req.eval_type.value()),
+                format!(
+                    "eval type {} is not decoded yet (only NON_UDF = 0)",
+                    req.eval_type.value()
+                ),
             ));
         }
         let start = h.offset();
         req.command = h.frame("command")?.to_vec();
-        spans.push(Span { kind: SpanKind::Command, start: start as usize, end: h.offset() as usize });
+        spans.push(Span {
+            kind: SpanKind::Command,
+            start: start as usize,
+            end: h.offset() as usize,
+        });
         if let Some((_, window)) = init_window {
             if !h.is_empty() {
                 let at = h.offset();
-                return Err(h.violation(at, format!("{} unread byte(s) at the end of the init message", window.len() - h.position())));
+                return Err(h.violation(
+                    at,
+                    format!(
+                        "{} unread byte(s) at the end of the init message",
+                        window.len() - h.position()
+                    ),
+                ));
             }
         }
 
@@ -374,18 +441,36 @@ impl Dialect {
                 Slot::Special(SpecialLength::Null) => req.data.push(DataItem::Null),
                 Slot::Special(SpecialLength::EndOfDataSection) => {
                     req.end_of_data = true;
-                    spans.push(Span { kind: SpanKind::EndOfData, start: start as usize, end: r.offset() as usize });
+                    spans.push(Span {
+                        kind: SpanKind::EndOfData,
+                        start: start as usize,
+                        end: r.offset() as usize,
+                    });
                     break;
                 }
-                Slot::Special(s) => return Err(r.violation(start, format!("{s} in the data section"))),
+                Slot::Special(s) => {
+                    return Err(r.violation(start, format!("{s} in the data section")))
+                }
             }
             let k = req.data.len() - 1;
-            spans.push(Span { kind: SpanKind::Data(k), start: start as usize, end: r.offset() as usize });
+            spans.push(Span {
+                kind: SpanKind::Data(k),
+                start: start as usize,
+                end: r.offset() as usize,
+            });
         }
         let start = r.offset();
         req.final_marker = Some(r.int()?);
-        spans.push(Span { kind: SpanKind::FinalMarker, start: start as usize, end: r.offset() as usize });
-        Ok(DecodedRequest { request: req, context_json, spans })
+        spans.push(Span {
+            kind: SpanKind::FinalMarker,
+            start: start as usize,
+            end: r.offset() as usize,
+        });
+        Ok(DecodedRequest {
+            request: req,
+            context_json,
+            spans,
+        })
     }
 
     fn read_conn_info(self, r: &mut Reader) -> Result<ConnInfo, WireError> {
@@ -393,19 +478,29 @@ impl Dialect {
         if port == -1 && self.conn_info_may_be_path() {
             Ok(ConnInfo::Path(r.string("socket path")?))
         } else {
-            Ok(ConnInfo::Port { port, secret: r.string("secret")? })
+            Ok(ConnInfo::Port {
+                port,
+                secret: r.string("secret")?,
+            })
         }
     }
 }
 
 fn read_string_map(r: &mut Reader, what: &'static str) -> Result<Vec<(String, String)>, WireError> {
     let n = r.count(what, 8)?;
-    (0..n).map(|_| Ok((r.string("key")?, r.string("value")?))).collect()
+    (0..n)
+        .map(|_| Ok((r.string("key")?, r.string("value")?)))
+        .collect()
 }
 
 fn parse_context_json(text: &str) -> Result<TaskContext, String> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("task context is not JSON: {e}"))?;
-    let int = |k: &str| v.get(k).and_then(|x| x.as_i64()).ok_or_else(|| format!("task context JSON lacks integer {k:?}"));
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("task context is not JSON: {e}"))?;
+    let int = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_i64())
+            .ok_or_else(|| format!("task context JSON lacks integer {k:?}"))
+    };
     let barrier = match (v.get("connInfo"), v.get("secret")) {
         (Some(serde_json::Value::Number(p)), s) => Some(ConnInfo::Port {
             port: p.as_i64().unwrap_or(0) as i32,
@@ -419,11 +514,19 @@ fn parse_context_json(text: &str) -> Result<TaskContext, String> {
         for (key, info) in obj {
             resources.push(Resource {
                 key: key.clone(),
-                name: info.get("name").and_then(|n| n.as_str()).unwrap_or(key).to_owned(),
+                name: info
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or(key)
+                    .to_owned(),
                 addresses: info
                     .get("addresses")
                     .and_then(|a| a.as_array())
-                    .map(|a| a.iter().map(|x| x.as_str().unwrap_or_default().to_owned()).collect())
+                    .map(|a| {
+                        a.iter()
+                            .map(|x| x.as_str().unwrap_or_default().to_owned())
+                            .collect()
+                    })
                     .unwrap_or_default(),
             });
         }
@@ -431,10 +534,17 @@ fn parse_context_json(text: &str) -> Result<TaskContext, String> {
     let local_properties = v
         .get("localProperties")
         .and_then(|p| p.as_object())
-        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
         .unwrap_or_default();
     Ok(TaskContext {
-        is_barrier: v.get("isBarrier").and_then(|b| b.as_bool()).unwrap_or(false),
+        is_barrier: v
+            .get("isBarrier")
+            .and_then(|b| b.as_bool())
+            .unwrap_or(false),
         barrier,
         stage_id: int("stageId")? as i32,
         partition_id: int("partitionId")? as i32,
@@ -456,11 +566,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample(dialect: Dialect) -> TaskRequest {
-        let mut req = TaskRequest::non_udf("3.11", vec![0x80, 5, 1, 2, 3], vec![
-            DataItem::Frame(b"abc".to_vec()),
-            DataItem::Null,
-            DataItem::Frame(vec![]),
-        ]);
+        let mut req = TaskRequest::non_udf(
+            "3.11",
+            vec![0x80, 5, 1, 2, 3],
+            vec![
+                DataItem::Frame(b"abc".to_vec()),
+                DataItem::Null,
+                DataItem::Frame(vec![]),
+            ],
+        );
         req.split_index = 3;
         req.context = TaskContext {
             stage_id: 7,
@@ -469,12 +583,22 @@ mod tests {
             task_attempt_id: 1 << 40,
             cpus: 2,
             cpu_amount: (dialect == Dialect::D).then(|| "2".into()),
-            resources: vec![Resource { key: "gpu".into(), name: "gpu".into(), addresses: vec!["0".into(), "1".into()] }],
+            resources: vec![Resource {
+                key: "gpu".into(),
+                name: "gpu".into(),
+                addresses: vec!["0".into(), "1".into()],
+            }],
             local_properties: vec![("a".into(), "é😀".into())],
             ..TaskContext::default()
         };
         req.includes = vec!["lib.zip".into()];
-        req.broadcasts.ops = vec![BroadcastOp::Add { id: 4, path: Some("/tmp/b4".into()) }, BroadcastOp::Remove { id: 2 }];
+        req.broadcasts.ops = vec![
+            BroadcastOp::Add {
+                id: 4,
+                path: Some("/tmp/b4".into()),
+            },
+            BroadcastOp::Remove { id: 2 },
+        ];
         if dialect.has_conf_maps() {
             req.runner_conf = vec![("k".into(), "v".into())];
         }
@@ -496,7 +620,10 @@ mod tests {
 
     #[test]
     fn families_differ_on_the_wire() {
-        let bytes: Vec<Vec<u8>> = Dialect::ALL.iter().map(|d| d.encode_request(&sample(*d)).bytes).collect();
+        let bytes: Vec<Vec<u8>> = Dialect::ALL
+            .iter()
+            .map(|d| d.encode_request(&sample(*d)).bytes)
+            .collect();
         for i in 0..4 {
             for j in i + 1..4 {
                 assert_ne!(bytes[i], bytes[j]);
@@ -519,7 +646,10 @@ mod tests {
         let enc = Dialect::A.encode_request(&req);
         let (dec, err) = decode_requests(Dialect::A, &enc.bytes);
         assert!(err.is_none());
-        assert_eq!(dec[0].request.broadcasts.ops, vec![BroadcastOp::Remove { id: i64::MAX }]);
+        assert_eq!(
+            dec[0].request.broadcasts.ops,
+            vec![BroadcastOp::Remove { id: i64::MAX }]
+        );
     }
 
     #[test]

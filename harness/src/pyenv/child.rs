@@ -51,10 +51,19 @@ impl Ran {
 /// Run `cmd` with `input` on its stdin (or /dev/null), to completion or `limit`. With
 /// `echo = Some(prefix)`, each output line is also copied to our stderr as it arrives, so a
 /// person sees a long pip install progress. Err only when the program cannot be started.
-pub(super) fn run(mut cmd: Command, input: Option<Vec<u8>>, limit: Duration, echo: Option<&'static str>) -> io::Result<Ran> {
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+pub(super) fn run(
+    mut cmd: Command,
+    input: Option<Vec<u8>>,
+    limit: Duration,
+    echo: Option<&'static str>,
+) -> io::Result<Ran> {
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let (child, group) = spawn_in_group(&mut cmd)?;
     let mut helper = Helper { child, group };
     let deadline = Instant::now() + limit;
@@ -66,7 +75,10 @@ pub(super) fn run(mut cmd: Command, input: Option<Vec<u8>>, limit: Duration, ech
         });
     }
     let (sender, outputs) = mpsc::channel();
-    for (stream, which) in [(helper.child.stdout.take().map(boxed), 0), (helper.child.stderr.take().map(boxed), 1)] {
+    for (stream, which) in [
+        (helper.child.stdout.take().map(boxed), 0),
+        (helper.child.stderr.take().map(boxed), 1),
+    ] {
         let sender = sender.clone();
         if let Some(stream) = stream {
             thread::spawn(move || {
@@ -89,7 +101,11 @@ pub(super) fn run(mut cmd: Command, input: Option<Vec<u8>>, limit: Duration, ech
     };
     let status = helper.kill_and_reap()?;
 
-    let mut ran = Ran { status: exited.then_some(status), stdout: Vec::new(), stderr: Vec::new() };
+    let mut ran = Ran {
+        status: exited.then_some(status),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
     // The group is dead, so the pipes are closed unless someone left the group; do not wait forever.
     for _ in 0..2 {
         match outputs.recv_timeout(Duration::from_secs(5)) {
@@ -138,7 +154,13 @@ impl Helper {
         unsafe {
             let mut info: libc::siginfo_t = std::mem::zeroed();
             let flags = libc::WEXITED | libc::WNOWAIT | libc::WNOHANG;
-            libc::waitid(libc::P_PID, self.group.pgid() as libc::id_t, &mut info, flags) == 0 && info.si_pid() != 0
+            libc::waitid(
+                libc::P_PID,
+                self.group.pgid() as libc::id_t,
+                &mut info,
+                flags,
+            ) == 0
+                && info.si_pid() != 0
         }
     }
 

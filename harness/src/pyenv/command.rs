@@ -15,8 +15,8 @@
 //! seed, so the glue runs with PYTHONHASHSEED=0; a class defined in the source gets a random
 //! cloudpickle tracker id (uuid4) on every build, which the disk cache then pins.
 
-use crate::atomic::{write_atomic, WriteOptions};
 use super::{cache_root, child, EnvError, PythonEnv, GLUE};
+use crate::atomic::{write_atomic, WriteOptions};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -44,9 +44,15 @@ pub enum SerializerSpec {
     /// NoOpSerializer(): raw bytes per frame.
     NoOp,
     /// PairDeserializer(key, value): zip's alternating key and value batches.
-    Pair { key: Box<SerializerSpec>, value: Box<SerializerSpec> },
+    Pair {
+        key: Box<SerializerSpec>,
+        value: Box<SerializerSpec>,
+    },
     /// CartesianDeserializer(key, value): cartesian's alternating batches.
-    Cartesian { key: Box<SerializerSpec>, value: Box<SerializerSpec> },
+    Cartesian {
+        key: Box<SerializerSpec>,
+        value: Box<SerializerSpec>,
+    },
 }
 
 /// One RDD task's command. `function` is Python source binding `func` to a callable taking
@@ -64,8 +70,14 @@ pub struct CommandSpec {
 /// pyspark versions, the glue and the spec; whatever is not cached is built by ONE Python run.
 pub fn build_commands(env: &PythonEnv, specs: &[CommandSpec]) -> Result<Vec<Vec<u8>>, EnvError> {
     let dir = cache_root().join("commands");
-    let paths: Vec<PathBuf> = specs.iter().map(|spec| dir.join(format!("{}.bin", cache_key(env, spec)))).collect();
-    let mut built: Vec<Option<Vec<u8>>> = paths.iter().map(|p| std::fs::read(p).ok().filter(|b| looks_like_pickle(b))).collect();
+    let paths: Vec<PathBuf> = specs
+        .iter()
+        .map(|spec| dir.join(format!("{}.bin", cache_key(env, spec))))
+        .collect();
+    let mut built: Vec<Option<Vec<u8>>> = paths
+        .iter()
+        .map(|p| std::fs::read(p).ok().filter(|b| looks_like_pickle(b)))
+        .collect();
     let missing: Vec<usize> = (0..specs.len()).filter(|&i| built[i].is_none()).collect();
     if missing.is_empty() {
         return Ok(built.into_iter().flatten().collect());
@@ -80,14 +92,28 @@ pub fn build_commands(env: &PythonEnv, specs: &[CommandSpec]) -> Result<Vec<Vec<
                     .decode(b64)
                     .ok()
                     .filter(|b| looks_like_pickle(b))
-                    .ok_or_else(|| EnvError::Glue { python: env.python.clone(), detail: format!("spec #{i} came back as no pickle") })?;
+                    .ok_or_else(|| EnvError::Glue {
+                        python: env.python.clone(),
+                        detail: format!("spec #{i} came back as no pickle"),
+                    })?;
                 // A failed cache write only costs a rebuild next time.
                 let _ = write_atomic(&paths[i], &bytes, WriteOptions::CACHE);
                 built[i] = Some(bytes);
             }
             Answer::Error(python_error) => {
-                let head: String = specs[i].function.lines().next().unwrap_or("").chars().take(60).collect();
-                return Err(EnvError::BadFunction { index: i, head, python_error });
+                let head: String = specs[i]
+                    .function
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(60)
+                    .collect();
+                return Err(EnvError::BadFunction {
+                    index: i,
+                    head,
+                    python_error,
+                });
             }
         }
     }
@@ -123,28 +149,51 @@ enum Answer {
 }
 
 fn run_glue(env: &PythonEnv, specs: &[&CommandSpec]) -> Result<Vec<Answer>, EnvError> {
-    let glue_failed = |detail: String| EnvError::Glue { python: env.python.clone(), detail };
+    let glue_failed = |detail: String| EnvError::Glue {
+        python: env.python.clone(),
+        detail,
+    };
     let mut cmd = Command::new(&env.python);
-    cmd.arg("-c").arg(GLUE).arg("build").env("PYTHONHASHSEED", "0").env_remove("PYSPARK_ENABLE_NAMEDTUPLE_PATCH");
-    let input = serde_json::to_vec(&serde_json::json!({ "specs": specs })).expect("specs serialize");
-    let ran = child::run(cmd, Some(input), BUILD_LIMIT, None).map_err(|e| glue_failed(format!("cannot start it: {e}")))?;
+    cmd.arg("-c")
+        .arg(GLUE)
+        .arg("build")
+        .env("PYTHONHASHSEED", "0")
+        .env_remove("PYSPARK_ENABLE_NAMEDTUPLE_PATCH");
+    let input =
+        serde_json::to_vec(&serde_json::json!({ "specs": specs })).expect("specs serialize");
+    let ran = child::run(cmd, Some(input), BUILD_LIMIT, None)
+        .map_err(|e| glue_failed(format!("cannot start it: {e}")))?;
     if ran.status.is_none() {
         return Err(EnvError::Timeout {
-            what: format!("building {} command(s) with {}", specs.len(), env.python.display()),
+            what: format!(
+                "building {} command(s) with {}",
+                specs.len(),
+                env.python.display()
+            ),
             after: BUILD_LIMIT,
-            hint: "a function's source runs at build time: make sure it does not loop or block".into(),
+            hint: "a function's source runs at build time: make sure it does not loop or block"
+                .into(),
         });
     }
     if !ran.succeeded() {
-        return Err(glue_failed(format!("it exited with {}: {}", ran.status_text(), ran.tail())));
+        return Err(glue_failed(format!(
+            "it exited with {}: {}",
+            ran.status_text(),
+            ran.tail()
+        )));
     }
     #[derive(serde::Deserialize)]
     struct Built {
         results: Vec<Answer>,
     }
-    let built: Built = serde_json::from_slice(&ran.stdout).map_err(|e| glue_failed(format!("unexpected answer: {e}")))?;
+    let built: Built = serde_json::from_slice(&ran.stdout)
+        .map_err(|e| glue_failed(format!("unexpected answer: {e}")))?;
     if built.results.len() != specs.len() {
-        return Err(glue_failed(format!("{} answers for {} specs", built.results.len(), specs.len())));
+        return Err(glue_failed(format!(
+            "{} answers for {} specs",
+            built.results.len(),
+            specs.len()
+        )));
     }
     Ok(built.results)
 }
@@ -154,18 +203,42 @@ mod tests {
     use super::super::tests::default_env;
     use super::*;
 
-    fn spec(function: &str, deserializer: SerializerSpec, serializer: SerializerSpec) -> CommandSpec {
-        CommandSpec { function: function.into(), deserializer, serializer }
+    fn spec(
+        function: &str,
+        deserializer: SerializerSpec,
+        serializer: SerializerSpec,
+    ) -> CommandSpec {
+        CommandSpec {
+            function: function.into(),
+            deserializer,
+            serializer,
+        }
     }
 
     #[test]
     fn serializer_specs_read_as_scenario_json_spells_them() {
         let parse = |s: &str| serde_json::from_str::<SerializerSpec>(s);
-        assert_eq!(parse(r#"{"kind":"batched","size":2}"#).unwrap(), SerializerSpec::Batched { size: 2 });
-        assert_eq!(parse(r#"{"kind":"auto_batched"}"#).unwrap(), SerializerSpec::AutoBatched);
-        let pair = parse(r#"{"kind":"pair","key":{"kind":"pickle"},"value":{"kind":"utf8"}}"#).unwrap();
-        assert_eq!(pair, SerializerSpec::Pair { key: Box::new(SerializerSpec::Pickle), value: Box::new(SerializerSpec::Utf8) });
-        assert_eq!(serde_json::to_string(&SerializerSpec::NoOp).unwrap(), r#"{"kind":"no_op"}"#);
+        assert_eq!(
+            parse(r#"{"kind":"batched","size":2}"#).unwrap(),
+            SerializerSpec::Batched { size: 2 }
+        );
+        assert_eq!(
+            parse(r#"{"kind":"auto_batched"}"#).unwrap(),
+            SerializerSpec::AutoBatched
+        );
+        let pair =
+            parse(r#"{"kind":"pair","key":{"kind":"pickle"},"value":{"kind":"utf8"}}"#).unwrap();
+        assert_eq!(
+            pair,
+            SerializerSpec::Pair {
+                key: Box::new(SerializerSpec::Pickle),
+                value: Box::new(SerializerSpec::Utf8)
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&SerializerSpec::NoOp).unwrap(),
+            r#"{"kind":"no_op"}"#
+        );
         assert!(parse(r#"{"kind":"batched","size":2,"extra":1}"#).is_err());
         assert!(parse(r#"{"kind":"marshal"}"#).is_err());
     }
@@ -185,11 +258,18 @@ mod tests {
         let commands = build_commands(&env, &specs).unwrap();
         assert_eq!(commands.len(), 3);
         for (i, c) in commands.iter().enumerate() {
-            assert!(c.len() > 100 && c[0] == 0x80 && c[1] == 5, "command #{i} is no protocol-5 pickle: {:02x?}", &c[..c.len().min(4)]);
+            assert!(
+                c.len() > 100 && c[0] == 0x80 && c[1] == 5,
+                "command #{i} is no protocol-5 pickle: {:02x?}",
+                &c[..c.len().min(4)]
+            );
         }
         // The serializers travel as instances of pyspark's own classes, by reference.
         let text = String::from_utf8_lossy(&commands[1]);
-        assert!(text.contains("pyspark.serializers") && text.contains("PairDeserializer"), "{text}");
+        assert!(
+            text.contains("pyspark.serializers") && text.contains("PairDeserializer"),
+            "{text}"
+        );
         // Same answer again (from the cache, or rebuilt: the build is deterministic).
         assert_eq!(build_commands(&env, &specs).unwrap(), commands);
         assert!(build_commands(&env, &[]).unwrap().is_empty());
@@ -198,20 +278,49 @@ mod tests {
     #[test]
     fn a_broken_function_names_its_spec_and_the_python_error() {
         let env = default_env();
-        let good = spec("func = lambda split, it: it", SerializerSpec::Pickle, SerializerSpec::Pickle);
-        let broken = spec("func = lambda split, it: it +", SerializerSpec::Pickle, SerializerSpec::Pickle);
+        let good = spec(
+            "func = lambda split, it: it",
+            SerializerSpec::Pickle,
+            SerializerSpec::Pickle,
+        );
+        let broken = spec(
+            "func = lambda split, it: it +",
+            SerializerSpec::Pickle,
+            SerializerSpec::Pickle,
+        );
         let err = build_commands(&env, &[good.clone(), broken]).unwrap_err();
-        assert!(matches!(err, EnvError::BadFunction { index: 1, .. }), "{err:?}");
+        assert!(
+            matches!(err, EnvError::BadFunction { index: 1, .. }),
+            "{err:?}"
+        );
         let msg = err.to_string();
-        assert!(msg.contains("#1") && msg.contains("SyntaxError") && msg.contains("split_index, iterator"), "{msg}");
+        assert!(
+            msg.contains("#1")
+                && msg.contains("SyntaxError")
+                && msg.contains("split_index, iterator"),
+            "{msg}"
+        );
 
-        let unbound = spec("f = lambda split, it: it", SerializerSpec::Pickle, SerializerSpec::Pickle);
-        let msg = build_commands(&env, &[unbound, good]).unwrap_err().to_string();
+        let unbound = spec(
+            "f = lambda split, it: it",
+            SerializerSpec::Pickle,
+            SerializerSpec::Pickle,
+        );
+        let msg = build_commands(&env, &[unbound, good])
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("#0") && msg.contains("func"), "{msg}");
 
-        let undefined = spec("func = undefined_name", SerializerSpec::Pickle, SerializerSpec::Pickle);
+        let undefined = spec(
+            "func = undefined_name",
+            SerializerSpec::Pickle,
+            SerializerSpec::Pickle,
+        );
         let msg = build_commands(&env, &[undefined]).unwrap_err().to_string();
-        assert!(msg.contains("NameError") && msg.contains("undefined_name"), "{msg}");
+        assert!(
+            msg.contains("NameError") && msg.contains("undefined_name"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -222,7 +331,11 @@ mod tests {
             python_version: "3.11".into(),
             pyspark_dir: "/envs/a/pyspark".into(),
         };
-        let a = spec("func = lambda s, it: it", SerializerSpec::Pickle, SerializerSpec::Pickle);
+        let a = spec(
+            "func = lambda s, it: it",
+            SerializerSpec::Pickle,
+            SerializerSpec::Pickle,
+        );
         let mut b = a.clone();
         b.serializer = SerializerSpec::Batched { size: 1 };
         let mut other = env.clone();

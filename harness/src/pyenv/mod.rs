@@ -57,25 +57,52 @@ pub enum EnvError {
     #[error("python interpreter {} not found: pass --python PATH to an interpreter with pyspark installed, or drop --python to use fakejvm's own env (`fakejvm env setup`)", python.display())]
     PythonMissing { python: PathBuf },
     #[error("cannot run python interpreter {}: {source}; pass --python PATH to an executable interpreter with pyspark installed", python.display())]
-    PythonNotRunnable { python: PathBuf, source: std::io::Error },
+    PythonNotRunnable {
+        python: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{} (python {python_version}) has no pyspark: install one there (`{} -m pip install pyspark=={DEFAULT_PYSPARK}`), pass --python PATH to an interpreter with pyspark installed, or drop --python to use fakejvm's own env", python.display(), python.display())]
-    NoPyspark { python: PathBuf, python_version: String },
+    NoPyspark {
+        python: PathBuf,
+        python_version: String,
+    },
     #[error("cannot learn the Python and pyspark versions of {} ({detail}): pass --python PATH to a Python 3 interpreter with pyspark installed", python.display())]
     ProbeFailed { python: PathBuf, detail: String },
     #[error("{text:?} is not a pyspark version fakejvm can use: write a release like 4.0.5, or a pinned line ({})", PINNED.iter().map(|v| format!("{} for {v}", &v[..v.rfind('.').unwrap_or(v.len())])).collect::<Vec<_>>().join(", "))]
     BadVersion { text: String },
     #[error("{} has pyspark {found} but pyspark {wanted} was asked for: drop --pyspark to use that interpreter as it is, or drop --python to use fakejvm's own pyspark {wanted} env", python.display())]
-    VersionMismatch { python: PathBuf, found: PysparkVersion, wanted: String },
+    VersionMismatch {
+        python: PathBuf,
+        found: PysparkVersion,
+        wanted: String,
+    },
     #[error("cannot run the base Python {python:?} that fakejvm builds its envs from ({detail}): set FAKEJVM_BASE_PYTHON to a Python 3 interpreter, or put python3 on PATH")]
     NoBasePython { python: String, detail: String },
     #[error("provisioning pyspark {pyspark} in {} failed at `{step}`:\n{detail}\nFix the cause (pip needs PyPI or the mirror in your pip.conf; `python -m venv` needs the venv module, e.g. apt install python3-venv), then run `fakejvm env setup --pyspark {pyspark}` again", dir.display())]
-    ProvisionFailed { pyspark: String, dir: PathBuf, step: String, detail: String },
+    ProvisionFailed {
+        pyspark: String,
+        dir: PathBuf,
+        step: String,
+        detail: String,
+    },
     #[error("cannot {action} {}: {source}", path.display())]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{what} did not finish within {}s and was killed; {hint}", after.as_secs())]
-    Timeout { what: String, after: Duration, hint: String },
+    Timeout {
+        what: String,
+        after: Duration,
+        hint: String,
+    },
     #[error("the function of command spec #{index} (source begins {head:?}) cannot be turned into a command:\n{python_error}\nFix the scenario: its source must bind `func` to a callable taking (split_index, iterator)")]
-    BadFunction { index: usize, head: String, python_error: String },
+    BadFunction {
+        index: usize,
+        head: String,
+        python_error: String,
+    },
     #[error("fakejvm's command builder failed under {} ({detail}); this is a fakejvm bug or a pyspark it does not know: please report it with this message", python.display())]
     Glue { python: PathBuf, detail: String },
 }
@@ -85,14 +112,18 @@ pub enum EnvError {
 pub fn cache_root() -> PathBuf {
     match std::env::var_os("FAKEJVM_CACHE_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("fakejvm"),
+        _ => dirs::cache_dir()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("fakejvm"),
     }
 }
 
 /// `<cache_root>/envs/pyspark-<pyspark>-py<python_mm>`; the Python minor version is part of the
 /// key because a venv (and every wheel in it) is built for exactly one.
 pub fn env_dir(pyspark: &str, python_mm: &str) -> PathBuf {
-    cache_root().join("envs").join(format!("pyspark-{pyspark}-py{python_mm}"))
+    cache_root()
+        .join("envs")
+        .join(format!("pyspark-{pyspark}-py{python_mm}"))
 }
 
 /// Run `python` once and report its Python and pyspark versions. Fails when it is missing, not
@@ -106,10 +137,18 @@ fn probe_with_packages(python: &Path) -> Result<(PythonEnv, BTreeMap<String, Str
     let mut cmd = Command::new(python);
     cmd.arg("-c").arg(GLUE).arg("probe");
     let ran = child::run(cmd, None, PROBE_LIMIT, None).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => EnvError::PythonMissing { python: python.to_path_buf() },
-        _ => EnvError::PythonNotRunnable { python: python.to_path_buf(), source },
+        std::io::ErrorKind::NotFound => EnvError::PythonMissing {
+            python: python.to_path_buf(),
+        },
+        _ => EnvError::PythonNotRunnable {
+            python: python.to_path_buf(),
+            source,
+        },
     })?;
-    let failed = |detail: String| EnvError::ProbeFailed { python: python.to_path_buf(), detail };
+    let failed = |detail: String| EnvError::ProbeFailed {
+        python: python.to_path_buf(),
+        detail,
+    };
     if ran.status.is_none() {
         return Err(EnvError::Timeout {
             what: format!("probing {}", python.display()),
@@ -118,7 +157,11 @@ fn probe_with_packages(python: &Path) -> Result<(PythonEnv, BTreeMap<String, Str
         });
     }
     if !ran.succeeded() {
-        return Err(failed(format!("it exited with {}: {}", ran.status_text(), ran.tail())));
+        return Err(failed(format!(
+            "it exited with {}: {}",
+            ran.status_text(),
+            ran.tail()
+        )));
     }
     #[derive(serde::Deserialize)]
     struct Found {
@@ -128,11 +171,20 @@ fn probe_with_packages(python: &Path) -> Result<(PythonEnv, BTreeMap<String, Str
         #[serde(default)]
         packages: BTreeMap<String, String>,
     }
-    let found: Found = serde_json::from_slice(&ran.stdout).map_err(|e| failed(format!("unexpected answer: {e}")))?;
+    let found: Found = serde_json::from_slice(&ran.stdout)
+        .map_err(|e| failed(format!("unexpected answer: {e}")))?;
     let (Some(pyspark), Some(pyspark_dir)) = (found.pyspark, found.pyspark_dir) else {
-        return Err(EnvError::NoPyspark { python: python.to_path_buf(), python_version: found.python });
+        return Err(EnvError::NoPyspark {
+            python: python.to_path_buf(),
+            python_version: found.python,
+        });
     };
-    let env = PythonEnv { python: python.to_path_buf(), pyspark: pyspark.parse()?, python_version: found.python, pyspark_dir };
+    let env = PythonEnv {
+        python: python.to_path_buf(),
+        pyspark: pyspark.parse()?,
+        python_version: found.python,
+        pyspark_dir,
+    };
     Ok((env, found.packages))
 }
 
@@ -145,7 +197,11 @@ pub fn resolve(python: Option<&Path>, pyspark: Option<&str>) -> Result<PythonEnv
         let env = probe_once(python)?;
         return match pyspark {
             Some(wanted) if !version::satisfies(env.pyspark, wanted) => {
-                Err(EnvError::VersionMismatch { python: python.to_path_buf(), found: env.pyspark, wanted: wanted.to_string() })
+                Err(EnvError::VersionMismatch {
+                    python: python.to_path_buf(),
+                    found: env.pyspark,
+                    wanted: wanted.to_string(),
+                })
             }
             _ => Ok(env),
         };
@@ -168,7 +224,11 @@ pub fn resolve(python: Option<&Path>, pyspark: Option<&str>) -> Result<PythonEnv
 static PROBED: Mutex<Option<HashMap<PathBuf, PythonEnv>>> = Mutex::new(None);
 
 fn probe_once(python: &Path) -> Result<PythonEnv, EnvError> {
-    let known = PROBED.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|m| m.get(python).cloned());
+    let known = PROBED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|m| m.get(python).cloned());
     match known {
         Some(env) => Ok(env),
         None => {
@@ -181,7 +241,9 @@ fn probe_once(python: &Path) -> Result<PythonEnv, EnvError> {
 
 fn remember(env: &PythonEnv) {
     let mut probed = PROBED.lock().unwrap_or_else(|p| p.into_inner());
-    probed.get_or_insert_with(HashMap::new).insert(env.python.clone(), env.clone());
+    probed
+        .get_or_insert_with(HashMap::new)
+        .insert(env.python.clone(), env.clone());
 }
 
 #[cfg(test)]
@@ -199,7 +261,8 @@ mod tests {
              or run any integration test, which provisions it on first use.",
             dir.display()
         );
-        probe(&provision::python_in(&dir)).unwrap_or_else(|e| panic!("the env at {} is broken: {e}", dir.display()))
+        probe(&provision::python_in(&dir))
+            .unwrap_or_else(|e| panic!("the env at {} is broken: {e}", dir.display()))
     }
 
     #[test]
@@ -207,9 +270,20 @@ mod tests {
         let env = default_env();
         assert_eq!(env.pyspark.to_string(), DEFAULT_PYSPARK);
         assert_eq!(env.python_version, base_python_minor().unwrap());
-        assert_eq!(env.python_version, "3.11", "the pinned envs of this project are built for Python 3.11");
-        assert!(env.pyspark_dir.join("worker.py").is_file(), "{}", env.pyspark_dir.display());
-        assert!(env.python.starts_with(cache_root()), "a venv's python is kept, not resolved: {}", env.python.display());
+        assert_eq!(
+            env.python_version, "3.11",
+            "the pinned envs of this project are built for Python 3.11"
+        );
+        assert!(
+            env.pyspark_dir.join("worker.py").is_file(),
+            "{}",
+            env.pyspark_dir.display()
+        );
+        assert!(
+            env.python.starts_with(cache_root()),
+            "a venv's python is kept, not resolved: {}",
+            env.python.display()
+        );
     }
 
     #[test]
@@ -217,14 +291,21 @@ mod tests {
         let err = probe(Path::new("/nonexistent/bin/python")).unwrap_err();
         assert!(matches!(err, EnvError::PythonMissing { .. }), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("/nonexistent/bin/python") && msg.contains("--python PATH"), "{msg}");
+        assert!(
+            msg.contains("/nonexistent/bin/python") && msg.contains("--python PATH"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn probe_of_a_python_without_pyspark_says_what_to_do() {
         let venv = tempfile::tempdir().unwrap();
         let base = std::env::var("FAKEJVM_BASE_PYTHON").unwrap_or_else(|_| "python3".into());
-        let made = Command::new(&base).args(["-m", "venv", "--without-pip"]).arg(venv.path()).status().unwrap();
+        let made = Command::new(&base)
+            .args(["-m", "venv", "--without-pip"])
+            .arg(venv.path())
+            .status()
+            .unwrap();
         assert!(made.success(), "`{base} -m venv` failed");
         let err = probe(&venv.path().join("bin/python")).unwrap_err();
         assert!(matches!(err, EnvError::NoPyspark { .. }), "{err:?}");
@@ -252,7 +333,11 @@ mod tests {
     #[test]
     fn env_dirs_use_the_existing_layout() {
         let dir = env_dir("4.0.5", "3.11");
-        assert!(dir.ends_with("envs/pyspark-4.0.5-py3.11"), "{}", dir.display());
+        assert!(
+            dir.ends_with("envs/pyspark-4.0.5-py3.11"),
+            "{}",
+            dir.display()
+        );
         assert!(dir.starts_with(cache_root()));
     }
 }

@@ -5,7 +5,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// major.minor.patch of a pyspark release. Ordered, so version ranges compare naturally.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct PysparkVersion {
     pub major: u32,
     pub minor: u32,
@@ -25,18 +27,26 @@ impl FromStr for PysparkVersion {
     /// "4.0.5"; pre-release and dev suffixes are ignored ("4.1.0.dev0", "4.1.0rc1" are 4.1.0),
     /// since a build from Spark's master reports such versions and speaks its release's protocol.
     fn from_str(text: &str) -> Result<Self, EnvError> {
-        let bad = || EnvError::BadVersion { text: text.to_string() };
+        let bad = || EnvError::BadVersion {
+            text: text.to_string(),
+        };
         let mut parts = text.trim().split('.');
         let mut number = |whole: bool| -> Result<u32, EnvError> {
             let part = parts.next().ok_or_else(bad)?;
             let digits: &str = if whole {
                 part
             } else {
-                &part[..part.find(|c: char| !c.is_ascii_digit()).unwrap_or(part.len())]
+                &part[..part
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(part.len())]
             };
             digits.parse().map_err(|_| bad())
         };
-        Ok(PysparkVersion { major: number(true)?, minor: number(true)?, patch: number(false)? })
+        Ok(PysparkVersion {
+            major: number(true)?,
+            minor: number(true)?,
+            patch: number(false)?,
+        })
     }
 }
 
@@ -51,9 +61,14 @@ impl fmt::Display for PysparkVersion {
 /// characters are accepted).
 pub fn release_for(request: &str) -> Result<String, EnvError> {
     let request = request.trim();
-    let plain = !request.is_empty() && request.chars().all(|c| c.is_ascii_alphanumeric() || c == '.');
+    let plain = !request.is_empty()
+        && request
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.');
     if !plain {
-        return Err(EnvError::BadVersion { text: request.to_string() });
+        return Err(EnvError::BadVersion {
+            text: request.to_string(),
+        });
     }
     if request.parse::<PysparkVersion>().is_ok() {
         return Ok(request.to_string());
@@ -61,7 +76,9 @@ pub fn release_for(request: &str) -> Result<String, EnvError> {
     let line = format!("{request}.");
     match PINNED.iter().find(|pinned| pinned.starts_with(&line)) {
         Some(pinned) => Ok(pinned.to_string()),
-        None => Err(EnvError::BadVersion { text: request.to_string() }),
+        None => Err(EnvError::BadVersion {
+            text: request.to_string(),
+        }),
     }
 }
 
@@ -80,12 +97,29 @@ mod tests {
     #[test]
     fn parses_releases_and_ignores_suffixes() {
         let v = |s: &str| s.parse::<PysparkVersion>().unwrap();
-        assert_eq!(v("4.0.5"), PysparkVersion { major: 4, minor: 0, patch: 5 });
-        assert_eq!(v("4.1.0.dev0"), PysparkVersion { major: 4, minor: 1, patch: 0 });
+        assert_eq!(
+            v("4.0.5"),
+            PysparkVersion {
+                major: 4,
+                minor: 0,
+                patch: 5
+            }
+        );
+        assert_eq!(
+            v("4.1.0.dev0"),
+            PysparkVersion {
+                major: 4,
+                minor: 1,
+                patch: 0
+            }
+        );
         assert_eq!(v("4.1.0rc1").to_string(), "4.1.0");
         assert!(v("3.5.9") < v("4.0.5") && v("4.0.5") < v("4.0.10"));
         for bad in ["", "four", "4.1", "4.x.1", "4.1.rc1"] {
-            assert!(bad.parse::<PysparkVersion>().is_err(), "{bad:?} should not parse");
+            assert!(
+                bad.parse::<PysparkVersion>().is_err(),
+                "{bad:?} should not parse"
+            );
         }
     }
 
@@ -97,6 +131,9 @@ mod tests {
         let err = release_for("4.9").unwrap_err().to_string();
         assert!(err.contains("4.9") && err.contains("4.0.5"), "{err}");
         assert!(release_for("../4.0.5").is_err() && release_for("4.0.5 ").is_ok());
-        assert!(satisfies("4.1.4".parse().unwrap(), "4.1") && !satisfies("4.1.4".parse().unwrap(), "4.1.3"));
+        assert!(
+            satisfies("4.1.4".parse().unwrap(), "4.1")
+                && !satisfies("4.1.4".parse().unwrap(), "4.1.3")
+        );
     }
 }

@@ -147,13 +147,19 @@ impl From<Framing> for FrameKind {
 
 impl From<RoundTrip> for RoundTripSpec {
     fn from(r: RoundTrip) -> RoundTripSpec {
-        RoundTripSpec { input: r.input.into(), output: r.output.into() }
+        RoundTripSpec {
+            input: r.input.into(),
+            output: r.output.into(),
+        }
     }
 }
 
 impl From<RoundTripSpec> for RoundTrip {
     fn from(r: RoundTripSpec) -> RoundTrip {
-        RoundTrip { input: r.input.into(), output: r.output.into() }
+        RoundTrip {
+            input: r.input.into(),
+            output: r.output.into(),
+        }
     }
 }
 
@@ -164,7 +170,15 @@ impl RequestBytes {
             len: bytes.len(),
             base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
             hex: (bytes.len() <= HEX_UP_TO).then(|| hex::encode(&bytes)),
-            frames: case.spans().into_iter().map(|s| FrameRef { kind: s.kind, start: s.start, end: s.end }).collect(),
+            frames: case
+                .spans()
+                .into_iter()
+                .map(|s| FrameRef {
+                    kind: s.kind,
+                    start: s.start,
+                    end: s.end,
+                })
+                .collect(),
         }
     }
 }
@@ -172,12 +186,14 @@ impl RequestBytes {
 impl Reproducer {
     /// Read and check a reproducer file. Every problem is one line naming the file.
     pub fn load(path: &Path) -> Result<Reproducer, BadInput> {
-        let text = std::fs::read_to_string(path).map_err(|e| BadInput::new(path, format!("cannot read: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| BadInput::new(path, format!("cannot read: {e}")))?;
         Reproducer::parse(&text).map_err(|e| BadInput::new(path, e))
     }
 
     pub fn parse(text: &str) -> Result<Reproducer, String> {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
         match v.get("kind").and_then(|k| k.as_str()) {
             Some(KIND) => {}
             Some(other) => return Err(format!("kind is {other:?}, not a {KIND} file")),
@@ -188,7 +204,8 @@ impl Reproducer {
             Some(f) => return Err(format!("format {f} is not the one this fakejvm reads ({FORMAT}): replay it with the fakejvm that wrote it")),
             None => return Err("no numeric \"format\"".into()),
         }
-        let r: Reproducer = serde_json::from_value(v).map_err(|e| format!("not a valid reproducer: {e}"))?;
+        let r: Reproducer =
+            serde_json::from_value(v).map_err(|e| format!("not a valid reproducer: {e}"))?;
         let bytes = r.bytes()?;
         let mut at = 0;
         for (i, f) in r.request.frames.iter().enumerate() {
@@ -198,10 +215,17 @@ impl Reproducer {
             at = f.end;
         }
         if at != bytes.len() && !r.request.frames.is_empty() {
-            return Err(format!("request frames cover {at} of {} bytes", bytes.len()));
+            return Err(format!(
+                "request frames cover {at} of {} bytes",
+                bytes.len()
+            ));
         }
         if r.signature.id() != r.signature_id {
-            return Err(format!("signature_id {} does not match the signature (its id is {}): was the file edited?", r.signature_id, r.signature.id()));
+            return Err(format!(
+                "signature_id {} does not match the signature (its id is {}): was the file edited?",
+                r.signature_id,
+                r.signature.id()
+            ));
         }
         Ok(r)
     }
@@ -212,7 +236,11 @@ impl Reproducer {
             .decode(self.request.base64.trim())
             .map_err(|e| format!("request.base64 is not base64: {e}"))?;
         if bytes.len() != self.request.len {
-            return Err(format!("request.base64 holds {} bytes but request.len says {}", bytes.len(), self.request.len));
+            return Err(format!(
+                "request.base64 holds {} bytes but request.len says {}",
+                bytes.len(),
+                self.request.len
+            ));
         }
         if let Some(h) = &self.request.hex {
             if hex::decode(h).ok().as_deref() != Some(&bytes[..]) {
@@ -225,7 +253,16 @@ impl Reproducer {
     /// The request as frames again (for judging round trips and for reading).
     pub fn case(&self) -> Result<Case, String> {
         let bytes = self.bytes()?;
-        let spans: Vec<Span> = self.request.frames.iter().map(|f| Span { kind: f.kind, start: f.start, end: f.end }).collect();
+        let spans: Vec<Span> = self
+            .request
+            .frames
+            .iter()
+            .map(|f| Span {
+                kind: f.kind,
+                start: f.start,
+                end: f.end,
+            })
+            .collect();
         Ok(Case::from_spans(0, &bytes, &spans))
     }
 
@@ -243,8 +280,20 @@ mod tests {
     use crate::verdict::OutcomeKind;
 
     pub(crate) fn sample() -> Reproducer {
-        let case = Case { seed: 0, frames: vec![Frame { kind: SpanKind::Header, bytes: vec![0, 0, 0], touched: true }] };
-        let signature = Signature { kind: OutcomeKind::PythonException, exc_type: Some("struct.error".into()), frames: vec!["serializers.py:read_int".into()], detail: None };
+        let case = Case {
+            seed: 0,
+            frames: vec![Frame {
+                kind: SpanKind::Header,
+                bytes: vec![0, 0, 0],
+                touched: true,
+            }],
+        };
+        let signature = Signature {
+            kind: OutcomeKind::PythonException,
+            exc_type: Some("struct.error".into()),
+            frames: vec!["serializers.py:read_int".into()],
+            detail: None,
+        };
         Reproducer {
             kind: KIND.into(),
             format: FORMAT,
@@ -267,7 +316,12 @@ mod tests {
             minimised: true,
             minimise: None,
             original_len: 100,
-            found: Found { at: "2026-01-01T00:00:00Z".into(), seed: "s".into(), exec: 1, count: 1 },
+            found: Found {
+                at: "2026-01-01T00:00:00Z".into(),
+                seed: "s".into(),
+                exec: 1,
+                count: 1,
+            },
             replay: "fakejvm repro x.json".into(),
         }
     }
@@ -289,21 +343,72 @@ mod tests {
         let good = serde_json::to_value(sample()).unwrap();
         let cases: Vec<(serde_json::Value, &str)> = vec![
             (serde_json::json!({"kind": "x"}), "not a fakejvm-reproducer"),
-            ({ let mut v = good.clone(); v["format"] = 9.into(); v }, "format 9"),
-            ({ let mut v = good.clone(); v["request"]["base64"] = "!!".into(); v }, "not base64"),
-            ({ let mut v = good.clone(); v["request"]["len"] = 4.into(); v }, "request.len"),
-            ({ let mut v = good.clone(); v["signature_id"] = "000000000000".into(); v }, "signature_id"),
-            ({ let mut v = good.clone(); v["request"]["frames"][0]["end"] = 9.into(); v }, "frame 0"),
-            ({ let mut v = good.clone(); v["extra"] = 1.into(); v }, "unknown field"),
+            (
+                {
+                    let mut v = good.clone();
+                    v["format"] = 9.into();
+                    v
+                },
+                "format 9",
+            ),
+            (
+                {
+                    let mut v = good.clone();
+                    v["request"]["base64"] = "!!".into();
+                    v
+                },
+                "not base64",
+            ),
+            (
+                {
+                    let mut v = good.clone();
+                    v["request"]["len"] = 4.into();
+                    v
+                },
+                "request.len",
+            ),
+            (
+                {
+                    let mut v = good.clone();
+                    v["signature_id"] = "000000000000".into();
+                    v
+                },
+                "signature_id",
+            ),
+            (
+                {
+                    let mut v = good.clone();
+                    v["request"]["frames"][0]["end"] = 9.into();
+                    v
+                },
+                "frame 0",
+            ),
+            (
+                {
+                    let mut v = good.clone();
+                    v["extra"] = 1.into();
+                    v
+                },
+                "unknown field",
+            ),
         ];
         for (v, want) in cases {
             std::fs::write(&p, v.to_string()).unwrap();
             let e = Reproducer::load(&p).unwrap_err().to_string();
-            assert!(e.starts_with(&p.display().to_string()) && e.contains(want), "{e}");
+            assert!(
+                e.starts_with(&p.display().to_string()) && e.contains(want),
+                "{e}"
+            );
             assert_eq!(e.lines().count(), 1, "{e}");
         }
         std::fs::write(&p, "{\"kind\":").unwrap();
-        assert!(Reproducer::load(&p).unwrap_err().to_string().contains("not JSON"));
-        assert!(Reproducer::load(&dir.path().join("missing.json")).unwrap_err().to_string().contains("cannot read"));
+        assert!(Reproducer::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("not JSON"));
+        assert!(Reproducer::load(&dir.path().join("missing.json"))
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read"));
     }
 }

@@ -10,9 +10,8 @@
 pub mod file;
 pub mod replay;
 
-pub use file::{FrameRef, Found, RequestBytes, Reproducer, FORMAT, KIND};
-pub use replay::{repro_cmd, replay, ReplayReport, ReproArgs};
-
+pub use file::{Found, FrameRef, Reproducer, RequestBytes, FORMAT, KIND};
+pub use replay::{replay, repro_cmd, ReplayReport, ReproArgs};
 
 /// Input the user has to fix (a broken reproducer file, a wrong flag, a missing env): one line
 /// naming the file and the problem. The CLI prints it and exits with 2.

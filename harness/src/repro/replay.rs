@@ -61,12 +61,25 @@ impl ReplayReport {
             r.request.len,
             if r.minimised { ", minimised" } else { "" }
         ));
-        s.push_str(&format!("replay  {} (pyspark {})\n", short(&self.outcome, 300), self.pyspark));
+        s.push_str(&format!(
+            "replay  {} (pyspark {})\n",
+            short(&self.outcome, 300),
+            self.pyspark
+        ));
         if self.reproduced {
-            s.push_str(&format!("result  REPRODUCES (signature {})", self.recorded_id));
+            s.push_str(&format!(
+                "result  REPRODUCES (signature {})",
+                self.recorded_id
+            ));
         } else {
-            let last = self.replayed.last().map(Signature::text).unwrap_or_default();
-            s.push_str(&format!("result  does not reproduce: the replay ended in {last}"));
+            let last = self
+                .replayed
+                .last()
+                .map(Signature::text)
+                .unwrap_or_default();
+            s.push_str(&format!(
+                "result  does not reproduce: the replay ended in {last}"
+            ));
         }
         s
     }
@@ -87,7 +100,14 @@ pub async fn repro_cmd(args: ReproArgs) -> anyhow::Result<u8> {
         return Err(BadInput("--runs 0: give at least one run".into()).into());
     }
     let r = Reproducer::load(&args.file)?;
-    let report = replay(&args.file, &r, args.python.as_deref(), args.pyspark.as_deref(), args.runs).await?;
+    let report = replay(
+        &args.file,
+        &r,
+        args.python.as_deref(),
+        args.pyspark.as_deref(),
+        args.runs,
+    )
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -97,12 +117,19 @@ pub async fn repro_cmd(args: ReproArgs) -> anyhow::Result<u8> {
 }
 
 /// Replay `r` (read from `file`) `runs` times on fresh workers.
-pub async fn replay(file: &Path, r: &Reproducer, python: Option<&Path>, pyspark: Option<&str>, runs: usize) -> anyhow::Result<ReplayReport> {
+pub async fn replay(
+    file: &Path,
+    r: &Reproducer,
+    python: Option<&Path>,
+    pyspark: Option<&str>,
+    runs: usize,
+) -> anyhow::Result<ReplayReport> {
     let started = Instant::now();
     let bytes = r.bytes().map_err(|e| BadInput::new(file, e))?;
     let case = r.case().map_err(|e| BadInput::new(file, e))?;
     let wanted = pyspark.unwrap_or(&r.pyspark);
-    let env = pyenv::resolve(python, Some(wanted)).map_err(|e| BadInput::new(file, format!("no env to replay it in: {e}")))?;
+    let env = pyenv::resolve(python, Some(wanted))
+        .map_err(|e| BadInput::new(file, format!("no env to replay it in: {e}")))?;
     if env.python_version != r.python {
         return Err(BadInput::new(
             file,
@@ -117,15 +144,47 @@ pub async fn replay(file: &Path, r: &Reproducer, python: Option<&Path>, pyspark:
         )
         .into());
     }
-    let dialect = Dialect::for_version(env.pyspark.major, env.pyspark.minor)
-        .ok_or_else(|| BadInput::new(file, format!("pyspark {} is older than any dialect fakejvm speaks", env.pyspark)))?;
+    let dialect = Dialect::for_version(env.pyspark.major, env.pyspark.minor).ok_or_else(|| {
+        BadInput::new(
+            file,
+            format!(
+                "pyspark {} is older than any dialect fakejvm speaks",
+                env.pyspark
+            ),
+        )
+    })?;
     if dialect != r.dialect {
-        return Err(BadInput::new(file, format!("recorded in dialect {:?}, but pyspark {} speaks dialect {dialect:?}", r.dialect, env.pyspark)).into());
+        return Err(BadInput::new(
+            file,
+            format!(
+                "recorded in dialect {:?}, but pyspark {} speaks dialect {dialect:?}",
+                r.dialect, env.pyspark
+            ),
+        )
+        .into());
     }
-    let exec = Executor::start(env.clone(), dialect, r.mode, ExecOptions { deadline: Duration::from_millis(r.deadline_ms), memory_limit_mb: r.memory_limit_mb, ..ExecOptions::default() }).await?;
+    let exec = Executor::start(
+        env.clone(),
+        dialect,
+        r.mode,
+        ExecOptions {
+            deadline: Duration::from_millis(r.deadline_ms),
+            memory_limit_mb: r.memory_limit_mb,
+            ..ExecOptions::default()
+        },
+    )
+    .await?;
     // Rules do not matter here: the signature alone is compared.
-    let judge = Judge { expected: vec![], depth: r.signature_frames };
-    let seed = r.round_trip.map(|rt| Seed { name: "reproducer".into(), request: None, case: case.clone(), round_trip: Some(rt.into()) });
+    let judge = Judge {
+        expected: vec![],
+        depth: r.signature_frames,
+    };
+    let seed = r.round_trip.map(|rt| Seed {
+        name: "reproducer".into(),
+        request: None,
+        case: case.clone(),
+        round_trip: Some(rt.into()),
+    });
     let bytes = Arc::new(bytes);
     let mut replayed = vec![];
     let mut outcome = String::new();
@@ -134,10 +193,17 @@ pub async fn replay(file: &Path, r: &Reproducer, python: Option<&Path>, pyspark:
         let (mut sig, judged) = match judge.judge(&obs, &case, seed.as_ref()) {
             Verdict::Finding(s, o) => (s, o),
             Verdict::Expected(s) => (s, obs.outcome.clone()),
-            Verdict::Harness(e) => return Err(anyhow::anyhow!("replaying {}: fakejvm itself failed: {e}", file.display())),
+            Verdict::Harness(e) => {
+                return Err(anyhow::anyhow!(
+                    "replaying {}: fakejvm itself failed: {e}",
+                    file.display()
+                ))
+            }
         };
         outcome = match &judged {
-            Outcome::PythonException { exc_type, message } => format!("PythonException {exc_type}: {message}"),
+            Outcome::PythonException { exc_type, message } => {
+                format!("PythonException {exc_type}: {message}")
+            }
             Outcome::WorkerCrashed { pid, .. } => format!("{} (pid {pid})", sig.text()),
             o @ Outcome::Hang { .. } => match &obs.worker_at_deadline {
                 Some(w) => format!("{o}; the worker then: {w}"),
@@ -149,7 +215,9 @@ pub async fn replay(file: &Path, r: &Reproducer, python: Option<&Path>, pyspark:
             tokio::time::sleep(LEAK_GRACE + Duration::from_millis(200)).await;
             let leaks = exec.leaked(LEAK_GRACE).await;
             if let Some(l) = leaks.iter().find(|l| l.bytes.is_some()).or(leaks.first()) {
-                let o = Outcome::LeakedProcess { processes: vec![(l.pid, l.cmdline.clone())] };
+                let o = Outcome::LeakedProcess {
+                    processes: vec![(l.pid, l.cmdline.clone())],
+                };
                 outcome = o.to_string();
                 sig = Signature::of(&o, None, r.signature_frames);
             }

@@ -5,4 +5,7 @@ mod model;
 mod run;
 
 pub use model::*;
-pub use run::{build_request, collect_files, command_spec, run_scenario, RunOptions, ScenarioReport, Status, TaskReport};
+pub use run::{
+    build_request, collect_files, command_spec, run_scenario, RunOptions, ScenarioReport, Status,
+    TaskReport,
+};

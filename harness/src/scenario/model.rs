@@ -167,7 +167,10 @@ pub enum Input {
 impl Input {
     /// The values of a pickle input: `values` as given, then `range` [start, end) of ints
     /// (for inputs too large to spell out).
-    pub fn pickle_values(values: &[serde_json::Value], range: &Option<(i64, i64)>) -> Vec<serde_json::Value> {
+    pub fn pickle_values(
+        values: &[serde_json::Value],
+        range: &Option<(i64, i64)>,
+    ) -> Vec<serde_json::Value> {
         let mut out = values.to_vec();
         if let Some((a, b)) = range {
             out.extend((*a..*b).map(serde_json::Value::from));
@@ -306,7 +309,9 @@ impl VersionReq {
 impl Expect {
     /// Exactly one of values / exception / outcome.
     pub fn check(&self) -> Result<(), String> {
-        let n = self.values.is_some() as u8 + self.exception.is_some() as u8 + self.outcome.is_some() as u8;
+        let n = self.values.is_some() as u8
+            + self.exception.is_some() as u8
+            + self.outcome.is_some() as u8;
         if n == 1 {
             Ok(())
         } else {
@@ -325,7 +330,10 @@ pub struct ScenarioError {
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let err = |problem: String| ScenarioError { file: path.display().to_string(), problem };
+        let err = |problem: String| ScenarioError {
+            file: path.display().to_string(),
+            problem,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         Scenario::parse(&text).map_err(err)
     }
@@ -333,7 +341,11 @@ impl Scenario {
     pub fn parse(text: &str) -> Result<Scenario, String> {
         let mut s: Scenario = serde_json::from_str(text).map_err(|e| {
             if e.is_eof() {
-                format!("truncated JSON (ends at line {}, column {})", e.line(), e.column())
+                format!(
+                    "truncated JSON (ends at line {}, column {})",
+                    e.line(),
+                    e.column()
+                )
             } else {
                 e.to_string()
             }
@@ -350,32 +362,48 @@ impl Scenario {
             return Err("`tasks` is empty: a scenario needs at least one task".into());
         }
         crate::faults::validate(&self.faults, self.mode, self.tasks.len())?;
-        let sets_memory = self.faults.iter().any(|f| matches!(f, Fault::ExecutorMemory { .. }));
+        let sets_memory = self
+            .faults
+            .iter()
+            .any(|f| matches!(f, Fault::ExecutorMemory { .. }));
         if sets_memory && self.env.contains_key("PYSPARK_EXECUTOR_MEMORY_MB") {
             return Err("PYSPARK_EXECUTOR_MEMORY_MB is set both in `env` and by an `executor_memory` fault: keep one".into());
         }
-        let preloads = self.faults.iter().any(|f| matches!(f, Fault::ForkFail { .. }));
+        let preloads = self
+            .faults
+            .iter()
+            .any(|f| matches!(f, Fault::ForkFail { .. }));
         if preloads && self.env.contains_key("LD_PRELOAD") {
             return Err("LD_PRELOAD is set in `env`, but a `fork_fail` fault preloads its own shim: remove one".into());
         }
         for (i, t) in self.tasks.iter().enumerate() {
             let at = |m: String| format!("task {i}: {m}");
             if t.function.trim().is_empty() {
-                return Err(at("`function` is empty: give Python source that binds `func`".into()));
+                return Err(at(
+                    "`function` is empty: give Python source that binds `func`".into(),
+                ));
             }
             t.expect.check().map_err(at)?;
             if let Input::OutputOf { task } = t.input {
                 if task >= i {
-                    return Err(at(format!("input `output_of` task {task} must be an earlier task (0..{i})")));
+                    return Err(at(format!(
+                        "input `output_of` task {task} must be an earlier task (0..{i})"
+                    )));
                 }
             }
             for v in &t.expect_by_version {
-                v.expect.check().map_err(|m| at(format!("expect_by_version {:?}: {m}", v.pyspark.as_str())))?;
+                v.expect
+                    .check()
+                    .map_err(|m| at(format!("expect_by_version {:?}: {m}", v.pyspark.as_str())))?;
             }
             for (k, v) in &t.context.resources {
-                let ok = v.as_array().is_some_and(|a| a.iter().all(|x| x.is_string()));
+                let ok = v
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(|x| x.is_string()));
                 if !ok {
-                    return Err(at(format!("resource {k:?} must be a list of address strings")));
+                    return Err(at(format!(
+                        "resource {k:?} must be a list of address strings"
+                    )));
                 }
             }
             for (k, v) in &t.context.local_properties {
@@ -420,15 +448,30 @@ mod tests {
     #[test]
     fn faults_are_checked_against_mode_and_tasks() {
         let base = |faults: &str, mode: &str| {
-            format!(r#"{{"mode":"{mode}","faults":[{faults}],"tasks":[{{"function":"func = lambda s, it: it","expect":{{"values":[]}}}}]}}"#)
+            format!(
+                r#"{{"mode":"{mode}","faults":[{faults}],"tasks":[{{"function":"func = lambda s, it: it","expect":{{"values":[]}}}}]}}"#
+            )
         };
-        let s = Scenario::parse(&base(r#"{"kind":"kill_worker","at":{"after":"header"}}"#, "daemon")).unwrap();
+        let s = Scenario::parse(&base(
+            r#"{"kind":"kill_worker","at":{"after":"header"}}"#,
+            "daemon",
+        ))
+        .unwrap();
         assert_eq!(s.faults.len(), 1);
-        let e = Scenario::parse(&base(r#"{"kind":"kill_worker","task":1,"at":{"after":"header"}}"#, "daemon")).unwrap_err();
+        let e = Scenario::parse(&base(
+            r#"{"kind":"kill_worker","task":1,"at":{"after":"header"}}"#,
+            "daemon",
+        ))
+        .unwrap_err();
         assert!(e.contains("task 1 does not exist"), "{e}");
-        let e = Scenario::parse(&base(r#"{"kind":"fork_fail","errno":"ENOMEM","schedule":"every"}"#, "direct")).unwrap_err();
+        let e = Scenario::parse(&base(
+            r#"{"kind":"fork_fail","errno":"ENOMEM","schedule":"every"}"#,
+            "direct",
+        ))
+        .unwrap_err();
         assert!(e.contains("needs a daemon"), "{e}");
-        let e = Scenario::parse(&base(r#"{"kind":"reset","at":{"after":"header"}}"#, "uds")).unwrap_err();
+        let e = Scenario::parse(&base(r#"{"kind":"reset","at":{"after":"header"}}"#, "uds"))
+            .unwrap_err();
         assert!(e.contains("TCP"), "{e}");
     }
 
@@ -447,6 +490,13 @@ mod tests {
                 "expect":{"outcome":"Passed"}}]}"#,
         )
         .unwrap();
-        assert!(matches!(&s.tasks[0].input, Input::PickleBatched { batch_size: 2, range: Some((0, 10)), .. }));
+        assert!(matches!(
+            &s.tasks[0].input,
+            Input::PickleBatched {
+                batch_size: 2,
+                range: Some((0, 10)),
+                ..
+            }
+        ));
     }
 }

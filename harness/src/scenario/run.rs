@@ -3,7 +3,9 @@
 use super::model::*;
 use crate::faults::{self, FaultReport, Injector, Performer, TaskEnd};
 use crate::pickle::{self, FrameKind};
-use crate::protocol::{BroadcastOp, DataItem, Dialect, ReplyEnd, ReplyItem, Resource, TaskContext, TaskRequest};
+use crate::protocol::{
+    BroadcastOp, DataItem, Dialect, ReplyEnd, ReplyItem, Resource, TaskContext, TaskRequest,
+};
 use crate::pyenv::{self, CommandSpec, PythonEnv, SerializerSpec};
 use crate::session::{self, SessionOptions, Transcript};
 use crate::verdict::{classify_failure, Outcome, OutcomeKind, WorkerFacts};
@@ -27,7 +29,9 @@ pub enum Status {
     Passed,
     Failed,
     /// The scenario's `requires` excludes this pyspark version (stated, never silent).
-    NotApplicable { why: String },
+    NotApplicable {
+        why: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -77,13 +81,19 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ScenarioError> {
     for p in paths {
         if p.is_dir() {
             let mut found = vec![];
-            walk(p, &mut found).map_err(|e| ScenarioError { file: p.display().to_string(), problem: format!("cannot list: {e}") })?;
+            walk(p, &mut found).map_err(|e| ScenarioError {
+                file: p.display().to_string(),
+                problem: format!("cannot list: {e}"),
+            })?;
             found.sort();
             out.extend(found);
         } else if p.exists() {
             out.push(p.clone());
         } else {
-            return Err(ScenarioError { file: p.display().to_string(), problem: "no such file or directory".into() });
+            return Err(ScenarioError {
+                file: p.display().to_string(),
+                problem: "no such file or directory".into(),
+            });
         }
     }
     Ok(out)
@@ -101,12 +111,22 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-pub async fn run_scenario(env: &PythonEnv, file: &Path, sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
+pub async fn run_scenario(
+    env: &PythonEnv,
+    file: &Path,
+    sc: &Scenario,
+    opts: &RunOptions,
+) -> ScenarioReport {
     let started = Instant::now();
     let dialect = opts.dialect.unwrap_or_else(|| {
         Dialect::for_version(env.pyspark.major, env.pyspark.minor).unwrap_or(Dialect::D)
     });
-    let name = sc.name.clone().unwrap_or_else(|| file.file_stem().unwrap_or_default().to_string_lossy().into_owned());
+    let name = sc.name.clone().unwrap_or_else(|| {
+        file.file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    });
     let mut report = ScenarioReport {
         file: file.display().to_string(),
         name,
@@ -129,7 +149,9 @@ pub async fn run_scenario(env: &PythonEnv, file: &Path, sc: &Scenario, opts: &Ru
     if let Err(e) = run_tasks(env, sc, dialect, opts, &mut report).await {
         report.tasks.push(TaskReport {
             index: report.tasks.len(),
-            outcome: Outcome::Harness { error: format!("{e:#}") },
+            outcome: Outcome::Harness {
+                error: format!("{e:#}"),
+            },
             expected: String::new(),
             ok: false,
             note: None,
@@ -139,8 +161,14 @@ pub async fn run_scenario(env: &PythonEnv, file: &Path, sc: &Scenario, opts: &Ru
             transcript: None,
         });
     }
-    let all_ok = report.tasks.iter().all(|t| t.ok) && report.leftovers.is_empty() && report.faults.iter().all(|f| f.ok);
-    report.status = if all_ok { Status::Passed } else { Status::Failed };
+    let all_ok = report.tasks.iter().all(|t| t.ok)
+        && report.leftovers.is_empty()
+        && report.faults.iter().all(|f| f.ok);
+    report.status = if all_ok {
+        Status::Passed
+    } else {
+        Status::Failed
+    };
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report
 }
@@ -148,22 +176,38 @@ pub async fn run_scenario(env: &PythonEnv, file: &Path, sc: &Scenario, opts: &Ru
 fn not_applicable(env: &PythonEnv, sc: &Scenario, dialect: Dialect) -> Option<String> {
     if let Some(req) = &sc.requires {
         if !req.matches(env.pyspark) {
-            return Some(format!("needs pyspark {}, this is {}", req.as_str(), env.pyspark));
+            return Some(format!(
+                "needs pyspark {}, this is {}",
+                req.as_str(),
+                env.pyspark
+            ));
         }
     }
     if sc.mode == Mode::Uds && !dialect.has_unix_sockets() {
-        return Some(format!("Unix-domain-socket workers exist from pyspark 4.1, this is {}", env.pyspark));
+        return Some(format!(
+            "Unix-domain-socket workers exist from pyspark 4.1, this is {}",
+            env.pyspark
+        ));
     }
     None
 }
 
-async fn run_tasks(env: &PythonEnv, sc: &Scenario, dialect: Dialect, opts: &RunOptions, report: &mut ScenarioReport) -> anyhow::Result<()> {
+async fn run_tasks(
+    env: &PythonEnv,
+    sc: &Scenario,
+    dialect: Dialect,
+    opts: &RunOptions,
+    report: &mut ScenarioReport,
+) -> anyhow::Result<()> {
     let specs: Vec<CommandSpec> = sc.tasks.iter().map(command_spec).collect();
     let commands = pyenv::build_commands(env, &specs)?;
-    let tmp = tempfile::Builder::new().prefix("fakejvm-scenario-").tempdir()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("fakejvm-scenario-")
+        .tempdir()?;
     let mut injector = Injector::new(&sc.faults, sc.mode, tmp.path())?;
 
-    let mut extra_env: Vec<(String, String)> = sc.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut extra_env: Vec<(String, String)> =
+        sc.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     extra_env.extend(injector.launch_env());
     let launch = LaunchOptions {
         mode: sc.mode,
@@ -174,7 +218,9 @@ async fn run_tasks(env: &PythonEnv, sc: &Scenario, dialect: Dialect, opts: &RunO
     };
     let mut workers = Workers::start(&env.python, launch).await?;
     let session_opts = SessionOptions {
-        deadline: opts.deadline.unwrap_or(Duration::from_millis(sc.deadline_ms.unwrap_or(30_000))),
+        deadline: opts
+            .deadline
+            .unwrap_or(Duration::from_millis(sc.deadline_ms.unwrap_or(30_000))),
         record_transcript: true,
         ..SessionOptions::default()
     };
@@ -185,9 +231,17 @@ async fn run_tasks(env: &PythonEnv, sc: &Scenario, dialect: Dialect, opts: &RunO
     for (i, (task, command)) in sc.tasks.iter().zip(commands).enumerate() {
         let started = Instant::now();
         let (expect, mut note) = effective_expectation(task, env);
-        let request = build_request(task, env, command, &tmp.path().join(format!("task{i}")), &outputs)?;
+        let request = build_request(
+            task,
+            env,
+            command,
+            &tmp.path().join(format!("task{i}")),
+            &outputs,
+        )?;
         let encoded = dialect.encode_request(&request);
-        let plan = injector.plan(i, &encoded).map_err(|e| anyhow::anyhow!("task {i}: {e}"))?;
+        let plan = injector
+            .plan(i, &encoded)
+            .map_err(|e| anyhow::anyhow!("task {i}: {e}"))?;
         injector.task_started(&workers);
 
         if conn.is_none() {
@@ -199,14 +253,24 @@ async fn run_tasks(env: &PythonEnv, sc: &Scenario, dialect: Dialect, opts: &RunO
                 Err(e) => {
                     outputs.push(vec![]);
                     if let WorkerError::ErrnoAsPid { value } = &e {
-                        note.get_or_insert_with(|| faults::errno_as_pid_note(&env.pyspark.to_string(), *value));
+                        note.get_or_insert_with(|| {
+                            faults::errno_as_pid_note(&env.pyspark.to_string(), *value)
+                        });
                     }
                     let mut outcome = connect_failure(&mut workers, e);
-                    let end = TaskEnd { task: i, pid: None, plan: Some(&plan), fired: &[], bytes_sent: 0 };
+                    let end = TaskEnd {
+                        task: i,
+                        pid: None,
+                        plan: Some(&plan),
+                        fired: &[],
+                        bytes_sent: 0,
+                    };
                     if let Some(o) = injector.task_ended(&mut workers, end).await {
                         outcome = o;
                     }
-                    report.tasks.push(judge(i, outcome, None, &expect, note, None, started, None));
+                    report
+                        .tasks
+                        .push(judge(i, outcome, None, &expect, note, None, started, None));
                     continue;
                 }
             }
@@ -234,13 +298,18 @@ async fn run_tasks(env: &PythonEnv, sc: &Scenario, dialect: Dialect, opts: &RunO
         );
         drop(extra_connections);
 
-        let mut facts = WorkerFacts { pid, ..WorkerFacts::default() };
+        let mut facts = WorkerFacts {
+            pid,
+            ..WorkerFacts::default()
+        };
         if result.reply.is_err() {
             if !workers.daemon_alive() {
                 facts.daemon_died = Some((workers.daemon_exit(), tail(&workers.stderr())));
             }
             if matches!(sc.mode, Mode::Direct | Mode::DirectUds) {
-                facts.worker_exit = workers.wait_direct_worker(pid, Duration::from_secs(2)).await;
+                facts.worker_exit = workers
+                    .wait_direct_worker(pid, Duration::from_secs(2))
+                    .await;
             }
         }
         outputs.push(match &result.reply {
@@ -262,11 +331,16 @@ async fn run_tasks(env: &PythonEnv, sc: &Scenario, dialect: Dialect, opts: &RunO
                 let frames = reply.frames();
                 match pickle::decode_frames(frame_kind(task), &frames) {
                     Ok(values) => {
-                        let got = serde_json::Value::Array(values.iter().map(pickle::value_to_json).collect());
+                        let got = serde_json::Value::Array(
+                            values.iter().map(pickle::value_to_json).collect(),
+                        );
                         output = Some(got.clone());
                         compare_values(&expect, got)
                     }
-                    Err(e) => Outcome::ProtocolViolation { at_byte: reply.start, what: format!("output frames do not decode: {e}") },
+                    Err(e) => Outcome::ProtocolViolation {
+                        at_byte: reply.start,
+                        what: format!("output frames do not decode: {e}"),
+                    },
                 }
             }
         };
@@ -282,13 +356,28 @@ async fn run_tasks(env: &PythonEnv, sc: &Scenario, dialect: Dialect, opts: &RunO
             conn = None;
         }
         if !injector.is_empty() {
-            let end = TaskEnd { task: i, pid: Some(pid), plan: Some(&plan), fired: &fired, bytes_sent: result.bytes_sent };
+            let end = TaskEnd {
+                task: i,
+                pid: Some(pid),
+                plan: Some(&plan),
+                fired: &fired,
+                bytes_sent: result.bytes_sent,
+            };
             if let Some(o) = injector.task_ended(&mut workers, end).await {
                 outcome = o;
             }
         }
         let transcript = opts.keep_transcripts.then_some(transcript);
-        report.tasks.push(judge(i, outcome, output, &expect, note, Some(pid), started, transcript));
+        report.tasks.push(judge(
+            i,
+            outcome,
+            output,
+            &expect,
+            note,
+            Some(pid),
+            started,
+            transcript,
+        ));
     }
     drop(conn);
 
@@ -306,15 +395,28 @@ async fn run_tasks(env: &PythonEnv, sc: &Scenario, dialect: Dialect, opts: &RunO
 
 fn connect_failure(workers: &mut Workers, e: WorkerError) -> Outcome {
     match e {
-        WorkerError::ErrnoAsPid { value } => Outcome::ProtocolViolation { at_byte: 0, what: WorkerError::ErrnoAsPid { value }.to_string() },
+        WorkerError::ErrnoAsPid { value } => Outcome::ProtocolViolation {
+            at_byte: 0,
+            what: WorkerError::ErrnoAsPid { value }.to_string(),
+        },
         WorkerError::DaemonDied { exit, stderr_tail } => Outcome::DaemonDied { exit, stderr_tail },
         // A worker that never sends its pid (or never answers auth) hangs before the task.
-        WorkerError::Timeout { after, .. } => Outcome::Hang { after_ms: after.as_millis() as u64, at_byte: 0 },
+        WorkerError::Timeout { after, .. } => Outcome::Hang {
+            after_ms: after.as_millis() as u64,
+            at_byte: 0,
+        },
         other => {
             if !workers.daemon_alive() {
-                Outcome::DaemonDied { exit: workers.daemon_exit(), stderr_tail: tail(&workers.stderr()) }
+                Outcome::DaemonDied {
+                    exit: workers.daemon_exit(),
+                    stderr_tail: tail(&workers.stderr()),
+                }
             } else {
-                Outcome::WorkerCrashed { pid: 0, exit: None, detail: format!("connecting failed: {other}") }
+                Outcome::WorkerCrashed {
+                    pid: 0,
+                    exit: None,
+                    detail: format!("connecting failed: {other}"),
+                }
             }
         }
     }
@@ -323,8 +425,14 @@ fn connect_failure(workers: &mut Workers, e: WorkerError) -> Outcome {
 pub fn command_spec(task: &Task) -> CommandSpec {
     CommandSpec {
         function: task.function.clone(),
-        deserializer: task.deserializer.clone().unwrap_or_else(|| default_deserializer(&task.input)),
-        serializer: task.serializer.clone().unwrap_or(SerializerSpec::AutoBatched),
+        deserializer: task
+            .deserializer
+            .clone()
+            .unwrap_or_else(|| default_deserializer(&task.input)),
+        serializer: task
+            .serializer
+            .clone()
+            .unwrap_or(SerializerSpec::AutoBatched),
     }
 }
 
@@ -341,7 +449,11 @@ fn default_deserializer(input: &Input) -> SerializerSpec {
 }
 
 fn frame_kind(task: &Task) -> FrameKind {
-    match task.serializer.as_ref().unwrap_or(&SerializerSpec::AutoBatched) {
+    match task
+        .serializer
+        .as_ref()
+        .unwrap_or(&SerializerSpec::AutoBatched)
+    {
         SerializerSpec::Pickle => FrameKind::Unbatched,
         SerializerSpec::Utf8 => FrameKind::Utf8,
         SerializerSpec::NoOp => FrameKind::Raw,
@@ -352,20 +464,33 @@ fn frame_kind(task: &Task) -> FrameKind {
 fn effective_expectation(task: &Task, env: &PythonEnv) -> (Expect, Option<String>) {
     for v in &task.expect_by_version {
         if v.pyspark.matches(env.pyspark) {
-            return (v.expect.clone(), Some(format!("pyspark {}: {}", env.pyspark, v.note)));
+            return (
+                v.expect.clone(),
+                Some(format!("pyspark {}: {}", env.pyspark, v.note)),
+            );
         }
     }
     (task.expect.clone(), None)
 }
 
 /// The typed request for a task; files and broadcast pickles are written under `dir`.
-pub fn build_request(task: &Task, env: &PythonEnv, command: Vec<u8>, dir: &Path, outputs: &[Vec<DataItem>]) -> anyhow::Result<TaskRequest> {
+pub fn build_request(
+    task: &Task,
+    env: &PythonEnv,
+    command: Vec<u8>,
+    dir: &Path,
+    outputs: &[Vec<DataItem>],
+) -> anyhow::Result<TaskRequest> {
     let files_dir = dir.join("files");
     std::fs::create_dir_all(&files_dir)?;
     for (name, content) in &task.files {
         std::fs::write(files_dir.join(name), content)?;
     }
-    let mut req = TaskRequest::non_udf(&env.python_version, command, input_items(&task.input, outputs)?);
+    let mut req = TaskRequest::non_udf(
+        &env.python_version,
+        command,
+        input_items(&task.input, outputs)?,
+    );
     req.split_index = task.split_index;
     let c = &task.context;
     req.context = TaskContext {
@@ -383,10 +508,19 @@ pub fn build_request(task: &Task, env: &PythonEnv, command: Vec<u8>, dir: &Path,
             .map(|(k, v)| Resource {
                 key: k.clone(),
                 name: k.clone(),
-                addresses: v.as_array().into_iter().flatten().filter_map(|a| a.as_str().map(str::to_owned)).collect(),
+                addresses: v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str().map(str::to_owned))
+                    .collect(),
             })
             .collect(),
-        local_properties: c.local_properties.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect(),
+        local_properties: c
+            .local_properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect(),
     };
     req.spark_files_dir = files_dir.display().to_string();
     req.includes = task.includes.clone();
@@ -394,21 +528,37 @@ pub fn build_request(task: &Task, env: &PythonEnv, command: Vec<u8>, dir: &Path,
         let path = dir.join(format!("broadcast_{}", b.id));
         let value = pickle::value_from_json(&b.value)?;
         std::fs::write(&path, pickle::dumps(&value))?;
-        req.broadcasts.ops.push(BroadcastOp::Add { id: b.id, path: Some(path.display().to_string()) });
+        req.broadcasts.ops.push(BroadcastOp::Add {
+            id: b.id,
+            path: Some(path.display().to_string()),
+        });
     }
     Ok(req)
 }
 
 fn input_items(input: &Input, outputs: &[Vec<DataItem>]) -> anyhow::Result<Vec<DataItem>> {
-    let values = |vs: &[serde_json::Value], range: &Option<(i64, i64)>| -> anyhow::Result<Vec<pickle::Value>> {
-        Input::pickle_values(vs, range).iter().map(|v| Ok(pickle::value_from_json(v)?)).collect()
+    let values = |vs: &[serde_json::Value],
+                  range: &Option<(i64, i64)>|
+     -> anyhow::Result<Vec<pickle::Value>> {
+        Input::pickle_values(vs, range)
+            .iter()
+            .map(|v| Ok(pickle::value_from_json(v)?))
+            .collect()
     };
     let frames = |f: Vec<Vec<u8>>| f.into_iter().map(DataItem::Frame).collect::<Vec<_>>();
     Ok(match input {
         Input::Empty => vec![],
-        Input::PickleBatched { batch_size, values: vs, range } => frames(pickle::batched_frames(&values(vs, range)?, *batch_size)),
-        Input::AutoBatched { values: vs, range } => frames(pickle::auto_batched_frames(&values(vs, range)?)),
-        Input::Pickle { values: vs, range } => frames(pickle::unbatched_frames(&values(vs, range)?)),
+        Input::PickleBatched {
+            batch_size,
+            values: vs,
+            range,
+        } => frames(pickle::batched_frames(&values(vs, range)?, *batch_size)),
+        Input::AutoBatched { values: vs, range } => {
+            frames(pickle::auto_batched_frames(&values(vs, range)?))
+        }
+        Input::Pickle { values: vs, range } => {
+            frames(pickle::unbatched_frames(&values(vs, range)?))
+        }
         Input::Utf8 { lines } => {
             let lines: Vec<Option<String>> = lines
                 .iter()
@@ -434,21 +584,26 @@ fn input_items(input: &Input, outputs: &[Vec<DataItem>]) -> anyhow::Result<Vec<D
                 })
             })
             .collect::<anyhow::Result<_>>()?,
-        Input::OutputOf { task } => outputs
-            .get(*task)
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("input output_of task {task}: that task produced no output"))?,
+        Input::OutputOf { task } => outputs.get(*task).cloned().ok_or_else(|| {
+            anyhow::anyhow!("input output_of task {task}: that task produced no output")
+        })?,
     })
 }
 
 fn compare_values(expect: &Expect, got: serde_json::Value) -> Outcome {
-    let Some(expected) = &expect.values else { return Outcome::Passed };
+    let Some(expected) = &expect.values else {
+        return Outcome::Passed;
+    };
     // Canonicalise the expectation through the pickle value model so tagged forms
     // ({"$tuple": ...}) compare equal to what the worker produced.
     let expected = serde_json::Value::Array(
         expected
             .iter()
-            .map(|v| pickle::value_from_json(v).map(|p| pickle::value_to_json(&p)).unwrap_or_else(|_| v.clone()))
+            .map(|v| {
+                pickle::value_from_json(v)
+                    .map(|p| pickle::value_to_json(&p))
+                    .unwrap_or_else(|_| v.clone())
+            })
             .collect(),
     );
     if expected == got {
@@ -474,8 +629,12 @@ fn judge(
     } else if let Some(x) = &expect.exception {
         let ok = match &outcome {
             Outcome::PythonException { exc_type, message } => {
-                let type_ok = exc_type == &x.exc_type || exc_type.ends_with(&format!(".{}", x.exc_type));
-                type_ok && x.message_contains.as_ref().is_none_or(|m| message.contains(m.as_str()))
+                let type_ok =
+                    exc_type == &x.exc_type || exc_type.ends_with(&format!(".{}", x.exc_type));
+                type_ok
+                    && x.message_contains
+                        .as_ref()
+                        .is_none_or(|m| message.contains(m.as_str()))
             }
             _ => false,
         };
@@ -488,7 +647,17 @@ fn judge(
         let kind = expect.outcome.unwrap_or(OutcomeKind::Passed);
         (format!("{kind:?}"), outcome.kind() == kind)
     };
-    TaskReport { index, outcome, expected, ok, note, output, pid, elapsed_ms: started.elapsed().as_millis() as u64, transcript }
+    TaskReport {
+        index,
+        outcome,
+        expected,
+        ok,
+        note,
+        output,
+        pid,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        transcript,
+    }
 }
 
 fn tail(bytes: &[u8]) -> String {

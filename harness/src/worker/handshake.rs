@@ -37,13 +37,21 @@ pub(crate) async fn read_exact_by<R: AsyncRead + Unpin>(
     let mut got = 0;
     while got < buf.len() {
         let n = match timeout_at(deadline.at, r.read(&mut buf[got..])).await {
-            Err(_) => return Err(WorkerError::Timeout { what: during, after: deadline.budget }),
+            Err(_) => {
+                return Err(WorkerError::Timeout {
+                    what: during,
+                    after: deadline.budget,
+                })
+            }
             Ok(Err(source)) => return Err(WorkerError::Io { during, source }),
             Ok(Ok(n)) => n,
         };
         transcript.extend_from_slice(&buf[got..got + n]);
         if n == 0 {
-            return Err(WorkerError::Closed { during, got: buf[..got].to_vec() });
+            return Err(WorkerError::Closed {
+                during,
+                got: buf[..got].to_vec(),
+            });
         }
         got += n;
     }
@@ -71,7 +79,11 @@ pub(crate) async fn read_string<R: AsyncRead + Unpin>(
 ) -> Result<Vec<u8>, WorkerError> {
     let len = read_i32(r, deadline, during, transcript).await?;
     if !(0..=max).contains(&len) {
-        return Err(WorkerError::BadLength { during, value: len, max });
+        return Err(WorkerError::BadLength {
+            during,
+            value: len,
+            max,
+        });
     }
     let mut body = vec![0u8; len as usize];
     read_exact_by(r, &mut body, deadline, during, transcript).await?;
@@ -96,7 +108,10 @@ pub(crate) async fn write_all_by<W: AsyncWrite + Unpin>(
         w.flush().await
     };
     match timeout_at(deadline.at, io).await {
-        Err(_) => Err(WorkerError::Timeout { what: during, after: deadline.budget }),
+        Err(_) => Err(WorkerError::Timeout {
+            what: during,
+            after: deadline.budget,
+        }),
         Ok(Err(source)) => Err(WorkerError::Io { during, source }),
         Ok(Ok(())) => {
             transcript.extend_from_slice(bytes);
@@ -119,13 +134,37 @@ pub(crate) async fn with_daemon<S: AsyncRead + AsyncWrite + Unpin>(
     daemon_pid: i32,
     deadline: &Deadline,
 ) -> Result<Handshake, WorkerError> {
-    let mut hs = Handshake { pid: 0, inbound: vec![], outbound: vec![] };
-    hs.pid = read_i32(s, deadline, "reading the forked worker's pid from the daemon", &mut hs.inbound).await?;
+    let mut hs = Handshake {
+        pid: 0,
+        inbound: vec![],
+        outbound: vec![],
+    };
+    hs.pid = read_i32(
+        s,
+        deadline,
+        "reading the forked worker's pid from the daemon",
+        &mut hs.inbound,
+    )
+    .await?;
     check_forked_pid(hs.pid, daemon_pid)?;
     if let Some(secret) = secret {
         let msg = encode_string(secret);
-        write_all_by(s, &msg, deadline, "sending the secret to the forked worker", &mut hs.outbound).await?;
-        let reply = read_string(s, MAX_AUTH_STRING, deadline, "reading the worker's auth reply", &mut hs.inbound).await?;
+        write_all_by(
+            s,
+            &msg,
+            deadline,
+            "sending the secret to the forked worker",
+            &mut hs.outbound,
+        )
+        .await?;
+        let reply = read_string(
+            s,
+            MAX_AUTH_STRING,
+            deadline,
+            "reading the worker's auth reply",
+            &mut hs.inbound,
+        )
+        .await?;
         check_auth_reply(&reply)?;
     }
     Ok(hs)
@@ -137,17 +176,50 @@ pub(crate) async fn with_direct_worker<S: AsyncRead + AsyncWrite + Unpin>(
     secret: Option<&str>,
     deadline: &Deadline,
 ) -> Result<Handshake, WorkerError> {
-    let mut hs = Handshake { pid: 0, inbound: vec![], outbound: vec![] };
+    let mut hs = Handshake {
+        pid: 0,
+        inbound: vec![],
+        outbound: vec![],
+    };
     if let Some(secret) = secret {
-        let got = read_string(s, MAX_AUTH_STRING, deadline, "reading the secret the worker sends", &mut hs.inbound).await?;
+        let got = read_string(
+            s,
+            MAX_AUTH_STRING,
+            deadline,
+            "reading the secret the worker sends",
+            &mut hs.inbound,
+        )
+        .await?;
         if got != secret.as_bytes() {
             // Answer as Spark's authClient does before giving up, so the worker's side sees it too.
-            let _ = write_all_by(s, &encode_string("err"), deadline, "rejecting the worker's secret", &mut hs.outbound).await;
-            return Err(WorkerError::WrongSecretFromWorker { got: String::from_utf8_lossy(&got).into_owned() });
+            let _ = write_all_by(
+                s,
+                &encode_string("err"),
+                deadline,
+                "rejecting the worker's secret",
+                &mut hs.outbound,
+            )
+            .await;
+            return Err(WorkerError::WrongSecretFromWorker {
+                got: String::from_utf8_lossy(&got).into_owned(),
+            });
         }
-        write_all_by(s, &encode_string("ok"), deadline, "accepting the worker's secret", &mut hs.outbound).await?;
+        write_all_by(
+            s,
+            &encode_string("ok"),
+            deadline,
+            "accepting the worker's secret",
+            &mut hs.outbound,
+        )
+        .await?;
     }
-    hs.pid = read_i32(s, deadline, "reading the direct worker's pid", &mut hs.inbound).await?;
+    hs.pid = read_i32(
+        s,
+        deadline,
+        "reading the direct worker's pid",
+        &mut hs.inbound,
+    )
+    .await?;
     if hs.pid <= 0 {
         return Err(WorkerError::NegativePid { value: hs.pid });
     }
@@ -158,7 +230,9 @@ fn check_auth_reply(reply: &[u8]) -> Result<(), WorkerError> {
     match reply {
         b"ok" => Ok(()),
         b"err" => Err(WorkerError::AuthRejected),
-        other => Err(WorkerError::BadAuthReply { reply: other.to_vec() }),
+        other => Err(WorkerError::BadAuthReply {
+            reply: other.to_vec(),
+        }),
     }
 }
 
@@ -180,7 +254,10 @@ pub(crate) fn check_forked_pid(value: i32, daemon_pid: i32) -> Result<(), Worker
 
 /// "ENOMEM: Cannot allocate memory", or "not a known errno" for numbers outside the table.
 pub fn errno_label(value: i32) -> String {
-    let name = ERRNOS.iter().find(|(_, n)| *n == value).map(|(name, _)| *name);
+    let name = ERRNOS
+        .iter()
+        .find(|(_, n)| *n == value)
+        .map(|(name, _)| *name);
     match name {
         Some(name) => {
             let text = io::Error::from_raw_os_error(value).to_string();
@@ -242,31 +319,62 @@ mod tests {
         // Whatever runs as pid 12 here (if anything), its parent is not our process.
         let me = std::process::id() as i32;
         let err = check_forked_pid(12, me).unwrap_err();
-        assert!(matches!(err, WorkerError::ErrnoAsPid { value: 12 }), "{err}");
+        assert!(
+            matches!(err, WorkerError::ErrnoAsPid { value: 12 }),
+            "{err}"
+        );
         let text = err.to_string();
         assert!(text.contains("errno 12 (ENOMEM"), "{text}");
         assert!(text.contains("pid < 0"), "{text}");
-        assert!(matches!(check_forked_pid(-1, me), Err(WorkerError::NegativePid { value: -1 })));
+        assert!(matches!(
+            check_forked_pid(-1, me),
+            Err(WorkerError::NegativePid { value: -1 })
+        ));
     }
 
     #[tokio::test]
     async fn auth_replies() {
         assert!(check_auth_reply(b"ok").is_ok());
-        assert!(matches!(check_auth_reply(b"err"), Err(WorkerError::AuthRejected)));
-        assert!(matches!(check_auth_reply(b"no"), Err(WorkerError::BadAuthReply { .. })));
+        assert!(matches!(
+            check_auth_reply(b"err"),
+            Err(WorkerError::AuthRejected)
+        ));
+        assert!(matches!(
+            check_auth_reply(b"no"),
+            Err(WorkerError::BadAuthReply { .. })
+        ));
     }
 
     #[tokio::test]
     async fn reads_are_bounded_and_keep_a_transcript() {
-        let deadline = Deadline { at: Instant::now() + std::time::Duration::from_secs(1), budget: std::time::Duration::from_secs(1) };
+        let deadline = Deadline {
+            at: Instant::now() + std::time::Duration::from_secs(1),
+            budget: std::time::Duration::from_secs(1),
+        };
         let mut t = vec![];
         let mut src: &[u8] = &[0x7f, 0xff, 0xff, 0xff];
-        let err = read_string(&mut src, 16, &deadline, "x", &mut t).await.unwrap_err();
-        assert!(matches!(err, WorkerError::BadLength { value: i32::MAX, .. }), "{err}");
+        let err = read_string(&mut src, 16, &deadline, "x", &mut t)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WorkerError::BadLength {
+                    value: i32::MAX,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let mut t = vec![];
         let mut short: &[u8] = &[0, 0];
-        let err = read_i32(&mut short, &deadline, "x", &mut t).await.unwrap_err();
-        assert!(matches!(&err, WorkerError::Closed { got, .. } if got == &[0, 0]), "{err}");
+        let err = read_i32(&mut short, &deadline, "x", &mut t)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, WorkerError::Closed { got, .. } if got == &[0, 0]),
+            "{err}"
+        );
         assert_eq!(t, vec![0, 0]);
     }
 }

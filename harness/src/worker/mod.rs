@@ -16,8 +16,9 @@ pub(crate) mod procs;
 mod spawn;
 
 pub use groups::{
-    install_interrupt_handler, kill_all_registered, kill_marked, kill_marked_groups, leftover_processes, owner_token,
-    registered_groups, spawn_in_group, Group, GroupCommand, OWNER_ENV, TEST_RUN_ENV,
+    install_interrupt_handler, kill_all_registered, kill_marked, kill_marked_groups,
+    leftover_processes, owner_token, registered_groups, spawn_in_group, Group, GroupCommand,
+    OWNER_ENV, TEST_RUN_ENV,
 };
 pub use handshake::errno_label;
 pub(crate) use handshake::{check_forked_pid, ERRNOS};
@@ -122,16 +123,24 @@ fn errno_of(value: &i32) -> String {
 }
 
 fn show_exit(exit: &Option<ExitInfo>) -> String {
-    exit.map(|e| e.to_string()).unwrap_or_else(|| "still running".into())
+    exit.map(|e| e.to_string())
+        .unwrap_or_else(|| "still running".into())
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("could not start `{} {args}`: {source}; check that the interpreter path exists and is executable", .python.display())]
-    Spawn { python: PathBuf, args: String, source: std::io::Error },
+    Spawn {
+        python: PathBuf,
+        args: String,
+        source: std::io::Error,
+    },
 
     #[error("I/O error while {during}: {source}")]
-    Io { during: &'static str, source: std::io::Error },
+    Io {
+        during: &'static str,
+        source: std::io::Error,
+    },
 
     #[error("timed out after {after:?} while {what}; the Python side is alive but silent (raise LaunchOptions::connect_timeout if the machine is just slow)")]
     Timeout { what: &'static str, after: Duration },
@@ -140,10 +149,17 @@ pub enum WorkerError {
     Closed { during: &'static str, got: Vec<u8> },
 
     #[error("the daemon died ({}); its stderr ends with:\n{stderr_tail}", show_exit(.exit))]
-    DaemonDied { exit: Option<ExitInfo>, stderr_tail: String },
+    DaemonDied {
+        exit: Option<ExitInfo>,
+        stderr_tail: String,
+    },
 
     #[error("direct worker {pid} ended ({}) before it connected back; stderr ends with:\n{stderr_tail}", show_exit(.exit))]
-    WorkerExited { pid: i32, exit: Option<ExitInfo>, stderr_tail: String },
+    WorkerExited {
+        pid: i32,
+        exit: Option<ExitInfo>,
+        stderr_tail: String,
+    },
 
     #[error("the daemon wrote errno {value} ({}) where a pid belongs: its fork() failed and it closed the socket. \
              Spark's JVM check `pid < 0` would accept it as a pid; no live child of the daemon has pid {value}", errno_of(.value))]
@@ -160,7 +176,11 @@ pub enum WorkerError {
     BadSocketPath { why: String, raw: Vec<u8> },
 
     #[error("while {during}: length {value} is outside 0..={max}")]
-    BadLength { during: &'static str, value: i32, max: i32 },
+    BadLength {
+        during: &'static str,
+        value: i32,
+        max: i32,
+    },
 
     #[error("the worker answered the secret with \"err\": it was rejected (is PYTHON_WORKER_FACTORY_SECRET overridden in extra_env?)")]
     AuthRejected,
@@ -283,7 +303,10 @@ impl Workers {
             let dir = tempfile::Builder::new()
                 .prefix("fakejvm-uds-")
                 .tempdir()
-                .map_err(|source| WorkerError::Io { during: "creating a directory for Unix sockets", source })?;
+                .map_err(|source| WorkerError::Io {
+                    during: "creating a directory for Unix sockets",
+                    source,
+                })?;
             Some(dir)
         } else {
             None
@@ -308,20 +331,36 @@ impl Workers {
     }
 
     fn launch_tweaks(&self) -> ProcessTweaks {
-        ProcessTweaks { extra_env: self.opts.extra_env.clone(), rlimit_as: self.opts.rlimit_as }
+        ProcessTweaks {
+            extra_env: self.opts.extra_env.clone(),
+            rlimit_as: self.opts.rlimit_as,
+        }
     }
 
     fn reuse_env(&self) -> Option<(&'static str, String)> {
-        self.opts.reuse.then(|| ("SPARK_REUSE_WORKER", "1".to_string()))
+        self.opts
+            .reuse
+            .then(|| ("SPARK_REUSE_WORKER", "1".to_string()))
     }
 
     /// Every child of ours starts here: its own process group, registered for Ctrl-C.
-    fn spawn(&self, cmd: &mut tokio::process::Command, args: &[&str]) -> Result<(Child, Group), WorkerError> {
-        spawn_in_group(cmd).map_err(|source| WorkerError::Spawn { python: self.python.clone(), args: args.join(" "), source })
+    fn spawn(
+        &self,
+        cmd: &mut tokio::process::Command,
+        args: &[&str],
+    ) -> Result<(Child, Group), WorkerError> {
+        spawn_in_group(cmd).map_err(|source| WorkerError::Spawn {
+            python: self.python.clone(),
+            args: args.join(" "),
+            source,
+        })
     }
 
     fn deadline(&self) -> Deadline {
-        Deadline { at: Instant::now() + self.opts.connect_timeout, budget: self.opts.connect_timeout }
+        Deadline {
+            at: Instant::now() + self.opts.connect_timeout,
+            budget: self.opts.connect_timeout,
+        }
     }
 
     async fn start_daemon(&mut self) -> Result<(), WorkerError> {
@@ -329,12 +368,16 @@ impl Workers {
         let mut env: Vec<(&str, String)> = match (self.opts.mode, &self.sock_dir) {
             (Mode::Uds, Some(dir)) => vec![
                 ("PYTHON_UNIX_DOMAIN_ENABLED", "True".into()),
-                ("PYTHON_WORKER_FACTORY_SOCK_DIR", dir.path().display().to_string()),
+                (
+                    "PYTHON_WORKER_FACTORY_SOCK_DIR",
+                    dir.path().display().to_string(),
+                ),
             ],
             _ => vec![("PYTHON_WORKER_FACTORY_SECRET", self.secret.clone())],
         };
         env.extend(self.reuse_env());
-        let mut cmd = spawn::python_command(&self.python, &DAEMON_ARGS, &env, &self.launch_tweaks());
+        let mut cmd =
+            spawn::python_command(&self.python, &DAEMON_ARGS, &env, &self.launch_tweaks());
         let (mut child, group) = self.spawn(&mut cmd, &DAEMON_ARGS)?;
         let pid = group.pgid;
         let stdin = child.stdin.take();
@@ -342,7 +385,14 @@ impl Workers {
         if let Some(err) = child.stderr.take() {
             self.drains.push(spawn::drain(err, self.stderr.clone()));
         }
-        self.daemon = Some(Daemon { child, pid, group, stdin, addr: None, exit: None });
+        self.daemon = Some(Daemon {
+            child,
+            pid,
+            group,
+            stdin,
+            addr: None,
+            exit: None,
+        });
 
         let deadline = self.deadline();
         let mut raw = vec![];
@@ -355,14 +405,18 @@ impl Workers {
                 self.daemon.as_mut().expect("set above").addr = Some(addr);
                 Ok(())
             }
-            Err(e @ (WorkerError::Closed { .. } | WorkerError::Io { .. })) => Err(self.blame_daemon(e).await),
+            Err(e @ (WorkerError::Closed { .. } | WorkerError::Io { .. })) => {
+                Err(self.blame_daemon(e).await)
+            }
             Err(e) => Err(e),
         }
     }
 
     /// If the daemon has died (or dies within a moment), that is the real story behind `err`.
     async fn blame_daemon(&mut self, err: WorkerError) -> WorkerError {
-        let Some(d) = self.daemon.as_mut() else { return err };
+        let Some(d) = self.daemon.as_mut() else {
+            return err;
+        };
         if d.exit.is_none() {
             if let Ok(Ok(status)) = timeout(Duration::from_millis(500), d.child.wait()).await {
                 d.exit = Some(ExitInfo::from_status(status));
@@ -373,7 +427,10 @@ impl Workers {
             Some(exit) => {
                 // Let the stderr drain catch the traceback written just before the exit.
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                WorkerError::DaemonDied { exit: Some(exit), stderr_tail: self.stderr.tail(4000) }
+                WorkerError::DaemonDied {
+                    exit: Some(exit),
+                    stderr_tail: self.stderr.tail(4000),
+                }
             }
             None => err,
         }
@@ -388,7 +445,10 @@ impl Workers {
 
     /// `connect` with per-process environment and limits for the one direct worker started for
     /// this connection. Daemon modes fork every worker from the daemon, so only empty tweaks apply.
-    pub async fn connect_with(&mut self, tweaks: &ProcessTweaks) -> Result<Connection, WorkerError> {
+    pub async fn connect_with(
+        &mut self,
+        tweaks: &ProcessTweaks,
+    ) -> Result<Connection, WorkerError> {
         if self.opts.mode.uses_daemon() {
             if !tweaks.extra_env.is_empty() || tweaks.rlimit_as.is_some() {
                 return Err(WorkerError::WrongMode {
@@ -398,7 +458,9 @@ impl Workers {
             }
             let r = self.connect_daemon().await;
             match r {
-                Err(e @ (WorkerError::Closed { .. } | WorkerError::Io { .. })) => Err(self.blame_daemon(e).await),
+                Err(e @ (WorkerError::Closed { .. } | WorkerError::Io { .. })) => {
+                    Err(self.blame_daemon(e).await)
+                }
                 other => other,
             }
         } else {
@@ -408,23 +470,49 @@ impl Workers {
 
     async fn connect_daemon(&mut self) -> Result<Connection, WorkerError> {
         let deadline = self.deadline();
-        let d = self.daemon.as_ref().expect("daemon modes start the daemon in start()");
+        let d = self
+            .daemon
+            .as_ref()
+            .expect("daemon modes start the daemon in start()");
         let daemon_pid = d.pid;
-        match d.addr.as_ref().expect("start() fails unless the daemon announced an address") {
+        match d
+            .addr
+            .as_ref()
+            .expect("start() fails unless the daemon announced an address")
+        {
             DaemonAddr::Tcp(port) => {
                 let during = "connecting to the daemon's TCP port";
-                let mut s = match timeout_at(deadline.at, TcpStream::connect((Ipv4Addr::LOCALHOST, *port))).await {
-                    Err(_) => return Err(WorkerError::Timeout { what: during, after: deadline.budget }),
+                let mut s = match timeout_at(
+                    deadline.at,
+                    TcpStream::connect((Ipv4Addr::LOCALHOST, *port)),
+                )
+                .await
+                {
+                    Err(_) => {
+                        return Err(WorkerError::Timeout {
+                            what: during,
+                            after: deadline.budget,
+                        })
+                    }
                     Ok(r) => r.map_err(|source| WorkerError::Io { during, source })?,
                 };
-                s.set_nodelay(true).map_err(|source| WorkerError::Io { during: "setting TCP_NODELAY", source })?;
-                let hs = handshake::with_daemon(&mut s, Some(&self.secret), daemon_pid, &deadline).await?;
+                s.set_nodelay(true).map_err(|source| WorkerError::Io {
+                    during: "setting TCP_NODELAY",
+                    source,
+                })?;
+                let hs = handshake::with_daemon(&mut s, Some(&self.secret), daemon_pid, &deadline)
+                    .await?;
                 Ok(tcp_connection(s, hs))
             }
             DaemonAddr::Unix(path) => {
                 let during = "connecting to the daemon's Unix socket";
                 let mut s = match timeout_at(deadline.at, UnixStream::connect(path)).await {
-                    Err(_) => return Err(WorkerError::Timeout { what: during, after: deadline.budget }),
+                    Err(_) => {
+                        return Err(WorkerError::Timeout {
+                            what: during,
+                            after: deadline.budget,
+                        })
+                    }
                     Ok(r) => r.map_err(|source| WorkerError::Io { during, source })?,
                 };
                 let hs = handshake::with_daemon(&mut s, None, daemon_pid, &deadline).await?;
@@ -440,18 +528,34 @@ impl Workers {
             None => {
                 let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
                     .await
-                    .map_err(|source| WorkerError::Io { during: "listening on 127.0.0.1 for a direct worker", source })?;
-                let port = l.local_addr().map_err(|source| WorkerError::Io { during: "reading our listening port", source })?.port();
+                    .map_err(|source| WorkerError::Io {
+                        during: "listening on 127.0.0.1 for a direct worker",
+                        source,
+                    })?;
+                let port = l
+                    .local_addr()
+                    .map_err(|source| WorkerError::Io {
+                        during: "reading our listening port",
+                        source,
+                    })?
+                    .port();
                 env.push(("PYTHON_WORKER_FACTORY_PORT", port.to_string()));
                 env.push(("PYTHON_WORKER_FACTORY_SECRET", self.secret.clone()));
                 Listener::Tcp(l)
             }
             Some(dir) => {
                 // pyspark 4.1+ takes the Unix-socket branch only when the SECRET is unset.
-                let path = dir.path().join(format!(".{}.sock", hex::encode(rand::random::<[u8; 8]>())));
-                let l = UnixListener::bind(&path)
-                    .map_err(|source| WorkerError::Io { during: "listening on a Unix socket for a direct worker", source })?;
-                env.push(("PYTHON_WORKER_FACTORY_SOCK_PATH", path.display().to_string()));
+                let path = dir
+                    .path()
+                    .join(format!(".{}.sock", hex::encode(rand::random::<[u8; 8]>())));
+                let l = UnixListener::bind(&path).map_err(|source| WorkerError::Io {
+                    during: "listening on a Unix socket for a direct worker",
+                    source,
+                })?;
+                env.push((
+                    "PYTHON_WORKER_FACTORY_SOCK_PATH",
+                    path.display().to_string(),
+                ));
                 env.push(("PYTHON_UNIX_DOMAIN_ENABLED", "True".into()));
                 Listener::Unix(l, path)
             }
@@ -472,12 +576,25 @@ impl Workers {
             drains.push(spawn::drain(err, self.stderr.clone()));
         }
         let _stdin = child.stdin.take();
-        self.direct.insert(pid, DirectChild { child, group, reported_pid: None, _stdin, drains, exit: None });
+        self.direct.insert(
+            pid,
+            DirectChild {
+                child,
+                group,
+                reported_pid: None,
+                _stdin,
+                drains,
+                exit: None,
+            },
+        );
 
         let result = self.accept_direct(pid, listener, &deadline).await;
         match result {
             Ok(conn) => {
-                self.direct.get_mut(&pid).expect("inserted above").reported_pid = Some(conn.pid);
+                self.direct
+                    .get_mut(&pid)
+                    .expect("inserted above")
+                    .reported_pid = Some(conn.pid);
                 Ok(conn)
             }
             Err(e) => {
@@ -490,11 +607,19 @@ impl Workers {
         }
     }
 
-    async fn accept_direct(&mut self, pid: i32, listener: Listener, deadline: &Deadline) -> Result<Connection, WorkerError> {
+    async fn accept_direct(
+        &mut self,
+        pid: i32,
+        listener: Listener,
+        deadline: &Deadline,
+    ) -> Result<Connection, WorkerError> {
         let during = "waiting for the direct worker to connect back";
         let secret = self.secret.clone();
         let stderr = self.stderr.clone();
-        let c = self.direct.get_mut(&pid).expect("inserted by connect_direct");
+        let c = self
+            .direct
+            .get_mut(&pid)
+            .expect("inserted by connect_direct");
         // Watch the child too: a worker that dies at import should fail fast, not after the timeout.
         let accepted = tokio::select! {
             r = listener.accept() => r.map_err(|source| WorkerError::Io { during, source })?,
@@ -514,7 +639,10 @@ impl Workers {
         };
         match accepted {
             Accepted::Tcp(mut s) => {
-                s.set_nodelay(true).map_err(|source| WorkerError::Io { during: "setting TCP_NODELAY", source })?;
+                s.set_nodelay(true).map_err(|source| WorkerError::Io {
+                    during: "setting TCP_NODELAY",
+                    source,
+                })?;
                 let hs = handshake::with_direct_worker(&mut s, Some(&secret), deadline).await?;
                 Ok(tcp_connection(s, hs))
             }
@@ -553,10 +681,16 @@ impl Workers {
     pub async fn write_daemon_stdin(&mut self, bytes: &[u8]) -> Result<(), WorkerError> {
         let deadline = self.deadline();
         let mode = self.opts.mode;
-        let d = self.daemon.as_mut().ok_or(WorkerError::WrongMode { what: "writing to the daemon's stdin", mode })?;
+        let d = self.daemon.as_mut().ok_or(WorkerError::WrongMode {
+            what: "writing to the daemon's stdin",
+            mode,
+        })?;
         let during = "writing to the daemon's stdin";
         let Some(stdin) = d.stdin.as_mut() else {
-            return Err(WorkerError::Closed { during, got: vec![] });
+            return Err(WorkerError::Closed {
+                during,
+                got: vec![],
+            });
         };
         let r = match timeout_at(deadline.at, async {
             stdin.write_all(bytes).await?;
@@ -564,7 +698,10 @@ impl Workers {
         })
         .await
         {
-            Err(_) => Err(WorkerError::Timeout { what: during, after: deadline.budget }),
+            Err(_) => Err(WorkerError::Timeout {
+                what: during,
+                after: deadline.budget,
+            }),
             Ok(r) => r.map_err(|source| WorkerError::Io { during, source }),
         };
         match r {
@@ -601,7 +738,9 @@ impl Workers {
     }
 
     pub fn daemon_alive(&mut self) -> bool {
-        let Some(d) = self.daemon.as_mut() else { return false };
+        let Some(d) = self.daemon.as_mut() else {
+            return false;
+        };
         if d.exit.is_none() {
             if let Ok(Some(status)) = d.child.try_wait() {
                 d.exit = Some(ExitInfo::from_status(status));
@@ -629,7 +768,11 @@ impl Workers {
     /// Direct modes: wait up to `timeout` for a worker we started to exit, and say how.
     /// `pid` may be our child's pid or the pid the worker reported.
     pub async fn wait_direct_worker(&mut self, pid: i32, limit: Duration) -> Option<ExitInfo> {
-        let c = self.direct.iter_mut().find(|(os_pid, c)| **os_pid == pid || c.reported_pid == Some(pid))?.1;
+        let c = self
+            .direct
+            .iter_mut()
+            .find(|(os_pid, c)| **os_pid == pid || c.reported_pid == Some(pid))?
+            .1;
         if c.exit.is_none() {
             if let Ok(Ok(status)) = timeout(limit, c.child.wait()).await {
                 c.exit = Some(ExitInfo::from_status(status));
@@ -641,7 +784,11 @@ impl Workers {
 
     /// The process groups we own now: the daemon's, and one per direct worker.
     pub fn process_groups(&self) -> Vec<i32> {
-        self.daemon.iter().map(|d| d.group.pgid).chain(self.direct.values().map(|c| c.group.pgid)).collect()
+        self.daemon
+            .iter()
+            .map(|d| d.group.pgid)
+            .chain(self.direct.values().map(|c| c.group.pgid))
+            .collect()
     }
 
     /// Ends everything, politely first: closes the daemon's stdin (its shutdown signal) and sends
@@ -683,7 +830,12 @@ impl Workers {
         }
 
         let daemon_killed = self.daemon.as_ref().is_some_and(|d| d.exit.is_none());
-        let killed_direct: Vec<i32> = self.direct.iter().filter(|(_, c)| c.exit.is_none()).map(|(p, _)| *p).collect();
+        let killed_direct: Vec<i32> = self
+            .direct
+            .iter()
+            .filter(|(_, c)| c.exit.is_none())
+            .map(|(p, _)| *p)
+            .collect();
         self.kill_and_reap().await;
 
         // The pipes reach EOF once every process holding them is gone.
@@ -704,7 +856,11 @@ impl Workers {
             direct: self
                 .direct
                 .iter()
-                .map(|(pid, c)| DirectExit { pid: *pid, exit: c.exit, killed: killed_direct.contains(pid) })
+                .map(|(pid, c)| DirectExit {
+                    pid: *pid,
+                    exit: c.exit,
+                    killed: killed_direct.contains(pid),
+                })
                 .collect(),
             leftovers,
             stdout: self.stdout.snapshot(),
@@ -724,7 +880,11 @@ impl Workers {
             .daemon
             .iter_mut()
             .map(|d| (&mut d.child, &mut d.group, &mut d.exit))
-            .chain(self.direct.values_mut().map(|c| (&mut c.child, &mut c.group, &mut c.exit)));
+            .chain(
+                self.direct
+                    .values_mut()
+                    .map(|c| (&mut c.child, &mut c.group, &mut c.exit)),
+            );
         for (child, group, exit) in children {
             group.signal(libc::SIGKILL);
             if exit.is_none() {
@@ -746,7 +906,11 @@ impl Drop for Workers {
             .daemon
             .iter_mut()
             .map(|d| (&mut d.child, &mut d.group))
-            .chain(self.direct.values_mut().map(|c| (&mut c.child, &mut c.group)));
+            .chain(
+                self.direct
+                    .values_mut()
+                    .map(|c| (&mut c.child, &mut c.group)),
+            );
         for (child, group) in children {
             group.signal(libc::SIGKILL);
             while std::time::Instant::now() < until {
@@ -761,7 +925,11 @@ impl Drop for Workers {
             }
         }
         // Each Group forgets itself (and kills what is left, if still ours) as the fields drop.
-        for d in self.drains.iter().chain(self.direct.values().flat_map(|c| c.drains.iter())) {
+        for d in self
+            .drains
+            .iter()
+            .chain(self.direct.values().flat_map(|c| c.drains.iter()))
+        {
             d.abort();
         }
     }
@@ -802,7 +970,10 @@ pub(crate) async fn read_daemon_announce<R: tokio::io::AsyncRead + Unpin>(
     unix_socket: bool,
     limit: Duration,
 ) -> (Result<DaemonAddr, WorkerError>, Vec<u8>) {
-    let deadline = Deadline { at: Instant::now() + limit, budget: limit };
+    let deadline = Deadline {
+        at: Instant::now() + limit,
+        budget: limit,
+    };
     let mut raw = vec![];
     let mode = if unix_socket { Mode::Uds } else { Mode::Daemon };
     let r = read_announce(stdout, mode, &deadline, &mut raw).await;
@@ -831,30 +1002,53 @@ async fn read_announce<R: tokio::io::AsyncRead + Unpin>(
                  PYTHON_UNIX_DOMAIN_ENABLED and listens on TCP (use Mode::Daemon for it)"
             )
         } else {
-            format!("a path length of {first} is outside 1..={}", handshake::MAX_SOCKET_PATH)
+            format!(
+                "a path length of {first} is outside 1..={}",
+                handshake::MAX_SOCKET_PATH
+            )
         };
-        return Err(WorkerError::BadSocketPath { why, raw: raw.clone() });
+        return Err(WorkerError::BadSocketPath {
+            why,
+            raw: raw.clone(),
+        });
     }
     let mut body = vec![0u8; first as usize];
     handshake::read_exact_by(stdout, &mut body, deadline, during, raw).await?;
-    let path = String::from_utf8(body)
-        .map_err(|_| WorkerError::BadSocketPath { why: "the path is not UTF-8".into(), raw: raw.clone() })?;
+    let path = String::from_utf8(body).map_err(|_| WorkerError::BadSocketPath {
+        why: "the path is not UTF-8".into(),
+        raw: raw.clone(),
+    })?;
     let path = PathBuf::from(path);
     // Spark checks the same: a path that does not exist is bad data on stdout.
     if !path.exists() {
-        return Err(WorkerError::BadSocketPath { why: format!("{} does not exist", path.display()), raw: raw.clone() });
+        return Err(WorkerError::BadSocketPath {
+            why: format!("{} does not exist", path.display()),
+            raw: raw.clone(),
+        });
     }
     Ok(DaemonAddr::Unix(path))
 }
 
 fn tcp_connection(s: TcpStream, hs: handshake::Handshake) -> Connection {
     let (r, w) = s.into_split();
-    Connection { pid: hs.pid, reader: Box::new(r), writer: Box::new(w), handshake_in: hs.inbound, handshake_out: hs.outbound }
+    Connection {
+        pid: hs.pid,
+        reader: Box::new(r),
+        writer: Box::new(w),
+        handshake_in: hs.inbound,
+        handshake_out: hs.outbound,
+    }
 }
 
 fn unix_connection(s: UnixStream, hs: handshake::Handshake) -> Connection {
     let (r, w) = s.into_split();
-    Connection { pid: hs.pid, reader: Box::new(r), writer: Box::new(w), handshake_in: hs.inbound, handshake_out: hs.outbound }
+    Connection {
+        pid: hs.pid,
+        reader: Box::new(r),
+        writer: Box::new(w),
+        handshake_in: hs.inbound,
+        handshake_out: hs.outbound,
+    }
 }
 
 #[cfg(test)]
@@ -863,18 +1057,27 @@ mod tests {
 
     #[test]
     fn modes_serialize_in_snake_case() {
-        assert_eq!(serde_json::to_string(&Mode::DirectUds).unwrap(), "\"direct_uds\"");
+        assert_eq!(
+            serde_json::to_string(&Mode::DirectUds).unwrap(),
+            "\"direct_uds\""
+        );
         assert_eq!(serde_json::from_str::<Mode>("\"uds\"").unwrap(), Mode::Uds);
     }
 
     #[tokio::test]
     async fn a_missing_interpreter_is_a_spawn_error_that_names_it() {
-        let err = match Workers::start(Path::new("/nonexistent/python"), LaunchOptions::default()).await {
+        let err = match Workers::start(Path::new("/nonexistent/python"), LaunchOptions::default())
+            .await
+        {
             Err(e) => e,
             Ok(_) => panic!("started a daemon from a missing interpreter"),
         };
         assert!(matches!(err, WorkerError::Spawn { .. }), "{err}");
-        assert!(err.to_string().contains("/nonexistent/python -m pyspark.daemon pyspark.worker"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("/nonexistent/python -m pyspark.daemon pyspark.worker"),
+            "{err}"
+        );
     }
 
     /// A stand-in "interpreter" script (it ignores `-m pyspark.daemon`) that prints text where the
@@ -884,15 +1087,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fake = dir.path().join("python");
         let pidfile = dir.path().join("pid");
-        std::fs::write(&fake, format!("#!/bin/sh\necho $$ > {}\nprintf 'hello'\nsleep 30\n", pidfile.display())).unwrap();
-        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho $$ > {}\nprintf 'hello'\nsleep 30\n",
+                pidfile.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let err = match Workers::start(&fake, LaunchOptions::default()).await {
             Err(e) => e,
             Ok(_) => panic!("accepted 'hell' as a port"),
         };
-        assert!(matches!(err, WorkerError::BadPort { value: 0x6865_6c6c }), "{err}");
+        assert!(
+            matches!(err, WorkerError::BadPort { value: 0x6865_6c6c }),
+            "{err}"
+        );
         assert!(err.to_string().contains("sitecustomize"), "{err}");
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert_eq!(leftover_processes(&[pid]), vec![]);
     }
 
@@ -900,8 +1118,13 @@ mod tests {
     async fn a_daemon_that_exits_before_announcing_is_daemon_died_with_its_stderr() {
         let dir = tempfile::tempdir().unwrap();
         let fake = dir.path().join("python");
-        std::fs::write(&fake, "#!/bin/sh\necho 'No module named pyspark' >&2\nexit 3\n").unwrap();
-        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\necho 'No module named pyspark' >&2\nexit 3\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let err = match Workers::start(&fake, LaunchOptions::default()).await {
             Err(e) => e,
             Ok(_) => panic!("started"),
@@ -920,17 +1143,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fake = dir.path().join("python");
         let pidfile = dir.path().join("pids");
-        std::fs::write(&fake, format!("#!/bin/sh\nsleep 30 &\necho $$ $! > {}\nwait\n", pidfile.display())).unwrap();
-        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let opts = LaunchOptions { connect_timeout: Duration::from_millis(500), ..Default::default() };
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nsleep 30 &\necho $$ $! > {}\nwait\n",
+                pidfile.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let opts = LaunchOptions {
+            connect_timeout: Duration::from_millis(500),
+            ..Default::default()
+        };
         let err = match Workers::start(&fake, opts).await {
             Err(e) => e,
             Ok(_) => panic!("started"),
         };
         assert!(matches!(err, WorkerError::Timeout { .. }), "{err}");
-        let pids: Vec<i32> =
-            std::fs::read_to_string(&pidfile).unwrap().split_whitespace().map(|p| p.parse().unwrap()).collect();
-        assert_eq!(pids.len(), 2, "the script records itself and its background sleep");
+        let pids: Vec<i32> = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(
+            pids.len(),
+            2,
+            "the script records itself and its background sleep"
+        );
         // The shell is the group leader; its `sleep` child is in the same group.
         assert_eq!(leftover_processes(&[pids[0]]), vec![]);
         assert!(!registered_groups().contains(&pids[0]));

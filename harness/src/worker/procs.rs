@@ -32,8 +32,15 @@ impl ProcStat {
 
     /// How long ago it started (from its start time and /proc/uptime).
     pub fn age(&self) -> Option<Duration> {
-        let uptime: f64 = fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
-        Some(Duration::from_secs_f64((uptime - self.start_time as f64 / clock_ticks()).max(0.0)))
+        let uptime: f64 = fs::read_to_string("/proc/uptime")
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        Some(Duration::from_secs_f64(
+            (uptime - self.start_time as f64 / clock_ticks()).max(0.0),
+        ))
     }
 }
 
@@ -95,8 +102,11 @@ pub(crate) fn cmdline(pid: i32) -> String {
 
 /// Every pid in /proc now (processes, not threads).
 pub(crate) fn all_pids() -> Vec<i32> {
-    let Ok(dir) = fs::read_dir("/proc") else { return vec![] };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).collect()
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
 }
 
 /// Every live (not zombie) process whose process group is one of `pgids`.
@@ -118,7 +128,19 @@ mod tests {
     fn parses_a_comm_with_spaces_and_parentheses() {
         let line = "4242 (python3 (x) y) S 17 4242 4242 0 -1 4194560 120 0 0 0 35 7 0 0 20 0 1 0 9001 160000000 9500 18446744073709551615";
         let s = parse_stat(line).unwrap();
-        assert_eq!(s, ProcStat { pid: 4242, state: 'S', ppid: 17, pgrp: 4242, utime: 35, stime: 7, start_time: 9001, rss_pages: 9500 });
+        assert_eq!(
+            s,
+            ProcStat {
+                pid: 4242,
+                state: 'S',
+                ppid: 17,
+                pgrp: 4242,
+                utime: 35,
+                stime: 7,
+                start_time: 9001,
+                rss_pages: 9500
+            }
+        );
     }
 
     #[test]

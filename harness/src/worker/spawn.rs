@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 
 /// Taken from our environment when set: what a process needs to run at all (PATH for anything it
 /// spawns, HOME for libraries that look there, locale and TZ for text and time, TMPDIR for temp files).
-pub const PASS_THROUGH_ENV: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"];
+pub const PASS_THROUGH_ENV: [&str; 7] =
+    ["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"];
 
 /// What varies per process: set by `LaunchOptions` for the daemon (its forks inherit it) and per
 /// direct worker by `ProcessTweaks`, so faults can target one process.
@@ -59,13 +60,19 @@ pub(crate) fn python_command(
         // and the closure allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
-                let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                let mut current = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
                 if libc::getrlimit(libc::RLIMIT_AS, &mut current) != 0 {
                     return Err(io::Error::last_os_error());
                 }
                 // Only the soft limit: lowering the hard one is not needed and needs no privilege
                 // to get wrong.
-                let wanted = libc::rlimit { rlim_cur: limit.min(current.rlim_max), rlim_max: current.rlim_max };
+                let wanted = libc::rlimit {
+                    rlim_cur: limit.min(current.rlim_max),
+                    rlim_max: current.rlim_max,
+                };
                 if libc::setrlimit(libc::RLIMIT_AS, &wanted) != 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -99,7 +106,11 @@ impl Capture {
     }
 
     pub fn snapshot(&self) -> Vec<u8> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).bytes.clone()
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bytes
+            .clone()
     }
 
     pub fn dropped(&self) -> u64 {

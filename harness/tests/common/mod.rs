@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 pub const FAMILIES: [&str; 4] = ["4.0.5", "4.1.4", "4.2.1", "4.3.0"];
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// The cached env for `version`, provisioned if missing. Never skips: a missing env is a
@@ -22,7 +25,12 @@ pub fn env_for(version: &str) -> PythonEnv {
              `cargo run -p fakejvm -- env setup --pyspark {version}`"
         )
     });
-    assert_eq!(env.pyspark.to_string(), version, "the env at {} has the wrong pyspark", env.python.display());
+    assert_eq!(
+        env.pyspark.to_string(),
+        version,
+        "the env at {} has the wrong pyspark",
+        env.python.display()
+    );
     env
 }
 
@@ -40,17 +48,33 @@ pub async fn run_dir(env: &PythonEnv, dir: &str) -> Vec<ScenarioReport> {
 }
 
 pub fn by_name<'a>(reports: &'a [ScenarioReport], name: &str) -> &'a ScenarioReport {
-    reports.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no scenario named {name}"))
+    reports
+        .iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no scenario named {name}"))
 }
 
 /// Every scenario passed (or is N/A for a reason listed in `not_applicable`), none leaked.
 pub fn assert_all_passed(reports: &[ScenarioReport], not_applicable: &[&str]) {
     for r in reports {
-        assert!(r.leftovers.is_empty(), "{} leaked processes: {:?}", r.name, r.leftovers);
+        assert!(
+            r.leftovers.is_empty(),
+            "{} leaked processes: {:?}",
+            r.name,
+            r.leftovers
+        );
         match &r.status {
-            Status::Passed => assert!(!not_applicable.contains(&r.name.as_str()), "{} ran but was expected N/A", r.name),
+            Status::Passed => assert!(
+                !not_applicable.contains(&r.name.as_str()),
+                "{} ran but was expected N/A",
+                r.name
+            ),
             Status::NotApplicable { why } => {
-                assert!(not_applicable.contains(&r.name.as_str()), "{} was N/A: {why}", r.name)
+                assert!(
+                    not_applicable.contains(&r.name.as_str()),
+                    "{} was N/A: {why}",
+                    r.name
+                )
             }
             Status::Failed => panic!("scenario failed:\n{}", fakejvm::report::scenario_lines(r)),
         }
