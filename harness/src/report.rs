@@ -1,8 +1,8 @@
 //! Verdicts to text for people and JSON for machines; files are written atomically.
 
+use crate::atomic::{self, WriteOptions};
 use crate::scenario::{ScenarioReport, Status};
 use serde::Serialize;
-use std::io::Write;
 use std::path::Path;
 
 /// One line per scenario, then the details a person needs for a failure.
@@ -116,19 +116,7 @@ pub fn write_json(
     write_atomic(path, &bytes)
 }
 
-/// Write to a temporary file beside `path`, then rename over it: a reader (or a crash) never
-/// sees half a file, and what was there stays until the new one is whole.
+/// A report, reproducer or fuzz state file: [`atomic::write_atomic`] with [`WriteOptions::REPORT`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".fakejvm-")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    atomic::write_atomic(path, bytes, WriteOptions::REPORT)
 }

@@ -16,7 +16,9 @@ use fakejvm::golden::spool::{self, Role, TapMeta, Transport};
 use fakejvm::protocol::{decode_replies, decode_requests, ReplyItem};
 use fakejvm::session::{self, SessionOptions, Transcript, WritePlan};
 use fakejvm::verdict::Outcome;
-use fakejvm::worker::{leftover_processes, LaunchOptions, Mode, Workers};
+use fakejvm::worker::{
+    kill_marked_groups, leftover_processes, spawn_in_group, LaunchOptions, Mode, Workers,
+};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -788,16 +790,15 @@ async fn daemon_through_tap(
         .env("PYTHONUNBUFFERED", "YES")
         .env("SPARK_REUSE_WORKER", "1")
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .stdout(std::process::Stdio::piped());
     match mode {
         Mode::Uds => cmd
             .env("PYTHON_UNIX_DOMAIN_ENABLED", "True")
             .env("PYTHON_WORKER_FACTORY_SOCK_DIR", dir),
         _ => cmd.env("PYTHON_WORKER_FACTORY_SECRET", &secret),
     };
-    let mut tap = cmd.spawn().unwrap();
+    // In a group of ours and with our mark, which the tap passes on to its real daemon (KillTaps).
+    let (mut tap, mut group) = spawn_in_group(&mut cmd).unwrap();
     let mut stdout = tap.stdout.take().unwrap();
     let limit = std::time::Duration::from_secs(60);
     let first = tokio::time::timeout(limit, stdout.read_i32())
@@ -853,6 +854,7 @@ async fn daemon_through_tap(
         .await
         .expect("the tap ends after its stdin closes")
         .unwrap();
+    group.mark_reaped();
     Exchange {
         secret,
         request,
@@ -862,20 +864,19 @@ async fn daemon_through_tap(
     }
 }
 
-/// On any way out of the test: SIGKILL each tap's real process group if it still has members.
+/// On any way out of the test: SIGKILL each tap's real process group that is still ours (its
+/// members carry the mark our tap inherited from us).
 struct KillTaps(PathBuf);
 
 impl Drop for KillTaps {
     fn drop(&mut self) {
-        for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
-            let meta: Option<TapMeta> = std::fs::read(e.path().join(spool::META))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            if let Some(pid) = meta.and_then(|m| m.real_pid).filter(|p| *p > 1) {
-                if !leftover_processes(&[pid]).is_empty() {
-                    unsafe { libc::killpg(pid, libc::SIGKILL) };
-                }
-            }
-        }
+        let reals: Vec<i32> = std::fs::read_dir(&self.0)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join(spool::META)).ok())
+            .filter_map(|b| serde_json::from_slice::<TapMeta>(&b).ok()?.real_pid)
+            .collect();
+        kill_marked_groups(&reals);
     }
 }

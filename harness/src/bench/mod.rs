@@ -18,11 +18,10 @@ use crate::pickle::{self, Value};
 use crate::protocol::{DataItem, Dialect, TaskRequest};
 use crate::pyenv::{self, CommandSpec, PythonEnv, SerializerSpec};
 use crate::session::{self, SessionOptions, Transcript, WritePlan};
-use crate::worker::{LaunchOptions, Mode, Workers};
+use crate::worker::{spawn_in_group, LaunchOptions, Mode, Workers};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use std::io::Write as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -293,42 +292,50 @@ async fn through_fakejvm(
     outcome
 }
 
-/// Kills the glue's whole process group (the Spark driver's JVM too) however we leave.
-struct GroupGuard(i32);
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        // SAFETY: killpg with a group id we created; at worst the group is already gone.
-        unsafe {
-            libc::killpg(self.0, libc::SIGKILL);
-        }
-    }
-}
-
+/// The glue in a group of its own, with the Spark driver's JVM (the JVM's own pyspark daemon
+/// leaves the group, but carries our mark for the interrupt handler, and stops when the JVM goes).
+/// On a deadline the group is killed while the leader is still unreaped, so the id is still ours.
 async fn run_glue(
     env: &PythonEnv,
     glue: &Path,
     args: &[&str],
     limit: Duration,
 ) -> anyhow::Result<serde_json::Value> {
-    let mut cmd = std::process::Command::new(&env.python);
+    let mut cmd = tokio::process::Command::new(&env.python);
     cmd.arg(glue)
         .args(args)
         .env("PYSPARK_PYTHON", &env.python)
         .env("PYSPARK_DRIVER_PYTHON", &env.python);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let child = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", env.python.display()))?;
-    let _guard = GroupGuard(child.id().context("glue pid")? as i32);
-    let out = tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .with_context(|| format!("bench glue {args:?} did not finish within {limit:?}"))??;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
+        .stderr(Stdio::piped());
+    let (mut child, mut group) =
+        spawn_in_group(&mut cmd).with_context(|| format!("starting {}", env.python.display()))?;
+    let stdout = read_all(child.stdout.take());
+    let stderr = read_all(child.stderr.take());
+    let status = match tokio::time::timeout(limit, child.wait()).await {
+        Ok(status) => status?,
+        Err(_) => {
+            group.signal(libc::SIGKILL);
+            let _ = child.wait().await;
+            group.mark_reaped();
+            bail!("bench glue {args:?} did not finish within {limit:?}");
+        }
+    };
+    group.mark_reaped();
+    // Whatever the glue left in its group goes with the Group; the pipes then reach EOF, unless a
+    // process outside the group holds them, which is not worth more than a few seconds.
+    drop(group);
+    let collect = |h: tokio::task::JoinHandle<Vec<u8>>| async move {
+        tokio::time::timeout(Duration::from_secs(5), h)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    };
+    let (stdout, stderr) = (collect(stdout).await, collect(stderr).await);
+    if !status.success() {
+        let err = String::from_utf8_lossy(&stderr);
         let tail: String = err
             .lines()
             .rev()
@@ -338,12 +345,24 @@ async fn run_glue(
             .rev()
             .collect::<Vec<_>>()
             .join("\n");
-        bail!("bench glue {args:?} exited with {}:\n{tail}", out.status);
+        bail!("bench glue {args:?} exited with {status}:\n{tail}");
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&stdout);
     let last = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last)
         .with_context(|| format!("bench glue {args:?} printed no JSON result: {stdout:?}"))
+}
+
+fn read_all<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    pipe: Option<R>,
+) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let mut all = vec![];
+        if let Some(mut pipe) = pipe {
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut pipe, &mut all).await;
+        }
+        all
+    })
 }
 
 fn write_text_file(path: &Path, lines: usize, line_bytes: usize) -> anyhow::Result<()> {

@@ -155,7 +155,10 @@ impl<'a> Performer<'a> {
                 }
                 let seen = self.wait_daemon_exit(EFFECT_WAIT).await;
                 (
-                    format!("sent {} to daemon {dpid}; {seen}", super::spec::Signal(sig)),
+                    format!(
+                        "sent {} to daemon {dpid}; {seen}",
+                        super::spec::Signal::new(sig)
+                    ),
                     None,
                     AfterAction::Continue,
                 )
@@ -406,7 +409,7 @@ mod tests {
                 && exit1.satisfies(Fate::Gone)
                 && !exit1.satisfies(Fate::Exit(0))
         );
-        assert!(killed.satisfies(Fate::Signal(super::super::spec::Signal(9))));
+        assert!(killed.satisfies(Fate::Signal(super::super::spec::Signal::new(9))));
     }
 
     #[test]

@@ -322,63 +322,137 @@ impl From<ForkSchedule> for serde_json::Value {
     }
 }
 
+/// A number that scenario files may also give by name: an errno ("EAGAIN") or a signal
+/// ("SIGTERM"). `K` says which table, range and wording apply.
+pub struct NamedNumber<K>(pub i32, std::marker::PhantomData<K>);
+
+/// What sets one kind of [`NamedNumber`] apart.
+pub trait NumberKind {
+    /// "errno", "signal": for messages.
+    const WHAT: &'static str;
+    const EXAMPLE: &'static str;
+    const NAMES: &'static [(&'static str, i32)];
+    const RANGE: std::ops::RangeInclusive<i32>;
+    /// Whether a named value is shown with its number too ("ENOMEM (12)" but "SIGTERM").
+    const SHOW_NUMBER: bool;
+}
+
+/// Errnos: every one in the worker's table (fork's own, and some it cannot return, to see what
+/// the daemon does with an unexpected one), or any positive number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrnoKind {}
+
+impl NumberKind for ErrnoKind {
+    const WHAT: &'static str = "errno";
+    const EXAMPLE: &'static str = "EAGAIN";
+    const NAMES: &'static [(&'static str, i32)] = crate::worker::ERRNOS;
+    const RANGE: std::ops::RangeInclusive<i32> = 1..=i32::MAX;
+    const SHOW_NUMBER: bool = true;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignalKind {}
+
+impl NumberKind for SignalKind {
+    const WHAT: &'static str = "signal";
+    const EXAMPLE: &'static str = "SIGTERM";
+    const NAMES: &'static [(&'static str, i32)] = &[
+        ("SIGHUP", libc::SIGHUP),
+        ("SIGINT", libc::SIGINT),
+        ("SIGQUIT", libc::SIGQUIT),
+        ("SIGABRT", libc::SIGABRT),
+        ("SIGKILL", libc::SIGKILL),
+        ("SIGUSR1", libc::SIGUSR1),
+        ("SIGSEGV", libc::SIGSEGV),
+        ("SIGUSR2", libc::SIGUSR2),
+        ("SIGPIPE", libc::SIGPIPE),
+        ("SIGTERM", libc::SIGTERM),
+        ("SIGCONT", libc::SIGCONT),
+        ("SIGSTOP", libc::SIGSTOP),
+    ];
+    const RANGE: std::ops::RangeInclusive<i32> = 1..=64;
+    const SHOW_NUMBER: bool = false;
+}
+
 /// An errno, by name ("EAGAIN") or number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
-pub struct Errno(pub i32);
+pub type Errno = NamedNumber<ErrnoKind>;
+/// A signal, by name ("SIGTERM") or number.
+pub type Signal = NamedNumber<SignalKind>;
 
-/// The names a scenario may use: the errnos fork() can return, and a few it cannot (to see
-/// what the daemon does with an unexpected one).
-const ERRNOS: &[(&str, i32)] = &[
-    ("EAGAIN", libc::EAGAIN),
-    ("ENOMEM", libc::ENOMEM),
-    ("EINTR", libc::EINTR),
-    ("ENOSYS", libc::ENOSYS),
-    ("EPERM", libc::EPERM),
-    ("EACCES", libc::EACCES),
-    ("EINVAL", libc::EINVAL),
-    ("EMFILE", libc::EMFILE),
-    ("ENOSPC", libc::ENOSPC),
-];
+impl<K: NumberKind> NamedNumber<K> {
+    pub const fn new(n: i32) -> Self {
+        NamedNumber(n, std::marker::PhantomData)
+    }
 
-impl Errno {
     pub fn name(self) -> Option<&'static str> {
-        ERRNOS
+        K::NAMES
             .iter()
             .find(|(_, n)| *n == self.0)
             .map(|(name, _)| *name)
     }
 }
 
-impl std::fmt::Display for Errno {
+// By hand rather than derived: a derive would ask the same of the marker type `K`.
+impl<K> Clone for NamedNumber<K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K> Copy for NamedNumber<K> {}
+impl<K> PartialEq for NamedNumber<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl<K> Eq for NamedNumber<K> {}
+
+impl<K: NumberKind> std::fmt::Debug for NamedNumber<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}({})", K::WHAT, self.0)
+    }
+}
+
+impl<K: NumberKind> std::fmt::Display for NamedNumber<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.name() {
-            Some(name) => write!(f, "{name} ({})", self.0),
-            None => write!(f, "errno {}", self.0),
+            Some(name) if K::SHOW_NUMBER => write!(f, "{name} ({})", self.0),
+            Some(name) => write!(f, "{name}"),
+            None => write!(f, "{} {}", K::WHAT, self.0),
         }
     }
 }
 
-impl TryFrom<serde_json::Value> for Errno {
+impl<K: NumberKind> TryFrom<serde_json::Value> for NamedNumber<K> {
     type Error = String;
     fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        let what = K::WHAT;
         if let Some(n) = v.as_i64() {
             return match i32::try_from(n) {
-                Ok(n) if n > 0 => Ok(Errno(n)),
-                _ => Err(format!("errno {n} must be a positive number")),
+                Ok(n) if K::RANGE.contains(&n) => Ok(Self::new(n)),
+                _ if *K::RANGE.end() == i32::MAX => {
+                    Err(format!("{what} {n} must be a positive number"))
+                }
+                _ => Err(format!(
+                    "{what} {n} is outside {}..={}",
+                    K::RANGE.start(),
+                    K::RANGE.end()
+                )),
             };
         }
-        let name = v
-            .as_str()
-            .ok_or_else(|| format!("errno {v}: expected a name like \"EAGAIN\" or a number"))?;
-        ERRNOS
+        let name = v.as_str().ok_or_else(|| {
+            format!(
+                "{what} {v}: expected a name like \"{}\" or a number",
+                K::EXAMPLE
+            )
+        })?;
+        K::NAMES
             .iter()
             .find(|(n, _)| *n == name)
-            .map(|(_, e)| Errno(*e))
+            .map(|(_, e)| Self::new(*e))
             .ok_or_else(|| {
                 format!(
-                    "unknown errno {name:?}: use one of {} or a number",
-                    ERRNOS
+                    "unknown {what} {name:?}: use one of {} or a number",
+                    K::NAMES
                         .iter()
                         .map(|(n, _)| *n)
                         .collect::<Vec<_>>()
@@ -388,8 +462,8 @@ impl TryFrom<serde_json::Value> for Errno {
     }
 }
 
-impl From<Errno> for serde_json::Value {
-    fn from(e: Errno) -> Self {
+impl<K: NumberKind> From<NamedNumber<K>> for serde_json::Value {
+    fn from(e: NamedNumber<K>) -> Self {
         match e.name() {
             Some(n) => n.into(),
             None => e.0.into(),
@@ -397,79 +471,15 @@ impl From<Errno> for serde_json::Value {
     }
 }
 
-/// A signal, by name ("SIGTERM") or number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
-pub struct Signal(pub i32);
-
-const SIGNALS: &[(&str, i32)] = &[
-    ("SIGHUP", libc::SIGHUP),
-    ("SIGINT", libc::SIGINT),
-    ("SIGQUIT", libc::SIGQUIT),
-    ("SIGABRT", libc::SIGABRT),
-    ("SIGKILL", libc::SIGKILL),
-    ("SIGUSR1", libc::SIGUSR1),
-    ("SIGSEGV", libc::SIGSEGV),
-    ("SIGUSR2", libc::SIGUSR2),
-    ("SIGPIPE", libc::SIGPIPE),
-    ("SIGTERM", libc::SIGTERM),
-    ("SIGCONT", libc::SIGCONT),
-    ("SIGSTOP", libc::SIGSTOP),
-];
-
-impl Signal {
-    pub fn name(self) -> Option<&'static str> {
-        SIGNALS
-            .iter()
-            .find(|(_, n)| *n == self.0)
-            .map(|(name, _)| *name)
+impl<K: NumberKind> Serialize for NamedNumber<K> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::Value::from(*self).serialize(s)
     }
 }
 
-impl std::fmt::Display for Signal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.name() {
-            Some(name) => write!(f, "{name}"),
-            None => write!(f, "signal {}", self.0),
-        }
-    }
-}
-
-impl TryFrom<serde_json::Value> for Signal {
-    type Error = String;
-    fn try_from(v: serde_json::Value) -> Result<Self, String> {
-        if let Some(n) = v.as_i64() {
-            return match i32::try_from(n) {
-                Ok(n) if (1..=64).contains(&n) => Ok(Signal(n)),
-                _ => Err(format!("signal {n} is outside 1..=64")),
-            };
-        }
-        let name = v
-            .as_str()
-            .ok_or_else(|| format!("signal {v}: expected a name like \"SIGTERM\" or a number"))?;
-        SIGNALS
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, s)| Signal(*s))
-            .ok_or_else(|| {
-                format!(
-                    "unknown signal {name:?}: use one of {} or a number",
-                    SIGNALS
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })
-    }
-}
-
-impl From<Signal> for serde_json::Value {
-    fn from(s: Signal) -> Self {
-        match s.name() {
-            Some(n) => n.into(),
-            None => s.0.into(),
-        }
+impl<'de, K: NumberKind> Deserialize<'de> for NamedNumber<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::try_from(serde_json::Value::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -674,21 +684,16 @@ mod tests {
         assert_eq!(
             f,
             Fault::ForkFail {
-                errno: Errno(libc::EAGAIN),
+                errno: Errno::new(libc::EAGAIN),
                 schedule: ForkSchedule::Nth(vec![1, 2]),
                 expect: FateExpect::default()
             }
         );
         let f = parse(r#"{"kind":"fork_fail","errno":12,"schedule":{"probability":0.5,"seed":3}}"#)
             .unwrap();
-        assert!(matches!(
-            f,
-            Fault::ForkFail {
-                errno: Errno(12),
-                schedule: ForkSchedule::Random { seed: 3, .. },
-                ..
-            }
-        ));
+        assert!(
+            matches!(f, Fault::ForkFail { errno, schedule: ForkSchedule::Random { seed: 3, .. }, .. } if errno.0 == 12)
+        );
         let f = parse(r#"{"kind":"delay","at":{"after":{"data":1}},"ms":20,"expect":{"daemon":"alive","worker":{"exit":255}}}"#).unwrap();
         assert_eq!(f.task(), Some(0));
         assert_eq!(f.at(), Some(&Position::After(SpanKind::Data(1))));

@@ -26,23 +26,8 @@ pub use tap::{tap_main, TapArgs};
 
 use std::path::Path;
 
-/// Write to a temporary file beside `path`, then rename over it: a reader (or a crash) never sees
-/// half a file. Unlike report::write_atomic the file is world-readable (0644): golden files are
-/// meant to be committed and read.
+/// A golden or spool file: [`crate::atomic::write_atomic`] with `WriteOptions::SHARED` (0644:
+/// golden files are meant to be committed and read).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".fakejvm-")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::atomic::write_atomic(path, bytes, crate::atomic::WriteOptions::SHARED)
 }

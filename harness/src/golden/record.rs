@@ -12,7 +12,7 @@ use crate::decode::{self, StreamDirection};
 use crate::error::BadInput;
 use crate::protocol::{decode_replies, decode_requests, BroadcastOp, Dialect, Reply, TaskRequest};
 use crate::pyenv::{self, PythonEnv};
-use crate::worker::Mode;
+use crate::worker::{kill_marked_groups, spawn_in_group, Mode};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -197,7 +197,7 @@ fn java_home(given: Option<&Path>) -> Result<PathBuf, BadInput> {
 /// the taps it started are in that group too: they get a grace period to stop on their own (the
 /// JVM stops the daemon when the driver goes, and the tap then writes its last records) before
 /// whatever is left of the group is killed, and then the real workers of any tap that could not
-/// clean up after itself.
+/// clean up after itself (their groups are the taps', but they carry our mark).
 async fn run_job(
     argv: &[String],
     launcher: &Path,
@@ -214,45 +214,34 @@ async fn run_job(
         .env("JAVA_HOME", java_home)
         .stdin(std::process::Stdio::null())
         // Our stdout is for the summary; the job's chatter goes to stderr.
-        .stdout(std::process::Stdio::from(std::io::stderr()))
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
+        .stdout(std::process::Stdio::from(std::io::stderr()));
+    let (mut child, mut group) = spawn_in_group(&mut cmd)
         .map_err(|e| BadInput(format!("{prog}: cannot start the job: {e}")))?;
-    let pgid = child.id().map(|p| p as i32).filter(|p| *p > 1);
-    let result = tokio::time::timeout(limit, child.wait()).await;
+    let mut result = tokio::time::timeout(limit, child.wait()).await;
     if result.is_err() {
-        if let Some(g) = pgid {
-            unsafe {
-                libc::killpg(g, libc::SIGTERM);
-            }
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-    }
-    if let Some(g) = pgid {
-        let until = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !crate::worker::leftover_processes(&[g]).is_empty()
-            && tokio::time::Instant::now() < until
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if !crate::worker::leftover_processes(&[g]).is_empty() {
-            unsafe {
-                libc::killpg(g, libc::SIGKILL);
-            }
+        group.signal(libc::SIGTERM);
+        if let Ok(status) = tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+            result = Ok(status);
         }
     }
-    for (_, tap) in read_taps(spool_dir).unwrap_or_default() {
-        if let Some(real) = tap.real_pid.filter(|p| *p > 1) {
-            if !crate::worker::leftover_processes(&[real]).is_empty() {
-                unsafe {
-                    libc::killpg(real, libc::SIGKILL);
-                }
-            }
-        }
+    if let Ok(Ok(_)) = result {
+        group.mark_reaped();
     }
-    let _ = child.wait().await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !group.members().is_empty() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    group.signal(libc::SIGKILL);
+    let reals: Vec<i32> = read_taps(spool_dir)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(_, tap)| tap.real_pid)
+        .collect();
+    kill_marked_groups(&reals);
+    if !group.leader_reaped {
+        let _ = child.wait().await;
+        group.mark_reaped();
+    }
     Ok(match result {
         Err(_) => Some(format!(
             "the job did not finish within {} s and was killed",
@@ -264,12 +253,19 @@ async fn run_job(
     })
 }
 
+/// The interpreter's full version ("3.11.9"); a helper in a group of its own like every child.
 async fn python_full_version(python: &Path) -> Option<String> {
-    let out = tokio::process::Command::new(python)
-        .args(["-c", "import platform; print(platform.python_version())"])
-        .output()
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.args(["-c", "import platform; print(platform.python_version())"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let (child, mut group) = spawn_in_group(&mut cmd).ok()?;
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
         .await
+        .ok()?
         .ok()?;
+    group.mark_reaped();
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
@@ -330,12 +326,18 @@ fn assemble(spool_dir: &Path, rec: &RecordingMeta, out: &Path) -> anyhow::Result
         for e in &tap.errors {
             notes.push(format!("tap {}: {e}", tap.tap_pid));
         }
-        if let Ok(stdin) = std::fs::read(dir.join("stdin.bin")) {
-            kills.extend(
-                stdin
-                    .chunks_exact(4)
-                    .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]])),
-            );
+        // A daemon's tap writes stdin.bin (the pids the JVM asked it to kill) from the start, so a
+        // missing or torn one means kill requests the golden cannot show.
+        if tap.role == Role::Daemon {
+            match std::fs::read(dir.join("stdin.bin")) {
+                Ok(stdin) => {
+                    kills.extend(stdin.chunks_exact(4).map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]])));
+                    if stdin.len() % 4 != 0 {
+                        notes.push(format!("tap {}: stdin.bin ends in {} byte(s) of a pid: the last kill request is cut", tap.tap_pid, stdin.len() % 4));
+                    }
+                }
+                Err(e) => notes.push(format!("tap {}: cannot read stdin.bin ({e}): the daemon's kill requests are not in this golden", tap.tap_pid)),
+            }
         }
         for e in std::fs::read_dir(dir)? {
             let p = e?.path();

@@ -17,12 +17,13 @@
 //! Spark deletes broadcast files after the job, so the tap decodes each request as it passes
 //! and copies the files it names while they still exist.
 //!
-//! The real process leads its own process group, which is SIGKILLed when the tap ends (also on
-//! SIGTERM, which is how the JVM's `Process.destroy()` stops a direct worker).
+//! The real process leads its own process group (a `worker::Group`), which is SIGKILLed when the
+//! tap ends (also on SIGTERM, which is how the JVM's `Process.destroy()` stops a direct worker).
 
 use super::spool::{self, ConnMeta, Exit, Role, TapMeta, Transport};
 use super::write_atomic;
 use crate::protocol::{decode_requests, BroadcastOp, Dialect};
+use crate::worker::{read_daemon_announce, spawn_in_group, DaemonAddr, Group};
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::io::Write;
@@ -380,7 +381,12 @@ impl ConnRecorder {
                 serde_json::to_vec_pretty(&st.meta).unwrap_or_default(),
             )
         };
-        let _ = write_atomic(&spool::conn_file(&self.dir, k, "json"), &bytes);
+        let path = spool::conn_file(&self.dir, k, "json");
+        if let Err(e) = write_atomic(&path, &bytes) {
+            if let Some(tap) = self.tap.upgrade() {
+                tap.error(format!("writing {}: {e}", path.display()));
+            }
+        }
     }
 }
 
@@ -391,31 +397,34 @@ async fn run_daemon(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
     let transport = tap.transport();
     let mut cmd = Command::new(&tap.args.real_python);
     cmd.args(&tap.args.args);
-    let mut real = OwnedChild::spawn(cmd, true)?;
-    lock(&tap.meta).real_pid = Some(real.pid);
+    let mut real = Real::spawn(cmd, true)?;
+    lock(&tap.meta).real_pid = Some(real.group.pgid());
     tap.write_meta();
     let mut real_stdout = real.child.stdout.take().expect("piped");
     let real_stderr = real.child.stderr.take().expect("piped");
     let real_stdin = real.child.stdin.take().expect("piped");
-    tokio::spawn(forward_output(
+    tokio::spawn(tee(
+        tap.clone(),
         real_stderr,
         std_fd(2),
         tap.dir.join("stderr.bin"),
     ));
 
     // Where the real daemon listens, and where we listen in its place.
-    let announce =
-        tokio::time::timeout(ANNOUNCE_TIMEOUT, read_announce(&mut real_stdout, transport)).await;
+    let (announce, _raw) = read_daemon_announce(
+        &mut real_stdout,
+        transport == Transport::Unix,
+        ANNOUNCE_TIMEOUT,
+    )
+    .await;
     let real_addr = match announce {
-        Err(_) => anyhow::bail!(
-            "the real daemon did not announce its address within {ANNOUNCE_TIMEOUT:?}"
-        ),
-        Ok(Err(e)) => {
+        Err(e) => {
             // Let the JVM see the daemon's own complaint (it reads our stderr on failure).
             tokio::time::sleep(Duration::from_millis(200)).await;
             anyhow::bail!("reading the real daemon's announce: {e}");
         }
-        Ok(Ok(a)) => a,
+        Ok(DaemonAddr::Tcp(port)) => Addr::Tcp(SocketAddr::new(loopback(), port)),
+        Ok(DaemonAddr::Unix(path)) => Addr::Unix(path),
     };
     let listener = Listener::bind_like(&real_addr).await?;
     {
@@ -428,7 +437,8 @@ async fn run_daemon(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
     stdout.write_all(&listener.addr.announce_bytes()).await?;
     stdout.flush().await?;
     // Forked workers inherit the daemon's stdout (prints, 4.1+ JSON logs): keep passing it on.
-    tokio::spawn(forward_output(
+    tokio::spawn(tee(
+        tap.clone(),
         real_stdout,
         stdout,
         tap.dir.join("stdout.bin"),
@@ -437,8 +447,8 @@ async fn run_daemon(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
     let (stdin_closed_tx, mut stdin_closed) = tokio::sync::watch::channel(false);
     let (stdin_back_tx, stdin_back) = tokio::sync::oneshot::channel();
     tokio::spawn(forward_stdin(
+        tap.clone(),
         real_stdin,
-        tap.dir.join("stdin.bin"),
         stdin_closed_tx,
         stdin_back_tx,
     ));
@@ -468,7 +478,7 @@ async fn run_daemon(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
             }
             _ = stdin_closed.wait_for(|c| *c) => break "the JVM closed the daemon's stdin",
             status = real.child.wait() => {
-                real.reaped = true;
+                real.group.mark_reaped();
                 let exit = status.map(Exit::from_status).ok();
                 tap.error(format!("the real daemon exited on its own ({exit:?})"));
                 break "the real daemon exited";
@@ -486,7 +496,9 @@ async fn run_daemon(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
     })
     .await;
     match why {
-        "SIGTERM" => real.signal_leader(libc::SIGTERM),
+        "SIGTERM" => {
+            real.group.signal_leader(libc::SIGTERM);
+        }
         // Handed back before `stdin_closed` fired; dropping it closes the daemon's stdin.
         "the JVM closed the daemon's stdin" => drop(stdin_back.await),
         _ => {}
@@ -507,31 +519,14 @@ async fn run_daemon(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
 /// and hands the daemon's stdin back instead of closing it: closing it is the daemon's shutdown,
 /// which the caller times.
 async fn forward_stdin(
-    mut real_stdin: tokio::process::ChildStdin,
-    log: PathBuf,
+    tap: Arc<Tap>,
+    real_stdin: tokio::process::ChildStdin,
     closed: tokio::sync::watch::Sender<bool>,
     give_back: tokio::sync::oneshot::Sender<tokio::process::ChildStdin>,
 ) {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .ok();
-    let mut stdin = std_fd(0);
-    let mut buf = [0u8; 4096];
-    loop {
-        match stdin.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if let Some(f) = file.as_mut() {
-                    let _ = f.write_all(&buf[..n]);
-                }
-                // A daemon that has gone cannot take kill requests; keep reading until EOF anyway.
-                let _ = real_stdin.write_all(&buf[..n]).await;
-                let _ = real_stdin.flush().await;
-            }
-        }
-    }
+    let log = tap.dir.join("stdin.bin");
+    // A daemon that has gone cannot take kill requests; `tee` keeps reading until EOF anyway.
+    let real_stdin = tee(tap, std_fd(0), real_stdin, log).await;
     let _ = give_back.send(real_stdin);
     let _ = closed.send(true);
 }
@@ -565,15 +560,17 @@ async fn run_direct(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
         Addr::Unix(p) => cmd.env("PYTHON_WORKER_FACTORY_SOCK_PATH", p),
     };
     // Spark leaves a direct worker's stdin as an open pipe; ours is that pipe.
-    let mut real = OwnedChild::spawn(cmd, false)?;
-    lock(&tap.meta).real_pid = Some(real.pid);
+    let mut real = Real::spawn(cmd, false)?;
+    lock(&tap.meta).real_pid = Some(real.group.pgid());
     tap.write_meta();
-    tokio::spawn(forward_output(
+    tokio::spawn(tee(
+        tap.clone(),
         real.child.stdout.take().expect("piped"),
         std_fd(1),
         tap.dir.join("stdout.bin"),
     ));
-    tokio::spawn(forward_output(
+    tokio::spawn(tee(
+        tap.clone(),
         real.child.stderr.take().expect("piped"),
         std_fd(2),
         tap.dir.join("stderr.bin"),
@@ -587,11 +584,11 @@ async fn run_direct(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
             Err(_) => { tap.error(format!("the real worker did not connect within {CONNECT_BACK_TIMEOUT:?}")); None }
         },
         status = real.child.wait() => {
-            real.reaped = true;
+            real.group.mark_reaped();
             tap.error(format!("the real worker exited before connecting ({:?})", status.map(Exit::from_status).ok()));
             None
         }
-        _ = sigterm.recv() => { real.signal_leader(libc::SIGTERM); None }
+        _ = sigterm.recv() => { real.group.signal_leader(libc::SIGTERM); None }
     };
     drop(listener);
     if let Some(worker) = worker {
@@ -600,7 +597,7 @@ async fn run_direct(tap: Arc<Tap>) -> anyhow::Result<Option<Exit>> {
             Ok(jvm) => {
                 tokio::select! {
                     _ = proxy(rec.clone(), jvm, worker) => {}
-                    _ = sigterm.recv() => { real.signal_leader(libc::SIGTERM); }
+                    _ = sigterm.recv() => { real.group.signal_leader(libc::SIGTERM); }
                 }
             }
             Err(e) => rec.error(format!("connecting to the JVM at {jvm_addr}: {e}")),
@@ -672,30 +669,6 @@ fn loopback() -> IpAddr {
         IpAddr::V6(Ipv6Addr::LOCALHOST)
     } else {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
-    }
-}
-
-async fn read_announce<R: AsyncRead + Unpin>(
-    r: &mut R,
-    transport: Transport,
-) -> anyhow::Result<Addr> {
-    let first = r.read_i32().await?;
-    match transport {
-        Transport::Tcp => {
-            let port = u16::try_from(first)
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| anyhow::anyhow!("{first} is not a port"))?;
-            Ok(Addr::Tcp(SocketAddr::new(loopback(), port)))
-        }
-        Transport::Unix => {
-            if !(1..=4096).contains(&first) {
-                anyhow::bail!("socket path length {first} is out of range");
-            }
-            let mut body = vec![0u8; first as usize];
-            r.read_exact(&mut body).await?;
-            Ok(Addr::Unix(PathBuf::from(String::from_utf8(body)?)))
-        }
     }
 }
 
@@ -833,104 +806,90 @@ fn dir_name(d: Dir) -> &'static str {
     }
 }
 
-/// Pass a child's output on to ours, keeping a copy in the spool.
-async fn forward_output<R, W>(mut from: R, mut to: W, log: PathBuf)
+/// Pass `from` on to `to` until EOF, keeping a copy in the spool file `log`; returns `to`. A copy
+/// that cannot be written is an error in the tap's meta (once: the recording is incomplete from
+/// there), and the bytes still go on. Nor does a failing `to` stop the copy: whoever is gone on
+/// that side (the JVM, a daemon that died) has its own story in the recording.
+async fn tee<R, W>(tap: Arc<Tap>, mut from: R, mut to: W, log: PathBuf) -> W
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut file = std::fs::OpenOptions::new()
+    let mut file = match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(log)
-        .ok();
+        .open(&log)
+    {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tap.error(format!(
+                "opening {}: {e}; what passes there is not recorded",
+                log.display()
+            ));
+            None
+        }
+    };
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 if let Some(f) = file.as_mut() {
-                    let _ = f.write_all(&buf[..n]);
+                    if let Err(e) = f.write_all(&buf[..n]) {
+                        tap.error(format!(
+                            "writing {}: {e}; the rest of it is not recorded",
+                            log.display()
+                        ));
+                        file = None;
+                    }
                 }
                 let _ = to.write_all(&buf[..n]).await;
                 let _ = to.flush().await;
             }
         }
     }
+    to
 }
 
 // ---------------------------------------------------------------------------------------------
 // The real process
 
-/// The real daemon or worker: leads its own process group, which is SIGKILLed on drop.
-struct OwnedChild {
+/// The real daemon or worker, in a process group of its own (a `worker::Group`, which SIGKILLs
+/// whatever is left of it on drop).
+struct Real {
     child: Child,
-    pid: i32,
-    reaped: bool,
+    group: Group,
 }
 
-impl OwnedChild {
-    fn spawn(mut cmd: Command, pipe_stdin: bool) -> anyhow::Result<OwnedChild> {
+impl Real {
+    fn spawn(mut cmd: Command, pipe_stdin: bool) -> anyhow::Result<Real> {
         cmd.stdin(if pipe_stdin {
             std::process::Stdio::piped()
         } else {
             std::process::Stdio::inherit()
         })
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-        let child = cmd
-            .spawn()
+        .stderr(std::process::Stdio::piped());
+        let (child, group) = spawn_in_group(&mut cmd)
             .map_err(|e| anyhow::anyhow!("starting the real Python: {e}"))?;
-        let pid = child.id().expect("a just-spawned child has a pid") as i32;
-        Ok(OwnedChild {
-            child,
-            pid,
-            reaped: false,
-        })
-    }
-
-    fn signal_leader(&self, sig: i32) {
-        if !self.reaped {
-            unsafe {
-                libc::kill(self.pid, sig);
-            }
-        }
+        Ok(Real { child, group })
     }
 
     async fn wait_for(&mut self, grace: Duration) -> Option<Exit> {
         match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(Ok(status)) => {
-                self.reaped = true;
+                self.group.mark_reaped();
                 Some(Exit::from_status(status))
             }
             _ => None,
         }
     }
 
-    /// SIGKILL the group. Once the leader is reaped its pgid may be reused by a stranger when no
-    /// member is left, so then only a group with live members is signalled.
     fn kill_group(&mut self) {
-        if self.pid <= 1 {
-            return;
+        self.group.signal(libc::SIGKILL);
+        if let Ok(Some(_)) = self.child.try_wait() {
+            self.group.mark_reaped();
         }
-        if !self.reaped || !crate::worker::leftover_processes(&[self.pid]).is_empty() {
-            unsafe {
-                libc::killpg(self.pid, libc::SIGKILL);
-            }
-        }
-        if !self.reaped {
-            if let Ok(Some(_)) | Err(_) = self.child.try_wait() {
-                self.reaped = true;
-            }
-        }
-    }
-}
-
-impl Drop for OwnedChild {
-    fn drop(&mut self) {
-        self.kill_group();
     }
 }
 

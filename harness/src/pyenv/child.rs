@@ -1,12 +1,13 @@
 //! Running one short-lived helper process (python, pip) to completion, with a deadline.
 //!
-//! The helper leads its own process group, and the whole group is SIGKILLed when it exits, when
-//! the deadline passes, or when the caller unwinds: pip starts build subprocesses of its own, and
-//! none of them may outlive us. Exit is detected with `waitid(WNOWAIT)`, which leaves the leader a
-//! zombie, so the group id cannot be reused by a stranger before we signal it.
+//! The helper leads its own process group (a `worker::Group`, registered for Ctrl-C), and the
+//! whole group is SIGKILLed when it exits, when the deadline passes, or when the caller unwinds:
+//! pip starts build subprocesses of its own, and none of them may outlive us. Exit is detected
+//! with `waitid(WNOWAIT)`, which leaves the leader a zombie, so the group id cannot be reused by a
+//! stranger before we signal it.
 
+use crate::worker::{spawn_in_group, Group};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -62,15 +63,12 @@ pub(super) fn run(
         Stdio::null()
     })
     .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .process_group(0);
-    let mut group = Group {
-        child: cmd.spawn()?,
-        reaped: false,
-    };
+    .stderr(Stdio::piped());
+    let (child, group) = spawn_in_group(&mut cmd)?;
+    let mut helper = Helper { child, group };
     let deadline = Instant::now() + limit;
 
-    if let (Some(bytes), Some(mut stdin)) = (input, group.child.stdin.take()) {
+    if let (Some(bytes), Some(mut stdin)) = (input, helper.child.stdin.take()) {
         // A helper that exits without reading gives EPIPE here, which its exit status explains.
         thread::spawn(move || {
             let _ = stdin.write_all(&bytes);
@@ -78,8 +76,8 @@ pub(super) fn run(
     }
     let (sender, outputs) = mpsc::channel();
     for (stream, which) in [
-        (group.child.stdout.take().map(boxed), 0),
-        (group.child.stderr.take().map(boxed), 1),
+        (helper.child.stdout.take().map(boxed), 0),
+        (helper.child.stderr.take().map(boxed), 1),
     ] {
         let sender = sender.clone();
         if let Some(stream) = stream {
@@ -92,7 +90,7 @@ pub(super) fn run(
 
     let mut pause = Duration::from_millis(1);
     let exited = loop {
-        if group.exited_unreaped() {
+        if helper.exited_unreaped() {
             break true;
         }
         if Instant::now() >= deadline {
@@ -101,7 +99,7 @@ pub(super) fn run(
         thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     };
-    let status = group.kill_and_reap()?;
+    let status = helper.kill_and_reap()?;
 
     let mut ran = Ran {
         status: exited.then_some(status),
@@ -144,41 +142,40 @@ fn drain(stream: Box<dyn Read + Send>, echo: Option<&'static str>) -> Vec<u8> {
     }
 }
 
-/// The helper's process group; killed and reaped on drop unless already reaped.
-struct Group {
+/// The helper and its group; killed and reaped on drop (an early return, a panic) unless reaped.
+struct Helper {
     child: Child,
-    reaped: bool,
+    group: Group,
 }
 
-impl Group {
-    fn pgid(&self) -> libc::pid_t {
-        self.child.id() as libc::pid_t
-    }
-
+impl Helper {
     fn exited_unreaped(&self) -> bool {
         // SAFETY: waitid only writes into `info`, which is a plain C struct.
         unsafe {
             let mut info: libc::siginfo_t = std::mem::zeroed();
             let flags = libc::WEXITED | libc::WNOWAIT | libc::WNOHANG;
-            libc::waitid(libc::P_PID, self.pgid() as libc::id_t, &mut info, flags) == 0
+            libc::waitid(
+                libc::P_PID,
+                self.group.pgid() as libc::id_t,
+                &mut info,
+                flags,
+            ) == 0
                 && info.si_pid() != 0
         }
     }
 
     fn kill_and_reap(&mut self) -> io::Result<ExitStatus> {
-        // The unreaped leader keeps the group id ours; pgid > 1 guards against killpg(0 or 1).
-        if self.pgid() > 1 {
-            unsafe { libc::killpg(self.pgid(), libc::SIGKILL) };
-        }
+        // The unreaped leader keeps the group id ours until this signal has gone out.
+        self.group.signal(libc::SIGKILL);
         let status = self.child.wait();
-        self.reaped = true;
+        self.group.mark_reaped();
         status
     }
 }
 
-impl Drop for Group {
+impl Drop for Helper {
     fn drop(&mut self) {
-        if !self.reaped {
+        if !self.group.leader_reaped {
             let _ = self.kill_and_reap();
         }
     }

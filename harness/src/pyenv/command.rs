@@ -16,9 +16,10 @@
 //! cloudpickle tracker id (uuid4) on every build, which the disk cache then pins.
 
 use super::{cache_root, child, EnvError, PythonEnv, GLUE};
+use crate::atomic::{write_atomic, WriteOptions};
 use base64::Engine;
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -96,7 +97,7 @@ pub fn build_commands(env: &PythonEnv, specs: &[CommandSpec]) -> Result<Vec<Vec<
                         detail: format!("spec #{i} came back as no pickle"),
                     })?;
                 // A failed cache write only costs a rebuild next time.
-                let _ = store(&dir, &paths[i], &bytes);
+                let _ = write_atomic(&paths[i], &bytes, WriteOptions::CACHE);
                 built[i] = Some(bytes);
             }
             Answer::Error(python_error) => {
@@ -138,15 +139,6 @@ fn cache_key(env: &PythonEnv, spec: &CommandSpec) -> String {
         h.update(part);
     }
     hex::encode(h.finalize())
-}
-
-fn store(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    let mut file = tempfile::NamedTempFile::new_in(dir)?;
-    file.write_all(bytes)?;
-    file.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 #[derive(serde::Deserialize)]

@@ -7,9 +7,9 @@
 //! `flock` on `<cache_root>/envs/.lock-<name>`; whoever comes second finds the marker.
 
 use super::{child, probe, version, EnvError, PythonEnv, PANDAS, PYARROW};
+use crate::atomic::{write_atomic, WriteOptions};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -300,14 +300,8 @@ fn write_marker(
         python: Some(env.python_version.clone()),
         packages,
     };
-    let mut file =
-        tempfile::NamedTempFile::new_in(dir).map_err(io("create a temporary file for"))?;
-    file.write_all(&serde_json::to_vec_pretty(&marker).expect("a marker serializes"))
-        .map_err(io("write"))?;
-    file.persist(dir.join(MARKER))
-        .map_err(|e| e.error)
-        .map_err(io("write"))?;
-    Ok(())
+    let bytes = serde_json::to_vec_pretty(&marker).expect("a marker serializes");
+    write_atomic(&dir.join(MARKER), &bytes, WriteOptions::CACHE).map_err(io("write"))
 }
 
 #[cfg(test)]

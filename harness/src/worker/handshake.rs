@@ -254,10 +254,10 @@ pub(crate) fn check_forked_pid(value: i32, daemon_pid: i32) -> Result<(), Worker
 
 /// "ENOMEM: Cannot allocate memory", or "not a known errno" for numbers outside the table.
 pub fn errno_label(value: i32) -> String {
-    let name = ERRNO_NAMES
+    let name = ERRNOS
         .iter()
-        .find(|(n, _)| *n == value)
-        .map(|(_, name)| *name);
+        .find(|(_, n)| *n == value)
+        .map(|(name, _)| *name);
     match name {
         Some(name) => {
             let text = io::Error::from_raw_os_error(value).to_string();
@@ -269,36 +269,38 @@ pub fn errno_label(value: i32) -> String {
     }
 }
 
-/// The errnos fork() and the daemon's accept path can plausibly produce, and the usual low ones.
-const ERRNO_NAMES: &[(i32, &str)] = &[
-    (libc::EPERM, "EPERM"),
-    (libc::ENOENT, "ENOENT"),
-    (libc::ESRCH, "ESRCH"),
-    (libc::EINTR, "EINTR"),
-    (libc::EIO, "EIO"),
-    (libc::ENXIO, "ENXIO"),
-    (libc::E2BIG, "E2BIG"),
-    (libc::ENOEXEC, "ENOEXEC"),
-    (libc::EBADF, "EBADF"),
-    (libc::ECHILD, "ECHILD"),
-    (libc::EAGAIN, "EAGAIN"),
-    (libc::ENOMEM, "ENOMEM"),
-    (libc::EACCES, "EACCES"),
-    (libc::EFAULT, "EFAULT"),
-    (libc::EBUSY, "EBUSY"),
-    (libc::EEXIST, "EEXIST"),
-    (libc::ENODEV, "ENODEV"),
-    (libc::EINVAL, "EINVAL"),
-    (libc::ENFILE, "ENFILE"),
-    (libc::EMFILE, "EMFILE"),
-    (libc::ENOSPC, "ENOSPC"),
-    (libc::EPIPE, "EPIPE"),
-    (libc::ERANGE, "ERANGE"),
-    (libc::EDEADLK, "EDEADLK"),
-    (libc::ENOSYS, "ENOSYS"),
-    (libc::ECONNRESET, "ECONNRESET"),
-    (libc::ECONNABORTED, "ECONNABORTED"),
-    (libc::EDQUOT, "EDQUOT"),
+/// The one errno table: the errnos fork() and the daemon's accept path can plausibly produce, and
+/// the usual low ones. Labels for what a daemon wrote where a pid belongs, and the names a
+/// scenario may give a fork fault.
+pub(crate) const ERRNOS: &[(&str, i32)] = &[
+    ("EPERM", libc::EPERM),
+    ("ENOENT", libc::ENOENT),
+    ("ESRCH", libc::ESRCH),
+    ("EINTR", libc::EINTR),
+    ("EIO", libc::EIO),
+    ("ENXIO", libc::ENXIO),
+    ("E2BIG", libc::E2BIG),
+    ("ENOEXEC", libc::ENOEXEC),
+    ("EBADF", libc::EBADF),
+    ("ECHILD", libc::ECHILD),
+    ("EAGAIN", libc::EAGAIN),
+    ("ENOMEM", libc::ENOMEM),
+    ("EACCES", libc::EACCES),
+    ("EFAULT", libc::EFAULT),
+    ("EBUSY", libc::EBUSY),
+    ("EEXIST", libc::EEXIST),
+    ("ENODEV", libc::ENODEV),
+    ("EINVAL", libc::EINVAL),
+    ("ENFILE", libc::ENFILE),
+    ("EMFILE", libc::EMFILE),
+    ("ENOSPC", libc::ENOSPC),
+    ("EPIPE", libc::EPIPE),
+    ("ERANGE", libc::ERANGE),
+    ("EDEADLK", libc::EDEADLK),
+    ("ENOSYS", libc::ENOSYS),
+    ("ECONNRESET", libc::ECONNRESET),
+    ("ECONNABORTED", libc::ECONNABORTED),
+    ("EDQUOT", libc::EDQUOT),
 ];
 
 #[cfg(test)]

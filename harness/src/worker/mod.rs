@@ -16,12 +16,14 @@ pub(crate) mod procs;
 mod spawn;
 
 pub use groups::{
-    install_interrupt_handler, kill_all_registered, leftover_processes, registered_groups,
+    install_interrupt_handler, kill_all_registered, kill_marked, kill_marked_groups,
+    leftover_processes, owner_token, registered_groups, spawn_in_group, Group, GroupCommand,
+    OWNER_ENV, TEST_RUN_ENV,
 };
 pub use handshake::errno_label;
+pub(crate) use handshake::ERRNOS;
 pub use spawn::{ProcessTweaks, CAPTURE_LIMIT, PASS_THROUGH_ENV};
 
-use groups::Group;
 pub(crate) use handshake::Deadline;
 use spawn::Capture;
 use std::collections::BTreeMap;
@@ -31,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::process::{Child, ChildStdin};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, timeout_at, Instant};
 
@@ -254,7 +256,8 @@ pub struct ShutdownReport {
     pub took_ms: u64,
 }
 
-enum DaemonAddr {
+/// Where a daemon listens, as it announced it on stdout.
+pub(crate) enum DaemonAddr {
     Tcp(u16),
     Unix(PathBuf),
 }
@@ -352,6 +355,19 @@ impl Workers {
             .then(|| ("SPARK_REUSE_WORKER", "1".to_string()))
     }
 
+    /// Every child of ours starts here: its own process group, registered for Ctrl-C.
+    fn spawn(
+        &self,
+        cmd: &mut tokio::process::Command,
+        args: &[&str],
+    ) -> Result<(Child, Group), WorkerError> {
+        spawn_in_group(cmd).map_err(|source| WorkerError::Spawn {
+            python: self.python.clone(),
+            args: args.join(" "),
+            source,
+        })
+    }
+
     fn deadline(&self) -> Deadline {
         Deadline {
             at: Instant::now() + self.opts.connect_timeout,
@@ -374,13 +390,8 @@ impl Workers {
         env.extend(self.reuse_env());
         let mut cmd =
             spawn::python_command(&self.python, &DAEMON_ARGS, &env, &self.launch_tweaks());
-        let mut child = cmd.spawn().map_err(|source| WorkerError::Spawn {
-            python: self.python.clone(),
-            args: DAEMON_ARGS.join(" "),
-            source,
-        })?;
-        let pid = child.id().expect("a just-spawned child has a pid") as i32;
-        let group = Group::new(pid);
+        let (mut child, group) = self.spawn(&mut cmd, &DAEMON_ARGS)?;
+        let pid = group.pgid;
         let stdin = child.stdin.take();
         let mut stdout = child.stdout.take().expect("stdout is piped");
         if let Some(err) = child.stderr.take() {
@@ -543,13 +554,8 @@ impl Workers {
         all.rlimit_as = tweaks.rlimit_as.or(all.rlimit_as);
 
         let mut cmd = spawn::python_command(&self.python, &WORKER_ARGS, &env, &all);
-        let mut child = cmd.spawn().map_err(|source| WorkerError::Spawn {
-            python: self.python.clone(),
-            args: WORKER_ARGS.join(" "),
-            source,
-        })?;
-        let pid = child.id().expect("a just-spawned child has a pid") as i32;
-        let group = Group::new(pid);
+        let (mut child, group) = self.spawn(&mut cmd, &WORKER_ARGS)?;
+        let pid = group.pgid;
         let mut drains = vec![];
         if let Some(out) = child.stdout.take() {
             drains.push(spawn::drain(out, self.stdout.clone()));
@@ -875,10 +881,7 @@ impl Workers {
             dropped_output_bytes: self.stdout.dropped() + self.stderr.dropped(),
             took_ms: started.elapsed().as_millis() as u64,
         };
-        for pgid in pgids {
-            groups::unregister(pgid);
-        }
-        // Everything is reaped; Drop finds nothing left to do.
+        // Everything is reaped; dropping the groups unregisters them.
         self.daemon = None;
         self.direct.clear();
         report
@@ -911,33 +914,30 @@ impl Drop for Workers {
     /// SIGKILL every group we own, reap the children (briefly; forked workers are reaped by init),
     /// forget the groups. Runs on panics too; cannot await, so it polls.
     fn drop(&mut self) {
-        let groups: Vec<&Group> = self
-            .daemon
-            .iter()
-            .map(|d| &d.group)
-            .chain(self.direct.values().map(|c| &c.group))
-            .collect();
-        for g in &groups {
-            g.signal(libc::SIGKILL);
-        }
-        let pgids: Vec<i32> = groups.iter().map(|g| g.pgid).collect();
         let until = std::time::Instant::now() + Duration::from_secs(1);
         let children = self
             .daemon
             .iter_mut()
-            .map(|d| &mut d.child)
-            .chain(self.direct.values_mut().map(|c| &mut c.child));
-        for child in children {
+            .map(|d| (&mut d.child, &mut d.group))
+            .chain(
+                self.direct
+                    .values_mut()
+                    .map(|c| (&mut c.child, &mut c.group)),
+            );
+        for (child, group) in children {
+            group.signal(libc::SIGKILL);
             while std::time::Instant::now() < until {
                 match child.try_wait() {
                     Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                    _ => break,
+                    Ok(Some(_)) => {
+                        group.mark_reaped();
+                        break;
+                    }
+                    Err(_) => break,
                 }
             }
         }
-        for pgid in pgids {
-            groups::unregister(pgid);
-        }
+        // Each Group forgets itself (and kills what is left, if still ours) as the fields drop.
         for d in self
             .drains
             .iter()
@@ -976,9 +976,26 @@ impl Drop for Listener {
     }
 }
 
+/// `read_announce` within `limit`, for the recording tap (which reads the real daemon's stdout
+/// as the JVM would); returns the raw bytes read too.
+pub(crate) async fn read_daemon_announce<R: tokio::io::AsyncRead + Unpin>(
+    stdout: &mut R,
+    unix_socket: bool,
+    limit: Duration,
+) -> (Result<DaemonAddr, WorkerError>, Vec<u8>) {
+    let deadline = Deadline {
+        at: Instant::now() + limit,
+        budget: limit,
+    };
+    let mut raw = vec![];
+    let mode = if unix_socket { Mode::Uds } else { Mode::Daemon };
+    let r = read_announce(stdout, mode, &deadline, &mut raw).await;
+    (r, raw)
+}
+
 /// Reads where the daemon listens. TCP: one i32 port. Unix socket: an i32 length and a UTF-8 path.
-async fn read_announce(
-    stdout: &mut ChildStdout,
+async fn read_announce<R: tokio::io::AsyncRead + Unpin>(
+    stdout: &mut R,
     mode: Mode,
     deadline: &Deadline,
     raw: &mut Vec<u8>,

@@ -100,13 +100,19 @@ pub(crate) fn cmdline(pid: i32) -> String {
     format!("[{}]", comm.trim())
 }
 
-/// Every live (not zombie) process whose process group is one of `pgids`.
-pub(crate) fn members_of(pgids: &[i32]) -> Vec<ProcStat> {
+/// Every pid in /proc now (processes, not threads).
+pub(crate) fn all_pids() -> Vec<i32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return vec![];
     };
-    let mut found: Vec<ProcStat> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
+}
+
+/// Every live (not zombie) process whose process group is one of `pgids`.
+pub(crate) fn members_of(pgids: &[i32]) -> Vec<ProcStat> {
+    let mut found: Vec<ProcStat> = all_pids()
+        .into_iter()
         .filter_map(stat)
         .filter(|s| pgids.contains(&s.pgrp) && !s.is_dead())
         .collect();

@@ -53,10 +53,8 @@ pub(crate) fn python_command(
     }
     cmd.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        // Its own group, so one killpg reaches it and everything it forks.
-        .process_group(0)
-        .kill_on_drop(true);
+        .stderr(std::process::Stdio::piped());
+    // Its own process group and our mark come from `groups::spawn_in_group`, which starts it.
     if let Some(limit) = tweaks.rlimit_as {
         // SAFETY: runs in the forked child before exec; getrlimit/setrlimit are async-signal-safe
         // and the closure allocates nothing.
