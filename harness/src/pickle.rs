@@ -2147,14 +2147,14 @@ pub enum FrameKind {
 
 /// The values a worker wrote, from its output frames (`None` = a NULL (-5) frame): batches are
 /// flattened, text becomes `Str`, raw payloads `Bytes`.
-pub fn decode_frames(kind: FrameKind, frames: &[Option<Vec<u8>>]) -> Result<Vec<Value>> {
+pub fn decode_frames<B: AsRef<[u8]>>(kind: FrameKind, frames: &[Option<B>]) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     for (frame, payload) in frames.iter().enumerate() {
         let in_frame = |e: PickleError| PickleError::InFrame {
             frame,
             source: Box::new(e),
         };
-        match (kind, payload) {
+        match (kind, payload.as_ref().map(|b| b.as_ref())) {
             (FrameKind::Batched, None) => {
                 return Err(PickleError::UnexpectedNull {
                     frame,
@@ -2187,7 +2187,7 @@ pub fn decode_frames(kind: FrameKind, frames: &[Option<Vec<u8>>]) -> Result<Vec<
                     })
                 }
             },
-            (FrameKind::Raw, Some(b)) => out.push(Value::Bytes(b.clone())),
+            (FrameKind::Raw, Some(b)) => out.push(Value::Bytes(b.to_vec())),
         }
     }
     Ok(out)

@@ -7,8 +7,12 @@
 mod reply;
 mod request;
 
-pub use reply::{decode_replies, Reply, ReplyDecoder, ReplyEnd, ReplyItem, Timing};
-pub use request::{decode_requests, DecodedRequest, EncodedRequest, Span, SpanKind};
+pub use reply::{
+    decode_replies, decode_replies_with, Reply, ReplyDecoder, ReplyEnd, ReplyItem, Timing,
+};
+pub use request::{
+    decode_requests, DecodedRequest, EncodedRequest, RequestDecoder, Span, SpanKind,
+};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
