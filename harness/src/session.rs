@@ -683,6 +683,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn after_stop_reading_a_worker_that_reads_nothing_cannot_hold_the_writer() {
+        // The "worker" end is kept open but never read: after 64 bytes the writer is blocked, as
+        // on a socket whose peer stopped reading. Only the task's deadline can end it.
+        let request = vec![7u8; 4096];
+        let (ours, theirs) = tokio::io::duplex(64);
+        let (mut r, mut w) = tokio::io::split(ours);
+        let opts = SessionOptions {
+            deadline: Duration::from_millis(300),
+            ..SessionOptions::default()
+        };
+        let p = plan(vec![
+            WriteStep::Action(0),
+            WriteStep::Write {
+                start: 0,
+                end: request.len(),
+                chunk: Some(512),
+            },
+        ]);
+        let (tx, mut rx) = mpsc::channel::<ActionRequest>(1);
+        let performer = async move {
+            while let Some(req) = rx.recv().await {
+                let _ = req.done.send(AfterAction::StopReading {
+                    why: "SHUT_RD".into(),
+                });
+            }
+        };
+        let mut t = Transcript::default();
+        let task = run_task_with_actions(
+            &mut r,
+            &mut w,
+            Dialect::A,
+            &request,
+            &p,
+            0,
+            &opts,
+            &mut t,
+            Some(tx),
+        );
+        // The outer limit only turns a regression into a failure instead of a stuck test.
+        let (result, ()) = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::join!(task, performer)
+        })
+        .await
+        .expect("the task ended by its own deadline");
+        drop(theirs);
+        assert!(
+            matches!(&result.reply, Err(ReadFailure::Io { what }) if what == "SHUT_RD"),
+            "{:?}",
+            result.reply
+        );
+        let err = result.write_error.expect("a write error");
+        assert!(
+            err.contains("deadline passed while the worker took no more of the request"),
+            "{err}"
+        );
+        assert!(result.bytes_sent < request.len() as u64);
+        // What was sent is in the transcript, as slices of the request.
+        assert_eq!(t.sent().len() as u64, result.bytes_sent);
+    }
+
+    #[tokio::test]
     async fn an_action_without_a_performer_is_a_write_error() {
         let request = [0u8; 4];
         let (ours, _theirs) = tokio::io::duplex(64);

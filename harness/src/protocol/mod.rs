@@ -11,7 +11,8 @@ pub use reply::{
     decode_replies, decode_replies_with, Reply, ReplyDecoder, ReplyEnd, ReplyItem, Timing,
 };
 pub use request::{
-    decode_requests, DecodedRequest, EncodedRequest, RequestDecoder, Span, SpanKind,
+    decode_requests, decode_requests_with, DecodedRequest, EncodedRequest, RequestDecoder, Span,
+    SpanKind,
 };
 
 use serde::{Deserialize, Serialize};

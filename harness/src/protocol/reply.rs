@@ -113,6 +113,8 @@ pub struct ReplyDecoder {
     data_bytes: u64,
     timing: Option<(Timing, i64, i64)>,
     accumulators: Vec<Bytes>,
+    /// The whole stream was fed at once (`decode_replies`).
+    whole: bool,
 }
 
 impl ReplyDecoder {
@@ -130,6 +132,7 @@ impl ReplyDecoder {
             data_bytes: 0,
             timing: None,
             accumulators: vec![],
+            whole: false,
         }
     }
 
@@ -185,6 +188,15 @@ impl ReplyDecoder {
         }
     }
 
+    /// Room for an item of `len` bytes at the front of the buffer, reserved once its length
+    /// passed the limit so its bytes land without regrowing. Not for a whole stream given at once:
+    /// there the missing bytes will never come.
+    fn reserve_item(&mut self, len: usize) {
+        if !self.whole {
+            self.buf.reserve(len.saturating_sub(self.buf.len()));
+        }
+    }
+
     fn consume(&mut self, n: usize) {
         self.buf.advance(n);
         self.base += n as u64;
@@ -211,7 +223,7 @@ impl ReplyDecoder {
             )),
             SlotLen::Bytes(n) => {
                 if self.buf.len() < 4 + n {
-                    self.buf.reserve(4 + n - self.buf.len());
+                    self.reserve_item(4 + n);
                     return Ok(Status::Partial);
                 }
                 self.consume(4);
@@ -234,7 +246,7 @@ impl ReplyDecoder {
                         self.data_items += 1;
                         self.data_bytes += n as u64;
                         if self.keep_data {
-                            self.buf.reserve((4 + n).saturating_sub(self.buf.len()));
+                            self.reserve_item(4 + n);
                             DecodeState::DataBody(n)
                         } else {
                             DecodeState::Skip(n)
@@ -453,6 +465,7 @@ pub fn decode_replies_with(
 ) -> (Vec<Reply>, Option<WireError>) {
     let mut d = ReplyDecoder::new(dialect).with_limits(limits);
     d.feed(bytes);
+    d.whole = true;
     let mut out = vec![];
     loop {
         match d.next_reply() {

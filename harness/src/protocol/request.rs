@@ -306,8 +306,17 @@ impl DecodedRequest {
 /// requests that decoded and, if the stream does not end on a request boundary, the error
 /// (with its offset) that stopped it: a violation, or `Truncated` for a stream cut short.
 pub fn decode_requests(dialect: Dialect, bytes: &[u8]) -> (Vec<DecodedRequest>, Option<WireError>) {
-    let mut d = RequestDecoder::new(dialect);
+    decode_requests_with(dialect, bytes, Limits::DEFAULT)
+}
+
+pub fn decode_requests_with(
+    dialect: Dialect,
+    bytes: &[u8],
+    limits: Limits,
+) -> (Vec<DecodedRequest>, Option<WireError>) {
+    let mut d = RequestDecoder::new(dialect).with_limits(limits);
     d.feed(bytes);
+    d.whole = true;
     let mut out = vec![];
     loop {
         match d.next_request() {
@@ -350,6 +359,8 @@ pub struct RequestDecoder {
     current: Option<DecodedRequest>,
     /// Data items of the current request so far (kept or not).
     items: usize,
+    /// The whole stream was fed at once (`decode_requests`).
+    whole: bool,
 }
 
 impl RequestDecoder {
@@ -363,6 +374,7 @@ impl RequestDecoder {
             state: DecodeState::Head,
             current: None,
             items: 0,
+            whole: false,
         }
     }
 
@@ -456,7 +468,11 @@ impl RequestDecoder {
                 let len = complete!(r.slot_len("data frame"));
                 let next = match len {
                     SlotLen::Bytes(n) if self.keep_data => {
-                        self.buf.reserve((4 + n).saturating_sub(self.buf.len()));
+                        if !self.whole {
+                            // Room for the frame once its length passed the limit (not for a
+                            // whole stream given at once: the missing bytes will never come).
+                            self.buf.reserve((4 + n).saturating_sub(self.buf.len()));
+                        }
                         DecodeState::DataBody(n)
                     }
                     SlotLen::Bytes(n) => DecodeState::Skip { left: n, start },
