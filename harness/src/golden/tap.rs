@@ -298,7 +298,7 @@ enum RequestTap {
     Handshake {
         seen: Vec<u8>,
     },
-    Requests(RequestDecoder),
+    Requests(Box<RequestDecoder>),
     /// No dialect, or the stream stopped decoding (noted in the connection's errors).
     Off,
 }
@@ -369,7 +369,7 @@ impl ConnRecorder {
                     .with_base(len as u64)
                     .headers_only();
                 dec.feed(&seen[len..]);
-                st.requests = RequestTap::Requests(dec);
+                st.requests = RequestTap::Requests(Box::new(dec));
             }
             RequestTap::Requests(dec) => dec.feed(chunk),
         }

@@ -1016,7 +1016,8 @@ mod tests {
     #[test]
     fn task_context_ints_past_32_bits_and_non_strings_are_violations_at_the_json() {
         let d = Dialect::C;
-        let cases: [(&str, fn(&mut serde_json::Value), ContextProblem); 3] = [
+        type Patch = fn(&mut serde_json::Value);
+        let cases: [(&str, Patch, ContextProblem); 3] = [
             (
                 "stageId",
                 |v| v["stageId"] = json!(1i64 << 33),
