@@ -1,7 +1,8 @@
 //! Each dialect's reply decoder over any bytes: no panic, no allocation driven by a length, and
 //! feeding the bytes in chunks decodes exactly what feeding them at once does.
 #![no_main]
-use fakejvm::protocol::{decode_replies, Dialect, ReplyDecoder};
+use fakejvm::protocol::{decode_replies_with, Dialect, ReplyDecoder};
+use fakejvm::wire::Status;
 use libfuzzer_sys::fuzz_target;
 
 #[global_allocator]
@@ -11,16 +12,16 @@ fuzz_target!(|data: &[u8]| {
     let Some((&chunk, data)) = data.split_first() else { return };
     let chunk = 1 + chunk as usize % 32;
     for d in Dialect::ALL {
-        let (whole, whole_err) = decode_replies(d, data);
-        let mut dec = ReplyDecoder::new(d);
+        let (whole, whole_err) = decode_replies_with(d, data, fakejvm_fuzz::LIMITS);
+        let mut dec = ReplyDecoder::new(d).with_limits(fakejvm_fuzz::LIMITS);
         let mut pieces = vec![];
         let mut piece_err = None;
         'feed: for c in data.chunks(chunk) {
             dec.feed(c);
             loop {
                 match dec.next_reply() {
-                    Ok(Some(r)) => pieces.push(r),
-                    Ok(None) => break,
+                    Ok(Status::Complete(r)) => pieces.push(r),
+                    Ok(Status::Partial) => break,
                     Err(e) => {
                         piece_err = Some(e);
                         break 'feed;

@@ -1,8 +1,8 @@
 //! The wire primitives: any sequence of reads over any bytes never panics, never reads past the
-//! end, and an error points inside the buffer.
+//! end, an error points inside the buffer, and a Partial read leaves the cursor where it was.
 #![no_main]
 use arbitrary::Arbitrary;
-use fakejvm::wire::{Reader, Slot};
+use fakejvm::wire::{Limits, Reader, Slot, Status};
 use libfuzzer_sys::fuzz_target;
 
 #[global_allocator]
@@ -30,31 +30,34 @@ struct Input {
 
 fuzz_target!(|input: Input| {
     let max = (input.max_frame as usize) % (1 << 20);
-    let mut r = Reader::new(&input.bytes).with_max_frame(max).with_base(input.base as u64);
+    let mut r = Reader::new(&input.bytes).with_limits(Limits { max_frame_len: max }).with_base(input.base as u64);
     for op in &input.ops {
         let before = r.position();
         let result = match op {
-            Op::Int => r.int().map(|_| ()),
-            Op::Long => r.long().map(|_| ()),
-            Op::Bool => r.bool().map(|_| ()),
-            Op::Str => r.string("s").map(|s| assert!(s.len() <= max)),
+            Op::Int => r.int().map(|s| s.map(|_| ())),
+            Op::Long => r.long().map(|s| s.map(|_| ())),
+            Op::Bool => r.bool().map(|s| s.map(|_| ())),
+            Op::Str => r.string("s").map(|s| s.map(|s| assert!(s.len() <= max))),
             Op::Slot => r.slot("f").map(|s| {
-                if let Slot::Bytes(b) = s {
-                    assert!(b.len() <= max)
-                }
+                s.map(|s| {
+                    if let Slot::Bytes(b) = s {
+                        assert!(b.len() <= max)
+                    }
+                })
             }),
-            Op::Frame => r.frame("f").map(|b| assert!(b.len() <= max)),
-            Op::Count(min) => r.count("c", *min as usize).map(|_| ()),
-            Op::Bytes(n) => r.bytes(*n as usize, "b").map(|_| ()),
+            Op::Frame => r.frame("f").map(|s| s.map(|b| assert!(b.len() <= max))),
+            Op::Count(min) => r.count("c", *min as usize).map(|s| s.map(|_| ())),
+            Op::Bytes(n) => r.bytes(*n as usize).map(|s| s.map(|_| ())),
         };
         assert!(r.position() <= input.bytes.len());
-        if let Err(e) = result {
+        match result {
             // Failed reads point at the item, inside the stream seen so far.
-            let at = e.at_byte - input.base as u64;
-            assert!(at as usize <= input.bytes.len(), "{e}");
-            if e.is_incomplete() {
-                assert!(r.position() >= before);
+            Err(e) => {
+                let at = e.at_byte - input.base as u64;
+                assert!(at as usize <= input.bytes.len(), "{e}");
             }
+            Ok(Status::Partial) => assert_eq!(r.position(), before, "a Partial read moved the cursor"),
+            Ok(Status::Complete(())) => {}
         }
     }
 });

@@ -9,7 +9,14 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 
-pub const LIMIT: usize = 16 << 20;
+/// The decoders' bound on one frame, as every target passes it: the same `Limits` value the
+/// harness carries in `SessionOptions`, here 4 MiB (an input is at most 64 KiB).
+pub const LIMITS: fakejvm::wire::Limits = fakejvm::wire::Limits { max_frame_len: 4 << 20 };
+
+/// The decoders reserve room for a frame once its length passed `LIMITS` (tokio-util's way), and
+/// a growing buffer may double: anything past four times the limit trusted a length it had not
+/// checked.
+pub const LIMIT: usize = 4 * LIMITS.max_frame_len;
 
 pub struct CappedAlloc;
 
@@ -30,7 +37,7 @@ fn check(size: usize) {
         let mut err = std::io::stderr().lock();
         let _ = err.write_all(b"fakejvm-fuzz: refused an allocation of ");
         let _ = err.write_all(&digits[i..]);
-        let _ = err.write_all(b" bytes (limit 16 MiB): a length or count from the input was trusted\n");
+        let _ = err.write_all(b" bytes (limit 16 MiB, 4x the frame limit): a length or count from the input was trusted\n");
         std::process::abort();
     }
 }

@@ -6,7 +6,8 @@
 //! [`ReplyDecoder`], and the result is a [`TaskResult`] with a [`Transcript`].
 
 use crate::protocol::{Dialect, Reply, ReplyDecoder};
-use crate::wire::WireError;
+use crate::wire::{Limits, Status, WireError};
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -55,7 +56,8 @@ pub enum AfterAction {
         why: String,
     },
     /// Stop reading now (the reply ends in `ReadFailure::Io` carrying `why`) but write the rest of
-    /// the plan: the JVM side stopped receiving, the worker cannot tell.
+    /// the plan: the JVM side stopped receiving, the worker cannot tell. The writer still stops at
+    /// the task's deadline, so a worker that then stops reading too cannot hold the task.
     StopReading {
         why: String,
     },
@@ -105,11 +107,12 @@ pub struct Event {
     /// Microseconds since the task started.
     pub at_us: u64,
     pub dir: Direction,
+    /// Shared with the buffers the bytes were sent from or read into: recording copies nothing.
     #[serde(serialize_with = "hex_bytes")]
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
 }
 
-fn hex_bytes<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+fn hex_bytes<S: serde::Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&hex::encode(b))
 }
 
@@ -176,7 +179,8 @@ pub struct SessionOptions {
     pub record_transcript: bool,
     /// Throughput runs: count reply frames without keeping them.
     pub count_only: bool,
-    pub max_frame: usize,
+    /// Bounds every reply frame (and a fuzz case's own frames); see [`Limits`].
+    pub limits: Limits,
 }
 
 impl Default for SessionOptions {
@@ -185,7 +189,7 @@ impl Default for SessionOptions {
             deadline: Duration::from_secs(30),
             record_transcript: true,
             count_only: false,
-            max_frame: crate::wire::DEFAULT_MAX_FRAME,
+            limits: Limits::DEFAULT,
         }
     }
 }
@@ -246,6 +250,7 @@ where
         let w = Writer {
             done: done_rx,
             started,
+            deadline,
             record: opts.record_transcript,
             actions,
             abort: abort_tx,
@@ -285,10 +290,12 @@ where
     }
 }
 
-/// The writing half of a task: follows the plan, stops as soon as the reader is finished.
+/// The writing half of a task: follows the plan, stops as soon as the reader is finished, and at
+/// the task's deadline whatever it is waiting for (a worker that stopped reading, an action).
 struct Writer {
     done: watch::Receiver<bool>,
     started: Instant,
+    deadline: tokio::time::Instant,
     record: bool,
     actions: Option<mpsc::Sender<ActionRequest>>,
     abort: watch::Sender<Option<Abort>>,
@@ -303,6 +310,16 @@ impl Writer {
         events: &mut Vec<Event>,
     ) -> (u64, Option<String>) {
         let started = self.started;
+        let deadline = self.deadline;
+        let past_deadline = |sent: u64, waiting: &str| {
+            Some(format!("the task's deadline passed while {waiting}: writing stopped after {sent} request bytes"))
+        };
+        // One copy of the request for the transcript; every event is a slice of it.
+        let shared = if self.record {
+            Bytes::copy_from_slice(request)
+        } else {
+            Bytes::new()
+        };
         let mut sent = 0u64;
         for step in &plan.steps {
             // Once the reader is finished (reply, EOF or deadline) nothing more is written: a worker
@@ -313,37 +330,63 @@ impl Writer {
             let done = &mut self.done;
             let res: std::io::Result<()> = match step {
                 WriteStep::Write { start, end, chunk } => {
-                    let range = &request[(*start).min(request.len())..(*end).min(request.len())];
-                    let size = chunk.unwrap_or(range.len()).max(1);
+                    let (from, to) = (
+                        (*start).min(request.len()),
+                        (*end).min(request.len()).max((*start).min(request.len())),
+                    );
+                    let size = chunk.unwrap_or(to - from).max(1);
                     let mut res = Ok(());
-                    for piece in range.chunks(size) {
+                    let mut at = from;
+                    while at < to {
+                        let piece = &request[at..(at + size).min(to)];
+                        let written = async {
+                            w.write_all(piece).await?;
+                            w.flush().await
+                        };
                         let r = tokio::select! {
-                            r = w.write_all(piece) => r.and(w.flush().await),
+                            r = tokio::time::timeout_at(deadline, written) => r,
                             _ = done.wait_for(|d| *d) => break,
                         };
-                        if let Err(e) = r {
-                            res = Err(e);
-                            break;
+                        match r {
+                            Err(_) => {
+                                return (
+                                    sent,
+                                    past_deadline(sent, "the worker took no more of the request"),
+                                )
+                            }
+                            Ok(Err(e)) => {
+                                res = Err(e);
+                                break;
+                            }
+                            Ok(Ok(())) => {}
                         }
                         sent += piece.len() as u64;
                         if self.record {
+                            let bytes = shared.slice(at..at + piece.len());
                             events.push(Event {
                                 at_us: started.elapsed().as_micros() as u64,
                                 dir: Direction::ToWorker,
-                                bytes: piece.to_vec(),
+                                bytes,
                             });
                         }
+                        at += piece.len();
                     }
                     res
                 }
                 WriteStep::Pause(d) => {
+                    let until = (tokio::time::Instant::now() + *d).min(deadline);
                     tokio::select! {
-                        _ = tokio::time::sleep(*d) => {},
+                        _ = tokio::time::sleep_until(until) => {},
                         _ = done.wait_for(|d| *d) => {},
                     }
                     Ok(())
                 }
-                WriteStep::ShutdownWrite => w.shutdown().await,
+                WriteStep::ShutdownWrite => match tokio::time::timeout_at(deadline, w.shutdown())
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => return (sent, past_deadline(sent, "half-closing the connection")),
+                },
                 WriteStep::Stop => break,
                 WriteStep::Action(index) => {
                     let Some(tx) = &self.actions else {
@@ -357,9 +400,17 @@ impl Writer {
                         done: done_tx,
                     };
                     // The performer is gone (or dropped the answer): nothing sensible can follow.
-                    let after = match tx.send(req).await {
-                        Ok(()) => done_rx.await.ok(),
-                        Err(_) => None,
+                    let performed = async {
+                        match tx.send(req).await {
+                            Ok(()) => done_rx.await.ok(),
+                            Err(_) => None,
+                        }
+                    };
+                    let Ok(after) = tokio::time::timeout_at(deadline, performed).await else {
+                        return (
+                            sent,
+                            past_deadline(sent, &format!("action {index} was being performed")),
+                        );
                     };
                     match after {
                         Some(AfterAction::Continue) => Ok(()),
@@ -408,19 +459,29 @@ async fn read_reply<R: AsyncRead + Unpin + ?Sized>(
 ) -> Result<Reply, ReadFailure> {
     let mut dec = ReplyDecoder::new(dialect)
         .with_base(base)
-        .with_max_frame(opts.max_frame);
+        .with_limits(opts.limits);
     if opts.count_only {
         dec = dec.counting_only();
     }
-    let mut buf = vec![0u8; 256 * 1024];
+    // With a transcript, reads land in `chunk` and each is frozen into a `Bytes` the transcript
+    // keeps while the decoder gets a copy; without one, reads land in the decoder's own buffer.
+    let mut chunk = BytesMut::new();
     loop {
         match dec.next_reply() {
-            Ok(Some(reply)) => return Ok(reply),
-            Ok(None) => {}
+            Ok(Status::Complete(reply)) => return Ok(reply),
+            Ok(Status::Partial) => {}
             Err(e) => return Err(violation(e)),
         }
+        let target: &mut BytesMut = if opts.record_transcript {
+            &mut chunk
+        } else {
+            dec.read_buf()
+        };
+        if target.capacity() - target.len() < MIN_READ_ROOM {
+            target.reserve(READ_BLOCK);
+        }
         let read = tokio::select! {
-            r = tokio::time::timeout_at(deadline, r.read(&mut buf)) => r,
+            r = tokio::time::timeout_at(deadline, r.read_buf(target)) => r,
             // Err means the writer finished without ending the task: keep reading.
             Ok(why) = abort.wait_for(|a| a.is_some()) => {
                 return Err(ReadFailure::Io { what: why.as_ref().map(|a| a.why().to_string()).unwrap_or_default() });
@@ -449,15 +510,21 @@ async fn read_reply<R: AsyncRead + Unpin + ?Sized>(
             });
         }
         if opts.record_transcript {
+            let bytes = chunk.split().freeze();
+            dec.feed(&bytes);
             events.push(Event {
                 at_us: started.elapsed().as_micros() as u64,
                 dir: Direction::FromWorker,
-                bytes: buf[..n].to_vec(),
+                bytes,
             });
         }
-        dec.feed(&buf[..n]);
     }
 }
+
+/// Reads go into blocks of this size; consecutive reads share a block until less than
+/// `MIN_READ_ROOM` is left, so a transcript of many small reads holds few allocations.
+const READ_BLOCK: usize = 256 * 1024;
+const MIN_READ_ROOM: usize = 16 * 1024;
 
 fn violation(e: WireError) -> ReadFailure {
     ReadFailure::Violation {
@@ -613,6 +680,67 @@ mod tests {
             "{:?}",
             result.reply
         );
+    }
+
+    #[tokio::test]
+    async fn after_stop_reading_a_worker_that_reads_nothing_cannot_hold_the_writer() {
+        // The "worker" end is kept open but never read: after 64 bytes the writer is blocked, as
+        // on a socket whose peer stopped reading. Only the task's deadline can end it.
+        let request = vec![7u8; 4096];
+        let (ours, theirs) = tokio::io::duplex(64);
+        let (mut r, mut w) = tokio::io::split(ours);
+        let opts = SessionOptions {
+            deadline: Duration::from_millis(300),
+            ..SessionOptions::default()
+        };
+        let p = plan(vec![
+            WriteStep::Action(0),
+            WriteStep::Write {
+                start: 0,
+                end: request.len(),
+                chunk: Some(512),
+            },
+        ]);
+        let (tx, mut rx) = mpsc::channel::<ActionRequest>(1);
+        let performer = async move {
+            while let Some(req) = rx.recv().await {
+                let _ = req.done.send(AfterAction::StopReading {
+                    why: "SHUT_RD".into(),
+                });
+            }
+        };
+        let mut t = Transcript::default();
+        let task = run_task_with_actions(
+            &mut r,
+            &mut w,
+            Dialect::A,
+            &request,
+            &p,
+            0,
+            &opts,
+            &mut t,
+            Some(tx),
+        );
+        // The outer limit only turns a regression into a failure instead of a stuck test.
+        let (result, ()) = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::join!(task, performer)
+        })
+        .await
+        .expect("the task ended by its own deadline");
+        drop(theirs);
+        assert!(
+            matches!(&result.reply, Err(ReadFailure::Io { what }) if what == "SHUT_RD"),
+            "{:?}",
+            result.reply
+        );
+        let err = result.write_error.expect("a write error");
+        assert!(
+            err.contains("deadline passed while the worker took no more of the request"),
+            "{err}"
+        );
+        assert!(result.bytes_sent < request.len() as u64);
+        // What was sent is in the transcript, as slices of the request.
+        assert_eq!(t.sent().len() as u64, result.bytes_sent);
     }
 
     #[tokio::test]

@@ -3,16 +3,13 @@
 //! expected.
 //!
 //! Encoding appends to a `BytesMut`. Decoding is a bounds-checked cursor over borrowed bytes that
-//! never panics and never trusts a length: a length beyond `max_frame` is refused before anything
-//! is allocated, and running out of bytes is `Incomplete` (wait for more), kept apart from real
-//! violations so incremental decoders can stop and resume (the tokio-util codec / httparse way).
+//! never panics and never trusts a length: a length beyond [`Limits`] is refused before anything
+//! is allocated (and a payload beyond it is refused when encoding). Running out of bytes is
+//! `Ok(Status::Partial)`, not an error (httparse's Partial/Complete), so incremental decoders
+//! stop and resume and real violations stay apart.
 
 use bytes::{BufMut, BytesMut};
 use std::fmt;
-
-/// Default bound on a single frame or string: larger than anything a real task sends
-/// (Spark's own buffers are 64 KiB; a 100k-char line is ~400 KB), small enough to never OOM us.
-pub const DEFAULT_MAX_FRAME: usize = 256 * 1024 * 1024;
 
 /// Negative values that replace a length. Values from pyspark's `SpecialLengths`;
 /// -7 is not defined on the Python side, -8 exists from pyspark 4.3.
@@ -80,6 +77,75 @@ pub enum Slot<'a> {
     Special(SpecialLength),
 }
 
+/// The one bound on a single frame, string or counted run, checked when decoding *and* when
+/// encoding (tokio-util's `max_frame_length` idea): one value, carried in `SessionOptions`, the
+/// fuzz executor and the fuzz targets, instead of a default per module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    pub max_frame_len: usize,
+}
+
+impl Limits {
+    /// Larger than anything a real task sends (Spark's own buffers are 64 KiB; a 100k-char line
+    /// is ~400 KB), small enough to never OOM us.
+    pub const DEFAULT: Limits = Limits {
+        max_frame_len: 256 * 1024 * 1024,
+    };
+
+    /// The bound that applies to a payload on the wire: a length is an i32 there.
+    fn encodable(self) -> usize {
+        self.max_frame_len.min(i32::MAX as usize)
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
+    }
+}
+
+/// The outcome of a read that may need more bytes (httparse's `Status`): running out of bytes is
+/// not invalid data, so it is never an `Err` and `?` cannot turn "wait for more" into a finding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status<T> {
+    /// The bytes so far end inside the item: call again with more.
+    Partial,
+    Complete(T),
+}
+
+impl<T> Status<T> {
+    pub fn is_partial(&self) -> bool {
+        matches!(self, Status::Partial)
+    }
+
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Status<U> {
+        match self {
+            Status::Partial => Status::Partial,
+            Status::Complete(t) => Status::Complete(f(t)),
+        }
+    }
+
+    /// The value, or None for Partial.
+    pub fn complete(self) -> Option<T> {
+        match self {
+            Status::Partial => None,
+            Status::Complete(t) => Some(t),
+        }
+    }
+}
+
+/// `?` for `Result<Status<T>, WireError>` inside a function returning one: the value when
+/// complete, else the enclosing function returns `Ok(Status::Partial)`.
+macro_rules! complete {
+    ($e:expr) => {
+        match $e? {
+            $crate::wire::Status::Complete(v) => v,
+            $crate::wire::Status::Partial => return Ok($crate::wire::Status::Partial),
+        }
+    };
+}
+pub(crate) use complete;
+
 // ---------------------------------------------------------------------------------------------
 // Encoding
 
@@ -99,16 +165,27 @@ pub fn put_special(buf: &mut BytesMut, s: SpecialLength) {
     buf.put_i32(s.value());
 }
 
-/// A frame: int length, then the payload. Panics only if the payload exceeds i32::MAX bytes,
-/// which the JVM cannot send either.
-pub fn put_frame(buf: &mut BytesMut, payload: &[u8]) {
-    let len = i32::try_from(payload.len()).expect("frame longer than i32::MAX cannot be sent");
-    buf.put_i32(len);
+/// A frame: int length, then the payload. A payload past the limit (or past i32::MAX, which the
+/// JVM cannot send either) is refused with the buffer untouched; `at_byte` is where it would
+/// have started in `buf`.
+pub fn put_frame(buf: &mut BytesMut, payload: &[u8], limits: Limits) -> Result<(), WireError> {
+    if payload.len() > limits.encodable() {
+        return Err(WireError {
+            at_byte: buf.len() as u64,
+            kind: WireErrorKind::TooLong {
+                what: "frame to send",
+                len: payload.len() as i64,
+                max: limits.encodable(),
+            },
+        });
+    }
+    buf.put_i32(payload.len() as i32);
     buf.put_slice(payload);
+    Ok(())
 }
 
-pub fn put_str(buf: &mut BytesMut, s: &str) {
-    put_frame(buf, s.as_bytes());
+pub fn put_str(buf: &mut BytesMut, s: &str, limits: Limits) -> Result<(), WireError> {
+    put_frame(buf, s.as_bytes(), limits)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -122,11 +199,11 @@ pub struct WireError {
     pub kind: WireErrorKind,
 }
 
+/// What was wrong at `at_byte`. Framing kinds first, then the meaning-level ones the request and
+/// reply decoders raise; none of them means "need more bytes" (that is `Status::Partial`).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WireErrorKind {
-    /// The stream ended (for now) in the middle of an item.
-    #[error("incomplete {what}: needed {needed} more byte(s)")]
-    Incomplete { what: &'static str, needed: usize },
     #[error("{what} length {len} exceeds the limit of {max} bytes")]
     TooLong {
         what: &'static str,
@@ -139,24 +216,63 @@ pub enum WireErrorKind {
     BadBool(u8),
     #[error("{what} is not valid UTF-8 ({detail})")]
     BadUtf8 { what: &'static str, detail: String },
-    #[error("{0}")]
-    Violation(String),
+    /// The stream is over (EOF, or the end of a recorded file) inside an item: only raised by
+    /// whoever knows no more bytes will come, never by a read.
+    #[error("stream ended {place} ({pending} byte(s) of a partial item pending)")]
+    Truncated { place: &'static str, pending: usize },
+    #[error("{marker} {place}")]
+    UnexpectedMarker {
+        marker: SpecialLength,
+        place: &'static str,
+    },
+    #[error("START_ARROW_STREAM (-6): Arrow replies are not decoded yet")]
+    ArrowNotDecoded,
+    #[error(
+        "expected END_OF_DATA_SECTION (-1) after timing and spill longs, got {got} \
+         (a dialect mismatch? this dialect reads {timing_longs} timing longs)"
+    )]
+    TimingNotClosed { got: i32, timing_longs: usize },
+    #[error("accumulator count {0} is out of range")]
+    AccumulatorCount(i32),
+    #[error("final int is {0}, expected END_OF_STREAM (-4) or END_OF_DATA_SECTION (-1)")]
+    BadFinalInt(i32),
+    #[error("expected START_OF_INIT_MESSAGE (-8), got {0}")]
+    NoInitMessage(i32),
+    #[error("init message length {0} is out of range")]
+    InitLength(i32),
+    #[error("{0} unread byte(s) at the end of the init message")]
+    InitMessageTrailing(usize),
+    #[error("eval type {0} is not decoded yet (only NON_UDF = 0)")]
+    EvalTypeNotDecoded(i32),
+    #[error("task context JSON: {0}")]
+    TaskContext(ContextProblem),
 }
 
-impl WireError {
-    pub fn is_incomplete(&self) -> bool {
-        matches!(self.kind, WireErrorKind::Incomplete { .. })
-    }
+/// Why a 4.2+ task context JSON does not hold what pyspark's worker reads from it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextProblem {
+    #[error("not JSON ({0})")]
+    NotJson(String),
+    #[error("lacks integer {0:?}")]
+    MissingInt(&'static str),
+    /// The JVM sends these as Java ints: a wider value cannot have come from it.
+    #[error("{key:?} is {value}, outside the 32-bit range the JVM sends")]
+    IntOutOfRange { key: String, value: i64 },
+    /// pyspark reads these as strings; anything else would not be one in Python either.
+    #[error("{0} is not a string")]
+    NotAString(String),
 }
 
 /// A bounds-checked cursor. `base` is the absolute stream offset of `buf[0]`, so errors point
-/// into the whole stream even when the buffer is a window of it.
+/// into the whole stream even when the buffer is a window of it. A read that returns `Partial`
+/// leaves the cursor where it was.
 #[derive(Clone, Debug)]
 pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     base: u64,
-    max_frame: usize,
+    limits: Limits,
 }
 
 impl<'a> Reader<'a> {
@@ -165,7 +281,7 @@ impl<'a> Reader<'a> {
             buf,
             pos: 0,
             base: 0,
-            max_frame: DEFAULT_MAX_FRAME,
+            limits: Limits::DEFAULT,
         }
     }
 
@@ -174,13 +290,13 @@ impl<'a> Reader<'a> {
         self
     }
 
-    pub fn with_max_frame(mut self, max_frame: usize) -> Self {
-        self.max_frame = max_frame;
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
-    pub fn max_frame(&self) -> usize {
-        self.max_frame
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// Bytes consumed so far.
@@ -188,7 +304,7 @@ impl<'a> Reader<'a> {
         self.pos
     }
 
-    /// Absolute stream offset of the next byte.
+    /// Absolute offset of the next byte.
     pub fn offset(&self) -> u64 {
         self.base + self.pos as u64
     }
@@ -201,53 +317,41 @@ impl<'a> Reader<'a> {
         self.remaining() == 0
     }
 
-    pub fn rest(&self) -> &'a [u8] {
-        &self.buf[self.pos..]
-    }
-
     pub fn error(&self, at: u64, kind: WireErrorKind) -> WireError {
         WireError { at_byte: at, kind }
     }
 
-    /// A violation at the current offset, for callers that check meaning (not framing).
-    pub fn violation(&self, at: u64, what: impl Into<String>) -> WireError {
-        self.error(at, WireErrorKind::Violation(what.into()))
-    }
-
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
+    fn take(&mut self, n: usize) -> Status<&'a [u8]> {
         if self.remaining() < n {
-            return Err(self.error(
-                self.offset(),
-                WireErrorKind::Incomplete {
-                    what,
-                    needed: n - self.remaining(),
-                },
-            ));
+            return Status::Partial;
         }
         let out = &self.buf[self.pos..self.pos + n];
         self.pos += n;
-        Ok(out)
+        Status::Complete(out)
     }
 
-    pub fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
-        self.take(n, what)
+    /// `n` raw bytes (the caller has bounded `n`).
+    pub fn bytes(&mut self, n: usize) -> Result<Status<&'a [u8]>, WireError> {
+        Ok(self.take(n))
     }
 
-    pub fn int(&mut self) -> Result<i32, WireError> {
-        let b = self.take(4, "int")?;
-        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    pub fn int(&mut self) -> Result<Status<i32>, WireError> {
+        Ok(self
+            .take(4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])))
     }
 
-    pub fn long(&mut self) -> Result<i64, WireError> {
-        let b = self.take(8, "long")?;
-        Ok(i64::from_be_bytes(b.try_into().expect("8 bytes")))
+    pub fn long(&mut self) -> Result<Status<i64>, WireError> {
+        Ok(self
+            .take(8)
+            .map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes"))))
     }
 
-    pub fn bool(&mut self) -> Result<bool, WireError> {
+    pub fn bool(&mut self) -> Result<Status<bool>, WireError> {
         let at = self.offset();
-        match self.take(1, "bool")?[0] {
-            0 => Ok(false),
-            1 => Ok(true),
+        match complete!(Ok::<_, WireError>(self.take(1)))[0] {
+            0 => Ok(Status::Complete(false)),
+            1 => Ok(Status::Complete(true)),
             b => {
                 self.pos -= 1;
                 Err(self.error(at, WireErrorKind::BadBool(b)))
@@ -255,48 +359,57 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A length-prefixed slot: payload bytes, or a special length in place of the length.
-    /// On `Incomplete` the cursor is left where it was, so the caller can retry with more bytes.
-    pub fn slot(&mut self, what: &'static str) -> Result<Slot<'a>, WireError> {
-        let start = self.pos;
+    /// The length of a slot: a payload length (checked against the limit before anything is
+    /// read or allocated), or a special length in its place. Shared with incremental decoders
+    /// that read the payload themselves.
+    pub fn slot_len(&mut self, what: &'static str) -> Result<Status<SlotLen>, WireError> {
         let at = self.offset();
-        let len = self.int()?;
+        let len = complete!(self.int());
         if len < 0 {
             return match SpecialLength::from_value(len) {
-                Some(s) => Ok(Slot::Special(s)),
+                Some(s) => Ok(Status::Complete(SlotLen::Special(s))),
                 None => {
-                    self.pos = start;
+                    self.pos -= 4;
                     Err(self.error(at, WireErrorKind::BadLength { what, len }))
                 }
             };
         }
         let len = len as usize;
-        if len > self.max_frame {
-            self.pos = start;
+        if len > self.limits.max_frame_len {
+            self.pos -= 4;
             return Err(self.error(
                 at,
                 WireErrorKind::TooLong {
                     what,
                     len: len as i64,
-                    max: self.max_frame,
+                    max: self.limits.max_frame_len,
                 },
             ));
         }
-        match self.take(len, what) {
-            Ok(b) => Ok(Slot::Bytes(b)),
-            Err(e) => {
-                self.pos = start;
-                Err(e)
-            }
+        Ok(Status::Complete(SlotLen::Bytes(len)))
+    }
+
+    /// A length-prefixed slot: payload bytes, or a special length in place of the length.
+    pub fn slot(&mut self, what: &'static str) -> Result<Status<Slot<'a>>, WireError> {
+        let start = self.pos;
+        match complete!(self.slot_len(what)) {
+            SlotLen::Special(s) => Ok(Status::Complete(Slot::Special(s))),
+            SlotLen::Bytes(n) => match self.take(n) {
+                Status::Complete(b) => Ok(Status::Complete(Slot::Bytes(b))),
+                Status::Partial => {
+                    self.pos = start;
+                    Ok(Status::Partial)
+                }
+            },
         }
     }
 
     /// A frame that must be a payload (no special length allowed here).
-    pub fn frame(&mut self, what: &'static str) -> Result<&'a [u8], WireError> {
+    pub fn frame(&mut self, what: &'static str) -> Result<Status<&'a [u8]>, WireError> {
         let start = self.pos;
         let at = self.offset();
-        match self.slot(what)? {
-            Slot::Bytes(b) => Ok(b),
+        match complete!(self.slot(what)) {
+            Slot::Bytes(b) => Ok(Status::Complete(b)),
             Slot::Special(s) => {
                 self.pos = start;
                 Err(self.error(
@@ -312,12 +425,12 @@ impl<'a> Reader<'a> {
 
     /// A UTF-8 string (int length + bytes). The JVM never sends NULL where the worker reads
     /// protocol strings, so -5 here is a violation; use `slot` where NULL is legal.
-    pub fn string(&mut self, what: &'static str) -> Result<String, WireError> {
+    pub fn string(&mut self, what: &'static str) -> Result<Status<String>, WireError> {
         let start = self.pos;
         let at = self.offset();
-        let b = self.frame(what)?;
+        let b = complete!(self.frame(what));
         match std::str::from_utf8(b) {
-            Ok(s) => Ok(s.to_owned()),
+            Ok(s) => Ok(Status::Complete(s.to_owned())),
             Err(e) => {
                 self.pos = start;
                 Err(self.error(
@@ -333,27 +446,38 @@ impl<'a> Reader<'a> {
 
     /// A count that drives a loop: refused when negative or absurd, so a fuzzed count can't make
     /// the decoder spin or allocate (each counted item takes at least `min_item_bytes`).
-    pub fn count(&mut self, what: &'static str, min_item_bytes: usize) -> Result<usize, WireError> {
+    pub fn count(
+        &mut self,
+        what: &'static str,
+        min_item_bytes: usize,
+    ) -> Result<Status<usize>, WireError> {
         let at = self.offset();
-        let n = self.int()?;
+        let n = complete!(self.int());
         if n < 0 {
             self.pos -= 4;
             return Err(self.error(at, WireErrorKind::BadLength { what, len: n }));
         }
         let need = (n as usize).saturating_mul(min_item_bytes.max(1));
-        if need > self.max_frame {
+        if need > self.limits.max_frame_len {
             self.pos -= 4;
             return Err(self.error(
                 at,
                 WireErrorKind::TooLong {
                     what,
                     len: n as i64,
-                    max: self.max_frame,
+                    max: self.limits.max_frame_len,
                 },
             ));
         }
-        Ok(n as usize)
+        Ok(Status::Complete(n as usize))
     }
+}
+
+/// A slot's length as read, before its payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotLen {
+    Bytes(usize),
+    Special(SpecialLength),
 }
 
 #[cfg(test)]
@@ -384,30 +508,31 @@ mod tests {
 
     fn encode(ps: &[Prim]) -> BytesMut {
         let mut b = BytesMut::new();
+        let l = Limits::DEFAULT;
         for p in ps {
             match p {
                 Prim::Int(v) => put_int(&mut b, *v),
                 Prim::Long(v) => put_long(&mut b, *v),
                 Prim::Bool(v) => put_bool(&mut b, *v),
-                Prim::Str(s) => put_str(&mut b, s),
-                Prim::Frame(f) => put_frame(&mut b, f),
+                Prim::Str(s) => put_str(&mut b, s, l).unwrap(),
+                Prim::Frame(f) => put_frame(&mut b, f, l).unwrap(),
                 Prim::Special(s) => put_special(&mut b, *s),
             }
         }
         b
     }
 
-    fn decode_as(r: &mut Reader, shape: &Prim) -> Result<Prim, WireError> {
-        Ok(match shape {
-            Prim::Int(_) => Prim::Int(r.int()?),
-            Prim::Long(_) => Prim::Long(r.long()?),
-            Prim::Bool(_) => Prim::Bool(r.bool()?),
-            Prim::Str(_) => Prim::Str(r.string("string")?),
-            Prim::Frame(_) | Prim::Special(_) => match r.slot("frame")? {
+    fn decode_as(r: &mut Reader, shape: &Prim) -> Result<Status<Prim>, WireError> {
+        Ok(Status::Complete(match shape {
+            Prim::Int(_) => Prim::Int(complete!(r.int())),
+            Prim::Long(_) => Prim::Long(complete!(r.long())),
+            Prim::Bool(_) => Prim::Bool(complete!(r.bool())),
+            Prim::Str(_) => Prim::Str(complete!(r.string("string"))),
+            Prim::Frame(_) | Prim::Special(_) => match complete!(r.slot("frame")) {
                 Slot::Bytes(b) => Prim::Frame(b.to_vec()),
                 Slot::Special(s) => Prim::Special(s),
             },
-        })
+        }))
     }
 
     proptest! {
@@ -416,27 +541,29 @@ mod tests {
             let bytes = encode(&ps);
             let mut r = Reader::new(&bytes);
             for p in &ps {
-                prop_assert_eq!(&decode_as(&mut r, p).unwrap(), p);
+                prop_assert_eq!(&decode_as(&mut r, p).unwrap(), &Status::Complete(p.clone()));
             }
             prop_assert!(r.is_empty());
         }
 
         #[test]
-        fn truncated_streams_are_incomplete_not_wrong(ps in proptest::collection::vec(prim(), 1..10), cut in any::<prop::sample::Index>()) {
+        fn truncated_streams_are_partial_not_wrong(ps in proptest::collection::vec(prim(), 1..10), cut in any::<prop::sample::Index>()) {
             let bytes = encode(&ps);
             let cut = cut.index(bytes.len());
             let mut r = Reader::new(&bytes[..cut]);
             for p in &ps {
+                let before = r.position();
                 match decode_as(&mut r, p) {
-                    Ok(got) => prop_assert_eq!(&got, p),
-                    Err(e) => { prop_assert!(e.is_incomplete(), "{e}"); break; }
+                    Ok(Status::Complete(got)) => prop_assert_eq!(&got, p),
+                    Ok(Status::Partial) => { prop_assert_eq!(r.position(), before); break; }
+                    Err(e) => prop_assert!(false, "a cut stream gave an error: {e}"),
                 }
             }
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), ops in proptest::collection::vec(0u8..7, 0..64)) {
-            let mut r = Reader::new(&bytes).with_max_frame(1 << 16);
+            let mut r = Reader::new(&bytes).with_limits(Limits { max_frame_len: 1 << 16 });
             for op in ops {
                 let _ = match op {
                     0 => r.int().map(|_| ()),
@@ -456,11 +583,34 @@ mod tests {
     fn oversized_length_is_refused_before_reading() {
         let mut b = BytesMut::new();
         put_int(&mut b, i32::MAX);
-        let mut r = Reader::new(&b).with_max_frame(1024);
+        let mut r = Reader::new(&b).with_limits(Limits {
+            max_frame_len: 1024,
+        });
         let e = r.slot("data frame").unwrap_err();
         assert_eq!(e.at_byte, 0);
         assert!(matches!(e.kind, WireErrorKind::TooLong { len, .. } if len == i32::MAX as i64));
         assert_eq!(r.position(), 0);
+    }
+
+    #[test]
+    fn the_same_limit_refuses_a_frame_to_send() {
+        let mut b = BytesMut::new();
+        put_int(&mut b, 1);
+        let e = put_frame(&mut b, &[0; 11], Limits { max_frame_len: 10 }).unwrap_err();
+        assert_eq!(e.at_byte, 4);
+        assert!(
+            matches!(
+                e.kind,
+                WireErrorKind::TooLong {
+                    len: 11,
+                    max: 10,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(b.len(), 4, "nothing of a refused frame is written");
+        put_frame(&mut b, &[0; 10], Limits { max_frame_len: 10 }).unwrap();
     }
 
     #[test]

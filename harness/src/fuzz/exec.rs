@@ -18,6 +18,7 @@ use crate::protocol::{decode_requests, Dialect, Reply, ReplyEnd, SpanKind};
 use crate::pyenv::PythonEnv;
 use crate::session::{self, SessionOptions, Transcript, WritePlan, WriteStep};
 use crate::verdict::{connect_failure, judge_task, Outcome, WorkerFacts};
+use crate::wire::Limits;
 use crate::worker::{procs, Connection, DaemonState, LaunchOptions, Mode, Workers};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
@@ -46,12 +47,18 @@ impl ExecMode {
     }
 }
 
+/// A fuzz case is at most `mutate::MAX_CASE_LEN`; a reply frame far past anything a case can ask
+/// for is a finding, and refusing it early keeps a lane's memory small.
+pub const FUZZ_LIMITS: Limits = Limits {
+    max_frame_len: 64 * 1024 * 1024,
+};
+
 #[derive(Clone, Debug)]
 pub struct ExecOptions {
     /// The whole case (write and reply) must finish within this, else it is a Hang.
     pub deadline: Duration,
     /// Bound on one reply frame; a longer one is a protocol finding, never an allocation.
-    pub max_frame: usize,
+    pub limits: Limits,
     /// RLIMIT_AS of the daemon (its forks inherit it) or of each spawned worker, in MiB. A
     /// mutated length makes some workers allocate what it says before finding the stream short
     /// (pyspark 4.3's init-message reader zero-fills up to 2 GiB, seconds of CPU, before its
@@ -63,7 +70,7 @@ impl Default for ExecOptions {
     fn default() -> Self {
         ExecOptions {
             deadline: Duration::from_secs(2),
-            max_frame: 64 * 1024 * 1024,
+            limits: FUZZ_LIMITS,
             memory_limit_mb: None,
         }
     }
@@ -183,7 +190,7 @@ impl Executor {
             deadline: opts.deadline,
             record_transcript: false,
             count_only: false,
-            max_frame: opts.max_frame,
+            limits: opts.limits,
             ..SessionOptions::default()
         };
         let exec = Executor {

@@ -15,7 +15,7 @@ use super::signature::{innermost_frames, Signature};
 use crate::pickle::{self, FrameKind};
 use crate::protocol::{ReplyEnd, SpanKind};
 use crate::verdict::{Outcome, OutcomeKind};
-use crate::wire::{Reader, Slot, SpecialLength};
+use crate::wire::{Reader, Slot, SpecialLength, Status};
 use serde::{Deserialize, Serialize};
 
 /// An exception that is a clean answer to bad input, not a finding. Written `TYPE`,
@@ -246,15 +246,20 @@ enum Reference {
 
 /// The values the data section holds, read the way the seed's deserializer reads them.
 fn reference_values(rt: RoundTrip, data: &[u8]) -> Reference {
-    let mut r = Reader::new(data).with_max_frame(crate::wire::DEFAULT_MAX_FRAME);
-    let mut items: Vec<Option<Vec<u8>>> = vec![];
+    let mut r = Reader::new(data);
+    let mut items: Vec<Option<&[u8]>> = vec![];
     loop {
         match r.slot("data frame") {
-            Ok(Slot::Bytes(b)) => items.push(Some(b.to_vec())),
-            Ok(Slot::Special(SpecialLength::Null)) => items.push(None),
-            Ok(Slot::Special(SpecialLength::EndOfDataSection)) => break,
-            Ok(Slot::Special(s)) => {
+            Ok(Status::Complete(Slot::Bytes(b))) => items.push(Some(b)),
+            Ok(Status::Complete(Slot::Special(SpecialLength::Null))) => items.push(None),
+            Ok(Status::Complete(Slot::Special(SpecialLength::EndOfDataSection))) => break,
+            Ok(Status::Complete(Slot::Special(s))) => {
                 return Reference::Malformed(format!("{s} in the data section"))
+            }
+            Ok(Status::Partial) => {
+                return Reference::Malformed(
+                    "the data section ends inside an item, before END_OF_DATA_SECTION".into(),
+                )
             }
             Err(e) => return Reference::Malformed(format!("the data section does not frame: {e}")),
         }

@@ -114,7 +114,7 @@ pub fn stage(
             .find(|c| c.id == ch.conn)
             .ok_or_else(|| anyhow::anyhow!("no connection {} in the index", ch.conn))?;
         let old_text = old_reply_text(golden, dialect, &entry.reply);
-        let new_text = super::record::reply_text(dialect, &ch.replies);
+        let new_text = super::record::reply_text(dialect, &ch.replies)?;
         write_atomic(&dir.join(staged(&entry.reply)), &ch.bytes)?;
         write_atomic(&dir.join(staged(&entry.reply_text)), new_text.as_bytes())?;
         entry.reply_spans = ch
@@ -172,6 +172,7 @@ fn old_reply_text(golden: &Golden, dialect: Dialect, reply_file: &str) -> String
     match golden.read(reply_file) {
         Ok(bytes) => {
             super::record::reply_text(dialect, &crate::protocol::decode_replies(dialect, &bytes).0)
+                .unwrap_or_else(|e| format!("(the recorded replies do not re-encode: {e})\n"))
         }
         Err(e) => format!("({e})\n"),
     }

@@ -8,12 +8,8 @@
 //! timing longs, and a traceback's paths and line numbers (an exception compares by type and
 //! message). The handshake (pid, secret) is never part of the stored streams.
 
-use crate::protocol::{
-    BroadcastOp, ConnInfo, Dialect, Reply, ReplyEnd, ReplyItem, TaskRequest, Timing,
-};
+use crate::protocol::{BroadcastOp, ConnInfo, Dialect, Reply, ReplyEnd, TaskRequest, Timing};
 use crate::verdict::parse_exception;
-use crate::wire::{self, SpecialLength};
-use bytes::BytesMut;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -214,54 +210,6 @@ pub fn normalise_traceback(tb: &str) -> String {
     }
 }
 
-/// A reply as the worker writes it: the inverse of `protocol::decode_replies` for one reply.
-/// Used to store normalised replies as text and to check the decoder against recorded bytes.
-pub fn encode_reply(dialect: Dialect, r: &Reply, out: &mut BytesMut) {
-    for item in &r.data {
-        match item {
-            ReplyItem::Frame(b) => wire::put_frame(out, b),
-            ReplyItem::Null => wire::put_special(out, SpecialLength::Null),
-        }
-    }
-    match &r.end {
-        ReplyEnd::Completed {
-            timing,
-            memory_bytes_spilled,
-            disk_bytes_spilled,
-            accumulators,
-            final_marker,
-        } => {
-            wire::put_special(out, SpecialLength::TimingData);
-            wire::put_long(out, timing.boot_ms);
-            wire::put_long(out, timing.init_ms);
-            wire::put_long(out, timing.finish_ms);
-            if dialect.timing_longs() == 4 {
-                wire::put_long(out, timing.processing_ms.unwrap_or(0));
-            }
-            wire::put_long(out, *memory_bytes_spilled);
-            wire::put_long(out, *disk_bytes_spilled);
-            wire::put_special(out, SpecialLength::EndOfDataSection);
-            wire::put_int(out, accumulators.len() as i32);
-            for a in accumulators {
-                wire::put_frame(out, a);
-            }
-            wire::put_int(out, *final_marker);
-        }
-        ReplyEnd::Exception { traceback } => {
-            wire::put_special(out, SpecialLength::PythonExceptionThrown);
-            wire::put_str(out, traceback);
-        }
-    }
-}
-
-pub fn encode_replies(dialect: Dialect, replies: &[Reply]) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    for r in replies {
-        encode_reply(dialect, r, &mut out);
-    }
-    out.to_vec()
-}
-
 pub fn encode_requests(dialect: Dialect, reqs: &[TaskRequest]) -> Vec<u8> {
     reqs.iter()
         .flat_map(|r| dialect.encode_request(r).bytes)
@@ -319,6 +267,8 @@ pub fn broadcast_files(dir: &Path, stored: &BTreeMap<i64, String>) -> BTreeMap<i
 mod tests {
     use super::*;
     use crate::protocol::{decode_replies, decode_requests, DataItem};
+    use crate::wire::{self, Limits, SpecialLength};
+    use bytes::BytesMut;
 
     fn request() -> TaskRequest {
         let mut r = TaskRequest::non_udf(
@@ -390,7 +340,7 @@ mod tests {
     fn replies_round_trip_and_lose_only_their_timings() {
         for d in Dialect::ALL {
             let mut b = BytesMut::new();
-            wire::put_frame(&mut b, b"out");
+            wire::put_frame(&mut b, b"out", Limits::DEFAULT).unwrap();
             wire::put_special(&mut b, SpecialLength::TimingData);
             for t in 0..d.timing_longs() {
                 wire::put_long(&mut b, 1_700_000_000_000 + t as i64);
@@ -399,11 +349,15 @@ mod tests {
             wire::put_long(&mut b, 0);
             wire::put_special(&mut b, SpecialLength::EndOfDataSection);
             wire::put_int(&mut b, 1);
-            wire::put_frame(&mut b, b"acc");
+            wire::put_frame(&mut b, b"acc", Limits::DEFAULT).unwrap();
             wire::put_int(&mut b, -4);
             let (replies, err) = decode_replies(d, &b);
             assert!(err.is_none());
-            assert_eq!(encode_replies(d, &replies), b.to_vec(), "dialect {d}");
+            assert_eq!(
+                d.encode_replies(&replies, Limits::DEFAULT).unwrap(),
+                b.to_vec(),
+                "dialect {d}"
+            );
             let n = normalise_reply(&replies[0]);
             assert!(
                 matches!(&n.end, ReplyEnd::Completed { timing, .. } if timing.boot_ms == 0 && timing.processing_ms == (d.timing_longs() == 4).then_some(0))

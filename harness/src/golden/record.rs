@@ -12,7 +12,9 @@ use crate::decode::{self, StreamDirection};
 use crate::error::BadInput;
 use crate::protocol::{decode_replies, decode_requests, BroadcastOp, Dialect, Reply, TaskRequest};
 use crate::pyenv::{self, PythonEnv};
+use crate::wire::{Limits, WireError};
 use crate::worker::{kill_marked_groups, spawn_in_group, Mode};
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -421,8 +423,10 @@ fn assemble(spool_dir: &Path, rec: &RecordingMeta, out: &Path) -> anyhow::Result
         if let Some(n) = reencode_check(dialect, req_bytes, &reqs) {
             conn_notes.push((id.clone(), n));
         }
-        if let Some(d) = first_difference(&normalise::encode_replies(dialect, &replies), rep_bytes)
-        {
+        if let Some(d) = first_difference(
+            &dialect.encode_replies(&replies, Limits::DEFAULT)?,
+            rep_bytes,
+        ) {
             notes.push(format!("{id}: the decoded replies do not re-encode to the worker's bytes: first difference at reply byte {d}"));
         }
         for r in &requests {
@@ -446,7 +450,7 @@ fn assemble(spool_dir: &Path, rec: &RecordingMeta, out: &Path) -> anyhow::Result
             out.join(&files.request_text),
             request_text(dialect, &requests),
         )?;
-        std::fs::write(out.join(&files.reply_text), reply_text(dialect, &replies))?;
+        std::fs::write(out.join(&files.reply_text), reply_text(dialect, &replies)?)?;
         let (tw, tj) = (hs.to_worker as u64, hs.to_jvm as u64);
         connections.push(Connection {
             id: id.clone(),
@@ -550,14 +554,14 @@ pub(crate) fn request_text(dialect: Dialect, requests: &[TaskRequest]) -> String
 }
 
 /// The normalised replies as text: timings zeroed, tracebacks cut to type and message.
-pub(crate) fn reply_text(dialect: Dialect, replies: &[Reply]) -> String {
+pub(crate) fn reply_text(dialect: Dialect, replies: &[Reply]) -> Result<String, WireError> {
     let normal: Vec<Reply> = replies.iter().map(normalise::normalise_reply).collect();
-    let bytes = normalise::encode_replies(dialect, &normal);
-    with_header(
+    let bytes = dialect.encode_replies(&normal, Limits::DEFAULT)?;
+    Ok(with_header(
         decode::decode(dialect, StreamDirection::Reply, &bytes).to_text(),
         dialect,
         "reply",
-    )
+    ))
 }
 
 fn with_header(text: String, dialect: Dialect, what: &str) -> String {

@@ -778,20 +778,21 @@ where
     if raw.is_empty() && read.is_ok() {
         return (None, raw);
     }
+    use crate::wire::Status;
     let mut dec = crate::protocol::ReplyDecoder::new(dialect).with_base(base);
     dec.feed(&raw);
     let answer = match dec.next_reply() {
-        Ok(Some(reply)) if dec.pending() == 0 => Ok(reply),
-        Ok(Some(_)) => Err(format!(
+        Ok(Status::Complete(reply)) if dec.pending() == 0 => Ok(reply),
+        Ok(Status::Complete(_)) => Err(format!(
             "{} byte(s) more after a whole reply",
             dec.pending()
         )),
-        Ok(None) if read.is_err() => Err(format!(
+        Ok(Status::Partial) if read.is_err() => Err(format!(
             "still writing after {} ms ({} byte(s) so far)",
             deadline.as_millis(),
             raw.len()
         )),
-        Ok(None) => Err(dec.eof_error().to_string()),
+        Ok(Status::Partial) => Err(dec.eof_error().to_string()),
         Err(e) => Err(format!("protocol violation: {e}")),
     };
     (Some(answer), raw)
@@ -979,7 +980,7 @@ fn item_text(i: Option<&ReplyItem>) -> String {
     }
 }
 
-fn bytes_text(b: Option<&Vec<u8>>) -> String {
+fn bytes_text(b: Option<&bytes::Bytes>) -> String {
     match b {
         None => "(none)".into(),
         Some(b) => format!("{} bytes: {}", b.len(), preview(b)),

@@ -22,7 +22,9 @@
 
 use super::spool::{self, ConnMeta, Exit, Role, TapMeta, Transport};
 use super::write_atomic;
-use crate::protocol::{decode_requests, BroadcastOp, Dialect};
+
+use crate::protocol::{BroadcastOp, Dialect, RequestDecoder};
+use crate::wire::Status;
 use crate::worker::{read_daemon_announce, spawn_in_group, DaemonAddr, Group};
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -236,9 +238,10 @@ impl Tap {
                 to_jvm_file: open("to_jvm.bin")?,
                 last_was_jvm: false,
                 jvm_closed: false,
-                requests: Vec::new(),
-                handshake_len: None,
-                decoded_upto: 0,
+                requests: match self.dialect {
+                    Some(_) => RequestTap::Handshake { seen: Vec::new() },
+                    None => RequestTap::Off,
+                },
             }),
         });
         rec.write_meta();
@@ -286,12 +289,24 @@ struct ConnState {
     last_was_jvm: bool,
     /// The JVM has closed its side (EOF on JVM -> worker).
     jvm_closed: bool,
-    /// The JVM -> worker bytes so far, to find broadcast files in the requests.
-    requests: Vec<u8>,
-    handshake_len: Option<usize>,
-    /// Offset in `requests` (after the handshake) up to which whole requests were decoded.
-    decoded_upto: usize,
+    /// Decodes the JVM -> worker stream as it passes, to find broadcast files in the requests.
+    requests: RequestTap,
 }
+
+/// How far the tap got in the JVM -> worker stream of a connection. Only the handshake and the
+/// header of the request under way are ever held: data frames are dropped as they pass.
+enum RequestTap {
+    /// The handshake's bytes so far (at most a length and a 4096-byte secret).
+    Handshake {
+        seen: Vec<u8>,
+    },
+    Requests(Box<RequestDecoder>),
+    /// No dialect, or the stream stopped decoding (noted in the connection's errors).
+    Off,
+}
+
+/// The longest JVM -> worker handshake: a length and a secret (see spool::handshake_split).
+const MAX_HANDSHAKE: usize = 4 + 4096;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dir {
@@ -314,7 +329,6 @@ impl ConnRecorder {
                 }
                 st.last_was_jvm = false;
                 st.meta.to_worker_bytes += chunk.len() as u64;
-                st.requests.extend_from_slice(chunk);
                 st.to_worker_file.write_all(chunk)
             }
             Dir::ToJvm => {
@@ -326,29 +340,56 @@ impl ConnRecorder {
         if let Err(e) = res {
             st.meta.errors.push(format!("writing the spool: {e}"));
         }
-        // A request ends with the final int, -4 (END_OF_STREAM): only then is a decode worth it.
-        if dir == Dir::ToWorker && st.requests.ends_with(&(-4i32).to_be_bytes()) {
-            self.scan_requests(st);
+        if dir == Dir::ToWorker {
+            self.scan_requests(st, chunk);
         }
     }
 
-    fn scan_requests(&self, st: &mut ConnState) {
+    /// Feed the JVM's bytes to the request decoder and copy the broadcasts of every request
+    /// that completes.
+    fn scan_requests(&self, st: &mut ConnState, chunk: &[u8]) {
         let Some(tap) = self.tap.upgrade() else {
             return;
         };
         let Some(dialect) = tap.dialect else { return };
-        if st.handshake_len.is_none() {
-            st.handshake_len = spool::to_worker_handshake_len(tap.transport(), &st.requests);
+        match &mut st.requests {
+            RequestTap::Off => return,
+            RequestTap::Handshake { seen } => {
+                seen.extend_from_slice(chunk);
+                let Some(len) = spool::to_worker_handshake_len(tap.transport(), seen) else {
+                    return;
+                };
+                if len > MAX_HANDSHAKE {
+                    st.meta.errors.push(format!("the JVM's handshake claims {len} bytes: requests are not decoded, broadcasts not copied"));
+                    st.requests = RequestTap::Off;
+                    return;
+                }
+                if seen.len() < len {
+                    return;
+                }
+                let mut dec = RequestDecoder::new(dialect)
+                    .with_base(len as u64)
+                    .headers_only();
+                dec.feed(&seen[len..]);
+                st.requests = RequestTap::Requests(Box::new(dec));
+            }
+            RequestTap::Requests(dec) => dec.feed(chunk),
         }
-        let Some(hs) = st.handshake_len else { return };
-        let Some(rest) = st.requests.get(hs + st.decoded_upto..) else {
+        let RequestTap::Requests(dec) = &mut st.requests else {
             return;
         };
-        let (reqs, _incomplete) = decode_requests(dialect, rest);
-        for r in &reqs {
-            tap.copy_broadcasts(&r.request.broadcasts.ops, &mut st.meta);
-            st.decoded_upto += r.spans.iter().map(|s| s.end).max().unwrap_or(0)
-                - r.spans.iter().map(|s| s.start).min().unwrap_or(0);
+        loop {
+            match dec.next_request() {
+                Ok(Status::Complete(r)) => {
+                    tap.copy_broadcasts(&r.request.broadcasts.ops, &mut st.meta)
+                }
+                Ok(Status::Partial) => break,
+                Err(e) => {
+                    st.meta.errors.push(format!("the JVM's requests do not decode as dialect {dialect:?} ({e}): later broadcasts are not copied"));
+                    st.requests = RequestTap::Off;
+                    break;
+                }
+            }
         }
     }
 
@@ -359,8 +400,6 @@ impl ConnRecorder {
                 return;
             }
             st.meta.closed_unix_us = Some(spool::now_unix_us());
-            let st = &mut *st;
-            self.scan_requests(st);
         }
         self.write_meta();
     }

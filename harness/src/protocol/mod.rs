@@ -7,8 +7,13 @@
 mod reply;
 mod request;
 
-pub use reply::{decode_replies, Reply, ReplyDecoder, ReplyEnd, ReplyItem, Timing};
-pub use request::{decode_requests, DecodedRequest, EncodedRequest, Span, SpanKind};
+pub use reply::{
+    decode_replies, decode_replies_with, Reply, ReplyDecoder, ReplyEnd, ReplyItem, Timing,
+};
+pub use request::{
+    decode_requests, decode_requests_with, DecodedRequest, EncodedRequest, RequestDecoder, Span,
+    SpanKind,
+};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

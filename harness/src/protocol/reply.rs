@@ -6,14 +6,17 @@
 //! PYTHON_EXCEPTION_THROWN (-2) + traceback may replace any int marker.
 
 use super::Dialect;
-use crate::wire::{Reader, Slot, SpecialLength, WireError, WireErrorKind, DEFAULT_MAX_FRAME};
-use bytes::{Buf, BytesMut};
+use crate::wire::{
+    self, complete, Limits, Reader, SlotLen, SpecialLength, Status, WireError, WireErrorKind,
+};
+use bytes::{Buf, Bytes, BytesMut};
 use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplyItem {
-    Frame(#[serde(with = "super::hex_bytes")] Vec<u8>),
+    /// A frame as handed out by the decoder: it shares the received bytes, no copy.
+    Frame(#[serde(with = "super::hex_bytes")] Bytes),
     Null,
 }
 
@@ -36,14 +39,14 @@ pub enum ReplyEnd {
         memory_bytes_spilled: i64,
         disk_bytes_spilled: i64,
         #[serde(serialize_with = "hex_list")]
-        accumulators: Vec<Vec<u8>>,
+        accumulators: Vec<Bytes>,
         final_marker: i32,
     },
     /// -2 and a traceback: the worker exits after this.
     Exception { traceback: String },
 }
 
-fn hex_list<S: serde::Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+fn hex_list<S: serde::Serializer>(v: &[Bytes], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(v.iter().map(hex::encode))
 }
 
@@ -60,8 +63,9 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// The data items as frame payloads, None for a NULL (-5): the shape the pickle decoders take.
-    pub fn frames(&self) -> Vec<Option<Vec<u8>>> {
+    /// The data items as frame payloads, None for a NULL (-5): the shape the pickle decoders
+    /// take. The frames are shared, not copied.
+    pub fn frames(&self) -> Vec<Option<Bytes>> {
         self.data
             .iter()
             .map(|d| match d {
@@ -72,30 +76,45 @@ impl Reply {
     }
 }
 
+/// Where the decoder is between calls (tokio-util's `DecodeState`): a frame's length is read
+/// and checked once, then its body is waited for without reading the length again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Data,
+enum DecodeState {
+    /// The next int is a data frame's length, or a marker.
+    DataHead,
+    /// A data frame of this many bytes; room for it is reserved.
+    DataBody(usize),
+    /// Counting only: this many bytes of a data frame are still to be dropped as they come.
+    Skip(usize),
     Timing,
-    Accumulators { left: usize },
+    Accumulators {
+        left: usize,
+    },
     Final,
+    /// After -2: the traceback frame.
+    Exception,
 }
 
 /// Keeps partial state between `feed` calls; yields one [`Reply`] per task (several on a reused
-/// connection). Errors carry the absolute stream offset.
+/// connection). Errors carry the absolute stream offset. Frames are split off the receive
+/// buffer as [`Bytes`] (no copy per frame).
 pub struct ReplyDecoder {
     dialect: Dialect,
+    /// Received bytes not yet part of a decoded item.
     buf: BytesMut,
     /// Absolute offset of `buf[0]`.
     base: u64,
-    max_frame: usize,
+    limits: Limits,
     keep_data: bool,
-    state: State,
+    state: DecodeState,
     reply_start: u64,
     data: Vec<ReplyItem>,
     data_items: u64,
     data_bytes: u64,
     timing: Option<(Timing, i64, i64)>,
-    accumulators: Vec<Vec<u8>>,
+    accumulators: Vec<Bytes>,
+    /// The whole stream was fed at once (`decode_replies`).
+    whole: bool,
 }
 
 impl ReplyDecoder {
@@ -104,15 +123,16 @@ impl ReplyDecoder {
             dialect,
             buf: BytesMut::new(),
             base: 0,
-            max_frame: DEFAULT_MAX_FRAME,
+            limits: Limits::DEFAULT,
             keep_data: true,
-            state: State::Data,
+            state: DecodeState::DataHead,
             reply_start: 0,
             data: vec![],
             data_items: 0,
             data_bytes: 0,
             timing: None,
             accumulators: vec![],
+            whole: false,
         }
     }
 
@@ -123,8 +143,8 @@ impl ReplyDecoder {
         self
     }
 
-    pub fn with_max_frame(mut self, max: usize) -> Self {
-        self.max_frame = max;
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -136,6 +156,12 @@ impl ReplyDecoder {
 
     pub fn feed(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// The receive buffer: bytes appended here (e.g. by `AsyncReadExt::read_buf`) are fed, with
+    /// no copy in between.
+    pub fn read_buf(&mut self) -> &mut BytesMut {
+        &mut self.buf
     }
 
     /// Absolute offset of the first byte not yet decoded.
@@ -150,108 +176,178 @@ impl ReplyDecoder {
 
     /// True between replies: nothing of a next reply has been decoded yet.
     pub fn at_reply_boundary(&self) -> bool {
-        self.state == State::Data && self.data_items == 0 && self.buf.is_empty()
+        self.state == DecodeState::DataHead && self.data_items == 0 && self.buf.is_empty()
     }
 
-    /// Decode as far as the bytes allow. Ok(None): need more bytes.
-    pub fn next_reply(&mut self) -> Result<Option<Reply>, WireError> {
+    /// Decode as far as the bytes allow.
+    pub fn next_reply(&mut self) -> Result<Status<Reply>, WireError> {
         loop {
-            let buf = std::mem::take(&mut self.buf);
-            let mut r = Reader::new(&buf)
-                .with_base(self.base)
-                .with_max_frame(self.max_frame);
-            let step = self.step(&mut r);
-            let used = r.position();
-            self.buf = buf;
-            match step {
-                Ok(done) => {
-                    self.buf.advance(used);
-                    self.base += used as u64;
-                    if let Some(reply) = done {
-                        return Ok(Some(reply));
-                    }
-                }
-                Err(e) if e.is_incomplete() => return Ok(None),
-                Err(e) => return Err(e),
+            if let Some(reply) = complete!(self.step()) {
+                return Ok(Status::Complete(reply));
             }
         }
     }
 
-    /// One item. The reader is only advanced when the item is whole.
-    fn step(&mut self, r: &mut Reader) -> Result<Option<Reply>, WireError> {
+    /// Room for an item of `len` bytes at the front of the buffer, reserved once its length
+    /// passed the limit so its bytes land without regrowing. Not for a whole stream given at once:
+    /// there the missing bytes will never come.
+    fn reserve_item(&mut self, len: usize) {
+        if !self.whole {
+            self.buf.reserve(len.saturating_sub(self.buf.len()));
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.buf.advance(n);
+        self.base += n as u64;
+    }
+
+    fn split(&mut self, n: usize) -> Bytes {
+        self.base += n as u64;
+        self.buf.split_to(n).freeze()
+    }
+
+    /// A whole frame (length and payload), split off; room is reserved once the length is known.
+    fn take_frame(&mut self, what: &'static str) -> Result<Status<Bytes>, WireError> {
+        let mut r = Reader::new(&self.buf)
+            .with_base(self.base)
+            .with_limits(self.limits);
+        let at = r.offset();
+        match complete!(r.slot_len(what)) {
+            SlotLen::Special(s) => Err(r.error(
+                at,
+                WireErrorKind::BadLength {
+                    what,
+                    len: s.value(),
+                },
+            )),
+            SlotLen::Bytes(n) => {
+                if self.buf.len() < 4 + n {
+                    self.reserve_item(4 + n);
+                    return Ok(Status::Partial);
+                }
+                self.consume(4);
+                Ok(Status::Complete(self.split(n)))
+            }
+        }
+    }
+
+    /// One item: Complete(None) when it made progress, Complete(Some) when a reply ended. The
+    /// buffer is only advanced past whole items.
+    fn step(&mut self) -> Result<Status<Option<Reply>>, WireError> {
         match self.state {
-            State::Data => {
+            DecodeState::DataHead => {
+                let mut r = Reader::new(&self.buf)
+                    .with_base(self.base)
+                    .with_limits(self.limits);
                 let at = r.offset();
-                match r.slot("data frame")? {
-                    Slot::Bytes(b) => {
+                let next = match complete!(r.slot_len("data frame")) {
+                    SlotLen::Bytes(n) => {
                         self.data_items += 1;
-                        self.data_bytes += b.len() as u64;
+                        self.data_bytes += n as u64;
                         if self.keep_data {
-                            self.data.push(ReplyItem::Frame(b.to_vec()));
+                            self.reserve_item(4 + n);
+                            DecodeState::DataBody(n)
+                        } else {
+                            DecodeState::Skip(n)
                         }
                     }
-                    Slot::Special(SpecialLength::Null) => {
+                    SlotLen::Special(SpecialLength::Null) => {
                         self.data_items += 1;
                         if self.keep_data {
                             self.data.push(ReplyItem::Null);
                         }
+                        DecodeState::DataHead
                     }
-                    Slot::Special(SpecialLength::TimingData) => self.state = State::Timing,
-                    Slot::Special(SpecialLength::PythonExceptionThrown) => {
-                        return self.exception(r, at)
+                    SlotLen::Special(SpecialLength::TimingData) => DecodeState::Timing,
+                    SlotLen::Special(SpecialLength::PythonExceptionThrown) => {
+                        DecodeState::Exception
                     }
-                    Slot::Special(SpecialLength::StartArrowStream) => {
-                        return Err(r.violation(
+                    SlotLen::Special(SpecialLength::StartArrowStream) => {
+                        return Err(r.error(at, WireErrorKind::ArrowNotDecoded))
+                    }
+                    SlotLen::Special(marker) => {
+                        return Err(r.error(
                             at,
-                            "START_ARROW_STREAM (-6): Arrow replies are not decoded yet",
+                            WireErrorKind::UnexpectedMarker {
+                                marker,
+                                place: "where a data frame or TIMING_DATA belongs",
+                            },
                         ))
                     }
-                    Slot::Special(s) => {
-                        return Err(r.violation(
-                            at,
-                            format!("{s} where a data frame or TIMING_DATA belongs"),
-                        ))
-                    }
-                }
-                Ok(None)
+                };
+                self.consume(4);
+                self.state = next;
+                Ok(Status::Complete(None))
             }
-            State::Timing => {
+            DecodeState::DataBody(n) => {
+                if self.buf.len() < n {
+                    return Ok(Status::Partial);
+                }
+                let frame = self.split(n);
+                self.data.push(ReplyItem::Frame(frame));
+                self.state = DecodeState::DataHead;
+                Ok(Status::Complete(None))
+            }
+            DecodeState::Skip(n) => {
+                let k = n.min(self.buf.len());
+                if k == 0 && n > 0 {
+                    return Ok(Status::Partial);
+                }
+                self.consume(k);
+                self.state = if k == n {
+                    DecodeState::DataHead
+                } else {
+                    DecodeState::Skip(n - k)
+                };
+                Ok(Status::Complete(None))
+            }
+            DecodeState::Timing => {
                 // Timing, spills and the -1 after them are taken as one item: none of them can
                 // be -2, and a partial read must not half-apply.
-                let boot = r.long()?;
-                let init = r.long()?;
-                let finish = r.long()?;
+                let mut r = Reader::new(&self.buf)
+                    .with_base(self.base)
+                    .with_limits(self.limits);
+                let boot = complete!(r.long());
+                let init = complete!(r.long());
+                let finish = complete!(r.long());
                 let processing = if self.dialect.timing_longs() == 4 {
-                    Some(r.long()?)
+                    Some(complete!(r.long()))
                 } else {
                     None
                 };
-                let mem = r.long()?;
-                let disk = r.long()?;
+                let mem = complete!(r.long());
+                let disk = complete!(r.long());
                 let at = r.offset();
-                let marker = r.int()?;
+                let marker = complete!(r.int());
                 if marker == SpecialLength::PythonExceptionThrown.value() {
-                    return self.exception(r, at);
+                    let used = r.position();
+                    self.consume(used);
+                    self.state = DecodeState::Exception;
+                    return Ok(Status::Complete(None));
                 }
                 if marker != SpecialLength::EndOfDataSection.value() {
-                    return Err(r.violation(
+                    let timing_longs = self.dialect.timing_longs();
+                    return Err(r.error(
                         at,
-                        format!(
-                            "expected END_OF_DATA_SECTION (-1) after timing and spill longs, got {marker} \
-                             (a dialect mismatch? {} reads {} timing longs)",
-                            self.dialect,
-                            self.dialect.timing_longs()
-                        ),
+                        WireErrorKind::TimingNotClosed {
+                            got: marker,
+                            timing_longs,
+                        },
                     ));
                 }
                 let at = r.offset();
-                let n = r.int()?;
+                let n = complete!(r.int());
+                let used = r.position();
                 if n == SpecialLength::PythonExceptionThrown.value() {
-                    return self.exception(r, at);
+                    self.consume(used);
+                    self.state = DecodeState::Exception;
+                    return Ok(Status::Complete(None));
                 }
-                if n < 0 || n as usize > self.max_frame / 4 {
-                    return Err(r.violation(at, format!("accumulator count {n} is out of range")));
+                if n < 0 || n as usize > self.limits.max_frame_len / 4 {
+                    return Err(r.error(at, WireErrorKind::AccumulatorCount(n)));
                 }
+                self.consume(used);
                 self.timing = Some((
                     Timing {
                         boot_ms: boot,
@@ -263,33 +359,37 @@ impl ReplyDecoder {
                     disk,
                 ));
                 self.state = if n == 0 {
-                    State::Final
+                    DecodeState::Final
                 } else {
-                    State::Accumulators { left: n as usize }
+                    DecodeState::Accumulators { left: n as usize }
                 };
-                Ok(None)
+                Ok(Status::Complete(None))
             }
-            State::Accumulators { left } => {
-                let b = r.frame("accumulator update")?;
-                self.accumulators.push(b.to_vec());
+            DecodeState::Accumulators { left } => {
+                let b = complete!(self.take_frame("accumulator update"));
+                self.accumulators.push(b);
                 self.state = if left == 1 {
-                    State::Final
+                    DecodeState::Final
                 } else {
-                    State::Accumulators { left: left - 1 }
+                    DecodeState::Accumulators { left: left - 1 }
                 };
-                Ok(None)
+                Ok(Status::Complete(None))
             }
-            State::Final => {
+            DecodeState::Final => {
+                let mut r = Reader::new(&self.buf).with_base(self.base);
                 let at = r.offset();
-                let m = r.int()?;
+                let m = complete!(r.int());
                 if m == SpecialLength::PythonExceptionThrown.value() {
-                    return self.exception(r, at);
+                    self.consume(4);
+                    self.state = DecodeState::Exception;
+                    return Ok(Status::Complete(None));
                 }
                 if m != SpecialLength::EndOfStream.value()
                     && m != SpecialLength::EndOfDataSection.value()
                 {
-                    return Err(r.violation(at, format!("final int is {m}, expected END_OF_STREAM (-4) or END_OF_DATA_SECTION (-1)")));
+                    return Err(r.error(at, WireErrorKind::BadFinalInt(m)));
                 }
+                self.consume(4);
                 let (timing, mem, disk) = self
                     .timing
                     .take()
@@ -301,20 +401,20 @@ impl ReplyDecoder {
                     accumulators: std::mem::take(&mut self.accumulators),
                     final_marker: m,
                 };
-                Ok(Some(self.finish(end, r.offset())))
+                Ok(Status::Complete(Some(self.finish(end))))
+            }
+            DecodeState::Exception => {
+                let bytes = complete!(self.take_frame("exception traceback"));
+                let traceback = String::from_utf8_lossy(&bytes).into_owned();
+                Ok(Status::Complete(Some(
+                    self.finish(ReplyEnd::Exception { traceback }),
+                )))
             }
         }
     }
 
-    fn exception(&mut self, r: &mut Reader, _at: u64) -> Result<Option<Reply>, WireError> {
-        let bytes = r.frame("exception traceback")?;
-        let traceback = String::from_utf8_lossy(bytes).into_owned();
-        Ok(Some(
-            self.finish(ReplyEnd::Exception { traceback }, r.offset()),
-        ))
-    }
-
-    fn finish(&mut self, end: ReplyEnd, end_offset: u64) -> Reply {
+    fn finish(&mut self, end: ReplyEnd) -> Reply {
+        let end_offset = self.base;
         let reply = Reply {
             data: std::mem::take(&mut self.data),
             data_items: self.data_items,
@@ -323,47 +423,119 @@ impl ReplyDecoder {
             start: self.reply_start,
             end_offset,
         };
-        self.state = State::Data;
+        self.state = DecodeState::DataHead;
         self.data_items = 0;
         self.data_bytes = 0;
         self.timing = None;
+        self.accumulators.clear();
         self.reply_start = end_offset;
         reply
     }
 
-    /// Describe where an unexpected end of stream left the decoder.
+    /// The error for a stream that is over (EOF) where the decoder stands.
     pub fn eof_error(&self) -> WireError {
-        let what = match self.state {
-            State::Data => "in the data section",
-            State::Timing => "in the timing block",
-            State::Accumulators { .. } => "in the accumulator updates",
-            State::Final => "before the final int",
+        let place = match self.state {
+            DecodeState::DataHead => "in the data section",
+            DecodeState::DataBody(_) | DecodeState::Skip(_) => "inside a data frame",
+            DecodeState::Timing => "in the timing block",
+            DecodeState::Accumulators { .. } => "in the accumulator updates",
+            DecodeState::Final => "before the final int",
+            DecodeState::Exception => "in the exception traceback",
         };
         WireError {
             at_byte: self.base,
-            kind: WireErrorKind::Violation(format!(
-                "stream ended {what} ({} byte(s) of a partial item pending)",
-                self.buf.len()
-            )),
+            kind: WireErrorKind::Truncated {
+                place,
+                pending: self.buf.len(),
+            },
         }
     }
 }
 
 /// Decode a whole reply stream (e.g. a recorded one). Returns the replies and, when the stream
-/// stops short, the error saying where.
+/// stops short or breaks the protocol, the error saying where.
 pub fn decode_replies(dialect: Dialect, bytes: &[u8]) -> (Vec<Reply>, Option<WireError>) {
-    let mut d = ReplyDecoder::new(dialect);
+    decode_replies_with(dialect, bytes, Limits::DEFAULT)
+}
+
+pub fn decode_replies_with(
+    dialect: Dialect,
+    bytes: &[u8],
+    limits: Limits,
+) -> (Vec<Reply>, Option<WireError>) {
+    let mut d = ReplyDecoder::new(dialect).with_limits(limits);
     d.feed(bytes);
+    d.whole = true;
     let mut out = vec![];
     loop {
         match d.next_reply() {
-            Ok(Some(r)) => out.push(r),
-            Ok(None) => {
-                let err = (d.pending() > 0 || !d.at_reply_boundary()).then(|| d.eof_error());
+            Ok(Status::Complete(r)) => out.push(r),
+            Ok(Status::Partial) => {
+                let err = (!d.at_reply_boundary()).then(|| d.eof_error());
                 return (out, err);
             }
             Err(e) => return (out, Some(e)),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding: a reply as the worker writes it (goldens store normalised replies, and the decoder
+// is checked against recorded bytes through it).
+
+impl Dialect {
+    /// One reply, appended to `out`: the inverse of the decoder for one reply.
+    pub fn encode_reply(
+        self,
+        r: &Reply,
+        out: &mut BytesMut,
+        limits: Limits,
+    ) -> Result<(), WireError> {
+        for item in &r.data {
+            match item {
+                ReplyItem::Frame(b) => wire::put_frame(out, b, limits)?,
+                ReplyItem::Null => wire::put_special(out, SpecialLength::Null),
+            }
+        }
+        match &r.end {
+            ReplyEnd::Completed {
+                timing,
+                memory_bytes_spilled,
+                disk_bytes_spilled,
+                accumulators,
+                final_marker,
+            } => {
+                wire::put_special(out, SpecialLength::TimingData);
+                wire::put_long(out, timing.boot_ms);
+                wire::put_long(out, timing.init_ms);
+                wire::put_long(out, timing.finish_ms);
+                if self.timing_longs() == 4 {
+                    wire::put_long(out, timing.processing_ms.unwrap_or(0));
+                }
+                wire::put_long(out, *memory_bytes_spilled);
+                wire::put_long(out, *disk_bytes_spilled);
+                wire::put_special(out, SpecialLength::EndOfDataSection);
+                wire::put_int(out, accumulators.len() as i32);
+                for a in accumulators {
+                    wire::put_frame(out, a, limits)?;
+                }
+                wire::put_int(out, *final_marker);
+            }
+            ReplyEnd::Exception { traceback } => {
+                wire::put_special(out, SpecialLength::PythonExceptionThrown);
+                wire::put_str(out, traceback, limits)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Several replies, as one stream.
+    pub fn encode_replies(self, replies: &[Reply], limits: Limits) -> Result<Vec<u8>, WireError> {
+        let mut out = BytesMut::new();
+        for r in replies {
+            self.encode_reply(r, &mut out, limits)?;
+        }
+        Ok(out.to_vec())
     }
 }
 
@@ -373,10 +545,12 @@ mod tests {
     use crate::wire;
     use proptest::prelude::*;
 
+    const L: Limits = Limits::DEFAULT;
+
     fn reply_bytes(dialect: Dialect) -> Vec<u8> {
         let mut b = BytesMut::new();
-        wire::put_frame(&mut b, b"one");
-        wire::put_frame(&mut b, b"");
+        wire::put_frame(&mut b, b"one", L).unwrap();
+        wire::put_frame(&mut b, b"", L).unwrap();
         wire::put_special(&mut b, SpecialLength::TimingData);
         for t in 0..dialect.timing_longs() {
             wire::put_long(&mut b, 1000 + t as i64);
@@ -385,7 +559,7 @@ mod tests {
         wire::put_long(&mut b, 6);
         wire::put_special(&mut b, SpecialLength::EndOfDataSection);
         wire::put_int(&mut b, 1);
-        wire::put_frame(&mut b, b"acc");
+        wire::put_frame(&mut b, b"acc", L).unwrap();
         wire::put_special(&mut b, SpecialLength::EndOfStream);
         b.to_vec()
     }
@@ -398,7 +572,7 @@ mod tests {
             let mut got = None;
             for (i, b) in bytes.iter().enumerate() {
                 dec.feed(&[*b]);
-                if let Some(r) = dec.next_reply().unwrap() {
+                if let Status::Complete(r) = dec.next_reply().unwrap() {
                     assert_eq!(i, bytes.len() - 1);
                     got = Some(r);
                 }
@@ -406,7 +580,10 @@ mod tests {
             let r = got.expect("a reply");
             assert_eq!(
                 r.data,
-                vec![ReplyItem::Frame(b"one".to_vec()), ReplyItem::Frame(vec![])]
+                vec![
+                    ReplyItem::Frame(Bytes::from_static(b"one")),
+                    ReplyItem::Frame(Bytes::new())
+                ]
             );
             match r.end {
                 ReplyEnd::Completed {
@@ -416,7 +593,7 @@ mod tests {
                     ..
                 } => {
                     assert_eq!(final_marker, -4);
-                    assert_eq!(accumulators, vec![b"acc".to_vec()]);
+                    assert_eq!(accumulators, vec![Bytes::from_static(b"acc")]);
                     assert_eq!(timing.processing_ms.is_some(), d.timing_longs() == 4);
                 }
                 other => panic!("{other:?}"),
@@ -430,18 +607,29 @@ mod tests {
         let (replies, err) = decode_replies(Dialect::A, &bytes);
         assert!(replies.is_empty());
         let e = err.expect("an error");
-        assert!(e.to_string().contains("END_OF_DATA_SECTION"), "{e}");
+        assert!(
+            matches!(
+                e.kind,
+                WireErrorKind::TimingNotClosed {
+                    timing_longs: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
     fn exception_ends_a_reply() {
         let mut b = BytesMut::new();
-        wire::put_frame(&mut b, b"x");
+        wire::put_frame(&mut b, b"x", L).unwrap();
         wire::put_special(&mut b, SpecialLength::PythonExceptionThrown);
         wire::put_str(
             &mut b,
             "Traceback...\nZeroDivisionError: division by zero\n",
-        );
+            L,
+        )
+        .unwrap();
         let (replies, err) = decode_replies(Dialect::A, &b);
         assert!(err.is_none());
         assert!(
@@ -449,14 +637,113 @@ mod tests {
         );
     }
 
+    #[test]
+    fn frames_share_the_received_bytes() {
+        let bytes = reply_bytes(Dialect::A);
+        let mut dec = ReplyDecoder::new(Dialect::A);
+        dec.feed(&bytes);
+        let Status::Complete(r) = dec.next_reply().unwrap() else {
+            panic!("a whole reply")
+        };
+        let ReplyItem::Frame(one) = &r.data[0] else {
+            panic!("a frame")
+        };
+        // A frame split off the receive buffer, not a copy: a second reply decoded from the
+        // same stream hands out its own slice, and the first stays valid.
+        assert_eq!(&one[..], b"one");
+        assert_eq!(r.end_offset, bytes.len() as u64);
+        assert!(dec.at_reply_boundary());
+    }
+
+    #[test]
+    fn a_frame_longer_than_the_limit_is_refused_at_its_length() {
+        let mut b = BytesMut::new();
+        wire::put_frame(&mut b, b"ok", L).unwrap();
+        wire::put_int(&mut b, 1000);
+        let mut dec = ReplyDecoder::new(Dialect::A)
+            .with_base(10)
+            .with_limits(Limits { max_frame_len: 999 });
+        dec.feed(&b);
+        let e = dec.next_reply().unwrap_err();
+        assert_eq!(e.at_byte, 16);
+        assert!(
+            matches!(
+                e.kind,
+                WireErrorKind::TooLong {
+                    len: 1000,
+                    max: 999,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn counting_only_drops_frames_as_they_come() {
+        let bytes = reply_bytes(Dialect::B);
+        let mut dec = ReplyDecoder::new(Dialect::B).counting_only();
+        let mut got = None;
+        for c in bytes.chunks(2) {
+            dec.feed(c);
+            if let Status::Complete(r) = dec.next_reply().unwrap() {
+                got = Some(r);
+            }
+        }
+        let r = got.expect("a reply");
+        assert!(r.data.is_empty());
+        assert_eq!((r.data_items, r.data_bytes), (2, 3));
+    }
+
+    #[test]
+    fn the_encoder_is_the_inverse_of_the_decoder() {
+        for d in Dialect::ALL {
+            let bytes = reply_bytes(d);
+            let (replies, err) = decode_replies(d, &bytes);
+            assert!(err.is_none(), "{err:?}");
+            assert_eq!(d.encode_replies(&replies, L).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn a_stream_cut_short_is_truncated_with_the_place() {
+        let bytes = reply_bytes(Dialect::A);
+        let (_, err) = decode_replies(Dialect::A, &bytes[..bytes.len() - 2]);
+        let e = err.expect("an error");
+        assert!(
+            matches!(
+                e.kind,
+                WireErrorKind::Truncated {
+                    place: "before the final int",
+                    pending: 2
+                }
+            ),
+            "{e}"
+        );
+    }
+
     proptest! {
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), chunk in 1usize..17) {
+        fn chunked_decoding_agrees_with_whole(bytes in proptest::collection::vec(any::<u8>(), 0..300), chunk in 1usize..17) {
             for d in Dialect::ALL {
-                let mut dec = ReplyDecoder::new(d).with_max_frame(1 << 16);
-                for c in bytes.chunks(chunk) {
+                let limits = Limits { max_frame_len: 1 << 16 };
+                let (whole, whole_err) = decode_replies_with(d, &bytes, limits);
+                let mut dec = ReplyDecoder::new(d).with_limits(limits);
+                let mut pieces = vec![];
+                let mut piece_err = None;
+                'feed: for c in bytes.chunks(chunk) {
                     dec.feed(c);
-                    if dec.next_reply().is_err() { break; }
+                    loop {
+                        match dec.next_reply() {
+                            Ok(Status::Complete(r)) => pieces.push(r),
+                            Ok(Status::Partial) => break,
+                            Err(e) => { piece_err = Some(e); break 'feed; }
+                        }
+                    }
+                }
+                prop_assert_eq!(&whole, &pieces);
+                if let Some(e) = whole_err.filter(|e| !matches!(e.kind, WireErrorKind::Truncated { .. })) {
+                    prop_assert_eq!(Some(e), piece_err);
                 }
             }
         }

@@ -5,8 +5,11 @@
 //! command, data frames, -1, final int. In D everything up to the command is one init message.
 
 use super::*;
-use crate::wire::{self, Reader, Slot, SpecialLength, WireError};
-use bytes::BytesMut;
+use crate::wire::{
+    self, complete, ContextProblem, Limits, Reader, SlotLen, SpecialLength, Status, WireError,
+    WireErrorKind,
+};
+use bytes::{Buf, BytesMut};
 use serde_json::json;
 
 /// Which part of an encoded request a byte range holds; faults and the fuzzer place themselves
@@ -43,18 +46,25 @@ impl EncodedRequest {
     pub fn span(&self, kind: SpanKind) -> Option<Span> {
         self.spans.iter().copied().find(|s| s.kind == kind)
     }
-
-    pub fn data_frames(&self) -> usize {
-        self.spans
-            .iter()
-            .filter(|s| matches!(s.kind, SpanKind::Data(_)))
-            .count()
-    }
 }
 
 impl Dialect {
-    /// Encode one task request.
+    /// Encode one task request that fakejvm built itself (seeds, goldens, fuzz cases, scenario
+    /// requests once their file was checked with [`Dialect::try_encode_request`]).
+    ///
+    /// Panics on a frame past [`Limits::DEFAULT`]: none of those sources can hold one.
     pub fn encode_request(self, req: &TaskRequest) -> EncodedRequest {
+        self.try_encode_request(req, Limits::DEFAULT)
+            .unwrap_or_else(|e| panic!("a request fakejvm built does not encode: {e}"))
+    }
+
+    /// Encode one task request; a frame or string past `limits` is refused (with its offset in
+    /// the request) instead of being sent.
+    pub fn try_encode_request(
+        self,
+        req: &TaskRequest,
+        limits: Limits,
+    ) -> Result<EncodedRequest, WireError> {
         let mut out = EncodedRequest::default();
         let mut buf = BytesMut::new();
         let mark = |buf: &BytesMut, kind: SpanKind, start: usize, spans: &mut Vec<Span>| {
@@ -67,12 +77,24 @@ impl Dialect {
 
         // The header (and in D the command) is built on its own so D can wrap it.
         let mut head = BytesMut::new();
-        self.encode_header(req, &mut head);
+        self.encode_header(req, &mut head, limits)?;
         let header_len = head.len();
-        self.encode_command(req, &mut head);
+        if req.split_index != -1 {
+            wire::put_frame(&mut head, &req.command, limits)?;
+        }
 
         if self.wraps_init_message() {
             wire::put_special(&mut buf, SpecialLength::StartOfInitMessage);
+            if head.len() > limits.max_frame_len {
+                return Err(WireError {
+                    at_byte: 4,
+                    kind: WireErrorKind::TooLong {
+                        what: "init message",
+                        len: head.len() as i64,
+                        max: limits.max_frame_len,
+                    },
+                });
+            }
             wire::put_int(&mut buf, head.len() as i32);
             mark(&buf, SpanKind::InitPrefix, 0, &mut out.spans);
         }
@@ -87,7 +109,7 @@ impl Dialect {
             for (k, item) in req.data.iter().enumerate() {
                 let start = buf.len();
                 match item {
-                    DataItem::Frame(b) => wire::put_frame(&mut buf, b),
+                    DataItem::Frame(b) => wire::put_frame(&mut buf, b, limits)?,
                     DataItem::Null => wire::put_special(&mut buf, SpecialLength::Null),
                     DataItem::Raw(b) => buf.extend_from_slice(b),
                 }
@@ -105,19 +127,25 @@ impl Dialect {
             }
         }
         out.bytes = buf.to_vec();
-        out
+        Ok(out)
     }
 
-    fn encode_header(self, req: &TaskRequest, buf: &mut BytesMut) {
+    fn encode_header(
+        self,
+        req: &TaskRequest,
+        buf: &mut BytesMut,
+        limits: Limits,
+    ) -> Result<(), WireError> {
+        let put_str = |buf: &mut BytesMut, s: &str| wire::put_str(buf, s, limits);
         wire::put_int(buf, req.split_index);
         if req.split_index == -1 {
             // The worker exits at once (a test hook); nothing else is read.
-            return;
+            return Ok(());
         }
-        wire::put_str(buf, &req.python_version);
+        put_str(buf, &req.python_version)?;
         let ctx = &req.context;
         if self.json_context() {
-            wire::put_str(buf, &self.context_json(ctx).to_string());
+            put_str(buf, &self.context_json(ctx).to_string())?;
         } else {
             wire::put_bool(buf, ctx.is_barrier);
             if ctx.is_barrier || self.always_sends_barrier_fields() {
@@ -125,7 +153,7 @@ impl Dialect {
                     port: 0,
                     secret: String::new(),
                 });
-                self.put_conn_info(buf, &conn);
+                self.put_conn_info(buf, &conn, limits)?;
             }
             wire::put_int(buf, ctx.stage_id);
             wire::put_int(buf, ctx.partition_id);
@@ -134,32 +162,32 @@ impl Dialect {
             wire::put_int(buf, ctx.cpus);
             wire::put_int(buf, ctx.resources.len() as i32);
             for r in &ctx.resources {
-                wire::put_str(buf, &r.key);
-                wire::put_str(buf, &r.name);
+                put_str(buf, &r.key)?;
+                put_str(buf, &r.name)?;
                 wire::put_int(buf, r.addresses.len() as i32);
                 for a in &r.addresses {
-                    wire::put_str(buf, a);
+                    put_str(buf, a)?;
                 }
             }
-            put_string_map(buf, &ctx.local_properties);
+            put_string_map(buf, &ctx.local_properties, limits)?;
         }
-        wire::put_str(buf, &req.spark_files_dir);
+        put_str(buf, &req.spark_files_dir)?;
         wire::put_int(buf, req.includes.len() as i32);
         for i in &req.includes {
-            wire::put_str(buf, i);
+            put_str(buf, i)?;
         }
         let b = &req.broadcasts;
         wire::put_bool(buf, b.decryption_server.is_some());
         wire::put_int(buf, b.ops.len() as i32);
         if let Some(server) = &b.decryption_server {
-            self.put_conn_info(buf, server);
+            self.put_conn_info(buf, server, limits)?;
         }
         for op in &b.ops {
             match op {
                 BroadcastOp::Add { id, path } => {
                     wire::put_long(buf, *id);
                     if b.decryption_server.is_none() {
-                        wire::put_str(buf, path.as_deref().unwrap_or(""));
+                        put_str(buf, path.as_deref().unwrap_or(""))?;
                     }
                 }
                 // `-1 - id` (not `-id - 1`): the same value, and it cannot overflow for any i64.
@@ -168,28 +196,28 @@ impl Dialect {
         }
         wire::put_int(buf, req.eval_type.value());
         if self.has_conf_maps() {
-            put_string_map(buf, &req.runner_conf);
-            put_string_map(buf, &req.eval_conf);
+            put_string_map(buf, &req.runner_conf, limits)?;
+            put_string_map(buf, &req.eval_conf, limits)?;
         }
+        Ok(())
     }
 
-    fn encode_command(self, req: &TaskRequest, buf: &mut BytesMut) {
-        if req.split_index != -1 {
-            wire::put_frame(buf, &req.command);
-        }
-    }
-
-    fn put_conn_info(self, buf: &mut BytesMut, conn: &ConnInfo) {
+    fn put_conn_info(
+        self,
+        buf: &mut BytesMut,
+        conn: &ConnInfo,
+        limits: Limits,
+    ) -> Result<(), WireError> {
         match conn {
             ConnInfo::Port { port, secret } => {
                 wire::put_int(buf, *port);
-                wire::put_str(buf, secret);
+                wire::put_str(buf, secret, limits)
             }
             // Family A has no path form; a path there is sent as the B+ shape anyway, which is
             // exactly the cross-version mistake a scenario may want to provoke.
             ConnInfo::Path(p) => {
                 wire::put_int(buf, -1);
-                wire::put_str(buf, p);
+                wire::put_str(buf, p, limits)
             }
         }
     }
@@ -240,12 +268,17 @@ impl Dialect {
     }
 }
 
-fn put_string_map(buf: &mut BytesMut, m: &[(String, String)]) {
+fn put_string_map(
+    buf: &mut BytesMut,
+    m: &[(String, String)],
+    limits: Limits,
+) -> Result<(), WireError> {
     wire::put_int(buf, m.len() as i32);
     for (k, v) in m {
-        wire::put_str(buf, k);
-        wire::put_str(buf, v);
+        wire::put_str(buf, k, limits)?;
+        wire::put_str(buf, v, limits)?;
     }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -260,23 +293,287 @@ pub struct DecodedRequest {
     pub spans: Vec<Span>,
 }
 
+impl DecodedRequest {
+    /// Stream offsets of the whole request: [start, end).
+    pub fn range(&self) -> (usize, usize) {
+        let start = self.spans.iter().map(|s| s.start).min().unwrap_or(0);
+        let end = self.spans.iter().map(|s| s.end).max().unwrap_or(0);
+        (start, end)
+    }
+}
+
 /// Decode a stream of one or more requests (several when a worker is reused). Returns the
 /// requests that decoded and, if the stream does not end on a request boundary, the error
-/// (with its offset) that stopped it.
+/// (with its offset) that stopped it: a violation, or `Truncated` for a stream cut short.
 pub fn decode_requests(dialect: Dialect, bytes: &[u8]) -> (Vec<DecodedRequest>, Option<WireError>) {
-    let mut r = Reader::new(bytes);
+    decode_requests_with(dialect, bytes, Limits::DEFAULT)
+}
+
+pub fn decode_requests_with(
+    dialect: Dialect,
+    bytes: &[u8],
+    limits: Limits,
+) -> (Vec<DecodedRequest>, Option<WireError>) {
+    let mut d = RequestDecoder::new(dialect).with_limits(limits);
+    d.feed(bytes);
+    d.whole = true;
     let mut out = vec![];
-    while !r.is_empty() {
-        match dialect.decode_one(&mut r) {
-            Ok(d) => out.push(d),
+    loop {
+        match d.next_request() {
+            Ok(Status::Complete(r)) => out.push(r),
+            Ok(Status::Partial) => return (out, (!d.at_request_boundary()).then(|| d.eof_error())),
             Err(e) => return (out, Some(e)),
         }
     }
-    (out, None)
+}
+
+/// Where the request decoder is between calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DecodeState {
+    /// Everything up to and including the command: decoded as one item (in D it is one init
+    /// message anyway; in A-C it is small next to the data).
+    Head,
+    /// The next int is a data frame's length, or a marker.
+    DataHead,
+    /// A data frame of this many bytes.
+    DataBody(usize),
+    /// Only looking at headers: `left` bytes of the data frame at `start` are dropped as they come.
+    Skip {
+        left: usize,
+        start: u64,
+    },
+    Final,
+}
+
+/// The request side's incremental decoder, built like [`super::ReplyDecoder`]: bytes are fed as
+/// they arrive, `next_request` answers `Partial` until a whole request is there, and the bytes
+/// of decoded items are dropped. Spans are absolute stream offsets.
+pub struct RequestDecoder {
+    dialect: Dialect,
+    limits: Limits,
+    keep_data: bool,
+    buf: BytesMut,
+    /// Absolute offset of `buf[0]`.
+    base: u64,
+    state: DecodeState,
+    current: Option<DecodedRequest>,
+    /// Data items of the current request so far (kept or not).
+    items: usize,
+    /// The whole stream was fed at once (`decode_requests`).
+    whole: bool,
+}
+
+impl RequestDecoder {
+    pub fn new(dialect: Dialect) -> Self {
+        RequestDecoder {
+            dialect,
+            limits: Limits::DEFAULT,
+            keep_data: true,
+            buf: BytesMut::new(),
+            base: 0,
+            state: DecodeState::Head,
+            current: None,
+            items: 0,
+            whole: false,
+        }
+    }
+
+    /// Start counting at this absolute offset (e.g. after the handshake).
+    pub fn with_base(mut self, base: u64) -> Self {
+        self.base = base;
+        self
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Decode headers and spans but drop data frames as they come, so memory stays bounded by
+    /// the largest header, not by the data (the recording tap only wants the broadcasts).
+    pub fn headers_only(mut self) -> Self {
+        self.keep_data = false;
+        self
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Absolute offset of the first byte not yet decoded.
+    pub fn offset(&self) -> u64 {
+        self.base
+    }
+
+    /// Bytes received but not yet part of a decoded item.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True between requests: nothing of a next request has been received.
+    pub fn at_request_boundary(&self) -> bool {
+        self.state == DecodeState::Head && self.buf.is_empty()
+    }
+
+    pub fn next_request(&mut self) -> Result<Status<DecodedRequest>, WireError> {
+        loop {
+            if let Some(done) = complete!(self.step()) {
+                return Ok(Status::Complete(done));
+            }
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.buf.advance(n);
+        self.base += n as u64;
+    }
+
+    fn current(&mut self) -> &mut DecodedRequest {
+        self.current
+            .as_mut()
+            .expect("a request is under way past its head")
+    }
+
+    fn span(&mut self, kind: SpanKind, start: u64) {
+        let end = self.base as usize;
+        self.current().spans.push(Span {
+            kind,
+            start: start as usize,
+            end,
+        });
+    }
+
+    fn step(&mut self) -> Result<Status<Option<DecodedRequest>>, WireError> {
+        match self.state {
+            DecodeState::Head => {
+                let mut r = Reader::new(&self.buf)
+                    .with_base(self.base)
+                    .with_limits(self.limits);
+                let head = complete!(self.dialect.decode_head(&mut r));
+                let used = r.position();
+                self.consume(used);
+                if head.request.split_index == -1 {
+                    return Ok(Status::Complete(Some(head)));
+                }
+                self.current = Some(head);
+                self.items = 0;
+                self.state = DecodeState::DataHead;
+                Ok(Status::Complete(None))
+            }
+            DecodeState::DataHead => {
+                let start = self.base;
+                let mut r = Reader::new(&self.buf)
+                    .with_base(self.base)
+                    .with_limits(self.limits);
+                let len = complete!(r.slot_len("data frame"));
+                let next = match len {
+                    SlotLen::Bytes(n) if self.keep_data => {
+                        if !self.whole {
+                            // Room for the frame once its length passed the limit (not for a
+                            // whole stream given at once: the missing bytes will never come).
+                            self.buf.reserve((4 + n).saturating_sub(self.buf.len()));
+                        }
+                        DecodeState::DataBody(n)
+                    }
+                    SlotLen::Bytes(n) => DecodeState::Skip { left: n, start },
+                    SlotLen::Special(SpecialLength::Null) => DecodeState::DataHead,
+                    SlotLen::Special(SpecialLength::EndOfDataSection) => DecodeState::Final,
+                    SlotLen::Special(marker) => {
+                        return Err(r.error(
+                            start,
+                            WireErrorKind::UnexpectedMarker {
+                                marker,
+                                place: "in the data section",
+                            },
+                        ))
+                    }
+                };
+                self.consume(4);
+                match len {
+                    SlotLen::Special(SpecialLength::Null) => {
+                        self.push_data(Some(DataItem::Null), start)
+                    }
+                    SlotLen::Special(_) => {
+                        self.current().request.end_of_data = true;
+                        self.span(SpanKind::EndOfData, start);
+                    }
+                    SlotLen::Bytes(_) => {}
+                }
+                self.state = next;
+                Ok(Status::Complete(None))
+            }
+            DecodeState::DataBody(n) => {
+                if self.buf.len() < n {
+                    return Ok(Status::Partial);
+                }
+                let start = self.base - 4;
+                let frame = self.buf.split_to(n).to_vec();
+                self.base += n as u64;
+                self.push_data(Some(DataItem::Frame(frame)), start);
+                self.state = DecodeState::DataHead;
+                Ok(Status::Complete(None))
+            }
+            DecodeState::Skip { left, start } => {
+                let k = left.min(self.buf.len());
+                if k == 0 && left > 0 {
+                    return Ok(Status::Partial);
+                }
+                self.consume(k);
+                if k < left {
+                    self.state = DecodeState::Skip {
+                        left: left - k,
+                        start,
+                    };
+                } else {
+                    self.push_data(None, start);
+                    self.state = DecodeState::DataHead;
+                }
+                Ok(Status::Complete(None))
+            }
+            DecodeState::Final => {
+                let start = self.base;
+                let mut r = Reader::new(&self.buf).with_base(self.base);
+                let m = complete!(r.int());
+                self.consume(4);
+                self.current().request.final_marker = Some(m);
+                self.span(SpanKind::FinalMarker, start);
+                self.state = DecodeState::Head;
+                Ok(Status::Complete(self.current.take()))
+            }
+        }
+    }
+
+    /// The k-th data item and its span; None when data is not kept.
+    fn push_data(&mut self, item: Option<DataItem>, start: u64) {
+        let k = self.items;
+        self.items += 1;
+        if let Some(item) = item.filter(|_| self.keep_data) {
+            self.current().request.data.push(item);
+        }
+        self.span(SpanKind::Data(k), start);
+    }
+
+    /// The error for a stream that is over (EOF, or the end of a file) where the decoder stands.
+    pub fn eof_error(&self) -> WireError {
+        let place = match self.state {
+            DecodeState::Head => "in the header or the command",
+            DecodeState::DataHead => "in the data section",
+            DecodeState::DataBody(_) | DecodeState::Skip { .. } => "inside a data frame",
+            DecodeState::Final => "before the final int",
+        };
+        WireError {
+            at_byte: self.base,
+            kind: WireErrorKind::Truncated {
+                place,
+                pending: self.buf.len(),
+            },
+        }
+    }
 }
 
 impl Dialect {
-    fn decode_one(self, r: &mut Reader) -> Result<DecodedRequest, WireError> {
+    /// Everything before the data: the header and the command (in D, the init message).
+    fn decode_head(self, r: &mut Reader) -> Result<Status<DecodedRequest>, WireError> {
         let mut spans = vec![];
         let mut req = TaskRequest::non_udf("", vec![], vec![]);
         req.final_marker = None;
@@ -288,116 +585,130 @@ impl Dialect {
         let outer_base = r.offset();
         let init_window = if self.wraps_init_message() {
             let at = r.offset();
-            let marker = r.int()?;
+            let marker = complete!(r.int());
             if marker != SpecialLength::StartOfInitMessage.value() {
-                return Err(r.violation(
-                    at,
-                    format!("expected START_OF_INIT_MESSAGE (-8), got {marker}"),
-                ));
+                return Err(r.error(at, WireErrorKind::NoInitMessage(marker)));
             }
             let len_at = r.offset();
-            let len = r.int()?;
-            if len < 0 || len as usize > r.max_frame() {
-                return Err(
-                    r.violation(len_at, format!("init message length {len} is out of range"))
-                );
+            let len = complete!(r.int());
+            if len < 0 || len as usize > r.limits().max_frame_len {
+                return Err(r.error(len_at, WireErrorKind::InitLength(len)));
             }
             spans.push(Span {
                 kind: SpanKind::InitPrefix,
-                start: (outer_base) as usize,
+                start: outer_base as usize,
                 end: r.offset() as usize,
             });
             let base = r.offset();
-            Some((base, r.bytes(len as usize, "init message")?))
+            Some((base, complete!(r.bytes(len as usize))))
         } else {
             None
         };
         let mut inner;
         let h: &mut Reader = match init_window {
             Some((base, window)) => {
-                inner = Reader::new(window)
-                    .with_base(base)
-                    .with_max_frame(r.max_frame());
+                inner = Reader::new(window).with_base(base).with_limits(r.limits());
                 &mut inner
             }
             None => r,
         };
+        // Inside the init window, running out of bytes is not "wait for more": the window is
+        // whole, so the declared length was too short.
+        macro_rules! field {
+            ($e:expr) => {
+                match $e? {
+                    Status::Complete(v) => v,
+                    Status::Partial if init_window.is_some() => {
+                        return Err(h.error(
+                            h.offset(),
+                            WireErrorKind::Truncated {
+                                place: "inside the init message",
+                                pending: h.remaining(),
+                            },
+                        ))
+                    }
+                    Status::Partial => return Ok(Status::Partial),
+                }
+            };
+        }
 
         let start = h.offset();
-        req.split_index = h.int()?;
+        req.split_index = field!(h.int());
         if req.split_index == -1 {
             spans.push(Span {
                 kind: SpanKind::Header,
                 start: start as usize,
                 end: h.offset() as usize,
             });
-            return Ok(DecodedRequest {
+            return Ok(Status::Complete(DecodedRequest {
                 request: req,
                 context_json,
                 spans,
-            });
+            }));
         }
-        req.python_version = h.string("python version")?;
+        req.python_version = field!(h.string("python version"));
         if self.json_context() {
             let at = h.offset();
-            let text = h.string("task context JSON")?;
-            req.context = parse_context_json(&text).map_err(|e| h.violation(at, e))?;
+            let text = field!(h.string("task context JSON"));
+            req.context = parse_context_json(&text)
+                .map_err(|p| h.error(at, WireErrorKind::TaskContext(p)))?;
             context_json = Some(text);
         } else {
             let ctx = &mut req.context;
-            ctx.is_barrier = h.bool()?;
+            ctx.is_barrier = field!(h.bool());
             if ctx.is_barrier || self.always_sends_barrier_fields() {
-                let conn = self.read_conn_info(h)?;
+                let conn = field!(self.read_conn_info(h));
                 if ctx.is_barrier {
                     ctx.barrier = Some(conn);
                 }
             }
-            ctx.stage_id = h.int()?;
-            ctx.partition_id = h.int()?;
-            ctx.attempt_number = h.int()?;
-            ctx.task_attempt_id = h.long()?;
-            ctx.cpus = h.int()?;
-            for _ in 0..h.count("resource count", 12)? {
-                let key = h.string("resource key")?;
-                let name = h.string("resource name")?;
-                let n = h.count("resource address count", 4)?;
-                let addresses = (0..n)
-                    .map(|_| h.string("resource address"))
-                    .collect::<Result<_, _>>()?;
+            ctx.stage_id = field!(h.int());
+            ctx.partition_id = field!(h.int());
+            ctx.attempt_number = field!(h.int());
+            ctx.task_attempt_id = field!(h.long());
+            ctx.cpus = field!(h.int());
+            for _ in 0..field!(h.count("resource count", 12)) {
+                let key = field!(h.string("resource key"));
+                let name = field!(h.string("resource name"));
+                let n = field!(h.count("resource address count", 4));
+                let mut addresses = Vec::with_capacity(n.min(64));
+                for _ in 0..n {
+                    addresses.push(field!(h.string("resource address")));
+                }
                 ctx.resources.push(Resource {
                     key,
                     name,
                     addresses,
                 });
             }
-            ctx.local_properties = read_string_map(h, "local property count")?;
+            ctx.local_properties = field!(read_string_map(h, "local property count"));
         }
-        req.spark_files_dir = h.string("spark files dir")?;
-        for _ in 0..h.count("include count", 4)? {
-            req.includes.push(h.string("include")?);
+        req.spark_files_dir = field!(h.string("spark files dir"));
+        for _ in 0..field!(h.count("include count", 4)) {
+            req.includes.push(field!(h.string("include")));
         }
-        let has_server = h.bool()?;
-        let n = h.count("broadcast count", 8)?;
+        let has_server = field!(h.bool());
+        let n = field!(h.count("broadcast count", 8));
         if has_server {
-            req.broadcasts.decryption_server = Some(self.read_conn_info(h)?);
+            req.broadcasts.decryption_server = Some(field!(self.read_conn_info(h)));
         }
         for _ in 0..n {
-            let id = h.long()?;
+            let id = field!(h.long());
             if id >= 0 {
                 let path = if has_server {
                     None
                 } else {
-                    Some(h.string("broadcast path")?)
+                    Some(field!(h.string("broadcast path")))
                 };
                 req.broadcasts.ops.push(BroadcastOp::Add { id, path });
             } else {
                 req.broadcasts.ops.push(BroadcastOp::Remove { id: -1 - id });
             }
         }
-        req.eval_type = EvalType::from_value(h.int()?);
+        req.eval_type = EvalType::from_value(field!(h.int()));
         if self.has_conf_maps() {
-            req.runner_conf = read_string_map(h, "runner conf count")?;
-            req.eval_conf = read_string_map(h, "eval conf count")?;
+            req.runner_conf = field!(read_string_map(h, "runner conf count"));
+            req.eval_conf = field!(read_string_map(h, "eval conf count"));
         }
         spans.push(Span {
             kind: SpanKind::Header,
@@ -405,154 +716,138 @@ impl Dialect {
             end: h.offset() as usize,
         });
         if req.eval_type != EvalType::NonUdf {
-            return Err(h.violation(
+            return Err(h.error(
                 h.offset(),
-                format!(
-                    "eval type {} is not decoded yet (only NON_UDF = 0)",
-                    req.eval_type.value()
-                ),
+                WireErrorKind::EvalTypeNotDecoded(req.eval_type.value()),
             ));
         }
         let start = h.offset();
-        req.command = h.frame("command")?.to_vec();
+        req.command = field!(h.frame("command")).to_vec();
         spans.push(Span {
             kind: SpanKind::Command,
             start: start as usize,
             end: h.offset() as usize,
         });
-        if let Some((_, window)) = init_window {
-            if !h.is_empty() {
-                let at = h.offset();
-                return Err(h.violation(
-                    at,
-                    format!(
-                        "{} unread byte(s) at the end of the init message",
-                        window.len() - h.position()
-                    ),
-                ));
-            }
+        if init_window.is_some() && !h.is_empty() {
+            return Err(h.error(
+                h.offset(),
+                WireErrorKind::InitMessageTrailing(h.remaining()),
+            ));
         }
-
-        // The data section, then -1 and the final int.
-        loop {
-            let start = r.offset();
-            match r.slot("data frame")? {
-                Slot::Bytes(b) => req.data.push(DataItem::Frame(b.to_vec())),
-                Slot::Special(SpecialLength::Null) => req.data.push(DataItem::Null),
-                Slot::Special(SpecialLength::EndOfDataSection) => {
-                    req.end_of_data = true;
-                    spans.push(Span {
-                        kind: SpanKind::EndOfData,
-                        start: start as usize,
-                        end: r.offset() as usize,
-                    });
-                    break;
-                }
-                Slot::Special(s) => {
-                    return Err(r.violation(start, format!("{s} in the data section")))
-                }
-            }
-            let k = req.data.len() - 1;
-            spans.push(Span {
-                kind: SpanKind::Data(k),
-                start: start as usize,
-                end: r.offset() as usize,
-            });
-        }
-        let start = r.offset();
-        req.final_marker = Some(r.int()?);
-        spans.push(Span {
-            kind: SpanKind::FinalMarker,
-            start: start as usize,
-            end: r.offset() as usize,
-        });
-        Ok(DecodedRequest {
+        Ok(Status::Complete(DecodedRequest {
             request: req,
             context_json,
             spans,
-        })
+        }))
     }
 
-    fn read_conn_info(self, r: &mut Reader) -> Result<ConnInfo, WireError> {
-        let port = r.int()?;
+    fn read_conn_info(self, r: &mut Reader) -> Result<Status<ConnInfo>, WireError> {
+        let port = complete!(r.int());
         if port == -1 && self.conn_info_may_be_path() {
-            Ok(ConnInfo::Path(r.string("socket path")?))
+            Ok(r.string("socket path")?.map(ConnInfo::Path))
         } else {
-            Ok(ConnInfo::Port {
-                port,
-                secret: r.string("secret")?,
-            })
+            Ok(r.string("secret")?
+                .map(|secret| ConnInfo::Port { port, secret }))
         }
     }
 }
 
-fn read_string_map(r: &mut Reader, what: &'static str) -> Result<Vec<(String, String)>, WireError> {
-    let n = r.count(what, 8)?;
-    (0..n)
-        .map(|_| Ok((r.string("key")?, r.string("value")?)))
-        .collect()
+fn read_string_map(
+    r: &mut Reader,
+    what: &'static str,
+) -> Result<Status<Vec<(String, String)>>, WireError> {
+    let n = complete!(r.count(what, 8));
+    let mut out = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        let k = complete!(r.string("key"));
+        let v = complete!(r.string("value"));
+        out.push((k, v));
+    }
+    Ok(Status::Complete(out))
 }
 
-fn parse_context_json(text: &str) -> Result<TaskContext, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("task context is not JSON: {e}"))?;
-    let int = |k: &str| {
+/// The 4.2+ task context as pyspark's worker reads it. Ints the JVM writes as Java ints must
+/// fit 32 bits, and the strings must be strings: anything else cannot have come from a JVM and
+/// would read differently in Python, so it is a violation, not a value to guess.
+fn parse_context_json(text: &str) -> Result<TaskContext, ContextProblem> {
+    use serde_json::Value;
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| ContextProblem::NotJson(e.to_string()))?;
+    let long = |k: &'static str| {
         v.get(k)
             .and_then(|x| x.as_i64())
-            .ok_or_else(|| format!("task context JSON lacks integer {k:?}"))
+            .ok_or(ContextProblem::MissingInt(k))
+    };
+    let int = |k: &'static str| -> Result<i32, ContextProblem> {
+        let value = long(k)?;
+        i32::try_from(value).map_err(|_| ContextProblem::IntOutOfRange {
+            key: k.to_owned(),
+            value,
+        })
+    };
+    let string = |x: &Value, what: String| {
+        x.as_str()
+            .map(str::to_owned)
+            .ok_or(ContextProblem::NotAString(what))
     };
     let barrier = match (v.get("connInfo"), v.get("secret")) {
-        (Some(serde_json::Value::Number(p)), s) => Some(ConnInfo::Port {
-            port: p.as_i64().unwrap_or(0) as i32,
-            secret: s.and_then(|s| s.as_str()).unwrap_or("").to_owned(),
-        }),
-        (Some(serde_json::Value::String(p)), _) => Some(ConnInfo::Path(p.clone())),
+        (Some(Value::Number(p)), s) => {
+            let value = p.as_i64().ok_or_else(|| ContextProblem::IntOutOfRange {
+                key: "connInfo".into(),
+                value: i64::MAX,
+            })?;
+            let port = i32::try_from(value).map_err(|_| ContextProblem::IntOutOfRange {
+                key: "connInfo".into(),
+                value,
+            })?;
+            let secret = match s {
+                None | Some(Value::Null) => String::new(),
+                Some(s) => string(s, "secret".into())?,
+            };
+            Some(ConnInfo::Port { port, secret })
+        }
+        (Some(Value::String(p)), _) => Some(ConnInfo::Path(p.clone())),
         _ => None,
     };
     let mut resources = vec![];
     if let Some(obj) = v.get("resources").and_then(|r| r.as_object()) {
         for (key, info) in obj {
+            let name = match info.get("name") {
+                None => key.clone(),
+                Some(n) => string(n, format!("resources.{key}.name"))?,
+            };
+            let mut addresses = vec![];
+            if let Some(a) = info.get("addresses").and_then(|a| a.as_array()) {
+                for (i, x) in a.iter().enumerate() {
+                    addresses.push(string(x, format!("resources.{key}.addresses[{i}]"))?);
+                }
+            }
             resources.push(Resource {
                 key: key.clone(),
-                name: info
-                    .get("name")
-                    .and_then(|n| n.as_str())
-                    .unwrap_or(key)
-                    .to_owned(),
-                addresses: info
-                    .get("addresses")
-                    .and_then(|a| a.as_array())
-                    .map(|a| {
-                        a.iter()
-                            .map(|x| x.as_str().unwrap_or_default().to_owned())
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                name,
+                addresses,
             });
         }
     }
-    let local_properties = v
-        .get("localProperties")
-        .and_then(|p| p.as_object())
-        .map(|o| {
-            o.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut local_properties = vec![];
+    if let Some(o) = v.get("localProperties").and_then(|p| p.as_object()) {
+        for (k, x) in o {
+            local_properties.push((k.clone(), string(x, format!("localProperties.{k}"))?));
+        }
+    }
     Ok(TaskContext {
         is_barrier: v
             .get("isBarrier")
             .and_then(|b| b.as_bool())
             .unwrap_or(false),
         barrier,
-        stage_id: int("stageId")? as i32,
-        partition_id: int("partitionId")? as i32,
-        attempt_number: int("attemptNumber")? as i32,
-        task_attempt_id: int("taskAttemptId")?,
-        cpus: int("cpus")? as i32,
+        stage_id: int("stageId")?,
+        partition_id: int("partitionId")?,
+        attempt_number: int("attemptNumber")?,
+        task_attempt_id: long("taskAttemptId")?,
+        cpus: int("cpus")?,
         cpu_amount: v.get("cpuAmount").map(|a| match a {
-            serde_json::Value::String(s) => s.clone(),
+            Value::String(s) => s.clone(),
             other => other.to_string(),
         }),
         resources,
@@ -658,6 +953,97 @@ mod tests {
             let mut bytes = d.encode_request(&sample(d)).bytes;
             bytes.extend(d.encode_request(&sample(d)).bytes);
             assert_eq!(decode_requests(d, &bytes).0.len(), 2);
+        }
+    }
+
+    #[test]
+    fn fed_a_byte_at_a_time_the_decoder_finds_the_same_requests() {
+        for d in Dialect::ALL {
+            let mut bytes = d.encode_request(&sample(d)).bytes;
+            bytes.extend(d.encode_request(&sample(d)).bytes);
+            let (whole, err) = decode_requests(d, &bytes);
+            assert!(err.is_none(), "{err:?}");
+            for keep in [true, false] {
+                let mut dec = RequestDecoder::new(d);
+                if !keep {
+                    dec = dec.headers_only();
+                }
+                let mut got = vec![];
+                for b in &bytes {
+                    dec.feed(&[*b]);
+                    while let Status::Complete(r) = dec.next_request().unwrap() {
+                        got.push(r);
+                    }
+                }
+                assert!(dec.at_request_boundary());
+                assert_eq!(got.len(), 2, "dialect {d}");
+                for (g, w) in got.iter().zip(&whole) {
+                    assert_eq!(g.spans, w.spans, "dialect {d}");
+                    assert_eq!(g.request.broadcasts, w.request.broadcasts);
+                    assert_eq!(g.request.data.is_empty(), !keep);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_cut_stream_is_truncated_not_a_violation() {
+        for d in Dialect::ALL {
+            let bytes = d.encode_request(&sample(d)).bytes;
+            for cut in 1..bytes.len() {
+                let (reqs, err) = decode_requests(d, &bytes[..cut]);
+                assert!(reqs.is_empty());
+                let e = err.expect("an error");
+                assert!(
+                    matches!(e.kind, WireErrorKind::Truncated { .. }),
+                    "dialect {d}, cut {cut}: {e}"
+                );
+            }
+        }
+    }
+
+    fn with_context_json(d: Dialect, patch: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
+        let req = sample(d);
+        let mut v = d.context_json(&req.context);
+        patch(&mut v);
+        let mut b = BytesMut::new();
+        wire::put_int(&mut b, req.split_index);
+        wire::put_str(&mut b, "3.11", Limits::DEFAULT).unwrap();
+        wire::put_str(&mut b, &v.to_string(), Limits::DEFAULT).unwrap();
+        b.to_vec()
+    }
+
+    #[test]
+    fn task_context_ints_past_32_bits_and_non_strings_are_violations_at_the_json() {
+        let d = Dialect::C;
+        type Patch = fn(&mut serde_json::Value);
+        let cases: [(&str, Patch, ContextProblem); 3] = [
+            (
+                "stageId",
+                |v| v["stageId"] = json!(1i64 << 33),
+                ContextProblem::IntOutOfRange {
+                    key: "stageId".into(),
+                    value: 1 << 33,
+                },
+            ),
+            (
+                "property",
+                |v| v["localProperties"]["a"] = json!(5),
+                ContextProblem::NotAString("localProperties.a".into()),
+            ),
+            (
+                "address",
+                |v| v["resources"]["gpu"]["addresses"] = json!(["0", null]),
+                ContextProblem::NotAString("resources.gpu.addresses[1]".into()),
+            ),
+        ];
+        for (name, patch, want) in cases {
+            let bytes = with_context_json(d, patch);
+            let (_, err) = decode_requests(d, &bytes);
+            let e = err.expect(name);
+            // split index (4) + "3.11" (8): the JSON string starts at byte 12.
+            assert_eq!(e.at_byte, 12, "{name}: {e}");
+            assert_eq!(e.kind, WireErrorKind::TaskContext(want), "{name}");
         }
     }
 

@@ -348,7 +348,7 @@ async fn run_tasks(
                 .data
                 .iter()
                 .map(|d| match d {
-                    ReplyItem::Frame(b) => DataItem::Frame(b.clone()),
+                    ReplyItem::Frame(b) => DataItem::Frame(b.to_vec()),
                     ReplyItem::Null => DataItem::Null,
                 })
                 .collect(),

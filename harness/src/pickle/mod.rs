@@ -1,0 +1,260 @@
+//! Plain-data pickles on the Rust side, and the frame layouts of pyspark's RDD serializers.
+//!
+//! The harness pickles a scenario's values to build worker input, and unpickles what a worker
+//! wrote to check its output. Both directions only ever need plain data: None, bool, int
+//! (any size), float, str, bytes, bytearray, list, tuple, dict, set and frozenset.
+//!
+//! Why a codec of our own rather than serde-pickle 1.2 (checked against CPython 3.11 output):
+//! - serde-pickle counts memo references per GET, not per use, so a memoized container that is
+//!   itself referenced twice fails with "recursive structure found". CPython writes exactly that
+//!   for `[t, t]` with `t = (s, s)`, an ordinary shape for RDD rows.
+//! - it recurses per nesting level with large frames: 300 nested lists (CPython pickles up to
+//!   ~500 lists or ~1000 tuples deep) overflow a 2 MiB thread stack, which aborts the harness.
+//! - it keeps dicts in a BTreeMap (Python dicts are ordered, and a function may depend on that)
+//!   and turns bytearray into bytes.
+//!
+//! So `loads` is a small unpickler over an arena (Python's reference semantics, cycles and
+//! nesting bounded, no recursion on untrusted structure), and `dumps` writes what CPython 3.11's
+//! `pickle.dumps(v, 5)` writes, byte for byte: pyspark frames batches with HIGHEST_PROTOCOL, and
+//! AutoBatchedSerializer picks batch sizes from pickle lengths, so our lengths must be CPython's.
+//!
+//! Byte identity holds for the objects `pickle.loads` gives Python (what a worker holds after
+//! unpickling its input): equal parts are distinct objects, except CPython's singletons ('',
+//! one-Latin-1-character str, b''), which are memoized here as CPython memoizes them. Data built
+//! otherwise in Python may share more objects (e.g. one literal used twice) and pickle shorter.
+//! Sets are written in the order held, where CPython uses hash order, so only sets of 0 or 1
+//! element are sure to match bytes.
+
+use std::collections::HashMap;
+
+pub use num_bigint::BigInt;
+
+/// Values nest at most this deep (containers on the path from the root to a leaf). CPython 3.11
+/// at its default recursion limit pickles up to 499 nested lists or dicts (998 tuples), so a
+/// batch of such values fits. The bound keeps every recursive walk over a value, here and in
+/// serde_json (whose derived Clone overflows a 2 MiB debug-build stack at about 700 levels),
+/// inside the 2 MiB stacks of test and tokio worker threads.
+pub const MAX_DEPTH: usize = 500;
+
+/// A pickle may share one object many times (memo GETs); expanded into owned values that can
+/// grow exponentially with the pickle's length. Past this many bytes (an estimate of the
+/// expanded values' memory) `loads` refuses instead of exhausting memory.
+pub const MAX_EXPANDED_BYTES: u64 = 1 << 32;
+
+/// A plain-data Python value.
+///
+/// `Int` holds every integer that fits in i64 and `BigInt` only those that do not, so equal
+/// integers are equal values; `loads` and `value_from_json` keep that. `Dict` keeps Python's
+/// insertion order and unique keys (Python equality: 1, 1.0 and True are one key). `PartialEq`
+/// is structural and order-sensitive (and NaN != NaN); compare `value_to_json` forms for
+/// Python's order-insensitive dict and set equality.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    BigInt(BigInt),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    ByteArray(Vec<u8>),
+    List(Vec<Value>),
+    Tuple(Vec<Value>),
+    Dict(Vec<(Value, Value)>),
+    Set(Vec<Value>),
+    FrozenSet(Vec<Value>),
+}
+
+impl Value {
+    /// An integer in its canonical variant (`Int` when it fits in i64).
+    pub fn int(i: BigInt) -> Value {
+        match i64::try_from(&i) {
+            Ok(small) => Value::Int(small),
+            Err(_) => Value::BigInt(i),
+        }
+    }
+
+    /// The Python type name, for messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::None => "NoneType",
+            Value::Bool(_) => "bool",
+            Value::Int(_) | Value::BigInt(_) => "int",
+            Value::Float(_) => "float",
+            Value::Str(_) => "str",
+            Value::Bytes(_) => "bytes",
+            Value::ByteArray(_) => "bytearray",
+            Value::List(_) => "list",
+            Value::Tuple(_) => "tuple",
+            Value::Dict(_) => "dict",
+            Value::Set(_) => "set",
+            Value::FrozenSet(_) => "frozenset",
+        }
+    }
+}
+
+impl From<i64> for Value {
+    fn from(i: i64) -> Value {
+        Value::Int(i)
+    }
+}
+impl From<bool> for Value {
+    fn from(b: bool) -> Value {
+        Value::Bool(b)
+    }
+}
+impl From<f64> for Value {
+    fn from(f: f64) -> Value {
+        Value::Float(f)
+    }
+}
+impl From<&str> for Value {
+    fn from(s: &str) -> Value {
+        Value::Str(s.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(s: String) -> Value {
+        Value::Str(s)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PickleError {
+    #[error("pickle ends at byte {at} while reading {what}: the payload is truncated or is not a pickle")]
+    Truncated { at: usize, what: &'static str },
+    #[error("unknown pickle opcode 0x{opcode:02x} at byte {at}: the payload is not a pickle, or is corrupted")]
+    UnknownOpcode { at: usize, opcode: u8 },
+    #[error(
+        "pickle opcode {name} at byte {at} builds a Python object that is not plain data; fakejvm \
+         decodes None, bool, int, float, str, bytes, bytearray, list, tuple, dict, set and frozenset"
+    )]
+    NotPlainOpcode { at: usize, name: &'static str },
+    #[error(
+        "pickle at byte {at} uses {module}.{name}, which is not plain data; have the worker's \
+         function return plain values (e.g. tuple(row) instead of a Row)"
+    )]
+    NotPlainGlobal {
+        at: usize,
+        module: String,
+        name: String,
+    },
+    #[error("malformed pickle at byte {at}: {what}")]
+    Malformed { at: usize, what: String },
+    #[error("the container built at byte {at} contains itself; a plain value cannot be cyclic")]
+    Recursive { at: usize },
+    #[error("pickle nests deeper than {MAX_DEPTH} levels (at the container built at byte {at})")]
+    TooDeep { at: usize },
+    #[error("pickle shares objects so often that its values would take more than {MAX_EXPANDED_BYTES} bytes")]
+    TooLarge,
+    #[error("the dict or set built at byte {at} gets a {type_name} key or member, which Python cannot hash")]
+    Unhashable { at: usize, type_name: &'static str },
+    #[error("{len} bytes follow the STOP opcode at byte {at}; a frame holds exactly one pickle")]
+    TrailingBytes { at: usize, len: usize },
+    #[error("frame {frame}: {source}")]
+    InFrame {
+        frame: usize,
+        #[source]
+        source: Box<PickleError>,
+    },
+    #[error("frame {frame} is NULL (-5), which a {serializer} never writes")]
+    UnexpectedNull {
+        frame: usize,
+        serializer: &'static str,
+    },
+    #[error("frame {frame} holds a pickled {got}, not the list that a batched serializer writes per frame")]
+    NotABatch { frame: usize, got: &'static str },
+    #[error("frame {frame} is not UTF-8 (first invalid byte at {at}); pyspark would raise UnicodeDecodeError")]
+    NotUtf8 { frame: usize, at: usize },
+    #[error("JSON value at {path}: {what}")]
+    Json { path: String, what: String },
+}
+
+type Result<T, E = PickleError> = std::result::Result<T, E>;
+
+/// Pickle opcodes (the names are pickletools').
+mod op {
+    pub const MARK: u8 = b'(';
+    pub const STOP: u8 = b'.';
+    pub const POP: u8 = b'0';
+    pub const POP_MARK: u8 = b'1';
+    pub const DUP: u8 = b'2';
+    pub const FLOAT: u8 = b'F';
+    pub const INT: u8 = b'I';
+    pub const BININT: u8 = b'J';
+    pub const BININT1: u8 = b'K';
+    pub const LONG: u8 = b'L';
+    pub const BININT2: u8 = b'M';
+    pub const NONE: u8 = b'N';
+    pub const PERSID: u8 = b'P';
+    pub const BINPERSID: u8 = b'Q';
+    pub const REDUCE: u8 = b'R';
+    pub const STRING: u8 = b'S';
+    pub const BINSTRING: u8 = b'T';
+    pub const SHORT_BINSTRING: u8 = b'U';
+    pub const UNICODE: u8 = b'V';
+    pub const BINUNICODE: u8 = b'X';
+    pub const APPEND: u8 = b'a';
+    pub const BUILD: u8 = b'b';
+    pub const GLOBAL: u8 = b'c';
+    pub const DICT: u8 = b'd';
+    pub const EMPTY_DICT: u8 = b'}';
+    pub const APPENDS: u8 = b'e';
+    pub const GET: u8 = b'g';
+    pub const BINGET: u8 = b'h';
+    pub const INST: u8 = b'i';
+    pub const LONG_BINGET: u8 = b'j';
+    pub const LIST: u8 = b'l';
+    pub const EMPTY_LIST: u8 = b']';
+    pub const OBJ: u8 = b'o';
+    pub const PUT: u8 = b'p';
+    pub const BINPUT: u8 = b'q';
+    pub const LONG_BINPUT: u8 = b'r';
+    pub const SETITEM: u8 = b's';
+    pub const TUPLE: u8 = b't';
+    pub const EMPTY_TUPLE: u8 = b')';
+    pub const SETITEMS: u8 = b'u';
+    pub const BINFLOAT: u8 = b'G';
+    pub const PROTO: u8 = 0x80;
+    pub const NEWOBJ: u8 = 0x81;
+    pub const EXT1: u8 = 0x82;
+    pub const EXT2: u8 = 0x83;
+    pub const EXT4: u8 = 0x84;
+    pub const TUPLE1: u8 = 0x85;
+    pub const TUPLE2: u8 = 0x86;
+    pub const TUPLE3: u8 = 0x87;
+    pub const NEWTRUE: u8 = 0x88;
+    pub const NEWFALSE: u8 = 0x89;
+    pub const LONG1: u8 = 0x8a;
+    pub const LONG4: u8 = 0x8b;
+    pub const BINBYTES: u8 = b'B';
+    pub const SHORT_BINBYTES: u8 = b'C';
+    pub const SHORT_BINUNICODE: u8 = 0x8c;
+    pub const BINUNICODE8: u8 = 0x8d;
+    pub const BINBYTES8: u8 = 0x8e;
+    pub const EMPTY_SET: u8 = 0x8f;
+    pub const ADDITEMS: u8 = 0x90;
+    pub const FROZENSET: u8 = 0x91;
+    pub const NEWOBJ_EX: u8 = 0x92;
+    pub const STACK_GLOBAL: u8 = 0x93;
+    pub const MEMOIZE: u8 = 0x94;
+    pub const FRAME: u8 = 0x95;
+    pub const BYTEARRAY8: u8 = 0x96;
+    pub const NEXT_BUFFER: u8 = 0x97;
+    pub const READONLY_BUFFER: u8 = 0x98;
+}
+
+mod frames;
+mod json;
+mod keys;
+mod read;
+mod write;
+
+pub use frames::*;
+pub use json::*;
+use keys::*;
+pub use read::*;
+pub use write::*;
+
+#[cfg(test)]
+mod tests;
