@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! fakejvm: plays Spark's JVM side of the PythonRDD pipe protocol against real pyspark workers.
 //!
 //! Data flows one way through these modules, top to bottom: a scenario (or golden, or fuzz case)

@@ -534,7 +534,7 @@ fn violation(e: WireError) -> ReadFailure {
 }
 
 mod duration_ms {
-    pub fn serialize<S: serde::Serializer>(
+    pub(super) fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,
         s: S,
     ) -> Result<S::Ok, S::Error> {

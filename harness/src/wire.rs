@@ -114,10 +114,6 @@ pub enum Status<T> {
 }
 
 impl<T> Status<T> {
-    pub fn is_partial(&self) -> bool {
-        matches!(self, Status::Partial)
-    }
-
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Status<U> {
         match self {
             Status::Partial => Status::Partial,

@@ -157,7 +157,7 @@ pub async fn bench_cmd(args: BenchArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub async fn run_bench(env: &PythonEnv, args: &BenchArgs) -> anyhow::Result<BenchReport> {
+pub(crate) async fn run_bench(env: &PythonEnv, args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let dialect = Dialect::for_version(env.pyspark.major, env.pyspark.minor)
         .with_context(|| format!("pyspark {} has no known request dialect", env.pyspark))?;
     let tmp = tempfile::Builder::new()

@@ -76,12 +76,6 @@ pub struct TaskPlan {
     pub placements: Vec<(usize, Placement)>,
 }
 
-impl TaskPlan {
-    pub fn is_plain(&self) -> bool {
-        self.placements.is_empty()
-    }
-}
-
 /// What happens at one byte position, in the order the faults are listed.
 #[derive(Clone, Debug)]
 enum Event {
@@ -365,7 +359,7 @@ mod tests {
     fn no_faults_is_one_write() {
         let p = compile(&[], 0, &req()).unwrap();
         assert_eq!(p.write, WritePlan::whole(44));
-        assert!(p.is_plain());
+        assert!(p.placements.is_empty());
     }
 
     #[test]
@@ -405,7 +399,7 @@ mod tests {
             &req(),
         )
         .unwrap();
-        assert!(p.is_plain());
+        assert!(p.placements.is_empty());
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub fn our_end_of(worker_pid: i32) -> Result<RawFd, String> {
 }
 
 /// SO_LINGER {on, 0}: closing the socket then sends a reset instead of a FIN.
-pub fn set_linger_zero(fd: RawFd) -> std::io::Result<()> {
+pub(super) fn set_linger_zero(fd: RawFd) -> std::io::Result<()> {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -103,7 +103,7 @@ pub fn set_linger_zero(fd: RawFd) -> std::io::Result<()> {
     }
 }
 
-pub fn shutdown_read(fd: RawFd) -> std::io::Result<()> {
+pub(super) fn shutdown_read(fd: RawFd) -> std::io::Result<()> {
     // SAFETY: shutdown on an open socket fd has no memory effects.
     if unsafe { libc::shutdown(fd, libc::SHUT_RD) } == 0 {
         Ok(())

@@ -49,7 +49,7 @@ impl ExecMode {
 
 /// A fuzz case is at most `mutate::MAX_CASE_LEN`; a reply frame far past anything a case can ask
 /// for is a finding, and refusing it early keeps a lane's memory small.
-pub const FUZZ_LIMITS: Limits = Limits {
+pub(crate) const FUZZ_LIMITS: Limits = Limits {
     max_frame_len: 64 * 1024 * 1024,
 };
 

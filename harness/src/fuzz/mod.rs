@@ -120,7 +120,7 @@ const DEFAULT_DEADLINE_MS: u64 = 2000;
 const DEFAULT_DEADLINE_MS_IMPORTING: u64 = 5000;
 
 /// "10m", "90s", "1h", "500ms", or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -143,7 +143,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl FuzzArgs {
-    pub fn exec_mode(&self) -> ExecMode {
+    pub(crate) fn exec_mode(&self) -> ExecMode {
         if self.reuse {
             ExecMode::Reuse
         } else {
@@ -174,7 +174,7 @@ impl FuzzArgs {
         })
     }
 
-    pub fn campaign_config(&self) -> Result<CampaignConfig, BadInput> {
+    pub(crate) fn campaign_config(&self) -> Result<CampaignConfig, BadInput> {
         if self.jobs == 0 {
             return Err(BadInput(
                 "--jobs 0: at least one case must be in flight".into(),

@@ -67,7 +67,7 @@ fn raised_in_user_code(traceback: &str) -> bool {
 }
 
 /// The defaults, and why each is a clean failure.
-pub const DEFAULT_EXPECTED: &[(&str, &str)] = &[
+pub(crate) const DEFAULT_EXPECTED: &[(&str, &str)] = &[
     ("EOFError", "the stream ended early and the worker said so"),
     ("UnpicklingError", "a payload is not a pickle"),
     ("*@pickle.loads(", "anything a corrupt pickle raises while it is being loaded"),

@@ -232,7 +232,7 @@ pub fn innermost_frames(text: &str, depth: usize) -> Vec<TbFrame> {
 }
 
 /// "Fatal Python error: Segmentation fault" -> SIGSEGV, and so on.
-pub fn fatal_signal(dump: &str) -> Option<String> {
+pub(crate) fn fatal_signal(dump: &str) -> Option<String> {
     let line = dump
         .lines()
         .find(|l| l.starts_with("Fatal Python error:"))?;

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Appended to the name of each staged file.
-pub const NEW_SUFFIX: &str = ".new";
+pub(crate) const NEW_SUFFIX: &str = ".new";
 pub const DIFF_FILE: &str = "pending.diff.txt";
 pub const MANIFEST: &str = "pending.json";
 const MANIFEST_FORMAT: u32 = 1;
@@ -350,7 +350,7 @@ pub fn review_text(dir: &Path) -> String {
 
 /// A line diff of `old` and `new` (longest common subsequence), `context` unchanged lines around
 /// each change, hunks headed `@@ -a,n +b,m @@` as in a unified diff.
-pub fn line_diff(old: &str, new: &str, context: usize) -> String {
+pub(crate) fn line_diff(old: &str, new: &str, context: usize) -> String {
     let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
     // Goldens' reply texts are hundreds of lines at most; beyond that, show both sides whole.
     if a.len().saturating_mul(b.len()) > 4_000_000 {

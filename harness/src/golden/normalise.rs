@@ -13,11 +13,11 @@ use crate::verdict::parse_exception;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub const SPARK_FILES_DIR: &str = "<spark-files-dir>";
+pub(crate) const SPARK_FILES_DIR: &str = "<spark-files-dir>";
 pub const SECRET: &str = "<secret>";
-pub const SOCKET_PATH: &str = "<socket-path>";
+pub(crate) const SOCKET_PATH: &str = "<socket-path>";
 
-pub fn broadcast_placeholder(id: i64) -> String {
+pub(crate) fn broadcast_placeholder(id: i64) -> String {
     format!("<broadcast-{id}>")
 }
 
@@ -76,7 +76,7 @@ fn normalise_conn(c: &ConnInfo) -> ConnInfo {
 
 /// Stands for a secret removed from a stored request: same length, so every length and offset
 /// of the recording stays as the JVM wrote it.
-pub fn redaction(len: usize) -> String {
+pub(crate) fn redaction(len: usize) -> String {
     const HEAD: &str = "<redacted-secret";
     if len < HEAD.len() + 1 {
         return "*".repeat(len);
@@ -84,14 +84,14 @@ pub fn redaction(len: usize) -> String {
     format!("{HEAD}{}>", "-".repeat(len - HEAD.len() - 1))
 }
 
-pub fn is_redaction(s: &str) -> bool {
+pub(crate) fn is_redaction(s: &str) -> bool {
     !s.is_empty() && s == redaction(s.len())
 }
 
 /// The secrets a decoded request carries: the barrier / task-context secret (the 4.2+ JVM puts
 /// its worker auth secret in every task's JSON context, barrier or not) and the broadcast
 /// decryption server's.
-pub fn secrets_in(req: &TaskRequest) -> Vec<String> {
+pub(crate) fn secrets_in(req: &TaskRequest) -> Vec<String> {
     [
         req.context.barrier.as_ref(),
         req.broadcasts.decryption_server.as_ref(),
@@ -201,7 +201,7 @@ pub fn normalise_reply(r: &Reply) -> Reply {
     r
 }
 
-pub fn normalise_traceback(tb: &str) -> String {
+pub(crate) fn normalise_traceback(tb: &str) -> String {
     let (t, m) = parse_exception(tb);
     if m.is_empty() {
         format!("{t}\n")

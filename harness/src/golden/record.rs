@@ -526,7 +526,7 @@ pub(crate) struct ConnFiles {
 }
 
 impl ConnFiles {
-    pub fn new(id: &str) -> ConnFiles {
+    pub(crate) fn new(id: &str) -> ConnFiles {
         ConnFiles {
             request: format!("{id}.request.bin"),
             reply: format!("{id}.reply.bin"),

@@ -120,7 +120,7 @@ pub fn broadcast_file(spool: &Path, id: i64) -> PathBuf {
 /// Variables the JVM sets for Python workers, and Python's own: kept in the recording. Anything
 /// else in the JVM's environment (which is the driver's: HOME, PATH, tokens...) is none of the
 /// golden's business and is never written down.
-pub fn is_worker_env(name: &str) -> bool {
+pub(crate) fn is_worker_env(name: &str) -> bool {
     name.starts_with("SPARK_")
         || name.starts_with("PYSPARK_")
         || name.starts_with("PYTHON")

@@ -175,7 +175,7 @@ impl ReplyDecoder {
     }
 
     /// True between replies: nothing of a next reply has been decoded yet.
-    pub fn at_reply_boundary(&self) -> bool {
+    pub(crate) fn at_reply_boundary(&self) -> bool {
         self.state == DecodeState::DataHead && self.data_items == 0 && self.buf.is_empty()
     }
 
@@ -485,7 +485,7 @@ pub fn decode_replies_with(
 
 impl Dialect {
     /// One reply, appended to `out`: the inverse of the decoder for one reply.
-    pub fn encode_reply(
+    pub(crate) fn encode_reply(
         self,
         r: &Reply,
         out: &mut BytesMut,

@@ -60,7 +60,7 @@ impl Dialect {
 
     /// Encode one task request; a frame or string past `limits` is refused (with its offset in
     /// the request) instead of being sent.
-    pub fn try_encode_request(
+    pub(crate) fn try_encode_request(
         self,
         req: &TaskRequest,
         limits: Limits,
@@ -411,7 +411,7 @@ impl RequestDecoder {
     }
 
     /// True between requests: nothing of a next request has been received.
-    pub fn at_request_boundary(&self) -> bool {
+    pub(crate) fn at_request_boundary(&self) -> bool {
         self.state == DecodeState::Head && self.buf.is_empty()
     }
 

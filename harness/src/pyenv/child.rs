@@ -23,12 +23,12 @@ pub(super) struct Ran {
 }
 
 impl Ran {
-    pub fn succeeded(&self) -> bool {
+    pub(super) fn succeeded(&self) -> bool {
         self.status.is_some_and(|s| s.success())
     }
 
     /// The last lines of stderr (then stdout, where pip reports some errors), for an error message.
-    pub fn tail(&self) -> String {
+    pub(super) fn tail(&self) -> String {
         let mut text = String::from_utf8_lossy(&self.stderr).trim_end().to_string();
         if text.is_empty() {
             text = String::from_utf8_lossy(&self.stdout).trim_end().to_string();
@@ -40,7 +40,7 @@ impl Ran {
         lines[lines.len().saturating_sub(12)..].join("\n")
     }
 
-    pub fn status_text(&self) -> String {
+    pub(super) fn status_text(&self) -> String {
         match self.status {
             Some(status) => status.to_string(),
             None => "killed at its deadline".to_string(),

@@ -16,7 +16,7 @@ pub struct PysparkVersion {
 
 impl PysparkVersion {
     /// "4.1" for 4.1.4: the protocol families change with the minor version.
-    pub fn minor_line(&self) -> String {
+    pub(crate) fn minor_line(&self) -> String {
         format!("{}.{}", self.major, self.minor)
     }
 }
@@ -59,7 +59,7 @@ impl fmt::Display for PysparkVersion {
 /// The exact release to install for a request: "4.1" means the pinned 4.1.x; a full version is
 /// taken as written (it also names a directory and a pip requirement, so only plain version
 /// characters are accepted).
-pub fn release_for(request: &str) -> Result<String, EnvError> {
+pub(super) fn release_for(request: &str) -> Result<String, EnvError> {
     let request = request.trim();
     let plain = !request.is_empty()
         && request
@@ -83,7 +83,7 @@ pub fn release_for(request: &str) -> Result<String, EnvError> {
 }
 
 /// Does an env's version satisfy a request? "4.1" accepts any 4.1.x, "4.1.4" only itself.
-pub fn satisfies(found: PysparkVersion, request: &str) -> bool {
+pub(super) fn satisfies(found: PysparkVersion, request: &str) -> bool {
     match request.parse::<PysparkVersion>() {
         Ok(wanted) => wanted == found,
         Err(_) => request.trim() == found.minor_line(),

@@ -126,7 +126,7 @@ impl Group {
         self.leader_reaped = true;
     }
 
-    pub fn still_ours(&self) -> bool {
+    pub(crate) fn still_ours(&self) -> bool {
         owned(self.pgid, self.leader_reaped)
     }
 

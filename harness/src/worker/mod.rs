@@ -666,7 +666,7 @@ impl Workers {
 
     /// Raw bytes to the daemon's stdin, for fault plans (each i32 there is a pid to SIGKILL; a
     /// partial int waits for the rest). `kill_worker` is the checked way.
-    pub async fn write_daemon_stdin(&mut self, bytes: &[u8]) -> Result<(), WorkerError> {
+    pub(crate) async fn write_daemon_stdin(&mut self, bytes: &[u8]) -> Result<(), WorkerError> {
         let deadline = self.deadline();
         let mode = self.opts.mode;
         let d = self.daemon.as_mut().ok_or(WorkerError::WrongMode {

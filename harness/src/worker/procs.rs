@@ -26,12 +26,12 @@ pub(crate) struct ProcStat {
 
 impl ProcStat {
     /// A zombie has exited; it only waits for its parent to reap it, so it is not "running".
-    pub fn is_dead(&self) -> bool {
+    pub(crate) fn is_dead(&self) -> bool {
         matches!(self.state, 'Z' | 'X' | 'x')
     }
 
     /// How long ago it started (from its start time and /proc/uptime).
-    pub fn age(&self) -> Option<Duration> {
+    pub(crate) fn age(&self) -> Option<Duration> {
         let uptime: f64 = fs::read_to_string("/proc/uptime")
             .ok()?
             .split_whitespace()

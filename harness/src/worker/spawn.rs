@@ -105,7 +105,7 @@ impl Capture {
         buf.dropped += (chunk.len() - keep) as u64;
     }
 
-    pub fn snapshot(&self) -> Vec<u8> {
+    pub(super) fn snapshot(&self) -> Vec<u8> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -113,12 +113,12 @@ impl Capture {
             .clone()
     }
 
-    pub fn dropped(&self) -> u64 {
+    pub(super) fn dropped(&self) -> u64 {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).dropped
     }
 
     /// The last `max` bytes as text, for error messages.
-    pub fn tail(&self, max: usize) -> String {
+    pub(super) fn tail(&self, max: usize) -> String {
         let buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let start = buf.bytes.len().saturating_sub(max);
         String::from_utf8_lossy(&buf.bytes[start..]).into_owned()
