@@ -36,7 +36,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub pyspark: Option<String>,
     /// Python interpreter with pyspark (instead of --pyspark).
-    #[arg(long)]
+    #[arg(long, env = "FAKEJVM_PYTHON")]
     pub python: Option<PathBuf>,
     /// Number of text lines.
     #[arg(long, default_value_t = 1_000_000)]

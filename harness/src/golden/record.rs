@@ -28,7 +28,7 @@ pub struct RecordArgs {
     pub out: PathBuf,
     /// The Python (with pyspark) for the job and its workers; default: fakejvm's cached env of
     /// --pyspark.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "FAKEJVM_PYTHON", value_name = "PATH")]
     pub python: Option<PathBuf>,
     /// The pyspark version of the cached env to use (provisioned on first use).
     #[arg(long, value_name = "VERSION")]
