@@ -2,6 +2,7 @@
 
 use crate::atomic::{self, WriteOptions};
 use crate::scenario::{ScenarioReport, Status};
+use crate::verdict::Outcome;
 use serde::Serialize;
 use std::path::Path;
 
@@ -20,11 +21,16 @@ pub fn scenario_lines(r: &ScenarioReport) -> String {
         out.push_str(&format!("\n      not applicable: {why}"));
     }
     for t in &r.tasks {
-        if !t.ok {
-            out.push_str(&format!(
+        match &t.outcome {
+            // A mismatch already says what was expected and what came instead.
+            Outcome::Mismatch { .. } if !t.ok => {
+                out.push_str(&format!("\n      task {}: {}", t.index, t.outcome))
+            }
+            _ if !t.ok => out.push_str(&format!(
                 "\n      task {}: expected {}, got {}",
                 t.index, t.expected, t.outcome
-            ));
+            )),
+            _ => {}
         }
         if let Some(n) = &t.note {
             out.push_str(&format!("\n      task {}: known behaviour, {n}", t.index));

@@ -215,8 +215,9 @@ impl Reproducer {
             Some(f) => return Err(format!("format {f} is not the one this fakejvm reads ({FORMAT}): replay it with the fakejvm that wrote it")),
             None => return Err("no numeric \"format\"".into()),
         }
-        let r: Reproducer =
-            serde_json::from_value(v).map_err(|e| format!("not a valid reproducer: {e}"))?;
+        // The field at fault first, as in scenario files.
+        let r: Reproducer = serde_path_to_error::deserialize(v)
+            .map_err(|e| format!("not a valid reproducer: {}: {}", e.path(), e.inner()))?;
         let bytes = r.bytes()?;
         let mut at = 0;
         for (i, f) in r.request.frames.iter().enumerate() {
