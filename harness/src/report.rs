@@ -40,17 +40,7 @@ pub fn scenario_lines(r: &ScenarioReport) -> String {
         out.push('\n');
         out.push_str(&crate::faults::fault_lines(&r.faults));
     }
-    if !r.leftovers.is_empty() {
-        let l: Vec<String> = r
-            .leftovers
-            .iter()
-            .map(|(p, c)| format!("{p} {c}"))
-            .collect();
-        out.push_str(&format!(
-            "\n      leaked processes (killed): {}",
-            l.join("; ")
-        ));
-    }
+    out.push_str(&leftovers_line(&r.leftovers));
     if r.status == Status::Failed && !r.stderr_tail.is_empty() {
         out.push_str("\n      worker stderr (tail):");
         for l in r
@@ -125,4 +115,14 @@ pub fn write_json(
 /// A report, reproducer or fuzz state file: [`atomic::write_atomic`] with [`WriteOptions::REPORT`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     atomic::write_atomic(path, bytes, WriteOptions::REPORT)
+}
+
+/// "\n      leaked processes (killed): pid cmdline; ...", or nothing when none leaked: the same
+/// line for scenario and golden reports.
+pub(crate) fn leftovers_line(leftovers: &[(i32, String)]) -> String {
+    if leftovers.is_empty() {
+        return String::new();
+    }
+    let l: Vec<String> = leftovers.iter().map(|(p, c)| format!("{p} {c}")).collect();
+    format!("\n      leaked processes (killed): {}", l.join("; "))
 }

@@ -1,6 +1,7 @@
 //! The one typed outcome every run ends in (scenario, golden, fuzz case or reproducer), and the
 //! classification of a finished task into it.
 
+use crate::error::one_line;
 use crate::protocol::{Reply, ReplyEnd};
 use crate::session::{ReadFailure, TaskResult};
 use crate::worker::{DaemonState, ExitInfo, WorkerError, Workers};
@@ -385,14 +386,6 @@ pub fn tail_lines(bytes: &[u8], n: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn one_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" | ")
 }
 
 #[cfg(test)]

@@ -184,17 +184,7 @@ impl GoldenReport {
         for e in &self.errors {
             out.push_str(&format!("\n      error: {e}"));
         }
-        if !self.leftovers.is_empty() {
-            let l: Vec<String> = self
-                .leftovers
-                .iter()
-                .map(|(p, c)| format!("{p} {c}"))
-                .collect();
-            out.push_str(&format!(
-                "\n      leaked processes (killed): {}",
-                l.join("; ")
-            ));
-        }
+        out.push_str(&crate::report::leftovers_line(&self.leftovers));
         if let GoldenStatus::NotApplicable { why } = &self.status {
             out.push_str(&format!("\n      {why}"));
         }
