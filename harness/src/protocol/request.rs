@@ -174,8 +174,10 @@ impl Dialect {
     }
 
     fn encode_command(self, req: &TaskRequest, buf: &mut BytesMut) {
-        if req.split_index != -1 {
-            wire::put_frame(buf, &req.command);
+        match (&req.udf, req.split_index) {
+            (_, -1) => {}
+            (Some(udf), _) => udf.encode(req.eval_type, &req.runner_conf, buf),
+            (None, _) => wire::put_frame(buf, &req.command),
         }
     }
 
@@ -264,10 +266,19 @@ pub struct DecodedRequest {
 /// requests that decoded and, if the stream does not end on a request boundary, the error
 /// (with its offset) that stopped it.
 pub fn decode_requests(dialect: Dialect, bytes: &[u8]) -> (Vec<DecodedRequest>, Option<WireError>) {
+    decode_requests_as(UdfLayout::default_for(dialect), bytes)
+}
+
+/// `decode_requests` for one pyspark line: UDF command sections differ within a family (3.5 and
+/// 4.0 are both family A).
+pub fn decode_requests_as(
+    layout: UdfLayout,
+    bytes: &[u8],
+) -> (Vec<DecodedRequest>, Option<WireError>) {
     let mut r = Reader::new(bytes);
     let mut out = vec![];
     while !r.is_empty() {
-        match dialect.decode_one(&mut r) {
+        match layout.dialect().decode_one(layout, &mut r) {
             Ok(d) => out.push(d),
             Err(e) => return (out, Some(e)),
         }
@@ -276,7 +287,7 @@ pub fn decode_requests(dialect: Dialect, bytes: &[u8]) -> (Vec<DecodedRequest>, 
 }
 
 impl Dialect {
-    fn decode_one(self, r: &mut Reader) -> Result<DecodedRequest, WireError> {
+    fn decode_one(self, layout: UdfLayout, r: &mut Reader) -> Result<DecodedRequest, WireError> {
         let mut spans = vec![];
         let mut req = TaskRequest::non_udf("", vec![], vec![]);
         req.final_marker = None;
@@ -404,17 +415,14 @@ impl Dialect {
             start: start as usize,
             end: h.offset() as usize,
         });
-        if req.eval_type != EvalType::NonUdf {
-            return Err(h.violation(
-                h.offset(),
-                format!(
-                    "eval type {} is not decoded yet (only NON_UDF = 0)",
-                    req.eval_type.value()
-                ),
-            ));
-        }
         let start = h.offset();
-        req.command = h.frame("command")?.to_vec();
+        if req.eval_type == EvalType::NonUdf {
+            req.command = h.frame("command")?.to_vec();
+        } else {
+            let (udf, conf) = UdfCommand::decode(layout, req.eval_type, h)?;
+            req.runner_conf = conf.unwrap_or(req.runner_conf);
+            req.udf = Some(udf);
+        }
         spans.push(Span {
             kind: SpanKind::Command,
             start: start as usize,
