@@ -211,6 +211,7 @@ fn reply_text(out: &mut String, i: usize, r: &Reply) {
         let text = match item {
             ReplyItem::Frame(b) => format!("frame {} bytes: {}", b.len(), preview(b)),
             ReplyItem::Null => "NULL (-5)".into(),
+            ReplyItem::ArrowStream(b) => crate::arrow::stream_summary(b),
         };
         let _ = writeln!(out, "  data[{k}] {text}");
     }

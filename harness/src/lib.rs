@@ -3,6 +3,7 @@
 //! Data flows one way through these modules, top to bottom: a scenario (or golden, or fuzz case)
 //! becomes a typed request, the request becomes bytes on a socket to a real worker, and the
 //! worker's reply becomes one typed verdict.
+pub mod arrow;
 pub mod bench;
 pub mod decode;
 pub mod faults;

@@ -221,6 +221,10 @@ pub fn encode_reply(dialect: Dialect, r: &Reply, out: &mut BytesMut) {
         match item {
             ReplyItem::Frame(b) => wire::put_frame(out, b),
             ReplyItem::Null => wire::put_special(out, SpecialLength::Null),
+            ReplyItem::ArrowStream(b) => {
+                wire::put_special(out, SpecialLength::StartArrowStream);
+                out.extend_from_slice(b);
+            }
         }
     }
     match &r.end {

@@ -15,6 +15,8 @@ use serde::Serialize;
 pub enum ReplyItem {
     Frame(#[serde(with = "super::hex_bytes")] Vec<u8>),
     Null,
+    /// START_ARROW_STREAM (-6) and the IPC stream after it, up to its end marker.
+    ArrowStream(#[serde(with = "super::hex_bytes")] Vec<u8>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -65,7 +67,7 @@ impl Reply {
         self.data
             .iter()
             .map(|d| match d {
-                ReplyItem::Frame(b) => Some(b.clone()),
+                ReplyItem::Frame(b) | ReplyItem::ArrowStream(b) => Some(b.clone()),
                 ReplyItem::Null => None,
             })
             .collect()
@@ -201,10 +203,12 @@ impl ReplyDecoder {
                         return self.exception(r, at)
                     }
                     Slot::Special(SpecialLength::StartArrowStream) => {
-                        return Err(r.violation(
-                            at,
-                            "START_ARROW_STREAM (-6): Arrow replies are not decoded yet",
-                        ))
+                        let stream = crate::arrow::read_ipc_stream(r)?;
+                        self.data_items += 1;
+                        self.data_bytes += stream.len() as u64;
+                        if self.keep_data {
+                            self.data.push(ReplyItem::ArrowStream(stream.to_vec()));
+                        }
                     }
                     Slot::Special(s) => {
                         return Err(r.violation(

@@ -441,8 +441,25 @@ impl Dialect {
             }
         }
 
+        // Arrow kinds: raw IPC streams (and group markers), no -1.
+        let framing = layout.input_framing(req.eval_type);
+        let arrow = req.udf.is_some() && framing != InputFraming::Pickled;
+        if arrow {
+            let mut at = r.offset() as usize;
+            req.data = crate::arrow::read_data_section(framing, r)?;
+            for (k, item) in req.data.iter().enumerate() {
+                let DataItem::Raw(b) = item else { continue };
+                let (start, end) = (at, at + b.len());
+                spans.push(Span {
+                    kind: SpanKind::Data(k),
+                    start,
+                    end,
+                });
+                at = end;
+            }
+        }
         // The data section, then -1 and the final int.
-        loop {
+        while !arrow {
             let start = r.offset();
             match r.slot("data frame")? {
                 Slot::Bytes(b) => req.data.push(DataItem::Frame(b.to_vec())),

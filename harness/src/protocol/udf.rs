@@ -963,7 +963,20 @@ mod tests {
     fn request(layout: UdfLayout, eval: EvalType, cmd: UdfCommand) -> TaskRequest {
         let mut req = cmd.place("3.11", eval, vec![]);
         req.spark_files_dir = "/tmp".into();
-        req.data = vec![DataItem::Frame(vec![0x80, 2, b'N', b'.'])];
+        let framing = layout.input_framing(eval);
+        if framing == InputFraming::Pickled {
+            req.data = vec![DataItem::Frame(vec![0x80, 2, b'N', b'.'])];
+        } else {
+            use crate::arrow::{data_section, positional_batch, Group};
+            let col = std::sync::Arc::new(arrow_array::Int64Array::from(vec![1, 2]));
+            let batch = positional_batch(vec![col]).unwrap();
+            let groups = [Group {
+                left: vec![batch.clone()],
+                right: vec![batch.clone()],
+            }];
+            req.data = data_section(framing, &batch.schema(), None, &groups).unwrap();
+            req.end_of_data = false;
+        }
         // 4.3's context JSON always carries cpuAmount, so it decodes as set.
         req.context.cpu_amount = (layout.dialect() == Dialect::D).then(|| "1".into());
         req

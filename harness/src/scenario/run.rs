@@ -350,6 +350,7 @@ async fn run_tasks(
                 .map(|d| match d {
                     ReplyItem::Frame(b) => DataItem::Frame(b.clone()),
                     ReplyItem::Null => DataItem::Null,
+                    ReplyItem::ArrowStream(b) => DataItem::Raw(b.clone()),
                 })
                 .collect(),
             Err(_) => vec![],
