@@ -459,7 +459,10 @@ impl Dialect {
             }
         }
         // The data section, then -1 and the final int.
-        while !arrow {
+        loop {
+            if arrow {
+                break;
+            }
             let start = r.offset();
             match r.slot("data frame")? {
                 Slot::Bytes(b) => req.data.push(DataItem::Frame(b.to_vec())),
