@@ -120,11 +120,11 @@ pub fn build_commands(env: &PythonEnv, specs: &[CommandSpec]) -> Result<Vec<Vec<
 }
 
 /// Pickle protocol 2+ starts with PROTO (0x80); pyspark pickles with protocol 5 on Python 3.8+.
-fn looks_like_pickle(bytes: &[u8]) -> bool {
+pub(super) fn looks_like_pickle(bytes: &[u8]) -> bool {
     bytes.len() > 2 && bytes[0] == 0x80
 }
 
-fn cache_key(env: &PythonEnv, spec: &CommandSpec) -> String {
+pub(super) fn cache_key<S: serde::Serialize>(env: &PythonEnv, spec: &S) -> String {
     let mut h = Sha256::new();
     for part in [
         env.python.as_os_str().as_encoded_bytes(),
@@ -140,7 +140,7 @@ fn cache_key(env: &PythonEnv, spec: &CommandSpec) -> String {
     hex::encode(h.finalize())
 }
 
-fn store(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn store(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
@@ -151,12 +151,15 @@ fn store(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum Answer {
+pub(super) enum Answer {
     Ok(String),
     Error(String),
 }
 
-fn run_glue(env: &PythonEnv, specs: &[&CommandSpec]) -> Result<Vec<Answer>, EnvError> {
+pub(super) fn run_glue<S: serde::Serialize>(
+    env: &PythonEnv,
+    specs: &[&S],
+) -> Result<Vec<Answer>, EnvError> {
     let glue_failed = |detail: String| EnvError::Glue {
         python: env.python.clone(),
         detail,

@@ -1,0 +1,293 @@
+//! SQL UDF tasks against REAL workers through the daemon (issue 11): the command section of
+//! `protocol::udf`, function pickles built by the target pyspark, the Arrow data of `arrow`, and
+//! the replies decoded back to values. One daemon per pinned version; each eval type is one task
+//! on a fresh forked worker.
+
+mod common;
+use common::*;
+use fakejvm::arrow::{self, Group};
+use fakejvm::pickle::{self, Value};
+use fakejvm::protocol::{DataItem, EvalType, ReplyEnd, ReplyItem, Udf, UdfCommand, UdfLayout};
+use fakejvm::pyenv::{build_udf_functions, PythonEnv, UdfFunctionSpec};
+use fakejvm::session::{self, SessionOptions, Transcript, WritePlan};
+use fakejvm::worker::{LaunchOptions, Workers};
+use serde_json::{json, Value as J};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DOUBLE: &str = r#""double""#;
+const ID_V: &str = r#"{"type":"struct","fields":[{"name":"id","type":"long","nullable":true,"metadata":{}},{"name":"v","type":"double","nullable":true,"metadata":{}}]}"#;
+const K_V: &str = r#"{"type":"struct","fields":[{"name":"k","type":"long","nullable":true,"metadata":{}},{"name":"v","type":"double","nullable":true,"metadata":{}}]}"#;
+
+/// What came back: pickled values (100) or the rows of every Arrow stream (the rest).
+#[derive(Debug)]
+enum Output {
+    Pickled(Vec<J>),
+    Arrow { schemas: Vec<String>, rows: Vec<J> },
+}
+
+struct Case {
+    eval: EvalType,
+    /// (source binding `func`, return type JSON) per chained function of the one UDF.
+    function: (&'static str, &'static str),
+    offsets: Vec<i32>,
+    data: Vec<DataItem>,
+    end_of_data: bool,
+}
+
+fn layout_of(env: &PythonEnv) -> UdfLayout {
+    UdfLayout::for_version(env.pyspark.major, env.pyspark.minor).expect("a UDF layout")
+}
+
+fn doubles(v: &[f64]) -> Arc<dyn arrow_array::Array> {
+    Arc::new(arrow_array::Float64Array::from(v.to_vec()))
+}
+
+fn longs(v: &[i64]) -> Arc<dyn arrow_array::Array> {
+    Arc::new(arrow_array::Int64Array::from(v.to_vec()))
+}
+
+/// SQL_BATCHED_UDF: rows as one pickled tuple of 1-tuples, then -1 (PROTOCOL-UDF.md §8.2).
+fn batched_squares() -> Case {
+    let rows = Value::Tuple(
+        [1.0, 2.0, 3.0]
+            .iter()
+            .map(|x| Value::Tuple(vec![Value::Float(*x)]))
+            .collect(),
+    );
+    Case {
+        eval: EvalType::SqlBatchedUdf,
+        function: ("func = lambda x: x ** 2", DOUBLE),
+        offsets: vec![0],
+        data: vec![DataItem::Frame(pickle::dumps(&rows))],
+        end_of_data: true,
+    }
+}
+
+fn arrow_case(
+    layout: UdfLayout,
+    eval: EvalType,
+    function: (&'static str, &'static str),
+    offsets: Vec<i32>,
+    groups: Vec<Group>,
+) -> Case {
+    let schema = groups[0].left[0].schema();
+    let data = arrow::data_section(layout.input_framing(eval), &schema, None, &groups).unwrap();
+    Case {
+        eval,
+        function,
+        offsets,
+        data,
+        end_of_data: false,
+    }
+}
+
+fn scalar_pandas_plus_one(layout: UdfLayout) -> Case {
+    let batch = arrow::positional_batch(vec![doubles(&[1.0, 2.5, -3.0])]).unwrap();
+    arrow_case(
+        layout,
+        EvalType::SqlScalarPandasUdf,
+        ("func = lambda v: v + 1", DOUBLE),
+        vec![0],
+        vec![Group::of(vec![batch])],
+    )
+}
+
+fn grouped_agg_mean(layout: UdfLayout) -> Case {
+    let g = |v: &[f64]| Group::of(vec![arrow::positional_batch(vec![doubles(v)]).unwrap()]);
+    arrow_case(
+        layout,
+        EvalType::SqlGroupedAggPandasUdf,
+        ("func = lambda v: v.mean()", DOUBLE),
+        vec![0],
+        vec![g(&[1.0, 2.0, 3.0]), g(&[10.0, 20.0])],
+    )
+}
+
+fn map_in_pandas(layout: UdfLayout) -> Case {
+    let batch =
+        arrow::struct_batch(vec![("id", longs(&[1, 2])), ("v", doubles(&[0.5, 1.5]))]).unwrap();
+    arrow_case(
+        layout,
+        EvalType::SqlMapPandasIterUdf,
+        (
+            "def func(it):\n    for pdf in it:\n        yield pdf.assign(v=pdf.v * 10)\n",
+            ID_V,
+        ),
+        vec![0],
+        vec![Group::of(vec![batch])],
+    )
+}
+
+/// groupBy("k").applyInPandas over (k, v): offsets [n, k, key.., values..] (§3.8).
+fn apply_in_pandas(layout: UdfLayout) -> Case {
+    let g = |k: i64, v: &[f64]| {
+        let ks = vec![k; v.len()];
+        Group::of(vec![arrow::named_batch(vec![
+            ("k", longs(&ks)),
+            ("v", doubles(v)),
+        ])
+        .unwrap()])
+    };
+    arrow_case(
+        layout,
+        EvalType::SqlGroupedMapPandasUdf,
+        ("func = lambda pdf: pdf.assign(v=pdf.v.mean())", K_V),
+        vec![4, 1, 0, 0, 1],
+        vec![g(1, &[1.0, 2.0, 3.0]), g(2, &[10.0, 20.0])],
+    )
+}
+
+/// Runs every case as one task on its own forked worker of one daemon; returns the outputs in
+/// order. A worker exception fails with its traceback.
+async fn run_cases(version: &str, cases: &[Case]) -> Vec<Output> {
+    let env = env_for(version);
+    let layout = layout_of(&env);
+    let specs: Vec<UdfFunctionSpec> = cases
+        .iter()
+        .map(|c| UdfFunctionSpec {
+            function: c.function.0.into(),
+            return_type: c.function.1.into(),
+            udtf: false,
+        })
+        .collect();
+    let pickles = build_udf_functions(&env, &specs).unwrap_or_else(|e| panic!("{e}"));
+    let mut workers = Workers::start(&env.python, LaunchOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{version}: {e}"));
+    let mut outputs = vec![];
+    for (case, pickle) in cases.iter().zip(pickles) {
+        let cmd = UdfCommand::udfs(layout, vec![Udf::simple(&case.offsets, pickle)]);
+        let mut req = cmd.place(&env.python_version, case.eval, vec![]);
+        req.spark_files_dir = "/tmp".into();
+        req.data = case.data.clone();
+        req.end_of_data = case.end_of_data;
+        let dialect = layout.dialect();
+        let bytes = dialect.encode_request(&req).bytes;
+        let mut c = workers.connect().await.unwrap_or_else(|e| panic!("{e}"));
+        let opts = SessionOptions {
+            deadline: Duration::from_secs(60),
+            ..SessionOptions::default()
+        };
+        let result = session::run_task(
+            &mut c.reader,
+            &mut c.writer,
+            dialect,
+            &bytes,
+            &WritePlan::whole(bytes.len()),
+            c.handshake_in.len() as u64,
+            &opts,
+            &mut Transcript::default(),
+        )
+        .await;
+        let what = format!("{version} {}", case.eval);
+        let reply = result
+            .reply
+            .unwrap_or_else(|e| panic!("{what}: no complete reply: {e:?}"));
+        if let ReplyEnd::Exception { traceback } = &reply.end {
+            panic!("{what}: the worker raised:\n{traceback}");
+        }
+        outputs.push(if case.eval.is_pickled() {
+            let mut values = vec![];
+            for item in &reply.data {
+                let ReplyItem::Frame(b) = item else {
+                    panic!("{what}: {item:?} in a pickled reply")
+                };
+                match pickle::loads(b).unwrap_or_else(|e| panic!("{what}: {e}")) {
+                    Value::List(vs) => values.extend(vs.iter().map(pickle::value_to_json)),
+                    other => panic!("{what}: a frame of {}, not a list", other.type_name()),
+                }
+            }
+            Output::Pickled(values)
+        } else {
+            let mut schemas = vec![];
+            let mut rows = vec![];
+            for item in &reply.data {
+                let ReplyItem::ArrowStream(b) = item else {
+                    panic!("{what}: {item:?} in an Arrow reply")
+                };
+                let t = arrow::decode_stream(b).unwrap_or_else(|e| panic!("{what}: {e}"));
+                schemas.push(t.schema_line());
+                rows.extend(t.rows());
+            }
+            Output::Arrow { schemas, rows }
+        });
+    }
+    let report = workers.shutdown(Duration::from_secs(5)).await;
+    assert!(report.leftovers.is_empty(), "{:?}", report.leftovers);
+    outputs
+}
+
+fn assert_pickled(out: &Output, want: J) {
+    match out {
+        Output::Pickled(v) => assert_eq!(J::Array(v.clone()), want),
+        other => panic!("expected pickled values, got {other:?}"),
+    }
+}
+
+fn assert_arrow(out: &Output, schema: &str, want: J) {
+    match out {
+        Output::Arrow { schemas, rows } => {
+            assert!(
+                schemas.iter().all(|s| s == schema),
+                "{schemas:?} != {schema}"
+            );
+            assert_eq!(J::Array(rows.clone()), want);
+        }
+        other => panic!("expected Arrow rows, got {other:?}"),
+    }
+}
+
+/// The five kinds every pinned version has: 100, 200, 202, 205, 201.
+async fn common_kinds(version: &str) {
+    let layout = layout_of(&env_for(version));
+    let cases = [
+        batched_squares(),
+        scalar_pandas_plus_one(layout),
+        grouped_agg_mean(layout),
+        map_in_pandas(layout),
+        apply_in_pandas(layout),
+    ];
+    let out = run_cases(version, &cases).await;
+    assert_pickled(&out[0], json!([1.0, 4.0, 9.0]));
+    assert_arrow(&out[1], "_0: double", json!([[2.0], [3.5], [-2.0]]));
+    // One row per group, in group order.
+    assert_arrow(&out[2], "_0: double", json!([[2.0], [15.0]]));
+    // 205 and 201 answer with one struct column `_0` holding the return schema's fields.
+    assert_arrow(
+        &out[3],
+        "_0: struct<id: int64, v: double>",
+        json!([[{"id": 1, "v": 5.0}], [{"id": 2, "v": 15.0}]]),
+    );
+    let kv = |k: i64, v: f64| json!([{"k": k, "v": v}]);
+    assert_arrow(
+        &out[4],
+        "_0: struct<k: int64, v: double>",
+        json!([kv(1, 2.0), kv(1, 2.0), kv(1, 2.0), kv(2, 15.0), kv(2, 15.0)]),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn common_udf_kinds_on_3_5_9() {
+    common_kinds("3.5.9").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn common_udf_kinds_on_4_0_5() {
+    common_kinds("4.0.5").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn common_udf_kinds_on_4_1_4() {
+    common_kinds("4.1.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn common_udf_kinds_on_4_2_1() {
+    common_kinds("4.2.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn common_udf_kinds_on_4_3_0() {
+    common_kinds("4.3.0").await;
+}
