@@ -7,7 +7,9 @@ mod common;
 use common::*;
 use fakejvm::arrow::{self, Group};
 use fakejvm::pickle::{self, Value};
-use fakejvm::protocol::{DataItem, EvalType, ReplyEnd, ReplyItem, Udf, UdfCommand, UdfLayout};
+use fakejvm::protocol::{
+    Arg, DataItem, EvalType, ReplyEnd, ReplyItem, Udf, UdfBody, UdfCommand, UdfLayout, Udtf,
+};
 use fakejvm::pyenv::{build_udf_functions, PythonEnv, UdfFunctionSpec};
 use fakejvm::session::{self, SessionOptions, Transcript, WritePlan};
 use fakejvm::worker::{LaunchOptions, Workers};
@@ -23,7 +25,12 @@ const K_V: &str = r#"{"type":"struct","fields":[{"name":"k","type":"long","nulla
 #[derive(Debug)]
 enum Output {
     Pickled(Vec<J>),
-    Arrow { schemas: Vec<String>, rows: Vec<J> },
+    Arrow {
+        schemas: Vec<String>,
+        rows: Vec<J>,
+    },
+    /// The worker's -2 traceback.
+    Raised(String),
 }
 
 struct Case {
@@ -33,6 +40,26 @@ struct Case {
     offsets: Vec<i32>,
     data: Vec<DataItem>,
     end_of_data: bool,
+    runner_conf: Vec<(String, String)>,
+    /// 101: the input StructType JSON (4.1: in the command; 4.2+: EvalConf `input_type`).
+    input_schema: Option<String>,
+    /// 300-302: the UDTF's name and return StructType JSON; `function` binds the class.
+    udtf: Option<(&'static str, &'static str)>,
+}
+
+impl Case {
+    fn new(eval: EvalType, function: (&'static str, &'static str), offsets: Vec<i32>) -> Case {
+        Case {
+            eval,
+            function,
+            offsets,
+            data: vec![],
+            end_of_data: true,
+            runner_conf: vec![],
+            input_schema: None,
+            udtf: None,
+        }
+    }
 }
 
 fn layout_of(env: &PythonEnv) -> UdfLayout {
@@ -56,11 +83,12 @@ fn batched_squares() -> Case {
             .collect(),
     );
     Case {
-        eval: EvalType::SqlBatchedUdf,
-        function: ("func = lambda x: x ** 2", DOUBLE),
-        offsets: vec![0],
         data: vec![DataItem::Frame(pickle::dumps(&rows))],
-        end_of_data: true,
+        ..Case::new(
+            EvalType::SqlBatchedUdf,
+            ("func = lambda x: x ** 2", DOUBLE),
+            vec![0],
+        )
     }
 }
 
@@ -72,13 +100,13 @@ fn arrow_case(
     groups: Vec<Group>,
 ) -> Case {
     let schema = groups[0].left[0].schema();
-    let data = arrow::data_section(layout.input_framing(eval), &schema, None, &groups).unwrap();
+    let right = groups[0].right.first().map(|b| b.schema());
+    let framing = layout.input_framing(eval);
+    let data = arrow::data_section(framing, &schema, right.as_deref(), &groups).unwrap();
     Case {
-        eval,
-        function,
-        offsets,
         data,
         end_of_data: false,
+        ..Case::new(eval, function, offsets)
     }
 }
 
@@ -148,7 +176,7 @@ async fn run_cases(version: &str, cases: &[Case]) -> Vec<Output> {
         .map(|c| UdfFunctionSpec {
             function: c.function.0.into(),
             return_type: c.function.1.into(),
-            udtf: false,
+            udtf: c.udtf.is_some(),
         })
         .collect();
     let pickles = build_udf_functions(&env, &specs).unwrap_or_else(|e| panic!("{e}"));
@@ -157,8 +185,19 @@ async fn run_cases(version: &str, cases: &[Case]) -> Vec<Output> {
         .unwrap_or_else(|e| panic!("{version}: {e}"));
     let mut outputs = vec![];
     for (case, pickle) in cases.iter().zip(pickles) {
-        let cmd = UdfCommand::udfs(layout, vec![Udf::simple(&case.offsets, pickle)]);
-        let mut req = cmd.place(&env.python_version, case.eval, vec![]);
+        let mut cmd = UdfCommand::udfs(layout, vec![Udf::simple(&case.offsets, pickle.clone())]);
+        if let Some((name, return_type)) = case.udtf {
+            cmd.body = UdfBody::Udtf(Udtf {
+                args: case.offsets.iter().map(|&o| Arg::positional(o)).collect(),
+                partition_child_indexes: vec![],
+                analyze_result: None,
+                handler: pickle,
+                return_type: return_type.into(),
+                name: layout.udtf_extras().then(|| name.into()),
+            });
+        }
+        cmd.extras.input_schema = case.input_schema.clone();
+        let mut req = cmd.place(&env.python_version, case.eval, case.runner_conf.clone());
         req.spark_files_dir = "/tmp".into();
         req.data = case.data.clone();
         req.end_of_data = case.end_of_data;
@@ -184,10 +223,10 @@ async fn run_cases(version: &str, cases: &[Case]) -> Vec<Output> {
         let reply = result
             .reply
             .unwrap_or_else(|e| panic!("{what}: no complete reply: {e:?}"));
-        if let ReplyEnd::Exception { traceback } = &reply.end {
-            panic!("{what}: the worker raised:\n{traceback}");
-        }
-        outputs.push(if case.eval.is_pickled() {
+        outputs.push(if let ReplyEnd::Exception { traceback } = &reply.end {
+            eprintln!("{what}: the worker raised:\n{traceback}");
+            Output::Raised(traceback.clone())
+        } else if case.eval.is_pickled() {
             let mut values = vec![];
             for item in &reply.data {
                 let ReplyItem::Frame(b) = item else {
@@ -290,4 +329,228 @@ async fn common_udf_kinds_on_4_2_1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn common_udf_kinds_on_4_3_0() {
     common_kinds("4.3.0").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// More kinds, and the versions that have them.
+
+const K_V_W: &str = r#"{"type":"struct","fields":[{"name":"k","type":"long","nullable":true,"metadata":{}},{"name":"v","type":"double","nullable":true,"metadata":{}},{"name":"w","type":"double","nullable":true,"metadata":{}}]}"#;
+const A_B: &str = r#"{"type":"struct","fields":[{"name":"a","type":"double","nullable":true,"metadata":{}},{"name":"b","type":"double","nullable":true,"metadata":{}}]}"#;
+const IN_DOUBLE: &str =
+    r#"{"type":"struct","fields":[{"name":"_0","type":"double","nullable":true,"metadata":{}}]}"#;
+
+fn scalar_doubles(layout: UdfLayout, eval: EvalType, function: &'static str) -> Case {
+    let batch = arrow::positional_batch(vec![doubles(&[1.0, 2.5, -3.0])]).unwrap();
+    arrow_case(
+        layout,
+        eval,
+        (function, DOUBLE),
+        vec![0],
+        vec![Group::of(vec![batch])],
+    )
+}
+
+fn two_groups(layout: UdfLayout, eval: EvalType, function: &'static str) -> Case {
+    let g = |v: &[f64]| Group::of(vec![arrow::positional_batch(vec![doubles(v)]).unwrap()]);
+    arrow_case(
+        layout,
+        eval,
+        (function, DOUBLE),
+        vec![0],
+        vec![g(&[1.0, 2.0, 3.0]), g(&[10.0, 20.0])],
+    )
+}
+
+fn cogroup_merge(layout: UdfLayout) -> Case {
+    let left = arrow::named_batch(vec![("k", longs(&[1, 1])), ("v", doubles(&[1.0, 2.0]))]);
+    let right = arrow::named_batch(vec![("k", longs(&[1])), ("w", doubles(&[5.0]))]);
+    arrow_case(
+        layout,
+        EvalType::SqlCogroupedMapPandasUdf,
+        ("func = lambda l, r: l.merge(r, on='k')", K_V_W),
+        // One [n, k, keys.., values..] block per side.
+        vec![4, 1, 0, 0, 1, 4, 1, 0, 0, 1],
+        vec![Group {
+            left: vec![left.unwrap()],
+            right: vec![right.unwrap()],
+        }],
+    )
+}
+
+fn udtf_doubler() -> Case {
+    let rows = Value::Tuple(vec![
+        Value::Tuple(vec![Value::Float(1.0)]),
+        Value::Tuple(vec![Value::Float(2.0)]),
+    ]);
+    Case {
+        data: vec![DataItem::Frame(pickle::dumps(&rows))],
+        udtf: Some(("doubler", A_B)),
+        ..Case::new(
+            EvalType::SqlTableUdf,
+            (
+                "class func:\n    def eval(self, x):\n        yield x, x * 2\n",
+                A_B,
+            ),
+            vec![0],
+        )
+    }
+}
+
+async fn more_kinds(version: &str) {
+    let layout = layout_of(&env_for(version));
+    let mut cases = vec![
+        Case {
+            input_schema: Some(IN_DOUBLE.into()),
+            ..scalar_doubles(
+                layout,
+                EvalType::SqlArrowBatchedUdf,
+                "func = lambda x: x * 2",
+            )
+        },
+        scalar_doubles(
+            layout,
+            EvalType::SqlScalarPandasIterUdf,
+            "def func(it):\n    for v in it:\n        yield v + 1\n",
+        ),
+        Case {
+            function: ("def func(it):\n    yield from it\n", ID_V),
+            eval: EvalType::SqlMapArrowIterUdf,
+            ..map_in_pandas(layout)
+        },
+        cogroup_merge(layout),
+        Case {
+            runner_conf: vec![(layout.window_bound_key().into(), "unbounded".into())],
+            ..two_groups(
+                layout,
+                EvalType::SqlWindowAggPandasUdf,
+                "func = lambda v: v.mean()",
+            )
+        },
+        Case {
+            function: ("def func(x):\n    raise ValueError('boom')\n", DOUBLE),
+            ..batched_squares()
+        },
+        udtf_doubler(),
+    ];
+    if layout >= UdfLayout::Pyspark40 {
+        let g = |k: i64, v: &[f64]| {
+            let ks = vec![k; v.len()];
+            Group::of(vec![arrow::struct_batch(vec![
+                ("k", longs(&ks)),
+                ("v", doubles(v)),
+            ])
+            .unwrap()])
+        };
+        cases.push(arrow_case(
+            layout,
+            EvalType::SqlGroupedMapArrowUdf,
+            ("func = lambda t: t", K_V),
+            vec![4, 1, 0, 0, 1],
+            vec![g(1, &[1.0, 2.0]), g(2, &[10.0])],
+        ));
+    }
+    if layout >= UdfLayout::Pyspark41 {
+        cases.push(scalar_doubles(
+            layout,
+            EvalType::SqlScalarArrowUdf,
+            "import pyarrow.compute as pc\nfunc = lambda a: pc.add(a, 1)",
+        ));
+        cases.push(two_groups(
+            layout,
+            EvalType::SqlGroupedAggArrowUdf,
+            "import pyarrow.compute as pc\nfunc = lambda a: pc.mean(a)",
+        ));
+        // 4.0's framing (one stream, a batch per group) sent to a 4.1+ worker.
+        cases.push(two_groups(
+            UdfLayout::Pyspark40,
+            EvalType::SqlGroupedAggPandasUdf,
+            "func = lambda v: v.mean()",
+        ));
+    }
+    let out = run_cases(version, &cases).await;
+    let doubled = json!([[2.0], [5.0], [-6.0]]);
+    assert_arrow(&out[0], "_0: double", doubled);
+    assert_arrow(&out[1], "_0: double", json!([[2.0], [3.5], [-2.0]]));
+    assert_arrow(
+        &out[2],
+        "_0: struct<id: int64, v: double>",
+        json!([[{"id": 1, "v": 0.5}], [{"id": 2, "v": 1.5}]]),
+    );
+    assert_arrow(
+        &out[3],
+        "_0: struct<k: int64, v: double, w: double>",
+        json!([[{"k": 1, "v": 1.0, "w": 5.0}], [{"k": 1, "v": 2.0, "w": 5.0}]]),
+    );
+    // Unbounded: the group's mean on each of its rows.
+    assert_arrow(
+        &out[4],
+        "_0: double",
+        json!([[2.0], [2.0], [2.0], [15.0], [15.0]]),
+    );
+    match &out[5] {
+        Output::Raised(tb) => assert!(tb.contains("ValueError: boom"), "{tb}"),
+        other => panic!("expected the worker's ValueError, got {other:?}"),
+    }
+    // One frame per input row, holding the tuple of its output rows.
+    let t = |v: J| json!({"$tuple": v});
+    assert_pickled(
+        &out[6],
+        json!([
+            t(json!([t(json!([1.0, 2.0]))])),
+            t(json!([t(json!([2.0, 4.0]))]))
+        ]),
+    );
+    if layout >= UdfLayout::Pyspark40 {
+        let kv = |k: i64, v: f64| json!([{"k": k, "v": v}]);
+        assert_arrow(
+            &out[7],
+            "_0: struct<k: int64, v: double>",
+            json!([kv(1, 1.0), kv(1, 2.0), kv(2, 10.0)]),
+        );
+    }
+    if layout >= UdfLayout::Pyspark41 {
+        assert_arrow(&out[8], "_0: double", json!([[2.0], [3.5], [-2.0]]));
+        assert_arrow(&out[9], "_0: double", json!([[2.0], [15.0]]));
+        // PROTOCOL-UDF.md §4.4: 4.1 reads the continuation marker as the count (-1); 4.2+ skip
+        // negative counts and read the metadata length 0x78000000 big-endian.
+        let count = if layout == UdfLayout::Pyspark41 {
+            "-1"
+        } else {
+            "2013265920"
+        };
+        match &out[10] {
+            Output::Raised(tb) => assert!(
+                tb.contains(&format!(
+                    "[INVALID_NUMBER_OF_DATAFRAMES_IN_GROUP] Invalid number of dataframes in group {count}"
+                )),
+                "{tb}"
+            ),
+            other => panic!("expected the framing error, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_udf_kinds_on_3_5_9() {
+    more_kinds("3.5.9").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_udf_kinds_on_4_0_5() {
+    more_kinds("4.0.5").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_udf_kinds_on_4_1_4() {
+    more_kinds("4.1.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_udf_kinds_on_4_2_1() {
+    more_kinds("4.2.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_udf_kinds_on_4_3_0() {
+    more_kinds("4.3.0").await;
 }
