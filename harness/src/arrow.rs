@@ -272,6 +272,42 @@ pub fn stream_summary(bytes: &[u8]) -> String {
     }
 }
 
+/// One data item of [`data_section`]'s split, for decode: its group marker and each stream.
+pub fn data_item_text(b: &[u8]) -> String {
+    if b == [0, 0, 0, 0] {
+        return "0: no more groups".into();
+    }
+    let (mut text, body) = match b {
+        [0xff, 0xff, 0xff, 0xff, ..] => (String::new(), b),
+        [m0, m1, m2, m3, rest @ ..] => (
+            format!(
+                "group marker {}; ",
+                i32::from_be_bytes([*m0, *m1, *m2, *m3])
+            ),
+            rest,
+        ),
+        _ => return format!("raw {} bytes", b.len()),
+    };
+    let mut r = Reader::new(body);
+    while !r.is_empty() {
+        match read_ipc_stream(&mut r) {
+            Ok(s) => {
+                let line = stream_summary(s);
+                text.push_str(line.trim_start_matches("START_ARROW_STREAM + "));
+                text.push_str("; ");
+            }
+            Err(e) => {
+                text.push_str(&format!(
+                    "{} bytes that are no Arrow stream ({e})",
+                    r.remaining()
+                ));
+                break;
+            }
+        }
+    }
+    text.trim_end_matches("; ").to_owned()
+}
+
 pub fn batch_rows(batch: &RecordBatch) -> Vec<J> {
     (0..batch.num_rows())
         .map(|i| J::Array(batch.columns().iter().map(|c| value_at(c, i)).collect()))

@@ -168,6 +168,13 @@ fn request_text(out: &mut String, i: usize, d: &DecodedRequest) {
                     let _ = writeln!(out, "{:21}{l}", "");
                 }
             }
+            SpanKind::Command if r.udf.is_some() => {
+                let udf = r.udf.as_ref().expect("matched");
+                let _ = writeln!(out, "  {at:<16} UDF command section:");
+                for l in udf.text_lines(r.eval_type) {
+                    let _ = writeln!(out, "{:21}{l}", "");
+                }
+            }
             SpanKind::Command => {
                 let _ = writeln!(
                     out,
@@ -179,6 +186,7 @@ fn request_text(out: &mut String, i: usize, d: &DecodedRequest) {
                 let text = match r.data.get(k) {
                     Some(DataItem::Frame(b)) => format!("frame {} bytes: {}", b.len(), preview(b)),
                     Some(DataItem::Null) => "NULL (-5)".into(),
+                    Some(DataItem::Raw(b)) if r.udf.is_some() => crate::arrow::data_item_text(b),
                     Some(DataItem::Raw(b)) => format!("raw {} bytes {}", b.len(), hex_preview(b)),
                     None => "?".into(),
                 };

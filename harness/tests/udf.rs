@@ -6,9 +6,11 @@
 mod common;
 use common::*;
 use fakejvm::arrow::{self, Group};
+use fakejvm::decode::StreamDirection;
 use fakejvm::pickle::{self, Value};
 use fakejvm::protocol::{
-    Arg, DataItem, EvalType, ReplyEnd, ReplyItem, Udf, UdfBody, UdfCommand, UdfLayout, Udtf,
+    decode_requests_as, Arg, ChainedFunc, DataItem, Dialect, EvalType, Profiler, ReplyEnd,
+    ReplyItem, Udf, UdfBody, UdfCommand, UdfLayout, Udtf,
 };
 use fakejvm::pyenv::{build_udf_functions, PythonEnv, UdfFunctionSpec};
 use fakejvm::session::{self, SessionOptions, Transcript, WritePlan};
@@ -45,6 +47,13 @@ struct Case {
     input_schema: Option<String>,
     /// 300-302: the UDTF's name and return StructType JSON; `function` binds the class.
     udtf: Option<(&'static str, &'static str)>,
+    /// Functions chained after `function` (each with its return type).
+    chain: Vec<(&'static str, &'static str)>,
+    /// Keyword names of the arguments (4.0+), by position.
+    names: Vec<Option<&'static str>>,
+    profiler: Option<Profiler>,
+    /// Data deliberately in another version's framing: fakejvm's own decoder must refuse it.
+    foreign_framing: bool,
 }
 
 impl Case {
@@ -58,6 +67,10 @@ impl Case {
             runner_conf: vec![],
             input_schema: None,
             udtf: None,
+            chain: vec![],
+            names: vec![],
+            profiler: None,
+            foreign_framing: false,
         }
     }
 }
@@ -171,21 +184,45 @@ fn apply_in_pandas(layout: UdfLayout) -> Case {
 async fn run_cases(version: &str, cases: &[Case]) -> Vec<Output> {
     let env = env_for(version);
     let layout = layout_of(&env);
-    let specs: Vec<UdfFunctionSpec> = cases
+    let specs: Vec<Vec<UdfFunctionSpec>> = cases
         .iter()
-        .map(|c| UdfFunctionSpec {
-            function: c.function.0.into(),
-            return_type: c.function.1.into(),
-            udtf: c.udtf.is_some(),
+        .map(|c| {
+            std::iter::once(c.function)
+                .chain(c.chain.iter().copied())
+                .map(|(function, return_type)| UdfFunctionSpec {
+                    function: function.into(),
+                    return_type: return_type.into(),
+                    udtf: c.udtf.is_some(),
+                })
+                .collect()
         })
         .collect();
-    let pickles = build_udf_functions(&env, &specs).unwrap_or_else(|e| panic!("{e}"));
+    let flat: Vec<UdfFunctionSpec> = specs.iter().flatten().cloned().collect();
+    let mut built = build_udf_functions(&env, &flat)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter();
+    let pickles: Vec<Vec<Vec<u8>>> = specs
+        .iter()
+        .map(|s| built.by_ref().take(s.len()).collect())
+        .collect();
     let mut workers = Workers::start(&env.python, LaunchOptions::default())
         .await
         .unwrap_or_else(|e| panic!("{version}: {e}"));
     let mut outputs = vec![];
-    for (case, pickle) in cases.iter().zip(pickles) {
-        let mut cmd = UdfCommand::udfs(layout, vec![Udf::simple(&case.offsets, pickle.clone())]);
+    for (case, funcs) in cases.iter().zip(pickles) {
+        let pickle = funcs[0].clone();
+        let mut udf = Udf::simple(&case.offsets, pickle.clone());
+        udf.funcs = funcs
+            .into_iter()
+            .map(|pickle| ChainedFunc { pickle })
+            .collect();
+        for (arg, name) in udf.args.iter_mut().zip(&case.names) {
+            arg.name = name.map(Into::into);
+        }
+        let mut cmd = UdfCommand::udfs(layout, vec![udf]);
+        if let UdfBody::Udfs { profiler, .. } = &mut cmd.body {
+            profiler.clone_from(&case.profiler);
+        }
         if let Some((name, return_type)) = case.udtf {
             cmd.body = UdfBody::Udtf(Udtf {
                 args: case.offsets.iter().map(|&o| Arg::positional(o)).collect(),
@@ -202,7 +239,19 @@ async fn run_cases(version: &str, cases: &[Case]) -> Vec<Output> {
         req.data = case.data.clone();
         req.end_of_data = case.end_of_data;
         let dialect = layout.dialect();
+        if dialect == Dialect::D {
+            req.context.cpu_amount = Some("1".into());
+        }
         let bytes = dialect.encode_request(&req).bytes;
+        // What we send decodes back to what we meant.
+        let (decoded, err) = decode_requests_as(layout, &bytes);
+        if case.foreign_framing {
+            let err = err.expect("the foreign framing decodes as an error");
+            assert!(err.to_string().contains("group marker -1"), "{err}");
+        } else {
+            assert!(err.is_none(), "{version} {}: {err:?}", case.eval);
+            assert_eq!(decoded[0].request, req, "{version} {}", case.eval);
+        }
         let mut c = workers.connect().await.unwrap_or_else(|e| panic!("{e}"));
         let opts = SessionOptions {
             deadline: Duration::from_secs(60),
@@ -223,6 +272,10 @@ async fn run_cases(version: &str, cases: &[Case]) -> Vec<Output> {
         let reply = result
             .reply
             .unwrap_or_else(|e| panic!("{what}: no complete reply: {e:?}"));
+        if std::env::var_os("FAKEJVM_UDF_DUMP").is_some() {
+            let d = fakejvm::decode::decode(dialect, StreamDirection::Request, &bytes);
+            eprintln!("{what}:\n{}", d.to_text());
+        }
         outputs.push(if let ReplyEnd::Exception { traceback } = &reply.end {
             eprintln!("{what}: the worker raised:\n{traceback}");
             Output::Raised(traceback.clone())
@@ -461,11 +514,14 @@ async fn more_kinds(version: &str) {
             "import pyarrow.compute as pc\nfunc = lambda a: pc.mean(a)",
         ));
         // 4.0's framing (one stream, a batch per group) sent to a 4.1+ worker.
-        cases.push(two_groups(
-            UdfLayout::Pyspark40,
-            EvalType::SqlGroupedAggPandasUdf,
-            "func = lambda v: v.mean()",
-        ));
+        cases.push(Case {
+            foreign_framing: true,
+            ..two_groups(
+                UdfLayout::Pyspark40,
+                EvalType::SqlGroupedAggPandasUdf,
+                "func = lambda v: v.mean()",
+            )
+        });
     }
     let out = run_cases(version, &cases).await;
     let doubled = json!([[2.0], [5.0], [-6.0]]);
@@ -553,4 +609,72 @@ async fn more_udf_kinds_on_4_2_1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_udf_kinds_on_4_3_0() {
     more_kinds("4.3.0").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The 4.0+ command-section features: keyword arguments, chained functions, the profiling flag.
+
+async fn command_features(version: &str) {
+    let layout = layout_of(&env_for(version));
+    let mut cases = vec![Case {
+        // Chained: the worker applies them first to last.
+        chain: vec![("func = lambda y: y * 10", DOUBLE)],
+        ..Case {
+            function: ("func = lambda x: x + 1", DOUBLE),
+            ..batched_squares()
+        }
+    }];
+    if layout >= UdfLayout::Pyspark40 {
+        cases.push(Case {
+            function: ("def func(a=100.0, b=0.0):\n    return a - b\n", DOUBLE),
+            names: vec![Some("b")],
+            ..batched_squares()
+        });
+        cases.push(Case {
+            names: vec![Some("v")],
+            function: ("def func(v):\n    return v * 3\n", DOUBLE),
+            ..scalar_pandas_plus_one(layout)
+        });
+    }
+    if layout.profiling_on_wire() {
+        cases.push(Case {
+            profiler: Some(Profiler::Perf),
+            ..batched_squares()
+        });
+    }
+    let out = run_cases(version, &cases).await;
+    assert_pickled(&out[0], json!([20.0, 30.0, 40.0]));
+    if layout >= UdfLayout::Pyspark40 {
+        // The only argument is passed as b=: a keeps its default.
+        assert_pickled(&out[1], json!([99.0, 98.0, 97.0]));
+        assert_arrow(&out[2], "_0: double", json!([[3.0], [7.5], [-9.0]]));
+    }
+    if layout.profiling_on_wire() {
+        assert_pickled(&out[3], json!([1.0, 4.0, 9.0]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udf_command_features_on_3_5_9() {
+    command_features("3.5.9").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udf_command_features_on_4_0_5() {
+    command_features("4.0.5").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udf_command_features_on_4_1_4() {
+    command_features("4.1.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udf_command_features_on_4_2_1() {
+    command_features("4.2.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udf_command_features_on_4_3_0() {
+    command_features("4.3.0").await;
 }

@@ -687,7 +687,28 @@ impl UdfCommand {
         let mut req = TaskRequest::non_udf(python_version, vec![], vec![]);
         req.eval_type = eval;
         req.runner_conf = runner_conf;
-        if self.layout >= Pyspark42 {
+        let l = self.layout;
+        if l <= Pyspark41 {
+            // Only what this line's worker reads for `eval`: the request then is what the wire
+            // holds, and decodes back equal.
+            let x = &mut self.extras;
+            if !l.input_schema_in_command(eval) {
+                x.input_schema = None;
+            }
+            if !l.state_schema_in_command(eval) {
+                x.state_value_schema = None;
+            }
+            if !l.state_server_in_command(eval) {
+                x.state_server = None;
+                x.grouping_key_schema = None;
+            }
+            if !l.table_offsets_in_command(eval) {
+                x.table_arg_offsets = None;
+            }
+            if !l.conf_in_command(eval) {
+                req.runner_conf.clear();
+            }
+        } else {
             let x = std::mem::take(&mut self.extras);
             let port = x.state_server.map(|s| match s {
                 StateServer::Port(p) => p.to_string(),
@@ -908,6 +929,117 @@ impl UdfCommand {
             },
             conf,
         ))
+    }
+}
+
+impl ChainedFunc {
+    /// The `pyspark.sql.types` classes the pickle refers to, in order (`ArrayType, StringType`
+    /// for `array<string>`): the return type as far as it can be told without unpickling, which
+    /// needs the target pyspark. Read from the module/name string pairs that STACK_GLOBAL takes.
+    pub fn type_classes(&self) -> Vec<String> {
+        let strings = short_strings(&self.pickle);
+        let mut out: Vec<String> = vec![];
+        for pair in strings.windows(2) {
+            if pair[0] == "pyspark.sql.types" && !out.contains(&pair[1]) {
+                out.push(pair[1].clone());
+            }
+        }
+        out
+    }
+}
+
+/// The SHORT_BINUNICODE (0x8c) strings of a pickle, scanned loosely (a stray 0x8c inside other
+/// data can only add a bogus string, never hide a real one for long).
+fn short_strings(p: &[u8]) -> Vec<String> {
+    let mut out = vec![];
+    let mut i = 0;
+    while i + 1 < p.len() {
+        if p[i] == 0x8c {
+            let n = p[i + 1] as usize;
+            if let Some(b) = p.get(i + 2..i + 2 + n) {
+                if let Ok(s) = std::str::from_utf8(b) {
+                    out.push(s.to_owned());
+                    i += 2 + n;
+                    continue;
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+impl UdfCommand {
+    /// The section for `fakejvm decode`, one line per item.
+    pub fn text_lines(&self, eval: EvalType) -> Vec<String> {
+        let mut lines = vec![format!("{eval} as {}", self.layout)];
+        let x = &self.extras;
+        for (what, v) in [
+            ("input schema", &x.input_schema),
+            ("state value schema", &x.state_value_schema),
+            ("grouping key schema", &x.grouping_key_schema),
+        ] {
+            if let Some(v) = v {
+                lines.push(format!("{what} {v}"));
+            }
+        }
+        if let Some(s) = &x.state_server {
+            lines.push(format!("state server {s:?}"));
+        }
+        if let Some(o) = &x.table_arg_offsets {
+            lines.push(format!("table argument offsets {o:?}"));
+        }
+        let args_text = |args: &[Arg]| {
+            args.iter()
+                .map(|a| match &a.name {
+                    Some(n) => format!("{n}={}", a.offset),
+                    None => a.offset.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match &self.body {
+            UdfBody::Udfs { profiler, udfs } => {
+                if let Some(p) = profiler {
+                    lines.push(format!("profiler {:?}", p.wire_name()));
+                }
+                for (i, u) in udfs.iter().enumerate() {
+                    lines.push(format!("udf {i}: args [{}]", args_text(&u.args)));
+                    for (k, f) in u.funcs.iter().enumerate() {
+                        lines.push(format!(
+                            "  function {k}: {}-byte pickle (func, return type); types {}",
+                            f.pickle.len(),
+                            f.type_classes().join(", ")
+                        ));
+                    }
+                    if let Some(r) = u.result_id {
+                        lines.push(format!("  result id {r}"));
+                    }
+                }
+                if eval.is_stateful() {
+                    lines.push(
+                        "stateful kind: fakejvm decodes this section but does not run it (no state server)".into(),
+                    );
+                }
+            }
+            UdfBody::Udtf(t) => {
+                lines.push(format!(
+                    "udtf {:?}: args [{}], partition child indexes {:?}, analyze result {}",
+                    t.name.as_deref().unwrap_or(""),
+                    args_text(&t.args),
+                    t.partition_child_indexes,
+                    t.analyze_result
+                        .as_ref()
+                        .map_or("none".into(), |a| format!("{} bytes", a.len()))
+                ));
+                lines.push(format!(
+                    "  handler: {}-byte pickle of the class",
+                    t.handler.len()
+                ));
+                lines.push(format!("  return type {}", t.return_type));
+            }
+        }
+        lines
     }
 }
 
