@@ -678,3 +678,250 @@ async fn udf_command_features_on_4_2_1() {
 async fn udf_command_features_on_4_3_0() {
     command_features("4.3.0").await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The Arrow-native and iterator kinds of 4.0+ / 4.1+ / 4.2+, the Arrow UDTF, and column types.
+
+const ARRAY_STRING: &str = r#"{"type":"array","elementType":"string","containsNull":true}"#;
+const LONG: &str = r#""long""#;
+
+fn kv_struct_groups() -> Vec<Group> {
+    let g = |k: i64, v: &[f64]| {
+        let ks = vec![k; v.len()];
+        Group::of(vec![arrow::struct_batch(vec![
+            ("k", longs(&ks)),
+            ("v", doubles(v)),
+        ])
+        .unwrap()])
+    };
+    vec![g(1, &[1.0, 2.0]), g(2, &[10.0])]
+}
+
+fn kv_named_groups() -> Vec<Group> {
+    let g = |k: i64, v: &[f64]| {
+        let ks = vec![k; v.len()];
+        Group::of(vec![arrow::named_batch(vec![
+            ("k", longs(&ks)),
+            ("v", doubles(v)),
+        ])
+        .unwrap()])
+    };
+    vec![g(1, &[1.0, 2.0]), g(2, &[10.0])]
+}
+
+/// (case, expected schema line, expected rows) for the kinds `layout` has beyond the common ones.
+fn newer_kinds(layout: UdfLayout) -> Vec<(Case, &'static str, J)> {
+    let kv = |k: i64, v: f64| json!([{"k": k, "v": v}]);
+    let kv_rows = json!([kv(1, 1.0), kv(1, 2.0), kv(2, 10.0)]);
+    let mut out = vec![];
+    // Types: a tokenizer str -> array<string> with a null, and a timestamp under a non-UTC
+    // session time zone. The JVM tags the Arrow column with the session zone; the worker
+    // converts to it before pandas sees the value. (Run: a column tagged "UTC" gives hour 16 on
+    // 3.5-4.1, which convert with the runner conf's zone, but 0 on 4.2 and 4.3, which keep the
+    // column's own zone: from 4.2 the tag, not the conf, decides.)
+    let text: Arc<dyn arrow_array::Array> = Arc::new(arrow_array::StringArray::from(vec![
+        Some("a b"),
+        Some("c"),
+        None,
+    ]));
+    out.push((
+        arrow_case(
+            layout,
+            EvalType::SqlScalarPandasUdf,
+            ("func = lambda s: s.str.split(' ')", ARRAY_STRING),
+            vec![0],
+            vec![Group::of(
+                vec![arrow::positional_batch(vec![text]).unwrap()],
+            )],
+        ),
+        "_0: list<utf8>",
+        json!([[["a", "b"]], [["c"]], [null]]),
+    ));
+    let ts: Arc<dyn arrow_array::Array> = Arc::new(
+        arrow_array::TimestampMicrosecondArray::from(vec![0, 3_600_000_000])
+            .with_timezone("America/Los_Angeles"),
+    );
+    out.push((
+        Case {
+            runner_conf: vec![(
+                "spark.sql.session.timeZone".into(),
+                "America/Los_Angeles".into(),
+            )],
+            ..arrow_case(
+                layout,
+                EvalType::SqlScalarPandasUdf,
+                ("func = lambda t: t.dt.hour", LONG),
+                vec![0],
+                vec![Group::of(vec![arrow::positional_batch(vec![ts]).unwrap()])],
+            )
+        },
+        "_0: int64",
+        json!([[16], [17]]),
+    ));
+    let utc: Arc<dyn arrow_array::Array> = Arc::new(
+        arrow_array::TimestampMicrosecondArray::from(vec![0, 3_600_000_000]).with_timezone("UTC"),
+    );
+    out.push((
+        Case {
+            runner_conf: vec![(
+                "spark.sql.session.timeZone".into(),
+                "America/Los_Angeles".into(),
+            )],
+            ..arrow_case(
+                layout,
+                EvalType::SqlScalarPandasUdf,
+                ("func = lambda t: t.dt.hour", LONG),
+                vec![0],
+                vec![Group::of(vec![arrow::positional_batch(vec![utc]).unwrap()])],
+            )
+        },
+        "_0: int64",
+        if layout >= UdfLayout::Pyspark42 {
+            json!([[0], [1]])
+        } else {
+            json!([[16], [17]])
+        },
+    ));
+    if layout >= UdfLayout::Pyspark40 {
+        let left = arrow::named_batch(vec![("k", longs(&[1, 1])), ("v", doubles(&[1.0, 2.0]))]);
+        let right = arrow::named_batch(vec![("k", longs(&[1])), ("v", doubles(&[5.0]))]);
+        out.push((
+            arrow_case(
+                layout,
+                EvalType::SqlCogroupedMapArrowUdf,
+                ("func = lambda l, r: l", K_V),
+                vec![4, 1, 0, 0, 1, 4, 1, 0, 0, 1],
+                vec![Group {
+                    left: vec![left.unwrap()],
+                    right: vec![right.unwrap()],
+                }],
+            ),
+            "_0: struct<k: int64, v: double>",
+            json!([kv(1, 1.0), kv(1, 2.0)]),
+        ));
+    }
+    if layout >= UdfLayout::Pyspark41 {
+        out.push((
+            scalar_doubles(
+                layout,
+                EvalType::SqlScalarArrowIterUdf,
+                "import pyarrow.compute as pc\ndef func(it):\n    for a in it:\n        yield pc.add(a, 1)\n",
+            ),
+            "_0: double",
+            json!([[2.0], [3.5], [-2.0]]),
+        ));
+        out.push((
+            Case {
+                runner_conf: vec![(layout.window_bound_key().into(), "unbounded".into())],
+                ..two_groups(
+                    layout,
+                    EvalType::SqlWindowAggArrowUdf,
+                    "import pyarrow.compute as pc\nfunc = lambda a: pc.mean(a)",
+                )
+            },
+            "_0: double",
+            json!([[2.0], [2.0], [2.0], [15.0], [15.0]]),
+        ));
+        out.push((
+            arrow_case(
+                layout,
+                EvalType::SqlGroupedMapArrowIterUdf,
+                ("def func(it):\n    yield from it\n", K_V),
+                vec![4, 1, 0, 0, 1],
+                kv_struct_groups(),
+            ),
+            "_0: struct<k: int64, v: double>",
+            kv_rows.clone(),
+        ));
+        out.push((
+            arrow_case(
+                layout,
+                EvalType::SqlGroupedMapPandasIterUdf,
+                ("def func(it):\n    yield from it\n", K_V),
+                vec![4, 1, 0, 0, 1],
+                kv_named_groups(),
+            ),
+            "_0: struct<k: int64, v: double>",
+            kv_rows.clone(),
+        ));
+    }
+    if layout >= UdfLayout::Pyspark42 {
+        out.push((
+            two_groups(
+                layout,
+                EvalType::SqlGroupedAggPandasIterUdf,
+                "def func(it):\n    t = 0.0\n    for s in it:\n        t += s.sum()\n    return t\n",
+            ),
+            "_0: double",
+            json!([[6.0], [30.0]]),
+        ));
+        out.push((
+            two_groups(
+                layout,
+                EvalType::SqlGroupedAggArrowIterUdf,
+                "import pyarrow.compute as pc\ndef func(it):\n    t = 0.0\n    for a in it:\n        t += pc.sum(a).as_py()\n    return t\n",
+            ),
+            "_0: double",
+            json!([[6.0], [30.0]]),
+        ));
+    }
+    // The Arrow UDTF of 3.5-4.3: Arrow in, Arrow out, the class as the handler.
+    let batch = arrow::positional_batch(vec![doubles(&[1.0, 2.0])]).unwrap();
+    out.push((
+        Case {
+            udtf: Some(("doubler", A_B)),
+            input_schema: Some(IN_DOUBLE.into()),
+            ..arrow_case(
+                layout,
+                EvalType::SqlArrowTableUdf,
+                (
+                    "class func:\n    def eval(self, x):\n        yield x, x * 2\n",
+                    A_B,
+                ),
+                vec![0],
+                vec![Group::of(vec![batch])],
+            )
+        },
+        "_0: struct<a: double, b: double>",
+        json!([[{"a": 1.0, "b": 2.0}], [{"a": 2.0, "b": 4.0}]]),
+    ));
+    out
+}
+
+async fn newer(version: &str) {
+    let layout = layout_of(&env_for(version));
+    let (cases, wants): (Vec<Case>, Vec<(&str, J)>) = newer_kinds(layout)
+        .into_iter()
+        .map(|(c, s, r)| (c, (s, r)))
+        .unzip();
+    let out = run_cases(version, &cases).await;
+    for ((case, (schema, rows)), got) in cases.iter().zip(wants).zip(&out) {
+        eprintln!("{version} {}: {got:?}", case.eval);
+        assert_arrow(got, schema, rows);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_udf_kinds_and_types_on_3_5_9() {
+    newer("3.5.9").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_udf_kinds_and_types_on_4_0_5() {
+    newer("4.0.5").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_udf_kinds_and_types_on_4_1_4() {
+    newer("4.1.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_udf_kinds_and_types_on_4_2_1() {
+    newer("4.2.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_udf_kinds_and_types_on_4_3_0() {
+    newer("4.3.0").await;
+}
