@@ -54,6 +54,8 @@ struct Case {
     profiler: Option<Profiler>,
     /// Data deliberately in another version's framing: fakejvm's own decoder must refuse it.
     foreign_framing: bool,
+    /// 302: the table-argument offsets (4.1: in the command; 4.2+: EvalConf).
+    table_offsets: Option<Vec<i32>>,
 }
 
 impl Case {
@@ -71,6 +73,7 @@ impl Case {
             names: vec![],
             profiler: None,
             foreign_framing: false,
+            table_offsets: None,
         }
     }
 }
@@ -234,6 +237,7 @@ async fn run_cases(version: &str, cases: &[Case]) -> Vec<Output> {
             });
         }
         cmd.extras.input_schema = case.input_schema.clone();
+        cmd.extras.table_arg_offsets = case.table_offsets.clone();
         let mut req = cmd.place(&env.python_version, case.eval, case.runner_conf.clone());
         req.spark_files_dir = "/tmp".into();
         req.data = case.data.clone();
@@ -863,6 +867,52 @@ fn newer_kinds(layout: UdfLayout) -> Vec<(Case, &'static str, J)> {
             ),
             "_0: double",
             json!([[6.0], [30.0]]),
+        ));
+    }
+    // A bounded window: two leading offsets name the begin and end index columns (int32) the
+    // JVM computes per row; here each row's window is the previous and the current row.
+    let ints = |v: &[i32]| -> Arc<dyn arrow_array::Array> {
+        Arc::new(arrow_array::Int32Array::from(v.to_vec()))
+    };
+    let batch = arrow::positional_batch(vec![
+        doubles(&[1.0, 2.0, 3.0]),
+        ints(&[0, 0, 1]),
+        ints(&[1, 2, 3]),
+    ])
+    .unwrap();
+    out.push((
+        Case {
+            runner_conf: vec![(layout.window_bound_key().into(), "bounded".into())],
+            ..arrow_case(
+                layout,
+                EvalType::SqlWindowAggPandasUdf,
+                ("func = lambda v: v.mean()", DOUBLE),
+                vec![1, 2, 0],
+                vec![Group::of(vec![batch])],
+            )
+        },
+        "_0: double",
+        json!([[1.0], [1.5], [2.5]]),
+    ));
+    if layout >= UdfLayout::Pyspark41 {
+        let batch = arrow::positional_batch(vec![doubles(&[1.0, 2.0])]).unwrap();
+        out.push((
+            Case {
+                udtf: Some(("arrow_doubler", A_B)),
+                table_offsets: Some(vec![]),
+                ..arrow_case(
+                    layout,
+                    EvalType::SqlArrowUdtf,
+                    (
+                        "import pyarrow as pa\nimport pyarrow.compute as pc\n\nclass func:\n    def eval(self, x):\n        yield pa.table({'a': x, 'b': pc.multiply(x, 2)})\n",
+                        A_B,
+                    ),
+                    vec![0],
+                    vec![Group::of(vec![batch])],
+                )
+            },
+            "_0: struct<a: double, b: double>",
+            json!([[{"a": 1.0, "b": 2.0}], [{"a": 2.0, "b": 4.0}]]),
         ));
     }
     // The Arrow UDTF of 3.5-4.3: Arrow in, Arrow out, the class as the handler.
