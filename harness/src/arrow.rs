@@ -592,6 +592,20 @@ fn parse_decimal(text: &str, scale: i8) -> Option<i128> {
     Some(if neg { -v } else { v })
 }
 
+/// `batch` cut into batches of at most `max_records` rows, as the JVM cuts its input at
+/// `spark.sql.execution.arrow.maxRecordsPerBatch` (0 or less: no limit). An empty batch stays one.
+pub fn split_batch(batch: &RecordBatch, max_records: i64) -> Vec<RecordBatch> {
+    let n = batch.num_rows();
+    if max_records <= 0 || n as i64 <= max_records {
+        return vec![batch.clone()];
+    }
+    let step = max_records as usize;
+    (0..n)
+        .step_by(step)
+        .map(|at| batch.slice(at, step.min(n - at)))
+        .collect()
+}
+
 /// A batch of nullable columns named `_0`, `_1`, ...: the input of the scalar, agg and window
 /// kinds (the JVM names the UDF input expressions so).
 pub fn positional_batch(columns: Vec<ArrayRef>) -> Result<RecordBatch, ArrowError> {
@@ -810,6 +824,23 @@ mod tests {
                 assert_eq!(dec[0].spans, enc.spans, "{layout} {eval}");
             }
         }
+    }
+
+    #[test]
+    fn batches_split_at_max_records() {
+        let b = positional_batch(vec![doubles(&[Some(1.0), Some(2.0), Some(3.0)])]).unwrap();
+        let sizes = |m| {
+            split_batch(&b, m)
+                .iter()
+                .map(|b| b.num_rows())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sizes(2), vec![2, 1]);
+        assert_eq!(sizes(1), vec![1, 1, 1]);
+        assert_eq!(sizes(3), vec![3]);
+        assert_eq!(sizes(0), vec![3]);
+        let rows: Vec<J> = split_batch(&b, 2).iter().flat_map(batch_rows).collect();
+        assert_eq!(rows, batch_rows(&b));
     }
 
     proptest! {

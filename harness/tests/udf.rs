@@ -9,8 +9,8 @@ use fakejvm::arrow::{self, Group};
 use fakejvm::decode::StreamDirection;
 use fakejvm::pickle::{self, Value};
 use fakejvm::protocol::{
-    decode_requests_as, Arg, ChainedFunc, DataItem, Dialect, EvalType, Profiler, ReplyEnd,
-    ReplyItem, Udf, UdfBody, UdfCommand, UdfLayout, Udtf,
+    decode_requests_as, Arg, ChainedFunc, DataItem, Dialect, EvalType, InputFraming, Profiler,
+    ReplyEnd, ReplyItem, Udf, UdfBody, UdfCommand, UdfLayout, Udtf,
 };
 use fakejvm::pyenv::{build_udf_functions, PythonEnv, UdfFunctionSpec};
 use fakejvm::session::{self, SessionOptions, Transcript, WritePlan};
@@ -31,8 +31,8 @@ enum Output {
         schemas: Vec<String>,
         rows: Vec<J>,
     },
-    /// The worker's -2 traceback.
-    Raised(String),
+    /// The worker's -2 traceback, and how many Arrow streams (-6) came before it.
+    Raised(String, usize),
 }
 
 struct Case {
@@ -282,7 +282,12 @@ async fn run_cases(version: &str, cases: &[Case]) -> Vec<Output> {
         }
         outputs.push(if let ReplyEnd::Exception { traceback } = &reply.end {
             eprintln!("{what}: the worker raised:\n{traceback}");
-            Output::Raised(traceback.clone())
+            let streams = reply
+                .data
+                .iter()
+                .filter(|i| matches!(i, ReplyItem::ArrowStream(_)))
+                .count();
+            Output::Raised(traceback.clone(), streams)
         } else if case.eval.is_pickled() {
             let mut values = vec![];
             for item in &reply.data {
@@ -548,7 +553,7 @@ async fn more_kinds(version: &str) {
         json!([[2.0], [2.0], [2.0], [15.0], [15.0]]),
     );
     match &out[5] {
-        Output::Raised(tb) => assert!(tb.contains("ValueError: boom"), "{tb}"),
+        Output::Raised(tb, _) => assert!(tb.contains("ValueError: boom"), "{tb}"),
         other => panic!("expected the worker's ValueError, got {other:?}"),
     }
     // One frame per input row, holding the tuple of its output rows.
@@ -579,7 +584,7 @@ async fn more_kinds(version: &str) {
             "2013265920"
         };
         match &out[10] {
-            Output::Raised(tb) => assert!(
+            Output::Raised(tb, _) => assert!(
                 tb.contains(&format!(
                     "[INVALID_NUMBER_OF_DATAFRAMES_IN_GROUP] Invalid number of dataframes in group {count}"
                 )),
@@ -974,4 +979,132 @@ async fn newer_udf_kinds_and_types_on_4_2_1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newer_udf_kinds_and_types_on_4_3_0() {
     newer("4.3.0").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// How the reply is shaped around the data (PROTOCOL-UDF.md §5).
+
+async fn reply_shapes(version: &str) {
+    let layout = layout_of(&env_for(version));
+    let two_batches = |v: &[f64]| {
+        let b = arrow::positional_batch(vec![doubles(v)]).unwrap();
+        arrow::split_batch(&b, 2)
+    };
+    let empty = arrow::positional_batch(vec![doubles(&[])]).unwrap();
+    let no_batches = arrow::data_section(
+        InputFraming::Stream,
+        &empty.schema(),
+        None,
+        &[Group::of(vec![])],
+    )
+    .unwrap();
+    let mut cases = vec![
+        // No input batch at all: no -6 and no stream, straight to the trailer.
+        Case {
+            data: no_batches,
+            ..arrow_case(
+                layout,
+                EvalType::SqlScalarPandasUdf,
+                ("func = lambda v: v + 1", DOUBLE),
+                vec![0],
+                vec![Group::of(vec![empty.clone()])],
+            )
+        },
+        // One batch of no rows: a -6 stream holding one batch of no rows.
+        arrow_case(
+            layout,
+            EvalType::SqlScalarPandasUdf,
+            ("func = lambda v: v + 1", DOUBLE),
+            vec![0],
+            vec![Group::of(vec![empty])],
+        ),
+        // A raise after the first output batch: the stream is ended, then -2.
+        arrow_case(
+            layout,
+            EvalType::SqlScalarPandasIterUdf,
+            (
+                "def func(it):\n    for i, v in enumerate(it):\n        if i:\n            raise ValueError('second batch')\n        yield v + 1\n",
+                DOUBLE,
+            ),
+            vec![0],
+            vec![Group::of(two_batches(&[1.0, 2.0, 3.0]))],
+        ),
+        // maxRecordsPerBatch = 2: the input in two batches, the output too.
+        arrow_case(
+            layout,
+            EvalType::SqlScalarPandasUdf,
+            ("func = lambda v: v * 2", DOUBLE),
+            vec![0],
+            vec![Group::of(two_batches(&[1.0, 2.0, 3.0]))],
+        ),
+    ];
+    if layout >= UdfLayout::Pyspark41 {
+        // 4.1+ take a group split over several batches.
+        cases.push(arrow_case(
+            layout,
+            EvalType::SqlGroupedAggPandasUdf,
+            ("func = lambda v: v.mean()", DOUBLE),
+            vec![0],
+            vec![
+                Group::of(two_batches(&[1.0, 2.0, 3.0])),
+                Group::of(two_batches(&[10.0, 20.0])),
+            ],
+        ));
+    }
+    let out = run_cases(version, &cases).await;
+    match &out[0] {
+        Output::Arrow { schemas, rows } => {
+            assert!(schemas.is_empty() && rows.is_empty(), "{out:?}")
+        }
+        other => panic!("expected no Arrow output, got {other:?}"),
+    }
+    assert_arrow(&out[1], "_0: double", json!([]));
+    let out = &out[1..];
+    match &out[1] {
+        Output::Raised(tb, streams) => {
+            assert!(tb.contains("ValueError: second batch"), "{tb}");
+            assert_eq!(*streams, 1, "the first batch's stream, ended, before -2");
+        }
+        other => panic!("expected the worker's ValueError, got {other:?}"),
+    }
+    assert_arrow(&out[2], "_0: double", json!([[2.0], [4.0], [6.0]]));
+    if let Output::Arrow { .. } = &out[2] {
+        let batches = arrow_batches(&out[2]);
+        assert_eq!(batches, 1, "one reply stream");
+    }
+    if layout >= UdfLayout::Pyspark41 {
+        assert_arrow(&out[3], "_0: double", json!([[2.0], [15.0]]));
+    }
+}
+
+fn arrow_batches(out: &Output) -> usize {
+    match out {
+        Output::Arrow { schemas, .. } => schemas.len(),
+        _ => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udf_reply_shapes_on_3_5_9() {
+    reply_shapes("3.5.9").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udf_reply_shapes_on_4_0_5() {
+    reply_shapes("4.0.5").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udf_reply_shapes_on_4_1_4() {
+    reply_shapes("4.1.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udf_reply_shapes_on_4_2_1() {
+    reply_shapes("4.2.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udf_reply_shapes_on_4_3_0() {
+    reply_shapes("4.3.0").await;
 }
