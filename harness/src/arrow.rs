@@ -420,6 +420,18 @@ pub fn type_name(t: &DataType) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+        DataType::Timestamp(unit, tz) => {
+            let unit = match unit {
+                TimeUnit::Second => "s",
+                TimeUnit::Millisecond => "ms",
+                TimeUnit::Microsecond => "us",
+                TimeUnit::Nanosecond => "ns",
+            };
+            match tz {
+                Some(tz) => format!("timestamp[{unit}, {tz}]"),
+                None => format!("timestamp[{unit}]"),
+            }
+        }
         other => other.to_string().to_ascii_lowercase(),
     }
 }

@@ -3,8 +3,8 @@
 
 use crate::pickle;
 use crate::protocol::{
-    decode_replies, decode_requests, BroadcastOp, ConnInfo, DataItem, DecodedRequest, Dialect,
-    Reply, ReplyEnd, ReplyItem, SpanKind,
+    decode_replies, decode_requests, decode_requests_as, BroadcastOp, ConnInfo, DataItem,
+    DecodedRequest, Dialect, Reply, ReplyEnd, ReplyItem, SpanKind, UdfLayout,
 };
 use crate::wire::WireError;
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,17 @@ pub struct Decoded {
     pub requests: Vec<DecodedRequest>,
     pub replies: Vec<Reply>,
     pub error: Option<WireError>,
+}
+
+/// `decode` for one pyspark line: UDF command sections differ inside a family (3.5 and 4.0 are
+/// both A; `decode` reads A's as 4.0's).
+pub fn decode_as(layout: UdfLayout, direction: StreamDirection, bytes: &[u8]) -> Decoded {
+    let mut d = decode(layout.dialect(), direction, &[]);
+    match direction {
+        StreamDirection::Request => (d.requests, d.error) = decode_requests_as(layout, bytes),
+        StreamDirection::Reply => (d.replies, d.error) = decode_replies(layout.dialect(), bytes),
+    }
+    d
 }
 
 pub fn decode(dialect: Dialect, direction: StreamDirection, bytes: &[u8]) -> Decoded {

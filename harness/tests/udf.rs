@@ -277,7 +277,7 @@ async fn run_cases(version: &str, cases: &[Case]) -> Vec<Output> {
             .reply
             .unwrap_or_else(|e| panic!("{what}: no complete reply: {e:?}"));
         if std::env::var_os("FAKEJVM_UDF_DUMP").is_some() {
-            let d = fakejvm::decode::decode(dialect, StreamDirection::Request, &bytes);
+            let d = fakejvm::decode::decode_as(layout, StreamDirection::Request, &bytes);
             eprintln!("{what}:\n{}", d.to_text());
         }
         outputs.push(if let ReplyEnd::Exception { traceback } = &reply.end {
@@ -1107,4 +1107,120 @@ async fn udf_reply_shapes_on_4_2_1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udf_reply_shapes_on_4_3_0() {
     reply_shapes("4.3.0").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Column types through a real worker untouched: mapInArrow (207) hands the batches back as they
+// came, so what fakejvm writes, pyarrow reads and writes back, and fakejvm reads again must equal
+// the input, nulls included.
+
+const TYPED: &str = r#"{"type":"struct","fields":[
+{"name":"b","type":"boolean","nullable":true,"metadata":{}},
+{"name":"i","type":"integer","nullable":true,"metadata":{}},
+{"name":"l","type":"long","nullable":true,"metadata":{}},
+{"name":"d","type":"double","nullable":true,"metadata":{}},
+{"name":"s","type":"string","nullable":true,"metadata":{}},
+{"name":"bin","type":"binary","nullable":true,"metadata":{}},
+{"name":"day","type":"date","nullable":true,"metadata":{}},
+{"name":"ts","type":"timestamp","nullable":true,"metadata":{}},
+{"name":"dec","type":"decimal(10,2)","nullable":true,"metadata":{}},
+{"name":"words","type":{"type":"array","elementType":"string","containsNull":true},"nullable":true,"metadata":{}},
+{"name":"pair","type":{"type":"struct","fields":[{"name":"id","type":"long","nullable":true,"metadata":{}},{"name":"v","type":"double","nullable":true,"metadata":{}}]},"nullable":true,"metadata":{}}]}"#;
+
+async fn typed_identity(version: &str) {
+    use arrow_schema::{DataType as T, Field, Fields, TimeUnit};
+    let layout = layout_of(&env_for(version));
+    let utf8_list = T::List(Arc::new(Field::new("element", T::Utf8, true)));
+    let pair = T::Struct(Fields::from(vec![
+        Field::new("id", T::Int64, true),
+        Field::new("v", T::Float64, true),
+    ]));
+    let columns: Vec<(&str, T, J)> = vec![
+        ("b", T::Boolean, json!([true, null, false])),
+        ("i", T::Int32, json!([1, -2147483648, null])),
+        ("l", T::Int64, json!([null, 9007199254740993i64, -1])),
+        ("d", T::Float64, json!([1.5, -0.25, null])),
+        ("s", T::Utf8, json!(["a b", null, "😀 é"])),
+        (
+            "bin",
+            T::Binary,
+            json!([{"$bytes": "00ff"}, {"$bytes": ""}, null]),
+        ),
+        ("day", T::Date32, json!([0, null, 19000])),
+        (
+            "ts",
+            T::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            json!([1_700_000_000_123_456i64, null, 0]),
+        ),
+        (
+            "dec",
+            T::Decimal128(10, 2),
+            json!(["1.50", null, "-12345678.90"]),
+        ),
+        ("words", utf8_list, json!([["a", null], [], null])),
+        (
+            "pair",
+            pair,
+            json!([{"id": 1, "v": 0.5}, null, {"id": null, "v": 2.0}]),
+        ),
+    ];
+    let arrays: Vec<(&str, Arc<dyn arrow_array::Array>)> = columns
+        .iter()
+        .map(|(n, t, v)| {
+            (
+                *n,
+                arrow::array_from_json(t, v.as_array().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    let batch = arrow::struct_batch(arrays).unwrap();
+    let want: Vec<J> = (0..3)
+        .map(|row| {
+            let obj: serde_json::Map<String, J> = columns
+                .iter()
+                .map(|(n, _, v)| (n.to_string(), v[row].clone()))
+                .collect();
+            json!([obj])
+        })
+        .collect();
+    let case = arrow_case(
+        layout,
+        EvalType::SqlMapArrowIterUdf,
+        ("def func(it):\n    yield from it\n", TYPED),
+        vec![0],
+        vec![Group::of(vec![batch])],
+    );
+    let out = run_cases(version, &[case]).await;
+    match &out[0] {
+        Output::Arrow { rows, schemas } => {
+            eprintln!("{version}: {schemas:?}");
+            assert_eq!(rows, &want);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_columns_through_map_in_arrow_on_3_5_9() {
+    typed_identity("3.5.9").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_columns_through_map_in_arrow_on_4_0_5() {
+    typed_identity("4.0.5").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_columns_through_map_in_arrow_on_4_1_4() {
+    typed_identity("4.1.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_columns_through_map_in_arrow_on_4_2_1() {
+    typed_identity("4.2.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_columns_through_map_in_arrow_on_4_3_0() {
+    typed_identity("4.3.0").await;
 }
