@@ -16,6 +16,7 @@ pub mod report;
 pub mod repro;
 pub mod scenario;
 pub mod session;
+pub mod sqltype;
 pub mod verdict;
 pub mod wire;
 pub mod worker;

@@ -14,6 +14,7 @@ use fakejvm::protocol::{
 };
 use fakejvm::pyenv::{build_udf_functions, PythonEnv, UdfFunctionSpec};
 use fakejvm::session::{self, SessionOptions, Transcript, WritePlan};
+use fakejvm::sqltype::SqlType;
 use fakejvm::worker::{LaunchOptions, Workers};
 use serde_json::{json, Value as J};
 use std::sync::Arc;
@@ -733,11 +734,20 @@ fn newer_kinds(layout: UdfLayout) -> Vec<(Case, &'static str, J)> {
         Some("c"),
         None,
     ]));
+    // The return type from DDL, as a scenario spells it.
+    let array_string = SqlType::parse("array<string>")
+        .unwrap()
+        .to_json()
+        .to_string();
+    assert_eq!(array_string, ARRAY_STRING);
     out.push((
         arrow_case(
             layout,
             EvalType::SqlScalarPandasUdf,
-            ("func = lambda s: s.str.split(' ')", ARRAY_STRING),
+            (
+                "func = lambda s: s.str.split(' ')",
+                Box::leak(array_string.into_boxed_str()),
+            ),
             vec![0],
             vec![Group::of(
                 vec![arrow::positional_batch(vec![text]).unwrap()],
@@ -1223,4 +1233,17 @@ async fn typed_columns_through_map_in_arrow_on_4_2_1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_columns_through_map_in_arrow_on_4_3_0() {
     typed_identity("4.3.0").await;
+}
+
+#[test]
+fn ddl_gives_the_json_the_cases_spell_out() {
+    let json = |ddl: &str| SqlType::parse(ddl).unwrap().to_json();
+    let parsed = |text: &str| serde_json::from_str::<J>(text).unwrap();
+    assert_eq!(json("struct<k:bigint,v:double>"), parsed(K_V));
+    assert_eq!(json("id long, v double"), parsed(ID_V));
+    assert_eq!(json("a double, b double"), parsed(A_B));
+    assert_eq!(
+        json("struct<b:boolean,i:int,l:bigint,d:double,s:string,bin:binary,day:date,ts:timestamp,dec:decimal(10,2),words:array<string>,pair:struct<id:bigint,v:double>>"),
+        parsed(TYPED)
+    );
 }
