@@ -69,6 +69,13 @@ pub fn data_section(
         }
         // 3.5/4.0 grouped kinds read each batch as a group, so one batch per group is the JVM's
         // shape there (a group split in two would be two groups).
+        InputFraming::BatchPerGroup if groups.iter().any(|g| g.left.len() != 1) => {
+            return Err(ArrowError::InvalidArgumentError(
+                "pyspark 3.5/4.0 read every record batch of a grouped kind as one group: give \
+                 each group exactly one batch (or send the Stream framing on purpose)"
+                    .into(),
+            ))
+        }
         InputFraming::Stream | InputFraming::BatchPerGroup => {
             let all: Vec<RecordBatch> = groups.iter().flat_map(|g| g.left.clone()).collect();
             vec![DataItem::Raw(write_stream(schema, &all)?)]
@@ -749,6 +756,9 @@ mod tests {
             }
             assert_eq!(rows[0], json!([1.0]));
         }
+        // 3.5/4.0 would read a split group as two groups.
+        let split = Group::of(vec![groups[0].left[0].clone(), groups[0].left[0].clone()]);
+        assert!(data_section(InputFraming::BatchPerGroup, &schema, None, &[split]).is_err());
         // §8.4: the 4.1+ framing starts with a big-endian 1 and ends with a 0.
         let items = data_section(InputFraming::Grouped, &schema, None, &groups).unwrap();
         let DataItem::Raw(first) = &items[0] else {
