@@ -18,6 +18,9 @@ pub enum ReplyItem {
     /// A frame as handed out by the decoder: it shares the received bytes, no copy.
     Frame(#[serde(with = "super::hex_bytes")] Bytes),
     Null,
+    /// START_ARROW_STREAM (-6) and the IPC stream after it, up to its end marker; shares the
+    /// received bytes like `Frame`.
+    ArrowStream(#[serde(with = "super::hex_bytes")] Bytes),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -69,7 +72,7 @@ impl Reply {
         self.data
             .iter()
             .map(|d| match d {
-                ReplyItem::Frame(b) => Some(b.clone()),
+                ReplyItem::Frame(b) | ReplyItem::ArrowStream(b) => Some(b.clone()),
                 ReplyItem::Null => None,
             })
             .collect()
@@ -264,7 +267,19 @@ impl ReplyDecoder {
                         DecodeState::Exception
                     }
                     SlotLen::Special(SpecialLength::StartArrowStream) => {
-                        return Err(r.error(at, WireErrorKind::ArrowNotDecoded))
+                        // The whole IPC stream follows the marker: taken as one item.
+                        let mut r = Reader::new(&self.buf[4..])
+                            .with_base(self.base + 4)
+                            .with_limits(self.limits);
+                        let n = complete!(crate::arrow::read_ipc_stream(&mut r)).len();
+                        self.consume(4);
+                        let stream = self.split(n);
+                        self.data_items += 1;
+                        self.data_bytes += n as u64;
+                        if self.keep_data {
+                            self.data.push(ReplyItem::ArrowStream(stream));
+                        }
+                        return Ok(Status::Complete(None));
                     }
                     SlotLen::Special(marker) => {
                         return Err(r.error(
@@ -495,6 +510,10 @@ impl Dialect {
             match item {
                 ReplyItem::Frame(b) => wire::put_frame(out, b, limits)?,
                 ReplyItem::Null => wire::put_special(out, SpecialLength::Null),
+                ReplyItem::ArrowStream(b) => {
+                    wire::put_special(out, SpecialLength::StartArrowStream);
+                    out.extend_from_slice(b);
+                }
             }
         }
         match &r.end {
