@@ -724,6 +724,65 @@ mod tests {
         }
     }
 
+    /// A reply of the Arrow kinds: -6, a whole IPC stream (little-endian framing inside), then
+    /// the usual timing block.
+    fn arrow_reply_bytes(dialect: Dialect) -> (Vec<u8>, Vec<u8>) {
+        use crate::arrow::{positional_batch, write_stream};
+        let col = std::sync::Arc::new(arrow_array::Float64Array::from(vec![Some(2.0), None]));
+        let batch = positional_batch(vec![col]).unwrap();
+        let stream = write_stream(&batch.schema(), &[batch.clone(), batch]).unwrap();
+        let mut b = BytesMut::new();
+        wire::put_special(&mut b, SpecialLength::StartArrowStream);
+        b.extend_from_slice(&stream);
+        b.extend_from_slice(&reply_bytes(dialect)[4 + 3 + 4..]);
+        (b.to_vec(), stream)
+    }
+
+    #[test]
+    fn an_arrow_stream_is_partial_until_all_of_it_is_buffered() {
+        for d in Dialect::ALL {
+            let (bytes, stream) = arrow_reply_bytes(d);
+            let mut dec = ReplyDecoder::new(d);
+            let mut got = None;
+            for (i, b) in bytes.iter().enumerate() {
+                dec.feed(&[*b]);
+                if let Status::Complete(r) = dec.next_reply().unwrap() {
+                    assert_eq!(i, bytes.len() - 1);
+                    got = Some(r);
+                }
+                if i < 4 + stream.len() - 1 {
+                    assert_eq!(
+                        dec.offset(),
+                        0,
+                        "nothing consumed before the stream is whole"
+                    );
+                }
+            }
+            let r = got.expect("a reply");
+            assert_eq!(
+                r.data,
+                vec![ReplyItem::ArrowStream(Bytes::from(stream.clone()))]
+            );
+            assert_eq!((r.data_items, r.data_bytes), (1, stream.len() as u64));
+            let (whole, err) = decode_replies(d, &bytes);
+            assert!(err.is_none(), "{err:?}");
+            assert_eq!(whole, vec![r]);
+            assert_eq!(d.encode_replies(&whole, L).unwrap(), bytes);
+            // Cut inside the stream: the stream is over in the data section.
+            let (_, err) = decode_replies(d, &bytes[..4 + stream.len() / 2]);
+            assert!(
+                matches!(
+                    err.expect("an error").kind,
+                    WireErrorKind::Truncated {
+                        place: "in the data section",
+                        ..
+                    }
+                ),
+                "{d}"
+            );
+        }
+    }
+
     #[test]
     fn a_stream_cut_short_is_truncated_with_the_place() {
         let bytes = reply_bytes(Dialect::A);

@@ -964,6 +964,75 @@ mod tests {
         req
     }
 
+    /// Arrow data sections (no -1, raw streams) through the incremental decoder: a byte at a
+    /// time, with data dropped, and followed by a second request on the same stream.
+    #[test]
+    fn arrow_requests_decode_incrementally_on_every_layout() {
+        use crate::arrow::{data_section, positional_batch, Group};
+        let col = std::sync::Arc::new(arrow_array::Float64Array::from(vec![1.0, 2.0]));
+        let batch = positional_batch(vec![col]).unwrap();
+        let groups = [
+            Group::of(vec![batch.clone()]),
+            Group::of(vec![batch.clone()]),
+        ];
+        for layout in UdfLayout::ALL {
+            for eval in [
+                EvalType::SqlScalarPandasUdf,
+                EvalType::SqlGroupedAggPandasUdf,
+            ] {
+                let cmd = UdfCommand::udfs(layout, vec![Udf::simple(&[0], vec![0x80, 5, b'.'])]);
+                let mut req = cmd.place("3.11", eval, vec![]);
+                req.context.cpu_amount = (layout.dialect() == Dialect::D).then(|| "1".into());
+                req.data = data_section(layout.input_framing(eval), &batch.schema(), None, &groups)
+                    .unwrap();
+                req.end_of_data = false;
+                let enc = layout.dialect().encode_request(&req);
+                let mut bytes = enc.bytes.clone();
+                bytes.extend_from_slice(&enc.bytes);
+
+                let mut dec = RequestDecoder::new_as(layout);
+                let mut got = vec![];
+                for b in &bytes {
+                    dec.feed(&[*b]);
+                    while let Status::Complete(r) = dec.next_request().unwrap() {
+                        got.push(r);
+                    }
+                }
+                assert_eq!(got.len(), 2, "{layout} {eval}");
+                assert!(dec.at_request_boundary());
+                assert_eq!(got[0].request, req, "{layout} {eval}");
+                assert_eq!(got[0].spans, enc.spans, "{layout} {eval}");
+                let n = enc.bytes.len();
+                assert_eq!(got[1].range(), (n, 2 * n));
+
+                let mut dec = RequestDecoder::new_as(layout).headers_only();
+                dec.feed(&bytes);
+                let Status::Complete(h) = dec.next_request().unwrap() else {
+                    panic!("{layout} {eval}: partial")
+                };
+                assert!(h.request.data.is_empty());
+                assert_eq!(h.spans, enc.spans, "{layout} {eval}");
+
+                let cut = enc
+                    .spans
+                    .iter()
+                    .find(|s| s.kind == SpanKind::Data(0))
+                    .unwrap();
+                let (_, err) = decode_requests_as(layout, &enc.bytes[..cut.end - 1]);
+                assert!(
+                    matches!(
+                        err.expect("an error").kind,
+                        WireErrorKind::Truncated {
+                            place: "in the data section",
+                            ..
+                        }
+                    ),
+                    "{layout} {eval}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn every_dialect_decodes_what_it_encodes() {
         for d in Dialect::ALL {
