@@ -6,6 +6,8 @@
 #            (func, profiler, deserializer, serializer) that the driver sends. The bytes hold
 #            instances of pyspark's own serializer classes and a function pickled by the bundled
 #            pyspark.cloudpickle, so only the target version can write them faithfully.
+#            A spec with a "return_type" is a SQL UDF function instead: (func, returnType), or
+#            the UDTF class alone, as sql/udf.py's _wrap_function pickles them.
 # Rust embeds this file (include_str!) and runs it as `python -c <this> <mode>`.
 # Protocol with Rust: JSON on stdin (build only), one JSON object on stdout.
 import json
@@ -91,8 +93,11 @@ def build():
             exec(compile(spec["function"], "<scenario function>", "exec"), scope)
             if "func" not in scope:
                 raise NameError("the function source must bind the name `func`")
-            command = (scope["func"], None, serializer(spec["deserializer"]),
-                       serializer(spec["serializer"]))
+            if "return_type" in spec:
+                command = udf_command(scope["func"], spec)
+            else:
+                command = (scope["func"], None, serializer(spec["deserializer"]),
+                           serializer(spec["serializer"]))
             # The driver's own path: rdd.py's _prepare_for_python_RDD calls exactly this.
             pickled = CloudPickleSerializer().dumps(command)
             results.append({"ok": base64.b64encode(pickled).decode("ascii")})
@@ -100,6 +105,15 @@ def build():
             line = traceback.format_exception_only(type(e), e)
             results.append({"error": "".join(line).strip()})
     answer({"results": results})
+
+
+def udf_command(func, spec):
+    if spec.get("udtf"):
+        return func
+    # Spark's JSON form of a DataType: 3.5 can only parse DDL through a JVM, the JSON in Python.
+    from pyspark.sql.types import _parse_datatype_json_string
+
+    return (func, _parse_datatype_json_string(spec["return_type"]))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 
 use crate::pickle;
 use crate::protocol::{
-    decode_replies, decode_requests, BroadcastOp, ConnInfo, DataItem, DecodedRequest, Dialect,
-    Reply, ReplyEnd, ReplyItem, SpanKind,
+    decode_replies, decode_requests, decode_requests_as, BroadcastOp, ConnInfo, DataItem,
+    DecodedRequest, Dialect, Reply, ReplyEnd, ReplyItem, SpanKind, UdfLayout,
 };
 use crate::wire::WireError;
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,17 @@ pub struct Decoded {
     pub requests: Vec<DecodedRequest>,
     pub replies: Vec<Reply>,
     pub error: Option<WireError>,
+}
+
+/// `decode` for one pyspark line: UDF command sections differ inside a family (3.5 and 4.0 are
+/// both A; `decode` reads A's as 4.0's).
+pub fn decode_as(layout: UdfLayout, direction: StreamDirection, bytes: &[u8]) -> Decoded {
+    let mut d = decode(layout.dialect(), direction, &[]);
+    match direction {
+        StreamDirection::Request => (d.requests, d.error) = decode_requests_as(layout, bytes),
+        StreamDirection::Reply => (d.replies, d.error) = decode_replies(layout.dialect(), bytes),
+    }
+    d
 }
 
 pub fn decode(dialect: Dialect, direction: StreamDirection, bytes: &[u8]) -> Decoded {
@@ -168,6 +179,13 @@ fn request_text(out: &mut String, i: usize, d: &DecodedRequest) {
                     let _ = writeln!(out, "{:21}{l}", "");
                 }
             }
+            SpanKind::Command if r.udf.is_some() => {
+                let udf = r.udf.as_ref().expect("matched");
+                let _ = writeln!(out, "  {at:<16} UDF command section:");
+                for l in udf.text_lines(r.eval_type) {
+                    let _ = writeln!(out, "{:21}{l}", "");
+                }
+            }
             SpanKind::Command => {
                 let _ = writeln!(
                     out,
@@ -179,6 +197,7 @@ fn request_text(out: &mut String, i: usize, d: &DecodedRequest) {
                 let text = match r.data.get(k) {
                     Some(DataItem::Frame(b)) => format!("frame {} bytes: {}", b.len(), preview(b)),
                     Some(DataItem::Null) => "NULL (-5)".into(),
+                    Some(DataItem::Raw(b)) if r.udf.is_some() => crate::arrow::data_item_text(b),
                     Some(DataItem::Raw(b)) => format!("raw {} bytes {}", b.len(), hex_preview(b)),
                     None => "?".into(),
                 };
@@ -211,6 +230,7 @@ fn reply_text(out: &mut String, i: usize, r: &Reply) {
         let text = match item {
             ReplyItem::Frame(b) => format!("frame {} bytes: {}", b.len(), preview(b)),
             ReplyItem::Null => "NULL (-5)".into(),
+            ReplyItem::ArrowStream(b) => crate::arrow::stream_summary(b),
         };
         let _ = writeln!(out, "  data[{k}] {text}");
     }

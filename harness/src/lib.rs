@@ -4,6 +4,7 @@
 //! Data flows one way through these modules, top to bottom: a scenario (or golden, or fuzz case)
 //! becomes a typed request, the request becomes bytes on a socket to a real worker, and the
 //! worker's reply becomes one typed verdict.
+pub mod arrow;
 pub mod atomic;
 pub mod bench;
 pub mod decode;
@@ -18,6 +19,7 @@ pub mod report;
 pub mod repro;
 pub mod scenario;
 pub mod session;
+pub mod sqltype;
 pub mod verdict;
 pub mod wire;
 pub mod worker;

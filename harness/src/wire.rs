@@ -221,8 +221,20 @@ pub enum WireErrorKind {
         marker: SpecialLength,
         place: &'static str,
     },
-    #[error("START_ARROW_STREAM (-6): Arrow replies are not decoded yet")]
-    ArrowNotDecoded,
+    /// An Arrow IPC message's metadata length (little-endian, inside the stream).
+    #[error("Arrow metadata length {0} is out of range")]
+    ArrowMetadataLength(i32),
+    #[error("Arrow message metadata is not a flatbuffer Message: {0}")]
+    ArrowNotAMessage(String),
+    #[error("Arrow body length {0} is out of range")]
+    ArrowBodyLength(i64),
+    #[error("a pickled kind has no Arrow data section")]
+    NoArrowSection,
+    /// 4.1+ grouped framings: each group starts with its stream count, the end with 0.
+    #[error("group marker {got} where {streams} (a group) or 0 (the end) belongs")]
+    BadGroupMarker { got: i32, streams: i32 },
+    #[error("{0} has no UDF command section to decode")]
+    NoUdfSection(crate::protocol::EvalType),
     #[error(
         "expected END_OF_DATA_SECTION (-1) after timing and spill longs, got {got} \
          (a dialect mismatch? this dialect reads {timing_longs} timing longs)"
@@ -238,8 +250,6 @@ pub enum WireErrorKind {
     InitLength(i32),
     #[error("{0} unread byte(s) at the end of the init message")]
     InitMessageTrailing(usize),
-    #[error("eval type {0} is not decoded yet (only NON_UDF = 0)")]
-    EvalTypeNotDecoded(i32),
     #[error("task context JSON: {0}")]
     TaskContext(ContextProblem),
 }

@@ -967,6 +967,7 @@ fn item_text(i: Option<&ReplyItem>) -> String {
         None => "(no frame)".into(),
         Some(ReplyItem::Null) => "NULL (-5)".into(),
         Some(ReplyItem::Frame(b)) => format!("frame {} bytes: {}", b.len(), preview(b)),
+        Some(ReplyItem::ArrowStream(b)) => crate::arrow::stream_summary(b),
     }
 }
 

@@ -6,13 +6,18 @@
 
 mod reply;
 mod request;
+mod udf;
 
 pub use reply::{
     decode_replies, decode_replies_with, Reply, ReplyDecoder, ReplyEnd, ReplyItem, Timing,
 };
 pub use request::{
-    decode_requests, decode_requests_with, DecodedRequest, EncodedRequest, RequestDecoder, Span,
-    SpanKind,
+    decode_requests, decode_requests_as, decode_requests_with, DecodedRequest, EncodedRequest,
+    RequestDecoder, Span, SpanKind,
+};
+pub use udf::{
+    Arg, ChainedFunc, CommandExtras, EvalType, InputFraming, Profiler, StateServer, Udf, UdfBody,
+    UdfCommand, UdfLayout, Udtf, EVAL_CONF_KEYS,
 };
 
 use serde::{Deserialize, Serialize};
@@ -115,37 +120,6 @@ impl std::str::FromStr for Dialect {
     }
 }
 
-/// `PythonEvalType` from pyspark/util.py (4.3.0 list; older versions have a subset).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum EvalType {
-    NonUdf,
-    SqlBatchedUdf,
-    SqlArrowBatchedUdf,
-    /// Pandas, Arrow and stateful kinds (200-254) and table UDFs (300-302): their command layout
-    /// is `read_udfs`/`read_udtf`, not yet spoken by fakejvm; kept by number so decode shows it.
-    Other(i32),
-}
-
-impl EvalType {
-    pub fn value(self) -> i32 {
-        match self {
-            EvalType::NonUdf => 0,
-            EvalType::SqlBatchedUdf => 100,
-            EvalType::SqlArrowBatchedUdf => 101,
-            EvalType::Other(v) => v,
-        }
-    }
-
-    pub fn from_value(v: i32) -> EvalType {
-        match v {
-            0 => EvalType::NonUdf,
-            100 => EvalType::SqlBatchedUdf,
-            101 => EvalType::SqlArrowBatchedUdf,
-            v => EvalType::Other(v),
-        }
-    }
-}
-
 /// Where a barrier task or a broadcast decryption server listens.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -241,6 +215,9 @@ pub struct TaskRequest {
     /// NON_UDF: the cloudpickled (func, profiler, deserializer, serializer) tuple.
     #[serde(with = "hex_bytes")]
     pub command: Vec<u8>,
+    /// Eval types other than NON_UDF: the UDF command section, written instead of `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udf: Option<UdfCommand>,
     pub data: Vec<DataItem>,
     /// Whether END_OF_DATA_SECTION (-1) closes the data (false only to break the protocol).
     pub end_of_data: bool,
@@ -262,6 +239,7 @@ impl TaskRequest {
             runner_conf: vec![],
             eval_conf: vec![],
             command,
+            udf: None,
             data,
             end_of_data: true,
             final_marker: Some(crate::wire::SpecialLength::EndOfStream.value()),

@@ -18,6 +18,9 @@ pub enum ReplyItem {
     /// A frame as handed out by the decoder: it shares the received bytes, no copy.
     Frame(#[serde(with = "super::hex_bytes")] Bytes),
     Null,
+    /// START_ARROW_STREAM (-6) and the IPC stream after it, up to its end marker; shares the
+    /// received bytes like `Frame`.
+    ArrowStream(#[serde(with = "super::hex_bytes")] Bytes),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -69,7 +72,7 @@ impl Reply {
         self.data
             .iter()
             .map(|d| match d {
-                ReplyItem::Frame(b) => Some(b.clone()),
+                ReplyItem::Frame(b) | ReplyItem::ArrowStream(b) => Some(b.clone()),
                 ReplyItem::Null => None,
             })
             .collect()
@@ -264,7 +267,19 @@ impl ReplyDecoder {
                         DecodeState::Exception
                     }
                     SlotLen::Special(SpecialLength::StartArrowStream) => {
-                        return Err(r.error(at, WireErrorKind::ArrowNotDecoded))
+                        // The whole IPC stream follows the marker: taken as one item.
+                        let mut r = Reader::new(&self.buf[4..])
+                            .with_base(self.base + 4)
+                            .with_limits(self.limits);
+                        let n = complete!(crate::arrow::read_ipc_stream(&mut r)).len();
+                        self.consume(4);
+                        let stream = self.split(n);
+                        self.data_items += 1;
+                        self.data_bytes += n as u64;
+                        if self.keep_data {
+                            self.data.push(ReplyItem::ArrowStream(stream));
+                        }
+                        return Ok(Status::Complete(None));
                     }
                     SlotLen::Special(marker) => {
                         return Err(r.error(
@@ -495,6 +510,10 @@ impl Dialect {
             match item {
                 ReplyItem::Frame(b) => wire::put_frame(out, b, limits)?,
                 ReplyItem::Null => wire::put_special(out, SpecialLength::Null),
+                ReplyItem::ArrowStream(b) => {
+                    wire::put_special(out, SpecialLength::StartArrowStream);
+                    out.extend_from_slice(b);
+                }
             }
         }
         match &r.end {
@@ -702,6 +721,65 @@ mod tests {
             let (replies, err) = decode_replies(d, &bytes);
             assert!(err.is_none(), "{err:?}");
             assert_eq!(d.encode_replies(&replies, L).unwrap(), bytes);
+        }
+    }
+
+    /// A reply of the Arrow kinds: -6, a whole IPC stream (little-endian framing inside), then
+    /// the usual timing block.
+    fn arrow_reply_bytes(dialect: Dialect) -> (Vec<u8>, Vec<u8>) {
+        use crate::arrow::{positional_batch, write_stream};
+        let col = std::sync::Arc::new(arrow_array::Float64Array::from(vec![Some(2.0), None]));
+        let batch = positional_batch(vec![col]).unwrap();
+        let stream = write_stream(&batch.schema(), &[batch.clone(), batch]).unwrap();
+        let mut b = BytesMut::new();
+        wire::put_special(&mut b, SpecialLength::StartArrowStream);
+        b.extend_from_slice(&stream);
+        b.extend_from_slice(&reply_bytes(dialect)[4 + 3 + 4..]);
+        (b.to_vec(), stream)
+    }
+
+    #[test]
+    fn an_arrow_stream_is_partial_until_all_of_it_is_buffered() {
+        for d in Dialect::ALL {
+            let (bytes, stream) = arrow_reply_bytes(d);
+            let mut dec = ReplyDecoder::new(d);
+            let mut got = None;
+            for (i, b) in bytes.iter().enumerate() {
+                dec.feed(&[*b]);
+                if let Status::Complete(r) = dec.next_reply().unwrap() {
+                    assert_eq!(i, bytes.len() - 1);
+                    got = Some(r);
+                }
+                if i < 4 + stream.len() - 1 {
+                    assert_eq!(
+                        dec.offset(),
+                        0,
+                        "nothing consumed before the stream is whole"
+                    );
+                }
+            }
+            let r = got.expect("a reply");
+            assert_eq!(
+                r.data,
+                vec![ReplyItem::ArrowStream(Bytes::from(stream.clone()))]
+            );
+            assert_eq!((r.data_items, r.data_bytes), (1, stream.len() as u64));
+            let (whole, err) = decode_replies(d, &bytes);
+            assert!(err.is_none(), "{err:?}");
+            assert_eq!(whole, vec![r]);
+            assert_eq!(d.encode_replies(&whole, L).unwrap(), bytes);
+            // Cut inside the stream: the stream is over in the data section.
+            let (_, err) = decode_replies(d, &bytes[..4 + stream.len() / 2]);
+            assert!(
+                matches!(
+                    err.expect("an error").kind,
+                    WireErrorKind::Truncated {
+                        place: "in the data section",
+                        ..
+                    }
+                ),
+                "{d}"
+            );
         }
     }
 

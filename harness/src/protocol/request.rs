@@ -79,9 +79,7 @@ impl Dialect {
         let mut head = BytesMut::new();
         self.encode_header(req, &mut head, limits)?;
         let header_len = head.len();
-        if req.split_index != -1 {
-            wire::put_frame(&mut head, &req.command, limits)?;
-        }
+        self.encode_command(req, &mut head, limits)?;
 
         if self.wraps_init_message() {
             wire::put_special(&mut buf, SpecialLength::StartOfInitMessage);
@@ -202,6 +200,19 @@ impl Dialect {
         Ok(())
     }
 
+    fn encode_command(
+        self,
+        req: &TaskRequest,
+        buf: &mut BytesMut,
+        limits: Limits,
+    ) -> Result<(), WireError> {
+        match (&req.udf, req.split_index) {
+            (_, -1) => Ok(()),
+            (Some(udf), _) => udf.encode(req.eval_type, &req.runner_conf, buf, limits),
+            (None, _) => wire::put_frame(buf, &req.command, limits),
+        }
+    }
+
     fn put_conn_info(
         self,
         buf: &mut BytesMut,
@@ -306,7 +317,16 @@ impl DecodedRequest {
 /// requests that decoded and, if the stream does not end on a request boundary, the error
 /// (with its offset) that stopped it: a violation, or `Truncated` for a stream cut short.
 pub fn decode_requests(dialect: Dialect, bytes: &[u8]) -> (Vec<DecodedRequest>, Option<WireError>) {
-    decode_requests_with(dialect, bytes, Limits::DEFAULT)
+    decode_requests_as(UdfLayout::default_for(dialect), bytes)
+}
+
+/// `decode_requests` for one pyspark line: UDF command sections differ within a family (3.5 and
+/// 4.0 are both family A).
+pub fn decode_requests_as(
+    layout: UdfLayout,
+    bytes: &[u8],
+) -> (Vec<DecodedRequest>, Option<WireError>) {
+    decode_requests_in(RequestDecoder::new_as(layout), bytes, Limits::DEFAULT)
 }
 
 pub fn decode_requests_with(
@@ -314,7 +334,15 @@ pub fn decode_requests_with(
     bytes: &[u8],
     limits: Limits,
 ) -> (Vec<DecodedRequest>, Option<WireError>) {
-    let mut d = RequestDecoder::new(dialect).with_limits(limits);
+    decode_requests_in(RequestDecoder::new(dialect), bytes, limits)
+}
+
+fn decode_requests_in(
+    d: RequestDecoder,
+    bytes: &[u8],
+    limits: Limits,
+) -> (Vec<DecodedRequest>, Option<WireError>) {
+    let mut d = d.with_limits(limits);
     d.feed(bytes);
     d.whole = true;
     let mut out = vec![];
@@ -342,6 +370,9 @@ enum DecodeState {
         left: usize,
         start: u64,
     },
+    /// Arrow kinds: the raw IPC streams (and group markers) of the data section, decoded as one
+    /// item once all of it is buffered; no -1 follows.
+    ArrowData(InputFraming),
     Final,
 }
 
@@ -350,6 +381,8 @@ enum DecodeState {
 /// of decoded items are dropped. Spans are absolute stream offsets.
 pub struct RequestDecoder {
     dialect: Dialect,
+    /// UDF command sections differ within a family (3.5 and 4.0 are both A).
+    layout: UdfLayout,
     limits: Limits,
     keep_data: bool,
     buf: BytesMut,
@@ -365,8 +398,14 @@ pub struct RequestDecoder {
 
 impl RequestDecoder {
     pub fn new(dialect: Dialect) -> Self {
+        RequestDecoder::new_as(UdfLayout::default_for(dialect))
+    }
+
+    /// The decoder for one pyspark line.
+    pub fn new_as(layout: UdfLayout) -> Self {
         RequestDecoder {
-            dialect,
+            dialect: layout.dialect(),
+            layout,
             limits: Limits::DEFAULT,
             keep_data: true,
             buf: BytesMut::new(),
@@ -449,15 +488,21 @@ impl RequestDecoder {
                 let mut r = Reader::new(&self.buf)
                     .with_base(self.base)
                     .with_limits(self.limits);
-                let head = complete!(self.dialect.decode_head(&mut r));
+                let head = complete!(self.dialect.decode_head(self.layout, &mut r));
                 let used = r.position();
                 self.consume(used);
                 if head.request.split_index == -1 {
                     return Ok(Status::Complete(Some(head)));
                 }
+                let framing = self.layout.input_framing(head.request.eval_type);
+                let arrow = head.request.udf.is_some() && framing != InputFraming::Pickled;
                 self.current = Some(head);
                 self.items = 0;
-                self.state = DecodeState::DataHead;
+                self.state = if arrow {
+                    DecodeState::ArrowData(framing)
+                } else {
+                    DecodeState::DataHead
+                };
                 Ok(Status::Complete(None))
             }
             DecodeState::DataHead => {
@@ -530,6 +575,21 @@ impl RequestDecoder {
                 }
                 Ok(Status::Complete(None))
             }
+            DecodeState::ArrowData(framing) => {
+                let mut r = Reader::new(&self.buf)
+                    .with_base(self.base)
+                    .with_limits(self.limits);
+                let items = complete!(crate::arrow::read_data_section(framing, &mut r));
+                for item in items {
+                    let start = self.base;
+                    if let DataItem::Raw(b) = &item {
+                        self.consume(b.len());
+                    }
+                    self.push_data(Some(item), start);
+                }
+                self.state = DecodeState::Final;
+                Ok(Status::Complete(None))
+            }
             DecodeState::Final => {
                 let start = self.base;
                 let mut r = Reader::new(&self.buf).with_base(self.base);
@@ -557,7 +617,7 @@ impl RequestDecoder {
     pub fn eof_error(&self) -> WireError {
         let place = match self.state {
             DecodeState::Head => "in the header or the command",
-            DecodeState::DataHead => "in the data section",
+            DecodeState::DataHead | DecodeState::ArrowData(_) => "in the data section",
             DecodeState::DataBody(_) | DecodeState::Skip { .. } => "inside a data frame",
             DecodeState::Final => "before the final int",
         };
@@ -573,7 +633,11 @@ impl RequestDecoder {
 
 impl Dialect {
     /// Everything before the data: the header and the command (in D, the init message).
-    fn decode_head(self, r: &mut Reader) -> Result<Status<DecodedRequest>, WireError> {
+    fn decode_head(
+        self,
+        layout: UdfLayout,
+        r: &mut Reader,
+    ) -> Result<Status<DecodedRequest>, WireError> {
         let mut spans = vec![];
         let mut req = TaskRequest::non_udf("", vec![], vec![]);
         req.final_marker = None;
@@ -715,14 +779,14 @@ impl Dialect {
             start: start as usize,
             end: h.offset() as usize,
         });
-        if req.eval_type != EvalType::NonUdf {
-            return Err(h.error(
-                h.offset(),
-                WireErrorKind::EvalTypeNotDecoded(req.eval_type.value()),
-            ));
-        }
         let start = h.offset();
-        req.command = field!(h.frame("command")).to_vec();
+        if req.eval_type == EvalType::NonUdf {
+            req.command = field!(h.frame("command")).to_vec();
+        } else {
+            let (udf, conf) = field!(UdfCommand::decode(layout, req.eval_type, h));
+            req.runner_conf = conf.unwrap_or(req.runner_conf);
+            req.udf = Some(udf);
+        }
         spans.push(Span {
             kind: SpanKind::Command,
             start: start as usize,
@@ -898,6 +962,75 @@ mod tests {
             req.runner_conf = vec![("k".into(), "v".into())];
         }
         req
+    }
+
+    /// Arrow data sections (no -1, raw streams) through the incremental decoder: a byte at a
+    /// time, with data dropped, and followed by a second request on the same stream.
+    #[test]
+    fn arrow_requests_decode_incrementally_on_every_layout() {
+        use crate::arrow::{data_section, positional_batch, Group};
+        let col = std::sync::Arc::new(arrow_array::Float64Array::from(vec![1.0, 2.0]));
+        let batch = positional_batch(vec![col]).unwrap();
+        let groups = [
+            Group::of(vec![batch.clone()]),
+            Group::of(vec![batch.clone()]),
+        ];
+        for layout in UdfLayout::ALL {
+            for eval in [
+                EvalType::SqlScalarPandasUdf,
+                EvalType::SqlGroupedAggPandasUdf,
+            ] {
+                let cmd = UdfCommand::udfs(layout, vec![Udf::simple(&[0], vec![0x80, 5, b'.'])]);
+                let mut req = cmd.place("3.11", eval, vec![]);
+                req.context.cpu_amount = (layout.dialect() == Dialect::D).then(|| "1".into());
+                req.data = data_section(layout.input_framing(eval), &batch.schema(), None, &groups)
+                    .unwrap();
+                req.end_of_data = false;
+                let enc = layout.dialect().encode_request(&req);
+                let mut bytes = enc.bytes.clone();
+                bytes.extend_from_slice(&enc.bytes);
+
+                let mut dec = RequestDecoder::new_as(layout);
+                let mut got = vec![];
+                for b in &bytes {
+                    dec.feed(&[*b]);
+                    while let Status::Complete(r) = dec.next_request().unwrap() {
+                        got.push(r);
+                    }
+                }
+                assert_eq!(got.len(), 2, "{layout} {eval}");
+                assert!(dec.at_request_boundary());
+                assert_eq!(got[0].request, req, "{layout} {eval}");
+                assert_eq!(got[0].spans, enc.spans, "{layout} {eval}");
+                let n = enc.bytes.len();
+                assert_eq!(got[1].range(), (n, 2 * n));
+
+                let mut dec = RequestDecoder::new_as(layout).headers_only();
+                dec.feed(&bytes);
+                let Status::Complete(h) = dec.next_request().unwrap() else {
+                    panic!("{layout} {eval}: partial")
+                };
+                assert!(h.request.data.is_empty());
+                assert_eq!(h.spans, enc.spans, "{layout} {eval}");
+
+                let cut = enc
+                    .spans
+                    .iter()
+                    .find(|s| s.kind == SpanKind::Data(0))
+                    .unwrap();
+                let (_, err) = decode_requests_as(layout, &enc.bytes[..cut.end - 1]);
+                assert!(
+                    matches!(
+                        err.expect("an error").kind,
+                        WireErrorKind::Truncated {
+                            place: "in the data section",
+                            ..
+                        }
+                    ),
+                    "{layout} {eval}"
+                );
+            }
+        }
     }
 
     #[test]

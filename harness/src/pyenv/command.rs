@@ -121,11 +121,11 @@ pub fn build_commands(env: &PythonEnv, specs: &[CommandSpec]) -> Result<Vec<Vec<
 }
 
 /// Pickle protocol 2+ starts with PROTO (0x80); pyspark pickles with protocol 5 on Python 3.8+.
-fn looks_like_pickle(bytes: &[u8]) -> bool {
+pub(super) fn looks_like_pickle(bytes: &[u8]) -> bool {
     bytes.len() > 2 && bytes[0] == 0x80
 }
 
-fn cache_key(env: &PythonEnv, spec: &CommandSpec) -> String {
+pub(super) fn cache_key<S: serde::Serialize>(env: &PythonEnv, spec: &S) -> String {
     let mut h = Sha256::new();
     for part in [
         env.python.as_os_str().as_encoded_bytes(),
@@ -143,12 +143,15 @@ fn cache_key(env: &PythonEnv, spec: &CommandSpec) -> String {
 
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum Answer {
+pub(super) enum Answer {
     Ok(String),
     Error(String),
 }
 
-fn run_glue(env: &PythonEnv, specs: &[&CommandSpec]) -> Result<Vec<Answer>, EnvError> {
+pub(super) fn run_glue<S: serde::Serialize>(
+    env: &PythonEnv,
+    specs: &[&S],
+) -> Result<Vec<Answer>, EnvError> {
     let glue_failed = |detail: String| EnvError::Glue {
         python: env.python.clone(),
         detail,

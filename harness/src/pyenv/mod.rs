@@ -13,10 +13,12 @@
 mod child;
 mod command;
 mod provision;
+mod udf_command;
 mod version;
 
 pub use command::{build_commands, CommandSpec, SerializerSpec};
 pub use provision::{base_python_minor, setup};
+pub use udf_command::{build_udf_functions, UdfFunctionSpec};
 pub use version::PysparkVersion;
 
 use std::collections::{BTreeMap, HashMap};

@@ -350,6 +350,7 @@ async fn run_tasks(
                 .map(|d| match d {
                     ReplyItem::Frame(b) => DataItem::Frame(b.to_vec()),
                     ReplyItem::Null => DataItem::Null,
+                    ReplyItem::ArrowStream(b) => DataItem::Raw(b.to_vec()),
                 })
                 .collect(),
             Err(_) => vec![],
