@@ -87,6 +87,7 @@ fuzz_target!(|r: Req| {
         runner_conf: if d.has_conf_maps() { r.runner_conf } else { vec![] },
         eval_conf: if d.has_conf_maps() { r.eval_conf } else { vec![] },
         command: r.command,
+        udf: None,
         data: r.data.into_iter().map(|f| f.map(DataItem::Frame).unwrap_or(DataItem::Null)).collect(),
         end_of_data: true,
         final_marker: Some(r.final_marker),
