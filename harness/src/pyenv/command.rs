@@ -69,10 +69,24 @@ pub struct CommandSpec {
 /// Results are cached on disk under `<cache_root>/commands/`, keyed by interpreter, Python and
 /// pyspark versions, the glue and the spec; whatever is not cached is built by ONE Python run.
 pub fn build_commands(env: &PythonEnv, specs: &[CommandSpec]) -> Result<Vec<Vec<u8>>, EnvError> {
+    build_cached(env, specs, "", "spec", |s| &s.function)
+}
+
+/// What every glue-built pickle goes through (RDD commands, UDF functions): each spec's cached
+/// file under `<cache_root>/commands/<prefix><key>.bin` if it holds a pickle, and ONE glue run for
+/// the rest, whose answers are cached in turn. `what` names a spec in errors; `function` gives
+/// the Python source an error message quotes.
+pub(super) fn build_cached<S: serde::Serialize>(
+    env: &PythonEnv,
+    specs: &[S],
+    prefix: &str,
+    what: &str,
+    function: impl Fn(&S) -> &str,
+) -> Result<Vec<Vec<u8>>, EnvError> {
     let dir = cache_root().join("commands");
     let paths: Vec<PathBuf> = specs
         .iter()
-        .map(|spec| dir.join(format!("{}.bin", cache_key(env, spec))))
+        .map(|spec| dir.join(format!("{prefix}{}.bin", cache_key(env, spec))))
         .collect();
     let mut built: Vec<Option<Vec<u8>>> = paths
         .iter()
@@ -83,7 +97,7 @@ pub fn build_commands(env: &PythonEnv, specs: &[CommandSpec]) -> Result<Vec<Vec<
         return Ok(built.into_iter().flatten().collect());
     }
 
-    let wanted: Vec<&CommandSpec> = missing.iter().map(|&i| &specs[i]).collect();
+    let wanted: Vec<&S> = missing.iter().map(|&i| &specs[i]).collect();
     let answers = run_glue(env, &wanted)?;
     for (&i, answer) in missing.iter().zip(answers) {
         match answer {
@@ -94,15 +108,14 @@ pub fn build_commands(env: &PythonEnv, specs: &[CommandSpec]) -> Result<Vec<Vec<
                     .filter(|b| looks_like_pickle(b))
                     .ok_or_else(|| EnvError::Glue {
                         python: env.python.clone(),
-                        detail: format!("spec #{i} came back as no pickle"),
+                        detail: format!("{what} #{i} came back as no pickle"),
                     })?;
                 // A failed cache write only costs a rebuild next time.
                 let _ = write_atomic(&paths[i], &bytes, WriteOptions::CACHE);
                 built[i] = Some(bytes);
             }
             Answer::Error(python_error) => {
-                let head: String = specs[i]
-                    .function
+                let head: String = function(&specs[i])
                     .lines()
                     .next()
                     .unwrap_or("")
