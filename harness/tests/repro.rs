@@ -7,69 +7,13 @@ mod common;
 
 use fakejvm::error::BadInput;
 use fakejvm::fuzz::case::Case;
-use fakejvm::fuzz::exec::{ExecMode, ExecOptions, Executor};
-use fakejvm::fuzz::oracle::Judge;
-use fakejvm::fuzz::reproducer::{self, Found, Reproducer, RequestBytes};
+use fakejvm::fuzz::reproducer::Reproducer;
 use fakejvm::fuzz::signature::Signature;
 use fakejvm::protocol::{DataItem, Dialect, SpanKind, TaskRequest};
-use fakejvm::pyenv::{self, CommandSpec, PythonEnv, SerializerSpec};
+use fakejvm::pyenv::{self, CommandSpec, SerializerSpec};
 use fakejvm::repro::{self, ReproArgs};
 use fakejvm::verdict::OutcomeKind;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-/// Run `case` once on a fresh fork-server worker and write what it ended in as a reproducer.
-async fn record(env: &PythonEnv, case: &Case, dir: &Path, name: &str) -> (PathBuf, Reproducer) {
-    let exec = Executor::start(
-        env.clone(),
-        Dialect::A,
-        ExecMode::ForkServer,
-        ExecOptions::default(),
-    )
-    .await
-    .unwrap();
-    let obs = exec.exec_fresh(Arc::new(case.to_bytes())).await;
-    let judge = Judge {
-        expected: vec![],
-        depth: 1,
-    };
-    let signature = judge.signature(&obs, case, None);
-    let report = exec.shutdown().await.unwrap();
-    assert_eq!(report.leftovers, vec![]);
-    let path = dir.join(format!("{name}.json"));
-    let r = Reproducer {
-        kind: reproducer::KIND.into(),
-        format: reproducer::FORMAT,
-        title: format!("{} (pyspark {})", signature.text(), env.pyspark),
-        pyspark: env.pyspark.to_string(),
-        python: env.python_version.clone(),
-        dialect: Dialect::A,
-        mode: ExecMode::ForkServer,
-        close_after_write: obs.close_after_write,
-        deadline_ms: 2000,
-        memory_limit_mb: None,
-        signature_id: signature.id(),
-        signature,
-        signature_frames: 1,
-        request: RequestBytes::of(case),
-        round_trip: None,
-        outcome: serde_json::to_value(&obs.outcome).unwrap(),
-        traceback: obs.traceback.clone(),
-        worker_at_deadline: None,
-        minimised: true,
-        minimise: None,
-        original_len: case.len(),
-        found: Found {
-            at: "2026-01-01T00:00:00Z".into(),
-            seed: "hand-made".into(),
-            exec: 0,
-            count: 1,
-        },
-        replay: format!("fakejvm repro {}", path.display()),
-    };
-    r.save(&path).unwrap();
-    (path, r)
-}
+use std::path::Path;
 
 fn args(file: &Path) -> ReproArgs {
     ReproArgs {
@@ -110,7 +54,8 @@ async fn the_three_classes_reproduce_and_a_changed_signature_does_not() {
     let dir = tempfile::tempdir().unwrap();
 
     // Short read: three bytes of the split index, then EOF.
-    let (short, r) = record(&env, &raw(&[0, 0, 0]), dir.path(), "short-read").await;
+    let (short, r) =
+        common::record_reproducer(&env, &raw(&[0, 0, 0]), dir.path(), "short-read").await;
     assert_class(&r.signature, "struct.error", "read_int");
     assert_eq!(
         repro::repro_cmd(args(&short)).await.unwrap(),
@@ -121,7 +66,8 @@ async fn the_three_classes_reproduce_and_a_changed_signature_does_not() {
     // Negative length: the python version string claims -7 bytes.
     let mut b = 0i32.to_be_bytes().to_vec();
     b.extend((-7i32).to_be_bytes());
-    let (negative, r) = record(&env, &raw(&b), dir.path(), "negative-length").await;
+    let (negative, r) =
+        common::record_reproducer(&env, &raw(&b), dir.path(), "negative-length").await;
     assert_class(&r.signature, "ValueError", "loads");
     assert!(
         r.traceback
@@ -154,7 +100,7 @@ async fn the_three_classes_reproduce_and_a_changed_signature_does_not() {
         vec![DataItem::Frame(batch), DataItem::Null],
     );
     let case = Case::from_encoded(None, &Dialect::A.encode_request(&req));
-    let (null, r) = record(&env, &case, dir.path(), "null-in-batch").await;
+    let (null, r) = common::record_reproducer(&env, &case, dir.path(), "null-in-batch").await;
     assert_eq!(
         r.signature.exc_type.as_deref(),
         Some("TypeError"),

@@ -9,16 +9,13 @@ mod common;
 
 use common::{env_for, repo_root};
 use fakejvm::fuzz::case::Case;
-use fakejvm::fuzz::exec::{ExecMode, ExecOptions, Executor};
-use fakejvm::fuzz::oracle::Judge;
-use fakejvm::fuzz::reproducer::{self, Found, Reproducer, RequestBytes};
+use fakejvm::fuzz::reproducer::Reproducer;
 use fakejvm::golden::format::Golden;
-use fakejvm::protocol::{decode_replies, Dialect, ReplyItem, Span, SpanKind};
+use fakejvm::protocol::{decode_replies, ReplyItem, Span, SpanKind};
 use fakejvm::pyenv;
 use snapbox::cmd::Command;
 use snapbox::{str, Assert, Redactions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The binary, run from the repository root (so paths print as a user types them) with the
@@ -232,55 +229,7 @@ async fn short_read_reproducer(dir: &Path) -> (PathBuf, Reproducer) {
             end: bytes.len(),
         }],
     );
-    let exec = Executor::start(
-        env.clone(),
-        Dialect::A,
-        ExecMode::ForkServer,
-        ExecOptions::default(),
-    )
-    .await
-    .unwrap();
-    let obs = exec.exec_fresh(Arc::new(case.to_bytes())).await;
-    let signature = Judge {
-        expected: vec![],
-        depth: 1,
-    }
-    .signature(&obs, &case, None);
-    let report = exec.shutdown().await.unwrap();
-    assert_eq!(report.leftovers, vec![]);
-    let path = dir.join("short-read.json");
-    let r = Reproducer {
-        kind: reproducer::KIND.into(),
-        format: reproducer::FORMAT,
-        title: format!("{} (pyspark {})", signature.text(), env.pyspark),
-        pyspark: env.pyspark.to_string(),
-        python: env.python_version.clone(),
-        dialect: Dialect::A,
-        mode: ExecMode::ForkServer,
-        close_after_write: obs.close_after_write,
-        deadline_ms: 2000,
-        memory_limit_mb: None,
-        signature_id: signature.id(),
-        signature,
-        signature_frames: 1,
-        request: RequestBytes::of(&case),
-        round_trip: None,
-        outcome: serde_json::to_value(&obs.outcome).unwrap(),
-        traceback: obs.traceback.clone(),
-        worker_at_deadline: None,
-        minimised: true,
-        minimise: None,
-        original_len: case.len(),
-        found: Found {
-            at: "2026-01-01T00:00:00Z".into(),
-            seed: "hand-made".into(),
-            exec: 0,
-            count: 1,
-        },
-        replay: format!("fakejvm repro {}", path.display()),
-    };
-    r.save(&path).unwrap();
-    (path, r)
+    common::record_reproducer(&env, &case, dir, "short-read").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,15 @@
 //! Shared by the integration tests: the pinned env of each family, provisioned on first use.
 #![allow(dead_code)]
 
+use fakejvm::fuzz::case::Case;
+use fakejvm::fuzz::exec::{ExecMode, ExecOptions, Executor};
+use fakejvm::fuzz::oracle::Judge;
+use fakejvm::fuzz::reproducer::{self, Found, Reproducer, RequestBytes};
+use fakejvm::protocol::Dialect;
 use fakejvm::pyenv::{self, PythonEnv};
 use fakejvm::scenario::{self, RunOptions, Scenario, ScenarioReport, Status};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One pinned pyspark per request family: A, B, C, D.
 pub const FAMILIES: [&str; 4] = ["4.0.5", "4.1.4", "4.2.1", "4.3.0"];
@@ -79,4 +85,62 @@ pub fn assert_all_passed(reports: &[ScenarioReport], not_applicable: &[&str]) {
             Status::Failed => panic!("scenario failed:\n{}", fakejvm::report::scenario_lines(r)),
         }
     }
+}
+
+/// Run `case` once on a fresh fork-server worker and write what it ended in as a reproducer.
+pub async fn record_reproducer(
+    env: &PythonEnv,
+    case: &Case,
+    dir: &Path,
+    name: &str,
+) -> (PathBuf, Reproducer) {
+    let exec = Executor::start(
+        env.clone(),
+        Dialect::A,
+        ExecMode::ForkServer,
+        ExecOptions::default(),
+    )
+    .await
+    .unwrap();
+    let obs = exec.exec_fresh(Arc::new(case.to_bytes())).await;
+    let judge = Judge {
+        expected: vec![],
+        depth: 1,
+    };
+    let signature = judge.signature(&obs, case, None);
+    let report = exec.shutdown().await.unwrap();
+    assert_eq!(report.leftovers, vec![]);
+    let path = dir.join(format!("{name}.json"));
+    let r = Reproducer {
+        kind: reproducer::KIND.into(),
+        format: reproducer::FORMAT,
+        title: format!("{} (pyspark {})", signature.text(), env.pyspark),
+        pyspark: env.pyspark.to_string(),
+        python: env.python_version.clone(),
+        dialect: Dialect::A,
+        mode: ExecMode::ForkServer,
+        close_after_write: obs.close_after_write,
+        deadline_ms: 2000,
+        memory_limit_mb: None,
+        signature_id: signature.id(),
+        signature,
+        signature_frames: 1,
+        request: RequestBytes::of(case),
+        round_trip: None,
+        outcome: serde_json::to_value(&obs.outcome).unwrap(),
+        traceback: obs.traceback.clone(),
+        worker_at_deadline: None,
+        minimised: true,
+        minimise: None,
+        original_len: case.len(),
+        found: Found {
+            at: "2026-01-01T00:00:00Z".into(),
+            seed: "hand-made".into(),
+            exec: 0,
+            count: 1,
+        },
+        replay: format!("fakejvm repro {}", path.display()),
+    };
+    r.save(&path).unwrap();
+    (path, r)
 }
