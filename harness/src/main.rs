@@ -336,8 +336,9 @@ async fn run_scenarios(
     // Build every command up front: a function that does not compile is a broken
     // scenario file (exit 2), found before any worker starts. Builds are cached on disk.
     for (f, s) in &scenarios {
-        let specs: Vec<_> = s.tasks.iter().map(scenario::command_spec).collect();
-        pyenv::build_commands(&env, &specs).map_err(|e| env_failure(Some(f), e))?;
+        s.check_for(env.pyspark)
+            .map_err(|problem| BadInput::new(f, problem))?;
+        scenario::build_tasks(&env, s).map_err(|e| env_failure(Some(f), e))?;
     }
     let mut reports = vec![];
     for (f, s) in &scenarios {

@@ -426,3 +426,195 @@ fn function_that_does_not_compile_is_bad_input() {
     );
     assert_bad_input(&["run", f.to_str().unwrap()], "syntax.json", "SyntaxError");
 }
+
+/// A scenario with one UDF task: `udf` and `expect` are JSON objects.
+fn udf_task(udf: &str, expect: &str) -> String {
+    format!(r#"{{"tasks":[{{"udf":{udf},"expect":{expect}}}]}}"#)
+}
+
+const ROWS: &str = r#"{"rows":[[1.0]]}"#;
+
+/// Issue 11: a bad value in each field of the UDF task form is exit 2, one line naming the file
+/// and the field, before any Python runs (no glue, no probe, no worker).
+#[test]
+fn a_bad_value_in_any_udf_field_is_one_line_before_any_python_runs() {
+    let scalar = |fields: &str| {
+        format!(
+            r#"{{"eval_type":"SQL_SCALAR_PANDAS_UDF","udfs":[{{"function":"func = lambda v: v","return_type":"double"}}],{fields}}}"#
+        )
+    };
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "unknown eval type",
+            udf_task(
+                r#"{"eval_type":"SQL_SCALAR_PANDAZ_UDF","udfs":[],"input":{"schema":"v double","rows":[]}}"#,
+                ROWS,
+            ),
+            "tasks[0].udf.eval_type",
+            "unknown eval type",
+        ),
+        (
+            "return type",
+            udf_task(
+                r#"{"eval_type":"SQL_BATCHED_UDF","udfs":[{"function":"func = abs","return_type":"array<dubble>"}],"input":{"schema":"v double","rows":[]}}"#,
+                ROWS,
+            ),
+            "tasks[0].udf.udfs[0].return_type",
+            "does not parse",
+        ),
+        (
+            "schema",
+            udf_task(
+                &scalar(r#""input":{"schema":"v double,,","rows":[]}"#),
+                ROWS,
+            ),
+            "tasks[0].udf.input.schema",
+            "does not parse",
+        ),
+        (
+            "a row of the wrong width",
+            udf_task(
+                &scalar(r#""input":{"schema":"v double","rows":[[1.0],[1.0,2.0]]}"#),
+                ROWS,
+            ),
+            "tasks[0].udf.input.rows[1]",
+            "2 values, but the schema has 1 columns",
+        ),
+        (
+            "a value of the wrong type",
+            udf_task(
+                &scalar(r#""input":{"schema":"v double","rows":[["one"]]}"#),
+                ROWS,
+            ),
+            "tasks[0].udf.input.rows: column v (double)",
+            "\"one\"",
+        ),
+        (
+            "a grouped kind without groups",
+            udf_task(
+                r#"{"eval_type":"SQL_GROUPED_AGG_PANDAS_UDF","udfs":[{"function":"func = lambda v: v.mean()","return_type":"double"}],"input":{"schema":"v double","rows":[[1.0]]}}"#,
+                ROWS,
+            ),
+            "tasks[0].udf.input.rows",
+            "takes `groups`",
+        ),
+        (
+            "a kind newer than 3.5 without requires",
+            udf_task(
+                r#"{"eval_type":"SQL_SCALAR_ARROW_UDF","udfs":[{"function":"func = lambda a: a","return_type":"double"}],"input":{"schema":"v double","rows":[]}}"#,
+                ROWS,
+            ),
+            "tasks[0].udf.eval_type",
+            "add \"requires\": \">=4.1\"",
+        ),
+        (
+            "a stateful kind",
+            udf_task(
+                r#"{"eval_type":"SQL_GROUPED_MAP_PANDAS_UDF_WITH_STATE","udfs":[{"function":"func = abs","return_type":"v double"}],"input":{"schema":"v double","groups":[]}}"#,
+                ROWS,
+            ),
+            "tasks[0].udf.eval_type",
+            "keeps state",
+        ),
+        (
+            "values expected of a UDF",
+            udf_task(
+                &scalar(r#""input":{"schema":"v double","rows":[]}"#),
+                r#"{"values":[1.0]}"#,
+            ),
+            "tasks[0].expect.values",
+            "expect `rows`",
+        ),
+        (
+            "an offset past the columns",
+            udf_task(
+                r#"{"eval_type":"SQL_BATCHED_UDF","udfs":[{"function":"func = abs","return_type":"double","args":[3]}],"input":{"schema":"v double","rows":[]}}"#,
+                ROWS,
+            ),
+            "tasks[0].udf.udfs[0].args[0]",
+            "offset 3",
+        ),
+        (
+            "a window UDF without its bound",
+            udf_task(
+                r#"{"eval_type":"SQL_WINDOW_AGG_PANDAS_UDF","udfs":[{"function":"func = lambda v: v.mean()","return_type":"double"}],"input":{"schema":"v double","groups":[]}}"#,
+                ROWS,
+            ),
+            "tasks[0].udf.udfs[0].window",
+            "bounded",
+        ),
+        (
+            "framing of an unknown line",
+            udf_task(
+                &scalar(r#""input":{"schema":"v double","rows":[]},"framing_of":"3.9""#),
+                ROWS,
+            ),
+            "tasks[0].udf.framing_of",
+            "\"3.9\"",
+        ),
+        (
+            "a UDTF kind without its handler",
+            udf_task(
+                r#"{"eval_type":"SQL_TABLE_UDF","udfs":[{"function":"func = abs","return_type":"double"}],"input":{"schema":"v double","rows":[]}}"#,
+                ROWS,
+            ),
+            "tasks[0].udf.udtf",
+            "give `udtf`",
+        ),
+        (
+            "an unknown field",
+            udf_task(
+                &scalar(r#""input":{"schema":"v double","rows":[]},"conff":{}"#),
+                ROWS,
+            ),
+            "tasks[0].udf",
+            "conff",
+        ),
+        (
+            "expected rows that are not lists",
+            udf_task(
+                &scalar(r#""input":{"schema":"v double","rows":[]}"#),
+                r#"{"rows":[1.0]}"#,
+            ),
+            "tasks[0].expect.rows[0]",
+            "a list of column values",
+        ),
+    ];
+    let python = MarkingPython::new();
+    let d = tempfile::tempdir().unwrap();
+    for (i, (what, text, field, problem)) in cases.iter().enumerate() {
+        let f = scenario_file(d.path(), &format!("badudf{i}.json"), text);
+        let line = assert_one_line(
+            &[
+                "run",
+                "--python",
+                python.script.to_str().unwrap(),
+                f.to_str().unwrap(),
+            ],
+            2,
+            &[&f.display().to_string(), field, problem],
+        );
+        assert!(!python.ran(), "{what}: a Python ran before {line}");
+    }
+}
+
+/// A kind the target version lacks, in a scenario whose `requires` lets it run there: bad input
+/// (exit 2), found before any worker starts.
+#[test]
+fn a_udf_kind_the_version_lacks_is_bad_input() {
+    let d = tempfile::tempdir().unwrap();
+    let f = scenario_file(
+        d.path(),
+        "too_new.json",
+        r#"{"requires":">=3.5","tasks":[{"udf":{"eval_type":"SQL_SCALAR_ARROW_UDF","udfs":[{"function":"func = lambda a: a","return_type":"double"}],"input":{"schema":"v double","rows":[[1.0]]}},"expect":{"rows":[[1.0]]}}]}"#,
+    );
+    assert_one_line(
+        &["run", "--pyspark", "4.0.5", f.to_str().unwrap()],
+        2,
+        &[
+            "too_new.json",
+            "tasks[0].udf.eval_type",
+            "exists from pyspark 4.1",
+        ],
+    );
+}

@@ -150,8 +150,9 @@ pub fn load(
     with_builtins: bool,
 ) -> anyhow::Result<(Vec<Seed>, SeedReport)> {
     let mut report = SeedReport::default();
-    // Typed seeds first: (name, request without command, command spec, round trip).
-    let mut typed: Vec<(String, TaskRequest, CommandSpec, Option<RoundTrip>)> = vec![];
+    // Typed seeds first: (name, request, the command spec when the command is still to be
+    // built, round trip).
+    let mut typed: Vec<(String, TaskRequest, Option<CommandSpec>, Option<RoundTrip>)> = vec![];
     if with_builtins {
         for b in builtins() {
             let rt = match (frame_kind(&b.deserializer), frame_kind(&b.serializer)) {
@@ -164,7 +165,7 @@ pub fn load(
                 deserializer: b.deserializer,
                 serializer: b.serializer,
             };
-            typed.push((b.name.to_string(), req, spec, rt));
+            typed.push((b.name.to_string(), req, Some(spec), rt));
             report.builtin += 1;
         }
     }
@@ -184,7 +185,21 @@ pub fn load(
             .map_err(|e| BadInput::new(dir, format!("cannot list: {e}")))?;
         for file in scenario_files {
             let sc = Scenario::load(&file).map_err(BadInput::from)?;
-            for (i, task) in sc.tasks.iter().enumerate() {
+            if let Some(req) = sc.requires.as_ref().filter(|r| !r.matches(env.pyspark)) {
+                report.skipped.push(format!(
+                    "{}: needs pyspark {}, the campaign runs {}",
+                    file.display(),
+                    req.as_str(),
+                    env.pyspark
+                ));
+                continue;
+            }
+            sc.check_for(env.pyspark)
+                .map_err(|problem| BadInput::new(&file, problem))?;
+            // Commands and UDF function pickles, built by the target pyspark (cached).
+            let built = scenario::build_tasks(env, &sc)
+                .map_err(|e| crate::error::env_failure(Some(&file), e))?;
+            for ((i, task), built) in sc.tasks.iter().enumerate().zip(built) {
                 let name = format!("{}#{i}", file.display());
                 if !task.broadcasts.is_empty()
                     || !task.files.is_empty()
@@ -203,7 +218,7 @@ pub fn load(
                 let req = scenario::build_request(
                     task,
                     env,
-                    vec![],
+                    built,
                     &scratch.path().join(format!("s{}", typed.len())),
                     &[],
                 )
@@ -216,18 +231,21 @@ pub fn load(
                     (true, Some(input), Some(output)) => Some(RoundTrip { input, output }),
                     _ => None,
                 };
-                typed.push((name, req, spec, rt));
+                typed.push((name, req, None, rt));
                 report.scenario_tasks += 1;
             }
         }
     }
 
-    let specs: Vec<CommandSpec> = typed.iter().map(|t| t.2.clone()).collect();
-    let commands = pyenv::build_commands(env, &specs)
-        .map_err(|e| crate::error::env_failure(None, e).context("building seed commands"))?;
+    let specs: Vec<CommandSpec> = typed.iter().filter_map(|t| t.2.clone()).collect();
+    let mut commands = pyenv::build_commands(env, &specs)
+        .map_err(|e| crate::error::env_failure(None, e).context("building seed commands"))?
+        .into_iter();
     let mut seeds = vec![];
-    for ((name, mut req, _, round_trip), command) in typed.into_iter().zip(commands) {
-        req.command = command;
+    for (name, mut req, spec, round_trip) in typed {
+        if spec.is_some() {
+            req.command = commands.next().unwrap_or_default();
+        }
         // The scratch dir goes away; the worker only puts the files dir on sys.path, so a path that
         // no longer exists behaves like an empty one. A fixed text keeps reproducers stable.
         req.spark_files_dir = "/nonexistent/fakejvm-fuzz/files".into();

@@ -247,6 +247,7 @@ mod op {
 mod frames;
 mod json;
 mod keys;
+pub mod pyrolite;
 mod read;
 mod write;
 

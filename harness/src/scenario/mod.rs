@@ -3,9 +3,13 @@
 
 mod model;
 mod run;
+mod udf;
 
 pub use model::*;
 pub use run::{
-    build_request, collect_files, command_spec, run_scenario, RunOptions, ScenarioReport, Status,
-    TaskReport,
+    build_request, build_tasks, collect_files, command_spec, run_scenario, Built, RunOptions,
+    ScenarioReport, Status, TaskReport,
+};
+pub use udf::{
+    ReplyRows, UdfInput, UdfSpec, UdtfSpec, DEFAULT_MAX_RECORDS_PER_BATCH, DEFAULT_TIME_ZONE,
 };

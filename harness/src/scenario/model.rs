@@ -1,9 +1,11 @@
 //! The scenario file format (JSON). Documented for users in scenarios/README.md; every struct
 //! refuses unknown fields so a typo is an error, not a silently ignored setting.
 
+pub use super::udf::UdfTask;
 use crate::error::BadInput;
 use crate::faults::Fault;
 use crate::pickle::{self, PickleError};
+use crate::protocol::UdfLayout;
 use crate::pyenv::{PysparkVersion, SerializerSpec};
 use crate::verdict::OutcomeKind;
 use crate::worker::{ExitInfo, Mode};
@@ -61,8 +63,13 @@ pub struct Task {
     pub includes: Vec<String>,
     #[serde(default)]
     pub broadcasts: Vec<BroadcastSpec>,
-    /// Python source that binds `func` to a callable (split_index, iterator) -> iterable.
+    /// An RDD task: Python source that binds `func` to a callable (split_index, iterator) ->
+    /// iterable. Empty for a UDF task.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub function: String,
+    /// A SQL UDF task instead of `function` (scenarios/README.md, "UDF tasks").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udf: Option<UdfTask>,
     #[serde(default)]
     pub input: Input,
     /// The command's deserializer; by default the one matching `input.encoding`.
@@ -209,6 +216,12 @@ pub struct Expect {
     /// The task completes and outputs exactly these values (tagged JSON forms allowed).
     #[serde(default)]
     pub values: Option<Vec<serde_json::Value>>,
+    /// A UDF task completes and outputs exactly these rows, each a list of column values.
+    #[serde(default)]
+    pub rows: Option<Vec<serde_json::Value>>,
+    /// With `rows` of an Arrow kind: the reply streams' schema, e.g. `_0: double`.
+    #[serde(default)]
+    pub schema: Option<String>,
     /// The task fails with this Python exception.
     #[serde(default)]
     pub exception: Option<ExpectException>,
@@ -313,15 +326,16 @@ impl VersionReq {
 }
 
 impl Expect {
-    /// Exactly one of values / exception / outcome.
+    /// Exactly one of values / rows / exception / outcome.
     pub fn check(&self) -> Result<(), String> {
         let n = self.values.is_some() as u8
+            + self.rows.is_some() as u8
             + self.exception.is_some() as u8
             + self.outcome.is_some() as u8;
         if n == 1 {
             Ok(())
         } else {
-            Err("needs exactly one of `values`, `exception` or `outcome`".into())
+            Err("needs exactly one of `values`, `rows`, `exception` or `outcome`".into())
         }
     }
 }
@@ -413,6 +427,38 @@ impl Scenario {
         }
         for (i, t) in self.tasks.iter().enumerate() {
             t.validate(&format!("tasks[{i}]"), i)?;
+            // An eval type newer than the oldest line fakejvm speaks must say which versions it
+            // is for; which version lacks it is checked against the env before a run
+            // (`Scenario::check_for`).
+            if let Some(u) = &t.udf {
+                let since = u.eval().since();
+                if self.requires.is_none() && since > Some(UdfLayout::Pyspark35) {
+                    let since = since.map_or("?", |l| l.version());
+                    return Err(format!("tasks[{i}].udf.eval_type: {} exists from pyspark {since}: add \"requires\": \">={since}\"", u.eval()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Problems only a pyspark version shows: a UDF kind (or keyword arguments) the version's
+    /// worker does not have although `requires` lets the scenario run on it. Bad input: checked
+    /// before any worker starts.
+    pub fn check_for(&self, version: PysparkVersion) -> Result<(), String> {
+        if self.requires.as_ref().is_some_and(|r| !r.matches(version)) {
+            return Ok(());
+        }
+        let Some(layout) = UdfLayout::for_version(version.major, version.minor) else {
+            return Ok(());
+        };
+        for (i, t) in self.tasks.iter().enumerate() {
+            if let Some(why) = t
+                .udf
+                .as_ref()
+                .and_then(|u| u.unsupported_on(layout, &format!("tasks[{i}].udf")))
+            {
+                return Err(format!("{why} (pyspark {version})"));
+            }
         }
         Ok(())
     }
@@ -421,10 +467,46 @@ impl Scenario {
 impl Task {
     /// Every field of task number `index`, whose path in the file is `at`.
     fn validate(&self, at: &str, index: usize) -> Result<(), String> {
-        if self.function.trim().is_empty() {
-            return Err(format!(
-                "{at}.function: empty: give Python source that binds `func`"
-            ));
+        match &self.udf {
+            Some(u) => {
+                if !self.function.is_empty() {
+                    return Err(format!(
+                        "{at}.function: a UDF task has its functions in `udf`: remove `function`"
+                    ));
+                }
+                if !matches!(self.input, Input::Empty) {
+                    return Err(format!(
+                        "{at}.input: a UDF task's input is `udf.input` (schema and rows)"
+                    ));
+                }
+                if self.deserializer.is_some() || self.serializer.is_some() {
+                    return Err(format!("{at}: `deserializer` and `serializer` are for RDD tasks; a UDF's eval type fixes its serializers"));
+                }
+                u.validate(&format!("{at}.udf"))?;
+                let values = std::iter::once(&self.expect)
+                    .chain(self.expect_by_version.iter().map(|v| &v.expect))
+                    .any(|e| e.values.is_some());
+                if values {
+                    return Err(format!(
+                        "{at}.expect.values: a UDF task outputs rows: expect `rows`"
+                    ));
+                }
+            }
+            None => {
+                if self.function.trim().is_empty() {
+                    return Err(format!(
+                        "{at}.function: empty or missing: give Python source that binds `func` (or a `udf`)"
+                    ));
+                }
+                let rows = std::iter::once(&self.expect)
+                    .chain(self.expect_by_version.iter().map(|v| &v.expect))
+                    .any(|e| e.rows.is_some());
+                if rows {
+                    return Err(format!(
+                        "{at}.expect.rows: only UDF tasks output rows: expect `values`"
+                    ));
+                }
+            }
         }
         for name in self.files.keys() {
             if name.is_empty()
@@ -541,6 +623,19 @@ impl Expect {
         self.check().map_err(|m| format!("{at}: {m}"))?;
         if let Some(values) = &self.values {
             check_values(&format!("{at}.values"), values)?;
+        }
+        if let Some(rows) = &self.rows {
+            for (j, r) in rows.iter().enumerate() {
+                let Some(cells) = r.as_array() else {
+                    return Err(format!(
+                        "{at}.rows[{j}]: a row is a list of column values, e.g. [1.0]"
+                    ));
+                };
+                check_values(&format!("{at}.rows[{j}]"), cells)?;
+            }
+        }
+        if self.schema.is_some() && self.rows.is_none() {
+            return Err(format!("{at}.schema: only together with `rows`"));
         }
         if let Some(x) = &self.exception {
             if x.exc_type.trim().is_empty() {

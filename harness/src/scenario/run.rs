@@ -1,8 +1,10 @@
 //! Scenario -> requests -> real worker -> verdict.
 
 use super::model::*;
+use super::udf::ReplyRows;
 use crate::faults::{self, FaultReport, Injector, Performer, TaskEnd};
 use crate::pickle::{self, FrameKind};
+use crate::protocol::UdfLayout;
 use crate::protocol::{
     BroadcastOp, DataItem, Dialect, ReplyEnd, ReplyItem, Resource, TaskContext, TaskRequest,
 };
@@ -214,8 +216,7 @@ async fn run_tasks(
     opts: &RunOptions,
     report: &mut ScenarioReport,
 ) -> anyhow::Result<()> {
-    let specs: Vec<CommandSpec> = sc.tasks.iter().map(command_spec).collect();
-    let commands = pyenv::build_commands(env, &specs)?;
+    let built = build_tasks(env, sc)?;
     let tmp = tempfile::Builder::new()
         .prefix("fakejvm-scenario-")
         .tempdir()?;
@@ -267,13 +268,13 @@ async fn run_tasks(
     let mut conn: Option<(Connection, u64)> = None;
     // Each task's output frames, for later tasks whose input is `output_of`.
     let mut outputs: Vec<Vec<DataItem>> = vec![];
-    for (i, (task, command)) in sc.tasks.iter().zip(commands).enumerate() {
+    for (i, (task, built)) in sc.tasks.iter().zip(built).enumerate() {
         let started = Instant::now();
         let (expect, mut note) = effective_expectation(task, env);
         let request = build_request(
             task,
             env,
-            command,
+            built,
             &tmp.path().join(format!("task{i}")),
             &outputs,
         )?;
@@ -357,6 +358,18 @@ async fn run_tasks(
         });
         let mut output = None;
         let mut outcome = judge_task(&result, &facts, |reply| {
+            if let Some(udf) = &task.udf {
+                return match udf.reply_rows(&reply.data) {
+                    Ok(got) => {
+                        output = Some(serde_json::Value::Array(got.rows.clone()));
+                        compare_rows(&expect, udf, got)
+                    }
+                    Err(e) => Outcome::ProtocolViolation {
+                        at_byte: reply.start,
+                        what: format!("the UDF's output does not decode: {e}"),
+                    },
+                };
+            }
             match pickle::decode_frames(frame_kind(task), &reply.frames()) {
                 Ok(values) => {
                     let got = serde_json::Value::Array(
@@ -426,6 +439,42 @@ async fn run_tasks(
 /// not a sleep.
 const SETTLE: Duration = Duration::from_secs(2);
 
+/// What the target pyspark built for one task: an RDD task's command, or a UDF task's function
+/// pickles (in [`UdfTask::function_specs`] order).
+#[derive(Clone, Debug)]
+pub enum Built {
+    Command(Vec<u8>),
+    Functions(Vec<Vec<u8>>),
+}
+
+/// Everything every task of `sc` needs from the target pyspark, in two glue runs at most (both
+/// cached on disk). A function that does not compile is the scenario's fault: the caller reports
+/// it as bad input before any worker starts.
+pub fn build_tasks(env: &PythonEnv, sc: &Scenario) -> Result<Vec<Built>, pyenv::EnvError> {
+    let rdd: Vec<CommandSpec> = sc
+        .tasks
+        .iter()
+        .filter(|t| t.udf.is_none())
+        .map(command_spec)
+        .collect();
+    let functions: Vec<_> = sc
+        .tasks
+        .iter()
+        .filter_map(|t| t.udf.as_ref())
+        .flat_map(UdfTask::function_specs)
+        .collect();
+    let mut commands = pyenv::build_commands(env, &rdd)?.into_iter();
+    let mut pickles = pyenv::build_udf_functions(env, &functions)?.into_iter();
+    Ok(sc
+        .tasks
+        .iter()
+        .map(|t| match &t.udf {
+            None => Built::Command(commands.next().unwrap_or_default()),
+            Some(u) => Built::Functions(pickles.by_ref().take(u.function_specs().len()).collect()),
+        })
+        .collect())
+}
+
 pub fn command_spec(task: &Task) -> CommandSpec {
     CommandSpec {
         function: task.function.clone(),
@@ -481,7 +530,7 @@ fn effective_expectation(task: &Task, env: &PythonEnv) -> (Expect, Option<String
 pub fn build_request(
     task: &Task,
     env: &PythonEnv,
-    command: Vec<u8>,
+    built: Built,
     dir: &Path,
     outputs: &[Vec<DataItem>],
 ) -> anyhow::Result<TaskRequest> {
@@ -490,11 +539,25 @@ pub fn build_request(
     for (name, content) in &task.files {
         std::fs::write(files_dir.join(name), content)?;
     }
-    let mut req = TaskRequest::non_udf(
-        &env.python_version,
-        command,
-        input_items(&task.input, outputs)?,
-    );
+    let udf_layout = UdfLayout::for_version(env.pyspark.major, env.pyspark.minor);
+    let mut req = match (built, &task.udf) {
+        (Built::Command(command), None) => TaskRequest::non_udf(
+            &env.python_version,
+            command,
+            input_items(&task.input, outputs)?,
+        ),
+        (Built::Functions(pickles), Some(udf)) => {
+            let layout = udf_layout.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "fakejvm speaks UDF tasks from pyspark 3.5, this is {}",
+                    env.pyspark
+                )
+            })?;
+            udf.request(layout, &env.python_version, pickles)
+                .map_err(anyhow::Error::msg)?
+        }
+        _ => anyhow::bail!("fakejvm: a task was built as the other kind (RDD vs UDF)"),
+    };
     req.split_index = task.split_index;
     let c = &task.context;
     req.context = TaskContext {
@@ -505,7 +568,9 @@ pub fn build_request(
         attempt_number: c.attempt_number,
         task_attempt_id: c.task_attempt_id,
         cpus: c.cpus,
-        cpu_amount: None,
+        // 4.3's SQL workers read the task's CPU amount from the context JSON.
+        cpu_amount: (task.udf.is_some() && udf_layout.is_some_and(|l| l.dialect() == Dialect::D))
+            .then(|| c.cpus.to_string()),
         resources: c
             .resources
             .iter()
@@ -594,6 +659,48 @@ fn input_items(input: &Input, outputs: &[Vec<DataItem>]) -> anyhow::Result<Vec<D
     })
 }
 
+/// A UDF task's rows (and schema, when the expectation names one) against `expect.rows`.
+/// Pickled results compare through the pickle value model, so tagged forms in the expectation
+/// match; Arrow rows compare as the JSON `arrow::value_at` gives.
+fn compare_rows(expect: &Expect, udf: &UdfTask, got: ReplyRows) -> Outcome {
+    let Some(rows) = &expect.rows else {
+        return Outcome::Passed;
+    };
+    let expected_rows = if udf.eval().is_pickled() {
+        let canonical: Result<Vec<_>, _> = rows
+            .iter()
+            .map(|v| pickle::value_from_json(v).map(|p| pickle::value_to_json(&p)))
+            .collect();
+        match canonical {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::Harness {
+                    error: format!("expect.rows passed validation but does not convert: {e}"),
+                }
+            }
+        }
+    } else {
+        rows.clone()
+    };
+    let schema_ok = expect
+        .schema
+        .as_ref()
+        .is_none_or(|s| got.schema.as_deref().unwrap_or("") == s.as_str());
+    if schema_ok && expected_rows == got.rows {
+        return Outcome::Passed;
+    }
+    let mut expected = serde_json::json!({ "rows": expected_rows });
+    let mut got_json = serde_json::json!({ "rows": got.rows });
+    if let Some(s) = &expect.schema {
+        expected["schema"] = s.as_str().into();
+        got_json["schema"] = got.schema.into();
+    }
+    Outcome::Mismatch {
+        expected,
+        got: got_json,
+    }
+}
+
 fn compare_values(expect: &Expect, got: serde_json::Value) -> Outcome {
     let Some(expected) = &expect.values else {
         return Outcome::Passed;
@@ -633,6 +740,8 @@ fn judge(
 ) -> TaskReport {
     let (expected, ok) = if expect.values.is_some() {
         ("output values".to_string(), outcome == Outcome::Passed)
+    } else if expect.rows.is_some() {
+        ("output rows".to_string(), outcome == Outcome::Passed)
     } else if let Some(x) = &expect.exception {
         let ok = match &outcome {
             Outcome::PythonException { exc_type, message } => {
