@@ -602,6 +602,50 @@ pub fn array_from_json(dt: &DataType, values: &[J]) -> Result<ArrayRef, String> 
                     .map_err(|e| e.to_string())?,
             )
         }
+        // As `value_at` reads them back: a list of [key, value] pairs (keys may be any type).
+        DataType::Map(entries, sorted) => {
+            let DataType::Struct(kv) = entries.data_type() else {
+                return Err(format!("{} has no key/value struct", type_name(dt)));
+            };
+            let (mut keys, mut vals, mut offsets, mut valid) = (vec![], vec![], vec![0i32], vec![]);
+            for v in values {
+                match v {
+                    J::Null => valid.push(false),
+                    J::Array(pairs) => {
+                        for p in pairs {
+                            match p.as_array().map(Vec::as_slice) {
+                                Some([k, x]) if !k.is_null() => {
+                                    keys.push(k.clone());
+                                    vals.push(x.clone());
+                                }
+                                _ => return Err(format!(
+                                    "{v}: a map is a list of [key, value] pairs with non-null keys"
+                                )),
+                            }
+                        }
+                        valid.push(true);
+                    }
+                    v => return Err(bad(v)),
+                }
+                offsets.push(keys.len() as i32);
+            }
+            let columns = vec![
+                array_from_json(kv[0].data_type(), &keys)?,
+                array_from_json(kv[1].data_type(), &vals)?,
+            ];
+            let entries_array = arrow_array::StructArray::try_new(kv.clone(), columns, None)
+                .map_err(|e| e.to_string())?;
+            Arc::new(
+                arrow_array::MapArray::try_new(
+                    entries.clone(),
+                    arrow_buffer::OffsetBuffer::new(offsets.into()),
+                    entries_array,
+                    Some(valid.into()),
+                    *sorted,
+                )
+                .map_err(|e| e.to_string())?,
+            )
+        }
         other => {
             return Err(format!(
                 "columns of type {} are not built yet",

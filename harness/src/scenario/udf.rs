@@ -786,15 +786,14 @@ fn pickled_cell(t: &SqlType, v: &J) -> Result<Value, String> {
                 .map(|x| pickled_cell(e, x))
                 .collect::<Result<_, _>>()?,
         ),
+        // A list of [key, value] pairs, as Arrow map columns are written and read.
         SqlType::Map(k, val) => Value::Dict(
-            v.as_object()
+            v.as_array()
                 .ok_or_else(bad)?
                 .iter()
-                .map(|(key, x)| {
-                    Ok((
-                        pickled_cell(k, &J::String(key.clone()))?,
-                        pickled_cell(val, x)?,
-                    ))
+                .map(|pair| match pair.as_array().map(Vec::as_slice) {
+                    Some([key, x]) => Ok((pickled_cell(k, key)?, pickled_cell(val, x)?)),
+                    _ => Err(format!("{pair} is not a [key, value] pair")),
                 })
                 .collect::<Result<_, String>>()?,
         ),
