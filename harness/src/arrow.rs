@@ -143,6 +143,89 @@ pub fn read_ipc_stream<'a>(r: &mut Reader<'a>) -> Result<Status<&'a [u8]>, WireE
     Ok(Status::Complete(out))
 }
 
+/// What a [`DataPart`] of an Arrow data item is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataPartKind {
+    /// A 4.1+ group: its `1`/`2` marker and its stream(s), the whole data item.
+    Group,
+    Schema,
+    Batch,
+    EndOfStream,
+}
+
+/// A byte range of one data item (offsets into the item's bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataPart {
+    pub kind: DataPartKind,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The parts of one Arrow data item as [`data_section`] writes it (a raw stream, or a group
+/// marker and its streams), found by walking its IPC messages: where fault positions such as
+/// "inside batch K" land. Bytes that are not Arrow (a pickled frame, a cut stream) end the walk
+/// quietly: they simply have no parts.
+pub fn data_parts(b: &[u8]) -> Vec<DataPart> {
+    let word = |at: usize| b.get(at..at + 4).map(|w| [w[0], w[1], w[2], w[3]]);
+    let mut parts = vec![];
+    let mut at = 0;
+    let mut streams = 1;
+    if word(0).is_some_and(|w| w != [0xff; 4]) {
+        let marker = i32::from_be_bytes(word(0).unwrap_or_default());
+        if !matches!(marker, 1 | 2) || word(4) != Some([0xff; 4]) {
+            return parts;
+        }
+        parts.push(DataPart {
+            kind: DataPartKind::Group,
+            start: 0,
+            end: b.len(),
+        });
+        streams = marker;
+        at = 4;
+    }
+    while streams > 0 && word(at) == Some([0xff; 4]) {
+        let Some(len) = word(at + 4).map(i32::from_le_bytes) else {
+            break;
+        };
+        if len == 0 {
+            parts.push(DataPart {
+                kind: DataPartKind::EndOfStream,
+                start: at,
+                end: at + 8,
+            });
+            at += 8;
+            streams -= 1;
+            continue;
+        }
+        let meta_end = at + 8 + len.max(0) as usize;
+        let Some(message) = b
+            .get(at + 8..meta_end)
+            .and_then(|m| arrow_ipc::root_as_message(m).ok())
+        else {
+            break;
+        };
+        let end = meta_end + message.bodyLength().max(0) as usize;
+        if end > b.len() {
+            break;
+        }
+        let kind = match message.header_type() {
+            arrow_ipc::MessageHeader::Schema => Some(DataPartKind::Schema),
+            arrow_ipc::MessageHeader::RecordBatch => Some(DataPartKind::Batch),
+            // Dictionary batches: fakejvm writes none, and they are no position of their own.
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            parts.push(DataPart {
+                kind,
+                start: at,
+                end,
+            });
+        }
+        at = end;
+    }
+    parts
+}
+
 /// The Arrow data section of a request, in the split [`data_section`] writes. Stops before the
 /// final int; Partial (the reader unmoved) until all of it is there.
 pub fn read_data_section(
@@ -618,9 +701,11 @@ pub fn array_from_json(dt: &DataType, values: &[J]) -> Result<ArrayRef, String> 
                                     keys.push(k.clone());
                                     vals.push(x.clone());
                                 }
-                                _ => return Err(format!(
+                                _ => {
+                                    return Err(format!(
                                     "{v}: a map is a list of [key, value] pairs with non-null keys"
-                                )),
+                                ))
+                                }
                             }
                         }
                         valid.push(true);
@@ -738,6 +823,30 @@ mod tests {
 
     fn doubles(v: &[Option<f64>]) -> ArrayRef {
         Arc::new(arrow_array::Float64Array::from(v.to_vec()))
+    }
+
+    #[test]
+    fn data_parts_find_batches_and_groups() {
+        let b = positional_batch(vec![doubles(&[Some(1.0), None, Some(3.0)])]).unwrap();
+        let batches = split_batch(&b, 1);
+        let stream = write_stream(&b.schema(), &batches).unwrap();
+        let kinds: Vec<DataPartKind> = data_parts(&stream).iter().map(|p| p.kind).collect();
+        use DataPartKind::*;
+        assert_eq!(kinds, [Schema, Batch, Batch, Batch, EndOfStream]);
+        let parts = data_parts(&stream);
+        assert_eq!(parts.last().unwrap().end, stream.len());
+        // A group item: the marker, then the stream; the group spans the whole item.
+        let mut group = 1i32.to_be_bytes().to_vec();
+        group.extend(&stream);
+        let parts = data_parts(&group);
+        assert_eq!(
+            (parts[0].kind, parts[0].start, parts[0].end),
+            (Group, 0, group.len())
+        );
+        assert_eq!(parts[1].start, 4);
+        // Not Arrow: no parts.
+        assert!(data_parts(&[0, 0, 0, 3, 0x80, 5, 1]).is_empty());
+        assert!(data_parts(&stream[..stream.len() / 2]).len() < 5);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 mod common;
 use common::*;
-use fakejvm::faults::{fault_lines, Event, FaultReport, Observed};
+use fakejvm::faults::{fault_lines, Event, FaultReport, Observed, Target};
 use fakejvm::scenario::{self, RunOptions, Scenario, ScenarioReport, Status};
 use fakejvm::verdict::Outcome;
 use std::time::{Duration, Instant};
@@ -237,6 +237,23 @@ fn common_checks(reports: &[ScenarioReport]) {
     }
 
     // Closing the connection: the outcome says which fault closed it and where.
+    // Faults inside a UDF task's Arrow data section say where in the stream they fired.
+    if let Some(r) = named(reports, "udf_truncate_mid_batch") {
+        let p = r.faults[0]
+            .placement
+            .as_ref()
+            .expect("the fault was placed");
+        assert_eq!(p.span, Target::Batch(1), "{p:?}");
+        assert_eq!(p.position, "inside arrow batch[1] (middle)");
+    }
+    let ran = |r: &&ScenarioReport| !matches!(r.status, Status::NotApplicable { .. });
+    if let Some(r) = named(reports, "udf_before_group_marker").filter(ran) {
+        let p = r.faults[0]
+            .placement
+            .as_ref()
+            .expect("the fault was placed");
+        assert_eq!((p.span, p.offset_in_span), (Target::Group(1), 0), "{p:?}");
+    }
     if let Some(trunc) = named(reports, "socket_truncate_then_close") {
         assert!(
             matches!(&trunc.tasks[0].outcome, Outcome::WorkerCrashed { detail, .. } if detail.contains("closed the connection (FIN)") && detail.contains("span header +5"))
@@ -246,7 +263,8 @@ fn common_checks(reports: &[ScenarioReport]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_suite_family_a_pyspark_4_0() {
-    let reports = suite(FAMILIES[0], &[]).await;
+    // 4.0 sends each group as one batch: there are no group markers to stop before.
+    let reports = suite(FAMILIES[0], &["udf_before_group_marker"]).await;
     common_checks(&reports);
 }
 

@@ -25,7 +25,7 @@ pub use process::{
 pub use report::{fault_lines, Check, Event, FaultReport};
 pub use sockfd::our_end_of;
 pub use spec::{
-    span_name, EnvValue, Errno, Fate, FateExpect, Fault, ForkSchedule, Position, Signal,
+    span_name, EnvValue, Errno, Fate, FateExpect, Fault, ForkSchedule, Position, Signal, Target,
 };
 
 use crate::verdict::Outcome;

@@ -5,7 +5,7 @@
 //! Between positions the request is written as usual (or in `split_writes` pieces); at a position
 //! the writer pauses, shuts down a direction, or hands an [`Action`] to the runner and waits for it.
 
-use super::spec::{span_name, Fault, Position};
+use super::spec::{span_name, Fault, Position, Target};
 use crate::protocol::{EncodedRequest, Span, SpanKind};
 use crate::session::{Direction, WritePlan, WriteStep};
 use serde::Serialize;
@@ -15,7 +15,7 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Placement {
     pub position: String,
-    pub span: SpanKind,
+    pub span: Target,
     pub offset_in_span: usize,
     /// Offset in this task's request bytes.
     pub byte: usize,
@@ -26,10 +26,7 @@ impl std::fmt::Display for Placement {
         write!(
             f,
             "{} (span {} +{}, request byte {})",
-            self.position,
-            span_name(self.span),
-            self.offset_in_span,
-            self.byte
+            self.position, self.span, self.offset_in_span, self.byte
         )
     }
 }
@@ -116,7 +113,7 @@ pub fn compile(faults: &[Fault], task: usize, req: &EncodedRequest) -> Result<Ta
                 Some(p) => at(p)?,
                 None => Placement {
                     position: "request start".into(),
-                    span: first_span(req),
+                    span: Target::Span(first_span(req)),
                     offset_in_span: 0,
                     byte: 0,
                 },
@@ -280,20 +277,65 @@ fn first_span(req: &EncodedRequest) -> SpanKind {
         .unwrap_or(SpanKind::Header)
 }
 
+/// Where `target` lies in this request: a span of the encoder, or an Arrow part of the data
+/// items (their byte ranges are only known once the streams are written).
+fn target_span(target: Target, req: &EncodedRequest) -> Result<Span, String> {
+    let (kind, k) = match target {
+        Target::Span(kind) => {
+            return req.span(kind).ok_or_else(|| {
+                let have: Vec<String> = req.spans.iter().map(|s| span_name(s.kind)).collect();
+                format!(
+                    "this request has no span {} (it has: {})",
+                    span_name(kind),
+                    have.join(", ")
+                )
+            })
+        }
+        Target::Batch(k) => (crate::arrow::DataPartKind::Batch, k),
+        Target::Group(k) => (crate::arrow::DataPartKind::Group, k),
+    };
+    let parts: Vec<(usize, usize)> = req
+        .spans
+        .iter()
+        .filter(|s| matches!(s.kind, SpanKind::Data(_)))
+        .flat_map(|s| {
+            crate::arrow::data_parts(&req.bytes[s.start..s.end])
+                .into_iter()
+                .filter(|p| p.kind == kind)
+                .map(move |p| (s.start + p.start, s.start + p.end))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    match parts.get(k) {
+        Some(&(start, end)) => Ok(Span {
+            kind: SpanKind::Data(0),
+            start,
+            end,
+        }),
+        None if parts.is_empty() && kind == crate::arrow::DataPartKind::Group => Err(format!(
+            "this request has no group markers: {target} needs a 4.1+ grouped or cogrouped kind \
+             (3.5 and 4.0 send each group as one batch: name it {{\"batch\": K}})"
+        )),
+        None => Err(format!(
+            "this request's data section has {} Arrow {} (0..{}): there is no {target}",
+            parts.len(),
+            if kind == crate::arrow::DataPartKind::Batch {
+                "record batches"
+            } else {
+                "groups"
+            },
+            parts.len()
+        )),
+    }
+}
+
 /// The byte a position names in this request.
 pub fn resolve(p: &Position, req: &EncodedRequest) -> Result<Placement, String> {
     let kind = match p {
         Position::Before(k) | Position::After(k) => *k,
         Position::Inside { span, .. } => *span,
     };
-    let span: Span = req.span(kind).ok_or_else(|| {
-        let have: Vec<String> = req.spans.iter().map(|s| span_name(s.kind)).collect();
-        format!(
-            "this request has no span {} (it has: {})",
-            span_name(kind),
-            have.join(", ")
-        )
-    })?;
+    let span: Span = target_span(kind, req)?;
     let len = span.end - span.start;
     let offset = match p {
         Position::Before(_) => 0,
@@ -303,8 +345,7 @@ pub fn resolve(p: &Position, req: &EncodedRequest) -> Result<Placement, String> 
         } => {
             if *o == 0 || *o >= len {
                 return Err(format!(
-                    "offset {o} is not inside span {} ({len} bytes): use 1..={}",
-                    span_name(kind),
+                    "offset {o} is not inside span {kind} ({len} bytes): use 1..={}",
                     len.saturating_sub(1)
                 ));
             }
@@ -313,8 +354,7 @@ pub fn resolve(p: &Position, req: &EncodedRequest) -> Result<Placement, String> 
         Position::Inside { offset: None, .. } => {
             if len < 2 {
                 return Err(format!(
-                    "span {} is {len} byte(s) long: nothing is inside it",
-                    span_name(kind)
+                    "span {kind} is {len} byte(s) long: nothing is inside it"
                 ));
             }
             len / 2

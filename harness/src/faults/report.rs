@@ -237,9 +237,7 @@ pub fn fault_lines(reports: &[FaultReport]) -> String {
             if let Some(p) = &r.placement {
                 head.push_str(&format!(
                     ", span {} +{}, request byte {}",
-                    super::spec::span_name(p.span),
-                    p.offset_in_span,
-                    p.byte
+                    p.span, p.offset_in_span, p.byte
                 ));
             }
             head.push(']');

@@ -508,30 +508,82 @@ impl From<EnvValue> for serde_json::Value {
     }
 }
 
+/// What a position names: a span of the encoded request, or a part of a UDF task's Arrow data
+/// section (found by walking the IPC messages of the data items, [`crate::arrow::data_parts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+pub enum Target {
+    Span(SpanKind),
+    /// The K-th Arrow record batch message of the data section (from 0, over every stream and
+    /// both sides of a cogroup), from its continuation marker to the end of its body.
+    Batch(usize),
+    /// The K-th group of a 4.1+ grouped or cogrouped data section: its `1`/`2` marker and its
+    /// stream(s). 3.5 and 4.0 send each group as one batch: name it by `batch`.
+    Group(usize),
+}
+
+impl TryFrom<serde_json::Value> for Target {
+    type Error = String;
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        if let Ok(k) = serde_json::from_value::<SpanKind>(v.clone()) {
+            return Ok(Target::Span(k));
+        }
+        let part = |key: &str| {
+            v.as_object()
+                .filter(|o| o.len() == 1)
+                .and_then(|o| o.get(key))
+                .and_then(|k| k.as_u64())
+        };
+        match (part("batch"), part("group")) {
+            (Some(k), _) => Ok(Target::Batch(k as usize)),
+            (_, Some(k)) => Ok(Target::Group(k as usize)),
+            _ => Err(format!("unknown span {v}: expected \"header\", \"init_prefix\", \"command\", {{\"data\": K}}, \"end_of_data\", \"final_marker\", or in an Arrow data section {{\"batch\": K}} or {{\"group\": K}}")),
+        }
+    }
+}
+
+impl From<Target> for serde_json::Value {
+    fn from(t: Target) -> Self {
+        match t {
+            Target::Span(k) => serde_json::to_value(k).unwrap_or_default(),
+            Target::Batch(k) => serde_json::json!({ "batch": k }),
+            Target::Group(k) => serde_json::json!({ "group": k }),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Span(k) => f.write_str(&span_name(*k)),
+            Target::Batch(k) => write!(f, "arrow batch[{k}]"),
+            Target::Group(k) => write!(f, "group[{k}]"),
+        }
+    }
+}
+
 /// A place in a task's request, named by the spans of the encoded request:
 /// `{"before": SPAN}`, `{"after": SPAN}` or `{"inside": SPAN, "offset": N}` (N bytes into the span,
 /// 0 < N < its length; the middle when omitted). SPAN is "init_prefix" (4.3 only), "header",
-/// "command", {"data": K} (the K-th data item, from 0), "end_of_data" or "final_marker".
+/// "command", {"data": K} (the K-th data item, from 0), "end_of_data" or "final_marker"; in a UDF
+/// task's Arrow data section also {"batch": K} and {"group": K} ([`Target`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "PositionJson", into = "PositionJson")]
 pub enum Position {
-    Before(SpanKind),
-    After(SpanKind),
-    Inside {
-        span: SpanKind,
-        offset: Option<usize>,
-    },
+    Before(Target),
+    After(Target),
+    Inside { span: Target, offset: Option<usize> },
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PositionJson {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    before: Option<SpanKind>,
+    before: Option<Target>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    after: Option<SpanKind>,
+    after: Option<Target>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    inside: Option<SpanKind>,
+    inside: Option<Target>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     offset: Option<usize>,
 }
@@ -583,14 +635,14 @@ pub fn span_name(s: SpanKind) -> String {
 impl std::fmt::Display for Position {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Position::Before(s) => write!(f, "before {}", span_name(*s)),
-            Position::After(s) => write!(f, "after {}", span_name(*s)),
+            Position::Before(s) => write!(f, "before {s}"),
+            Position::After(s) => write!(f, "after {s}"),
             Position::Inside {
                 span,
                 offset: Some(o),
-            } => write!(f, "inside {} at +{o}", span_name(*span)),
+            } => write!(f, "inside {span} at +{o}"),
             Position::Inside { span, offset: None } => {
-                write!(f, "inside {} (middle)", span_name(*span))
+                write!(f, "inside {span} (middle)")
             }
         }
     }
@@ -696,7 +748,10 @@ mod tests {
         );
         let f = parse(r#"{"kind":"delay","at":{"after":{"data":1}},"ms":20,"expect":{"daemon":"alive","worker":{"exit":255}}}"#).unwrap();
         assert_eq!(f.task(), Some(0));
-        assert_eq!(f.at(), Some(&Position::After(SpanKind::Data(1))));
+        assert_eq!(
+            f.at(),
+            Some(&Position::After(Target::Span(SpanKind::Data(1))))
+        );
         assert_eq!(f.expect().worker, Some(Fate::Exit(255)));
         let f = parse(r#"{"kind":"signal_daemon","task":2,"at":{"inside":"header","offset":3},"signal":"SIGTERM"}"#).unwrap();
         assert_eq!(f.describe(), "signal_daemon SIGTERM inside header at +3");
@@ -738,5 +793,28 @@ mod tests {
             let back: Fault = serde_json::from_str(&serde_json::to_string(&f).unwrap()).unwrap();
             assert_eq!(f, back);
         }
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::*;
+
+    #[test]
+    fn arrow_targets_parse_next_to_spans_and_name_the_rest() {
+        let p: Position = serde_json::from_str(r#"{"inside": {"batch": 2}, "offset": 3}"#).unwrap();
+        assert_eq!(
+            p,
+            Position::Inside {
+                span: Target::Batch(2),
+                offset: Some(3)
+            }
+        );
+        let p: Position = serde_json::from_str(r#"{"before": {"group": 1}}"#).unwrap();
+        assert_eq!(p.to_string(), "before group[1]");
+        let p: Position = serde_json::from_str(r#"{"after": "command"}"#).unwrap();
+        assert_eq!(p, Position::After(Target::Span(SpanKind::Command)));
+        let e = serde_json::from_str::<Position>(r#"{"after": {"batchh": 1}}"#).unwrap_err();
+        assert!(e.to_string().contains("{\"batch\": K}"), "{e}");
     }
 }

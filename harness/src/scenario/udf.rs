@@ -200,6 +200,55 @@ pub struct UdfInput {
     /// most this many rows (10000; 0 or less: no limit). Also sent in the runner conf.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_records_per_batch: Option<i64>,
+    /// `rows` sent this many times over (large inputs without a large file; default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<usize>,
+}
+
+/// How much of the input to spell out: all of it for the request, or one copy of every row and
+/// generated cell when the file is only being checked.
+#[derive(Clone, Copy, PartialEq)]
+enum Build {
+    Check,
+    Full,
+}
+
+/// A generated string cell `{"$repeat": "x", "times": N}` is at most this long.
+const MAX_REPEAT_BYTES: usize = 1 << 30;
+/// All generated cells of an input, `times` included: a typo past this is no test.
+const MAX_INPUT_BYTES: usize = 4 << 30;
+
+/// `rows` as the request holds them: repeated `times` over, generated cells spelled out.
+fn spelled(at: &str, rows: &[Vec<J>], times: usize, build: Build) -> Result<Vec<Vec<J>>, String> {
+    let times = if build == Build::Full { times } else { 1 };
+    let mut once = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let mut cells = Vec::with_capacity(row.len());
+        for (c, v) in row.iter().enumerate() {
+            cells.push(match v.get("$repeat") {
+                Some(text) => {
+                    let bad = || format!("{at}[{i}][{c}]: a generated cell is {{\"$repeat\": \"text\", \"times\": N}}");
+                    let text = text.as_str().ok_or_else(bad)?;
+                    let n = v.get("times").and_then(J::as_u64).ok_or_else(bad)? as usize;
+                    if v.as_object().is_some_and(|o| o.len() != 2) {
+                        return Err(bad());
+                    }
+                    if text.len().saturating_mul(n) > MAX_REPEAT_BYTES {
+                        return Err(format!("{at}[{i}][{c}]: {n} x {} bytes is over {MAX_REPEAT_BYTES} bytes", text.len()));
+                    }
+                    J::String(text.repeat(if build == Build::Full { n } else { n.min(1) }))
+                }
+                None => v.clone(),
+            });
+        }
+        once.push(cells);
+    }
+    let mut out = Vec::with_capacity(once.len() * times);
+    for _ in 1..times {
+        out.extend(once.iter().cloned());
+    }
+    out.extend(once);
+    Ok(out)
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -396,6 +445,26 @@ impl UdfTask {
                 "{here}.keys: give either `keys` or the UDF's own `args`, not both"
             ));
         }
+        if input.times.is_some() && input.rows.is_none() {
+            return Err(format!(
+                "{here}.times: repeats `rows`: only for ungrouped kinds"
+            ));
+        }
+        let generated: usize = input
+            .rows
+            .iter()
+            .flatten()
+            .flatten()
+            .filter_map(|v| {
+                let text = v.get("$repeat")?.as_str()?.len();
+                Some(text.saturating_mul(v.get("times")?.as_u64()? as usize))
+            })
+            .fold(0usize, usize::saturating_add);
+        if generated.saturating_mul(input.times.unwrap_or(1)) > MAX_INPUT_BYTES {
+            return Err(format!(
+                "{here}: the generated input is over {MAX_INPUT_BYTES} bytes"
+            ));
+        }
         if input.max_records_per_batch == Some(0) {
             return Err(format!(
                 "{here}.max_records_per_batch: 0: give a positive limit, or -1 for none"
@@ -403,7 +472,7 @@ impl UdfTask {
         }
         // Build the data section for the newest line the eval type exists in: that checks every
         // row against the schema with the same code that builds the real one.
-        self.data_section(UdfLayout::Pyspark43, &here)?;
+        self.data_section(UdfLayout::Pyspark43, &here, Build::Check)?;
         self.offsets_check(at)?;
         Ok(())
     }
@@ -539,7 +608,11 @@ impl UdfTask {
             cmd.extras.table_arg_offsets = Some(vec![]);
         }
         let mut req = cmd.place(python_version, eval, self.runner_conf(layout));
-        req.data = self.data_section(self.framing_of.map_or(layout, |l| l.0), "input")?;
+        req.data = self.data_section(
+            self.framing_of.map_or(layout, |l| l.0),
+            "input",
+            Build::Full,
+        )?;
         // Pickled kinds end their rows with -1; Arrow streams end themselves.
         req.end_of_data = eval.is_pickled();
         Ok(req)
@@ -619,12 +692,23 @@ impl UdfTask {
     }
 
     /// The data section as `layout`'s worker reads it; problems name the field under `at`.
-    fn data_section(&self, layout: UdfLayout, at: &str) -> Result<Vec<DataItem>, String> {
+    fn data_section(
+        &self,
+        layout: UdfLayout,
+        at: &str,
+        build: Build,
+    ) -> Result<Vec<DataItem>, String> {
         let eval = self.eval();
         let columns = self.columns(&format!("{at}.schema"))?;
         let input = &self.input;
+        let times = input.times.unwrap_or(1);
+        let rows = spelled(
+            &format!("{at}.rows"),
+            input.rows.as_deref().unwrap_or_default(),
+            times,
+            build,
+        )?;
         if shape(eval) == Shape::Pickled {
-            let rows = input.rows.as_deref().unwrap_or_default();
             let mut values = vec![];
             for (i, row) in rows.iter().enumerate() {
                 let here = format!("{at}.rows[{i}]");
@@ -678,16 +762,13 @@ impl UdfTask {
         } else if let Some(gs) = &input.groups {
             let mut groups = vec![];
             for (i, rows) in gs.iter().enumerate() {
-                groups.push(Group::of(split(batch(
-                    &format!("{at}.groups[{i}]"),
-                    rows,
-                    &columns,
-                )?)));
+                let here = format!("{at}.groups[{i}]");
+                let rows = spelled(&here, rows, 1, build)?;
+                groups.push(Group::of(split(batch(&here, &rows, &columns)?)));
             }
             (groups, None)
         } else {
-            let rows = input.rows.as_deref().unwrap_or_default();
-            let b = batch(&format!("{at}.rows"), rows, &columns)?;
+            let b = batch(&format!("{at}.rows"), &rows, &columns)?;
             (vec![Group::of(arrow::split_batch(&b, max))], None)
         };
         // An empty group list still needs the stream's schema: build it from no rows.
