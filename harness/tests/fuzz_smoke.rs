@@ -23,6 +23,7 @@ fn config(out: &Path, mode: ExecMode, max_execs: u64) -> CampaignConfig {
         mode,
         jobs: 2,
         deadline: Duration::from_secs(2),
+        arrow_deadline: None,
         expected: ExpectedRule::defaults(),
         sig_frames: 1,
         minimise_runs: 40,
@@ -273,4 +274,37 @@ async fn daemon_death_restarts_the_fork_server_and_hangs_are_cleaned_up() {
     let report = exec.shutdown().await.unwrap();
     assert_eq!(report.leftovers, vec![]);
     assert_eq!(alive_in_groups(&pgids), Vec::<String>::new());
+}
+
+/// Issue 11: the fuzzer takes UDF tasks (scenarios/udf) as seeds and mutates them with the
+/// mutators it has. Every task of a version that has its kind becomes a seed; with no deadline
+/// chosen the campaign allows for each fresh worker's pandas/pyarrow import, so calibration
+/// keeps them all, and a short campaign runs mutated UDF requests and leaks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udf_scenarios_are_seeds() {
+    let env = common::env_for("4.1.4");
+    let out = tempfile::tempdir().unwrap();
+    let cfg = CampaignConfig {
+        seed_dirs: vec![common::repo_root().join("scenarios/udf")],
+        builtin_seeds: false,
+        arrow_deadline: Some(Duration::from_secs(10)),
+        ..config(out.path(), ExecMode::ForkServer, 40)
+    };
+    let summary = campaign::run(env, cfg).await.unwrap();
+    eprintln!("{}", summary.text());
+    assert!(summary.aborted.is_none(), "{:?}", summary.aborted);
+    let tasks: usize =
+        fakejvm::scenario::collect_files(&[common::repo_root().join("scenarios/udf")])
+            .unwrap()
+            .iter()
+            .map(|f| fakejvm::scenario::Scenario::load(f).unwrap().tasks.len())
+            .sum();
+    assert_eq!(summary.seeds.scenario_tasks, tasks, "{:?}", summary.seeds);
+    assert!(
+        summary.seeds.skipped.is_empty(),
+        "{:?}",
+        summary.seeds.skipped
+    );
+    assert!(summary.run.execs >= 40);
+    assert_eq!(summary.leftover_processes, vec![]);
 }

@@ -26,6 +26,8 @@ pub struct BenchConfig {
     pub time: Duration,
     pub spawn_time: Duration,
     pub deadline: Duration,
+    /// See `CampaignConfig::arrow_deadline`.
+    pub arrow_deadline: Option<Duration>,
     pub rng_seed: u64,
     pub mutate_command: bool,
     pub memory_limit_mb: Option<u64>,
@@ -117,6 +119,10 @@ pub async fn fuzz_bench(env: PythonEnv, cfg: BenchConfig) -> anyhow::Result<Benc
         ))
     })?;
     let (seeds, mut seed_report) = seeds::load(&env, dialect, &cfg.seed_dirs, cfg.builtin_seeds)?;
+    let cfg = BenchConfig {
+        deadline: seeds::deadline_for(&seeds, cfg.deadline, cfg.arrow_deadline),
+        ..cfg
+    };
     // The same seeds a campaign would keep (see seeds::calibrate), checked on a fork server.
     let probe = Executor::start(
         env.clone(),

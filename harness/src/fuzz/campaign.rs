@@ -48,6 +48,9 @@ pub struct CampaignConfig {
     pub mode: ExecMode,
     pub jobs: usize,
     pub deadline: Duration,
+    /// The deadline instead of `deadline` when a seed is an Arrow UDF request (None: `deadline`
+    /// was chosen by the user and stays).
+    pub arrow_deadline: Option<Duration>,
     pub expected: Vec<ExpectedRule>,
     pub sig_frames: usize,
     /// Runs and wall time one finding's minimisation may take.
@@ -107,7 +110,7 @@ pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign
 impl Campaign {
     /// Seeds loaded and calibrated on a started executor, the state and corpus of an earlier
     /// run of `--out` read back.
-    async fn prepare(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<Campaign> {
+    async fn prepare(env: PythonEnv, mut cfg: CampaignConfig) -> anyhow::Result<Campaign> {
         let dialect =
             Dialect::for_version(env.pyspark.major, env.pyspark.minor).ok_or_else(|| {
                 BadInput::msg(format!(
@@ -121,6 +124,7 @@ impl Campaign {
         })?;
         let (seeds, mut seed_report) =
             seeds::load(&env, dialect, &cfg.seed_dirs, cfg.builtin_seeds)?;
+        cfg.deadline = seeds::deadline_for(&seeds, cfg.deadline, cfg.arrow_deadline);
         let state = State::load_or_new(&cfg.out, &env, dialect, cfg.mode)?;
         let options = ExecOptions {
             deadline: cfg.deadline,

@@ -64,7 +64,8 @@ pub struct FuzzArgs {
     #[arg(long, env = "FAKEJVM_PYTHON")]
     pub python: Option<PathBuf>,
     /// A case with no complete reply after this long is a hang (milliseconds). Default 2000, and
-    /// 5000 for pyspark 4.2+, whose fresh workers import pyspark.worker after the fork.
+    /// 5000 for pyspark 4.2+, whose fresh workers import pyspark.worker after the fork, and 10000
+    /// when a seed is an Arrow UDF request (each fresh worker imports pandas and pyarrow).
     #[arg(long, value_name = "MS")]
     pub deadline_ms: Option<u64>,
     /// An exception that is a clean failure, not a finding: TYPE, TYPE@CODE or *@CODE
@@ -118,6 +119,9 @@ const DEFAULT_DEADLINE_MS: u64 = 2000;
 /// pyspark 4.2+ daemons import pyspark.worker in every fresh worker (3.3-4.1 import it once,
 /// before forking): on a busy 2-core machine that import alone can take over a second.
 const DEFAULT_DEADLINE_MS_IMPORTING: u64 = 5000;
+/// Seeds that are Arrow UDF requests: every fresh worker imports pandas and pyarrow for its
+/// task, half a second on a quiet machine and over two on a busy 2-core one.
+const DEFAULT_DEADLINE_MS_ARROW: u64 = 10_000;
 
 /// "10m", "90s", "1h", "500ms", or a bare number of seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -202,6 +206,10 @@ impl FuzzArgs {
             mode: self.exec_mode(),
             jobs: self.jobs,
             deadline: Duration::from_millis(self.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS)),
+            arrow_deadline: self
+                .deadline_ms
+                .is_none()
+                .then(|| Duration::from_millis(DEFAULT_DEADLINE_MS_ARROW)),
             expected: self.expected()?,
             sig_frames: self.sig_frames,
             minimise_runs: self.minimise_runs,
@@ -233,6 +241,7 @@ pub async fn fuzz_cmd(args: FuzzArgs) -> anyhow::Result<u8> {
             time: args.bench_time,
             spawn_time: args.bench_time,
             deadline: cfg.deadline,
+            arrow_deadline: cfg.arrow_deadline,
             rng_seed: cfg.rng_seed,
             mutate_command: cfg.mutate_command,
             memory_limit_mb: cfg.memory_limit_mb,

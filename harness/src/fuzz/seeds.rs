@@ -369,6 +369,24 @@ fn golden_seeds(dir: &Path, dialect: Dialect, first_index: usize) -> Result<Vec<
     Ok(out)
 }
 
+/// The deadline for a campaign over `seeds`: `arrow` (when the user chose none) if any seed is an
+/// Arrow UDF request, else `deadline`.
+pub fn deadline_for(
+    seeds: &[Seed],
+    deadline: std::time::Duration,
+    arrow: Option<std::time::Duration>,
+) -> std::time::Duration {
+    let has_arrow = seeds.iter().any(|s| {
+        s.request
+            .as_ref()
+            .is_some_and(|r| r.udf.is_some() && !r.eval_type.is_pickled())
+    });
+    match arrow {
+        Some(a) if has_arrow => a.max(deadline),
+        _ => deadline,
+    }
+}
+
 /// Run every seed once, unmutated, and keep those that end within half the deadline without a
 /// hang or a crash: a seed that is slow or broken by itself (a scenario that exhausts memory on
 /// purpose, say) would turn every case drawn from it into a "finding" about the seed. Seeds that
