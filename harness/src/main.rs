@@ -336,7 +336,7 @@ async fn run_scenarios(
     // Build every command up front: a function that does not compile is a broken
     // scenario file (exit 2), found before any worker starts. Builds are cached on disk.
     for (f, s) in &scenarios {
-        s.check_for(env.pyspark)
+        s.check_for(env.pyspark, &env.python_version)
             .map_err(|problem| BadInput::new(f, problem))?;
         scenario::build_tasks(&env, s).map_err(|e| env_failure(Some(f), e))?;
     }

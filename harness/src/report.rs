@@ -35,6 +35,15 @@ pub fn scenario_lines(r: &ScenarioReport) -> String {
         if let Some(n) = &t.note {
             out.push_str(&format!("\n      task {}: known behaviour, {n}", t.index));
         }
+        for u in &t.stderr_unmet {
+            out.push_str(&format!("\n      task {}: expect_stderr: {u}", t.index));
+        }
+    }
+    for n in &r.notes {
+        out.push_str(&format!("\n      note: {n}"));
+    }
+    for u in &r.stderr_unmet {
+        out.push_str(&format!("\n      expect_stderr: {u}"));
     }
     if !r.faults.is_empty() {
         out.push('\n');

@@ -185,16 +185,21 @@ pub fn load(
             .map_err(|e| BadInput::new(dir, format!("cannot list: {e}")))?;
         for file in scenario_files {
             let sc = Scenario::load(&file).map_err(BadInput::from)?;
-            if let Some(req) = sc.requires.as_ref().filter(|r| !r.matches(env.pyspark)) {
+            if let Some(req) = sc
+                .requires
+                .as_ref()
+                .filter(|r| !r.matches(env.pyspark, &env.python_version))
+            {
                 report.skipped.push(format!(
-                    "{}: needs pyspark {}, the campaign runs {}",
+                    "{}: needs {}, the campaign runs pyspark {} on python {}",
                     file.display(),
-                    req.as_str(),
-                    env.pyspark
+                    req.describe(),
+                    env.pyspark,
+                    env.python_version
                 ));
                 continue;
             }
-            sc.check_for(env.pyspark)
+            sc.check_for(env.pyspark, &env.python_version)
                 .map_err(|problem| BadInput::new(&file, problem))?;
             // Commands and UDF function pickles, built by the target pyspark (cached).
             let built = scenario::build_tasks(env, &sc)

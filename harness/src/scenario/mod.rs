@@ -3,6 +3,7 @@
 
 mod model;
 mod run;
+mod stderr;
 mod udf;
 
 pub use model::*;

@@ -28,9 +28,27 @@ pub struct Scenario {
     /// answered -4.
     #[serde(default)]
     pub reuse: bool,
-    /// Versions this scenario applies to, e.g. ">=4.1"; others report it as not applicable.
+    /// Versions this scenario applies to: a pyspark requirement (">=4.1") or
+    /// `{"pyspark": ">=4.1", "python": ">=3.12"}`; others report it as not applicable.
     #[serde(default)]
-    pub requires: Option<VersionReq>,
+    pub requires: Option<Requires>,
+    /// Daemon modes: the module the daemon forks into (its argv[1], Spark's
+    /// `spark.python.worker.module`); direct modes: the worker's `-m` module. Default
+    /// `pyspark.worker`.
+    #[serde(default)]
+    pub worker_module: Option<ModuleName>,
+    /// Daemon modes: the daemon's `-m` module (`spark.python.daemon.module`). Default
+    /// `pyspark.daemon`.
+    #[serde(default)]
+    pub daemon_module: Option<ModuleName>,
+    /// Source files fakejvm writes into a fresh folder put first on the daemon's (direct modes:
+    /// every worker's) PYTHONPATH before it starts: relative path -> content.
+    #[serde(default)]
+    pub launch_files: BTreeMap<String, String>,
+    /// What the daemon and its workers (direct modes: every worker) wrote to stderr over the
+    /// whole scenario, checked after shutdown.
+    #[serde(default)]
+    pub expect_stderr: Option<StderrExpect>,
     /// Per-task deadline in milliseconds (default 30000).
     #[serde(default)]
     pub deadline_ms: Option<u64>,
@@ -82,6 +100,148 @@ pub struct Task {
     /// Version-specific expectations, first match wins; `note` states the known behaviour.
     #[serde(default)]
     pub expect_by_version: Vec<VersionedExpect>,
+    /// What this task's worker wrote to stderr while the task ran, and its faulthandler dump.
+    #[serde(default)]
+    pub expect_stderr: Option<StderrExpect>,
+}
+
+/// Text that stderr must (not) hold. `faulthandler_contains` (tasks only) is checked in the
+/// worker's faulthandler dump (`PYTHON_FAULTHANDLER_DIR`/<pid>, which fakejvm then sets): the file
+/// pyspark's worker leaves when it dies by a signal.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StderrExpect {
+    #[serde(default)]
+    pub contains: Vec<String>,
+    #[serde(default)]
+    pub not_contains: Vec<String>,
+    #[serde(default)]
+    pub faulthandler_contains: Option<String>,
+}
+
+/// A Python module name as `-m` and pyspark's daemon take it (`pyspark.worker`, `my_pkg.worker`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ModuleName(pub String);
+
+impl TryFrom<String> for ModuleName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.split('.').all(|part| {
+                part.chars()
+                    .next()
+                    .is_some_and(|c| c.is_alphabetic() || c == '_')
+                    && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+            });
+        if ok {
+            Ok(ModuleName(s))
+        } else {
+            Err(format!(
+                "{s:?} is not a Python module name (dotted identifiers, e.g. \"my_pkg.worker\")"
+            ))
+        }
+    }
+}
+
+impl From<ModuleName> for String {
+    fn from(m: ModuleName) -> String {
+        m.0
+    }
+}
+
+/// The versions a scenario applies to: pyspark's, and optionally the interpreter's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+pub struct Requires {
+    pub pyspark: Option<VersionReq>,
+    pub python: Option<VersionReq>,
+}
+
+impl TryFrom<serde_json::Value> for Requires {
+    type Error = String;
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        let req = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => VersionReq::try_from(s.clone()).map(Some),
+            _ => Err(format!(
+                "{v} is not a version requirement string such as \">=4.1\""
+            )),
+        };
+        match &v {
+            serde_json::Value::String(_) => Ok(Requires {
+                pyspark: req(&v)?,
+                python: None,
+            }),
+            serde_json::Value::Object(o) => {
+                if let Some(k) = o.keys().find(|k| *k != "pyspark" && *k != "python") {
+                    return Err(format!(
+                        "unknown field `{k}` in requires: expected `pyspark` and/or `python`"
+                    ));
+                }
+                let r = Requires {
+                    pyspark: o.get("pyspark").map(req).transpose()?.flatten(),
+                    python: o.get("python").map(req).transpose()?.flatten(),
+                };
+                if r.pyspark.is_none() && r.python.is_none() {
+                    return Err("requires: give `pyspark` and/or `python`".into());
+                }
+                Ok(r)
+            }
+            _ => Err(
+                "requires is \">=4.1\" or {\"pyspark\": \">=4.1\", \"python\": \">=3.12\"}".into(),
+            ),
+        }
+    }
+}
+
+impl From<Requires> for serde_json::Value {
+    fn from(r: Requires) -> Self {
+        match (r.pyspark, r.python) {
+            (Some(p), None) => p.as_str().into(),
+            (p, py) => {
+                let mut o = serde_json::Map::new();
+                if let Some(p) = p {
+                    o.insert("pyspark".into(), p.as_str().into());
+                }
+                if let Some(py) = py {
+                    o.insert("python".into(), py.as_str().into());
+                }
+                o.into()
+            }
+        }
+    }
+}
+
+impl Requires {
+    /// `python` is the interpreter's "MAJOR.MINOR".
+    pub fn matches(&self, pyspark: PysparkVersion, python: &str) -> bool {
+        self.pyspark.as_ref().is_none_or(|r| r.matches(pyspark))
+            && self
+                .python
+                .as_ref()
+                .is_none_or(|r| r.matches_parts(python_parts(python)))
+    }
+
+    /// `pyspark >=4.1, python >=3.12`.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![];
+        if let Some(p) = &self.pyspark {
+            parts.push(format!("pyspark {}", p.as_str()));
+        }
+        if let Some(p) = &self.python {
+            parts.push(format!("python {}", p.as_str()));
+        }
+        parts.join(", ")
+    }
+}
+
+/// "3.11" (or "3.11.7") as [3, 11, 0] ([3, 11, 7]).
+pub fn python_parts(v: &str) -> [u32; 3] {
+    let mut out = [0; 3];
+    for (o, p) in out.iter_mut().zip(v.trim().split('.')) {
+        *o = p.parse().unwrap_or(0);
+    }
+    out
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -246,7 +406,12 @@ pub struct ExpectException {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VersionedExpect {
-    pub pyspark: VersionReq,
+    /// The pyspark versions this applies to (at least one of `pyspark` and `python`).
+    #[serde(default)]
+    pub pyspark: Option<VersionReq>,
+    /// The interpreter versions ("MAJOR.MINOR") this applies to.
+    #[serde(default)]
+    pub python: Option<VersionReq>,
     pub expect: Expect,
     /// What this version does differently, stated in the verdict when this expectation applies.
     pub note: String,
@@ -306,7 +471,10 @@ impl From<VersionReq> for String {
 
 impl VersionReq {
     pub fn matches(&self, v: PysparkVersion) -> bool {
-        let have = [v.major, v.minor, v.patch];
+        self.matches_parts([v.major, v.minor, v.patch])
+    }
+
+    pub fn matches_parts(&self, have: [u32; 3]) -> bool {
         self.parts.iter().all(|(op, want)| {
             // Compare only as many components as were written: "4.1" matches 4.1.x.
             let ord = have[..want.len()].cmp(&want[..]);
@@ -409,6 +577,21 @@ impl Scenario {
         for (k, v) in &self.env {
             check_env(&format!("env.{k:?}"), k, v)?;
         }
+        for name in self.launch_files.keys() {
+            check_relative_path(&format!("launch_files.{name:?}"), name)?;
+        }
+        if self.daemon_module.is_some() && !self.mode.uses_daemon() {
+            return Err(format!(
+                "daemon_module: mode {:?} starts no daemon (use worker_module for the direct worker's module)",
+                self.mode
+            ));
+        }
+        if let Some(e) = &self.expect_stderr {
+            e.validate("expect_stderr")?;
+            if e.faulthandler_contains.is_some() {
+                return Err("expect_stderr.faulthandler_contains: a faulthandler dump belongs to one worker: put it in a task's expect_stderr".into());
+            }
+        }
         crate::faults::validate(&self.faults, self.mode, self.tasks.len())
             .map_err(|m| format!("faults: {m}"))?;
         let sets_memory = self
@@ -432,7 +615,8 @@ impl Scenario {
             // (`Scenario::check_for`).
             if let Some(u) = &t.udf {
                 let since = u.eval().since();
-                if self.requires.is_none() && since > Some(UdfLayout::Pyspark35) {
+                let pins_pyspark = self.requires.as_ref().is_some_and(|r| r.pyspark.is_some());
+                if !pins_pyspark && since > Some(UdfLayout::Pyspark35) {
                     let since = since.map_or("?", |l| l.version());
                     return Err(format!("tasks[{i}].udf.eval_type: {} exists from pyspark {since}: add \"requires\": \">={since}\"", u.eval()));
                 }
@@ -444,8 +628,12 @@ impl Scenario {
     /// Problems only a pyspark version shows: a UDF kind (or keyword arguments) the version's
     /// worker does not have although `requires` lets the scenario run on it. Bad input: checked
     /// before any worker starts.
-    pub fn check_for(&self, version: PysparkVersion) -> Result<(), String> {
-        if self.requires.as_ref().is_some_and(|r| !r.matches(version)) {
+    pub fn check_for(&self, version: PysparkVersion, python: &str) -> Result<(), String> {
+        if self
+            .requires
+            .as_ref()
+            .is_some_and(|r| !r.matches(version, python))
+        {
             return Ok(());
         }
         let Some(layout) = UdfLayout::for_version(version.major, version.minor) else {
@@ -532,12 +720,19 @@ impl Task {
         for (k, v) in self.expect_by_version.iter().enumerate() {
             let here = format!("{at}.expect_by_version[{k}]");
             v.expect.validate(&format!("{here}.expect"))?;
-            if v.note.trim().is_empty() {
+            if v.pyspark.is_none() && v.python.is_none() {
                 return Err(format!(
-                    "{here}.note: empty: say what pyspark {} does differently",
-                    v.pyspark.as_str()
+                    "{here}: give `pyspark` and/or `python`: the versions this applies to"
                 ));
             }
+            if v.note.trim().is_empty() {
+                return Err(format!(
+                    "{here}.note: empty: say what this version does differently"
+                ));
+            }
+        }
+        if let Some(e) = &self.expect_stderr {
+            e.validate(&format!("{at}.expect_stderr"))?;
         }
         for (k, v) in &self.context.resources {
             let ok = v
@@ -680,6 +875,54 @@ fn check_hex(at: &str, h: &str) -> Result<(), String> {
     hex::decode(h)
         .map(drop)
         .map_err(|e| format!("{at}: {h:?} is not hex ({e})"))
+}
+
+impl StderrExpect {
+    fn validate(&self, at: &str) -> Result<(), String> {
+        let texts = self
+            .contains
+            .iter()
+            .map(|t| ("contains", t))
+            .chain(self.not_contains.iter().map(|t| ("not_contains", t)))
+            .chain(
+                self.faulthandler_contains
+                    .iter()
+                    .map(|t| ("faulthandler_contains", t)),
+            );
+        for (field, t) in texts {
+            if t.is_empty() {
+                return Err(format!(
+                    "{at}.{field}: an empty text matches anything: give the text to look for"
+                ));
+            }
+        }
+        if self.contains.is_empty()
+            && self.not_contains.is_empty()
+            && self.faulthandler_contains.is_none()
+        {
+            return Err(format!(
+                "{at}: empty: give `contains`, `not_contains` or `faulthandler_contains`"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A path under a folder fakejvm makes: relative, without `..`, NUL or empty parts.
+fn check_relative_path(at: &str, name: &str) -> Result<(), String> {
+    let bad = name.is_empty()
+        || name.starts_with('/')
+        || name.contains('\0')
+        || name
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..");
+    if bad {
+        Err(format!(
+            "{at}: a relative path such as \"my_worker.py\" or \"pkg/__init__.py\", without `..`"
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 fn check_env(at: &str, key: &str, value: &str) -> Result<(), String> {

@@ -43,6 +43,9 @@ pub struct TaskReport {
     /// The expectation that applied, in words.
     pub expected: String,
     pub ok: bool,
+    /// `expect_stderr` checks that failed (each fails the task).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stderr_unmet: Vec<String>,
     /// A known, version-specific behaviour that this run showed (from `expect_by_version`).
     pub note: Option<String>,
     /// The decoded output values, when the task completed.
@@ -69,6 +72,13 @@ pub struct ScenarioReport {
     pub faults: Vec<FaultReport>,
     /// Processes of ours still alive after shutdown (then killed): a failure of the scenario.
     pub leftovers: Vec<(i32, String)>,
+    /// What pyspark does with what the scenario asked for, where that is not what was asked
+    /// (e.g. a worker module the daemon ignores).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The scenario's `expect_stderr` checks that failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stderr_unmet: Vec<String>,
     /// The daemon's pid (its process group holds every worker it forked).
     pub daemon_pid: Option<i32>,
     pub daemon_exit: Option<ExitInfo>,
@@ -140,6 +150,8 @@ pub async fn run_scenario(
         tasks: vec![],
         faults: vec![],
         leftovers: vec![],
+        notes: vec![],
+        stderr_unmet: vec![],
         daemon_pid: None,
         daemon_exit: None,
         stderr_tail: String::new(),
@@ -180,6 +192,7 @@ pub async fn run_scenario(
     }
     let all_ok = report.tasks.iter().all(|t| t.ok)
         && report.leftovers.is_empty()
+        && report.stderr_unmet.is_empty()
         && report.faults.iter().all(|f| f.ok);
     report.status = if all_ok {
         Status::Passed
@@ -192,12 +205,13 @@ pub async fn run_scenario(
 
 fn not_applicable(env: &PythonEnv, sc: &Scenario, dialect: Dialect) -> Option<String> {
     if let Some(req) = &sc.requires {
-        if !req.matches(env.pyspark) {
-            return Some(format!(
-                "needs pyspark {}, this is {}",
-                req.as_str(),
-                env.pyspark
-            ));
+        if !req.matches(env.pyspark, &env.python_version) {
+            let this = if req.python.is_some() {
+                format!("pyspark {} on python {}", env.pyspark, env.python_version)
+            } else {
+                env.pyspark.to_string()
+            };
+            return Some(format!("needs {}, this is {this}", req.describe()));
         }
     }
     if sc.mode == Mode::Uds && !dialect.has_unix_sockets() {
@@ -225,11 +239,46 @@ async fn run_tasks(
     let mut extra_env: Vec<(String, String)> =
         sc.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     extra_env.extend(injector.launch_env());
+    if !sc.launch_files.is_empty() {
+        // First on sys.path, before the scenario's own PYTHONPATH (if any) and site-packages.
+        let dir = tmp.path().join("launch");
+        for (name, content) in &sc.launch_files {
+            let path = dir.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, content)?;
+        }
+        let path = match sc.env.get("PYTHONPATH") {
+            Some(theirs) => format!("{}:{theirs}", dir.display()),
+            None => dir.display().to_string(),
+        };
+        extra_env.retain(|(k, _)| k != "PYTHONPATH");
+        extra_env.push(("PYTHONPATH".into(), path));
+    }
+    let wants_dump = sc.tasks.iter().any(|t| {
+        t.expect_stderr
+            .as_ref()
+            .is_some_and(|e| e.faulthandler_contains.is_some())
+    });
+    let faulthandler_dir = match sc.env.get("PYTHON_FAULTHANDLER_DIR") {
+        Some(theirs) => Some(PathBuf::from(theirs)),
+        None if wants_dump => {
+            let dir = tmp.path().join("faulthandler");
+            std::fs::create_dir_all(&dir)?;
+            extra_env.push(("PYTHON_FAULTHANDLER_DIR".into(), dir.display().to_string()));
+            Some(dir)
+        }
+        None => None,
+    };
+    report.notes = module_notes(env, sc);
     let launch = LaunchOptions {
         mode: sc.mode,
         reuse: sc.reuse,
         extra_env,
         rlimit_as: injector.rlimit_as(),
+        daemon_module: sc.daemon_module.clone().map(|m| m.0),
+        worker_module: sc.worker_module.clone().map(|m| m.0),
         ..LaunchOptions::default()
     };
     let mut workers = match Workers::start(&env.python, launch).await {
@@ -270,6 +319,7 @@ async fn run_tasks(
     let mut outputs: Vec<Vec<DataItem>> = vec![];
     for (i, (task, built)) in sc.tasks.iter().zip(built).enumerate() {
         let started = Instant::now();
+        let stderr_mark = workers.stderr().len();
         let (expect, mut note) = effective_expectation(task, env);
         let request = build_request(
             task,
@@ -410,7 +460,7 @@ async fn run_tasks(
             }
         }
         let transcript = opts.keep_transcripts.then_some(transcript);
-        report.tasks.push(judge(
+        let mut judged = judge(
             i,
             outcome,
             output,
@@ -419,7 +469,20 @@ async fn run_tasks(
             Some(pid),
             started,
             transcript,
-        ));
+        );
+        if let Some(e) = &task.expect_stderr {
+            judged.stderr_unmet = super::stderr::unmet_for_task(
+                &workers,
+                stderr_mark,
+                e,
+                i,
+                Some(pid),
+                faulthandler_dir.as_deref(),
+            )
+            .await;
+            judged.ok &= judged.stderr_unmet.is_empty();
+        }
+        report.tasks.push(judged);
     }
     drop(conn);
 
@@ -432,7 +495,32 @@ async fn run_tasks(
     report.daemon_pid = shutdown.daemon_pid;
     report.daemon_exit = shutdown.daemon_exit;
     report.stderr_tail = tail_lines(&shutdown.stderr, 20);
+    if let Some(e) = &sc.expect_stderr {
+        report.stderr_unmet = super::stderr::unmet(
+            &String::from_utf8_lossy(&shutdown.stderr),
+            e,
+            "the daemon's and its workers'",
+        );
+    }
     Ok(())
+}
+
+/// pyspark's rule for the worker module its daemon forks into (daemon.py): 3.5 ignores its argv
+/// and always runs `pyspark.worker`; 4.0 and later import argv[1] only when the name starts with
+/// "pyspark" (so a wrapper must be named e.g. `pyspark_mine.worker`), 4.0/4.1 once at daemon
+/// start, 4.2+ in every forked worker. A direct worker runs whatever `-m` names.
+fn module_notes(env: &PythonEnv, sc: &Scenario) -> Vec<String> {
+    let Some(m) = sc.worker_module.as_ref().filter(|_| sc.mode.uses_daemon()) else {
+        return vec![];
+    };
+    let v = env.pyspark;
+    if (v.major, v.minor) < (4, 0) {
+        vec![format!("pyspark {v}'s daemon ignores its arguments and always forks into pyspark.worker: worker_module {} is not used", m.0)]
+    } else if !m.0.starts_with("pyspark") {
+        vec![format!("pyspark {v}'s daemon imports the worker module only when its name starts with \"pyspark\" (daemon.py): {} is ignored and pyspark.worker runs", m.0)]
+    } else {
+        vec![]
+    }
 }
 
 /// How long a failure waits for the daemon's (or a direct worker's) fate before judging: a limit,
@@ -515,12 +603,17 @@ fn frame_kind(task: &Task) -> FrameKind {
 }
 
 fn effective_expectation(task: &Task, env: &PythonEnv) -> (Expect, Option<String>) {
+    let python = python_parts(&env.python_version);
     for v in &task.expect_by_version {
-        if v.pyspark.matches(env.pyspark) {
-            return (
-                v.expect.clone(),
-                Some(format!("pyspark {}: {}", env.pyspark, v.note)),
-            );
+        let applies = v.pyspark.as_ref().is_none_or(|r| r.matches(env.pyspark))
+            && v.python.as_ref().is_none_or(|r| r.matches_parts(python));
+        if applies {
+            let this = if v.python.is_some() {
+                format!("pyspark {} on python {}", env.pyspark, env.python_version)
+            } else {
+                format!("pyspark {}", env.pyspark)
+            };
+            return (v.expect.clone(), Some(format!("{this}: {}", v.note)));
         }
     }
     (task.expect.clone(), None)
@@ -778,6 +871,7 @@ fn judge(
         outcome,
         expected,
         ok,
+        stderr_unmet: vec![],
         note,
         output,
         pid,

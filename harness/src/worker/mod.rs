@@ -76,6 +76,11 @@ pub struct LaunchOptions {
     pub connect_timeout: Duration,
     /// RLIMIT_AS soft limit for every process we start (forked workers inherit the daemon's).
     pub rlimit_as: Option<u64>,
+    /// The daemon's `-m` module (Spark's `spark.python.daemon.module`); None: `pyspark.daemon`.
+    pub daemon_module: Option<String>,
+    /// The module the daemon forks into (its argv[1], `spark.python.worker.module`) or a direct
+    /// worker's `-m` module; None: `pyspark.worker`.
+    pub worker_module: Option<String>,
 }
 
 impl Default for LaunchOptions {
@@ -86,6 +91,8 @@ impl Default for LaunchOptions {
             extra_env: vec![],
             connect_timeout: Duration::from_secs(10),
             rlimit_as: None,
+            daemon_module: None,
+            worker_module: None,
         }
     }
 }
@@ -304,8 +311,8 @@ pub struct Workers {
 /// How long a failed connect waits for the daemon's fate before blaming the worker.
 const DAEMON_FATE_WAIT: Duration = Duration::from_secs(3);
 
-const DAEMON_ARGS: [&str; 3] = ["-m", "pyspark.daemon", "pyspark.worker"];
-const WORKER_ARGS: [&str; 2] = ["-m", "pyspark.worker"];
+const DAEMON_MODULE: &str = "pyspark.daemon";
+const WORKER_MODULE: &str = "pyspark.worker";
 
 impl Workers {
     /// Daemon modes: spawn the daemon and read where it listens (port or socket path) from its
@@ -356,6 +363,22 @@ impl Workers {
     }
 
     /// Every child of ours starts here: its own process group, registered for Ctrl-C.
+    /// `-m pyspark.daemon pyspark.worker`, as PythonWorkerFactory starts the daemon.
+    fn daemon_args(&self) -> Vec<&str> {
+        vec![
+            "-m",
+            self.opts.daemon_module.as_deref().unwrap_or(DAEMON_MODULE),
+            self.opts.worker_module.as_deref().unwrap_or(WORKER_MODULE),
+        ]
+    }
+
+    fn worker_args(&self) -> Vec<&str> {
+        vec![
+            "-m",
+            self.opts.worker_module.as_deref().unwrap_or(WORKER_MODULE),
+        ]
+    }
+
     fn spawn(
         &self,
         cmd: &mut tokio::process::Command,
@@ -388,9 +411,9 @@ impl Workers {
             _ => vec![("PYTHON_WORKER_FACTORY_SECRET", self.secret.clone())],
         };
         env.extend(self.reuse_env());
-        let mut cmd =
-            spawn::python_command(&self.python, &DAEMON_ARGS, &env, &self.launch_tweaks());
-        let (mut child, group) = self.spawn(&mut cmd, &DAEMON_ARGS)?;
+        let args = self.daemon_args();
+        let mut cmd = spawn::python_command(&self.python, &args, &env, &self.launch_tweaks());
+        let (mut child, group) = self.spawn(&mut cmd, &args)?;
         let pid = group.pgid;
         let stdin = child.stdin.take();
         let mut stdout = child.stdout.take().expect("stdout is piped");
@@ -553,8 +576,9 @@ impl Workers {
         all.extra_env.extend(tweaks.extra_env.iter().cloned());
         all.rlimit_as = tweaks.rlimit_as.or(all.rlimit_as);
 
-        let mut cmd = spawn::python_command(&self.python, &WORKER_ARGS, &env, &all);
-        let (mut child, group) = self.spawn(&mut cmd, &WORKER_ARGS)?;
+        let args = self.worker_args();
+        let mut cmd = spawn::python_command(&self.python, &args, &env, &all);
+        let (mut child, group) = self.spawn(&mut cmd, &args)?;
         let pid = group.pgid;
         let mut drains = vec![];
         if let Some(out) = child.stdout.take() {
