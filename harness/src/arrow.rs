@@ -263,6 +263,25 @@ pub fn decode_stream(bytes: &[u8]) -> Result<Table, ArrowError> {
     Ok(Table { schema, batches })
 }
 
+/// [`decode_stream`] for a stream handed out as shared bytes (e.g. a reply's
+/// `ReplyItem::ArrowStream`): the batches' buffers are slices of those bytes, not copies (arrow
+/// copies only a buffer misaligned for its type).
+pub fn decode_shared_stream(bytes: bytes::Bytes) -> Result<Table, ArrowError> {
+    let mut buf = arrow_buffer::Buffer::from(bytes);
+    let mut decoder = arrow_ipc::reader::StreamDecoder::new();
+    let mut batches = vec![];
+    while !buf.is_empty() {
+        if let Some(b) = decoder.decode(&mut buf)? {
+            batches.push(b);
+        }
+    }
+    decoder.finish()?;
+    let schema = decoder
+        .schema()
+        .ok_or_else(|| ArrowError::IpcError("an IPC stream without a schema".into()))?;
+    Ok(Table { schema, batches })
+}
+
 /// A read from bytes that are all there is: Partial means cut short.
 fn whole<T>(r: &Reader, s: Result<Status<T>, WireError>) -> Result<T, WireError> {
     match s? {
@@ -789,6 +808,17 @@ mod tests {
         assert_eq!(got.complete().map(<[u8]>::len), Some(s.len()));
         assert_eq!(r.position(), s.len());
         assert_eq!(walk.batches(), 4);
+    }
+
+    #[test]
+    fn shared_streams_decode_as_copied_ones() {
+        let b = positional_batch(vec![doubles(&[Some(1.5), None, Some(-2.0)])]).unwrap();
+        let s = write_stream(&b.schema(), &[b.clone(), b.slice(1, 2)]).unwrap();
+        let shared = decode_shared_stream(bytes::Bytes::from(s.clone())).unwrap();
+        let copied = decode_stream(&s).unwrap();
+        assert_eq!(shared.schema, copied.schema);
+        assert_eq!(shared.batches, copied.batches);
+        assert!(decode_shared_stream(bytes::Bytes::from(s[..s.len() - 3].to_vec())).is_err());
     }
 
     #[test]
