@@ -2,11 +2,11 @@
 
     python bench_glue.py worker REQUEST_FILE REPLY_FILE [WARMUP_FILE]
         The worker alone: feeds a request stream that fakejvm wrote to a file to the target
-        pyspark's worker entry point, its reply to REPLY_FILE (fakejvm decodes it afterwards: a
-        worker that raised writes a traceback and exits, which must not pass for a fast run).
-        Times the entry point only (the imports happen before the clock starts). With
-        WARMUP_FILE, that task runs first, untimed, in the same process (reply to /dev/null), as
-        a reused worker has run a task before.
+        pyspark's worker entry point, output to /dev/null. Times the entry point only (the
+        imports happen before the clock starts). With WARMUP_FILE, that task runs first, untimed,
+        in the same process, as a reused worker has run a task before. Then, untimed, the same
+        request once more with its reply to REPLY_FILE, which fakejvm decodes and checks: a
+        worker that raised writes a traceback and exits, and must not pass for a fast run.
 
     python bench_glue.py spark TEXT_FILE N_INTS [N_DOUBLES MAX_RECORDS_PER_BATCH]
         A real Spark JVM in local[1]: times textFile(...).map(len).count() and a
@@ -39,7 +39,9 @@ def worker(path, out, warmup=None):
 
     if warmup is not None:
         run_worker(w, warmup, "/dev/null")
-    print(json.dumps({"seconds": run_worker(w, path, out)}))
+    seconds = run_worker(w, path, "/dev/null")
+    run_worker(w, path, out)
+    print(json.dumps({"seconds": seconds}))
 
 
 def arrow_job(spark_session, n):

@@ -5,15 +5,21 @@
 //!
 //! Every side runs a warm-up task of the same UDF ([`WARMUP_ROWS`]) first and times the second
 //! task only, because the first pandas UDF in a worker imports pandas and pyarrow (about a second
-//! on a busy machine) and a reused Spark worker has done that before the timed job: fakejvm on the same
-//! connection of a reused daemon worker, the worker alone over the warm-up file first, Spark with a
-//! warm-up job.
+//! on a busy machine) and a reused Spark worker has done that before the timed job: fakejvm on
+//! the same connection of a reused daemon worker (after [`GC_PAUSE`]), the worker alone over the
+//! warm-up file first in the same process, Spark with a warm-up job.
 //!
 //! fakejvm's time covers writing the request, reading the reply and decoding every batch of the
 //! reply stream (arrow-rs's IPC decoder over the received bytes, no copy of the aligned buffers);
 //! the rows are counted from the decoded batches and the first and last value checked. The worker
-//! alone writes its reply to a file, checked the same way afterwards. Spark's job sums the UDF's output in the JVM (a
-//! `count()` could prune the UDF away), so its JVM reads every reply batch too.
+//! alone writes its reply to /dev/null (an untimed second run is checked the same way). Spark's
+//! job sums the UDF's output in the JVM (a `count()` could prune the UDF away), so its JVM reads
+//! every reply batch too.
+//!
+//! Over the socket the reply's last 64 bytes (the stream's end and the timing block) often come
+//! some 40 ms after the last batch: the worker's socket has Nagle on, so its short trailer waits
+//! for the ACK of the last batch, which the receiving kernel delays. A Spark executor meets the
+//! same wait; the worker alone, writing to a file, does not.
 
 use crate::arrow::{self, Group};
 use crate::protocol::{Dialect, EvalType, Reply, ReplyEnd, ReplyItem, Udf, UdfCommand, UdfLayout};
@@ -33,6 +39,10 @@ pub(super) const MAX_RECORDS_PER_BATCH: i64 = 10_000;
 /// pyarrow take only for longer arrays, met once per process).
 pub(super) const WARMUP_ROWS: usize = 2 * MAX_RECORDS_PER_BATCH as usize;
 const FUNCTION: &str = "func = lambda v: v + 1";
+/// Between the warm-up and the timed task. A reused daemon worker runs `gc.collect()` after each
+/// task (pyspark daemon.py, 3.5-4.3), some 60 ms with pandas and pyarrow loaded; a request sent at
+/// once would time it, where Spark's driver takes longer than that to start its next job.
+const GC_PAUSE: Duration = Duration::from_secs(1);
 
 /// The two requests of the row, encoded as fakejvm sends them.
 pub(super) struct ArrowJob {
@@ -223,6 +233,8 @@ pub(super) async fn through_fakejvm(
             base = reply.end_offset;
             if is_timed {
                 timed = Some((elapsed, count));
+            } else {
+                tokio::time::sleep(GC_PAUSE).await;
             }
         }
         timed.context("no timed task")

@@ -11,9 +11,9 @@
 //!
 //! What each side measures: fakejvm, the task on an open daemon connection (request written,
 //! every reply frame counted); the worker alone, pyspark's worker entry point over the request
-//! file with its reply to a file (decoded afterwards, untimed, and checked against fakejvm's, so
-//! a worker that raised cannot pass for a fast one); Spark, the job's wall time after a warm-up job (so JVM and
-//! worker startup are excluded). Spark's `count()` pipelines the counting into the worker, so its
+//! file with output to /dev/null (then once more, untimed, into a file that is decoded and
+//! checked against fakejvm's reply, so a worker that raised cannot pass for a fast one); Spark,
+//! the job's wall time after a warm-up job (so JVM and worker startup are excluded). Spark's `count()` pipelines the counting into the worker, so its
 //! worker writes one number where fakejvm's writes every result: the ratio is, if anything,
 //! unfavourable to fakejvm.
 
@@ -310,8 +310,8 @@ pub(crate) async fn run_bench(env: &PythonEnv, args: &BenchArgs) -> anyhow::Resu
     })
 }
 
-/// The worker alone over request files, its reply decoded afterwards (untimed) and checked, so a
-/// worker that raised (it writes a traceback and exits) never passes for a fast one.
+/// The worker alone over request files; the reply of its untimed second run is decoded and
+/// checked, so a worker that raised (it writes a traceback and exits) never passes for a fast one.
 struct Alone<'a> {
     env: &'a PythonEnv,
     glue: &'a Path,
