@@ -109,38 +109,73 @@ pub fn data_section(
 /// message as pyarrow's `open_stream` does (never past the end). Partial (the reader unmoved) when
 /// the stream has not all arrived.
 pub fn read_ipc_stream<'a>(r: &mut Reader<'a>) -> Result<Status<&'a [u8]>, WireError> {
-    let start = r.position();
-    let max = r.limits().max_frame_len;
-    let mut sub = r.clone();
-    loop {
-        let msg_at = sub.offset();
-        let word = complete!(sub.bytes(4));
-        let len_bytes = if word == [0xff; 4] {
-            complete!(sub.bytes(4))
-        } else {
-            // Pre-0.15 streams have no continuation marker.
-            word
-        };
-        let len = i32::from_le_bytes(len_bytes.try_into().expect("4 bytes"));
-        if len == 0 {
-            break;
-        }
-        if len < 0 || len as usize > max {
-            return Err(sub.error(msg_at, WireErrorKind::ArrowMetadataLength(len)));
-        }
-        let meta = complete!(sub.bytes(len as usize));
-        let body = arrow_ipc::root_as_message(meta)
-            .map_err(|e| sub.error(msg_at, WireErrorKind::ArrowNotAMessage(e.to_string())))?
-            .bodyLength();
-        if body < 0 || body as u64 > max as u64 {
-            return Err(sub.error(msg_at, WireErrorKind::ArrowBodyLength(body)));
-        }
-        complete!(sub.bytes(body as usize));
+    IpcStreamWalk::default().resume(r)
+}
+
+/// A walk over one IPC stream that may arrive in pieces: it remembers the end of the last whole
+/// message, so each call on a longer prefix of the same stream walks only the new messages, and a
+/// stream of N bytes fed in pieces costs one pass, not one per piece.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpcStreamWalk {
+    /// Bytes from the stream's start that are whole messages already walked.
+    walked: usize,
+    /// Record batch messages among them.
+    batches: u64,
+}
+
+impl IpcStreamWalk {
+    /// Bytes of whole messages walked so far.
+    pub fn walked(&self) -> usize {
+        self.walked
     }
-    let len = sub.position() - start;
-    let out = complete!(r.bytes(len));
-    debug_assert_eq!(r.position(), start + len);
-    Ok(Status::Complete(out))
+
+    /// Record batch messages walked so far.
+    pub fn batches(&self) -> u64 {
+        self.batches
+    }
+
+    /// Walk on: `r` stands at the stream's start, as on the first call (the walked bytes are not
+    /// read again). Complete with the stream's bytes, end marker included, the reader moved past
+    /// them; Partial (the reader unmoved, the progress kept) until the end marker has arrived.
+    pub fn resume<'a>(&mut self, r: &mut Reader<'a>) -> Result<Status<&'a [u8]>, WireError> {
+        let start = r.position();
+        let max = r.limits().max_frame_len;
+        let mut sub = r.clone();
+        complete!(sub.bytes(self.walked));
+        loop {
+            let msg_at = sub.offset();
+            let word = complete!(sub.bytes(4));
+            let len_bytes = if word == [0xff; 4] {
+                complete!(sub.bytes(4))
+            } else {
+                // Pre-0.15 streams have no continuation marker.
+                word
+            };
+            let len = i32::from_le_bytes(len_bytes.try_into().expect("4 bytes"));
+            if len == 0 {
+                break;
+            }
+            if len < 0 || len as usize > max {
+                return Err(sub.error(msg_at, WireErrorKind::ArrowMetadataLength(len)));
+            }
+            let meta = complete!(sub.bytes(len as usize));
+            let msg = arrow_ipc::root_as_message(meta)
+                .map_err(|e| sub.error(msg_at, WireErrorKind::ArrowNotAMessage(e.to_string())))?;
+            let body = msg.bodyLength();
+            if body < 0 || body as u64 > max as u64 {
+                return Err(sub.error(msg_at, WireErrorKind::ArrowBodyLength(body)));
+            }
+            complete!(sub.bytes(body as usize));
+            self.walked = sub.position() - start;
+            if msg.header_type() == arrow_ipc::MessageHeader::RecordBatch {
+                self.batches += 1;
+            }
+        }
+        let len = sub.position() - start;
+        let out = complete!(r.bytes(len));
+        debug_assert_eq!(r.position(), start + len);
+        Ok(Status::Complete(out))
+    }
 }
 
 /// What a [`DataPart`] of an Arrow data item is.
@@ -308,6 +343,25 @@ pub fn decode_stream(bytes: &[u8]) -> Result<Table, ArrowError> {
     let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
     let schema = reader.schema();
     let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    Ok(Table { schema, batches })
+}
+
+/// [`decode_stream`] for a stream handed out as shared bytes (e.g. a reply's
+/// `ReplyItem::ArrowStream`): the batches' buffers are slices of those bytes, not copies (arrow
+/// copies only a buffer misaligned for its type).
+pub fn decode_shared_stream(bytes: bytes::Bytes) -> Result<Table, ArrowError> {
+    let mut buf = arrow_buffer::Buffer::from(bytes);
+    let mut decoder = arrow_ipc::reader::StreamDecoder::new();
+    let mut batches = vec![];
+    while !buf.is_empty() {
+        if let Some(b) = decoder.decode(&mut buf)? {
+            batches.push(b);
+        }
+    }
+    decoder.finish()?;
+    let schema = decoder
+        .schema()
+        .ok_or_else(|| ArrowError::IpcError("an IPC stream without a schema".into()))?;
     Ok(Table { schema, batches })
 }
 
@@ -882,6 +936,42 @@ mod tests {
                 json!([3.0])
             ]
         );
+    }
+
+    #[test]
+    fn a_resumed_walk_reads_only_what_came_since() {
+        let batches: Vec<RecordBatch> = (0..4)
+            .map(|k| positional_batch(vec![doubles(&[Some(k as f64); 10])]).unwrap())
+            .collect();
+        let s = write_stream(&batches[0].schema(), &batches).unwrap();
+        let mut walk = IpcStreamWalk::default();
+        let half = s.len() / 2;
+        assert_eq!(
+            walk.resume(&mut Reader::new(&s[..half])).unwrap(),
+            Status::Partial
+        );
+        let walked = walk.walked();
+        assert!(walked > 0 && walked <= half, "{walked} of {half}");
+        assert!(walk.batches() >= 1);
+        // The walked bytes are not read again: a resumed walk over garbage there still ends.
+        let mut spoiled = s.clone();
+        spoiled[..walked].fill(0xee);
+        let mut r = Reader::new(&spoiled);
+        let got = walk.resume(&mut r).unwrap();
+        assert_eq!(got.complete().map(<[u8]>::len), Some(s.len()));
+        assert_eq!(r.position(), s.len());
+        assert_eq!(walk.batches(), 4);
+    }
+
+    #[test]
+    fn shared_streams_decode_as_copied_ones() {
+        let b = positional_batch(vec![doubles(&[Some(1.5), None, Some(-2.0)])]).unwrap();
+        let s = write_stream(&b.schema(), &[b.clone(), b.slice(1, 2)]).unwrap();
+        let shared = decode_shared_stream(bytes::Bytes::from(s.clone())).unwrap();
+        let copied = decode_stream(&s).unwrap();
+        assert_eq!(shared.schema, copied.schema);
+        assert_eq!(shared.batches, copied.batches);
+        assert!(decode_shared_stream(bytes::Bytes::from(s[..s.len() - 3].to_vec())).is_err());
     }
 
     #[test]

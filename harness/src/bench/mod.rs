@@ -2,24 +2,29 @@
 //! work through a real Spark JVM (local[1]) and through the worker alone reading the identical
 //! request bytes from a file. The ratios say how much of the time is fakejvm's own.
 //!
-//! Two workloads, as a Spark job meets them:
+//! Three workloads, as a Spark job meets them:
 //! - text: textFile-style lines (one UTF-8 frame per line), `map(len)`;
 //! - ints: pickled batches of 1024 ints (parallelize's batch size for a list that large),
-//!   `map(x + 1)`.
+//!   `map(x + 1)`;
+//! - arrow: doubles through a scalar pandas UDF `v + 1`, 10,000 rows per record batch
+//!   ([`arrow_row`] says what each side does there).
 //!
 //! What each side measures: fakejvm, the task on an open daemon connection (request written,
 //! every reply frame counted); the worker alone, pyspark's worker entry point over the request
-//! file with output to /dev/null; Spark, the job's wall time after a warm-up job (so JVM and
-//! worker startup are excluded). Spark's `count()` pipelines the counting into the worker, so its
+//! file with output to /dev/null (then once more, untimed, into a file that is decoded and
+//! checked against fakejvm's reply, so a worker that raised cannot pass for a fast one); Spark,
+//! the job's wall time after a warm-up job (so JVM and worker startup are excluded). Spark's `count()` pipelines the counting into the worker, so its
 //! worker writes one number where fakejvm's writes every result: the ratio is, if anything,
 //! unfavourable to fakejvm.
 
+mod arrow_row;
+
 use crate::pickle::{self, Value};
-use crate::protocol::{DataItem, Dialect, TaskRequest};
+use crate::protocol::{decode_replies, DataItem, Dialect, Reply, ReplyEnd, TaskRequest};
 use crate::pyenv::{self, CommandSpec, PythonEnv, SerializerSpec};
 use crate::session::{self, SessionOptions, Transcript, WritePlan};
 use crate::worker::{spawn_in_group, LaunchOptions, Mode, Workers};
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use serde::Serialize;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -47,6 +52,9 @@ pub struct BenchArgs {
     /// Number of pickled ints.
     #[arg(long, default_value_t = 1_000_000)]
     pub ints: i64,
+    /// Number of doubles through the scalar pandas UDF (0: no Arrow row).
+    #[arg(long, default_value_t = 10_000_000)]
+    pub doubles: usize,
     /// Skip the real Spark JVM comparison (needs Java).
     #[arg(long)]
     pub no_spark: bool,
@@ -63,6 +71,7 @@ pub struct BenchArgs {
 pub enum Workload {
     Text,
     Ints,
+    Arrow,
 }
 
 /// One workload's figures. Seconds are None when that side was skipped or failed (`notes` says).
@@ -73,7 +82,12 @@ pub struct WorkloadResult {
     /// Data-section bytes of the request (frames with their lengths).
     pub data_bytes: u64,
     pub fakejvm_s: f64,
+    /// Data items of fakejvm's reply (for arrow: Arrow streams).
     pub reply_frames: u64,
+    /// Arrow only: rows of fakejvm's reply, counted from its decoded record batches.
+    pub reply_rows: Option<u64>,
+    /// Arrow only: record batches of fakejvm's reply.
+    pub reply_batches: Option<u64>,
     pub worker_alone_s: Option<f64>,
     pub spark_s: Option<f64>,
 }
@@ -190,22 +204,25 @@ pub(crate) async fn run_bench(env: &PythonEnv, args: &BenchArgs) -> anyhow::Resu
         let worker_alone_s = if args.no_worker_alone {
             None
         } else {
-            let file = tmp.path().join(format!("{workload:?}.request"));
-            std::fs::File::create(&file)?.write_all(&request.bytes)?;
-            match run_glue(
+            let alone = Alone {
                 env,
-                &glue,
-                &["worker", &file.to_string_lossy()],
-                Duration::from_secs(600),
-            )
-            .await
-            {
-                Ok(v) => v["seconds"].as_f64(),
-                Err(e) => {
-                    notes.push(format!("{workload:?} worker alone failed: {e:#}"));
-                    None
-                }
-            }
+                glue: &glue,
+                dir: tmp.path(),
+                dialect,
+            };
+            let same_count = |reply: &Reply| {
+                ensure!(
+                    reply.data_items == reply_frames,
+                    "{} reply frames where fakejvm got {reply_frames}",
+                    reply.data_items
+                );
+                Ok(())
+            };
+            alone
+                .run(workload, &request.bytes, None, same_count)
+                .await
+                .map_err(|e| notes.push(format!("{workload:?} worker alone failed: {e:#}")))
+                .ok()
         };
         results.push(WorkloadResult {
             workload,
@@ -213,6 +230,46 @@ pub(crate) async fn run_bench(env: &PythonEnv, args: &BenchArgs) -> anyhow::Resu
             data_bytes,
             fakejvm_s,
             reply_frames,
+            reply_rows: None,
+            reply_batches: None,
+            worker_alone_s,
+            spark_s: None,
+        });
+    }
+
+    if args.doubles > 0 {
+        let job = arrow_row::build(env, args.doubles, &tmp.path().to_string_lossy())?;
+        let (fakejvm_s, count) = arrow_row::through_fakejvm(env, &job)
+            .await
+            .context("Arrow through fakejvm")?;
+        let worker_alone_s = if args.no_worker_alone {
+            None
+        } else {
+            let alone = Alone {
+                env,
+                glue: &glue,
+                dir: tmp.path(),
+                dialect: job.dialect,
+            };
+            let same_rows = |reply: &Reply| {
+                let got = arrow_row::count_reply(reply, job.records)?;
+                ensure!(got == count, "{got:?} where fakejvm got {count:?}");
+                Ok(())
+            };
+            alone
+                .run(Workload::Arrow, &job.request, Some(&job.warmup), same_rows)
+                .await
+                .map_err(|e| notes.push(format!("Arrow worker alone failed: {e:#}")))
+                .ok()
+        };
+        results.push(WorkloadResult {
+            workload: Workload::Arrow,
+            records: job.records,
+            data_bytes: job.data_bytes,
+            fakejvm_s,
+            reply_frames: count.streams,
+            reply_rows: Some(count.rows),
+            reply_batches: Some(count.batches),
             worker_alone_s,
             spark_s: None,
         });
@@ -221,18 +278,25 @@ pub(crate) async fn run_bench(env: &PythonEnv, args: &BenchArgs) -> anyhow::Resu
     if !args.no_spark {
         let text = tmp.path().join("lines.txt");
         write_text_file(&text, args.lines, args.line_bytes)?;
-        let n = args.ints.to_string();
+        let (n, doubles) = (args.ints.to_string(), args.doubles.to_string());
+        let max_records = arrow_row::MAX_RECORDS_PER_BATCH.to_string();
         match run_glue(
             env,
             &glue,
-            &["spark", &text.to_string_lossy(), &n],
+            &["spark", &text.to_string_lossy(), &n, &doubles, &max_records],
             Duration::from_secs(900),
         )
         .await
         {
             Ok(v) => {
-                results[0].spark_s = v["text_seconds"].as_f64();
-                results[1].spark_s = v["ints_seconds"].as_f64();
+                for w in &mut results {
+                    let key = match w.workload {
+                        Workload::Text => "text_seconds",
+                        Workload::Ints => "ints_seconds",
+                        Workload::Arrow => "arrow_seconds",
+                    };
+                    w.spark_s = v[key].as_f64();
+                }
             }
             Err(e) => notes.push(format!(
                 "Spark local[1] failed (needs Java 17+ on PATH): {e:#}"
@@ -244,6 +308,56 @@ pub(crate) async fn run_bench(env: &PythonEnv, args: &BenchArgs) -> anyhow::Resu
         results,
         notes,
     })
+}
+
+/// The worker alone over request files; the reply of its untimed second run is decoded and
+/// checked, so a worker that raised (it writes a traceback and exits) never passes for a fast one.
+struct Alone<'a> {
+    env: &'a PythonEnv,
+    glue: &'a Path,
+    dir: &'a Path,
+    dialect: Dialect,
+}
+
+impl Alone<'_> {
+    async fn run(
+        &self,
+        workload: Workload,
+        request: &[u8],
+        warmup: Option<&[u8]>,
+        check: impl FnOnce(&Reply) -> anyhow::Result<()>,
+    ) -> anyhow::Result<f64> {
+        let file = |ext: &str| self.dir.join(format!("{workload:?}.{ext}"));
+        let (req, out) = (file("request"), file("reply"));
+        std::fs::write(&req, request)?;
+        let mut args = vec![
+            "worker".to_string(),
+            req.display().to_string(),
+            out.display().to_string(),
+        ];
+        if let Some(w) = warmup {
+            let path = file("warmup");
+            std::fs::write(&path, w)?;
+            args.push(path.display().to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let v = run_glue(self.env, self.glue, &args, Duration::from_secs(600)).await?;
+        let seconds = v["seconds"]
+            .as_f64()
+            .context("the glue printed no seconds")?;
+        let bytes = std::fs::read(&out)?;
+        let (replies, err) = decode_replies(self.dialect, &bytes);
+        let reply = match (replies.as_slice(), err) {
+            ([reply], None) => reply,
+            (_, Some(e)) => bail!("its reply does not decode: {e}"),
+            (r, None) => bail!("{} replies to one request", r.len()),
+        };
+        if let ReplyEnd::Exception { traceback } = &reply.end {
+            bail!("the worker raised:\n{traceback}");
+        }
+        check(reply)?;
+        Ok(seconds)
+    }
 }
 
 /// One task on a fresh daemon connection; times the task only (not the daemon's startup).
@@ -379,7 +493,7 @@ fn write_text_file(path: &Path, lines: usize, line_bytes: usize) -> anyhow::Resu
 pub fn render(r: &BenchReport) -> String {
     let mut s = format!("fakejvm bench, pyspark {}\n", r.pyspark);
     s += &format!(
-        "{:<6} {:>10} {:>9} {:>10} {:>9} {:>12} {:>12} {:>9} {:>12}\n",
+        "{:<6} {:>10} {:>9} {:>10} {:>9} {:>12} {:>12} {:>14} {:>12}\n",
         "load", "records", "MB", "side", "seconds", "MB/s", "records/s", "reply", "fakejvm/x"
     );
     for w in &r.results {
@@ -395,13 +509,15 @@ pub fn render(r: &BenchReport) -> String {
             } else {
                 format!("{:.2}", w.fakejvm_s / t)
             };
-            let reply = if name == "fakejvm" {
-                w.reply_frames.to_string()
-            } else {
+            let reply = if name != "fakejvm" {
                 String::new()
+            } else if let Some(rows) = w.reply_rows {
+                format!("{rows} rows")
+            } else {
+                w.reply_frames.to_string()
             };
             s += &format!(
-                "{:<6} {:>10} {:>9.1} {:>10} {:>9.3} {:>12.1} {:>12.0} {:>9} {:>12}\n",
+                "{:<6} {:>10} {:>9.1} {:>10} {:>9.3} {:>12.1} {:>12.0} {:>14} {:>12}\n",
                 format!("{:?}", w.workload).to_lowercase(),
                 w.records,
                 w.data_bytes as f64 / 1e6,
@@ -432,6 +548,7 @@ mod tests {
             lines,
             line_bytes: 100,
             ints,
+            doubles: 0,
             no_spark: !spark,
             no_worker_alone: false,
             json: false,

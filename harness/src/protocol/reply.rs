@@ -89,6 +89,9 @@ enum DecodeState {
     DataBody(usize),
     /// Counting only: this many bytes of a data frame are still to be dropped as they come.
     Skip(usize),
+    /// START_ARROW_STREAM is at the front of the buffer and its IPC stream after it, walked this
+    /// far: a stream that arrives in many reads is walked once, not from its start on each read.
+    ArrowStream(crate::arrow::IpcStreamWalk),
     Timing,
     Accumulators {
         left: usize,
@@ -267,18 +270,9 @@ impl ReplyDecoder {
                         DecodeState::Exception
                     }
                     SlotLen::Special(SpecialLength::StartArrowStream) => {
-                        // The whole IPC stream follows the marker: taken as one item.
-                        let mut r = Reader::new(&self.buf[4..])
-                            .with_base(self.base + 4)
-                            .with_limits(self.limits);
-                        let n = complete!(crate::arrow::read_ipc_stream(&mut r)).len();
-                        self.consume(4);
-                        let stream = self.split(n);
-                        self.data_items += 1;
-                        self.data_bytes += n as u64;
-                        if self.keep_data {
-                            self.data.push(ReplyItem::ArrowStream(stream));
-                        }
+                        // The marker stays in the buffer until the whole stream is there: the
+                        // stream and its marker are one item, consumed together.
+                        self.state = DecodeState::ArrowStream(Default::default());
                         return Ok(Status::Complete(None));
                     }
                     SlotLen::Special(marker) => {
@@ -301,6 +295,23 @@ impl ReplyDecoder {
                 }
                 let frame = self.split(n);
                 self.data.push(ReplyItem::Frame(frame));
+                self.state = DecodeState::DataHead;
+                Ok(Status::Complete(None))
+            }
+            DecodeState::ArrowStream(mut walk) => {
+                let mut r = Reader::new(&self.buf[4..])
+                    .with_base(self.base + 4)
+                    .with_limits(self.limits);
+                let walked = walk.resume(&mut r);
+                self.state = DecodeState::ArrowStream(walk);
+                let n = complete!(walked).len();
+                self.consume(4);
+                let stream = self.split(n);
+                self.data_items += 1;
+                self.data_bytes += n as u64;
+                if self.keep_data {
+                    self.data.push(ReplyItem::ArrowStream(stream));
+                }
                 self.state = DecodeState::DataHead;
                 Ok(Status::Complete(None))
             }
@@ -450,7 +461,8 @@ impl ReplyDecoder {
     /// The error for a stream that is over (EOF) where the decoder stands.
     pub fn eof_error(&self) -> WireError {
         let place = match self.state {
-            DecodeState::DataHead => "in the data section",
+            // Inside an Arrow stream too: the marker is not consumed before the stream is whole.
+            DecodeState::DataHead | DecodeState::ArrowStream(_) => "in the data section",
             DecodeState::DataBody(_) | DecodeState::Skip(_) => "inside a data frame",
             DecodeState::Timing => "in the timing block",
             DecodeState::Accumulators { .. } => "in the accumulator updates",
@@ -783,6 +795,113 @@ mod tests {
         }
     }
 
+    /// A reply of one Arrow stream with `batches` of doubles (value lists), then the timing block.
+    fn arrow_reply_of(dialect: Dialect, batches: &[Vec<Option<f64>>]) -> (Vec<u8>, Vec<u8>) {
+        use crate::arrow::{positional_batch, write_stream};
+        let batches: Vec<_> = batches
+            .iter()
+            .map(|v| {
+                let col = std::sync::Arc::new(arrow_array::Float64Array::from(v.clone()));
+                positional_batch(vec![col]).unwrap()
+            })
+            .collect();
+        let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| {
+            positional_batch(vec![std::sync::Arc::new(arrow_array::Float64Array::from(
+                Vec::<f64>::new(),
+            ))])
+            .unwrap()
+            .schema()
+        });
+        let stream = write_stream(&schema, &batches).unwrap();
+        let mut b = BytesMut::new();
+        wire::put_special(&mut b, SpecialLength::StartArrowStream);
+        b.extend_from_slice(&stream);
+        b.extend_from_slice(&reply_bytes(dialect)[4 + 3 + 4..]);
+        (b.to_vec(), stream)
+    }
+
+    /// Feeds `bytes` in `chunk`-sized pieces, decoding after each; every reply and the first error.
+    fn decode_in_chunks(
+        d: Dialect,
+        bytes: &[u8],
+        chunk: usize,
+        mut after_feed: impl FnMut(&ReplyDecoder, usize),
+    ) -> (Vec<Reply>, Option<WireError>) {
+        let mut dec = ReplyDecoder::new(d);
+        let mut out = vec![];
+        let mut fed = 0;
+        for c in bytes.chunks(chunk) {
+            dec.feed(c);
+            fed += c.len();
+            loop {
+                match dec.next_reply() {
+                    Ok(Status::Complete(r)) => out.push(r),
+                    Ok(Status::Partial) => break,
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+            after_feed(&dec, fed);
+        }
+        (out, None)
+    }
+
+    #[test]
+    fn a_long_arrow_stream_is_walked_once_as_it_arrives() {
+        let batches: Vec<Vec<Option<f64>>> = (0..50)
+            .map(|k| (0..100).map(|i| Some((k * 100 + i) as f64)).collect())
+            .collect();
+        let (bytes, stream) = arrow_reply_of(Dialect::C, &batches);
+        // One batch message: its metadata and 100 doubles; the walk may lag the bytes by no more.
+        let message = stream.len() / batches.len() + 64;
+        let mut last = 0;
+        let (replies, err) = decode_in_chunks(Dialect::C, &bytes, 97, |dec, fed| {
+            if let DecodeState::ArrowStream(walk) = dec.state {
+                assert!(walk.walked() >= last, "the walk never goes back");
+                assert!(
+                    walk.walked() + 4 + message >= fed.min(4 + stream.len()),
+                    "walked {} of {fed} fed",
+                    walk.walked()
+                );
+                last = walk.walked();
+                assert_eq!(
+                    dec.offset(),
+                    0,
+                    "the marker stays until the stream is whole"
+                );
+            }
+        });
+        assert!(err.is_none(), "{err:?}");
+        assert!(last > stream.len() / 2, "the walk kept its progress");
+        let (whole, err) = decode_replies(Dialect::C, &bytes);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(replies, whole);
+        assert_eq!(
+            replies[0].data,
+            vec![ReplyItem::ArrowStream(Bytes::from(stream.clone()))]
+        );
+        let t = crate::arrow::decode_stream(&stream).unwrap();
+        assert_eq!(t.batches.len(), 50);
+        assert_eq!(t.rows().len(), 5000);
+    }
+
+    #[test]
+    fn a_broken_message_is_found_where_it_starts_even_mid_walk() {
+        let batches = vec![vec![Some(1.0)], vec![Some(2.0)], vec![Some(3.0)]];
+        let (mut bytes, stream) = arrow_reply_of(Dialect::A, &batches);
+        // Break the metadata length of the stream's last message (the end marker's zero length).
+        let end_marker = 4 + stream.len() - 4;
+        bytes[end_marker..end_marker + 4].copy_from_slice(&(-7i32).to_le_bytes());
+        let (_, whole) = decode_replies(Dialect::A, &bytes);
+        let whole = whole.expect("an error");
+        assert!(
+            matches!(whole.kind, WireErrorKind::ArrowMetadataLength(-7)),
+            "{whole}"
+        );
+        assert_eq!(whole.at_byte, (end_marker - 4) as u64);
+        let (_, chunked) = decode_in_chunks(Dialect::A, &bytes, 5, |_, _| {});
+        assert_eq!(chunked, Some(whole));
+    }
+
     #[test]
     fn a_stream_cut_short_is_truncated_with_the_place() {
         let bytes = reply_bytes(Dialect::A);
@@ -798,6 +917,28 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    proptest! {
+        #[test]
+        fn arrow_replies_fed_in_pieces_agree_with_whole(
+            batches in proptest::collection::vec(
+                proptest::collection::vec(proptest::option::of(-1e6f64..1e6), 0..40), 0..6),
+            chunk in 1usize..200,
+        ) {
+            for d in [Dialect::A, Dialect::D] {
+                let (bytes, stream) = arrow_reply_of(d, &batches);
+                let (whole, err) = decode_replies(d, &bytes);
+                prop_assert!(err.is_none(), "{:?}", err);
+                let (pieces, err) = decode_in_chunks(d, &bytes, chunk, |_, _| {});
+                prop_assert!(err.is_none(), "{:?}", err);
+                prop_assert_eq!(&whole, &pieces);
+                prop_assert_eq!(
+                    &pieces[0].data,
+                    &vec![ReplyItem::ArrowStream(Bytes::from(stream))]
+                );
+            }
+        }
     }
 
     proptest! {
