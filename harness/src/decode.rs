@@ -29,6 +29,26 @@ pub struct Decoded {
     pub error: Option<WireError>,
 }
 
+/// `--pyspark X.Y[.Z]` as the UDF layout of that line: the family alone cannot tell 3.5's command
+/// section from 4.0's. Any patch (or none) is accepted: the layout changes with the minor line.
+pub fn parse_udf_layout(text: &str) -> Result<UdfLayout, String> {
+    let bad =
+        || format!("{text:?} is not a pyspark version: expected X.Y or X.Y.Z, e.g. 3.5 or 4.0.5");
+    let parts: Vec<&str> = text.trim().split('.').collect();
+    if !(2..=3).contains(&parts.len())
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(bad());
+    }
+    let major: u32 = parts[0].parse().map_err(|_| bad())?;
+    let minor: u32 = parts[1].parse().map_err(|_| bad())?;
+    UdfLayout::for_version(major, minor).ok_or_else(|| {
+        format!("pyspark {major}.{minor}: fakejvm knows UDF streams from 3.5 on (for an older RDD stream use --dialect)")
+    })
+}
+
 /// `decode` for one pyspark line: UDF command sections differ inside a family (3.5 and 4.0 are
 /// both A; `decode` reads A's as 4.0's).
 pub fn decode_as(layout: UdfLayout, direction: StreamDirection, bytes: &[u8]) -> Decoded {
@@ -195,6 +215,9 @@ fn request_text(out: &mut String, i: usize, d: &DecodedRequest) {
             }
             SpanKind::Data(k) => {
                 let text = match r.data.get(k) {
+                    Some(DataItem::Frame(b)) if r.udf.is_some() => {
+                        format!("frame {} bytes: {}", b.len(), pickled_rows(b))
+                    }
                     Some(DataItem::Frame(b)) => format!("frame {} bytes: {}", b.len(), preview(b)),
                     Some(DataItem::Null) => "NULL (-5)".into(),
                     Some(DataItem::Raw(b)) if r.udf.is_some() => crate::arrow::data_item_text(b),
@@ -283,6 +306,32 @@ fn reply_text(out: &mut String, i: usize, r: &Reply) {
                 let _ = writeln!(out, "    | {l}");
             }
         }
+    }
+}
+
+/// 100/300 input: the JVM (Pyrolite) pickles each batch as a tuple of row tuples; shown as rows
+/// of values, like Arrow rows.
+fn pickled_rows(b: &[u8]) -> String {
+    let rows = match pickle::loads(b) {
+        Ok(pickle::Value::Tuple(rows) | pickle::Value::List(rows)) => rows,
+        _ => return preview(b),
+    };
+    let as_rows: Option<Vec<serde_json::Value>> = rows
+        .iter()
+        .map(|r| match r {
+            pickle::Value::Tuple(cols) | pickle::Value::List(cols) => Some(
+                serde_json::Value::Array(cols.iter().map(pickle::value_to_json).collect()),
+            ),
+            _ => None,
+        })
+        .collect();
+    match as_rows {
+        Some(v) => format!(
+            "{} pickled row(s) {}",
+            v.len(),
+            clip(&serde_json::Value::Array(v).to_string())
+        ),
+        None => preview(b),
     }
 }
 
