@@ -97,7 +97,7 @@ fn every_recorded_stream_decodes_and_agrees_with_the_recorded_framing() {
             let at = format!("{name} {}", c.id);
 
             let requests = g.read(&c.request).unwrap();
-            let d = decode::decode(ix.dialect, StreamDirection::Request, &requests);
+            let d = decode::decode_as(ix.layout(), StreamDirection::Request, &requests);
             assert!(d.error.is_none(), "{at}: request stream: {:?}", d.error);
             assert_eq!(d.requests.len(), c.tasks, "{at}: requests");
             for (k, r) in d.requests.iter().enumerate() {
@@ -113,7 +113,7 @@ fn every_recorded_stream_decodes_and_agrees_with_the_recorded_framing() {
             assert!(!d.to_text().is_empty());
 
             let replies = g.read(&c.reply).unwrap();
-            let d = decode::decode(ix.dialect, StreamDirection::Reply, &replies);
+            let d = decode::decode_as(ix.layout(), StreamDirection::Reply, &replies);
             assert!(d.error.is_none(), "{at}: reply stream: {:?}", d.error);
             assert_eq!(
                 d.replies.len(),

@@ -32,6 +32,8 @@ pub fn normalise_request(req: &TaskRequest) -> TaskRequest {
     for (k, v) in &mut r.context.local_properties {
         if k.starts_with("callSite.") {
             *v = strip_dirs(v);
+        } else if let Some(placeholder) = volatile_sql_property(k) {
+            *v = placeholder.to_owned();
         }
     }
     r.context.barrier = r.context.barrier.as_ref().map(normalise_conn);
@@ -42,6 +44,19 @@ pub fn normalise_request(req: &TaskRequest) -> TaskRequest {
         }
     }
     r
+}
+
+/// A Spark SQL job copies the session's whole SparkConf into each task's local properties; these
+/// keys differ between two runs of the same job (seen with 3.5.9-4.3.0).
+fn volatile_sql_property(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "spark.driver.port" => "<port>",
+        "spark.driver.host" => "<host>",
+        "spark.app.id" => "<app-id>",
+        "spark.app.startTime" | "spark.app.submitTime" => "<time>",
+        "spark.sql.warehouse.dir" => "<warehouse-dir>",
+        _ => return None,
+    })
 }
 
 /// Every absolute path in `s` cut to its file name.
