@@ -551,7 +551,7 @@ pub(crate) fn request_text(layout: UdfLayout, requests: &[TaskRequest]) -> Strin
     let bytes = normalise::encode_requests(layout.dialect(), &normal);
     with_header(
         decode::decode_as(layout, StreamDirection::Request, &bytes).to_text(),
-        layout.dialect(),
+        &format!("--pyspark {}", layout.version()),
         "request",
     )
 }
@@ -562,15 +562,17 @@ pub(crate) fn reply_text(dialect: Dialect, replies: &[Reply]) -> Result<String, 
     let bytes = dialect.encode_replies(&normal, Limits::DEFAULT)?;
     Ok(with_header(
         decode::decode(dialect, StreamDirection::Reply, &bytes).to_text(),
-        dialect,
+        &format!("--dialect {dialect:?}"),
         "reply",
     ))
 }
 
-fn with_header(text: String, dialect: Dialect, what: &str) -> String {
+/// `flag`: how `fakejvm decode` is told the stream's layout (requests: the pyspark line, since
+/// family A holds two UDF layouts).
+fn with_header(text: String, flag: &str, what: &str) -> String {
     format!(
         "# The {what} stream, normalised (volatile fields as <placeholders>, timings 0); byte offsets are of the\n\
-         # normalised stream. The raw bytes: fakejvm decode --dialect {dialect:?} --direction {what} <the .bin file>\n{text}"
+         # normalised stream. The raw bytes: fakejvm decode {flag} --direction {what} <the .bin file>\n{text}"
     )
 }
 

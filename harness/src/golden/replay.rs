@@ -970,8 +970,15 @@ fn same_item(e: Option<&ReplyItem>, g: Option<&ReplyItem>) -> bool {
 }
 
 /// An Arrow stream as what it says: each field's name, type and nullability, and the rows of each
-/// batch as JSON values. None when it does not decode.
-fn arrow_value(b: &[u8]) -> Option<(Vec<(String, String, bool)>, Vec<Vec<serde_json::Value>>)> {
+/// batch as JSON values.
+#[derive(PartialEq)]
+struct ArrowValue {
+    fields: Vec<(String, String, bool)>,
+    batches: Vec<Vec<serde_json::Value>>,
+}
+
+/// None when the stream does not decode.
+fn arrow_value(b: &[u8]) -> Option<ArrowValue> {
     let t = crate::arrow::decode_stream(b).ok()?;
     let fields = t
         .schema
@@ -986,7 +993,7 @@ fn arrow_value(b: &[u8]) -> Option<(Vec<(String, String, bool)>, Vec<Vec<serde_j
         })
         .collect();
     let batches = t.batches.iter().map(crate::arrow::batch_rows).collect();
-    Some((fields, batches))
+    Some(ArrowValue { fields, batches })
 }
 
 fn summary(r: &Reply) -> String {
