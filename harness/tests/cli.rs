@@ -510,3 +510,51 @@ fn decode_with_a_bad_pyspark_value_is_one_line_exit_2() {
         &["--dialect", "--pyspark"],
     );
 }
+
+/// A stream a real Spark 3.5.9 JVM sent (golden/): decode with --pyspark shows the UDF by name,
+/// its arguments, function pickle and return type, the runner conf, and the Arrow input and
+/// output as schemas and rows, to the end.
+#[test]
+fn decode_shows_a_recorded_grouped_agg_udf_request_and_reply_as_rows() {
+    let dir = common::repo_root().join("golden/pyspark-3.5.9/udf_grouped_agg_mean");
+    let ix = fakejvm::golden::Golden::load(&dir).unwrap().index;
+    let decoded: Vec<(String, String)> = ix
+        .connections
+        .iter()
+        .map(|c| {
+            let run = |file: &str, direction: &str| {
+                let out = fakejvm()
+                    .args(["decode", "--pyspark", "3.5.9", "--direction", direction])
+                    .arg(dir.join(file))
+                    .assert()
+                    .code(0)
+                    .get_output()
+                    .clone();
+                String::from_utf8(out.stdout).unwrap()
+            };
+            (run(&c.request, "request"), run(&c.reply, "reply"))
+        })
+        .collect();
+    let (request, reply) = decoded
+        .iter()
+        .find(|(q, _)| q.contains("SQL_GROUPED_AGG_PANDAS_UDF (202) as pyspark 3.5"))
+        .expect("a 202 task in the golden");
+    for want in [
+        "udf 0: args [0]",
+        "(func, return type); types DoubleType",
+        "runner_conf [(\"spark.sql.session.timeZone\", \"UTC\")",
+        // 3.5: one stream, one batch per group.
+        "Arrow stream: _0: double; 2 batch(es), 5 row(s)",
+        "batch 1 row 2: [10.0]",
+        "final int -4 (END_OF_STREAM)",
+    ] {
+        assert!(request.contains(want), "{want:?} not in:\n{request}");
+    }
+    for want in [
+        "START_ARROW_STREAM (-6) + ",
+        "batch 0 row 0: [1.5]",
+        "batch 1 row 0: [6.0]",
+    ] {
+        assert!(reply.contains(want), "{want:?} not in:\n{reply}");
+    }
+}
