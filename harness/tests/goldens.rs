@@ -897,7 +897,7 @@ const UDF_GOLDENS: [(&str, fakejvm::protocol::EvalType); 8] = {
     ]
 };
 
-/// The eval type the JVM of `layout` sent for `job`: from 4.0 on a UDTF runs as Arrow (301) by
+/// The eval type the JVM of `layout` sent for `job`: from 4.1 on a UDTF runs as Arrow (301) by
 /// default (`spark.sql.execution.pythonUDTF.arrow.enabled`); `has` is asked of the job's own kind.
 fn udf_eval_sent(
     job: &str,
@@ -906,7 +906,7 @@ fn udf_eval_sent(
 ) -> fakejvm::protocol::EvalType {
     use fakejvm::protocol::{EvalType as E, UdfLayout as L};
     match job {
-        "udf_udtf" if layout >= L::Pyspark40 => E::SqlArrowTableUdf,
+        "udf_udtf" if layout >= L::Pyspark41 => E::SqlArrowTableUdf,
         _ => eval,
     }
 }
