@@ -897,7 +897,7 @@ const UDF_GOLDENS: [(&str, fakejvm::protocol::EvalType); 8] = {
     ]
 };
 
-/// The eval type the JVM of `layout` sent for `job`: from 4.1 on a UDTF runs as Arrow (301) by
+/// The eval type the JVM of `layout` sent for `job`: from 4.2 on a UDTF runs as Arrow (301) by
 /// default (`spark.sql.execution.pythonUDTF.arrow.enabled`); `has` is asked of the job's own kind.
 fn udf_eval_sent(
     job: &str,
@@ -906,7 +906,7 @@ fn udf_eval_sent(
 ) -> fakejvm::protocol::EvalType {
     use fakejvm::protocol::{EvalType as E, UdfLayout as L};
     match job {
-        "udf_udtf" if layout >= L::Pyspark41 => E::SqlArrowTableUdf,
+        "udf_udtf" if layout >= L::Pyspark42 => E::SqlArrowTableUdf,
         _ => eval,
     }
 }
@@ -935,15 +935,11 @@ fn udf_goldens_exist_for_every_version_with_the_eval_type_and_decode_whole() {
             for c in &g.index.connections {
                 let (reqs, err) = decode_requests_as(layout, &g.read(&c.request).unwrap());
                 assert!(err.is_none(), "{at} {}: {err:?}", c.id);
+                let sent = udf_eval_sent(job, eval, layout);
                 for r in reqs.iter().filter(|r| r.request.udf.is_some()) {
-                    assert_eq!(
-                        r.request.eval_type,
-                        udf_eval_sent(job, eval, layout),
-                        "{at} {}",
-                        c.id
-                    );
+                    assert_eq!(r.request.eval_type, sent, "{at} {}", c.id);
                     seen += 1;
-                    if !eval.is_pickled() {
+                    if !sent.is_pickled() {
                         let tables = fakejvm::arrow::decode_data_section(&r.request.data)
                             .unwrap_or_else(|e| panic!("{at} {}: {e}", c.id));
                         assert!(!tables.is_empty(), "{at} {}: no Arrow input", c.id);
