@@ -29,6 +29,26 @@ pub struct Decoded {
     pub error: Option<WireError>,
 }
 
+/// `--pyspark X.Y[.Z]` as the UDF layout of that line: the family alone cannot tell 3.5's command
+/// section from 4.0's. Any patch (or none) is accepted: the layout changes with the minor line.
+pub fn parse_udf_layout(text: &str) -> Result<UdfLayout, String> {
+    let bad =
+        || format!("{text:?} is not a pyspark version: expected X.Y or X.Y.Z, e.g. 3.5 or 4.0.5");
+    let parts: Vec<&str> = text.trim().split('.').collect();
+    if !(2..=3).contains(&parts.len())
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(bad());
+    }
+    let major: u32 = parts[0].parse().map_err(|_| bad())?;
+    let minor: u32 = parts[1].parse().map_err(|_| bad())?;
+    UdfLayout::for_version(major, minor).ok_or_else(|| {
+        format!("pyspark {major}.{minor}: fakejvm knows UDF streams from 3.5 on (for an older RDD stream use --dialect)")
+    })
+}
+
 /// `decode` for one pyspark line: UDF command sections differ inside a family (3.5 and 4.0 are
 /// both A; `decode` reads A's as 4.0's).
 pub fn decode_as(layout: UdfLayout, direction: StreamDirection, bytes: &[u8]) -> Decoded {
@@ -195,9 +215,20 @@ fn request_text(out: &mut String, i: usize, d: &DecodedRequest) {
             }
             SpanKind::Data(k) => {
                 let text = match r.data.get(k) {
+                    Some(DataItem::Frame(b)) if r.udf.is_some() => {
+                        format!("frame {} bytes: {}", b.len(), pickled_rows(b))
+                    }
                     Some(DataItem::Frame(b)) => format!("frame {} bytes: {}", b.len(), preview(b)),
                     Some(DataItem::Null) => "NULL (-5)".into(),
-                    Some(DataItem::Raw(b)) if r.udf.is_some() => crate::arrow::data_item_text(b),
+                    Some(DataItem::Raw(b)) if r.udf.is_some() => {
+                        let mut lines = arrow_item_lines(b).into_iter();
+                        let first = lines.next().unwrap_or_default();
+                        let _ = writeln!(out, "  {at:<16} data[{k}] {first}");
+                        for l in lines {
+                            let _ = writeln!(out, "{:21}{l}", "");
+                        }
+                        continue;
+                    }
                     Some(DataItem::Raw(b)) => format!("raw {} bytes {}", b.len(), hex_preview(b)),
                     None => "?".into(),
                 };
@@ -230,7 +261,15 @@ fn reply_text(out: &mut String, i: usize, r: &Reply) {
         let text = match item {
             ReplyItem::Frame(b) => format!("frame {} bytes: {}", b.len(), preview(b)),
             ReplyItem::Null => "NULL (-5)".into(),
-            ReplyItem::ArrowStream(b) => crate::arrow::stream_summary(b),
+            ReplyItem::ArrowStream(b) => {
+                let mut lines = arrow_stream_lines(b).into_iter();
+                let first = lines.next().unwrap_or_default();
+                let _ = writeln!(out, "  data[{k}] START_ARROW_STREAM (-6) + {first}");
+                for l in lines {
+                    let _ = writeln!(out, "    {l}");
+                }
+                continue;
+            }
         };
         let _ = writeln!(out, "  data[{k}] {text}");
     }
@@ -283,6 +322,109 @@ fn reply_text(out: &mut String, i: usize, r: &Reply) {
                 let _ = writeln!(out, "    | {l}");
             }
         }
+    }
+}
+
+/// Rows shown per stream before the rest is only counted: a golden's text stays readable.
+const MAX_ROWS_SHOWN: usize = 50;
+
+/// One Arrow IPC stream: a line with its size, schema and counts, then one line per row (by
+/// batch), so a changed row is a changed line in a golden's text and in `--bless`'s diff.
+fn arrow_stream_lines(b: &[u8]) -> Vec<String> {
+    let t = match crate::arrow::decode_stream(b) {
+        Ok(t) => t,
+        Err(e) => {
+            return vec![format!(
+                "{}-byte Arrow stream that does not decode: {e}",
+                b.len()
+            )]
+        }
+    };
+    let total: usize = t.batches.iter().map(|x| x.num_rows()).sum();
+    let mut lines = vec![format!(
+        "{}-byte Arrow stream: {}; {} batch(es), {total} row(s)",
+        b.len(),
+        t.schema_line(),
+        t.batches.len()
+    )];
+    let mut shown = 0;
+    for (i, batch) in t.batches.iter().enumerate() {
+        for (j, row) in crate::arrow::batch_rows(batch).into_iter().enumerate() {
+            if shown == MAX_ROWS_SHOWN {
+                lines.push(format!("... {} more row(s)", total - shown));
+                return lines;
+            }
+            lines.push(format!("batch {i} row {j}: {}", clip(&row.to_string())));
+            shown += 1;
+        }
+    }
+    lines
+}
+
+/// One item of an Arrow data section (as `arrow::read_data_section` splits it): a group marker
+/// (`1` + stream, `2` + left + right, `0` for no more groups) or a bare stream.
+fn arrow_item_lines(b: &[u8]) -> Vec<String> {
+    use crate::wire::{Reader, Status};
+    let mut r = Reader::new(b);
+    let mut lines = vec![];
+    if b.len() >= 4 && b[..4] != [0xff; 4] {
+        let m = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        let _ = r.bytes(4);
+        lines.push(match m {
+            0 => "group marker 0: no more groups".into(),
+            1 => "group marker 1: one stream follows".into(),
+            2 => "group marker 2: a cogroup's left and right streams follow".into(),
+            m => format!("group marker {m}"),
+        });
+    }
+    while !r.is_empty() {
+        match crate::arrow::read_ipc_stream(&mut r) {
+            Ok(Status::Complete(s)) => lines.extend(arrow_stream_lines(s)),
+            Ok(Status::Partial) => {
+                lines.push(format!(
+                    "{} byte(s) of an Arrow stream cut short",
+                    r.remaining()
+                ));
+                break;
+            }
+            Err(e) => {
+                lines.push(format!(
+                    "{} byte(s) that are no Arrow stream ({e})",
+                    r.remaining()
+                ));
+                break;
+            }
+        }
+    }
+    if lines.is_empty() {
+        lines.push("empty".into());
+    }
+    lines
+}
+
+/// 100/300 input: the JVM (Pyrolite) pickles each batch as a tuple of row tuples; shown as rows
+/// of values, like Arrow rows.
+fn pickled_rows(b: &[u8]) -> String {
+    let rows = match pickle::loads(b) {
+        Ok(pickle::Value::Tuple(rows) | pickle::Value::List(rows)) => rows,
+        _ => return preview(b),
+    };
+    let as_rows: Option<Vec<serde_json::Value>> = rows
+        .iter()
+        .map(|r| match r {
+            pickle::Value::Tuple(cols) | pickle::Value::List(cols) => Some(
+                serde_json::Value::Array(cols.iter().map(pickle::value_to_json).collect()),
+            ),
+            _ => None,
+        })
+        .collect();
+    match as_rows {
+        Some(v) => format!(
+            "{} pickled row(s) {}",
+            v.len(),
+            clip(&serde_json::Value::Array(v).to_string())
+        ),
+        None => preview(b),
     }
 }
 

@@ -5,7 +5,7 @@
 use clap::{Args, Parser, Subcommand};
 use fakejvm::decode::{self, StreamDirection};
 use fakejvm::error::{self, env_failure, BadInput, HarnessError};
-use fakejvm::protocol::Dialect;
+use fakejvm::protocol::{Dialect, UdfLayout};
 use fakejvm::pyenv::{self, PythonEnv};
 use fakejvm::report::{self, Summary};
 use fakejvm::scenario::{self, RunOptions, Scenario, Status};
@@ -86,11 +86,17 @@ enum Command {
         json: Option<PathBuf>,
     },
     /// Print a captured stream frame by frame as readable text.
+    #[command(group(clap::ArgGroup::new("family").required(true).args(["dialect", "pyspark"])))]
     Decode {
         file: PathBuf,
-        /// The stream's request family: A (3.3-4.0), B (4.1), C (4.2), D (4.3).
-        #[arg(long)]
-        dialect: Dialect,
+        /// The stream's request family: A (3.3-4.0), B (4.1), C (4.2), D (4.3). UDF command
+        /// sections are read as the family's newest line (A: 4.0); use --pyspark for 3.5.
+        #[arg(long, conflicts_with = "pyspark")]
+        dialect: Option<Dialect>,
+        /// The pyspark line that wrote or read the stream (3.5, 4.0.5...): picks the family and
+        /// the UDF command layout, which differ inside family A (3.5 vs 4.0).
+        #[arg(long, value_name = "X.Y[.Z]", value_parser = decode::parse_udf_layout)]
+        pyspark: Option<UdfLayout>,
         #[arg(long, value_enum)]
         direction: StreamDirection,
         /// Skip this many bytes first (e.g. a pid and auth reply at the start of a connection).
@@ -245,6 +251,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
         Command::Decode {
             file,
             dialect,
+            pyspark,
             direction,
             skip,
             json,
@@ -257,7 +264,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
                     format!("--skip {skip} is past the end ({} bytes)", bytes.len()),
                 )
             })?;
-            let d = decode::decode(dialect, direction, bytes);
+            let layout = pyspark
+                .or(dialect.map(UdfLayout::default_for))
+                .expect("clap requires --dialect or --pyspark");
+            let d = decode::decode_as(layout, direction, bytes);
+            let dialect = layout.dialect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
@@ -268,7 +279,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
                 Some(e) => Err(BadInput::new(
                     &file,
                     format!(
-                        "does not decode as a {direction:?} stream of dialect {dialect:?}: {e}"
+                        "does not decode as a {direction:?} stream of dialect {dialect:?} ({layout}): {e}"
                     ),
                 )
                 .into()),

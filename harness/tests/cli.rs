@@ -618,3 +618,135 @@ fn a_udf_kind_the_version_lacks_is_bad_input() {
         ],
     );
 }
+
+/// A 3.5 SQL_BATCHED_UDF request over `((1.0,), (2.0,))`: the function pickle is a stand-in (decode
+/// never unpickles it), the rest is the layout's own encoding.
+fn udf_request_35(dir: &Path) -> PathBuf {
+    use fakejvm::pickle::{dumps, Value};
+    use fakejvm::protocol::{DataItem, Dialect, EvalType, Udf, UdfCommand, UdfLayout};
+    let rows = Value::Tuple(vec![
+        Value::Tuple(vec![Value::Float(1.0)]),
+        Value::Tuple(vec![Value::Float(2.0)]),
+    ]);
+    let cmd = UdfCommand::udfs(
+        UdfLayout::Pyspark35,
+        vec![Udf::simple(&[0], vec![0x80, 5, b'N', b'.'])],
+    );
+    let mut req = cmd.place("3.11", EvalType::SqlBatchedUdf, vec![]);
+    req.data = vec![DataItem::Frame(dumps(&rows))];
+    req.end_of_data = true;
+    let p = dir.join("udf35.request.bin");
+    std::fs::write(&p, Dialect::A.encode_request(&req).bytes).unwrap();
+    p
+}
+
+#[test]
+fn decode_reads_a_udf_command_as_the_named_pyspark_line() {
+    let d = tempfile::tempdir().unwrap();
+    let f = udf_request_35(d.path());
+    let f = f.to_str().unwrap();
+    for v in ["3.5", "3.5.9"] {
+        fakejvm()
+            .args(["decode", f, "--pyspark", v, "--direction", "request"])
+            .assert()
+            .code(0)
+            .stdout(predicate::str::contains(
+                "SQL_BATCHED_UDF (100) as pyspark 3.5",
+            ))
+            .stdout(predicate::str::contains("udf 0: args [0]"))
+            .stdout(predicate::str::contains("2 pickled row(s) [[1.0],[2.0]]"))
+            .stdout(predicate::str::contains("END_OF_DATA_SECTION (-1)"));
+    }
+    // Family A alone reads the section as 4.0's (a profiling flag first): 3.5's bytes do not fit.
+    assert_bad_input(
+        &["decode", f, "--dialect", "A", "--direction", "request"],
+        "udf35.request.bin",
+        "pyspark 4.0",
+    );
+}
+
+#[test]
+fn decode_with_a_bad_pyspark_value_is_one_line_exit_2() {
+    let d = tempfile::tempdir().unwrap();
+    let f = udf_request_35(d.path());
+    let f = f.to_str().unwrap();
+    for (value, problem) in [
+        ("four", "not a pyspark version"),
+        ("4", "not a pyspark version"),
+        ("4.0.5.1", "not a pyspark version"),
+        ("3.4.1", "from 3.5 on"),
+    ] {
+        assert_one_line(
+            &["decode", f, "--pyspark", value, "--direction", "request"],
+            2,
+            &["--pyspark", problem],
+        );
+    }
+    assert_one_line(
+        &["decode", f, "--direction", "request"],
+        2,
+        &["--dialect", "--pyspark"],
+    );
+    assert_one_line(
+        &[
+            "decode",
+            f,
+            "--pyspark",
+            "3.5",
+            "--dialect",
+            "A",
+            "--direction",
+            "request",
+        ],
+        2,
+        &["--dialect", "--pyspark"],
+    );
+}
+
+/// A stream a real Spark 3.5.9 JVM sent (golden/): decode with --pyspark shows the UDF by name,
+/// its arguments, function pickle and return type, the runner conf, and the Arrow input and
+/// output as schemas and rows, to the end.
+#[test]
+fn decode_shows_a_recorded_grouped_agg_udf_request_and_reply_as_rows() {
+    let dir = common::repo_root().join("golden/pyspark-3.5.9/udf_grouped_agg_mean");
+    let ix = fakejvm::golden::Golden::load(&dir).unwrap().index;
+    let decoded: Vec<(String, String)> = ix
+        .connections
+        .iter()
+        .map(|c| {
+            let run = |file: &str, direction: &str| {
+                let out = fakejvm()
+                    .args(["decode", "--pyspark", "3.5.9", "--direction", direction])
+                    .arg(dir.join(file))
+                    .assert()
+                    .code(0)
+                    .get_output()
+                    .clone();
+                String::from_utf8(out.stdout).unwrap()
+            };
+            (run(&c.request, "request"), run(&c.reply, "reply"))
+        })
+        .collect();
+    let (request, reply) = decoded
+        .iter()
+        .find(|(q, _)| q.contains("SQL_GROUPED_AGG_PANDAS_UDF (202) as pyspark 3.5"))
+        .expect("a 202 task in the golden");
+    for want in [
+        "udf 0: args [0]",
+        "(func, return type); types DoubleType",
+        "runner_conf [(\"spark.sql.session.timeZone\", \"UTC\")",
+        // 3.5: one stream, one batch per group.
+        "Arrow stream: _0: double; 2 batch(es), 5 row(s)",
+        "batch 1 row 2: [10.0]",
+        "final int -4 (END_OF_STREAM)",
+    ] {
+        assert!(request.contains(want), "{want:?} not in:\n{request}");
+    }
+    for want in [
+        "START_ARROW_STREAM (-6) + ",
+        "batch 0 row 0: [1.5]",
+        "batch 1 row 0: [6.0]",
+    ] {
+        assert!(reply.contains(want), "{want:?} not in:\n{reply}");
+    }
+}

@@ -97,7 +97,7 @@ fn every_recorded_stream_decodes_and_agrees_with_the_recorded_framing() {
             let at = format!("{name} {}", c.id);
 
             let requests = g.read(&c.request).unwrap();
-            let d = decode::decode(ix.dialect, StreamDirection::Request, &requests);
+            let d = decode::decode_as(ix.layout(), StreamDirection::Request, &requests);
             assert!(d.error.is_none(), "{at}: request stream: {:?}", d.error);
             assert_eq!(d.requests.len(), c.tasks, "{at}: requests");
             for (k, r) in d.requests.iter().enumerate() {
@@ -113,7 +113,7 @@ fn every_recorded_stream_decodes_and_agrees_with_the_recorded_framing() {
             assert!(!d.to_text().is_empty());
 
             let replies = g.read(&c.reply).unwrap();
-            let d = decode::decode(ix.dialect, StreamDirection::Reply, &replies);
+            let d = decode::decode_as(ix.layout(), StreamDirection::Reply, &replies);
             assert!(d.error.is_none(), "{at}: reply stream: {:?}", d.error);
             assert_eq!(
                 d.replies.len(),
@@ -879,4 +879,150 @@ impl Drop for KillTaps {
             .collect();
         kill_marked_groups(&reals);
     }
+}
+
+/// The UDF goldens (harness/python/spark_jobs/udf_jobs.py) and the eval type each one's JVM sends:
+/// Spark SQL jobs, recorded for every pinned version where the eval type exists.
+const UDF_GOLDENS: [(&str, fakejvm::protocol::EvalType); 8] = {
+    use fakejvm::protocol::EvalType as E;
+    [
+        ("udf_sql_squared", E::SqlBatchedUdf),
+        ("udf_pandas_tokenizer", E::SqlScalarPandasUdf),
+        ("udf_grouped_agg_mean", E::SqlGroupedAggPandasUdf),
+        ("udf_apply_in_pandas", E::SqlGroupedMapPandasUdf),
+        ("udf_map_in_pandas", E::SqlMapPandasIterUdf),
+        ("udf_map_in_arrow", E::SqlMapArrowIterUdf),
+        ("udf_arrow_udf", E::SqlScalarArrowUdf),
+        ("udf_udtf", E::SqlTableUdf),
+    ]
+};
+
+/// The eval type the JVM of `layout` sent for `job`: from 4.2 on a UDTF runs as Arrow (301) by
+/// default (`spark.sql.execution.pythonUDTF.arrow.enabled`); `has` is asked of the job's own kind.
+fn udf_eval_sent(
+    job: &str,
+    eval: fakejvm::protocol::EvalType,
+    layout: fakejvm::protocol::UdfLayout,
+) -> fakejvm::protocol::EvalType {
+    use fakejvm::protocol::{EvalType as E, UdfLayout as L};
+    match job {
+        "udf_udtf" if layout >= L::Pyspark42 => E::SqlArrowTableUdf,
+        _ => eval,
+    }
+}
+
+/// Every UDF golden is there for every pinned version whose pyspark has its eval type (and
+/// absent where it has not); its JVM sent that eval type, and each UDF task's command and data
+/// section decode to the end with that line's layout (3.5's and 4.0's differ in one family), the
+/// Arrow streams of both directions included.
+#[test]
+fn udf_goldens_exist_for_every_version_with_the_eval_type_and_decode_whole() {
+    use fakejvm::protocol::{decode_replies, decode_requests_as, DataItem, UdfLayout};
+    let root = repo_root().join("golden");
+    for v in fakejvm::pyenv::PINNED {
+        let version: fakejvm::pyenv::PysparkVersion = v.parse().unwrap();
+        let layout = UdfLayout::for_version(version.major, version.minor).unwrap();
+        for (job, eval) in UDF_GOLDENS {
+            let dir = root.join(format!("pyspark-{v}")).join(job);
+            let at = dir.display().to_string();
+            if !layout.has(eval) {
+                assert!(!dir.exists(), "{at}: pyspark {v} has no {eval}");
+                continue;
+            }
+            let g = load(&dir);
+            assert_eq!(g.index.layout(), layout, "{at}");
+            let mut seen = 0;
+            for c in &g.index.connections {
+                let (reqs, err) = decode_requests_as(layout, &g.read(&c.request).unwrap());
+                assert!(err.is_none(), "{at} {}: {err:?}", c.id);
+                let sent = udf_eval_sent(job, eval, layout);
+                for r in reqs.iter().filter(|r| r.request.udf.is_some()) {
+                    assert_eq!(r.request.eval_type, sent, "{at} {}", c.id);
+                    seen += 1;
+                    if !sent.is_pickled() {
+                        let tables = fakejvm::arrow::decode_data_section(&r.request.data)
+                            .unwrap_or_else(|e| panic!("{at} {}: {e}", c.id));
+                        assert!(!tables.is_empty(), "{at} {}: no Arrow input", c.id);
+                    } else {
+                        assert!(
+                            r.request.data.iter().all(|d| matches!(d, DataItem::Frame(f)
+                                if fakejvm::pickle::loads(f).is_ok())),
+                            "{at} {}: pickled rows that do not load",
+                            c.id
+                        );
+                    }
+                }
+                let (replies, err) = decode_replies(g.index.dialect, &g.read(&c.reply).unwrap());
+                assert!(err.is_none(), "{at} {}: {err:?}", c.id);
+                for item in replies.iter().flat_map(|r| &r.data) {
+                    if let ReplyItem::ArrowStream(b) = item {
+                        fakejvm::arrow::decode_stream(b)
+                            .unwrap_or_else(|e| panic!("{at} {}: reply stream: {e}", c.id));
+                    }
+                }
+            }
+            assert!(seen > 0, "{at}: no {eval} task recorded");
+        }
+    }
+}
+
+/// A changed Arrow reply: replay fails naming the stream's rows on both sides, and --bless stages
+/// a diff of rows (one line a row), not of bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_arrow_reply_fails_with_its_rows_and_bless_diffs_rows() {
+    let source = repo_root().join("golden/pyspark-4.3.0/udf_grouped_agg_mean");
+    env_for("4.3.0");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("udf_grouped_agg_mean");
+    copy_dir(&source, &dir);
+    let ix = load(&dir).index;
+    // The UDF task's reply holds the group means 1.5 and 6.0; 6.0 becomes 7.0 in place (one
+    // byte of the little-endian double), so every length and span still holds.
+    let conn = ix
+        .connections
+        .iter()
+        .find(|c| {
+            let (r, _) = decode_replies(ix.dialect, &load(&dir).read(&c.reply).unwrap());
+            r.iter().any(|r| {
+                r.data
+                    .iter()
+                    .any(|i| matches!(i, ReplyItem::ArrowStream(_)))
+            })
+        })
+        .expect("an Arrow reply");
+    let reply_file = dir.join(&conn.reply);
+    let mut bytes = std::fs::read(&reply_file).unwrap();
+    let six = 6.0f64.to_le_bytes();
+    let at = bytes
+        .windows(8)
+        .rposition(|w| w == six)
+        .expect("6.0 in the reply");
+    bytes[at + 6] = 0x1c; // 0x4018... (6.0) -> 0x401c... (7.0)
+    std::fs::write(&reply_file, &bytes).unwrap();
+
+    let report = replay_golden(&dir, &ReplayOptions::default())
+        .await
+        .unwrap();
+    let text = report.text();
+    assert_eq!(report.status, GoldenStatus::Failed, "{text}");
+    assert_eq!(report.differences.len(), 1, "{text}");
+    let d = &report.differences[0];
+    assert!(d.expected.contains("[[1.5],[7.0]]"), "{text}");
+    assert!(d.got.contains("[[1.5],[6.0]]"), "{text}");
+
+    let blessed = replay_golden(
+        &dir,
+        &ReplayOptions {
+            bless: true,
+            ..ReplayOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(blessed.status, GoldenStatus::Blessed, "{}", blessed.text());
+    let diff = std::fs::read_to_string(dir.join(bless::DIFF_FILE)).unwrap();
+    assert!(diff.contains("-    batch 1 row 0: [7.0]"), "{diff}");
+    assert!(diff.contains("+    batch 1 row 0: [6.0]"), "{diff}");
+    assert!(!diff.contains("-    batch 0 row 0"), "{diff}");
+    assert!(!diff.contains("hex "), "{diff}");
 }

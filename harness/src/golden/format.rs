@@ -15,7 +15,7 @@
 //! in the index, the secret is nowhere.
 
 use crate::error::BadInput;
-use crate::protocol::Dialect;
+use crate::protocol::{Dialect, UdfLayout};
 use crate::worker::Mode;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -101,6 +101,23 @@ pub struct Handshake {
     pub to_worker_bytes: u64,
     /// worker -> JVM handshake bytes (pid and "ok", or secret and pid in direct mode; pid only on Unix sockets).
     pub to_jvm_bytes: u64,
+}
+
+impl Index {
+    /// The UDF command layout of the recorded pyspark line: family A holds two (3.5 and 4.0).
+    pub fn layout(&self) -> UdfLayout {
+        layout_of(&self.pyspark, self.dialect)
+    }
+}
+
+/// The layout of a pyspark version text, or the family's newest line when it does not parse.
+pub(crate) fn layout_of(pyspark: &str, dialect: Dialect) -> UdfLayout {
+    pyspark
+        .parse::<crate::pyenv::PysparkVersion>()
+        .ok()
+        .and_then(|v| UdfLayout::for_version(v.major, v.minor))
+        .filter(|l| l.dialect() == dialect)
+        .unwrap_or(UdfLayout::default_for(dialect))
 }
 
 /// A golden folder, loaded and checked: every file the index names exists.

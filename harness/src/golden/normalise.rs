@@ -32,8 +32,17 @@ pub fn normalise_request(req: &TaskRequest) -> TaskRequest {
     for (k, v) in &mut r.context.local_properties {
         if k.starts_with("callSite.") {
             *v = strip_dirs(v);
+        } else if let Some(placeholder) = volatile_sql_property(k) {
+            *v = placeholder.to_owned();
+        } else {
+            // 4.x: spark.job.tags and spark.sql.execution.query.id name the session and query
+            // by random UUIDs.
+            *v = mask_uuids(v);
         }
     }
+    // The JVM writes the properties in its hash map's order, which differs between runs of
+    // one job once SQL copies the session conf in.
+    r.context.local_properties.sort();
     r.context.barrier = r.context.barrier.as_ref().map(normalise_conn);
     r.broadcasts.decryption_server = r.broadcasts.decryption_server.as_ref().map(normalise_conn);
     for op in &mut r.broadcasts.ops {
@@ -42,6 +51,45 @@ pub fn normalise_request(req: &TaskRequest) -> TaskRequest {
         }
     }
     r
+}
+
+/// A Spark SQL job copies the session's whole SparkConf into each task's local properties; these
+/// keys differ between two runs of the same job (seen with 3.5.9-4.3.0).
+fn volatile_sql_property(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "spark.driver.port" => "<port>",
+        "spark.driver.host" => "<host>",
+        "spark.app.id" => "<app-id>",
+        "spark.app.startTime" | "spark.app.submitTime" => "<time>",
+        "spark.sql.warehouse.dir" => "<warehouse-dir>",
+        _ => return None,
+    })
+}
+
+/// Every UUID (8-4-4-4-12 hex digits) in `s` as `<uuid>`.
+fn mask_uuids(s: &str) -> String {
+    const SHAPE: [usize; 5] = [8, 4, 4, 4, 12];
+    let is_uuid = |w: &[u8]| {
+        w.len() == 36
+            && w.split(|b| *b == b'-')
+                .map(|g| g.len())
+                .eq(SHAPE.iter().copied())
+            && w.iter().all(|b| *b == b'-' || b.is_ascii_hexdigit())
+    };
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        if i + 36 <= b.len() && is_uuid(&b[i..i + 36]) {
+            out.push_str("<uuid>");
+            i += 36;
+        } else {
+            let c = s[i..].chars().next().expect("in bounds");
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
 }
 
 /// Every absolute path in `s` cut to its file name.
@@ -411,6 +459,34 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn a_sql_jobs_volatile_properties_become_placeholders_in_key_order() {
+        let mut req = request();
+        req.context.local_properties = vec![
+            (
+                "spark.job.tags".into(),
+                "spark-session-489d8990-fd03-4971-8a1c-c17aa06037ea-execution-root-id-1".into(),
+            ),
+            ("spark.driver.port".into(), "44139".into()),
+            ("spark.app.id".into(), "local-1796171178223".into()),
+            ("spark.sql.shuffle.partitions".into(), "1".into()),
+        ];
+        let n = normalise_request(&req);
+        assert_eq!(
+            n.context.local_properties,
+            vec![
+                ("spark.app.id".into(), "<app-id>".into()),
+                ("spark.driver.port".into(), "<port>".into()),
+                (
+                    "spark.job.tags".into(),
+                    "spark-session-<uuid>-execution-root-id-1".into()
+                ),
+                ("spark.sql.shuffle.partitions".into(), "1".into()),
+            ]
+        );
+        assert_eq!(normalise_request(&n), n);
     }
 
     #[test]

@@ -10,7 +10,9 @@ use super::spool::{self, ConnMeta, Role, TapMeta, Transport};
 use super::write_atomic;
 use crate::decode::{self, StreamDirection};
 use crate::error::BadInput;
-use crate::protocol::{decode_replies, decode_requests, BroadcastOp, Dialect, Reply, TaskRequest};
+use crate::protocol::{
+    decode_replies, decode_requests_as, BroadcastOp, Dialect, Reply, TaskRequest, UdfLayout,
+};
 use crate::pyenv::{self, PythonEnv};
 use crate::wire::{Limits, WireError};
 use crate::worker::{kill_marked_groups, spawn_in_group, Mode};
@@ -372,6 +374,7 @@ fn assemble(spool_dir: &Path, rec: &RecordingMeta, out: &Path) -> anyhow::Result
     let t0 = conns.first().map(|c| c.meta.opened_unix_us).unwrap_or(0);
     let env = taps[0].1.env.clone();
     let dialect = rec.dialect;
+    let layout = format::layout_of(&rec.env.pyspark.to_string(), dialect);
 
     let mut connections = vec![];
     let mut broadcasts = BTreeMap::new();
@@ -396,12 +399,12 @@ fn assemble(spool_dir: &Path, rec: &RecordingMeta, out: &Path) -> anyhow::Result
             .map_err(|e| anyhow::anyhow!("{id}: the handshake does not parse: {e}"))?;
         let raw_requests = &c.to_worker[hs.to_worker..];
         let rep_bytes = &c.to_jvm[hs.to_jvm..];
-        let (reqs, req_err) = decode_requests(dialect, raw_requests);
+        let (reqs, req_err) = decode_requests_as(layout, raw_requests);
         if let Some(e) = req_err {
-            anyhow::bail!("{id}: the JVM's request stream does not decode as dialect {dialect:?} (pyspark {}): {e}", rec.env.pyspark);
+            anyhow::bail!("{id}: the JVM's request stream does not decode as dialect {dialect:?} ({layout}): {e}");
         }
         let redacted = normalise::redact_secrets(raw_requests, &reqs);
-        let (reqs, _) = decode_requests(dialect, &redacted);
+        let (reqs, _) = decode_requests_as(layout, &redacted);
         let req_bytes = &redacted[..];
         let (replies, rep_err) = decode_replies(dialect, rep_bytes);
         if let Some(e) = rep_err {
@@ -420,7 +423,7 @@ fn assemble(spool_dir: &Path, rec: &RecordingMeta, out: &Path) -> anyhow::Result
             continue;
         }
         let requests: Vec<TaskRequest> = reqs.iter().map(|r| r.request.clone()).collect();
-        if let Some(n) = reencode_check(dialect, req_bytes, &reqs) {
+        if let Some(n) = reencode_check(layout, req_bytes, &reqs) {
             conn_notes.push((id.clone(), n));
         }
         if let Some(d) = first_difference(
@@ -448,7 +451,7 @@ fn assemble(spool_dir: &Path, rec: &RecordingMeta, out: &Path) -> anyhow::Result
         std::fs::write(out.join(&files.reply), rep_bytes)?;
         std::fs::write(
             out.join(&files.request_text),
-            request_text(dialect, &requests),
+            request_text(layout, &requests),
         )?;
         std::fs::write(out.join(&files.reply_text), reply_text(dialect, &replies)?)?;
         let (tw, tj) = (hs.to_worker as u64, hs.to_jvm as u64);
@@ -543,12 +546,12 @@ pub(crate) fn request_span(spans: &[crate::protocol::Span]) -> [u64; 2] {
 }
 
 /// The normalised requests as text: stable across recordings (no paths, ports or secrets).
-pub(crate) fn request_text(dialect: Dialect, requests: &[TaskRequest]) -> String {
+pub(crate) fn request_text(layout: UdfLayout, requests: &[TaskRequest]) -> String {
     let normal: Vec<TaskRequest> = requests.iter().map(normalise::normalise_request).collect();
-    let bytes = normalise::encode_requests(dialect, &normal);
+    let bytes = normalise::encode_requests(layout.dialect(), &normal);
     with_header(
-        decode::decode(dialect, StreamDirection::Request, &bytes).to_text(),
-        dialect,
+        decode::decode_as(layout, StreamDirection::Request, &bytes).to_text(),
+        &format!("--pyspark {}", layout.version()),
         "request",
     )
 }
@@ -559,15 +562,17 @@ pub(crate) fn reply_text(dialect: Dialect, replies: &[Reply]) -> Result<String, 
     let bytes = dialect.encode_replies(&normal, Limits::DEFAULT)?;
     Ok(with_header(
         decode::decode(dialect, StreamDirection::Reply, &bytes).to_text(),
-        dialect,
+        &format!("--dialect {dialect:?}"),
         "reply",
     ))
 }
 
-fn with_header(text: String, dialect: Dialect, what: &str) -> String {
+/// `flag`: how `fakejvm decode` is told the stream's layout (requests: the pyspark line, since
+/// family A holds two UDF layouts).
+fn with_header(text: String, flag: &str, what: &str) -> String {
     format!(
         "# The {what} stream, normalised (volatile fields as <placeholders>, timings 0); byte offsets are of the\n\
-         # normalised stream. The raw bytes: fakejvm decode --dialect {dialect:?} --direction {what} <the .bin file>\n{text}"
+         # normalised stream. The raw bytes: fakejvm decode {flag} --direction {what} <the .bin file>\n{text}"
     )
 }
 
@@ -582,10 +587,11 @@ pub(crate) fn write_index(dir: &Path, index: &Index) -> anyhow::Result<()> {
 /// The 4.2+ task context is JSON, which the JVM writes in its own key order and pyspark reads by
 /// key: a difference in key order alone is named as such.
 fn reencode_check(
-    dialect: Dialect,
+    layout: UdfLayout,
     bytes: &[u8],
     decoded: &[crate::protocol::DecodedRequest],
 ) -> Option<String> {
+    let dialect = layout.dialect();
     let mut key_order = None;
     for (k, d) in decoded.iter().enumerate() {
         let [start, end] = request_span(&d.spans);
@@ -594,7 +600,7 @@ fn reencode_check(
         if ours == recorded {
             continue;
         }
-        let our_json = decode_requests(dialect, &ours)
+        let our_json = decode_requests_as(layout, &ours)
             .0
             .first()
             .and_then(|o| o.context_json.clone());

@@ -14,7 +14,7 @@ use super::normalise::{self, LiveValues};
 use crate::error::BadInput;
 use crate::pickle;
 use crate::protocol::{
-    decode_replies, decode_requests, Dialect, Reply, ReplyEnd, ReplyItem, TaskRequest,
+    decode_replies, decode_requests_as, Dialect, Reply, ReplyEnd, ReplyItem, TaskRequest,
 };
 use crate::pyenv;
 use crate::session::{self, SessionOptions, Transcript, WritePlan};
@@ -258,11 +258,15 @@ fn prepare(dir: &Path) -> Result<Prepared, BadInput> {
     let mut conns = vec![];
     for c in &ix.connections {
         let req_bytes = golden.read(&c.request)?;
-        let (decoded, err) = decode_requests(ix.dialect, &req_bytes);
+        let (decoded, err) = decode_requests_as(ix.layout(), &req_bytes);
         if let Some(e) = err {
             return Err(BadInput::new(
                 &dir.join(&c.request),
-                format!("does not decode as dialect {:?}: {e}", ix.dialect),
+                format!(
+                    "does not decode as dialect {:?} ({}): {e}",
+                    ix.dialect,
+                    ix.layout()
+                ),
             ));
         }
         let rep_bytes = golden.read(&c.reply)?;
@@ -857,7 +861,7 @@ fn compare(conn: &PreparedConn, live: &LiveConn) -> Vec<Difference> {
         let n = expected.data.len().max(got.data.len());
         for i in 0..n {
             let (e, g) = (expected.data.get(i), got.data.get(i));
-            if e != g {
+            if !same_item(e, g) {
                 out.push(diff(k, format!("data[{i}]"), item_text(e), item_text(g)));
             }
         }
@@ -940,6 +944,56 @@ fn compare(conn: &PreparedConn, live: &LiveConn) -> Vec<Difference> {
         }
     }
     out
+}
+
+/// Two reply items say the same: equal bytes, or equal values. Arrow streams compare as their
+/// decoded schema (names, types, nullability; not metadata) and rows batch by batch, since
+/// padding and schema metadata may differ between writers; pickles compare as the values they
+/// load to (memo and framing opcodes aside).
+fn same_item(e: Option<&ReplyItem>, g: Option<&ReplyItem>) -> bool {
+    match (e, g) {
+        _ if e == g => true,
+        (Some(ReplyItem::ArrowStream(a)), Some(ReplyItem::ArrowStream(b))) => {
+            match (arrow_value(a), arrow_value(b)) {
+                (Some(x), Some(y)) => x == y,
+                _ => false,
+            }
+        }
+        (Some(ReplyItem::Frame(a)), Some(ReplyItem::Frame(b))) => {
+            match (pickle::loads(a), pickle::loads(b)) {
+                (Ok(x), Ok(y)) => x == y,
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// An Arrow stream as what it says: each field's name, type and nullability, and the rows of each
+/// batch as JSON values.
+#[derive(PartialEq)]
+struct ArrowValue {
+    fields: Vec<(String, String, bool)>,
+    batches: Vec<Vec<serde_json::Value>>,
+}
+
+/// None when the stream does not decode.
+fn arrow_value(b: &[u8]) -> Option<ArrowValue> {
+    let t = crate::arrow::decode_stream(b).ok()?;
+    let fields = t
+        .schema
+        .fields()
+        .iter()
+        .map(|f| {
+            (
+                f.name().clone(),
+                format!("{:?}", f.data_type()),
+                f.is_nullable(),
+            )
+        })
+        .collect();
+    let batches = t.batches.iter().map(crate::arrow::batch_rows).collect();
+    Some(ArrowValue { fields, batches })
 }
 
 fn summary(r: &Reply) -> String {

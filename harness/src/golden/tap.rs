@@ -23,7 +23,7 @@
 use super::spool::{self, ConnMeta, Exit, Role, TapMeta, Transport};
 use super::write_atomic;
 
-use crate::protocol::{BroadcastOp, Dialect, RequestDecoder};
+use crate::protocol::{BroadcastOp, RequestDecoder, UdfLayout};
 use crate::wire::Status;
 use crate::worker::{read_daemon_announce, spawn_in_group, DaemonAddr, Group};
 use std::collections::BTreeSet;
@@ -46,7 +46,8 @@ pub struct TapArgs {
     /// Directory the recording goes to (one `tap-<pid>/` per tap process).
     #[arg(long, value_name = "DIR")]
     pub spool: PathBuf,
-    /// pyspark version of the real Python: picks the dialect used to find broadcast files.
+    /// pyspark version of the real Python: picks the dialect (and UDF layout) used to decode the
+    /// JVM's requests and find broadcast files.
     #[arg(long, value_name = "VERSION")]
     pub pyspark: String,
     /// The arguments the JVM gave PYSPARK_PYTHON.
@@ -127,7 +128,8 @@ fn exec_real(python: &Path, args: &[OsString]) -> u8 {
 struct Tap {
     args: TapArgs,
     dir: PathBuf,
-    dialect: Option<Dialect>,
+    /// The requests' layout: the dialect and, within family A, 3.5's or 4.0's UDF section.
+    layout: Option<UdfLayout>,
     meta: Mutex<TapMeta>,
     conns: Mutex<Vec<Arc<ConnRecorder>>>,
     copied: Mutex<BTreeSet<i64>>,
@@ -149,11 +151,17 @@ impl Tap {
         let dir = spool::tap_dir(&args.spool, std::process::id());
         std::fs::create_dir_all(&dir)
             .map_err(|e| anyhow::anyhow!("cannot create the spool dir {}: {e}", dir.display()))?;
-        let dialect = args
+        let layout = args
             .pyspark
             .parse::<crate::pyenv::PysparkVersion>()
             .ok()
-            .and_then(|v| Dialect::for_version(v.major, v.minor));
+            .and_then(|v| {
+                // Before 3.5 there is no checked UDF layout, but the RDD header is family A's.
+                UdfLayout::for_version(v.major, v.minor).or_else(|| {
+                    crate::protocol::Dialect::for_version(v.major, v.minor)
+                        .map(UdfLayout::default_for)
+                })
+            });
         let meta = TapMeta {
             role,
             transport,
@@ -171,12 +179,12 @@ impl Tap {
         let tap = Tap {
             args,
             dir,
-            dialect,
+            layout,
             meta: Mutex::new(meta),
             conns: Mutex::new(vec![]),
             copied: Mutex::new(BTreeSet::new()),
         };
-        if tap.dialect.is_none() {
+        if tap.layout.is_none() {
             tap.error(format!(
                 "pyspark version {:?} has no known dialect: broadcast files are not copied",
                 tap.args.pyspark
@@ -238,7 +246,7 @@ impl Tap {
                 to_jvm_file: open("to_jvm.bin")?,
                 last_was_jvm: false,
                 jvm_closed: false,
-                requests: match self.dialect {
+                requests: match self.layout {
                     Some(_) => RequestTap::Handshake { seen: Vec::new() },
                     None => RequestTap::Off,
                 },
@@ -351,7 +359,7 @@ impl ConnRecorder {
         let Some(tap) = self.tap.upgrade() else {
             return;
         };
-        let Some(dialect) = tap.dialect else { return };
+        let Some(layout) = tap.layout else { return };
         match &mut st.requests {
             RequestTap::Off => return,
             RequestTap::Handshake { seen } => {
@@ -367,7 +375,7 @@ impl ConnRecorder {
                 if seen.len() < len {
                     return;
                 }
-                let mut dec = RequestDecoder::new(dialect)
+                let mut dec = RequestDecoder::new_as(layout)
                     .with_base(len as u64)
                     .headers_only();
                 dec.feed(&seen[len..]);
@@ -385,7 +393,7 @@ impl ConnRecorder {
                 }
                 Ok(Status::Partial) => break,
                 Err(e) => {
-                    st.meta.errors.push(format!("the JVM's requests do not decode as dialect {dialect:?} ({e}): later broadcasts are not copied"));
+                    st.meta.errors.push(format!("the JVM's requests do not decode as {layout} ({e}): later broadcasts are not copied"));
                     st.requests = RequestTap::Off;
                     break;
                 }
