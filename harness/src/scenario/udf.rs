@@ -80,6 +80,59 @@ impl From<EvalTypeName> for String {
     }
 }
 
+/// The runner conf of an Arrow UDF task as a Spark JVM of each line sends it, in its order
+/// (`ArrowPythonRunner.getPythonRunnerConfMap` and successors; recorded from real JVMs:
+/// golden/pyspark-*/udf_pandas_tokenizer). The session zone is pinned to UTC here, where a JVM
+/// sends its own. `maxRecordsPerBatch` is not among them: the JVM cuts the batches itself.
+fn jvm_default_conf(layout: UdfLayout) -> Vec<(&'static str, &'static str)> {
+    const SAFELY: &str = "spark.sql.execution.pandas.convertToArrowArraySafely";
+    const BY_NAME: &str = "spark.sql.legacy.execution.pandas.groupedMap.assignColumnsByName";
+    const LARGE_VAR: &str = "spark.sql.execution.arrow.useLargeVarTypes";
+    let mut conf = match layout {
+        UdfLayout::Pyspark35 | UdfLayout::Pyspark40 => vec![
+            (TIME_ZONE_KEY, DEFAULT_TIME_ZONE),
+            (BY_NAME, "true"),
+            (SAFELY, "false"),
+        ],
+        // 4.1 turned safe conversion on by default.
+        _ => vec![
+            (
+                "spark.sql.legacy.execution.pythonUDTF.pandas.conversion.enabled",
+                "false",
+            ),
+            (TIME_ZONE_KEY, DEFAULT_TIME_ZONE),
+            ("spark.sql.execution.pyspark.binaryAsBytes", "true"),
+            (
+                "spark.sql.execution.pythonUDF.pandas.intToDecimalCoercionEnabled",
+                "false",
+            ),
+            (SAFELY, "true"),
+            (BY_NAME, "true"),
+            (LARGE_VAR, "false"),
+            (
+                "spark.sql.legacy.execution.pythonUDF.pandas.conversion.enabled",
+                "false",
+            ),
+        ],
+    };
+    if layout == UdfLayout::Pyspark40 {
+        conf.push((LARGE_VAR, "false"));
+    }
+    if layout >= UdfLayout::Pyspark42 {
+        conf.push((
+            "spark.sql.execution.pythonUDF.pandas.preferIntExtensionDtype",
+            "false",
+        ));
+    }
+    if layout >= UdfLayout::Pyspark43 {
+        conf.push((
+            "spark.sql.execution.pythonUDF.mapInBatch.legacy.acceptAnyIterable.enabled",
+            "true",
+        ));
+    }
+    conf
+}
+
 /// A pyspark minor line, "3.5" to "4.3".
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -618,26 +671,21 @@ impl UdfTask {
         Ok(req)
     }
 
-    /// The JVM's runner conf (ArrowPythonRunner's defaults), the window bounds, then `conf`.
+    /// The runner conf a real JVM of `layout`'s line sends (recorded in golden/pyspark-*/udf_*:
+    /// none for the pickled kinds), the window bounds, then `conf` (which overrides in place).
     fn runner_conf(&self, layout: UdfLayout) -> Vec<(String, String)> {
-        let mut conf: BTreeMap<String, String> = [
-            (TIME_ZONE_KEY, DEFAULT_TIME_ZONE.to_string()),
-            (
-                "spark.sql.legacy.execution.pandas.groupedMap.assignColumnsByName",
-                "true".into(),
-            ),
-            (
-                "spark.sql.execution.pandas.convertToArrowArraySafely",
-                "false".into(),
-            ),
-            (
-                "spark.sql.execution.arrow.maxRecordsPerBatch",
-                self.max_records().to_string(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let mut conf: Vec<(String, String)> = if self.eval().is_pickled() {
+            vec![]
+        } else {
+            jvm_default_conf(layout)
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let mut set = |k: &str, v: String| match conf.iter_mut().find(|(key, _)| key == k) {
+            Some(entry) => entry.1 = v,
+            None => conf.push((k.to_string(), v)),
+        };
         if is_window(self.eval()) {
             let bounds: Vec<&str> = self
                 .udfs
@@ -647,10 +695,12 @@ impl UdfTask {
                     _ => "unbounded",
                 })
                 .collect();
-            conf.insert(layout.window_bound_key().into(), bounds.join(","));
+            set(layout.window_bound_key(), bounds.join(","));
         }
-        conf.extend(self.conf.clone());
-        conf.into_iter().collect()
+        for (k, v) in &self.conf {
+            set(k, v.clone());
+        }
+        conf
     }
 
     /// What the JVM sends for a UDF over every input column.
