@@ -26,7 +26,8 @@ pub fn scenario_lines(r: &ScenarioReport) -> String {
             Outcome::Mismatch { .. } if !t.ok => {
                 out.push_str(&format!("\n      task {}: {}", t.index, t.outcome))
             }
-            _ if !t.ok => out.push_str(&format!(
+            // Only stderr failed: the outcome itself was the expected one.
+            _ if !t.ok && t.stderr_unmet.is_empty() => out.push_str(&format!(
                 "\n      task {}: expected {}, got {}",
                 t.index, t.expected, t.outcome
             )),

@@ -750,3 +750,95 @@ fn decode_shows_a_recorded_grouped_agg_udf_request_and_reply_as_rows() {
         assert!(reply.contains(want), "{want:?} not in:\n{reply}");
     }
 }
+
+/// Issue 13: bad values in the launch fields (worker and daemon modules, launch-time files,
+/// stderr expectations, Python-version conditions) are exit 2, one line naming the field,
+/// before any Python runs.
+#[test]
+fn a_bad_value_in_any_launch_field_is_one_line_before_any_python_runs() {
+    let task = r#"{"function":"func = lambda s, it: it","expect":{"values":[]}}"#;
+    let with = |fields: &str| format!(r#"{{{fields},"tasks":[{task}]}}"#);
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "worker module",
+            with(r#""worker_module":"my-worker""#),
+            "worker_module",
+            "not a Python module name",
+        ),
+        (
+            "daemon module in direct mode",
+            with(r#""mode":"direct","daemon_module":"my_daemon""#),
+            "daemon_module",
+            "starts no daemon",
+        ),
+        (
+            "launch file outside its folder",
+            with(r#""launch_files":{"../evil.py":"x = 1"}"#),
+            "launch_files",
+            "without `..`",
+        ),
+        (
+            "empty stderr text",
+            with(r#""expect_stderr":{"contains":[""]}"#),
+            "expect_stderr.contains",
+            "matches anything",
+        ),
+        (
+            "faulthandler for the whole scenario",
+            with(r#""expect_stderr":{"faulthandler_contains":"Segmentation"}"#),
+            "expect_stderr.faulthandler_contains",
+            "one worker",
+        ),
+        (
+            "requires with an unknown key",
+            with(r#""requires":{"pyspark":">=4.0","jvm":"17"}"#),
+            "requires",
+            "unknown field `jvm`",
+        ),
+        (
+            "python requirement",
+            with(r#""requires":{"python":"three"}"#),
+            "requires",
+            "bad version requirement",
+        ),
+        (
+            "expect_by_version without a version",
+            format!(
+                r#"{{"tasks":[{{"function":"func = lambda s, it: it","expect":{{"values":[]}},"expect_by_version":[{{"expect":{{"values":[]}},"note":"x"}}]}}]}}"#
+            ),
+            "tasks[0].expect_by_version[0]",
+            "`pyspark` and/or `python`",
+        ),
+    ];
+    let python = MarkingPython::new();
+    let d = tempfile::tempdir().unwrap();
+    for (i, (what, text, field, problem)) in cases.iter().enumerate() {
+        let f = scenario_file(d.path(), &format!("badlaunch{i}.json"), text);
+        let line = assert_one_line(
+            &[
+                "run",
+                "--python",
+                python.script.to_str().unwrap(),
+                f.to_str().unwrap(),
+            ],
+            2,
+            &[&f.display().to_string(), field, problem],
+        );
+        assert!(!python.ran(), "{what}: a Python ran before {line}");
+    }
+}
+
+/// A scenario with launch-time files and a custom worker module holds no absolute path: it runs
+/// from any working directory.
+#[test]
+fn launch_files_and_worker_modules_run_from_any_directory() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file = common::repo_root().join("scenarios/lifecycle/module_worker_wrapper.json");
+    fakejvm()
+        .current_dir(elsewhere.path())
+        .args(["run", "--pyspark", "4.1.4"])
+        .arg(&file)
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("1 passed, 0 failed"));
+}
