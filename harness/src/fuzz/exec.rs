@@ -181,6 +181,7 @@ impl Executor {
             rlimit_as: opts
                 .memory_limit_mb
                 .map(|mb| mb.saturating_mul(1024 * 1024)),
+            ..LaunchOptions::default()
         };
         let workers = Workers::start(&env.python, launch.clone()).await?;
         let workers_daemon = workers.daemon_pid();

@@ -230,6 +230,11 @@ async fn run_tasks(
         reuse: sc.reuse,
         extra_env,
         rlimit_as: injector.rlimit_as(),
+        rlimit_nofile: injector.rlimit_nofile(),
+        connect_timeout: sc.connect_timeout_ms.map_or(
+            LaunchOptions::default().connect_timeout,
+            Duration::from_millis,
+        ),
         ..LaunchOptions::default()
     };
     let mut workers = match Workers::start(&env.python, launch).await {
@@ -305,6 +310,7 @@ async fn run_tasks(
                         plan: Some(&plan),
                         fired: &[],
                         bytes_sent: 0,
+                        outcome: Some(&outcome),
                     };
                     if let Some(o) = injector.task_ended(&mut workers, end).await {
                         outcome = o;
@@ -404,6 +410,7 @@ async fn run_tasks(
                 plan: Some(&plan),
                 fired: &fired,
                 bytes_sent: result.bytes_sent,
+                outcome: Some(&outcome),
             };
             if let Some(o) = injector.task_ended(&mut workers, end).await {
                 outcome = o;
@@ -426,9 +433,10 @@ async fn run_tasks(
     if !injector.is_empty() {
         injector.finish(&mut workers).await;
     }
-    report.faults = injector.into_reports();
     let shutdown = workers.shutdown(Duration::from_secs(5)).await;
-    report.leftovers = shutdown.leftovers.clone();
+    // A child a fault held (stopped) outlives the daemon by design: that fault reports it.
+    report.leftovers = injector.after_shutdown(shutdown.leftovers.clone()).await;
+    report.faults = injector.into_reports();
     report.daemon_pid = shutdown.daemon_pid;
     report.daemon_exit = shutdown.daemon_exit;
     report.stderr_tail = tail_lines(&shutdown.stderr, 20);

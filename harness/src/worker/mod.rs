@@ -76,6 +76,9 @@ pub struct LaunchOptions {
     pub connect_timeout: Duration,
     /// RLIMIT_AS soft limit for every process we start (forked workers inherit the daemon's).
     pub rlimit_as: Option<u64>,
+    /// RLIMIT_NOFILE soft limit for every process we start (at most the hard limit; forked
+    /// workers inherit the daemon's).
+    pub rlimit_nofile: Option<u64>,
 }
 
 impl Default for LaunchOptions {
@@ -86,6 +89,7 @@ impl Default for LaunchOptions {
             extra_env: vec![],
             connect_timeout: Duration::from_secs(10),
             rlimit_as: None,
+            rlimit_nofile: None,
         }
     }
 }
@@ -346,6 +350,7 @@ impl Workers {
         ProcessTweaks {
             extra_env: self.opts.extra_env.clone(),
             rlimit_as: self.opts.rlimit_as,
+            rlimit_nofile: self.opts.rlimit_nofile,
         }
     }
 
@@ -459,7 +464,10 @@ impl Workers {
         tweaks: &ProcessTweaks,
     ) -> Result<Connection, WorkerError> {
         if self.opts.mode.uses_daemon() {
-            if !tweaks.extra_env.is_empty() || tweaks.rlimit_as.is_some() {
+            if !tweaks.extra_env.is_empty()
+                || tweaks.rlimit_as.is_some()
+                || tweaks.rlimit_nofile.is_some()
+            {
                 return Err(WorkerError::WrongMode {
                     what: "per-connection env or rlimit (forked workers inherit the daemon's; set them in LaunchOptions)",
                     mode: self.opts.mode,
@@ -552,6 +560,7 @@ impl Workers {
         let mut all = self.launch_tweaks();
         all.extra_env.extend(tweaks.extra_env.iter().cloned());
         all.rlimit_as = tweaks.rlimit_as.or(all.rlimit_as);
+        all.rlimit_nofile = tweaks.rlimit_nofile.or(all.rlimit_nofile);
 
         let mut cmd = spawn::python_command(&self.python, &WORKER_ARGS, &env, &all);
         let (mut child, group) = self.spawn(&mut cmd, &WORKER_ARGS)?;
