@@ -228,6 +228,8 @@ pub struct Injector {
     first_stderr: Vec<Option<String>>,
     /// Per `stop_child`: the child it held, and whether it went on.
     held: Vec<Option<(i32, bool)>>,
+    /// Per `stop_child`: it sleeps (`stall_ms`) rather than stops.
+    stalls: Vec<bool>,
     /// Per `open_descriptors`: descriptors that could not be taken.
     fill_failed: Vec<u64>,
     stderr_mark: usize,
@@ -305,6 +307,18 @@ impl Injector {
             first_fate: vec![None; n],
             first_stderr: vec![None; n],
             held: vec![None; n],
+            stalls: faults
+                .iter()
+                .map(|f| {
+                    matches!(
+                        f,
+                        Fault::StopChild {
+                            stall_ms: Some(_),
+                            ..
+                        }
+                    )
+                })
+                .collect(),
             fill_failed: vec![0; n],
             stderr_mark: 0,
             reports: vec![None; n],
@@ -689,7 +703,7 @@ impl Injector {
                     r.events.push(Event::SurvivedShutdown {
                         pid,
                         cmdline,
-                        state: (!resumed).then_some('T'),
+                        state: Some(if resumed || self.stalls[i] { 'S' } else { 'T' }),
                         gone,
                     });
                     if !gone {
@@ -699,7 +713,7 @@ impl Injector {
                     }
                 }
                 Observed::Alive {
-                    state: if resumed { 'S' } else { 'T' },
+                    state: if resumed || self.stalls[i] { 'S' } else { 'T' },
                 }
             } else {
                 Observed::Ended { exit: None }

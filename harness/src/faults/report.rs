@@ -245,13 +245,21 @@ impl fmt::Display for Event {
                 fd,
                 errno,
                 bytes_before,
-            } => write!(
-                f,
-                "{}: {process} {pid}: {call} #{ordinal} ({via} on socket fd {fd}) failed with errno {errno} ({}), \
-                 injected, after {bytes_before} byte(s) of {call}",
-                when(task),
-                errno_label(*errno)
-            ),
+            } => {
+                write!(f, "{}: {process} {pid}: {call} #{ordinal} ({via}", when(task))?;
+                if *fd >= 0 {
+                    write!(f, " on socket fd {fd}")?;
+                }
+                write!(
+                    f,
+                    ") failed with errno {errno} ({}), injected",
+                    errno_label(*errno)
+                )?;
+                if call == "send" || call == "recv" {
+                    write!(f, ", after {bytes_before} byte(s) of {call}")?;
+                }
+                Ok(())
+            }
             Event::CallShortened {
                 task,
                 pid,
@@ -334,6 +342,7 @@ impl fmt::Display for Event {
             } => {
                 let state = match state {
                     Some('T') => "stopped".to_string(),
+                    Some('S') => "sleeping".to_string(),
                     Some(s) => format!("state {s}"),
                     None => "state unknown".to_string(),
                 };
