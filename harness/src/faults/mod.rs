@@ -122,12 +122,10 @@ pub fn validate(faults: &[Fault], mode: Mode, tasks: usize) -> Result<(), String
                     )));
                 }
             }
-            Fault::OpenDescriptors { count, .. } => {
-                if !(4..=MAX_OPEN_DESCRIPTORS).contains(count) {
-                    return Err(at(format!(
-                        "`count` {count} is outside 4..={MAX_OPEN_DESCRIPTORS} (0, 1 and 2 are always open; 1100 is past select()'s 1024)"
-                    )));
-                }
+            Fault::OpenDescriptors { count, .. } if !(4..=MAX_OPEN_DESCRIPTORS).contains(count) => {
+                return Err(at(format!(
+                    "`count` {count} is outside 4..={MAX_OPEN_DESCRIPTORS} (0, 1 and 2 are always open; 1100 is past select()'s 1024)"
+                )));
             }
             Fault::RlimitNofile { limit, .. } => {
                 if *limit == 0 {
