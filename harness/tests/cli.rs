@@ -842,3 +842,136 @@ fn launch_files_and_worker_modules_run_from_any_directory() {
         .code(0)
         .stdout(predicate::str::contains("1 passed, 0 failed"));
 }
+
+/// The lifecycle fields (issue 13 parts 4-6): every bad value of `syscall_fail`,
+/// `open_descriptors`, `rlimit_nofile`, `stop_child` and `connect_timeout_ms` is one line naming
+/// the file and the problem, exit 2, before any Python runs.
+#[test]
+fn a_bad_value_in_any_lifecycle_field_is_one_line_before_any_python_runs() {
+    let task = r#"{"function": "func = lambda s, it: it", "expect": {"outcome": "Passed"}}"#;
+    let with = |top: &str| format!(r#"{{{top}, "tasks": [{task}, {task}]}}"#);
+    let fault = |f: &str| with(&format!(r#""faults": [{f}]"#));
+    let cases: Vec<(String, &str)> = vec![
+        (
+            fault(
+                r#"{"kind": "syscall_fail", "call": "sendd", "errno": "EPIPE", "schedule": {"nth": [1]}}"#,
+            ),
+            "unknown variant `sendd`",
+        ),
+        (
+            fault(
+                r#"{"kind": "syscall_fail", "process": "driver", "call": "send", "errno": "EPIPE", "schedule": {"nth": [1]}}"#,
+            ),
+            "unknown variant `driver`",
+        ),
+        (
+            fault(
+                r#"{"kind": "syscall_fail", "call": "send", "errno": "EPIPEE", "schedule": {"nth": [1]}}"#,
+            ),
+            "unknown errno \"EPIPEE\"",
+        ),
+        (
+            fault(
+                r#"{"kind": "syscall_fail", "call": "send", "errno": "EPIPE", "schedule": {"nth": [0]}}"#,
+            ),
+            "counting from 1",
+        ),
+        (
+            fault(
+                r#"{"kind": "syscall_fail", "call": "send", "errno": "EPIPE", "schedule": {"after_bytes": -3}}"#,
+            ),
+            "after_bytes",
+        ),
+        (
+            fault(
+                r#"{"kind": "syscall_fail", "call": "send", "errno": "EPIPE", "schedule": {"probability": 2}}"#,
+            ),
+            "`probability` is in 0..=1",
+        ),
+        (
+            fault(
+                r#"{"kind": "syscall_fail", "call": "close", "errno": "EIO", "schedule": {"after_bytes": 10}}"#,
+            ),
+            "needs a call that moves bytes",
+        ),
+        (
+            fault(
+                r#"{"kind": "syscall_fail", "call": "recv", "errno": "EINTR", "schedule": "every"}"#,
+            ),
+            "PEP 475",
+        ),
+        (
+            fault(
+                r#"{"kind": "syscall_fail", "call": "accept", "errno": "EMFILE", "schedule": {"nth": [1]}}"#,
+            ),
+            "accept, select and poll are the daemon's",
+        ),
+        (
+            with(
+                r#""mode": "direct", "faults": [{"kind": "syscall_fail", "process": "daemon", "call": "poll", "errno": "EMFILE", "schedule": {"nth": [1]}}]"#,
+            ),
+            "needs a daemon",
+        ),
+        (
+            fault(
+                r#"{"kind": "syscall_fail", "process": "daemon", "call": "poll", "errno": "EMFILE", "schedule": {"nth": [1]}, "expect": {"worker": "gone"}}"#,
+            ),
+            "`expect.worker` applies to",
+        ),
+        (
+            fault(r#"{"kind": "open_descriptors", "count": 2}"#),
+            "outside 4..=65536",
+        ),
+        (
+            fault(r#"{"kind": "open_descriptors", "count": -1}"#),
+            "invalid value",
+        ),
+        (
+            fault(r#"{"kind": "rlimit_nofile", "limit": 0}"#),
+            "leaves no descriptor",
+        ),
+        (
+            fault(
+                r#"{"kind": "open_descriptors", "count": 1100}, {"kind": "rlimit_nofile", "limit": 64}"#,
+            ),
+            "is not above open_descriptors' 1100",
+        ),
+        (
+            fault(r#"{"kind": "stop_child", "fork": 0}"#),
+            "counts the daemon's forks from 1",
+        ),
+        (
+            fault(r#"{"kind": "stop_child", "stall_ms": 0}"#),
+            "`stall_ms` 0 holds nothing",
+        ),
+        (
+            fault(r#"{"kind": "stop_child", "how": "stop"}"#),
+            "unknown field `how`",
+        ),
+        (
+            with(r#""mode": "direct", "faults": [{"kind": "stop_child"}]"#),
+            "needs a daemon",
+        ),
+        (with(r#""connect_timeout_ms": 0"#), "connect_timeout_ms: 0"),
+        (
+            with(r#""connect_timeout_ms": "soon""#),
+            "connect_timeout_ms",
+        ),
+    ];
+    let python = MarkingPython::new();
+    let d = tempfile::tempdir().unwrap();
+    for (i, (text, problem)) in cases.iter().enumerate() {
+        let f = scenario_file(d.path(), &format!("lifecycle{i}.json"), text);
+        let line = assert_one_line(
+            &[
+                "run",
+                "--python",
+                python.script.to_str().unwrap(),
+                f.to_str().unwrap(),
+            ],
+            2,
+            &[&f.display().to_string(), problem],
+        );
+        assert!(!python.ran(), "case {i}: a Python ran before {line}");
+    }
+}

@@ -481,6 +481,7 @@ async fn per_connection_tweaks_reach_one_direct_worker_and_are_refused_for_the_d
     let tweaks = ProcessTweaks {
         extra_env: vec![("FAKEJVM_MARK".into(), "one".into())],
         rlimit_as: Some(8 << 30),
+        ..ProcessTweaks::default()
     };
     let c = w.connect_with(&tweaks).await.unwrap();
     let environ = std::fs::read(format!("/proc/{}/environ", c.pid)).unwrap();

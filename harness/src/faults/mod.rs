@@ -6,7 +6,9 @@
 //! - [`process`]: the actions performed at those positions while the task runs, and what became
 //!   of the worker and the daemon afterwards.
 //! - [`sockfd`]: our end of a worker's TCP connection, for SO_LINGER 0 and SHUT_RD.
-//! - the `forkfail` crate (a workspace member): the LD_PRELOAD shim that fails the daemon's fork().
+//! - the `forkfail` crate (a workspace member): the LD_PRELOAD shim that fails the daemon's fork()
+//!   and the daemon's or a worker's socket calls, holds a forked child before its pid, and starts
+//!   a process with its low descriptors taken.
 //! - [`report`]: one [`FaultReport`] per fault, for the verdict.
 //!
 //! [`Injector`] ties them together for the scenario runner: launch settings before the daemon
@@ -25,12 +27,13 @@ pub use process::{
 pub use report::{fault_lines, Check, Event, FaultReport};
 pub use sockfd::our_end_of;
 pub use spec::{
-    span_name, EnvValue, Errno, Fate, FateExpect, Fault, ForkSchedule, Position, Signal, Target,
+    span_name, CallSchedule, EnvValue, Errno, Fate, FateExpect, Fault, ForkSchedule, Position,
+    ShimProcess, Signal, Syscall, Target,
 };
 
 use crate::verdict::Outcome;
 use crate::worker::{errno_label, Mode, Workers};
-use forkfail::LogLine;
+use forkfail::{CallRule, LogLine};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,17 +41,45 @@ use std::time::Duration;
 /// a daemon shutting down) before reporting what it is.
 const FATE_GRACE: Duration = Duration::from_secs(3);
 
+/// The most `open_descriptors` may ask for: past it a scenario is a typo, not a test.
+const MAX_OPEN_DESCRIPTORS: u32 = 65_536;
+
 /// Checks a scenario's faults against its mode and task count, before anything runs.
 pub fn validate(faults: &[Fault], mode: Mode, tasks: usize) -> Result<(), String> {
     let mut seen_launch: Vec<&str> = vec![];
+    let syscalls = faults
+        .iter()
+        .filter(|f| matches!(f, Fault::SyscallFail { .. }))
+        .count();
+    if syscalls > forkfail::MAX_CALL_RULES {
+        return Err(format!(
+            "faults: {syscalls} `syscall_fail` faults; the shim takes at most {}",
+            forkfail::MAX_CALL_RULES
+        ));
+    }
+    let open_count = faults.iter().find_map(|f| match f {
+        Fault::OpenDescriptors { count, .. } => Some(*count),
+        _ => None,
+    });
     for (i, f) in faults.iter().enumerate() {
         let at = |m: String| format!("fault #{i} ({}): {m}", f.describe());
         let launch_kind = match f {
             Fault::ForkFail { .. } => Some("fork_fail"),
             Fault::RlimitAs { .. } => Some("rlimit_as"),
             Fault::ExecutorMemory { .. } => Some("executor_memory"),
+            Fault::OpenDescriptors { .. } => Some("open_descriptors"),
+            Fault::RlimitNofile { .. } => Some("rlimit_nofile"),
+            Fault::StopChild { .. } => Some("stop_child"),
             _ => None,
         };
+        // What these hold is a worker: the failing one, or the stopped child.
+        let expects_a_worker = matches!(
+            f,
+            Fault::SyscallFail {
+                process: ShimProcess::Worker,
+                ..
+            } | Fault::StopChild { .. }
+        );
         if let Some(k) = launch_kind {
             if seen_launch.contains(&k) {
                 return Err(at(format!(
@@ -56,9 +87,67 @@ pub fn validate(faults: &[Fault], mode: Mode, tasks: usize) -> Result<(), String
                 )));
             }
             seen_launch.push(k);
-            if f.expect().worker.is_some() {
-                return Err(at("`expect.worker` applies to task faults; a launch fault can only expect the daemon's fate".into()));
+        }
+        if f.task().is_none() && f.expect().worker.is_some() && !expects_a_worker {
+            return Err(at("`expect.worker` applies to task faults, a worker's `syscall_fail` and `stop_child`; this launch fault can only expect the daemon's fate".into()));
+        }
+        match f {
+            Fault::SyscallFail {
+                process,
+                call,
+                errno,
+                schedule,
+                ..
+            } => {
+                if matches!(schedule, CallSchedule::AfterBytes(_)) && !call.shim().moves_bytes() {
+                    return Err(at(format!(
+                        "`after_bytes` needs a call that moves bytes (send or recv), not {}",
+                        call.name()
+                    )));
+                }
+                if errno.0 == libc::EINTR && schedule.fails_forever() {
+                    return Err(at("CPython retries a call that fails with EINTR (PEP 475): failing every one from some point on would spin forever; use `nth` or a probability below 1".into()));
+                }
+                if *process == ShimProcess::Worker
+                    && matches!(call, Syscall::Accept | Syscall::Select | Syscall::Poll)
+                {
+                    return Err(at(format!(
+                        "a worker makes no {} calls of its own; accept, select and poll are the daemon's (\"process\": \"daemon\")",
+                        call.name()
+                    )));
+                }
+                if *process == ShimProcess::Daemon && !mode.uses_daemon() {
+                    return Err(at(format!(
+                        "`process: daemon` needs a daemon (mode daemon or uds); this scenario's mode is {mode:?}"
+                    )));
+                }
             }
+            Fault::OpenDescriptors { count, .. } if !(4..=MAX_OPEN_DESCRIPTORS).contains(count) => {
+                return Err(at(format!(
+                    "`count` {count} is outside 4..={MAX_OPEN_DESCRIPTORS} (0, 1 and 2 are always open; 1100 is past select()'s 1024)"
+                )));
+            }
+            Fault::RlimitNofile { limit, .. } => {
+                if *limit == 0 {
+                    return Err(at("`limit` 0 leaves no descriptor at all; a process needs 0, 1 and 2 to start".into()));
+                }
+                if let Some(count) = open_count.filter(|c| u64::from(*c) >= *limit) {
+                    return Err(at(format!(
+                        "`limit` {limit} is not above open_descriptors' {count}: the descriptors could not be opened"
+                    )));
+                }
+            }
+            Fault::StopChild { fork, stall_ms, .. } => {
+                if *fork == 0 {
+                    return Err(at("`fork` counts the daemon's forks from 1".into()));
+                }
+                if *stall_ms == Some(0) {
+                    return Err(at(
+                        "`stall_ms` 0 holds nothing; leave it out to SIGSTOP the child".into(),
+                    ));
+                }
+            }
+            _ => {}
         }
         if let Some(t) = f.task() {
             if t >= tasks {
@@ -70,6 +159,7 @@ pub fn validate(faults: &[Fault], mode: Mode, tasks: usize) -> Result<(), String
         let needs_daemon = matches!(
             f,
             Fault::ForkFail { .. }
+                | Fault::StopChild { .. }
                 | Fault::SignalDaemon { .. }
                 | Fault::CloseDaemonStdin { .. }
                 | Fault::OpenConnection { .. }
@@ -128,6 +218,18 @@ pub struct Injector {
     /// the retry's delay.
     retried_failure_ms: Option<u64>,
     fork_failures: usize,
+    /// Per fault: what the shim did for it (failed calls, held children, filled descriptors).
+    shim_fired: Vec<usize>,
+    /// Per `syscall_fail`: its worker's fate after the first task it fired in, and that task's
+    /// stderr.
+    first_fate: Vec<Option<Observed>>,
+    first_stderr: Vec<Option<String>>,
+    /// Per `stop_child`: the child it held, and whether it went on.
+    held: Vec<Option<(i32, bool)>>,
+    /// Per `stop_child`: it sleeps (`stall_ms`) rather than stops.
+    stalls: Vec<bool>,
+    /// Per `open_descriptors`: descriptors that could not be taken.
+    fill_failed: Vec<u64>,
     stderr_mark: usize,
     reports: Vec<Option<FaultReport>>,
 }
@@ -140,15 +242,46 @@ pub struct TaskEnd<'a> {
     pub plan: Option<&'a TaskPlan>,
     pub fired: &'a [Fired],
     pub bytes_sent: u64,
+    /// What the task came to (before a fault that closed the connection re-judges it).
+    pub outcome: Option<&'a Outcome>,
+}
+
+/// Faults that need the LD_PRELOAD shim in the daemon (or direct worker).
+fn needs_shim(f: &Fault) -> bool {
+    matches!(
+        f,
+        Fault::ForkFail { .. }
+            | Fault::SyscallFail { .. }
+            | Fault::OpenDescriptors { .. }
+            | Fault::StopChild { .. }
+    )
+}
+
+/// How long a worker whose call failed is given to end before its state is reported, when the
+/// scenario expects nothing of it (a limit: most end at once, a reused one never does).
+const WORKER_THEN_WAIT: Duration = Duration::from_secs(1);
+
+/// The RLIMIT_NOFILE soft limit of this process, which its children inherit.
+fn current_nofile_soft() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and touches nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+        r.rlim_cur
+    } else {
+        0
+    }
 }
 
 impl Injector {
-    /// Installs the fork-failure shim into `scratch` when a `fork_fail` fault asks for it.
+    /// Installs the shim into `scratch` when a fault needs it.
     pub fn new(faults: &[Fault], mode: Mode, scratch: &Path) -> anyhow::Result<Injector> {
-        let shim = if faults.iter().any(|f| matches!(f, Fault::ForkFail { .. })) {
+        let shim = if faults.iter().any(needs_shim) {
             let path = forkfail::install(scratch).map_err(|e| {
                 anyhow::anyhow!(
-                    "installing the fork-failure shim into {}: {e}",
+                    "installing the syscall fault shim into {}: {e}",
                     scratch.display()
                 )
             })?;
@@ -160,15 +293,33 @@ impl Injector {
         } else {
             None
         };
+        let n = faults.len();
         Ok(Injector {
             faults: faults.to_vec(),
             mode,
             shim,
-            launch_events: vec![vec![]; faults.len()],
+            launch_events: vec![vec![]; n],
             retried_failure_ms: None,
             fork_failures: 0,
+            shim_fired: vec![0; n],
+            first_fate: vec![None; n],
+            first_stderr: vec![None; n],
+            held: vec![None; n],
+            stalls: faults
+                .iter()
+                .map(|f| {
+                    matches!(
+                        f,
+                        Fault::StopChild {
+                            stall_ms: Some(_),
+                            ..
+                        }
+                    )
+                })
+                .collect(),
+            fill_failed: vec![0; n],
             stderr_mark: 0,
-            reports: vec![None; faults.len()],
+            reports: vec![None; n],
         })
     }
 
@@ -179,22 +330,37 @@ impl Injector {
     /// Environment for the daemon (daemon modes) or each direct worker.
     pub fn launch_env(&self) -> Vec<(String, String)> {
         let mut env = vec![];
+        if let Some(shim) = &self.shim {
+            env.push(("LD_PRELOAD".into(), shim.path.display().to_string()));
+            env.push((forkfail::ENV_LOG.into(), shim.log.display().to_string()));
+            if !self.mode.uses_daemon() {
+                env.push((forkfail::ENV_ROLE.into(), "worker".into()));
+            }
+            let rules = self.call_rules();
+            if !rules.is_empty() {
+                env.push((forkfail::ENV_CALLS.into(), CallRule::env_value(&rules)));
+            }
+        }
         for f in &self.faults {
             match f {
                 Fault::ForkFail {
                     errno, schedule, ..
                 } => {
-                    let shim = self
-                        .shim
-                        .as_ref()
-                        .expect("installed in new() for fork_fail");
-                    env.push(("LD_PRELOAD".into(), shim.path.display().to_string()));
                     env.push((forkfail::ENV_WHEN.into(), schedule.shim_value()));
                     env.push((forkfail::ENV_ERRNO.into(), errno.0.to_string()));
-                    env.push((forkfail::ENV_LOG.into(), shim.log.display().to_string()));
                 }
                 Fault::ExecutorMemory { mb, .. } => {
                     env.push(("PYSPARK_EXECUTOR_MEMORY_MB".into(), mb.0.clone()))
+                }
+                Fault::OpenDescriptors { count, .. } => {
+                    env.push((forkfail::ENV_FILL_FDS.into(), count.to_string()))
+                }
+                Fault::StopChild { fork, stall_ms, .. } => {
+                    let how = match stall_ms {
+                        None => format!("{fork} stop"),
+                        Some(ms) => format!("{fork} stall {ms}"),
+                    };
+                    env.push((forkfail::ENV_HOLD.into(), how));
                 }
                 _ => {}
             }
@@ -202,9 +368,54 @@ impl Injector {
         env
     }
 
+    /// The shim's call rules, one per `syscall_fail` in order: rule k is the k-th of them.
+    fn call_rules(&self) -> Vec<CallRule> {
+        self.faults
+            .iter()
+            .filter_map(|f| match f {
+                Fault::SyscallFail {
+                    process,
+                    call,
+                    errno,
+                    schedule,
+                    ..
+                } => Some(CallRule {
+                    worker: *process == ShimProcess::Worker,
+                    call: call.shim(),
+                    errno: errno.0,
+                    when: schedule.shim_value(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The fault index of the shim's call rule `k`.
+    fn rule_fault(&self, k: usize) -> Option<usize> {
+        self.faults
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| matches!(f, Fault::SyscallFail { .. }))
+            .nth(k)
+            .map(|(i, _)| i)
+    }
+
     pub fn rlimit_as(&self) -> Option<u64> {
         self.faults.iter().find_map(|f| match f {
             Fault::RlimitAs { bytes, .. } => Some(*bytes),
+            _ => None,
+        })
+    }
+
+    /// RLIMIT_NOFILE soft limit for the launch: `rlimit_nofile`'s, or room above the descriptors
+    /// `open_descriptors` takes when the current limit has none (many shells start at 1024).
+    pub fn rlimit_nofile(&self) -> Option<u64> {
+        self.faults.iter().find_map(|f| match f {
+            Fault::RlimitNofile { limit, .. } => Some(*limit),
+            Fault::OpenDescriptors { count, .. } => {
+                let wanted = u64::from(*count) + 1024;
+                (current_nofile_soft() < wanted).then_some(wanted)
+            }
             _ => None,
         })
     }
@@ -232,8 +443,10 @@ impl Injector {
             String::from_utf8_lossy(stderr.get(self.stderr_mark..).unwrap_or_default())
                 .into_owned();
         self.stderr_mark = stderr.len();
-        self.read_fork_log(Some(end.task));
+        let fired_now = self.read_shim_log(Some(end.task), workers.daemon_pid(), end.pid);
         self.note_memory_lines(end.task, &new_stderr);
+        self.after_calls_failed(workers, &end, &fired_now, &new_stderr)
+            .await;
 
         let mine: Vec<usize> = (0..self.faults.len())
             .filter(|&i| self.faults[i].task() == Some(end.task))
@@ -360,7 +573,7 @@ impl Injector {
     /// After the last task, before shutdown: reports for the launch faults (and for task faults
     /// whose task never ran).
     pub async fn finish(&mut self, workers: &mut Workers) {
-        self.read_fork_log(None);
+        self.read_shim_log(None, workers.daemon_pid(), None);
         let stderr = workers.stderr();
         let rest = String::from_utf8_lossy(stderr.get(self.stderr_mark..).unwrap_or_default())
             .into_owned();
@@ -391,6 +604,42 @@ impl Injector {
                     });
                     None
                 }
+                Fault::SyscallFail { process, call, .. } => {
+                    r.fired = self.shim_fired[i] > 0;
+                    r.worker = self.first_fate[i];
+                    (!r.fired).then(|| format!("never fired: no {} of the {process} was failed (did it make fewer calls, or move fewer bytes, than the schedule names?)", call.name()))
+                }
+                Fault::OpenDescriptors { count, .. } => {
+                    r.fired = self.shim_fired[i] > 0;
+                    if let Some(pid) = workers
+                        .daemon_pid()
+                        .filter(|_| workers.daemon_exit().is_none())
+                    {
+                        self.launch_events[i].push(daemon_sockets(pid));
+                    }
+                    if !r.fired {
+                        Some(format!(
+                            "never fired: no process reported taking descriptors below {count}"
+                        ))
+                    } else if self.fill_failed[i] > 0 {
+                        Some(format!("{} descriptor(s) below {count} could not be opened (RLIMIT_NOFILE's hard limit?)", self.fill_failed[i]))
+                    } else {
+                        None
+                    }
+                }
+                Fault::RlimitNofile { limit, .. } => {
+                    r.fired = true;
+                    r.events.push(Event::RlimitNofileSet {
+                        limit: *limit,
+                        daemon: self.mode.uses_daemon(),
+                    });
+                    None
+                }
+                Fault::StopChild { fork, .. } => {
+                    r.fired = self.held[i].is_some();
+                    (!r.fired)
+                        .then(|| format!("never fired: the daemon made fewer than {fork} fork(s)"))
+                }
                 _ => Some(format!(
                     "never fired: task {} did not run",
                     fault.task().unwrap_or(0)
@@ -400,10 +649,137 @@ impl Injector {
             let want = fault.expect().daemon;
             let daemon = observe_daemon(workers, want, FATE_GRACE).await;
             r.daemon = daemon;
-            r.stderr_tail = tail(&rest, 12);
+            r.stderr_tail = self.first_stderr[i]
+                .clone()
+                .unwrap_or_else(|| tail(&rest, 12));
             check(&mut r, "daemon", want, daemon);
+            if matches!(fault, Fault::SyscallFail { .. }) {
+                let seen = r.worker;
+                check(&mut r, "worker", fault.expect().worker, seen);
+            }
             r.settle(error);
             self.reports[i] = Some(r);
+        }
+    }
+
+    /// After the daemon's shutdown: a child a `stop_child` fault held is expected to survive it
+    /// (a stopped process gets its SIGHUP only when continued). Such a leftover is reported by
+    /// that fault, with its command line, checked gone (shutdown SIGKILLs the group; SIGKILL ends
+    /// a stopped process too), killed here if it is not, and taken off the scenario's
+    /// leftovers. Every other leftover stays there and fails the scenario.
+    pub async fn after_shutdown(
+        &mut self,
+        mut leftovers: Vec<(i32, String)>,
+    ) -> Vec<(i32, String)> {
+        // What the shim logged during the shutdown (a held child that went on, say).
+        let seen: Vec<usize> = self.launch_events.iter().map(Vec::len).collect();
+        self.read_shim_log(None, None, None);
+        for (i, from) in seen.into_iter().enumerate() {
+            let new = self.launch_events[i][from..].to_vec();
+            if let Some(r) = self.reports[i].as_mut() {
+                r.events.extend(new);
+            }
+        }
+        for i in 0..self.faults.len() {
+            let Some((pid, resumed)) = self.held[i] else {
+                continue;
+            };
+            let listed = leftovers.iter().position(|(p, _)| *p == pid);
+            let survived = listed.is_some() || !has_ended(pid);
+            let observed = if survived {
+                let cmdline = match listed {
+                    Some(k) => leftovers.remove(k).1,
+                    None => crate::worker::procs::cmdline(pid),
+                };
+                let mut gone = wait_gone(pid, FATE_GRACE).await;
+                if !gone && listed.is_some() {
+                    // SAFETY: kill(2) only; the pid was in our own process group a moment ago.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    gone = wait_gone(pid, FATE_GRACE).await;
+                }
+                if let Some(r) = self.reports[i].as_mut() {
+                    r.events.push(Event::SurvivedShutdown {
+                        pid,
+                        cmdline,
+                        state: Some(if resumed || self.stalls[i] { 'S' } else { 'T' }),
+                        gone,
+                    });
+                    if !gone {
+                        r.ok = false;
+                        r.problem =
+                            Some(format!("the held child {pid} is still alive after SIGKILL"));
+                    }
+                }
+                Observed::Alive {
+                    state: if resumed || self.stalls[i] { 'S' } else { 'T' },
+                }
+            } else {
+                Observed::Ended { exit: None }
+            };
+            let Some(r) = self.reports[i].as_mut() else {
+                continue;
+            };
+            r.worker = Some(observed);
+            let want = self.faults[i].expect().worker;
+            let before = r.checks.len();
+            check(
+                r,
+                "worker (the held child, after the daemon's shutdown)",
+                want,
+                Some(observed),
+            );
+            if let Some(c) = r.checks.get(before).filter(|c| !c.ok) {
+                let failed = format!("{}: expected {}, saw {}", c.what, c.expected, c.observed);
+                r.ok = false;
+                r.problem = Some(match r.problem.take() {
+                    Some(p) => format!("{p}; {failed}"),
+                    None => failed,
+                });
+            }
+        }
+        leftovers
+    }
+
+    /// After a task in which a `syscall_fail` fired: what became of the task's worker, and what
+    /// fakejvm got.
+    async fn after_calls_failed(
+        &mut self,
+        workers: &mut Workers,
+        end: &TaskEnd<'_>,
+        fired_now: &[usize],
+        stderr: &str,
+    ) {
+        for &i in fired_now {
+            let Fault::SyscallFail {
+                process, expect, ..
+            } = &self.faults[i]
+            else {
+                continue;
+            };
+            let pid = end.pid.filter(|_| *process == ShimProcess::Worker);
+            let worker = match pid {
+                Some(pid) => {
+                    let (want, grace) = match expect.worker {
+                        Some(w) => (w, FATE_GRACE),
+                        None => (Fate::Gone, WORKER_THEN_WAIT),
+                    };
+                    Some(observe_worker(workers, pid, Some(want), grace).await)
+                }
+                None => None,
+            };
+            self.launch_events[i].push(Event::TaskThen {
+                task: end.task,
+                pid,
+                worker,
+                outcome: end
+                    .outcome
+                    .map(|o| o.to_string())
+                    .unwrap_or_else(|| "no outcome".into()),
+            });
+            if self.first_stderr[i].is_none() {
+                self.first_fate[i] = worker;
+                self.first_stderr[i] = Some(tail(stderr, 12));
+            }
         }
     }
 
@@ -415,31 +791,40 @@ impl Injector {
         self.faults.iter().position(pred)
     }
 
-    /// New lines of the shim's log become events of the fork_fail fault (`task` None: after the
-    /// last task).
-    fn read_fork_log(&mut self, task: Option<usize>) {
-        let Some(i) = self.fault_index(|f| matches!(f, Fault::ForkFail { .. })) else {
-            return;
-        };
+    /// New lines of the shim's log become events of their faults (`task` None: after the last
+    /// task). Returns the `syscall_fail` faults that failed a call in these lines.
+    fn read_shim_log(
+        &mut self,
+        task: Option<usize>,
+        daemon: Option<i32>,
+        worker: Option<i32>,
+    ) -> Vec<usize> {
         let Some(shim) = self.shim.as_mut() else {
-            return;
+            return vec![];
         };
         let text = std::fs::read_to_string(&shim.log).unwrap_or_default();
         let lines = LogLine::parse_all(&text);
         let new: Vec<LogLine> = lines.iter().skip(shim.lines_seen).cloned().collect();
         shim.lines_seen = lines.len();
+        let fork_fault = self.fault_index(|f| matches!(f, Fault::ForkFail { .. }));
+        let stop_fault = self.fault_index(|f| matches!(f, Fault::StopChild { .. }));
+        let fill_fault = self.fault_index(|f| matches!(f, Fault::OpenDescriptors { .. }));
+        let mut fired = vec![];
         for line in new {
-            let event = match line {
+            let (fault, event) = match line {
                 LogLine::Loaded {
                     pid,
                     when: schedule,
                     errno,
                     ..
-                } => Event::ShimLoaded {
-                    pid,
-                    schedule,
-                    errno,
-                },
+                } => (
+                    fork_fault,
+                    Event::ShimLoaded {
+                        pid,
+                        schedule,
+                        errno,
+                    },
+                ),
                 LogLine::Failed {
                     ordinal,
                     errno,
@@ -447,17 +832,22 @@ impl Injector {
                     at_ms,
                     ..
                 } => {
-                    self.fork_failures += injected as usize;
+                    if fork_fault.is_some() {
+                        self.fork_failures += injected as usize;
+                    }
                     // daemon.py (every version) sleeps 1 s and forks once more after these two.
                     self.retried_failure_ms = [libc::EAGAIN, libc::EINTR]
                         .contains(&errno)
                         .then_some(at_ms);
-                    Event::ForkFailed {
-                        task,
-                        ordinal,
-                        errno,
-                        injected,
-                    }
+                    (
+                        fork_fault,
+                        Event::ForkFailed {
+                            task,
+                            ordinal,
+                            errno,
+                            injected,
+                        },
+                    )
                 }
                 LogLine::Forked {
                     ordinal,
@@ -469,16 +859,127 @@ impl Injector {
                         .retried_failure_ms
                         .take()
                         .map(|t| at_ms.saturating_sub(t));
-                    Event::Forked {
-                        task,
-                        ordinal,
-                        child,
-                        retry_after_ms,
+                    (
+                        fork_fault,
+                        Event::Forked {
+                            task,
+                            ordinal,
+                            child,
+                            retry_after_ms,
+                        },
+                    )
+                }
+                LogLine::CallFailed {
+                    call,
+                    ordinal,
+                    pid,
+                    fd,
+                    via,
+                    errno,
+                    bytes_before,
+                    rule,
+                    ..
+                } => {
+                    let fault = self.rule_fault(rule);
+                    if let Some(i) = fault {
+                        self.shim_fired[i] += 1;
+                        if !fired.contains(&i) {
+                            fired.push(i);
+                        }
                     }
+                    let process = if Some(pid) == daemon {
+                        "daemon"
+                    } else if Some(pid) == worker || !self.mode.uses_daemon() {
+                        "worker"
+                    } else {
+                        "process"
+                    };
+                    (
+                        fault,
+                        Event::CallFailed {
+                            task,
+                            pid,
+                            process: process.into(),
+                            call: call.name().into(),
+                            via,
+                            ordinal,
+                            fd,
+                            errno,
+                            bytes_before,
+                        },
+                    )
+                }
+                LogLine::CallShortened {
+                    call,
+                    ordinal,
+                    pid,
+                    len,
+                    to,
+                    rule,
+                    ..
+                } => (
+                    self.rule_fault(rule),
+                    Event::CallShortened {
+                        task,
+                        pid,
+                        call: call.name().into(),
+                        ordinal,
+                        len,
+                        to,
+                    },
+                ),
+                LogLine::ChildHeld {
+                    ordinal,
+                    pid,
+                    stall_ms,
+                    ..
+                } => {
+                    if let Some(i) = stop_fault {
+                        self.held[i] = Some((pid, false));
+                    }
+                    (
+                        stop_fault,
+                        Event::ChildHeld {
+                            task,
+                            ordinal,
+                            pid,
+                            stall_ms,
+                        },
+                    )
+                }
+                LogLine::ChildResumed { ordinal, pid, .. } => {
+                    if let Some(i) = stop_fault {
+                        self.held[i] = Some((pid, true));
+                    }
+                    (stop_fault, Event::ChildResumed { task, ordinal, pid })
+                }
+                LogLine::Filled {
+                    pid,
+                    below,
+                    opened,
+                    failed,
+                    ..
+                } => {
+                    if let Some(i) = fill_fault {
+                        self.shim_fired[i] += 1;
+                        self.fill_failed[i] += failed;
+                    }
+                    (
+                        fill_fault,
+                        Event::FdsFilled {
+                            pid,
+                            below,
+                            opened,
+                            failed,
+                        },
+                    )
                 }
             };
-            self.launch_events[i].push(event);
+            if let Some(i) = fault {
+                self.launch_events[i].push(event);
+            }
         }
+        fired
     }
 
     /// pyspark prints what it does with PYSPARK_EXECUTOR_MEMORY_MB to the worker's stderr.
@@ -520,4 +1021,37 @@ fn check(r: &mut FaultReport, what: &str, want: Option<Fate>, seen: Option<Obser
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The daemon's descriptors now: how many, and the lowest that is a socket.
+fn daemon_sockets(pid: i32) -> Event {
+    let mut open_fds = 0;
+    let mut lowest_fd = None;
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in dir.flatten() {
+            open_fds += 1;
+            let is_socket = std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+            let fd = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok());
+            if let (true, Some(fd)) = (is_socket, fd) {
+                lowest_fd = Some(lowest_fd.map_or(fd, |l: i32| l.min(fd)));
+            }
+        }
+    }
+    Event::DaemonSockets {
+        pid,
+        lowest_fd,
+        open_fds,
+    }
+}
+
+async fn wait_gone(pid: i32, limit: Duration) -> bool {
+    let until = std::time::Instant::now() + limit;
+    while !has_ended(pid) {
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }

@@ -167,6 +167,10 @@ pub fn compile(faults: &[Fault], task: usize, req: &EncodedRequest) -> Result<Ta
             Fault::ForkFail { .. }
             | Fault::RlimitAs { .. }
             | Fault::ExecutorMemory { .. }
+            | Fault::SyscallFail { .. }
+            | Fault::OpenDescriptors { .. }
+            | Fault::RlimitNofile { .. }
+            | Fault::StopChild { .. }
             | Fault::SplitWrites { .. } => {
                 unreachable!("launch faults have no task; split_writes is handled above")
             }

@@ -75,6 +75,71 @@ pub enum Event {
     RlimitSet { bytes: u64, daemon: bool },
     /// PYSPARK_EXECUTOR_MEMORY_MB in the environment.
     ExecutorMemory { mb: String, daemon: bool },
+    /// The shim failed call number `ordinal` of its kind in `pid` (`process`: "daemon", "worker"
+    /// for the task's worker, or "process" for another one), via the libc function `via`.
+    CallFailed {
+        task: Option<usize>,
+        pid: i32,
+        process: String,
+        call: String,
+        via: String,
+        ordinal: u64,
+        fd: i32,
+        errno: i32,
+        bytes_before: u64,
+    },
+    /// The shim cut a call short so that a byte schedule ends exactly at its count.
+    CallShortened {
+        task: Option<usize>,
+        pid: i32,
+        call: String,
+        ordinal: u64,
+        len: u64,
+        to: u64,
+    },
+    /// After a task in which the fault fired: what became of its worker and what fakejvm got.
+    TaskThen {
+        task: usize,
+        pid: Option<i32>,
+        worker: Option<Observed>,
+        outcome: String,
+    },
+    /// The child of the daemon's fork `ordinal` held itself before writing its pid: stopped
+    /// (`stall_ms` None) or sleeping.
+    ChildHeld {
+        task: Option<usize>,
+        ordinal: u64,
+        pid: i32,
+        stall_ms: Option<u64>,
+    },
+    ChildResumed {
+        task: Option<usize>,
+        ordinal: u64,
+        pid: i32,
+    },
+    /// Descriptors below `below` taken at start in `pid` (`failed`: refused, e.g. past the limit).
+    FdsFilled {
+        pid: i32,
+        below: u64,
+        opened: u64,
+        failed: u64,
+    },
+    /// The lowest socket descriptor the daemon held after the last task.
+    DaemonSockets {
+        pid: i32,
+        lowest_fd: Option<i32>,
+        open_fds: usize,
+    },
+    /// The RLIMIT_NOFILE soft limit fakejvm set.
+    RlimitNofileSet { limit: u64, daemon: bool },
+    /// A process held by the fault was still there after the daemon's shutdown (pid, command
+    /// line, state); shutdown's SIGKILL to the group then ended it (`gone`) or not.
+    SurvivedShutdown {
+        pid: i32,
+        cmdline: String,
+        state: Option<char>,
+        gone: bool,
+    },
 }
 
 fn when(task: &Option<usize>) -> String {
@@ -169,6 +234,124 @@ impl fmt::Display for Event {
                     "each direct worker's environment"
                 };
                 write!(f, "PYSPARK_EXECUTOR_MEMORY_MB={mb} in {on}")
+            }
+            Event::CallFailed {
+                task,
+                pid,
+                process,
+                call,
+                via,
+                ordinal,
+                fd,
+                errno,
+                bytes_before,
+            } => {
+                write!(f, "{}: {process} {pid}: {call} #{ordinal} ({via}", when(task))?;
+                if *fd >= 0 {
+                    write!(f, " on socket fd {fd}")?;
+                }
+                write!(
+                    f,
+                    ") failed with errno {errno} ({}), injected",
+                    errno_label(*errno)
+                )?;
+                if call == "send" || call == "recv" {
+                    write!(f, ", after {bytes_before} byte(s) of {call}")?;
+                }
+                Ok(())
+            }
+            Event::CallShortened {
+                task,
+                pid,
+                call,
+                ordinal,
+                len,
+                to,
+            } => write!(
+                f,
+                "{}: pid {pid}: {call} #{ordinal} of {len} byte(s) cut to {to}, to end at the byte count",
+                when(task)
+            ),
+            Event::TaskThen {
+                task,
+                pid,
+                worker,
+                outcome,
+            } => {
+                write!(f, "task {task} then: ")?;
+                if let (Some(p), Some(w)) = (pid, worker) {
+                    write!(f, "worker {p} {w}; ")?;
+                }
+                write!(f, "fakejvm got: {outcome}")
+            }
+            Event::ChildHeld {
+                task,
+                ordinal,
+                pid,
+                stall_ms,
+            } => match stall_ms {
+                None => write!(
+                    f,
+                    "{}: the child {pid} of fork #{ordinal} stopped itself (SIGSTOP) before writing its pid",
+                    when(task)
+                ),
+                Some(ms) => write!(
+                    f,
+                    "{}: the child {pid} of fork #{ordinal} sleeps {ms} ms before writing its pid",
+                    when(task)
+                ),
+            },
+            Event::ChildResumed { task, ordinal, pid } => write!(
+                f,
+                "{}: the child {pid} of fork #{ordinal} went on",
+                when(task)
+            ),
+            Event::FdsFilled {
+                pid,
+                below,
+                opened,
+                failed,
+            } => {
+                write!(f, "pid {pid} started with descriptors 0..{} open ({opened} of them /dev/null, inheritable)", below.saturating_sub(1))?;
+                if *failed > 0 {
+                    write!(f, "; {failed} could not be opened")?;
+                }
+                Ok(())
+            }
+            Event::DaemonSockets {
+                pid,
+                lowest_fd,
+                open_fds,
+            } => match lowest_fd {
+                Some(fd) => write!(f, "after the last task the daemon {pid} held {open_fds} descriptors; its lowest socket is fd {fd}"),
+                None => write!(f, "after the last task the daemon {pid} held {open_fds} descriptors, no socket"),
+            },
+            Event::RlimitNofileSet { limit, daemon } => {
+                let on = if *daemon {
+                    "the daemon (its forked workers inherit it)"
+                } else {
+                    "each direct worker"
+                };
+                write!(f, "fakejvm set the RLIMIT_NOFILE soft limit to {limit} on {on}")
+            }
+            Event::SurvivedShutdown {
+                pid,
+                cmdline,
+                state,
+                gone,
+            } => {
+                let state = match state {
+                    Some('T') => "stopped".to_string(),
+                    Some('S') => "sleeping".to_string(),
+                    Some(s) => format!("state {s}"),
+                    None => "state unknown".to_string(),
+                };
+                write!(f, "after the daemon's shutdown pid {pid} `{cmdline}` was still there ({state}); ")?;
+                if *gone {
+                    write!(f, "SIGKILL to its group ended it")
+                } else {
+                    write!(f, "it is STILL ALIVE after SIGKILL")
+                }
             }
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! Three families of faults:
 //! - launch faults, applied when the daemon (or direct worker) starts: `fork_fail`, `rlimit_as`,
-//!   `executor_memory`;
+//!   `executor_memory`, `syscall_fail`, `open_descriptors`, `rlimit_nofile`, `stop_child`;
 //! - socket faults on one task's request, placed at a protocol position: `split_writes`, `delay`,
 //!   `truncate`, `reset`, `half_close`;
 //! - process faults, performed when the request reaches a protocol position: `kill_worker`,
@@ -34,6 +34,41 @@ pub enum Fault {
     /// string to see what the worker makes of it).
     ExecutorMemory {
         mb: EnvValue,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+    /// A system call of the daemon or of each worker fails on a schedule (the LD_PRELOAD shim):
+    /// send/recv on a socket, close of a socket, the daemon's accept and select/poll.
+    SyscallFail {
+        #[serde(default)]
+        process: ShimProcess,
+        call: Syscall,
+        errno: Errno,
+        schedule: CallSchedule,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+    /// The daemon (or each direct worker) starts with descriptors 0..count-1 all open and
+    /// inheritable, so every descriptor it makes is numbered `count` or more.
+    OpenDescriptors {
+        count: u32,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+    /// fakejvm sets the RLIMIT_NOFILE soft limit on the daemon (its forks inherit it) or on each
+    /// direct worker.
+    RlimitNofile {
+        limit: u64,
+        #[serde(default)]
+        expect: FateExpect,
+    },
+    /// The child of the daemon's fork number `fork` stops itself (SIGSTOP) right after fork(),
+    /// before it writes its pid; with `stall_ms` it sleeps that long instead, then goes on.
+    StopChild {
+        #[serde(default = "first_fork")]
+        fork: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stall_ms: Option<u64>,
         #[serde(default)]
         expect: FateExpect,
     },
@@ -131,11 +166,21 @@ pub enum Fault {
     },
 }
 
+fn first_fork() -> u32 {
+    1
+}
+
 impl Fault {
     /// The task a socket or process fault acts on; None for launch faults.
     pub fn task(&self) -> Option<usize> {
         match self {
-            Fault::ForkFail { .. } | Fault::RlimitAs { .. } | Fault::ExecutorMemory { .. } => None,
+            Fault::ForkFail { .. }
+            | Fault::RlimitAs { .. }
+            | Fault::ExecutorMemory { .. }
+            | Fault::SyscallFail { .. }
+            | Fault::OpenDescriptors { .. }
+            | Fault::RlimitNofile { .. }
+            | Fault::StopChild { .. } => None,
             Fault::SplitWrites { task, .. }
             | Fault::Delay { task, .. }
             | Fault::Truncate { task, .. }
@@ -154,6 +199,10 @@ impl Fault {
             Fault::ForkFail { expect, .. }
             | Fault::RlimitAs { expect, .. }
             | Fault::ExecutorMemory { expect, .. }
+            | Fault::SyscallFail { expect, .. }
+            | Fault::OpenDescriptors { expect, .. }
+            | Fault::RlimitNofile { expect, .. }
+            | Fault::StopChild { expect, .. }
             | Fault::SplitWrites { expect, .. }
             | Fault::Delay { expect, .. }
             | Fault::Truncate { expect, .. }
@@ -193,6 +242,34 @@ impl Fault {
             Fault::ExecutorMemory { mb, .. } => {
                 format!("executor_memory PYSPARK_EXECUTOR_MEMORY_MB={}", mb.0)
             }
+            Fault::SyscallFail {
+                process,
+                call,
+                errno,
+                schedule,
+                ..
+            } => format!(
+                "syscall_fail: the {process}'s {} fails with {errno} on {}",
+                call.name(),
+                schedule.describe(call.name())
+            ),
+            Fault::OpenDescriptors { count, .. } => {
+                format!(
+                    "open_descriptors: 0..{} open at start",
+                    count.saturating_sub(1)
+                )
+            }
+            Fault::RlimitNofile { limit, .. } => format!("rlimit_nofile {limit}"),
+            Fault::StopChild {
+                fork,
+                stall_ms: None,
+                ..
+            } => format!("stop_child: SIGSTOP the child of fork #{fork} before its pid"),
+            Fault::StopChild {
+                fork,
+                stall_ms: Some(ms),
+                ..
+            } => format!("stop_child: stall the child of fork #{fork} {ms} ms before its pid"),
             Fault::SplitWrites {
                 chunk, from, to, ..
             } => {
@@ -265,49 +342,60 @@ impl ForkSchedule {
 impl TryFrom<serde_json::Value> for ForkSchedule {
     type Error = String;
     fn try_from(v: serde_json::Value) -> Result<Self, String> {
-        const HELP: &str =
-            "expected \"every\", {\"nth\": [1, 2]} or {\"probability\": 0.5, \"seed\": 7}";
-        if v.as_str() == Some("every") {
-            return Ok(ForkSchedule::Every);
-        }
-        let Some(obj) = v.as_object() else {
-            return Err(format!("bad fork schedule {v}: {HELP}"));
-        };
-        if let Some(nth) = obj.get("nth") {
-            if obj.len() != 1 {
-                return Err(format!(
-                    "bad fork schedule {v}: `nth` takes no other field; {HELP}"
-                ));
-            }
-            let list: Option<Vec<u32>> = nth.as_array().and_then(|a| {
-                a.iter()
-                    .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
-                    .collect()
-            });
-            return match list {
-                Some(l) if !l.is_empty() && l.iter().all(|&n| n >= 1) && l.len() <= 64 => Ok(ForkSchedule::Nth(l)),
-                _ => Err(format!("bad fork schedule {v}: `nth` is a list of 1 to 64 fork numbers, counting from 1")),
-            };
-        }
-        if let Some(p) = obj.get("probability") {
-            let unknown: Vec<&String> = obj
-                .keys()
-                .filter(|k| *k != "probability" && *k != "seed")
-                .collect();
-            if !unknown.is_empty() {
-                return Err(format!(
-                    "bad fork schedule {v}: unknown field(s) {unknown:?}; {HELP}"
-                ));
-            }
-            let probability = p.as_f64().filter(|p| (0.0..=1.0).contains(p));
-            let seed = obj.get("seed").map(|s| s.as_u64()).unwrap_or(Some(0));
-            return match (probability, seed) {
-                (Some(probability), Some(seed)) => Ok(ForkSchedule::Random { probability, seed }),
-                _ => Err(format!("bad fork schedule {v}: `probability` is in 0..=1 and `seed` a non-negative integer")),
-            };
-        }
-        Err(format!("bad fork schedule {v}: {HELP}"))
+        parse_schedule(&v, "fork", "")
     }
+}
+
+/// `"every"`, `{"nth": [...]}` or `{"probability": p, "seed": s}`, for fork (`what`) or call
+/// schedules; `more_help` names the forms only the caller knows.
+fn parse_schedule(
+    v: &serde_json::Value,
+    what: &str,
+    more_help: &str,
+) -> Result<ForkSchedule, String> {
+    let help = format!(
+        "expected \"every\", {{\"nth\": [1, 2]}}{more_help} or {{\"probability\": 0.5, \"seed\": 7}}"
+    );
+    if v.as_str() == Some("every") {
+        return Ok(ForkSchedule::Every);
+    }
+    let Some(obj) = v.as_object() else {
+        return Err(format!("bad {what} schedule {v}: {help}"));
+    };
+    if let Some(nth) = obj.get("nth") {
+        if obj.len() != 1 {
+            return Err(format!(
+                "bad {what} schedule {v}: `nth` takes no other field; {help}"
+            ));
+        }
+        let list: Option<Vec<u32>> = nth.as_array().and_then(|a| {
+            a.iter()
+                .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
+                .collect()
+        });
+        return match list {
+            Some(l) if !l.is_empty() && l.iter().all(|&n| n >= 1) && l.len() <= 64 => Ok(ForkSchedule::Nth(l)),
+            _ => Err(format!("bad {what} schedule {v}: `nth` is a list of 1 to 64 {what} numbers, counting from 1")),
+        };
+    }
+    if let Some(p) = obj.get("probability") {
+        let unknown: Vec<&String> = obj
+            .keys()
+            .filter(|k| *k != "probability" && *k != "seed")
+            .collect();
+        if !unknown.is_empty() {
+            return Err(format!(
+                "bad {what} schedule {v}: unknown field(s) {unknown:?}; {help}"
+            ));
+        }
+        let probability = p.as_f64().filter(|p| (0.0..=1.0).contains(p));
+        let seed = obj.get("seed").map(|s| s.as_u64()).unwrap_or(Some(0));
+        return match (probability, seed) {
+            (Some(probability), Some(seed)) => Ok(ForkSchedule::Random { probability, seed }),
+            _ => Err(format!("bad {what} schedule {v}: `probability` is in 0..=1 and `seed` a non-negative integer")),
+        };
+    }
+    Err(format!("bad {what} schedule {v}: {help}"))
 }
 
 impl From<ForkSchedule> for serde_json::Value {
@@ -318,6 +406,125 @@ impl From<ForkSchedule> for serde_json::Value {
             ForkSchedule::Random { probability, seed } => {
                 serde_json::json!({ "probability": probability, "seed": seed })
             }
+        }
+    }
+}
+
+/// Which process a `syscall_fail` acts in: the daemon, or every worker (a daemon's forked
+/// children; in direct modes the process fakejvm starts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShimProcess {
+    Daemon,
+    #[default]
+    Worker,
+}
+
+impl std::fmt::Display for ShimProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ShimProcess::Daemon => "daemon",
+            ShimProcess::Worker => "worker",
+        })
+    }
+}
+
+/// The calls `syscall_fail` can fail. `send` is every way bytes leave through a socket (send,
+/// sendto, sendmsg, write: a daemon's worker writes through os.fdopen, a direct one through
+/// socket.makefile), `recv` every way they arrive (recv, recvfrom, recvmsg, read); both and
+/// `close` count socket descriptors only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Syscall {
+    Send,
+    Recv,
+    Close,
+    Accept,
+    Select,
+    Poll,
+}
+
+impl Syscall {
+    pub fn shim(self) -> forkfail::Call {
+        match self {
+            Syscall::Send => forkfail::Call::Send,
+            Syscall::Recv => forkfail::Call::Recv,
+            Syscall::Close => forkfail::Call::Close,
+            Syscall::Accept => forkfail::Call::Accept,
+            Syscall::Select => forkfail::Call::Select,
+            Syscall::Poll => forkfail::Call::Poll,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.shim().name()
+    }
+}
+
+/// When a call fails: a fork schedule's forms (ordinals count that call in the process, from its
+/// start or its fork) or `{"after_bytes": N}`: every send (or recv) once N bytes have gone
+/// through, the call that would cross N cut to end exactly there.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+pub enum CallSchedule {
+    Calls(ForkSchedule),
+    AfterBytes(u64),
+}
+
+impl CallSchedule {
+    /// The shim's schedule value.
+    pub fn shim_value(&self) -> String {
+        match self {
+            CallSchedule::Calls(s) => s.shim_value(),
+            CallSchedule::AfterBytes(n) => format!("bytes:{n}"),
+        }
+    }
+
+    /// Whether every call is failed from some point on (a retried EINTR would then spin).
+    pub fn fails_forever(&self) -> bool {
+        match self {
+            CallSchedule::Calls(ForkSchedule::Every) | CallSchedule::AfterBytes(_) => true,
+            CallSchedule::Calls(ForkSchedule::Random { probability, .. }) => *probability >= 1.0,
+            CallSchedule::Calls(ForkSchedule::Nth(_)) => false,
+        }
+    }
+
+    pub fn describe(&self, call: &str) -> String {
+        match self {
+            CallSchedule::Calls(ForkSchedule::Every) => format!("every {call}"),
+            CallSchedule::Calls(ForkSchedule::Nth(n)) => {
+                let list: Vec<String> = n.iter().map(|k| format!("#{k}")).collect();
+                format!("{call} {}", list.join(", "))
+            }
+            CallSchedule::Calls(ForkSchedule::Random { probability, seed }) => {
+                format!("each {call} with probability {probability} (seed {seed})")
+            }
+            CallSchedule::AfterBytes(n) => format!("every {call} after {n} byte(s)"),
+        }
+    }
+}
+
+impl TryFrom<serde_json::Value> for CallSchedule {
+    type Error = String;
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        if let Some(n) = v.as_object().and_then(|o| o.get("after_bytes")) {
+            let single = v.as_object().is_some_and(|o| o.len() == 1);
+            return match n.as_u64() {
+                Some(n) if single => Ok(CallSchedule::AfterBytes(n)),
+                _ => Err(format!(
+                    "bad call schedule {v}: `after_bytes` is a byte count (a non-negative integer) and takes no other field"
+                )),
+            };
+        }
+        parse_schedule(&v, "call", ", {\"after_bytes\": 100}").map(CallSchedule::Calls)
+    }
+}
+
+impl From<CallSchedule> for serde_json::Value {
+    fn from(s: CallSchedule) -> Self {
+        match s {
+            CallSchedule::Calls(s) => s.into(),
+            CallSchedule::AfterBytes(n) => serde_json::json!({ "after_bytes": n }),
         }
     }
 }
@@ -784,10 +991,76 @@ mod tests {
     }
 
     #[test]
+    fn lifecycle_faults_parse_and_refuse_bad_values() {
+        let f = parse(r#"{"kind":"syscall_fail","call":"send","errno":"EPIPE","schedule":{"after_bytes":100}}"#).unwrap();
+        assert_eq!(
+            f,
+            Fault::SyscallFail {
+                process: ShimProcess::Worker,
+                call: Syscall::Send,
+                errno: Errno::new(libc::EPIPE),
+                schedule: CallSchedule::AfterBytes(100),
+                expect: FateExpect::default()
+            }
+        );
+        assert_eq!(
+            f.describe(),
+            "syscall_fail: the worker's send fails with EPIPE (32) on every send after 100 byte(s)"
+        );
+        let f = parse(r#"{"kind":"syscall_fail","process":"daemon","call":"accept","errno":"EMFILE","schedule":{"nth":[1]}}"#).unwrap();
+        assert!(matches!(
+            f,
+            Fault::SyscallFail {
+                schedule: CallSchedule::Calls(ForkSchedule::Nth(_)),
+                ..
+            }
+        ));
+        let f = parse(r#"{"kind":"stop_child"}"#).unwrap();
+        assert_eq!(
+            f,
+            Fault::StopChild {
+                fork: 1,
+                stall_ms: None,
+                expect: FateExpect::default()
+            }
+        );
+        for (bad, says) in [
+            (
+                r#"{"kind":"syscall_fail","call":"sendd","errno":"EPIPE","schedule":{"nth":[1]}}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"kind":"syscall_fail","call":"send","errno":"EPIPE","schedule":{"after_bytes":-1}}"#,
+                "after_bytes",
+            ),
+            (
+                r#"{"kind":"syscall_fail","call":"send","errno":"EPIPE","schedule":{"nth":[0]}}"#,
+                "call numbers, counting from 1",
+            ),
+            (
+                r#"{"kind":"syscall_fail","process":"driver","call":"send","errno":"EPIPE","schedule":"every"}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"kind":"open_descriptors","count":"many"}"#,
+                "invalid type",
+            ),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn round_trips() {
         for s in [
             r#"{"kind":"fork_fail","errno":"ENOMEM","schedule":"every","expect":{"daemon":"alive"}}"#,
             r#"{"kind":"half_close","task":1,"at":{"inside":{"data":0},"offset":6},"direction":"to_worker","expect":{"worker":{"signal":"SIGKILL"}}}"#,
+            r#"{"kind":"syscall_fail","process":"daemon","call":"poll","errno":"EINTR","schedule":{"probability":0.5,"seed":7}}"#,
+            r#"{"kind":"syscall_fail","call":"recv","errno":"ECONNRESET","schedule":{"after_bytes":0}}"#,
+            r#"{"kind":"stop_child","fork":2,"stall_ms":500,"expect":{"worker":"gone"}}"#,
+            r#"{"kind":"open_descriptors","count":1100}"#,
+            r#"{"kind":"rlimit_nofile","limit":64}"#,
         ] {
             let f = parse(s).unwrap();
             let back: Fault = serde_json::from_str(&serde_json::to_string(&f).unwrap()).unwrap();

@@ -898,7 +898,11 @@ mod tests {
                     walk.walked()
                 );
                 last = walk.walked();
-                assert_eq!(dec.offset(), 4, "only the -6 is consumed until the stream is whole");
+                assert_eq!(
+                    dec.offset(),
+                    4,
+                    "only the -6 is consumed until the stream is whole"
+                );
             }
         });
         assert!(err.is_none(), "{err:?}");

@@ -52,6 +52,10 @@ pub struct Scenario {
     /// Per-task deadline in milliseconds (default 30000).
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// How long fakejvm waits for a daemon's worker to send its pid, or a direct worker to
+    /// connect back (default 10000, as Spark waits for a direct worker).
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
     /// Extra environment for the daemon or worker.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -570,6 +574,9 @@ impl Scenario {
     fn validate(&self) -> Result<(), String> {
         if self.tasks.is_empty() {
             return Err("tasks: empty: a scenario needs at least one task".into());
+        }
+        if self.connect_timeout_ms == Some(0) {
+            return Err("connect_timeout_ms: 0 would fail every connection".into());
         }
         if self.deadline_ms == Some(0) {
             return Err("deadline_ms: 0 would make every task a Hang".into());

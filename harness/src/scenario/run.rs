@@ -279,6 +279,11 @@ async fn run_tasks(
         rlimit_as: injector.rlimit_as(),
         daemon_module: sc.daemon_module.clone().map(|m| m.0),
         worker_module: sc.worker_module.clone().map(|m| m.0),
+        rlimit_nofile: injector.rlimit_nofile(),
+        connect_timeout: sc.connect_timeout_ms.map_or(
+            LaunchOptions::default().connect_timeout,
+            Duration::from_millis,
+        ),
         ..LaunchOptions::default()
     };
     let mut workers = match Workers::start(&env.python, launch).await {
@@ -355,6 +360,7 @@ async fn run_tasks(
                         plan: Some(&plan),
                         fired: &[],
                         bytes_sent: 0,
+                        outcome: Some(&outcome),
                     };
                     if let Some(o) = injector.task_ended(&mut workers, end).await {
                         outcome = o;
@@ -454,6 +460,7 @@ async fn run_tasks(
                 plan: Some(&plan),
                 fired: &fired,
                 bytes_sent: result.bytes_sent,
+                outcome: Some(&outcome),
             };
             if let Some(o) = injector.task_ended(&mut workers, end).await {
                 outcome = o;
@@ -489,9 +496,10 @@ async fn run_tasks(
     if !injector.is_empty() {
         injector.finish(&mut workers).await;
     }
-    report.faults = injector.into_reports();
     let shutdown = workers.shutdown(Duration::from_secs(5)).await;
-    report.leftovers = shutdown.leftovers.clone();
+    // A child a fault held (stopped) outlives the daemon by design: that fault reports it.
+    report.leftovers = injector.after_shutdown(shutdown.leftovers.clone()).await;
+    report.faults = injector.into_reports();
     report.daemon_pid = shutdown.daemon_pid;
     report.daemon_exit = shutdown.daemon_exit;
     report.stderr_tail = tail_lines(&shutdown.stderr, 20);

@@ -81,6 +81,9 @@ pub struct LaunchOptions {
     /// The module the daemon forks into (its argv[1], `spark.python.worker.module`) or a direct
     /// worker's `-m` module; None: `pyspark.worker`.
     pub worker_module: Option<String>,
+    /// RLIMIT_NOFILE soft limit for every process we start (at most the hard limit; forked
+    /// workers inherit the daemon's).
+    pub rlimit_nofile: Option<u64>,
 }
 
 impl Default for LaunchOptions {
@@ -93,6 +96,7 @@ impl Default for LaunchOptions {
             rlimit_as: None,
             daemon_module: None,
             worker_module: None,
+            rlimit_nofile: None,
         }
     }
 }
@@ -353,6 +357,7 @@ impl Workers {
         ProcessTweaks {
             extra_env: self.opts.extra_env.clone(),
             rlimit_as: self.opts.rlimit_as,
+            rlimit_nofile: self.opts.rlimit_nofile,
         }
     }
 
@@ -482,7 +487,10 @@ impl Workers {
         tweaks: &ProcessTweaks,
     ) -> Result<Connection, WorkerError> {
         if self.opts.mode.uses_daemon() {
-            if !tweaks.extra_env.is_empty() || tweaks.rlimit_as.is_some() {
+            if !tweaks.extra_env.is_empty()
+                || tweaks.rlimit_as.is_some()
+                || tweaks.rlimit_nofile.is_some()
+            {
                 return Err(WorkerError::WrongMode {
                     what: "per-connection env or rlimit (forked workers inherit the daemon's; set them in LaunchOptions)",
                     mode: self.opts.mode,
@@ -575,6 +583,7 @@ impl Workers {
         let mut all = self.launch_tweaks();
         all.extra_env.extend(tweaks.extra_env.iter().cloned());
         all.rlimit_as = tweaks.rlimit_as.or(all.rlimit_as);
+        all.rlimit_nofile = tweaks.rlimit_nofile.or(all.rlimit_nofile);
 
         let args = self.worker_args();
         let mut cmd = spawn::python_command(&self.python, &args, &env, &all);

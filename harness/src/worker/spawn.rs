@@ -28,6 +28,8 @@ pub struct ProcessTweaks {
     pub extra_env: Vec<(String, String)>,
     /// RLIMIT_AS soft limit in bytes, set between fork and exec.
     pub rlimit_as: Option<u64>,
+    /// RLIMIT_NOFILE soft limit (at most the hard limit), set between fork and exec.
+    pub rlimit_nofile: Option<u64>,
 }
 
 pub(crate) fn python_command(
@@ -55,32 +57,49 @@ pub(crate) fn python_command(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     // Its own process group and our mark come from `groups::spawn_in_group`, which starts it.
-    if let Some(limit) = tweaks.rlimit_as {
+    let limits: Vec<(libc::__rlimit_resource_t, u64)> = [
+        (libc::RLIMIT_AS, tweaks.rlimit_as),
+        (libc::RLIMIT_NOFILE, tweaks.rlimit_nofile),
+    ]
+    .into_iter()
+    .filter_map(|(r, v)| Some((r, v?)))
+    .collect();
+    if !limits.is_empty() {
         // SAFETY: runs in the forked child before exec; getrlimit/setrlimit are async-signal-safe
-        // and the closure allocates nothing.
+        // and the closure allocates nothing (it only reads the vector built before the fork).
         unsafe {
             cmd.pre_exec(move || {
-                let mut current = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                if libc::getrlimit(libc::RLIMIT_AS, &mut current) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // Only the soft limit: lowering the hard one is not needed and needs no privilege
-                // to get wrong.
-                let wanted = libc::rlimit {
-                    rlim_cur: limit.min(current.rlim_max),
-                    rlim_max: current.rlim_max,
-                };
-                if libc::setrlimit(libc::RLIMIT_AS, &wanted) != 0 {
-                    return Err(io::Error::last_os_error());
+                for &(resource, limit) in &limits {
+                    set_soft_limit(resource, limit)?;
                 }
                 Ok(())
             });
         }
     }
     cmd
+}
+
+/// Sets a soft limit, capped at the hard one: lowering the hard limit is not needed, and raising
+/// it needs a privilege.
+fn set_soft_limit(resource: libc::__rlimit_resource_t, limit: u64) -> io::Result<()> {
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(resource, &mut current) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let wanted = libc::rlimit {
+            rlim_cur: limit.min(current.rlim_max),
+            rlim_max: current.rlim_max,
+        };
+        if libc::setrlimit(resource, &wanted) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Everything read from a set of pipes, in arrival order. Bounded: past `CAPTURE_LIMIT` bytes
