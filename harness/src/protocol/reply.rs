@@ -209,7 +209,7 @@ impl ReplyDecoder {
     /// the reads filled, so it is moved to the front of a fresh allocation (16-aligned), where
     /// growing the buffer keeps it: BytesMut reallocates, or moves the data to the front.
     fn align_for_arrow(&mut self) {
-        if self.buf.as_ptr() as usize % 16 != 0 {
+        if !(self.buf.as_ptr() as usize).is_multiple_of(16) {
             let mut fresh = BytesMut::with_capacity(self.buf.len().max(64 * 1024));
             fresh.extend_from_slice(&self.buf);
             self.buf = fresh;
