@@ -803,9 +803,7 @@ fn a_bad_value_in_any_launch_field_is_one_line_before_any_python_runs() {
         ),
         (
             "expect_by_version without a version",
-            format!(
-                r#"{{"tasks":[{{"function":"func = lambda s, it: it","expect":{{"values":[]}},"expect_by_version":[{{"expect":{{"values":[]}},"note":"x"}}]}}]}}"#
-            ),
+            r#"{"tasks":[{"function":"func = lambda s, it: it","expect":{"values":[]},"expect_by_version":[{"expect":{"values":[]},"note":"x"}]}]}"#.to_string(),
             "tasks[0].expect_by_version[0]",
             "`pyspark` and/or `python`",
         ),
