@@ -1,6 +1,8 @@
 """Timing glue for `fakejvm bench`; prints one JSON object on stdout.
 
-    python bench_glue.py worker REQUEST_FILE REPLY_FILE [WARMUP_FILE]
+Every figure is the median of REPEATS timed runs.
+
+    python bench_glue.py worker REPEATS REQUEST_FILE REPLY_FILE [WARMUP_FILE]
         The worker alone: feeds a request stream that fakejvm wrote to a file to the target
         pyspark's worker entry point, output to /dev/null. Times the entry point only (the
         imports happen before the clock starts). With WARMUP_FILE, that task runs first, untimed,
@@ -8,7 +10,7 @@
         request once more with its reply to REPLY_FILE, which fakejvm decodes and checks: a
         worker that raised writes a traceback and exits, and must not pass for a fast run.
 
-    python bench_glue.py spark TEXT_FILE N_INTS [N_DOUBLES MAX_RECORDS_PER_BATCH]
+    python bench_glue.py spark REPEATS TEXT_FILE N_INTS [N_DOUBLES MAX_RECORDS_PER_BATCH]
         A real Spark JVM in local[1]: times textFile(...).map(len).count() and a
         parallelize-based map over N_INTS ints, excluding JVM startup (a warm-up job starts the
         Python worker first) and excluding the driver's pickling of the ints. With N_DOUBLES > 0,
@@ -23,6 +25,12 @@ import sys
 import time
 
 
+def median_of(repeats, run):
+    """The median of `repeats` calls of run(), each returning seconds (the upper middle)."""
+    times = sorted(run() for _ in range(repeats))
+    return times[len(times) // 2]
+
+
 def run_worker(w, path, out):
     with open(path, "rb") as infile, open(out, "wb") as outfile:
         start = time.perf_counter()
@@ -34,12 +42,12 @@ def run_worker(w, path, out):
         return time.perf_counter() - start
 
 
-def worker(path, out, warmup=None):
+def worker(repeats, path, out, warmup=None):
     import pyspark.worker as w
 
     if warmup is not None:
         run_worker(w, warmup, "/dev/null")
-    seconds = run_worker(w, path, "/dev/null")
+    seconds = median_of(repeats, lambda: run_worker(w, path, "/dev/null"))
     run_worker(w, path, out)
     print(json.dumps({"seconds": seconds}))
 
@@ -62,7 +70,7 @@ def arrow_job(spark_session, n):
     return elapsed
 
 
-def spark(text_path, n_ints, n_doubles=0, max_records=10000):
+def spark(repeats, text_path, n_ints, n_doubles=0, max_records=10000):
     from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
@@ -82,20 +90,29 @@ def spark(text_path, n_ints, n_doubles=0, max_records=10000):
         # Starts the daemon and a worker, so the timed jobs measure steady state.
         assert sc.parallelize([1, 2, 3], 1).map(lambda x: x).count() == 3
 
-        start = time.perf_counter()
-        lines = sc.textFile(text_path, 1).map(len).count()
-        text_s = time.perf_counter() - start
+        def text_run():
+            start = time.perf_counter()
+            assert sc.textFile(text_path, 1).map(len).count() >= 0
+            return time.perf_counter() - start
+
+        text_s = median_of(repeats, text_run)
+        lines = sc.textFile(text_path, 1).count()
 
         ints = sc.parallelize(list(range(n_ints)), 1)  # pickled into the JVM here, not timed
-        start = time.perf_counter()
-        n = ints.map(lambda x: x + 1).count()
-        ints_s = time.perf_counter() - start
-        assert n == n_ints, n
+
+        def ints_run():
+            start = time.perf_counter()
+            assert ints.map(lambda x: x + 1).count() == n_ints
+            return time.perf_counter() - start
+
+        ints_s = median_of(repeats, ints_run)
+        n = n_ints
         result.update({"text_seconds": text_s, "text_lines": lines, "ints_seconds": ints_s, "ints": n})
 
         if n_doubles > 0:
             arrow_job(session, 2 * max_records)  # the warm-up, as fakejvm's
-            result.update({"arrow_seconds": arrow_job(session, n_doubles), "doubles": n_doubles})
+            arrow_s = median_of(repeats, lambda: arrow_job(session, n_doubles))
+            result.update({"arrow_seconds": arrow_s, "doubles": n_doubles})
     finally:
         session.stop()
     print(json.dumps(result))
@@ -103,11 +120,11 @@ def spark(text_path, n_ints, n_doubles=0, max_records=10000):
 
 if __name__ == "__main__":
     if sys.argv[1] == "worker":
-        worker(*sys.argv[2:5])
+        worker(int(sys.argv[2]), *sys.argv[3:6])
     elif sys.argv[1] == "spark":
-        spark(sys.argv[2], *map(int, sys.argv[3:6]))
+        spark(int(sys.argv[2]), sys.argv[3], *map(int, sys.argv[4:7]))
     else:
         sys.exit(
-            "usage: bench_glue.py worker REQUEST_FILE REPLY_FILE [WARMUP_FILE]"
-            " | spark TEXT_FILE N_INTS [N_DOUBLES MAX_RECORDS_PER_BATCH]"
+            "usage: bench_glue.py worker REPEATS REQUEST_FILE REPLY_FILE [WARMUP_FILE]"
+            " | spark REPEATS TEXT_FILE N_INTS [N_DOUBLES MAX_RECORDS_PER_BATCH]"
         )
