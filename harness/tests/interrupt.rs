@@ -272,6 +272,9 @@ fn ctrl_c_on_bench_kills_the_spark_jvm_and_its_pyspark_daemon_and_exits_130() {
         "500000",
         "--ints",
         "500000",
+        // A small Arrow row: the fakejvm side runs before the JVM starts, three times over.
+        "--doubles",
+        "20000",
         "--no-worker-alone",
     ];
     let mut run = Run::start(&args, &tag);
