@@ -4,7 +4,6 @@
 //! Data flows one way through these modules, top to bottom: a scenario (or golden, or fuzz case)
 //! becomes a typed request, the request becomes bytes on a socket to a real worker, and the
 //! worker's reply becomes one typed verdict.
-pub mod arrow;
 pub mod atomic;
 pub mod bench;
 pub mod decode;
@@ -12,14 +11,15 @@ pub mod error;
 pub mod faults;
 pub mod fuzz;
 pub mod golden;
-pub mod pickle;
+pub mod payload;
 pub mod protocol;
 pub mod pyenv;
 pub mod report;
 pub mod repro;
 pub mod scenario;
 pub mod session;
-pub mod sqltype;
 pub mod verdict;
 pub mod wire;
 pub mod worker;
+
+pub use payload::{arrow, pickle, sqltype};
