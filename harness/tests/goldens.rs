@@ -883,13 +883,15 @@ impl Drop for KillTaps {
 
 /// The UDF goldens (harness/python/spark_jobs/udf_jobs.py) and the eval type each one's JVM sends:
 /// Spark SQL jobs, recorded for every pinned version where the eval type exists.
-const UDF_GOLDENS: [(&str, fakejvm::protocol::EvalType); 8] = {
+const UDF_GOLDENS: [(&str, fakejvm::protocol::EvalType); 10] = {
     use fakejvm::protocol::EvalType as E;
     [
         ("udf_sql_squared", E::SqlBatchedUdf),
         ("udf_pandas_tokenizer", E::SqlScalarPandasUdf),
         ("udf_grouped_agg_mean", E::SqlGroupedAggPandasUdf),
         ("udf_apply_in_pandas", E::SqlGroupedMapPandasUdf),
+        ("udf_cogroup_apply_in_pandas", E::SqlCogroupedMapPandasUdf),
+        ("udf_window_mean", E::SqlWindowAggPandasUdf),
         ("udf_map_in_pandas", E::SqlMapPandasIterUdf),
         ("udf_map_in_arrow", E::SqlMapArrowIterUdf),
         ("udf_arrow_udf", E::SqlScalarArrowUdf),

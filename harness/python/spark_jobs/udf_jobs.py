@@ -150,6 +150,42 @@ def udf_map_in_arrow(spark):
 
 
 @job
+def udf_cogroup_apply_in_pandas(spark):
+    """SQL_COGROUPED_MAP_PANDAS_UDF (206): cogroup(...).applyInPandas joining two frames by id."""
+    import pandas as pd
+
+    def merge(left, right):
+        return pd.merge(left, right, on="id")
+
+    left = spark.createDataFrame(GROUPS, ("id", "v"))
+    right = spark.createDataFrame([(1, 10.0), (2, 20.0)], ("id", "w"))
+    got = rows(
+        left.groupby("id")
+        .cogroup(right.groupby("id"))
+        .applyInPandas(merge, schema="id long, v double, w double")
+        .orderBy("id", "v")
+    )
+    expect(got, [(i, v, 10.0 * i) for i, v in GROUPS])
+
+
+@job
+def udf_window_mean(spark):
+    """SQL_WINDOW_AGG_PANDAS_UDF (203): a pandas mean over an unbounded window per id."""
+    import pandas as pd
+    from pyspark.sql import Window
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("double")
+    def mean_udf(v: pd.Series) -> float:
+        return v.mean()
+
+    df = spark.createDataFrame(GROUPS, ("id", "v"))
+    w = Window.partitionBy("id").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    got = rows(df.withColumn("m", mean_udf(df["v"]).over(w)).orderBy("id", "v"))
+    expect(got, [(i, v, 1.5 if i == 1 else 6.0) for i, v in GROUPS])
+
+
+@job
 def udf_arrow_udf(spark):
     """SQL_SCALAR_ARROW_UDF (250, pyspark 4.1+): arrow_udf v + 1 over pyarrow arrays."""
     if VERSION < (4, 1):
