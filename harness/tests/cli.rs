@@ -85,6 +85,35 @@ impl MarkingPython {
     }
 }
 
+/// Each scenario text in `cases` (what it shows, text, then what the one line must contain) is
+/// refused by `fakejvm run` with exit 2 and one line naming the file and holding every wanted
+/// text, and no Python ran for any of them. `python` is returned so a caller can go on with it.
+fn assert_refused_before_python(
+    stem: &str,
+    cases: &[(String, String, Vec<&str>)],
+) -> MarkingPython {
+    let python = MarkingPython::new();
+    let d = tempfile::tempdir().unwrap();
+    for (i, (what, text, wanted)) in cases.iter().enumerate() {
+        let f = scenario_file(d.path(), &format!("{stem}{i}.json"), text);
+        let file = f.display().to_string();
+        let mut all = vec![file.as_str()];
+        all.extend(wanted.iter().copied());
+        let line = assert_one_line(
+            &[
+                "run",
+                "--python",
+                python.script.to_str().unwrap(),
+                f.to_str().unwrap(),
+            ],
+            2,
+            &all,
+        );
+        assert!(!python.ran(), "{what}: a Python ran before {line}");
+    }
+    python
+}
+
 const GOOD: &str = r#"{"tasks":[{"function":"func = lambda s, it: it","input":{"encoding":"pickle","values":[1]},"expect":{"values":[1]}}]}"#;
 
 /// One task around `task_fields` (JSON object members without the braces).
@@ -224,23 +253,12 @@ fn a_bad_value_in_any_field_is_one_line_naming_file_and_field_before_any_python_
             "../x.py",
         ),
     ];
-    let python = MarkingPython::new();
+    let cases: Vec<_> = cases
+        .into_iter()
+        .map(|(what, text, field, problem)| (what.to_string(), text, vec![field, problem]))
+        .collect();
+    let python = assert_refused_before_python("bad", &cases);
     let d = tempfile::tempdir().unwrap();
-    for (i, (what, text, field, problem)) in cases.iter().enumerate() {
-        let name = format!("bad{i}.json");
-        let f = scenario_file(d.path(), &name, text);
-        let line = assert_one_line(
-            &[
-                "run",
-                "--python",
-                python.script.to_str().unwrap(),
-                f.to_str().unwrap(),
-            ],
-            2,
-            &[&f.display().to_string(), field, problem],
-        );
-        assert!(!python.ran(), "{what}: a Python ran before {line}");
-    }
     // The same interpreter does run for a good file: the check above can fail.
     let f = scenario_file(d.path(), "good.json", GOOD);
     fakejvm()
@@ -580,22 +598,11 @@ fn a_bad_value_in_any_udf_field_is_one_line_before_any_python_runs() {
             "a list of column values",
         ),
     ];
-    let python = MarkingPython::new();
-    let d = tempfile::tempdir().unwrap();
-    for (i, (what, text, field, problem)) in cases.iter().enumerate() {
-        let f = scenario_file(d.path(), &format!("badudf{i}.json"), text);
-        let line = assert_one_line(
-            &[
-                "run",
-                "--python",
-                python.script.to_str().unwrap(),
-                f.to_str().unwrap(),
-            ],
-            2,
-            &[&f.display().to_string(), field, problem],
-        );
-        assert!(!python.ran(), "{what}: a Python ran before {line}");
-    }
+    let cases: Vec<_> = cases
+        .into_iter()
+        .map(|(what, text, field, problem)| (what.to_string(), text, vec![field, problem]))
+        .collect();
+    assert_refused_before_python("badudf", &cases);
 }
 
 /// A kind the target version lacks, in a scenario whose `requires` lets it run there: bad input
@@ -808,22 +815,11 @@ fn a_bad_value_in_any_launch_field_is_one_line_before_any_python_runs() {
             "`pyspark` and/or `python`",
         ),
     ];
-    let python = MarkingPython::new();
-    let d = tempfile::tempdir().unwrap();
-    for (i, (what, text, field, problem)) in cases.iter().enumerate() {
-        let f = scenario_file(d.path(), &format!("badlaunch{i}.json"), text);
-        let line = assert_one_line(
-            &[
-                "run",
-                "--python",
-                python.script.to_str().unwrap(),
-                f.to_str().unwrap(),
-            ],
-            2,
-            &[&f.display().to_string(), field, problem],
-        );
-        assert!(!python.ran(), "{what}: a Python ran before {line}");
-    }
+    let cases: Vec<_> = cases
+        .into_iter()
+        .map(|(what, text, field, problem)| (what.to_string(), text, vec![field, problem]))
+        .collect();
+    assert_refused_before_python("badlaunch", &cases);
 }
 
 /// A scenario with launch-time files and a custom worker module holds no absolute path: it runs
@@ -956,20 +952,10 @@ fn a_bad_value_in_any_lifecycle_field_is_one_line_before_any_python_runs() {
             "connect_timeout_ms",
         ),
     ];
-    let python = MarkingPython::new();
-    let d = tempfile::tempdir().unwrap();
-    for (i, (text, problem)) in cases.iter().enumerate() {
-        let f = scenario_file(d.path(), &format!("lifecycle{i}.json"), text);
-        let line = assert_one_line(
-            &[
-                "run",
-                "--python",
-                python.script.to_str().unwrap(),
-                f.to_str().unwrap(),
-            ],
-            2,
-            &[&f.display().to_string(), problem],
-        );
-        assert!(!python.ran(), "case {i}: a Python ran before {line}");
-    }
+    let cases: Vec<_> = cases
+        .into_iter()
+        .enumerate()
+        .map(|(i, (text, problem))| (format!("case {i}"), text, vec![problem]))
+        .collect();
+    assert_refused_before_python("lifecycle", &cases);
 }

@@ -7,76 +7,14 @@
 
 mod common;
 use common::*;
-use fakejvm::faults::{fault_lines, Event, FaultReport, Observed, Target};
+use fakejvm::faults::{Event, FaultReport, Observed, Target};
 use fakejvm::scenario::{self, RunOptions, Scenario, ScenarioReport, Status};
 use fakejvm::verdict::Outcome;
-use std::time::{Duration, Instant};
 
-async fn run_suite(version: &str) -> Vec<ScenarioReport> {
-    let env = env_for(version);
-    let filter = std::env::var("FAKEJVM_FAULTS_FILTER").unwrap_or_default();
-    let files =
-        scenario::collect_files(&[repo_root().join("scenarios/faults")]).expect("scenarios/faults");
-    let chosen: Vec<_> = files
-        .iter()
-        .filter(|f| f.to_string_lossy().contains(&filter))
-        .collect();
-    assert!(
-        !chosen.is_empty(),
-        "FAKEJVM_FAULTS_FILTER={filter:?} matches none of the {} fault scenarios",
-        files.len()
-    );
-    let mut out = vec![];
-    for f in chosen {
-        let s = Scenario::load(f).unwrap_or_else(|e| panic!("{e}"));
-        let r = scenario::run_scenario(&env, f, &s, &RunOptions::default()).await;
-        eprintln!("{}", fakejvm::report::scenario_lines(&r));
-        if !r.faults.is_empty() {
-            eprintln!("{}", fault_lines(&r.faults));
-        }
-        out.push(r);
-    }
-    out
-}
-
-/// Every process the suite started is gone: no process is in a daemon's group, and no worker pid
-/// the reports name is alive (zombies count as gone).
-fn assert_nothing_left(reports: &[ScenarioReport]) {
-    let mut groups: Vec<i32> = reports.iter().filter_map(|r| r.daemon_pid).collect();
-    let workers: Vec<i32> = reports
-        .iter()
-        .flat_map(|r| r.tasks.iter().filter_map(|t| t.pid))
-        .collect();
-    // A direct worker leads its own group.
-    groups.extend(
-        reports
-            .iter()
-            .filter(|r| !r.mode.uses_daemon())
-            .flat_map(|r| r.tasks.iter().filter_map(|t| t.pid)),
-    );
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let alive: Vec<String> = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter_map(|pid| {
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-                let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-                let (state, pgrp) = (rest.first()?.to_string(), rest.get(2)?.parse::<i32>().ok()?);
-                let ours = groups.contains(&pgrp) || workers.contains(&pid);
-                (ours && state != "Z").then(|| format!("pid {pid} group {pgrp} state {state}"))
-            })
-            .collect();
-        if alive.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "processes of the fault suite are still alive: {alive:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+const SUITE: Suite = Suite {
+    dir: "scenarios/faults",
+    filter_var: "FAKEJVM_FAULTS_FILTER",
+};
 
 fn fault(r: &ScenarioReport, index: usize) -> &FaultReport {
     r.faults
@@ -85,47 +23,13 @@ fn fault(r: &ScenarioReport, index: usize) -> &FaultReport {
         .unwrap_or_else(|| panic!("{}: no report for fault #{index}", r.name))
 }
 
-fn filtered() -> bool {
-    std::env::var("FAKEJVM_FAULTS_FILTER").is_ok_and(|f| !f.is_empty())
-}
-
 /// The report of scenario `name`: it must be there, unless a filter left it out.
 fn named<'a>(reports: &'a [ScenarioReport], name: &str) -> Option<&'a ScenarioReport> {
-    let found = reports.iter().find(|r| r.name == name);
-    assert!(found.is_some() || filtered(), "no scenario named {name}");
-    found
+    SUITE.named(reports, name)
 }
 
 async fn suite(version: &str, not_applicable: &[&str]) -> Vec<ScenarioReport> {
-    let reports = run_suite(version).await;
-    assert_nothing_left(&reports);
-    let mut problems = vec![];
-    for r in &reports {
-        if !r.leftovers.is_empty() {
-            problems.push(format!("{} leaked processes: {:?}", r.name, r.leftovers));
-        }
-        match &r.status {
-            Status::Passed if not_applicable.contains(&r.name.as_str()) => {
-                problems.push(format!("{} ran but was expected N/A", r.name))
-            }
-            Status::NotApplicable { why } if !not_applicable.contains(&r.name.as_str()) => {
-                problems.push(format!("{} was N/A: {why}", r.name))
-            }
-            Status::Failed => problems.push(format!(
-                "{}\n{}",
-                fakejvm::report::scenario_lines(r),
-                fault_lines(&r.faults)
-            )),
-            _ => {}
-        }
-    }
-    assert!(
-        problems.is_empty(),
-        "pyspark {version}: {} problem(s):\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
-    reports
+    SUITE.run(version, not_applicable).await
 }
 
 /// What every family must show beyond "passed": the facts the issue asks the verdict to state.
@@ -391,5 +295,5 @@ async fn faults_that_cannot_happen_fail_the_scenario_with_the_reason() {
         "{:?}",
         r.tasks[0].outcome
     );
-    assert_nothing_left(&[r]);
+    assert_nothing_left(&[r], "the fault suite");
 }

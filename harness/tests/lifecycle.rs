@@ -8,127 +8,21 @@
 
 mod common;
 use common::*;
-use fakejvm::faults::{fault_lines, Event, Observed};
-use fakejvm::scenario::{self, RunOptions, Scenario, ScenarioReport, Status};
+use fakejvm::faults::{Event, Observed};
+use fakejvm::scenario::ScenarioReport;
 use fakejvm::verdict::Outcome;
-use std::time::{Duration, Instant};
 
-fn filter() -> String {
-    std::env::var("FAKEJVM_LIFECYCLE_FILTER").unwrap_or_default()
-}
-
-async fn run_suite(version: &str) -> Vec<ScenarioReport> {
-    let env = env_for(version);
-    let files = scenario::collect_files(&[repo_root().join("scenarios/lifecycle")])
-        .expect("scenarios/lifecycle");
-    let chosen: Vec<_> = files
-        .iter()
-        .filter(|f| f.to_string_lossy().contains(&filter()))
-        .collect();
-    assert!(
-        !chosen.is_empty(),
-        "FAKEJVM_LIFECYCLE_FILTER={:?} matches none of the {} lifecycle scenarios",
-        filter(),
-        files.len()
-    );
-    let mut out = vec![];
-    for f in chosen {
-        let s = Scenario::load(f).unwrap_or_else(|e| panic!("{e}"));
-        let r = scenario::run_scenario(&env, f, &s, &RunOptions::default()).await;
-        eprintln!("{}", fakejvm::report::scenario_lines(&r));
-        if !r.faults.is_empty() {
-            eprintln!("{}", fault_lines(&r.faults));
-        }
-        out.push(r);
-    }
-    out
-}
-
-/// Every pid the reports name (daemons, task workers, children a fault held) and every process
-/// in a daemon's group is gone; a stopped process counts as alive.
-fn assert_nothing_left(reports: &[ScenarioReport]) {
-    let groups: Vec<i32> = reports.iter().filter_map(|r| r.daemon_pid).collect();
-    let mut pids: Vec<i32> = reports
-        .iter()
-        .flat_map(|r| r.tasks.iter().filter_map(|t| t.pid))
-        .collect();
-    for r in reports {
-        for f in &r.faults {
-            for e in &f.events {
-                if let Event::ChildHeld { pid, .. } | Event::CallFailed { pid, .. } = e {
-                    pids.push(*pid);
-                }
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let alive: Vec<String> = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter_map(|pid| {
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-                let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-                let (state, pgrp) = (rest.first()?.to_string(), rest.get(2)?.parse::<i32>().ok()?);
-                let ours = groups.contains(&pgrp) || pids.contains(&pid);
-                (ours && state != "Z").then(|| format!("pid {pid} group {pgrp} state {state}"))
-            })
-            .collect();
-        if alive.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "processes of the lifecycle suite are still alive: {alive:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+const SUITE: Suite = Suite {
+    dir: "scenarios/lifecycle",
+    filter_var: "FAKEJVM_LIFECYCLE_FILTER",
+};
 
 fn named<'a>(reports: &'a [ScenarioReport], name: &str) -> Option<&'a ScenarioReport> {
-    let found = reports.iter().find(|r| r.name == name);
-    assert!(
-        found.is_some() || !filter().is_empty(),
-        "no scenario named {name}"
-    );
-    found
+    SUITE.named(reports, name)
 }
 
 async fn suite(version: &str, not_applicable: &[&str]) -> Vec<ScenarioReport> {
-    let reports = run_suite(version).await;
-    assert_nothing_left(&reports);
-    let mut problems = vec![];
-    for r in &reports {
-        if !r.leftovers.is_empty() {
-            problems.push(format!("{} leaked processes: {:?}", r.name, r.leftovers));
-        }
-        match &r.status {
-            Status::Passed if not_applicable.contains(&r.name.as_str()) => {
-                problems.push(format!("{} ran but was expected N/A", r.name))
-            }
-            Status::NotApplicable { why } if !not_applicable.contains(&r.name.as_str()) => {
-                problems.push(format!("{} was N/A: {why}", r.name))
-            }
-            Status::Failed => problems.push(format!(
-                "{}\n{}",
-                fakejvm::report::scenario_lines(r),
-                fault_lines(&r.faults)
-            )),
-            _ => {}
-        }
-        for f in &r.faults {
-            if !(f.fired && f.ok) {
-                problems.push(format!("{}: fault #{} {:?}", r.name, f.index, f.problem));
-            }
-        }
-    }
-    assert!(
-        problems.is_empty(),
-        "pyspark {version}: {} problem(s):\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
-    reports
+    SUITE.run(version, not_applicable).await
 }
 
 /// The facts the issue asks the reports to state, beyond "passed".

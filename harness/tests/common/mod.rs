@@ -144,3 +144,149 @@ pub async fn record_reproducer(
     r.save(&path).unwrap();
     (path, r)
 }
+
+/// A suite of fault-style scenarios (scenarios/faults, scenarios/lifecycle) and the environment
+/// variable that narrows it to the files whose name contains its value.
+pub struct Suite {
+    pub dir: &'static str,
+    pub filter_var: &'static str,
+}
+
+impl Suite {
+    fn filter(&self) -> String {
+        std::env::var(self.filter_var).unwrap_or_default()
+    }
+
+    /// Every chosen scenario on `version`, printed with its fault lines; then that every one
+    /// passed (or is N/A exactly for `not_applicable`), leaked nothing, and every fault fired
+    /// and held; then that no process of the suite is left.
+    pub async fn run(&self, version: &str, not_applicable: &[&str]) -> Vec<ScenarioReport> {
+        let env = env_for(version);
+        let files = scenario::collect_files(&[repo_root().join(self.dir)]).expect(self.dir);
+        let filter = self.filter();
+        let chosen: Vec<_> = files
+            .iter()
+            .filter(|f| f.to_string_lossy().contains(&filter))
+            .collect();
+        assert!(
+            !chosen.is_empty(),
+            "{}={filter:?} matches none of the {} scenarios of {}",
+            self.filter_var,
+            files.len(),
+            self.dir
+        );
+        let mut reports = vec![];
+        for f in chosen {
+            let s = Scenario::load(f).unwrap_or_else(|e| panic!("{e}"));
+            let r = scenario::run_scenario(&env, f, &s, &RunOptions::default()).await;
+            eprintln!("{}", fakejvm::report::scenario_lines(&r));
+            if !r.faults.is_empty() {
+                eprintln!("{}", fakejvm::faults::fault_lines(&r.faults));
+            }
+            reports.push(r);
+        }
+        assert_nothing_left(&reports, self.dir);
+        let problems = suite_problems(&reports, not_applicable);
+        assert!(
+            problems.is_empty(),
+            "pyspark {version}: {} problem(s):\n{}",
+            problems.len(),
+            problems.join("\n")
+        );
+        reports
+    }
+
+    /// The report of scenario `name`: it must be there, unless the filter left it out.
+    pub fn named<'a>(
+        &self,
+        reports: &'a [ScenarioReport],
+        name: &str,
+    ) -> Option<&'a ScenarioReport> {
+        let found = reports.iter().find(|r| r.name == name);
+        assert!(
+            found.is_some() || !self.filter().is_empty(),
+            "no scenario named {name} in {}",
+            self.dir
+        );
+        found
+    }
+}
+
+fn suite_problems(reports: &[ScenarioReport], not_applicable: &[&str]) -> Vec<String> {
+    let mut problems = vec![];
+    for r in reports {
+        if !r.leftovers.is_empty() {
+            problems.push(format!("{} leaked processes: {:?}", r.name, r.leftovers));
+        }
+        match &r.status {
+            Status::Passed if not_applicable.contains(&r.name.as_str()) => {
+                problems.push(format!("{} ran but was expected N/A", r.name))
+            }
+            Status::NotApplicable { why } if !not_applicable.contains(&r.name.as_str()) => {
+                problems.push(format!("{} was N/A: {why}", r.name))
+            }
+            Status::Failed => problems.push(format!(
+                "{}\n{}",
+                fakejvm::report::scenario_lines(r),
+                fakejvm::faults::fault_lines(&r.faults)
+            )),
+            _ => {}
+        }
+        for f in &r.faults {
+            if !(f.fired && f.ok) {
+                problems.push(format!("{}: fault #{} {:?}", r.name, f.index, f.problem));
+            }
+        }
+    }
+    problems
+}
+
+/// Every process a suite started is gone: nothing in a daemon's group or a direct worker's, and
+/// no pid the reports name (task workers, children a fault held or saw fail a call) alive; a
+/// stopped process counts as alive, a zombie as gone.
+pub fn assert_nothing_left(reports: &[ScenarioReport], what: &str) {
+    use fakejvm::faults::Event;
+    let mut groups: Vec<i32> = reports.iter().filter_map(|r| r.daemon_pid).collect();
+    // A direct worker leads its own group.
+    groups.extend(
+        reports
+            .iter()
+            .filter(|r| !r.mode.uses_daemon())
+            .flat_map(|r| r.tasks.iter().filter_map(|t| t.pid)),
+    );
+    let mut pids: Vec<i32> = reports
+        .iter()
+        .flat_map(|r| r.tasks.iter().filter_map(|t| t.pid))
+        .collect();
+    for e in reports
+        .iter()
+        .flat_map(|r| &r.faults)
+        .flat_map(|f| &f.events)
+    {
+        if let Event::ChildHeld { pid, .. } | Event::CallFailed { pid, .. } = e {
+            pids.push(*pid);
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let alive: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter_map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+                let (state, pgrp) = (rest.first()?.to_string(), rest.get(2)?.parse::<i32>().ok()?);
+                let ours = groups.contains(&pgrp) || pids.contains(&pid);
+                (ours && state != "Z").then(|| format!("pid {pid} group {pgrp} state {state}"))
+            })
+            .collect();
+        if alive.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processes of {what} are still alive: {alive:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
