@@ -315,9 +315,13 @@ mod tests {
         let (mut child, group) = spawn_in_group(&mut cmd).unwrap();
         let pgid = group.pgid();
         assert!(registered_groups().contains(&pgid));
-        // The shell and its sleep: poll for the fork (never assume it is instant).
+        // The shell and its sleep: poll for the fork (never assume it is instant), and for the
+        // child's exec to settle: while the kernel swaps its memory, /proc/<pid>/environ reads
+        // empty for a moment, which a busy machine can stretch.
         let until = std::time::Instant::now() + Duration::from_secs(30);
-        while group.members().len() < 2 && std::time::Instant::now() < until {
+        let settled =
+            |m: &[(i32, String)]| m.len() == 2 && m.iter().all(|(p, _)| carries_our_mark(*p));
+        while !settled(&group.members()) && std::time::Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
         }
         let members = group.members();
