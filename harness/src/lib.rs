@@ -11,6 +11,7 @@ pub mod error;
 pub mod faults;
 pub mod fuzz;
 pub mod golden;
+pub mod matrix;
 pub mod payload;
 pub mod protocol;
 pub mod pyenv;

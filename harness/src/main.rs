@@ -117,6 +117,8 @@ enum Command {
     Fuzz(fakejvm::fuzz::FuzzArgs),
     /// Replay a reproducer file: exit 0 if it no longer reproduces, 1 if it does.
     Repro(fakejvm::repro::ReproArgs),
+    /// Run scenario files over many (pyspark, Python) envs and print a compatibility table.
+    Matrix(fakejvm::matrix::MatrixArgs),
     /// Throughput: fakejvm vs the worker alone vs a real Spark local[1] JVM, side by side.
     Bench(fakejvm::bench::BenchArgs),
     /// Show or set up the Python env (interpreter, pyspark version, dialect).
@@ -286,6 +288,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
             }
         }
         Command::Bench(args) => fakejvm::bench::bench_cmd(args).await,
+        Command::Matrix(args) => fakejvm::matrix::matrix_cmd(args).await,
         Command::Fuzz(args) => fakejvm::fuzz::fuzz_cmd(args).await,
         Command::Repro(args) => fakejvm::repro::repro_cmd(args).await,
         Command::Record(args) => fakejvm::golden::record_cmd(args).await,

@@ -13,6 +13,7 @@
 mod child;
 mod command;
 mod provision;
+pub mod releases;
 mod udf_command;
 mod version;
 

@@ -1,0 +1,364 @@
+//! The compatibility table: one row per scenario, one column per (pyspark, Python), each cell
+//! the scenario's verdict in that env, and which cells differ from the first column.
+
+use super::versions::PythonMinor;
+use crate::pyenv::PysparkVersion;
+use crate::report;
+use crate::scenario::{ScenarioReport, Status};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Column {
+    pub pyspark: PysparkVersion,
+    pub python: PythonMinor,
+}
+
+impl Column {
+    pub fn label(&self) -> String {
+        format!("{}/py{}", self.pyspark, self.python.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "cell", rename_all = "snake_case")]
+pub enum Cell {
+    /// `notes`: the known, version-specific behaviours (`expect_by_version`) that made it pass;
+    /// such a cell prints as PASS* so a version's difference is never hidden by its expectation.
+    Pass {
+        notes: Vec<String>,
+    },
+    /// `outcome` names what failed first: an outcome kind (`Hang`, `Mismatch`...) for a task,
+    /// `fault`, `stderr` or `leak` when every task was right but the scenario still failed.
+    Fail {
+        outcome: String,
+        verdict: String,
+    },
+    NotApplicable {
+        why: String,
+    },
+}
+
+impl Cell {
+    /// PASS, FAIL (Hang), N/A: what the table prints.
+    pub fn short(&self) -> String {
+        match self {
+            Cell::Pass { notes } if notes.is_empty() => "PASS".into(),
+            Cell::Pass { .. } => "PASS*".into(),
+            Cell::Fail { outcome, .. } => format!("FAIL ({outcome})"),
+            Cell::NotApplicable { .. } => "N/A".into(),
+        }
+    }
+
+    /// Two cells "differ" when their short forms do: a different failure is a difference, the
+    /// same failure in other words is not.
+    fn same_as(&self, other: &Cell) -> bool {
+        self.short() == other.short()
+    }
+
+    pub fn of(r: &ScenarioReport) -> Cell {
+        match &r.status {
+            Status::Passed => Cell::Pass {
+                notes: r
+                    .tasks
+                    .iter()
+                    .filter_map(|t| t.note.as_ref().map(|n| format!("task {}: {n}", t.index)))
+                    .chain(r.notes.iter().cloned())
+                    .collect(),
+            },
+            Status::NotApplicable { why } => Cell::NotApplicable { why: why.clone() },
+            Status::Failed => {
+                let outcome = if let Some(t) = r.tasks.iter().find(|t| !t.ok) {
+                    if t.stderr_unmet.is_empty() {
+                        format!("{:?}", t.outcome.kind())
+                    } else {
+                        "stderr".into()
+                    }
+                } else if !r.stderr_unmet.is_empty() {
+                    "stderr".into()
+                } else if !r.leftovers.is_empty() {
+                    "leak".into()
+                } else {
+                    "fault".into()
+                };
+                Cell::Fail {
+                    outcome,
+                    verdict: report::scenario_lines(r),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// The scenario file, as given on the command line.
+    pub scenario: String,
+    pub cells: Vec<Cell>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Table {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Row>,
+}
+
+/// What one column produced: its scenarios' reports, or why the whole env cannot exist (every
+/// cell of it is then N/A with that reason).
+pub enum ColumnResult {
+    /// `refused`: (file, problem) of scenarios that cannot run on this version as written
+    /// (a UDF kind the version lacks without a `requires` that says so).
+    Ran {
+        reports: Vec<ScenarioReport>,
+        refused: Vec<(String, String)>,
+    },
+    NotApplicable(String),
+}
+
+impl Table {
+    /// `scenarios` fixes the row order; each column's reports are matched to rows by file.
+    pub fn build(scenarios: &[String], columns: Vec<(Column, ColumnResult)>) -> Table {
+        let mut rows: Vec<Row> = scenarios
+            .iter()
+            .map(|s| Row {
+                scenario: s.clone(),
+                cells: vec![],
+            })
+            .collect();
+        let mut cols = vec![];
+        for (col, result) in columns {
+            let (by_file, refused): (BTreeMap<&str, &ScenarioReport>, BTreeMap<&str, &str>) =
+                match &result {
+                    ColumnResult::Ran { reports, refused } => (
+                        reports.iter().map(|r| (r.file.as_str(), r)).collect(),
+                        refused
+                            .iter()
+                            .map(|(f, p)| (f.as_str(), p.as_str()))
+                            .collect(),
+                    ),
+                    ColumnResult::NotApplicable(_) => (BTreeMap::new(), BTreeMap::new()),
+                };
+            for row in &mut rows {
+                let cell = match &result {
+                    ColumnResult::NotApplicable(why) => Cell::NotApplicable { why: why.clone() },
+                    ColumnResult::Ran { .. } => match (
+                        by_file.get(row.scenario.as_str()),
+                        refused.get(row.scenario.as_str()),
+                    ) {
+                        (Some(r), _) => Cell::of(r),
+                        (None, Some(problem)) => Cell::Fail {
+                            outcome: "refused".into(),
+                            verdict: format!("{}: {problem}", row.scenario),
+                        },
+                        (None, None) => Cell::NotApplicable {
+                            why: "not run in this env".into(),
+                        },
+                    },
+                };
+                row.cells.push(cell);
+            }
+            cols.push(col);
+        }
+        Table {
+            columns: cols,
+            rows,
+        }
+    }
+
+    /// (row, column) of every cell that differs from the same row's first column.
+    pub fn differences(&self) -> Vec<(usize, usize)> {
+        let mut out = vec![];
+        for (r, row) in self.rows.iter().enumerate() {
+            let Some(first) = row.cells.first() else {
+                continue;
+            };
+            for (c, cell) in row.cells.iter().enumerate().skip(1) {
+                if !cell.same_as(first) {
+                    out.push((r, c));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let mut n = (0, 0, 0);
+        for cell in self.rows.iter().flat_map(|r| &r.cells) {
+            match cell {
+                Cell::Pass { .. } => n.0 += 1,
+                Cell::Fail { .. } => n.1 += 1,
+                Cell::NotApplicable { .. } => n.2 += 1,
+            }
+        }
+        n
+    }
+
+    /// The table as text: a header of pyspark versions over Python versions, a row per scenario,
+    /// then the cells that differ from the first column, with what they hold.
+    pub fn to_text(&self) -> String {
+        let name_w = self
+            .rows
+            .iter()
+            .map(|r| r.scenario.chars().count())
+            .max()
+            .unwrap_or(8)
+            .max("scenario".len());
+        let widths: Vec<usize> = (0..self.columns.len())
+            .map(|c| {
+                let head = self.columns[c].pyspark.to_string().len();
+                self.rows
+                    .iter()
+                    .map(|r| r.cells[c].short().len())
+                    .max()
+                    .unwrap_or(0)
+                    .max(head)
+                    .max(self.columns[c].python.0.len() + 2)
+            })
+            .collect();
+        let mut out = String::new();
+        let line = |first: &str, cells: Vec<String>| -> String {
+            let mut l = format!("{first:<name_w$}");
+            for (c, text) in cells.into_iter().enumerate() {
+                let _ = write!(l, "  {text:<w$}", w = widths[c]);
+            }
+            l.trim_end().to_string()
+        };
+        out.push_str(&line(
+            "pyspark",
+            self.columns.iter().map(|c| c.pyspark.to_string()).collect(),
+        ));
+        out.push('\n');
+        out.push_str(&line(
+            "python",
+            self.columns
+                .iter()
+                .map(|c| format!("py{}", c.python.0))
+                .collect(),
+        ));
+        out.push('\n');
+        for row in &self.rows {
+            out.push_str(&line(
+                &row.scenario,
+                row.cells.iter().map(Cell::short).collect(),
+            ));
+            out.push('\n');
+        }
+        let (pass, fail, na) = self.counts();
+        let _ = writeln!(
+            out,
+            "{} scenarios x {} envs: {pass} PASS, {fail} FAIL, {na} N/A",
+            self.rows.len(),
+            self.columns.len()
+        );
+        let diffs = self.differences();
+        match self.columns.first() {
+            Some(first) if !diffs.is_empty() => {
+                let _ = writeln!(
+                    out,
+                    "{} cell(s) differ from the first column ({}):",
+                    diffs.len(),
+                    first.label()
+                );
+                for (r, c) in diffs {
+                    let row = &self.rows[r];
+                    let detail = match &row.cells[c] {
+                        Cell::NotApplicable { why } => format!(": {why}"),
+                        Cell::Pass { notes } if !notes.is_empty() => {
+                            format!(": known behaviour, {}", notes.join("; "))
+                        }
+                        _ => String::new(),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  {} on {}: {} (first column: {}){detail}",
+                        row.scenario,
+                        self.columns[c].label(),
+                        row.cells[c].short(),
+                        row.cells[0].short()
+                    );
+                }
+            }
+            Some(first) => {
+                let _ = writeln!(
+                    out,
+                    "no cell differs from the first column ({})",
+                    first.label()
+                );
+            }
+            None => {}
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(v: &str, p: &str) -> Column {
+        Column {
+            pyspark: v.parse().unwrap(),
+            python: PythonMinor(p.into()),
+        }
+    }
+
+    fn table() -> Table {
+        Table {
+            columns: vec![
+                col("4.0.5", "3.11"),
+                col("4.1.4", "3.11"),
+                col("4.1.4", "3.8"),
+            ],
+            rows: vec![
+                Row {
+                    scenario: "core/a.json".into(),
+                    cells: vec![
+                        Cell::Pass { notes: vec![] },
+                        Cell::Pass { notes: vec![] },
+                        Cell::NotApplicable {
+                            why: "no 3.8".into(),
+                        },
+                    ],
+                },
+                Row {
+                    scenario: "core/b.json".into(),
+                    cells: vec![
+                        Cell::Pass { notes: vec![] },
+                        Cell::Fail {
+                            outcome: "Hang".into(),
+                            verdict: "FAIL core/b.json".into(),
+                        },
+                        Cell::Pass { notes: vec![] },
+                    ],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn differences_are_against_the_first_column() {
+        assert_eq!(table().differences(), [(0, 2), (1, 1)]);
+        assert_eq!(table().counts(), (4, 1, 1));
+    }
+
+    #[test]
+    fn text_has_a_row_per_scenario_and_names_the_differences() {
+        let text = table().to_text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("pyspark") && lines[0].contains("4.1.4"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("py3.11") && lines[1].contains("py3.8"),
+            "{text}"
+        );
+        assert!(lines[3].contains("FAIL (Hang)"), "{text}");
+        assert!(
+            text.contains("2 cell(s) differ from the first column (4.0.5/py3.11)"),
+            "{text}"
+        );
+        assert!(text.contains("core/a.json on 4.1.4/py3.8: N/A (first column: PASS): no 3.8"));
+    }
+}
