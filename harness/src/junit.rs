@@ -496,6 +496,74 @@ mod tests {
         }
     }
 
+    /// A golden fakejvm could not replay is an error; one whose worker misbehaved is a failure
+    /// named for the outcome; N/A is skipped with the reason.
+    #[test]
+    fn golden_cases_sort_failures_from_errors() {
+        let golden = |status, outcomes, errors: Vec<&str>| GoldenReport {
+            dir: "golden/pyspark-4.0.5/map_parallelize".into(),
+            pyspark: "4.0.5".into(),
+            dialect: crate::protocol::Dialect::A,
+            mode: crate::worker::Mode::Daemon,
+            tasks: 2,
+            status,
+            differences: vec![],
+            errors: errors.into_iter().map(String::from).collect(),
+            leftovers: vec![],
+            pending: vec![],
+            outcomes,
+            stderr_tail: "Traceback: ]]>".into(),
+            elapsed_ms: 5,
+        };
+        let no_env = golden_case(&golden(
+            GoldenStatus::Failed,
+            vec![],
+            vec!["no Python env with pyspark 4.0.5:\nmissing"],
+        ));
+        assert_eq!(no_env.name, "replay of 2 task(s)");
+        assert!(
+            matches!(&no_env.result, CaseResult::Error { kind, message, .. }
+                if kind == "Harness" && message == "no Python env with pyspark 4.0.5: | missing"),
+            "{no_env:?}"
+        );
+        let died = Outcome::DaemonDied {
+            exit: None,
+            stderr_tail: String::new(),
+        };
+        let died = golden_case(&golden(
+            GoldenStatus::Failed,
+            vec![died.clone(), died],
+            vec!["DaemonDied"],
+        ));
+        assert!(
+            matches!(&died.result, CaseResult::Failure { kind, .. } if kind == "DaemonDied"),
+            "{died:?}"
+        );
+        assert_eq!(died.system_err, "Traceback: ]]>");
+        let na = golden_case(&golden(
+            GoldenStatus::NotApplicable {
+                why: "other".into(),
+            },
+            vec![],
+            vec![],
+        ));
+        assert_eq!(
+            na.result,
+            CaseResult::Skipped {
+                message: "other".into()
+            }
+        );
+        let xml = to_xml(&[Suite {
+            name: "g".into(),
+            properties: vec![],
+            cases: vec![no_env, died, na],
+        }]);
+        assert!(
+            xml.contains(r#"tests="3" failures="1" errors="1" skipped="1""#),
+            "{xml}"
+        );
+    }
+
     #[test]
     fn what_xml_cannot_hold_is_made_visible_and_the_rest_is_escaped() {
         assert_eq!(clean("plain\ttext\n"), Cow::Borrowed("plain\ttext\n"));
