@@ -82,8 +82,8 @@ enum Command {
         /// Golden folders or directories.
         #[arg(long, default_value = "golden")]
         golden: PathBuf,
-        /// --json, --junit: one report of the scenarios and the goldens. --shard: this shard's
-        /// share of each.
+        // --json, --junit: one report of the scenarios and the goldens; --shard: this shard's
+        // share of each.
         #[command(flatten)]
         out: OutputArgs,
     },
