@@ -5,10 +5,12 @@
 use clap::{Args, Parser, Subcommand};
 use fakejvm::decode::{self, StreamDirection};
 use fakejvm::error::{self, env_failure, BadInput, HarnessError};
+use fakejvm::outputs::{self, Entry, OutputArgs, RunDoc, ScenarioPart};
 use fakejvm::protocol::{Dialect, UdfLayout};
 use fakejvm::pyenv::{self, PythonEnv};
 use fakejvm::report::{self, Summary};
 use fakejvm::scenario::{self, RunOptions, Scenario, Status};
+use fakejvm::shard::Shard;
 use fakejvm::worker;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,9 +62,8 @@ enum Command {
         /// Force a request dialect instead of the one of the detected pyspark version.
         #[arg(long)]
         dialect: Option<Dialect>,
-        /// Write a machine-readable report here (written atomically).
-        #[arg(long, value_name = "PATH")]
-        json: Option<PathBuf>,
+        #[command(flatten)]
+        out: OutputArgs,
         /// Override every task's deadline (milliseconds).
         #[arg(long, value_name = "MS")]
         deadline_ms: Option<u64>,
@@ -81,9 +82,10 @@ enum Command {
         /// Golden folders or directories.
         #[arg(long, default_value = "golden")]
         golden: PathBuf,
-        /// Write the scenarios' machine-readable report here (written atomically).
-        #[arg(long, value_name = "PATH")]
-        json: Option<PathBuf>,
+        // --json, --junit: one report of the scenarios and the goldens; --shard: this shard's
+        // share of each.
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Print a captured stream frame by frame as readable text.
     #[command(group(clap::ArgGroup::new("family").required(true).args(["dialect", "pyspark"])))]
@@ -121,6 +123,11 @@ enum Command {
     Matrix(fakejvm::matrix::MatrixArgs),
     /// Throughput: fakejvm vs the worker alone vs a real Spark local[1] JVM, side by side.
     Bench(fakejvm::bench::BenchArgs),
+    /// Work with JSON reports: `report merge` joins the shards of a run (`--shard I/N`).
+    Report {
+        #[command(subcommand)]
+        action: ReportAction,
+    },
     /// Show or set up the Python env (interpreter, pyspark version, dialect).
     Env {
         #[command(flatten)]
@@ -128,6 +135,14 @@ enum Command {
         #[command(subcommand)]
         action: Option<EnvAction>,
     },
+}
+
+#[derive(Subcommand)]
+enum ReportAction {
+    /// Join the JSON reports of a run's N shards: prints the table the unsharded run prints
+    /// and writes one JUnit file (--junit) and one JSON report (--json). A missing or repeated
+    /// shard is bad input (exit 2); exit 1 if anything failed.
+    Merge(fakejvm::merge::MergeArgs),
 }
 
 #[derive(Subcommand)]
@@ -221,7 +236,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
             env,
             paths,
             dialect,
-            json,
+            out,
             deadline_ms,
             transcripts,
         } => {
@@ -230,26 +245,42 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
                 deadline: deadline_ms.map(Duration::from_millis),
                 keep_transcripts: transcripts,
             };
-            run_scenarios(&env, &paths, &opts, json.as_deref()).await
+            let (part, code) = run_scenarios(&env, &paths, &opts, out.shard()).await?;
+            let doc = RunDoc {
+                command: "run".into(),
+                shard: out.shard,
+                scenarios: Some(part),
+                goldens: None,
+            };
+            outputs::write(&[doc], &out)?;
+            Ok(code)
         }
         Command::Check {
             env,
             scenarios,
             golden,
-            json,
+            out,
         } => {
             println!("== scenarios ({})", scenarios.display());
-            let a =
-                run_scenarios(&env, &[scenarios], &RunOptions::default(), json.as_deref()).await?;
+            let (part, a) =
+                run_scenarios(&env, &[scenarios], &RunOptions::default(), out.shard()).await?;
             println!("== goldens ({})", golden.display());
             // With --python (or FAKEJVM_PYTHON), goldens of other pyspark versions are N/A.
-            let b = fakejvm::golden::replay_cmd(fakejvm::golden::ReplayArgs::replay(
-                vec![golden],
-                env.python.clone(),
-            ))
-            .await?;
+            let mut replay = fakejvm::golden::ReplayArgs::replay(vec![golden], env.python.clone());
+            replay.out.shard = out.shard;
+            let (goldens, b) = fakejvm::golden::replay::replay_part(&replay).await?;
+            let doc = RunDoc {
+                command: "check".into(),
+                shard: out.shard,
+                scenarios: Some(part),
+                goldens: Some(goldens),
+            };
+            outputs::write(&[doc], &out)?;
             Ok(a.max(b))
         }
+        Command::Report {
+            action: ReportAction::Merge(args),
+        } => fakejvm::merge::merge_cmd(args),
         Command::Decode {
             file,
             dialect,
@@ -327,12 +358,14 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
     }
 }
 
+/// Run this shard's share of the scenario files under `paths`, printing each verdict as it is
+/// done and then the summary: the scenarios part of the run's report, and the exit code.
 async fn run_scenarios(
     env: &EnvArgs,
     paths: &[PathBuf],
     opts: &RunOptions,
-    json: Option<&std::path::Path>,
-) -> anyhow::Result<u8> {
+    shard: Shard,
+) -> anyhow::Result<(ScenarioPart, u8)> {
     // Parse every file before starting anything: a broken file is exit 2, not a failure.
     let files = scenario::collect_files(paths).map_err(BadInput::from)?;
     if files.is_empty() {
@@ -347,30 +380,51 @@ async fn run_scenarios(
         scenarios.push((f.clone(), Scenario::load(f).map_err(BadInput::from)?));
     }
     let env = resolve_env(env)?;
+    let version = env.pyspark.to_string();
+    let keys: Vec<(String, &str)> = files
+        .iter()
+        .map(|f| (f.display().to_string(), version.as_str()))
+        .collect();
+    let total = scenarios.len();
+    let scenarios: Vec<(usize, (PathBuf, Scenario))> = scenarios
+        .into_iter()
+        .enumerate()
+        .zip(shard.picks(&keys))
+        .filter_map(|(s, picked)| picked.then_some(s))
+        .collect();
+    if shard != Shard::ALL {
+        eprintln!(
+            "fakejvm: shard {shard} runs {} of {total} scenario file(s)",
+            scenarios.len()
+        );
+    }
     // Build every command up front: a function that does not compile is a broken
     // scenario file (exit 2), found before any worker starts. Builds are cached on disk.
-    for (f, s) in &scenarios {
+    for (_, (f, s)) in &scenarios {
         s.check_for(env.pyspark, &env.python_version)
             .map_err(|problem| BadInput::new(f, problem))?;
         scenario::build_tasks(&env, s).map_err(|e| env_failure(Some(f), e))?;
     }
     let mut reports = vec![];
-    for (f, s) in &scenarios {
+    let mut entries = vec![];
+    for (order, (f, s)) in &scenarios {
         let r = scenario::run_scenario(&env, f, s, opts).await;
         println!("{}", report::scenario_lines(&r));
+        entries.push(Entry::scenario(*order, s, &r));
         reports.push(r);
     }
     let summary = Summary::of(&reports);
-    println!("{}", summary.line(&env.pyspark.to_string()));
-    if let Some(path) = json {
-        report::write_json(path, &env.pyspark.to_string(), &env.python, &reports)
-            .map_err(|e| HarnessError::io("write the JSON report", path, e))?;
-    }
-    Ok(if reports.iter().any(|r| r.status == Status::Failed) {
-        1
-    } else {
-        0
-    })
+    println!("{}", summary.line(&version));
+    let part = ScenarioPart {
+        paths: paths.iter().map(|p| p.display().to_string()).collect(),
+        pyspark: version,
+        python: env.python.display().to_string(),
+        python_version: env.python_version.clone(),
+        total,
+        entries,
+    };
+    let failed = reports.iter().any(|r| r.status == Status::Failed);
+    Ok((part, if failed { 1 } else { 0 }))
 }
 
 fn print_env(e: &PythonEnv) {

@@ -1,9 +1,10 @@
-//! Verdicts to text for people and JSON for machines; files are written atomically.
+//! Verdicts to text for people; reports are written atomically. The JSON report and JUnit file
+//! are made in outputs.rs and junit.rs.
 
 use crate::atomic::{self, WriteOptions};
-use crate::scenario::{ScenarioReport, Status};
+use crate::scenario::{ScenarioReport, Status, TaskReport};
 use crate::verdict::Outcome;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// One line per scenario, then the details a person needs for a failure.
@@ -21,17 +22,8 @@ pub fn scenario_lines(r: &ScenarioReport) -> String {
         out.push_str(&format!("\n      not applicable: {why}"));
     }
     for t in &r.tasks {
-        match &t.outcome {
-            // A mismatch already says what was expected and what came instead.
-            Outcome::Mismatch { .. } if !t.ok => {
-                out.push_str(&format!("\n      task {}: {}", t.index, t.outcome))
-            }
-            // Only stderr failed: the outcome itself was the expected one.
-            _ if !t.ok && t.stderr_unmet.is_empty() => out.push_str(&format!(
-                "\n      task {}: expected {}, got {}",
-                t.index, t.expected, t.outcome
-            )),
-            _ => {}
+        if let Some(p) = task_outcome_problem(t) {
+            out.push_str(&format!("\n      task {}: {p}", t.index));
         }
         if let Some(n) = &t.note {
             out.push_str(&format!("\n      task {}: known behaviour, {n}", t.index));
@@ -68,7 +60,21 @@ pub fn scenario_lines(r: &ScenarioReport) -> String {
     out
 }
 
-#[derive(Debug, Default, Serialize)]
+/// What was wrong with a failed task's outcome, in words ("expected X, got Y"); None when the
+/// outcome was the expected one (the task may still fail its `expect_stderr` checks).
+pub fn task_outcome_problem(t: &TaskReport) -> Option<String> {
+    match &t.outcome {
+        // A mismatch already says what was expected and what came instead.
+        Outcome::Mismatch { .. } if !t.ok => Some(t.outcome.to_string()),
+        // Only stderr failed: the outcome itself was the expected one.
+        _ if !t.ok && t.stderr_unmet.is_empty() => {
+            Some(format!("expected {}, got {}", t.expected, t.outcome))
+        }
+        _ => None,
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     pub passed: usize,
     pub failed: usize,
@@ -94,32 +100,6 @@ impl Summary {
             self.passed, self.failed, self.not_applicable
         )
     }
-}
-
-#[derive(Serialize)]
-struct JsonReport<'a> {
-    fakejvm: &'static str,
-    pyspark: &'a str,
-    python: String,
-    summary: Summary,
-    scenarios: &'a [ScenarioReport],
-}
-
-pub fn write_json(
-    path: &Path,
-    pyspark: &str,
-    python: &Path,
-    reports: &[ScenarioReport],
-) -> std::io::Result<()> {
-    let doc = JsonReport {
-        fakejvm: env!("CARGO_PKG_VERSION"),
-        pyspark,
-        python: python.display().to_string(),
-        summary: Summary::of(reports),
-        scenarios: reports,
-    };
-    let bytes = serde_json::to_vec_pretty(&doc).map_err(std::io::Error::other)?;
-    write_atomic(path, &bytes)
 }
 
 /// A report, reproducer or fuzz state file: [`atomic::write_atomic`] with [`WriteOptions::REPORT`].

@@ -12,15 +12,19 @@ use super::bless::{self, NewReply};
 use super::format::{self, Golden};
 use super::normalise::{self, LiveValues};
 use crate::error::BadInput;
+use crate::outputs::{self, Entry, GoldenPart, OutputArgs, RunDoc};
 use crate::pickle;
 use crate::protocol::{
     decode_replies, decode_requests_as, Dialect, Reply, ReplyEnd, ReplyItem, TaskRequest,
 };
 use crate::pyenv;
 use crate::session::{self, SessionOptions, Transcript, WritePlan};
-use crate::verdict::{connect_failure, judge_task, parse_exception, Outcome, WorkerFacts};
+use crate::shard::Shard;
+use crate::verdict::{
+    connect_failure, judge_task, parse_exception, tail_lines, Outcome, WorkerFacts,
+};
 use crate::worker::{LaunchOptions, Mode, Workers};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -65,6 +69,8 @@ pub struct ReplayArgs {
     /// Goldens replayed at once.
     #[arg(long, short = 'j', default_value_t = 2, value_name = "N")]
     pub jobs: usize,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 impl ReplayArgs {
@@ -81,6 +87,7 @@ impl ReplayArgs {
             python,
             deadline_ms: 30_000,
             jobs: 2,
+            out: OutputArgs::default(),
         }
     }
 }
@@ -135,7 +142,33 @@ pub struct GoldenReport {
     /// Passed when its live reply matched, Mismatch when it differed, or what kept it from
     /// completing (WorkerCrashed, Hang, DaemonDied...). Empty when the golden did not run.
     pub outcomes: Vec<Outcome>,
+    /// The end of what the daemon and its workers wrote to stderr (empty when none ran).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stderr_tail: String,
     pub elapsed_ms: u64,
+}
+
+/// The counts a replay ends with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoldenSummary {
+    pub passed: usize,
+    pub blessed: usize,
+    pub failed: usize,
+    pub not_applicable: usize,
+}
+
+impl GoldenSummary {
+    /// The summary line, and where to review what --bless staged (`paths` as given).
+    pub fn lines(&self, paths: &[String]) -> String {
+        let mut out = format!(
+            "{} passed, {} blessed, {} failed, {} n/a\n",
+            self.passed, self.blessed, self.failed, self.not_applicable
+        );
+        if self.blessed > 0 {
+            out.push_str(&format!("review the staged changes: fakejvm replay --review {}; then --accept NAME, --accept-all or --reject NAME\n", paths.join(" ")));
+        }
+        out
+    }
 }
 
 impl GoldenReport {
@@ -154,6 +187,7 @@ impl GoldenReport {
             leftovers: vec![],
             pending: vec![],
             outcomes: vec![],
+            stderr_tail: String::new(),
             elapsed_ms: 0,
         }
     }
@@ -313,17 +347,63 @@ pub async fn replay_cmd(args: ReplayArgs) -> anyhow::Result<u8> {
         || !args.accept.is_empty()
         || !args.reject.is_empty()
     {
+        let o = &args.out;
+        if o.json.is_some() || o.junit.is_some() || o.shard.is_some() {
+            return Err(BadInput::msg(
+                "--json, --junit and --shard are for a replay; --review, --accept and --reject replay nothing",
+            )
+            .into());
+        }
         return review_cmd(&args);
     }
+    let (part, code) = replay_part(&args).await?;
+    let doc = RunDoc {
+        command: "replay".into(),
+        shard: args.out.shard,
+        scenarios: None,
+        goldens: Some(part),
+    };
+    outputs::write(&[doc], &args.out)?;
+    Ok(code)
+}
+
+/// Replay this shard's share of the goldens under `args.paths`, printing each verdict as it is
+/// done and then the summary: the goldens part of the run's report, and the exit code.
+pub async fn replay_part(args: &ReplayArgs) -> anyhow::Result<(GoldenPart, u8)> {
     let dirs = format::collect(&args.paths)?;
-    // Every golden is checked before anything runs: one broken file is exit 2, not a failure.
+    // Every golden is checked before anything runs, in every shard: one broken file is exit 2,
+    // not a failure.
     let mut prepared = vec![];
     for d in &dirs {
         prepared.push(prepare(d)?);
     }
+    let shard = args.out.shard();
+    let keys: Vec<(String, String)> = prepared
+        .iter()
+        .map(|p| {
+            (
+                p.golden.dir.display().to_string(),
+                p.golden.index.pyspark.clone(),
+            )
+        })
+        .collect();
+    let total = prepared.len();
+    let (order, prepared): (Vec<usize>, Vec<Prepared>) = prepared
+        .into_iter()
+        .enumerate()
+        .zip(shard.picks(&keys))
+        .filter_map(|(p, picked)| picked.then_some(p))
+        .unzip();
+    if shard != Shard::ALL {
+        eprintln!(
+            "fakejvm: shard {shard} replays {} of {total} golden(s)",
+            prepared.len()
+        );
+    }
     // So is the interpreter or every golden's env (provisioned if missing): a wrong --python is
     // exit 2, an env that will not provision exit 3, each one line, instead of a failed golden per
-    // version. With --python, goldens of other versions are N/A, so only it is checked.
+    // version. With --python, goldens of other versions are N/A, so only it is checked. A shard
+    // provisions only the envs of its own goldens.
     if let Some(python) = &args.python {
         pyenv::resolve(Some(python), None)
             .map_err(|e| crate::error::env_failure(Some(python), e))?;
@@ -343,26 +423,18 @@ pub async fn replay_cmd(args: ReplayArgs) -> anyhow::Result<u8> {
         println!("{}", r.text())
     })
     .await;
-    let count = |f: fn(&GoldenStatus) -> bool| reports.iter().filter(|r| f(&r.status)).count();
-    let failed = count(|s| *s == GoldenStatus::Failed);
-    let blessed = count(|s| *s == GoldenStatus::Blessed);
-    let na = count(|s| matches!(s, GoldenStatus::NotApplicable { .. }));
-    println!(
-        "{} passed, {blessed} blessed, {failed} failed, {na} n/a",
-        reports.len() - failed - blessed - na
-    );
-    if blessed > 0 {
-        println!("review the staged changes: fakejvm replay --review {}; then --accept NAME, --accept-all or --reject NAME", paths_text(&args.paths));
-    }
-    Ok(if failed > 0 { 1 } else { 0 })
-}
-
-fn paths_text(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(" ")
+    let part = GoldenPart {
+        paths: args.paths.iter().map(|p| p.display().to_string()).collect(),
+        total,
+        entries: order
+            .into_iter()
+            .zip(&reports)
+            .map(|(i, r)| Entry::golden(i, r))
+            .collect(),
+    };
+    print!("{}", part.summary().lines(&part.paths));
+    let failed = reports.iter().any(|r| r.status == GoldenStatus::Failed);
+    Ok((part, if failed { 1 } else { 0 }))
 }
 
 /// `--review`, `--accept`, `--reject`: nothing is replayed.
@@ -738,6 +810,7 @@ async fn run_live(
         out.push(live);
     }
     let shutdown = workers.shutdown(Duration::from_secs(3)).await;
+    report.stderr_tail = tail_lines(&shutdown.stderr, 20);
     report.leftovers = shutdown.leftovers;
     drop(files_dir);
     Ok(out)
@@ -1131,6 +1204,7 @@ mod tests {
             leftovers: vec![],
             pending: vec![],
             outcomes: vec![],
+            stderr_tail: String::new(),
             elapsed_ms: 0,
         }
     }

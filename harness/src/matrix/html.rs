@@ -43,10 +43,10 @@ pub fn page(table: &Table, title: &str) -> String {
         esc(title)
     );
     let (pass, fail, na) = table.counts();
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<p id=\"summary\">{} scenarios &times; {} envs: {pass} PASS, {fail} FAIL, {na} N/A; \
-         {} cell(s) differ from the first column (outlined).</p>\n",
+         {} cell(s) differ from the first column (outlined).</p>",
         table.rows.len(),
         table.columns.len(),
         differs.len()
@@ -67,7 +67,7 @@ pub fn page(table: &Table, title: &str) -> String {
             let class = match cell {
                 Cell::Pass { .. } => "pass",
                 Cell::Fail { .. } => "fail",
-                Cell::NotApplicable { .. } => "na",
+                Cell::NotApplicable { .. } | Cell::Elsewhere => "na",
             };
             let extra = if differs.contains(&(r, c)) {
                 " differs"
@@ -77,6 +77,9 @@ pub fn page(table: &Table, title: &str) -> String {
             match cell {
                 Cell::Pass { notes } if notes.is_empty() => {
                     let _ = write!(h, "<td class=\"{class}{extra}\">PASS</td>");
+                }
+                Cell::Elsewhere => {
+                    let _ = write!(h, "<td class=\"{class}\">-</td>");
                 }
                 _ => {
                     let _ = write!(
@@ -94,6 +97,7 @@ pub fn page(table: &Table, title: &str) -> String {
         for (c, cell) in row.cells.iter().enumerate() {
             let text = match cell {
                 Cell::Pass { notes } if notes.is_empty() => continue,
+                Cell::Elsewhere => continue,
                 Cell::Pass { notes } => {
                     format!("passed, with known behaviour:\n{}", notes.join("\n"))
                 }

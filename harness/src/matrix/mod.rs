@@ -12,14 +12,18 @@ pub mod table;
 pub mod versions;
 
 use crate::error::{BadInput, HarnessError};
+use crate::junit;
+use crate::outputs::{Entry, OutputArgs, RunDoc, ScenarioPart};
+use crate::protocol::Dialect;
 use crate::pyenv::{self, PythonEnv};
 use crate::report;
-use crate::scenario::{self, RunOptions, Scenario};
+use crate::scenario::{self, RunOptions, Scenario, ScenarioReport, Status};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
-use table::{Column, ColumnResult, Table};
+use table::{Cell, Column, Table};
 use versions::PythonMinor;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -37,9 +41,10 @@ pub struct MatrixArgs {
     /// How many envs run their scenarios at once (provisioning is always one at a time).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: u32,
-    /// Write the table, every cell's verdict and each env's timings as JSON (atomically).
-    #[arg(long, value_name = "PATH")]
-    pub json: Option<PathBuf>,
+    /// --json: the table, each env's timings and every cell's report (`report merge` joins the
+    /// shards' ones); --junit: a suite per env; --shard I/N: this runner's share of the cells.
+    #[command(flatten)]
+    pub out: OutputArgs,
     /// Write the table as one self-contained HTML page (atomically).
     #[arg(long, value_name = "PATH")]
     pub html: Option<PathBuf>,
@@ -60,23 +65,26 @@ pub struct ColumnInfo {
     pub run_ms: u64,
 }
 
+/// The JSON report: `runs` (one per env, the form `run --json` writes) is what `report merge`
+/// reads; the rest is the table as printed.
 #[derive(Serialize)]
-struct JsonMatrix<'a> {
+struct MatrixJson<'a> {
     fakejvm: &'static str,
     command: &'a str,
     provision_ms: u64,
     run_ms: u64,
     columns: &'a [ColumnInfo],
     table: &'a Table,
-    differences: Vec<Difference<'a>>,
+    differences: Vec<Difference>,
+    runs: Vec<serde_json::Value>,
 }
 
 #[derive(Serialize)]
-struct Difference<'a> {
-    scenario: &'a str,
-    column: String,
-    cell: String,
-    first_column: String,
+pub struct Difference {
+    pub scenario: String,
+    pub column: String,
+    pub cell: String,
+    pub first_column: String,
 }
 
 /// The columns a spec names, in order: pyspark versions outer, Python inner.
@@ -150,25 +158,50 @@ pub async fn matrix_cmd(args: MatrixArgs) -> anyhow::Result<u8> {
         scenarios.push((f.clone(), Scenario::load(f).map_err(BadInput::from)?));
     }
     let columns = columns_for(&args)?;
+    // A shard takes cells, keyed by (scenario, env): it provisions only the envs it has cells of.
+    let shard = args.out.shard();
+    let keys: Vec<(String, Column)> = columns
+        .iter()
+        .flat_map(|c| {
+            files
+                .iter()
+                .map(move |f| (f.display().to_string(), c.clone()))
+        })
+        .collect();
+    let picks = shard.picks(&keys);
+    let picked: Vec<Vec<bool>> = picks.chunks(files.len()).map(<[bool]>::to_vec).collect();
     let total = columns.len();
     println!(
-        "matrix: {} scenario file(s) x {total} env(s) ({})",
+        "matrix: {} scenario file(s) x {total} env(s) ({}){}",
         scenarios.len(),
         columns
             .iter()
             .map(Column::label)
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        args.out
+            .shard
+            .map(|s| format!(
+                ", shard {s}: {} cell(s)",
+                picks.iter().filter(|p| **p).count()
+            ))
+            .unwrap_or_default()
     );
 
     let started = Instant::now();
-    let bar = progress(total as u64);
+    let wanted = picked.iter().filter(|p| p.contains(&true)).count();
+    let bar = progress(wanted as u64);
     let mut envs = vec![];
-    for col in &columns {
-        bar.set_message(format!("provisioning {}", col.label()));
+    for (col, picks) in columns.iter().zip(&picked) {
         let t0 = Instant::now();
-        let env = env_for(col);
-        bar.inc(1);
+        let env = if picks.contains(&true) {
+            bar.set_message(format!("provisioning {}", col.label()));
+            let env = env_for(col);
+            bar.inc(1);
+            env
+        } else {
+            Err("not in this shard".into())
+        };
         envs.push((col.clone(), env, t0.elapsed()));
     }
     bar.finish_and_clear();
@@ -180,17 +213,49 @@ pub async fn matrix_cmd(args: MatrixArgs) -> anyhow::Result<u8> {
         keep_transcripts: false,
     };
     let run_started = Instant::now();
-    let results = run_columns(envs, &scenarios, &opts, args.jobs as usize, total).await;
+    let ran = run_columns(envs, &scenarios, &picked, &opts, args.jobs as usize).await;
     let run = run_started.elapsed();
 
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let paths: Vec<String> = args.paths.iter().map(|p| p.display().to_string()).collect();
     let mut infos = vec![];
-    let mut built = vec![];
-    for (info, result) in results {
-        built.push((info.column.clone(), result));
-        infos.push(info);
+    let mut cells = vec![];
+    let mut docs = vec![];
+    for c in ran {
+        let entries = c
+            .cells
+            .iter()
+            .map(|(order, report, cell)| {
+                let mut e = Entry::scenario(*order, &scenarios[*order].1, report);
+                if let serde_json::Value::Object(o) = &mut e.json {
+                    o.insert(
+                        "matrix_cell".into(),
+                        serde_json::to_value(cell).expect("cells serialize"),
+                    );
+                }
+                e
+            })
+            .collect();
+        docs.push(RunDoc {
+            command: "matrix".into(),
+            shard: args.out.shard,
+            scenarios: Some(ScenarioPart {
+                paths: paths.clone(),
+                pyspark: c.info.column.pyspark.to_string(),
+                python: c.info.python_path.clone().unwrap_or_default(),
+                python_version: c.info.column.python.0.clone(),
+                total: files.len(),
+                entries,
+            }),
+            goldens: None,
+        });
+        cells.push((
+            c.info.column.clone(),
+            c.cells.into_iter().map(|(o, _, cell)| (o, cell)).collect(),
+        ));
+        infos.push(c.info);
     }
-    let table = Table::build(&names, built);
+    let table = Table::build(&names, cells);
     print!("{}", table.to_text());
     println!(
         "time: provisioning {:.1} s, running {:.1} s ({} job(s))",
@@ -198,34 +263,71 @@ pub async fn matrix_cmd(args: MatrixArgs) -> anyhow::Result<u8> {
         run.as_secs_f64(),
         args.jobs
     );
-    if let Some(path) = &args.json {
-        let diffs = table
-            .differences()
-            .into_iter()
-            .map(|(r, c)| Difference {
-                scenario: &table.rows[r].scenario,
-                column: table.columns[c].label(),
-                cell: table.rows[r].cells[c].short(),
-                first_column: table.rows[r].cells[0].short(),
-            })
-            .collect();
-        let doc = JsonMatrix {
+    if let Some(path) = &args.out.json {
+        let doc = MatrixJson {
             fakejvm: env!("CARGO_PKG_VERSION"),
             command: &command,
             provision_ms: provision.as_millis() as u64,
             run_ms: run.as_millis() as u64,
             columns: &infos,
             table: &table,
-            differences: diffs,
+            differences: differences(&table),
+            runs: docs.iter().map(RunDoc::to_json).collect(),
         };
-        let bytes = serde_json::to_vec_pretty(&doc)?;
-        write(path, &bytes)?;
+        write(path, &serde_json::to_vec_pretty(&doc)?)?;
+    }
+    if let Some(path) = &args.out.junit {
+        let suites: Vec<_> = docs.iter().flat_map(RunDoc::suites).collect();
+        junit::write(path, &suites)
+            .map_err(|e| HarnessError::io("write the JUnit report", path, e))?;
     }
     if let Some(path) = &args.html {
         write(path, html::page(&table, &command).as_bytes())?;
     }
     let (_, failed, _) = table.counts();
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+pub fn differences(table: &Table) -> Vec<Difference> {
+    table
+        .differences()
+        .into_iter()
+        .map(|(r, c)| Difference {
+            scenario: table.rows[r].scenario.clone(),
+            column: table.columns[c].label(),
+            cell: table.rows[r].cells[c].short(),
+            first_column: table.rows[r].cells[0].short(),
+        })
+        .collect()
+}
+
+/// The table of merged matrix shards, rebuilt from the cells each entry carries.
+pub fn table_of_runs(runs: &[RunDoc]) -> Option<Table> {
+    let mut names: Vec<String> = vec![];
+    let mut columns = vec![];
+    for run in runs {
+        if run.command != "matrix" {
+            return None;
+        }
+        let part = run.scenarios.as_ref()?;
+        let col = Column {
+            pyspark: part.pyspark.parse().ok()?,
+            python: PythonMinor(part.python_version.clone()),
+        };
+        let mut cells = std::collections::BTreeMap::new();
+        for e in &part.entries {
+            let cell: table::Cell =
+                serde_json::from_value(e.json.get("matrix_cell")?.clone()).ok()?;
+            let file = e.json.get("file")?.as_str()?.to_string();
+            if names.len() <= e.unit.order {
+                names.resize(e.unit.order + 1, String::new());
+            }
+            names[e.unit.order] = file;
+            cells.insert(e.unit.order, cell);
+        }
+        columns.push((col, cells));
+    }
+    Some(Table::build(&names, columns))
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), HarnessError> {
@@ -245,35 +347,38 @@ fn progress(len: u64) -> indicatif::ProgressBar {
     bar
 }
 
+/// What one env produced: (scenario index, report, cell) for each cell it had.
+struct ColumnRun {
+    info: ColumnInfo,
+    cells: Vec<(usize, ScenarioReport, Cell)>,
+}
+
 /// Run every env's scenarios, `jobs` envs at a time, printing a line per env as it finishes;
 /// results come back in column order.
 async fn run_columns(
     envs: Vec<(Column, Result<PythonEnv, String>, Duration)>,
     scenarios: &[(PathBuf, Scenario)],
+    picked: &[Vec<bool>],
     opts: &RunOptions,
     jobs: usize,
-    total: usize,
-) -> Vec<(ColumnInfo, ColumnResult)> {
+) -> Vec<ColumnRun> {
+    let total = envs.len();
     let local = tokio::task::LocalSet::new();
-    let scenarios = std::rc::Rc::new(scenarios.to_vec());
+    let scenarios = Rc::new(scenarios.to_vec());
     local
         .run_until(async move {
-            let gate = std::rc::Rc::new(tokio::sync::Semaphore::new(jobs));
-            let done = std::rc::Rc::new(std::cell::Cell::new(0usize));
+            let gate = Rc::new(tokio::sync::Semaphore::new(jobs));
+            let done = Rc::new(std::cell::Cell::new(0usize));
             let mut set = tokio::task::JoinSet::new();
             for (index, (col, env, provisioned)) in envs.into_iter().enumerate() {
-                let (gate, scenarios, opts) = (gate.clone(), scenarios.clone(), opts.clone());
-                let done = done.clone();
+                let (gate, scenarios, opts, done) =
+                    (gate.clone(), scenarios.clone(), opts.clone(), done.clone());
+                let picks = picked[index].clone();
                 set.spawn_local(async move {
                     let _permit = gate.acquire().await.expect("the gate is never closed");
                     let t0 = Instant::now();
-                    let (python_path, result) = match env {
-                        Err(why) => (None, ColumnResult::NotApplicable(why)),
-                        Ok(env) => (
-                            Some(env.python.display().to_string()),
-                            run_column(&env, &scenarios, &opts).await,
-                        ),
-                    };
+                    let python_path = env.as_ref().ok().map(|e| e.python.display().to_string());
+                    let cells = run_column(&col, env, &scenarios, &picks, &opts).await;
                     let info = ColumnInfo {
                         label: col.label(),
                         column: col,
@@ -282,55 +387,110 @@ async fn run_columns(
                         run_ms: t0.elapsed().as_millis() as u64,
                     };
                     done.set(done.get() + 1);
-                    println!("[{}/{total}] {}", done.get(), column_line(&info, &result));
-                    (index, info, result)
+                    println!("[{}/{total}] {}", done.get(), column_line(&info, &cells));
+                    (index, ColumnRun { info, cells })
                 });
             }
             let mut out = vec![];
-            while let Some(done) = set.join_next().await {
-                out.push(done.expect("a matrix column task panicked"));
+            while let Some(joined) = set.join_next().await {
+                out.push(joined.expect("a matrix column task panicked"));
             }
-            out.sort_by_key(|(i, _, _)| *i);
-            out.into_iter().map(|(_, i, r)| (i, r)).collect()
+            out.sort_by_key(|(i, _)| *i);
+            out.into_iter().map(|(_, c)| c).collect()
         })
         .await
 }
 
-/// One env: every scenario, as `fakejvm run` would. A scenario that is invalid for this version
-/// (a UDF kind it lacks, a function its pyspark cannot pickle) fails its cell here instead of
-/// stopping the matrix: in a matrix that is a finding about the scenario.
+/// One env: every scenario it has a cell of, as `fakejvm run` would. A scenario that is invalid
+/// for this version (a UDF kind it lacks, a function its pyspark cannot pickle) fails its cell
+/// (`refused`) instead of stopping the matrix: in a matrix that is a finding about the scenario.
 async fn run_column(
-    env: &PythonEnv,
+    col: &Column,
+    env: Result<PythonEnv, String>,
     scenarios: &[(PathBuf, Scenario)],
+    picks: &[bool],
     opts: &RunOptions,
-) -> ColumnResult {
-    let (mut reports, mut refused) = (vec![], vec![]);
-    for (f, s) in scenarios {
+) -> Vec<(usize, ScenarioReport, Cell)> {
+    let mut out = vec![];
+    for (i, (f, s)) in scenarios.iter().enumerate() {
+        if !picks[i] {
+            continue;
+        }
+        let env = match &env {
+            Err(why) => {
+                let status = Status::NotApplicable { why: why.clone() };
+                let r = blank_report(col, f, s, status, vec![]);
+                out.push((i, r, Cell::NotApplicable { why: why.clone() }));
+                continue;
+            }
+            Ok(env) => env,
+        };
         let problem = match s.check_for(env.pyspark, &env.python_version) {
             Err(problem) => Some(problem),
             Ok(()) => scenario::build_tasks(env, s).err().map(|e| e.to_string()),
         };
         match problem {
-            Some(problem) => refused.push((f.display().to_string(), problem)),
-            None => reports.push(scenario::run_scenario(env, f, s, opts).await),
+            Some(problem) => {
+                let problem = format!("cannot run here as written: {problem}");
+                let r = blank_report(col, f, s, Status::Failed, vec![problem.clone()]);
+                let cell = Cell::Fail {
+                    outcome: "refused".into(),
+                    verdict: report::scenario_lines(&r),
+                };
+                out.push((i, r, cell));
+            }
+            None => {
+                let r = scenario::run_scenario(env, f, s, opts).await;
+                let cell = Cell::of(&r);
+                out.push((i, r, cell));
+            }
         }
     }
-    ColumnResult::Ran { reports, refused }
+    out
 }
 
-fn column_line(info: &ColumnInfo, result: &ColumnResult) -> String {
-    match result {
-        ColumnResult::NotApplicable(why) => format!("{}: N/A: {why}", info.label),
-        ColumnResult::Ran { reports, refused } => {
-            let s = report::Summary::of(reports);
-            format!(
-                "{}: {} passed, {} failed, {} not applicable ({:.1} s)",
-                info.label,
-                s.passed,
-                s.failed + refused.len(),
-                s.not_applicable,
-                info.run_ms as f64 / 1000.0
-            )
-        }
+/// The report of a scenario that did not run in this env: N/A, or refused with its problem in
+/// `notes` (the verdict text and JUnit show it).
+fn blank_report(
+    col: &Column,
+    f: &Path,
+    s: &Scenario,
+    status: Status,
+    notes: Vec<String>,
+) -> ScenarioReport {
+    let name = s.name.clone().unwrap_or_else(|| {
+        f.file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    });
+    ScenarioReport {
+        file: f.display().to_string(),
+        name,
+        pyspark: col.pyspark.to_string(),
+        dialect: Dialect::for_version(col.pyspark.major, col.pyspark.minor).unwrap_or(Dialect::D),
+        mode: s.mode,
+        status,
+        tasks: vec![],
+        faults: vec![],
+        leftovers: vec![],
+        notes,
+        stderr_unmet: vec![],
+        daemon_pid: None,
+        daemon_exit: None,
+        stderr_tail: String::new(),
+        elapsed_ms: 0,
     }
+}
+
+fn column_line(info: &ColumnInfo, cells: &[(usize, ScenarioReport, Cell)]) -> String {
+    let count = |f: fn(&Cell) -> bool| cells.iter().filter(|(_, _, c)| f(c)).count();
+    format!(
+        "{}: {} passed, {} failed, {} not applicable ({:.1} s)",
+        info.label,
+        count(|c| matches!(c, Cell::Pass { .. })),
+        count(|c| matches!(c, Cell::Fail { .. })),
+        count(|c| matches!(c, Cell::NotApplicable { .. })),
+        info.run_ms as f64 / 1000.0
+    )
 }

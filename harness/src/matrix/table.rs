@@ -9,7 +9,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 pub struct Column {
     pub pyspark: PysparkVersion,
     pub python: PythonMinor,
@@ -21,7 +21,7 @@ impl Column {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "cell", rename_all = "snake_case")]
 pub enum Cell {
     /// `notes`: the known, version-specific behaviours (`expect_by_version`) that made it pass;
@@ -38,6 +38,8 @@ pub enum Cell {
     NotApplicable {
         why: String,
     },
+    /// Another shard's cell (`--shard`): `report merge` fills it in.
+    Elsewhere,
 }
 
 impl Cell {
@@ -48,6 +50,7 @@ impl Cell {
             Cell::Pass { .. } => "PASS*".into(),
             Cell::Fail { outcome, .. } => format!("FAIL ({outcome})"),
             Cell::NotApplicable { .. } => "N/A".into(),
+            Cell::Elsewhere => "-".into(),
         }
     }
 
@@ -104,21 +107,10 @@ pub struct Table {
     pub rows: Vec<Row>,
 }
 
-/// What one column produced: its scenarios' reports, or why the whole env cannot exist (every
-/// cell of it is then N/A with that reason).
-pub enum ColumnResult {
-    /// `refused`: (file, problem) of scenarios that cannot run on this version as written
-    /// (a UDF kind the version lacks without a `requires` that says so).
-    Ran {
-        reports: Vec<ScenarioReport>,
-        refused: Vec<(String, String)>,
-    },
-    NotApplicable(String),
-}
-
 impl Table {
-    /// `scenarios` fixes the row order; each column's reports are matched to rows by file.
-    pub fn build(scenarios: &[String], columns: Vec<(Column, ColumnResult)>) -> Table {
+    /// `scenarios` fixes the row order; each column's cells are keyed by row. A row a column
+    /// has no cell for (a shard that did not run it) is N/A, saying so.
+    pub fn build(scenarios: &[String], columns: Vec<(Column, BTreeMap<usize, Cell>)>) -> Table {
         let mut rows: Vec<Row> = scenarios
             .iter()
             .map(|s| Row {
@@ -127,36 +119,9 @@ impl Table {
             })
             .collect();
         let mut cols = vec![];
-        for (col, result) in columns {
-            let (by_file, refused): (BTreeMap<&str, &ScenarioReport>, BTreeMap<&str, &str>) =
-                match &result {
-                    ColumnResult::Ran { reports, refused } => (
-                        reports.iter().map(|r| (r.file.as_str(), r)).collect(),
-                        refused
-                            .iter()
-                            .map(|(f, p)| (f.as_str(), p.as_str()))
-                            .collect(),
-                    ),
-                    ColumnResult::NotApplicable(_) => (BTreeMap::new(), BTreeMap::new()),
-                };
-            for row in &mut rows {
-                let cell = match &result {
-                    ColumnResult::NotApplicable(why) => Cell::NotApplicable { why: why.clone() },
-                    ColumnResult::Ran { .. } => match (
-                        by_file.get(row.scenario.as_str()),
-                        refused.get(row.scenario.as_str()),
-                    ) {
-                        (Some(r), _) => Cell::of(r),
-                        (None, Some(problem)) => Cell::Fail {
-                            outcome: "refused".into(),
-                            verdict: format!("{}: {problem}", row.scenario),
-                        },
-                        (None, None) => Cell::NotApplicable {
-                            why: "not run in this env".into(),
-                        },
-                    },
-                };
-                row.cells.push(cell);
+        for (col, mut cells) in columns {
+            for (r, row) in rows.iter_mut().enumerate() {
+                row.cells.push(cells.remove(&r).unwrap_or(Cell::Elsewhere));
             }
             cols.push(col);
         }
@@ -174,7 +139,8 @@ impl Table {
                 continue;
             };
             for (c, cell) in row.cells.iter().enumerate().skip(1) {
-                if !cell.same_as(first) {
+                let elsewhere = matches!(cell, Cell::Elsewhere) || matches!(first, Cell::Elsewhere);
+                if !elsewhere && !cell.same_as(first) {
                     out.push((r, c));
                 }
             }
@@ -189,6 +155,7 @@ impl Table {
                 Cell::Pass { .. } => n.0 += 1,
                 Cell::Fail { .. } => n.1 += 1,
                 Cell::NotApplicable { .. } => n.2 += 1,
+                Cell::Elsewhere => {}
             }
         }
         n

@@ -93,7 +93,9 @@ fn item_text(item: &VersionItem) -> String {
 }
 
 /// A CPython `major.minor` as `--python` names it ("3.12").
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct PythonMinor(pub String);
 
 pub fn parse_python_spec(text: &str) -> Result<Vec<PythonMinor>, String> {

@@ -11,6 +11,8 @@ use fakejvm::scenario::{self, RunOptions, Scenario, ScenarioReport, Status};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod junit_reader;
+
 /// One pinned pyspark per request family: A, B, C, D.
 pub const FAMILIES: [&str; 4] = ["4.0.5", "4.1.4", "4.2.1", "4.3.0"];
 
