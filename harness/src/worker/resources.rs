@@ -434,8 +434,12 @@ impl Tracker {
         if st.is_dead() {
             return 0;
         }
+        // Re-read each time: a forked child shows its parent's command line until it execs. A
+        // read that races the process's exit comes back cut short (a prefix of the real one) or
+        // empty (`[comm]`): neither replaces what was seen.
         let cmdline = procs::cmdline(st.pid);
-        if !cmdline.starts_with('[') || p.cmdline.is_empty() {
+        let cut = cmdline.starts_with('[') || p.cmdline.starts_with(&cmdline);
+        if p.cmdline.is_empty() || !cut {
             p.cmdline = cmdline;
         }
         let rss = st.rss_pages * self.page_kib;
