@@ -7,6 +7,9 @@ use crate::verdict::Outcome;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// A task that spawned more processes than this lists the first ones only in the text report.
+const MAX_PROCESS_LINES: usize = 16;
+
 /// One line per scenario, then the details a person needs for a failure.
 pub fn scenario_lines(r: &ScenarioReport) -> String {
     let tag = match &r.status {
@@ -30,6 +33,18 @@ pub fn scenario_lines(r: &ScenarioReport) -> String {
         }
         for u in &t.stderr_unmet {
             out.push_str(&format!("\n      task {}: expect_stderr: {u}", t.index));
+        }
+        if let Some(u) = &t.resources {
+            out.push_str(&format!("\n      task {}: used: {}", t.index, u.summary()));
+            for p in u.processes.iter().take(MAX_PROCESS_LINES) {
+                out.push_str(&format!("\n        {}", p.line()));
+            }
+            if u.processes.len() > MAX_PROCESS_LINES {
+                out.push_str(&format!(
+                    "\n        ... and {} more (all in the JSON report)",
+                    u.processes.len() - MAX_PROCESS_LINES
+                ));
+            }
         }
     }
     for n in &r.notes {

@@ -4,6 +4,7 @@
 use crate::error::one_line;
 use crate::protocol::{Reply, ReplyEnd};
 use crate::session::{ReadFailure, TaskResult};
+use crate::worker::resources::{Exceeded, ResourceLimits, Usage};
 use crate::worker::{DaemonState, ExitInfo, WorkerError, Workers};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -45,6 +46,14 @@ pub enum Outcome {
     LeakedProcess {
         processes: Vec<(i32, String)>,
     },
+    /// The task's worker used more than its `expect_resources` allow (see
+    /// `worker::resources`), whatever its reply was: that verdict is kept in `reply`.
+    ResourceExceeded {
+        exceeded: Vec<Exceeded>,
+        /// Every process the worker spawned during the task, by pid and command line.
+        processes: Vec<(i32, String)>,
+        reply: Box<Outcome>,
+    },
     /// fakejvm itself failed (could not start Python, bad temp dir...): not a finding about the worker.
     Harness {
         error: String,
@@ -62,6 +71,7 @@ pub enum OutcomeKind {
     Hang,
     DaemonDied,
     LeakedProcess,
+    ResourceExceeded,
     Harness,
 }
 
@@ -76,6 +86,7 @@ impl Outcome {
             Outcome::Hang { .. } => OutcomeKind::Hang,
             Outcome::DaemonDied { .. } => OutcomeKind::DaemonDied,
             Outcome::LeakedProcess { .. } => OutcomeKind::LeakedProcess,
+            Outcome::ResourceExceeded { .. } => OutcomeKind::ResourceExceeded,
             Outcome::Harness { .. } => OutcomeKind::Harness,
         }
     }
@@ -124,6 +135,20 @@ impl fmt::Display for Outcome {
                 write!(f, "LeakedProcess: ")?;
                 let list: Vec<String> = processes.iter().map(|(p, c)| format!("{p} {c}")).collect();
                 write!(f, "{}", list.join("; "))
+            }
+            Outcome::ResourceExceeded {
+                exceeded,
+                processes,
+                reply,
+            } => {
+                let what: Vec<String> = exceeded.iter().map(Exceeded::to_string).collect();
+                write!(f, "ResourceExceeded: {}", what.join(", "))?;
+                // Their command lines are in the report's process lines and the JSON.
+                if !processes.is_empty() {
+                    let pids: Vec<String> = processes.iter().map(|(p, _)| p.to_string()).collect();
+                    write!(f, " (spawned: pids {})", pids.join(", "))?;
+                }
+                write!(f, "; the task itself: {reply}")
             }
             Outcome::Harness { error } => write!(f, "harness error: {error}"),
         }
@@ -319,6 +344,32 @@ pub fn judge_task(
             }
         }
     }
+}
+
+/// What a task's worker used, judged after its reply (`reply`, from [`judge_task`] or
+/// [`connect_failure`]): a limit of `expect_resources` it broke makes the task
+/// `ResourceExceeded` whatever the reply was (the scenario asked for the limit; the reply's own
+/// verdict is kept inside), and processes it spawned that outlived the task (killed since) turn a
+/// task that passed into `LeakedProcess`. fakejvm's own failure stays `Harness`.
+pub fn judge_resources(reply: Outcome, usage: &Usage, limits: Option<&ResourceLimits>) -> Outcome {
+    if reply.kind() == OutcomeKind::Harness {
+        return reply;
+    }
+    let exceeded = limits.map(|l| l.check(usage)).unwrap_or_default();
+    if !exceeded.is_empty() {
+        return Outcome::ResourceExceeded {
+            exceeded,
+            processes: usage.process_list(),
+            reply: Box::new(reply),
+        };
+    }
+    let outlived = usage.outlived();
+    if reply == Outcome::Passed && !outlived.is_empty() {
+        return Outcome::LeakedProcess {
+            processes: outlived,
+        };
+    }
+    reply
 }
 
 /// The one mapping of a failed start or connect (daemon launch, fork, handshake, direct worker

@@ -959,3 +959,49 @@ fn a_bad_value_in_any_lifecycle_field_is_one_line_before_any_python_runs() {
         .collect();
     assert_refused_before_python("lifecycle", &cases);
 }
+
+/// Issue 13 part 9: every bad value of a task's `expect_resources` is one line naming the file
+/// and the field, exit 2, before any Python runs.
+#[test]
+fn a_bad_expect_resources_is_one_line_before_any_python_runs() {
+    let with = |fields: &str| one_task(&format!(r#""expect":{{"outcome":"Passed"}},{fields}"#));
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            with(r#""expect_resources":{}"#),
+            vec!["tasks[0].expect_resources", "empty"],
+        ),
+        (
+            with(r#""expect_resources":{"max_procs":0}"#),
+            vec!["tasks[0].expect_resources", "unknown field `max_procs`"],
+        ),
+        (
+            with(r#""expect_resources":{"max_processes":-1}"#),
+            vec!["tasks[0].expect_resources.max_processes", "invalid value"],
+        ),
+        (
+            with(r#""expect_resources":{"max_rss_mib":"lots"}"#),
+            vec!["tasks[0].expect_resources.max_rss_mib", "invalid type"],
+        ),
+        (
+            with(r#""expect_resources":{"max_rss_mib":0}"#),
+            vec!["tasks[0].expect_resources.max_rss_mib", "0 MiB"],
+        ),
+        (
+            with(r#""expect_resources":{"max_threads":0}"#),
+            vec!["tasks[0].expect_resources.max_threads", "main thread"],
+        ),
+        (
+            one_task(r#""expect":{"outcome":"ResourceExceeded"}"#),
+            vec![
+                "tasks[0].expect.outcome",
+                "needs the task's `expect_resources`",
+            ],
+        ),
+    ];
+    let cases: Vec<_> = cases
+        .into_iter()
+        .enumerate()
+        .map(|(i, (text, wanted))| (format!("case {i}"), text, wanted))
+        .collect();
+    assert_refused_before_python("resources", &cases);
+}

@@ -90,6 +90,7 @@ fn common_checks(reports: &[ScenarioReport]) {
             r.faults[0].events
         );
     }
+    resource_checks(reports);
 }
 
 /// 4.1 and older wait with select(), 4.2+ with poll(): each scenario applies to its side only.
@@ -114,4 +115,61 @@ async fn lifecycle_suite_family_c_pyspark_4_2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_suite_family_d_pyspark_4_3() {
     common_checks(&suite(FAMILIES[3], POLL_ONLY).await);
+}
+
+/// Issue 13 part 9: what each task's worker used is in its verdict; a pool of four is caught by
+/// `expect_resources`, and a process left behind is reported and killed. Counts, never timings:
+/// the sampler reads /proc every few ms, so a process is seen as long as it lives a moment.
+fn resource_checks(reports: &[ScenarioReport]) {
+    use fakejvm::worker::resources::Limit;
+    for r in reports.iter().filter(|r| r.name.starts_with("resources_")) {
+        for t in &r.tasks {
+            let u = t
+                .resources
+                .as_ref()
+                .expect("every connected task has figures");
+            assert_eq!(Some(u.pid), t.pid, "{}: the worker measured", r.name);
+            assert!(
+                u.samples >= 2 && u.peak_rss_kib > 0 && u.peak_threads >= 1,
+                "{u:?}"
+            );
+        }
+    }
+    if let Some(r) = named(reports, "resources_pool_of_four") {
+        let (t, u) = (&r.tasks[0], r.tasks[0].resources.as_ref().unwrap());
+        match &t.outcome {
+            Outcome::ResourceExceeded {
+                exceeded,
+                processes,
+                reply,
+            } => {
+                assert_eq!(**reply, Outcome::Passed, "the pool's task itself completed");
+                assert_eq!(exceeded.len(), 1, "{exceeded:?}");
+                assert_eq!((exceeded[0].what, exceeded[0].limit), (Limit::Processes, 0));
+                assert!((1..=4).contains(&processes.len()), "{processes:?}");
+            }
+            other => panic!("expected ResourceExceeded, got {other}"),
+        }
+        // The pool's processes are the worker's children and were closed with the pool.
+        assert!(
+            u.processes.iter().all(|p| p.ppid == u.pid && !p.outlived),
+            "{:?}",
+            u.processes
+        );
+        assert!(r.tasks[1].resources.as_ref().unwrap().processes.is_empty());
+    }
+    if let Some(r) = named(reports, "resources_process_left_behind") {
+        let u = r.tasks[0].resources.as_ref().unwrap();
+        let sleep = u.processes.iter().find(|p| p.cmdline.contains("sleep 300"));
+        assert!(
+            sleep.is_some_and(|p| p.outlived && p.killed),
+            "{:?}",
+            u.processes
+        );
+        assert!(
+            matches!(&r.tasks[0].outcome, Outcome::LeakedProcess { processes } if processes.len() == 1),
+            "{:?}",
+            r.tasks[0].outcome
+        );
+    }
 }

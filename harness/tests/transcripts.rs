@@ -23,7 +23,7 @@ use std::time::Duration;
 /// inherited FAKEJVM_PYTHON does not (it would override the env under test).
 ///
 /// Redacted: `[MS]` durations, `[PID]` pids, `[ROOT]` this checkout, `[TMP]` the test's temp
-/// dir, `[CACHE]` the env cache dir.
+/// dir, `[CACHE]` the env cache dir, `[MIB]` and `[THREADS]` what a task's worker used.
 fn fakejvm(tmp: &Path) -> Command {
     fakejvm_with(redactions(tmp))
 }
@@ -55,6 +55,11 @@ fn redactions(tmp: &Path) -> Redactions {
         regex::Regex::new(r"\bpid (?<redacted>\d+)").unwrap(),
     )
     .unwrap();
+    // What a task's worker used: memory varies, and a direct worker's threads follow the cores.
+    r.insert("[MIB]", regex::Regex::new(r"\b\d+\.\d MiB\b").unwrap())
+        .unwrap();
+    r.insert("[THREADS]", regex::Regex::new(r"\b\d+ threads?\b").unwrap())
+        .unwrap();
     r
 }
 
@@ -90,17 +95,27 @@ fn check_runs_the_core_scenarios_then_replays_a_golden() {
 == scenarios (scenarios/core)
 PASS  scenarios/core/daemon_cannot_start.json  [daemon_cannot_start | pyspark 4.0.5 | dialect A | Daemon] [MS]
 PASS  scenarios/core/direct_crash.json  [direct_crash | pyspark 4.0.5 | dialect A | Direct] [MS]
+      task 0: used: peak RSS [MIB], CPU [MS] user + [MS] system, [THREADS], no process spawned
 PASS  scenarios/core/direct_hang.json  [direct_hang | pyspark 4.0.5 | dialect A | Direct] [MS]
+      task 0: used: peak RSS [MIB], CPU [MS] user + [MS] system, [THREADS], no process spawned
 PASS  scenarios/core/direct_mode.json  [direct_mode | pyspark 4.0.5 | dialect A | Direct] [MS]
+      task 0: used: peak RSS [MIB], CPU [MS] user + [MS] system, [THREADS], no process spawned
 N/A   scenarios/core/direct_uds_reuse.json  [direct_uds_reuse | pyspark 4.0.5 | dialect A | DirectUds] [MS]
       not applicable: needs pyspark >=4.1, this is 4.0.5
 PASS  scenarios/core/map_double.json  [map_double | pyspark 4.0.5 | dialect A | Daemon] [MS]
+      task 0: used: peak RSS [MIB], CPU [MS] user + [MS] system, [THREADS], no process spawned
 PASS  scenarios/core/multiline_exception.json  [multiline_exception | pyspark 4.0.5 | dialect A | Daemon] [MS]
+      task 0: used: peak RSS [MIB], CPU [MS] user + [MS] system, [THREADS], no process spawned
 PASS  scenarios/core/raises.json  [raises | pyspark 4.0.5 | dialect A | Daemon] [MS]
+      task 0: used: peak RSS [MIB], CPU [MS] user + [MS] system, [THREADS], no process spawned
 PASS  scenarios/core/reuse_two_tasks.json  [reuse_two_tasks | pyspark 4.0.5 | dialect A | Daemon] [MS]
+      task 0: used: peak RSS [MIB], CPU [MS] user + [MS] system, [THREADS], no process spawned
+      task 1: used: peak RSS [MIB], CPU [MS] user + [MS] system, [THREADS], no process spawned
 PASS  scenarios/core/task_context.json  [task_context | pyspark 4.0.5 | dialect A | Daemon] [MS]
       task 0: known behaviour, pyspark 4.0.5: only the last resource survives: worker.py resets the resource dict inside its per-resource loop (3.3-4.1; fixed by the JSON task context in 4.2)
+      task 0: used: peak RSS [MIB], CPU [MS] user + [MS] system, [THREADS], no process spawned
 PASS  scenarios/core/textfile_utf8.json  [textfile_utf8 | pyspark 4.0.5 | dialect A | Daemon] [MS]
+      task 0: used: peak RSS [MIB], CPU [MS] user + [MS] system, [THREADS], no process spawned
 N/A   scenarios/core/uds_daemon.json  [uds_daemon | pyspark 4.0.5 | dialect A | Uds] [MS]
       not applicable: needs pyspark >=4.1, this is 4.0.5
 10 passed, 0 failed, 2 not applicable (pyspark 4.0.5)
@@ -122,6 +137,7 @@ fn run_a_passing_scenario() {
         .code(0)
         .stdout_eq(str![[r#"
 PASS  scenarios/core/map_double.json  [map_double | pyspark 4.0.5 | dialect A | Daemon] [MS]
+      task 0: used: peak RSS [MIB], CPU [MS] user + [MS] system, [THREADS], no process spawned
 1 passed, 0 failed, 0 not applicable (pyspark 4.0.5)
 
 "#]])
@@ -154,6 +170,7 @@ fn run_a_failing_scenario() {
         .stdout_eq(str![[r#"
 FAIL  [TMP]/wrong.json  [wrong | pyspark 4.0.5 | dialect A | Daemon] [MS]
       task 0: Mismatch: expected [2,4,7], got [2,4,6]
+      task 0: used: peak RSS [MIB], CPU [MS] user + [MS] system, [THREADS], no process spawned
 0 passed, 1 failed, 0 not applicable (pyspark 4.0.5)
 
 "#]])

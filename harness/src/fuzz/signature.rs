@@ -77,6 +77,7 @@ impl Signature {
             OutcomeKind::DaemonDied => "daemon-died",
             OutcomeKind::ProtocolViolation => "violation",
             OutcomeKind::LeakedProcess => "leak",
+            OutcomeKind::ResourceExceeded => "resources",
             OutcomeKind::Mismatch => "wrong-output",
             OutcomeKind::Passed => "passed",
             OutcomeKind::Harness => "harness",
@@ -154,6 +155,18 @@ impl Signature {
                 exc_type: None,
                 frames: vec![],
                 detail: Some("a worker outlived its case".into()),
+            },
+            Outcome::ResourceExceeded { exceeded, .. } => Signature {
+                kind,
+                exc_type: None,
+                frames: vec![],
+                detail: Some(
+                    exceeded
+                        .iter()
+                        .map(|e| format!("{:?}", e.what))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
             },
             Outcome::Mismatch { expected, .. } => {
                 let what = if expected.is_string() {

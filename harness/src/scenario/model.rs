@@ -8,6 +8,7 @@ use crate::pickle::{self, PickleError};
 use crate::protocol::UdfLayout;
 use crate::pyenv::{PysparkVersion, SerializerSpec};
 use crate::verdict::OutcomeKind;
+use crate::worker::resources::ResourceLimits;
 use crate::worker::{ExitInfo, Mode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -107,6 +108,10 @@ pub struct Task {
     /// What this task's worker wrote to stderr while the task ran, and its faulthandler dump.
     #[serde(default)]
     pub expect_stderr: Option<StderrExpect>,
+    /// At most this many spawned processes, MiB of RSS, threads (worker::resources); more is a
+    /// `ResourceExceeded` verdict.
+    #[serde(default)]
+    pub expect_resources: Option<ResourceLimits>,
 }
 
 /// Text that stderr must (not) hold. `faulthandler_contains` (tasks only) is checked in the
@@ -740,6 +745,21 @@ impl Task {
         }
         if let Some(e) = &self.expect_stderr {
             e.validate(&format!("{at}.expect_stderr"))?;
+        }
+        match &self.expect_resources {
+            Some(l) => l.validate(&format!("{at}.expect_resources"))?,
+            None => {
+                let wanted = std::iter::once(("expect", &self.expect))
+                    .chain(
+                        self.expect_by_version
+                            .iter()
+                            .map(|v| ("expect_by_version[].expect", &v.expect)),
+                    )
+                    .find(|(_, e)| e.outcome == Some(OutcomeKind::ResourceExceeded));
+                if let Some((field, _)) = wanted {
+                    return Err(format!("{at}.{field}.outcome: ResourceExceeded needs the task's `expect_resources` (the limits it breaks)"));
+                }
+            }
         }
         for (k, v) in &self.context.resources {
             let ok = v

@@ -10,7 +10,10 @@ use crate::protocol::{
 };
 use crate::pyenv::{self, CommandSpec, PythonEnv, SerializerSpec};
 use crate::session::{self, SessionOptions, Transcript};
-use crate::verdict::{connect_failure, judge_task, tail_lines, Outcome, OutcomeKind, WorkerFacts};
+use crate::verdict::{
+    connect_failure, judge_resources, judge_task, tail_lines, Outcome, OutcomeKind, WorkerFacts,
+};
+use crate::worker::resources::{Sampler, Usage, OUTLIVE_GRACE};
 use crate::worker::{Connection, ExitInfo, LaunchOptions, Mode, WorkerError, Workers};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -52,6 +55,9 @@ pub struct TaskReport {
     pub output: Option<serde_json::Value>,
     pub pid: Option<i32>,
     pub elapsed_ms: u64,
+    /// What the worker used while the task ran (none when no worker was connected).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Usage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transcript: Option<Transcript>,
 }
@@ -373,6 +379,7 @@ async fn run_tasks(
         }
         let (c, base) = conn.as_mut().expect("connected above");
         let pid = c.pid;
+        let sampler = Sampler::start(workers.worker_os_pid(pid));
         let mut transcript = Transcript::default();
         // The session writes and reads; the performer does the plan's actions (process and socket
         // faults) when the writer reaches them. Without faults the performer has nothing to do.
@@ -465,6 +472,8 @@ async fn run_tasks(
                 outcome = o;
             }
         }
+        let usage = sampler.finish(OUTLIVE_GRACE).await;
+        outcome = judge_resources(outcome, &usage, task.expect_resources.as_ref());
         let transcript = opts.keep_transcripts.then_some(transcript);
         let mut judged = judge(
             i,
@@ -488,6 +497,7 @@ async fn run_tasks(
             .await;
             judged.ok &= judged.stderr_unmet.is_empty();
         }
+        judged.resources = Some(usage);
         report.tasks.push(judged);
     }
     drop(conn);
@@ -883,6 +893,7 @@ fn judge(
         output,
         pid,
         elapsed_ms: started.elapsed().as_millis() as u64,
+        resources: None,
         transcript,
     }
 }

@@ -13,6 +13,7 @@
 mod groups;
 mod handshake;
 pub(crate) mod procs;
+pub mod resources;
 mod spawn;
 
 pub use groups::{
@@ -826,6 +827,15 @@ impl Workers {
             }
         }
         c.exit
+    }
+
+    /// The OS pid of the worker that reported `pid`: in daemon modes the pid itself (the
+    /// daemon's child sends its own), in direct modes the process fakejvm started.
+    pub fn worker_os_pid(&self, pid: i32) -> i32 {
+        self.direct
+            .iter()
+            .find(|(os_pid, c)| **os_pid == pid || c.reported_pid == Some(pid))
+            .map_or(pid, |(os_pid, _)| *os_pid)
     }
 
     /// The process groups we own now: the daemon's, and one per direct worker.
