@@ -290,6 +290,7 @@ async fn run_tasks(
             LaunchOptions::default().connect_timeout,
             Duration::from_millis,
         ),
+        ..LaunchOptions::default()
     };
     let mut workers = match Workers::start(&env.python, launch).await {
         Ok(w) => w,

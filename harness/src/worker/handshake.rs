@@ -238,14 +238,17 @@ fn check_auth_reply(reply: &[u8]) -> Result<(), WorkerError> {
 
 /// Spark's JVM rejects only `pid < 0`. But when fork() fails with anything other than EAGAIN or
 /// EINTR, daemon.py (every version) writes the POSITIVE errno where the pid belongs and closes the
-/// socket. So a pid is only believed if /proc shows a live process whose parent is the daemon.
-/// (A real worker that died between writing its pid and this check would look the same; it has
-/// just written its pid and now waits for the secret, so that window is tiny.)
+/// socket. So a small value is only believed to be a pid if /proc shows a live process whose
+/// parent is the daemon. A value past every errno (Linux's MAX_ERRNO is 4095) is a pid even when
+/// that worker is already gone: one that dies right after writing its pid (RLIMIT_NOFILE too low
+/// for its dup, seen on 4.2.1 under load) must be a crashed worker, not a fork errno; what
+/// follows on the connection says how it ended.
 pub(crate) fn check_forked_pid(value: i32, daemon_pid: i32) -> Result<(), WorkerError> {
+    const MAX_ERRNO: i32 = 4095;
     if value < 0 {
         return Err(WorkerError::NegativePid { value });
     }
-    if procs::live_child_of(value, daemon_pid) {
+    if value > MAX_ERRNO || procs::live_child_of(value, daemon_pid) {
         Ok(())
     } else {
         Err(WorkerError::ErrnoAsPid { value })

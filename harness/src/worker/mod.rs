@@ -72,9 +72,12 @@ pub struct LaunchOptions {
     /// Added to every process we start (the daemon passes it on to its forks), after our own
     /// variables, so it can override them. E.g. PYSPARK_EXECUTOR_MEMORY_MB, LD_PRELOAD.
     pub extra_env: Vec<(String, String)>,
-    /// Deadline for each of: the daemon's announce on stdout, and every connect + handshake.
+    /// Deadline for every connect + handshake (a worker's pid, a direct worker's connect-back).
     /// Spark waits 10 s for a direct worker to connect back.
     pub connect_timeout: Duration,
+    /// Deadline for the daemon to announce its port or socket on stdout (default 60 s, as
+    /// Spark 4.x waits for a daemon).
+    pub start_timeout: Duration,
     /// RLIMIT_AS soft limit for every process we start (forked workers inherit the daemon's).
     pub rlimit_as: Option<u64>,
     /// The daemon's `-m` module (Spark's `spark.python.daemon.module`); None: `pyspark.daemon`.
@@ -94,6 +97,7 @@ impl Default for LaunchOptions {
             reuse: false,
             extra_env: vec![],
             connect_timeout: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(60),
             rlimit_as: None,
             daemon_module: None,
             worker_module: None,
@@ -435,7 +439,14 @@ impl Workers {
             exit: None,
         });
 
-        let deadline = self.deadline();
+        // The daemon's start (interpreter, imports) is not what `connect_timeout` bounds: a
+        // scenario's short connect timeout is for a worker's pid or connect-back, and a busy
+        // machine can take seconds to import pyspark.
+        let budget = self.opts.start_timeout;
+        let deadline = Deadline {
+            at: Instant::now() + budget,
+            budget,
+        };
         let mut raw = vec![];
         let announced = read_announce(&mut stdout, self.opts.mode, &deadline, &mut raw).await;
         self.daemon_announce = raw;
@@ -1258,7 +1269,7 @@ mod tests {
         std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let opts = LaunchOptions {
-            connect_timeout: Duration::from_millis(500),
+            start_timeout: Duration::from_millis(500),
             ..Default::default()
         };
         let err = match Workers::start(&fake, opts).await {
