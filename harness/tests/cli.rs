@@ -252,6 +252,50 @@ fn a_bad_value_in_any_field_is_one_line_naming_file_and_field_before_any_python_
             "tasks[0].files",
             "../x.py",
         ),
+        (
+            "expect $global name",
+            one_task(r#""expect":{"values":[{"$global":"len"}]}"#),
+            "tasks[0].expect.values[0] (at /$global)",
+            "is not module.Name",
+        ),
+        (
+            "expect $global key",
+            one_task(r#""expect":{"values":[{"$global":"m.P","args":[],"stat":1}]}"#),
+            "tasks[0].expect.values[0] (at /stat)",
+            "unknown key \"stat\"",
+        ),
+        (
+            "expect frames hex",
+            one_task(r#""expect":{"frames":{"data":[{"hex":"zz"}]}}"#),
+            "tasks[0].expect.frames.data[0].hex",
+            "is not hex",
+        ),
+        (
+            "expect frames empty",
+            one_task(r#""expect":{"frames":{}}"#),
+            "tasks[0].expect.frames",
+            "give `count`",
+        ),
+        (
+            "expect frames count and data",
+            one_task(
+                r#""expect":{"values":[]},"expect_by_version":[{"pyspark":">=4.1","note":"n","expect":{"frames":{"count":2,"data":[null]}}}]"#,
+            ),
+            "tasks[0].expect_by_version[0].expect.frames",
+            "`count` is 2 but `data` lists 1",
+        ),
+        (
+            "expect frames with outcome",
+            one_task(r#""expect":{"outcome":"Passed","frames":{"count":1}}"#),
+            "tasks[0].expect",
+            "not with `exception` or `outcome`",
+        ),
+        (
+            "expect frames unknown field",
+            one_task(r#""expect":{"frames":{"counts":1}}"#),
+            "tasks[0].expect.frames.counts",
+            "unknown field",
+        ),
     ];
     let cases: Vec<_> = cases
         .into_iter()

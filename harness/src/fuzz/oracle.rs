@@ -240,7 +240,8 @@ enum Reference {
     Values(Vec<pickle::Value>),
     /// The data section breaks the framing: a worker that completes anyway made something up.
     Malformed(String),
-    /// Framing is fine but fakejvm's own pickle reader cannot read a payload: no verdict.
+    /// Framing is fine but fakejvm's own pickle reader cannot read a payload, or reads an
+    /// object whose unpickled form it cannot know: no verdict.
     Unjudged,
 }
 
@@ -269,7 +270,10 @@ fn reference_values(rt: RoundTrip, data: &[u8]) -> Reference {
         return Reference::Malformed("a NULL among pickled batches".into());
     }
     match pickle::decode_frames(rt.input, &items) {
-        Ok(v) => Reference::Values(v),
+        // An object is what the worker's unpickler builds by running a call fakejvm only
+        // records (a mutated GLOBAL may name any function), so its re-pickled form is unknown.
+        Ok(v) if v.iter().all(pickle::Value::is_plain) => Reference::Values(v),
+        Ok(_) => Reference::Unjudged,
         Err(_) if rt.input == FrameKind::Utf8 => {
             Reference::Malformed("a text frame is not UTF-8".into())
         }

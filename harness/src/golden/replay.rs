@@ -1110,7 +1110,7 @@ fn preview(b: &[u8]) -> String {
     let text = if b.first() == Some(&0x80) {
         match pickle::loads(b) {
             Ok(v) => format!("pickle {}", pickle::value_to_json(&v)),
-            Err(_) => format!("pickle (not plain data) hex {}", hex::encode(b)),
+            Err(_) => format!("pickle (does not decode) hex {}", hex::encode(b)),
         }
     } else {
         match std::str::from_utf8(b) {

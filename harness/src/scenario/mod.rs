@@ -1,11 +1,13 @@
 //! Scenarios: a JSON file says what to send, how to launch the worker and what to expect; the
 //! runner turns it into requests, drives real workers through `session`, and compares.
 
+mod frames;
 mod model;
 mod run;
 mod stderr;
 mod udf;
 
+pub use frames::{FrameBytes, FramesExpect, HexBytes};
 pub use model::*;
 pub use run::{
     build_request, build_tasks, collect_files, command_spec, run_scenario, Built, RunOptions,

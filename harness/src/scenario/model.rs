@@ -401,6 +401,10 @@ pub struct Expect {
     /// `{"signal": 9}`.
     #[serde(default)]
     pub exit: Option<ExitInfo>,
+    /// The task completes and its reply's data frames are these, as bytes (alone, or besides
+    /// `values` or `rows`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames: Option<super::FramesExpect>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -503,17 +507,44 @@ impl VersionReq {
 }
 
 impl Expect {
-    /// Exactly one of values / rows / exception / outcome.
+    /// Exactly one of values / rows / exception / outcome; `frames` alone or besides values
+    /// or rows (it checks a completed reply).
     pub fn check(&self) -> Result<(), String> {
         let n = self.values.is_some() as u8
             + self.rows.is_some() as u8
             + self.exception.is_some() as u8
             + self.outcome.is_some() as u8;
-        if n == 1 {
+        if self.frames.is_some() && (self.exception.is_some() || self.outcome.is_some()) {
+            return Err(
+                "`frames` checks a completed reply's data: not with `exception` or `outcome`"
+                    .into(),
+            );
+        }
+        if n == 1 || (n == 0 && self.frames.is_some()) {
             Ok(())
         } else {
-            Err("needs exactly one of `values`, `rows`, `exception` or `outcome`".into())
+            Err("needs exactly one of `values`, `rows`, `exception` or `outcome` (`frames` goes alone or besides `values` or `rows`)".into())
         }
+    }
+
+    /// What a completed task is checked for, as the verdict names it ("output values and
+    /// frames"); None when only the outcome is.
+    pub fn output_checks(&self) -> Option<String> {
+        let parts: Vec<&str> = [
+            (self.values.is_some(), "values"),
+            (self.rows.is_some(), "rows"),
+            (self.frames.is_some(), "frames"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect();
+        (!parts.is_empty()).then(|| format!("output {}", parts.join(" and ")))
+    }
+
+    /// Only the reply's frames are checked: the data is not decoded to judge the task.
+    pub fn frames_only(&self) -> bool {
+        self.frames.is_some() && self.values.is_none() && self.rows.is_none()
     }
 }
 
@@ -845,6 +876,9 @@ impl Expect {
         self.check().map_err(|m| format!("{at}: {m}"))?;
         if let Some(values) = &self.values {
             check_values(&format!("{at}.values"), values)?;
+        }
+        if let Some(f) = &self.frames {
+            f.validate(&format!("{at}.frames"))?;
         }
         if let Some(rows) = &self.rows {
             for (j, r) in rows.iter().enumerate() {

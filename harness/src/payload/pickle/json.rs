@@ -7,7 +7,8 @@ use super::*;
 /// key starting with `$` is a tagged form: `{"$tuple": [..]}`, `{"$bytes": "<hex>"}`,
 /// `{"$bytearray": "<hex>"}`, `{"$float": "nan"|"inf"|"-inf"}`, `{"$int": "<decimal>"}`,
 /// `{"$dict": [[k, v], ..]}` (any hashable keys), `{"$set": [..]}`, `{"$frozenset": [..]}`.
-/// Dicts and sets follow Python: a repeated key keeps the last value.
+/// Dicts and sets follow Python: a repeated key keeps the last value. An object holding a
+/// `$global` (or `$call`) key is a global or an object, see [`object_from_json`].
 pub fn value_from_json(v: &serde_json::Value) -> Result<Value> {
     from_json(v, &mut Vec::new(), 0)
 }
@@ -60,6 +61,9 @@ pub(super) fn from_json<'a>(
     }
     match v {
         J::Array(items) => Ok(Value::List(json_items(items, path, depth + 1)?)),
+        J::Object(map) if map.contains_key(GLOBAL) || map.contains_key(CALL) => {
+            object_from_json(map, path, depth + 1)
+        }
         J::Object(map) => match map.iter().next() {
             Some((tag, inner)) if map.len() == 1 && tag.starts_with('$') => {
                 path.push(Segment::Key(tag));
@@ -71,6 +75,134 @@ pub(super) fn from_json<'a>(
         },
         scalar => Ok(scalar_from_json(scalar)),
     }
+}
+
+/// The keys of an object's JSON form.
+const GLOBAL: &str = "$global";
+const CALL: &str = "$call";
+const OBJECT_KEYS: [&str; 7] = [
+    GLOBAL,
+    CALL,
+    "args",
+    "kwargs",
+    "state",
+    "listitems",
+    "dictitems",
+];
+
+/// `{"$global": "module.Name"}` is a global (a class or function by reference);
+/// `{"$global": "module.Name", "args": [..]}` an object built by calling it, with optional
+/// `"kwargs": {..}` (NEWOBJ_EX), `"state": v` (BUILD), `"listitems": [..]` (APPENDS) and
+/// `"dictitems": [[k, v], ..]` (SETITEMS). `$call` instead of `$global` holds a callable that
+/// is not a global (a class cloudpickle built by value), and needs `args`. A nested class is
+/// `module:Outer.Inner`.
+#[inline(never)]
+pub(super) fn object_from_json<'a>(
+    map: &'a serde_json::Map<String, serde_json::Value>,
+    path: &mut Vec<Segment<'a>>,
+    depth: usize,
+) -> Result<Value> {
+    use serde_json::Value as J;
+    if let Some(k) = map.keys().find(|k| !OBJECT_KEYS.contains(&k.as_str())) {
+        path.push(Segment::Key(k));
+        return json_err(
+            path,
+            format!(
+                "unknown key {k:?} beside $global (keys: {})",
+                OBJECT_KEYS.join(", ")
+            ),
+        );
+    }
+    let callable = match (map.get(GLOBAL), map.get(CALL)) {
+        (Some(_), Some(_)) => {
+            return json_err(path, "$global and $call are two callables: give one")
+        }
+        (Some(J::String(text)), None) => {
+            path.push(Segment::Key(GLOBAL));
+            let g = Global::parse(text).or_else(|e| json_err(path, e))?;
+            path.pop();
+            Value::Global(Box::new(g))
+        }
+        (Some(_), None) => {
+            path.push(Segment::Key(GLOBAL));
+            return json_err(path, "$global takes a string, \"module.Name\"");
+        }
+        (None, Some(c)) => {
+            if !map.contains_key("args") {
+                return json_err(
+                    path,
+                    "$call needs `args` (the call's arguments, [] for none)",
+                );
+            }
+            path.push(Segment::Key(CALL));
+            let c = from_json(c, path, depth)?;
+            path.pop();
+            c
+        }
+        (None, None) => unreachable!("the caller saw one of the two"),
+    };
+    if !map.contains_key("args") {
+        if let Some(k) = map.keys().find(|k| k.as_str() != GLOBAL) {
+            path.push(Segment::Key(k));
+            return json_err(
+                path,
+                "belongs to a call: add `args` (the call's arguments, [] for none); \
+                 {\"$global\": ...} alone is a reference to the class or function",
+            );
+        }
+        return Ok(callable);
+    }
+    // Each member is one level in, and an array member's items one more, as in the JSON.
+    let items = |key: &'a str, path: &mut Vec<Segment<'a>>| -> Result<Vec<Value>> {
+        let Some(v) = map.get(key) else {
+            return Ok(Vec::new());
+        };
+        path.push(Segment::Key(key));
+        let J::Array(list) = v else {
+            return json_err(path, format!("{key} takes an array"));
+        };
+        let out = json_items(list, path, depth + 1)?;
+        path.pop();
+        Ok(out)
+    };
+    let args = items("args", path)?;
+    let listitems = items("listitems", path)?;
+    let mut object = Object::call(callable, args);
+    object.listitems = listitems;
+    if let Some(k) = map.get("kwargs") {
+        path.push(Segment::Key("kwargs"));
+        match from_json(k, path, depth)? {
+            Value::Dict(pairs) if pairs.iter().all(|(k, _)| matches!(k, Value::Str(_))) => {
+                object.kwargs = pairs
+            }
+            _ => return json_err(path, "kwargs takes an object of keyword arguments"),
+        }
+        path.pop();
+    }
+    if let Some(st) = map.get("state") {
+        path.push(Segment::Key("state"));
+        object.state = Some(from_json(st, path, depth)?);
+        path.pop();
+    }
+    if let Some(d) = map.get("dictitems") {
+        path.push(Segment::Key("dictitems"));
+        let J::Array(entries) = d else {
+            return json_err(path, "dictitems takes an array of [key, value] pairs");
+        };
+        for (i, entry) in entries.iter().enumerate() {
+            path.push(Segment::Index(i));
+            let Some(kv) = entry.as_array().filter(|kv| kv.len() == 2) else {
+                return json_err(path, "a dictitems entry is a [key, value] array");
+            };
+            let mut kv = json_items(kv, path, depth + 2)?;
+            let v = kv.pop().expect("two items");
+            let k = kv.pop().expect("two items");
+            object.dictitems.push((k, v));
+            path.pop();
+        }
+        path.pop();
+    }
+    Ok(Value::Object(Box::new(object)))
 }
 
 #[cold]
@@ -227,7 +359,7 @@ pub(super) fn scalar_tag(tag: &str, inner: &serde_json::Value, path: &[Segment])
             return json_err(
                 path,
                 format!(
-                    "unknown tag {other:?} (tags: $tuple $bytes $bytearray $float $int $dict $set $frozenset); \
+                    "unknown tag {other:?} (tags: $tuple $bytes $bytearray $float $int $dict $set $frozenset $global); \
                      a dict with that single key is spelled {{\"$dict\": [[{other:?}, ...]]}}"
                 ),
             )
@@ -251,6 +383,8 @@ pub fn value_to_json(v: &Value) -> serde_json::Value {
         Value::Dict(pairs) => dict_to_json(pairs),
         Value::Set(items) => tagged("$set", members_to_json(items)),
         Value::FrozenSet(items) => tagged("$frozenset", members_to_json(items)),
+        Value::Global(g) => tagged(GLOBAL, serde_json::Value::String(g.to_string())),
+        Value::Object(o) => object_to_json(o),
         scalar => scalar_to_json(scalar),
     }
 }
@@ -279,10 +413,52 @@ pub(super) fn scalar_to_json(v: &Value) -> serde_json::Value {
         Value::Str(s) => J::String(s.clone()),
         Value::Bytes(b) => tagged("$bytes", J::String(hex::encode(b))),
         Value::ByteArray(b) => tagged("$bytearray", J::String(hex::encode(b))),
-        Value::List(_) | Value::Tuple(_) | Value::Dict(_) | Value::Set(_) | Value::FrozenSet(_) => {
+        Value::List(_)
+        | Value::Tuple(_)
+        | Value::Dict(_)
+        | Value::Set(_)
+        | Value::FrozenSet(_)
+        | Value::Global(_)
+        | Value::Object(_) => {
             unreachable!("containers are value_to_json's")
         }
     }
+}
+
+/// The inverse of `object_from_json`; empty parts are left out.
+#[inline(never)]
+pub(super) fn object_to_json(o: &Object) -> serde_json::Value {
+    use serde_json::Value as J;
+    let mut map = serde_json::Map::new();
+    match &o.callable {
+        Value::Global(g) => map.insert(GLOBAL.into(), J::String(g.to_string())),
+        other => map.insert(CALL.into(), value_to_json(other)),
+    };
+    map.insert(
+        "args".into(),
+        J::Array(o.args.iter().map(value_to_json).collect()),
+    );
+    if !o.kwargs.is_empty() {
+        map.insert("kwargs".into(), dict_to_json(&o.kwargs));
+    }
+    if let Some(state) = &o.state {
+        map.insert("state".into(), value_to_json(state));
+    }
+    if !o.listitems.is_empty() {
+        map.insert(
+            "listitems".into(),
+            J::Array(o.listitems.iter().map(value_to_json).collect()),
+        );
+    }
+    if !o.dictitems.is_empty() {
+        let pairs = o
+            .dictitems
+            .iter()
+            .map(|(k, v)| J::Array(vec![value_to_json(k), value_to_json(v)]))
+            .collect();
+        map.insert("dictitems".into(), J::Array(pairs));
+    }
+    J::Object(map)
 }
 
 pub(super) fn members_to_json(items: &[Value]) -> serde_json::Value {
@@ -294,8 +470,11 @@ pub(super) fn members_to_json(items: &[Value]) -> serde_json::Value {
 pub(super) fn dict_to_json(pairs: &[(Value, Value)]) -> serde_json::Value {
     use serde_json::Value as J;
     let str_keys = pairs.iter().all(|(k, _)| matches!(k, Value::Str(_)));
-    // A lone "$..." key would read back as a tag.
-    let tag_like = matches!(pairs, [(Value::Str(k), _)] if k.starts_with('$'));
+    // A lone "$..." key would read back as a tag, and a "$global" or "$call" key as an object.
+    let tag_like = matches!(pairs, [(Value::Str(k), _)] if k.starts_with('$'))
+        || pairs
+            .iter()
+            .any(|(k, _)| matches!(k, Value::Str(k) if k == GLOBAL || k == CALL));
     if str_keys && !tag_like {
         let mut map = serde_json::Map::with_capacity(pairs.len());
         for (k, v) in pairs {

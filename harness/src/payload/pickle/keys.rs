@@ -2,29 +2,39 @@
 
 use super::*;
 
-/// What Python's hash/eq sees: 1 == 1.0 == True; NaN equals nothing; frozensets ignore order.
+/// What Python's hash/eq sees: 1 == 1.0 == True; NaN equals nothing; frozensets ignore order; a
+/// global is one object wherever it is named. An object's equality is its class's `__eq__`,
+/// which fakejvm cannot run, so each object is a key of its own, like NaN: keys Python kept
+/// apart stay apart.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) enum HashKey {
     None,
     Int(BigInt),
     Float(u64),
-    Nan(usize),
+    /// Equal to nothing else (NaN, an object): numbered in order of appearance.
+    Unique(usize),
     Str(String),
     Bytes(Vec<u8>),
     Tuple(Vec<HashKey>),
     FrozenSet(Vec<HashKey>),
+    Global(Global),
 }
 
-pub(super) fn hash_key(v: &Value, nans: &mut usize) -> Result<HashKey, &'static str> {
+pub(super) fn hash_key(v: &Value, uniques: &mut usize) -> Result<HashKey, &'static str> {
     Ok(match v {
         Value::None => HashKey::None,
         Value::Bool(b) => HashKey::Int(BigInt::from(u8::from(*b))),
         Value::Int(i) => HashKey::Int(BigInt::from(*i)),
         Value::BigInt(b) => HashKey::Int(b.clone()),
         Value::Float(f) if f.is_nan() => {
-            *nans += 1;
-            HashKey::Nan(*nans)
+            *uniques += 1;
+            HashKey::Unique(*uniques)
         }
+        Value::Object(_) => {
+            *uniques += 1;
+            HashKey::Unique(*uniques)
+        }
+        Value::Global(g) => HashKey::Global((**g).clone()),
         Value::Float(f) if f.is_finite() && f.fract() == 0.0 => HashKey::Int(integral_f64(*f)),
         Value::Float(f) => HashKey::Float(f.to_bits()),
         Value::Str(s) => HashKey::Str(s.clone()),
@@ -32,13 +42,13 @@ pub(super) fn hash_key(v: &Value, nans: &mut usize) -> Result<HashKey, &'static 
         Value::Tuple(items) => HashKey::Tuple(
             items
                 .iter()
-                .map(|i| hash_key(i, nans))
+                .map(|i| hash_key(i, uniques))
                 .collect::<Result<_, _>>()?,
         ),
         Value::FrozenSet(items) => {
             let mut keys = items
                 .iter()
-                .map(|i| hash_key(i, nans))
+                .map(|i| hash_key(i, uniques))
                 .collect::<Result<Vec<_>, _>>()?;
             keys.sort();
             keys.dedup();
@@ -68,11 +78,11 @@ pub(super) fn integral_f64(f: f64) -> BigInt {
 /// Python's dict insertion: a repeated key keeps its first key object and position, and takes
 /// the last value. Err names an unhashable key's type.
 pub(super) fn dedupe_dict(pairs: Vec<(Value, Value)>) -> Result<Vec<(Value, Value)>, &'static str> {
-    let mut nans = 0;
+    let mut uniques = 0;
     let mut index: HashMap<HashKey, usize> = HashMap::with_capacity(pairs.len());
     let mut out: Vec<(Value, Value)> = Vec::with_capacity(pairs.len());
     for (k, v) in pairs {
-        match index.entry(hash_key(&k, &mut nans)?) {
+        match index.entry(hash_key(&k, &mut uniques)?) {
             std::collections::hash_map::Entry::Occupied(e) => out[*e.get()].1 = v,
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(out.len());
@@ -85,11 +95,11 @@ pub(super) fn dedupe_dict(pairs: Vec<(Value, Value)>) -> Result<Vec<(Value, Valu
 
 /// Python's set insertion: a repeated member keeps the first.
 pub(super) fn dedupe_set(items: Vec<Value>) -> Result<Vec<Value>, &'static str> {
-    let mut nans = 0;
+    let mut uniques = 0;
     let mut seen = std::collections::HashSet::with_capacity(items.len());
     let mut out = Vec::with_capacity(items.len());
     for item in items {
-        if seen.insert(hash_key(&item, &mut nans)?) {
+        if seen.insert(hash_key(&item, &mut uniques)?) {
             out.push(item);
         }
     }

@@ -1,8 +1,13 @@
-//! Plain-data pickles on the Rust side, and the frame layouts of pyspark's RDD serializers.
+//! Pickles on the Rust side, and the frame layouts of pyspark's RDD serializers.
 //!
 //! The harness pickles a scenario's values to build worker input, and unpickles what a worker
-//! wrote to check its output. Both directions only ever need plain data: None, bool, int
-//! (any size), float, str, bytes, bytearray, list, tuple, dict, set and frozenset.
+//! wrote to check its output. Plain data is held as itself: None, bool, int (any size), float,
+//! str, bytes, bytearray, list, tuple, dict, set and frozenset. Everything else a pickle can
+//! hold (a class or function by reference, an object built by REDUCE, NEWOBJ, NEWOBJ_EX, INST
+//! or OBJ, with its BUILD state and appended items: namedtuples, pyspark Rows, dataclasses,
+//! datetimes, Decimals, classes with their own `__reduce__`) is held as what the pickle says,
+//! [`Value::Global`] and [`Value::Object`], never run: fakejvm cannot build a Python object, and
+//! would not import a module a worker named.
 //!
 //! Why a codec of our own rather than serde-pickle 1.2 (checked against CPython 3.11 output):
 //! - serde-pickle counts memo references per GET, not per use, so a memoized container that is
@@ -18,12 +23,13 @@
 //! `pickle.dumps(v, 5)` writes, byte for byte: pyspark frames batches with HIGHEST_PROTOCOL, and
 //! AutoBatchedSerializer picks batch sizes from pickle lengths, so our lengths must be CPython's.
 //!
-//! Byte identity holds for the objects `pickle.loads` gives Python (what a worker holds after
-//! unpickling its input): equal parts are distinct objects, except CPython's singletons ('',
-//! one-Latin-1-character str, b''), which are memoized here as CPython memoizes them. Data built
-//! otherwise in Python may share more objects (e.g. one literal used twice) and pickle shorter.
-//! Sets are written in the order held, where CPython uses hash order, so only sets of 0 or 1
-//! element are sure to match bytes.
+//! Byte identity holds for the plain objects `pickle.loads` gives Python (what a worker holds
+//! after unpickling its input): equal parts are distinct objects, except CPython's singletons
+//! ('', one-Latin-1-character str, b''), which are memoized here as CPython memoizes them. Data
+//! built otherwise in Python may share more objects (e.g. one literal used twice) and pickle
+//! shorter. Sets are written in the order held, where CPython uses hash order, so only sets of 0
+//! or 1 element are sure to match bytes. Objects are written as calls (REDUCE), which CPython
+//! loads to the same object but does not always write (a namedtuple is NEWOBJ there).
 
 use std::collections::HashMap;
 
@@ -41,7 +47,7 @@ pub const MAX_DEPTH: usize = 500;
 /// expanded values' memory) `loads` refuses instead of exhausting memory.
 pub const MAX_EXPANDED_BYTES: u64 = 1 << 32;
 
-/// A plain-data Python value.
+/// A Python value: plain data as itself, any other object as the pickle spelled it.
 ///
 /// `Int` holds every integer that fits in i64 and `BigInt` only those that do not, so equal
 /// integers are equal values; `loads` and `value_from_json` keep that. `Dict` keeps Python's
@@ -63,6 +69,107 @@ pub enum Value {
     Dict(Vec<(Value, Value)>),
     Set(Vec<Value>),
     FrozenSet(Vec<Value>),
+    /// A class or function pickled by reference (GLOBAL, STACK_GLOBAL): `{"$global": "m.Name"}`.
+    Global(Box<Global>),
+    /// An object pickle builds by calling something: `{"$global": "m.Name", "args": [...]}`.
+    Object(Box<Object>),
+}
+
+/// A module-level name, as pickle refers to a class or function. `name` is a qualified name
+/// for a nested class (`Outer.Inner`, protocol 4+), so the text form puts a colon after the
+/// module then (`pkg.mod:Outer.Inner`), and a dot otherwise (`pkg.mod.Name`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Global {
+    pub module: String,
+    pub name: String,
+}
+
+impl Global {
+    /// Python 3 reads protocol 0-2's Python 2 module names as their Python 3 ones
+    /// (`_compat_pickle`); the two that pickles of objects use are mapped here, so a name reads
+    /// the same from every protocol.
+    pub fn new(module: &str, name: &str) -> Global {
+        let module = match module {
+            "__builtin__" => "builtins",
+            "copy_reg" => "copyreg",
+            other => other,
+        };
+        Global {
+            module: module.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// `module.Name`, or `module:Outer.Inner` when the name is qualified.
+    pub fn parse(text: &str) -> Result<Global, String> {
+        let (module, name) = match text.split_once(':') {
+            Some(parts) => parts,
+            None => text.rsplit_once('.').ok_or_else(|| {
+                format!(
+                    "{text:?} is not module.Name (e.g. \"builtins.len\", \"pkg.mod:Outer.Inner\")"
+                )
+            })?,
+        };
+        let g = Global::new(module, name);
+        g.check().map(|()| g)
+    }
+
+    /// A module and name that can be written down and read back: both non-empty, no colon.
+    pub fn check(&self) -> Result<(), String> {
+        if self.module.is_empty() || self.name.is_empty() {
+            return Err(format!(
+                "global {:?} . {:?}: a module and a name are both needed",
+                self.module, self.name
+            ));
+        }
+        if self.module.contains(':') || self.name.contains(':') {
+            return Err(format!(
+                "global {:?} . {:?}: a module or name holds a colon, which no importable name has",
+                self.module, self.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Global {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sep = if self.name.contains('.') { ':' } else { '.' };
+        write!(f, "{}{sep}{}", self.module, self.name)
+    }
+}
+
+/// An object as its pickle builds it: `callable(*args)` (REDUCE, INST, OBJ) or
+/// `callable.__new__(callable, *args, **kwargs)` (NEWOBJ, NEWOBJ_EX), then `listitems` appended
+/// (APPEND/APPENDS), `dictitems` set (SETITEM/SETITEMS) and `state` given to `__setstate__` or
+/// the instance dict (BUILD), in that order, as CPython's pickler writes `__reduce__`'s answer.
+/// The two kinds of call are one here: which one CPython uses is the class's business
+/// (`__reduce__` vs `__getnewargs__`), not the value's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Object {
+    /// Usually a [`Value::Global`]; anything else (a class cloudpickle built by value) is
+    /// written `{"$call": ...}`.
+    pub callable: Value,
+    pub args: Vec<Value>,
+    /// NEWOBJ_EX's keyword arguments (none for every other call).
+    pub kwargs: Vec<(Value, Value)>,
+    pub state: Option<Value>,
+    pub listitems: Vec<Value>,
+    pub dictitems: Vec<(Value, Value)>,
+}
+
+impl Object {
+    /// `callable(*args)` with nothing else.
+    pub fn call(callable: Value, args: Vec<Value>) -> Object {
+        Object {
+            callable,
+            args,
+            kwargs: Vec::new(),
+            state: None,
+            listitems: Vec::new(),
+            dictitems: Vec::new(),
+        }
+    }
 }
 
 impl Value {
@@ -89,7 +196,26 @@ impl Value {
             Value::Dict(_) => "dict",
             Value::Set(_) => "set",
             Value::FrozenSet(_) => "frozenset",
+            Value::Global(_) => "global",
+            Value::Object(_) => "object",
         }
+    }
+
+    /// Plain data all the way down: no [`Value::Global`] or [`Value::Object`] anywhere in it.
+    pub fn is_plain(&self) -> bool {
+        let mut todo = vec![self];
+        while let Some(v) = todo.pop() {
+            match v {
+                Value::Global(_) | Value::Object(_) => return false,
+                Value::List(items)
+                | Value::Tuple(items)
+                | Value::Set(items)
+                | Value::FrozenSet(items) => todo.extend(items),
+                Value::Dict(pairs) => todo.extend(pairs.iter().flat_map(|(k, v)| [k, v])),
+                _ => {}
+            }
+        }
+        true
     }
 }
 
@@ -126,22 +252,14 @@ pub enum PickleError {
     #[error("unknown pickle opcode 0x{opcode:02x} at byte {at}: the payload is not a pickle, or is corrupted")]
     UnknownOpcode { at: usize, opcode: u8 },
     #[error(
-        "pickle opcode {name} at byte {at} builds a Python object that is not plain data; fakejvm \
-         decodes None, bool, int, float, str, bytes, bytearray, list, tuple, dict, set and frozenset"
+        "pickle opcode {name} at byte {at} refers to something outside the pickle (a persistent \
+         id, an entry of copyreg's extension registry, an out-of-band buffer), which fakejvm \
+         cannot read"
     )]
-    NotPlainOpcode { at: usize, name: &'static str },
-    #[error(
-        "pickle at byte {at} uses {module}.{name}, which is not plain data; have the worker's \
-         function return plain values (e.g. tuple(row) instead of a Row)"
-    )]
-    NotPlainGlobal {
-        at: usize,
-        module: String,
-        name: String,
-    },
+    ExternalOpcode { at: usize, name: &'static str },
     #[error("malformed pickle at byte {at}: {what}")]
     Malformed { at: usize, what: String },
-    #[error("the container built at byte {at} contains itself; a plain value cannot be cyclic")]
+    #[error("the container or object built at byte {at} contains itself; fakejvm values cannot hold a cycle")]
     Recursive { at: usize },
     #[error("pickle nests deeper than {MAX_DEPTH} levels (at the container built at byte {at})")]
     TooDeep { at: usize },

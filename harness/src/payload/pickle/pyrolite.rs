@@ -72,6 +72,46 @@ fn save(out: &mut Vec<u8>, v: &Value) {
                 out.push(op::SETITEMS);
             }
         }
+        // Rows are typed by their schema, so no JVM row holds these; written as Pyrolite
+        // writes a Java object it has a constructor for: GLOBAL, arguments, REDUCE.
+        Value::Global(g) => save_global(out, g),
+        Value::Object(o) => {
+            save(out, &o.callable);
+            save_tuple(out, &o.args);
+            if o.kwargs.is_empty() {
+                out.push(op::REDUCE);
+            } else {
+                // Keyword arguments exist from protocol 4 only (NEWOBJ_EX); CPython reads
+                // every opcode whatever the PROTO header says.
+                save(out, &Value::Dict(o.kwargs.clone()));
+                out.push(op::NEWOBJ_EX);
+            }
+            if !o.listitems.is_empty() {
+                out.push(op::MARK);
+                o.listitems.iter().for_each(|i| save(out, i));
+                out.push(op::APPENDS);
+            }
+            if !o.dictitems.is_empty() {
+                out.push(op::MARK);
+                for (k, v) in &o.dictitems {
+                    save(out, k);
+                    save(out, v);
+                }
+                out.push(op::SETITEMS);
+            }
+            if let Some(state) = &o.state {
+                save(out, state);
+                out.push(op::BUILD);
+            }
+        }
+    }
+}
+
+fn save_global(out: &mut Vec<u8>, g: &super::Global) {
+    out.push(op::GLOBAL);
+    for part in [&g.module, &g.name] {
+        out.extend_from_slice(part.as_bytes());
+        out.push(b'\n');
     }
 }
 

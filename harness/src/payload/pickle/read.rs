@@ -1,12 +1,17 @@
-//! Reading: any protocol 0-5 pickle of plain data.
+//! Reading: any protocol 0-5 pickle, plain data as itself and other objects as tagged values.
 
 use super::*;
 
-/// Unpickle one plain-data value. Reads every protocol (0-5) and what pyspark, CPython 3.11
-/// and Spark's JVM (Pyrolite, protocol 2) write for plain data, with Python's semantics for
-/// shared references and duplicate dict keys. Python 2 `str` (STRING opcodes) becomes bytes,
-/// as pyspark unpickles with `encoding="bytes"`. Stricter than `pickle.loads` in one way:
-/// bytes after STOP are an error, since a frame holds exactly one pickle.
+/// Unpickle one value. Reads every protocol (0-5) and what pyspark, cloudpickle, CPython 3.11
+/// and Spark's JVM (Pyrolite, protocol 2) write, with Python's semantics for shared references
+/// and duplicate dict keys. Python 2 `str` (STRING opcodes) becomes bytes, as pyspark unpickles
+/// with `encoding="bytes"`. The calls plain data is spelled with at low protocols (`set([..])`,
+/// `bytearray(b"..")`, `_codecs.encode(s, "latin1")`) are made; every other call, and every
+/// global, is kept as the pickle says it ([`Value::Object`], [`Value::Global`]) and nothing is
+/// imported or run. Refused: opcodes that refer outside the pickle (persistent ids, extension
+/// codes, out-of-band buffers), cycles, and nesting past [`MAX_DEPTH`]. Stricter than
+/// `pickle.loads` in one way: bytes after STOP are an error, since a frame holds exactly one
+/// pickle.
 pub fn loads(bytes: &[u8]) -> Result<Value> {
     Decoder::new(bytes).run()
 }
@@ -22,11 +27,22 @@ pub(super) enum Kind {
     Dict(Vec<(NodeId, NodeId)>),
     Set(Vec<NodeId>),
     FrozenSet(Vec<NodeId>),
-    /// A global reference; plain data only calls a few (set, frozenset, bytearray, bytes,
-    /// _codecs.encode) through REDUCE.
-    Global {
-        module: String,
-        name: String,
+    /// A global reference (a class or function).
+    Global(Global),
+    /// A call the decoder does not make: its parts are other nodes.
+    Object {
+        callable: NodeId,
+        /// A `Tuple` node.
+        args: NodeId,
+        /// A `Dict` node (NEWOBJ_EX).
+        kwargs: Option<NodeId>,
+        /// What BUILD gave it.
+        state: Option<NodeId>,
+        /// A `List` node of what APPEND(S) added, made at the first.
+        listitems: Option<NodeId>,
+        /// A `List` node of `(key, value)` `Tuple` nodes that SETITEM(S) set, made at the first.
+        /// Nested nodes, not flat ids, so nesting counts as it does in the JSON form.
+        dictitems: Option<NodeId>,
     },
     /// Moved out into the finished value.
     Taken,
@@ -37,7 +53,8 @@ impl Kind {
         match self {
             Kind::List(c) | Kind::Tuple(c) | Kind::Set(c) | Kind::FrozenSet(c) => c.len(),
             Kind::Dict(pairs) => 2 * pairs.len(),
-            Kind::Atom(_) | Kind::Global { .. } | Kind::Taken => 0,
+            Kind::Object { .. } => self.object_parts().iter().flatten().count(),
+            Kind::Atom(_) | Kind::Global(_) | Kind::Taken => 0,
         }
     }
 
@@ -52,7 +69,35 @@ impl Kind {
                     v
                 }
             }
-            Kind::Atom(_) | Kind::Global { .. } | Kind::Taken => unreachable!("no children"),
+            Kind::Object { .. } => self
+                .object_parts()
+                .into_iter()
+                .flatten()
+                .nth(i)
+                .expect("i < child_count"),
+            Kind::Atom(_) | Kind::Global(_) | Kind::Taken => unreachable!("no children"),
+        }
+    }
+
+    /// An object's parts in the order `build` reads them back.
+    fn object_parts(&self) -> [Option<NodeId>; 6] {
+        match self {
+            Kind::Object {
+                callable,
+                args,
+                kwargs,
+                state,
+                listitems,
+                dictitems,
+            } => [
+                Some(*callable),
+                Some(*args),
+                *kwargs,
+                *state,
+                *listitems,
+                *dictitems,
+            ],
+            _ => [None; 6],
         }
     }
 }
@@ -245,7 +290,8 @@ impl<'a> Decoder<'a> {
             Kind::Dict(_) => "dict",
             Kind::Set(_) => "set",
             Kind::FrozenSet(_) => "frozenset",
-            Kind::Global { .. } => "global",
+            Kind::Global(_) => "global",
+            Kind::Object { .. } => "object",
             Kind::Taken => "taken",
         }
     }
@@ -484,25 +530,11 @@ impl<'a> Decoder<'a> {
                 }
                 op::APPEND => {
                     let item = self.pop(at)?;
-                    let list = self.top(at)?;
-                    match &mut self.nodes[list].kind {
-                        Kind::List(items) => items.push(item),
-                        _ => {
-                            return self
-                                .malformed(at, format!("APPEND to a {}", self.kind_name(list)))
-                        }
-                    }
+                    self.append(vec![item], "APPEND", at)?;
                 }
                 op::APPENDS => {
                     let new = self.pop_mark(at)?;
-                    let list = self.top(at)?;
-                    match &mut self.nodes[list].kind {
-                        Kind::List(items) => items.extend(new),
-                        _ => {
-                            return self
-                                .malformed(at, format!("APPENDS to a {}", self.kind_name(list)))
-                        }
-                    }
+                    self.append(new, "APPENDS", at)?;
                 }
                 op::EMPTY_DICT => self.push(Kind::Dict(Vec::new()), at),
                 op::DICT => {
@@ -514,27 +546,13 @@ impl<'a> Decoder<'a> {
                 op::SETITEM => {
                     let v = self.pop(at)?;
                     let k = self.pop(at)?;
-                    let dict = self.top(at)?;
-                    match self.target(at)? {
-                        Kind::Dict(pairs) => pairs.push((k, v)),
-                        _ => {
-                            return self
-                                .malformed(at, format!("SETITEM on a {}", self.kind_name(dict)))
-                        }
-                    }
+                    self.set_items(vec![(k, v)], "SETITEM", at)?;
                 }
                 op::SETITEMS => {
                     let items = self.pop_mark(at)?;
                     let new = pairs_of(items)
                         .or_else(|_| self.malformed(at, "SETITEMS with an odd number of items"))?;
-                    let dict = self.top(at)?;
-                    match self.target(at)? {
-                        Kind::Dict(pairs) => pairs.extend(new),
-                        _ => {
-                            return self
-                                .malformed(at, format!("SETITEMS on a {}", self.kind_name(dict)))
-                        }
-                    }
+                    self.set_items(new, "SETITEMS", at)?;
                 }
                 op::EMPTY_SET => self.push(Kind::Set(Vec::new()), at),
                 op::ADDITEMS => {
@@ -554,21 +572,18 @@ impl<'a> Decoder<'a> {
                 }
 
                 op::GLOBAL => {
-                    let module =
-                        String::from_utf8_lossy(self.line("a GLOBAL module")?).into_owned();
-                    let name = String::from_utf8_lossy(self.line("a GLOBAL name")?).into_owned();
-                    self.push(Kind::Global { module, name }, at);
+                    let g = self.global_lines("GLOBAL", at)?;
+                    self.push(Kind::Global(g), at);
                 }
                 op::STACK_GLOBAL => {
                     let name = self.pop(at)?;
                     let module = self.pop(at)?;
-                    match (&self.nodes[module].kind, &self.nodes[name].kind) {
-                        (Kind::Atom(Value::Str(m)), Kind::Atom(Value::Str(n))) => {
-                            let (module, name) = (m.clone(), n.clone());
-                            self.push(Kind::Global { module, name }, at);
-                        }
+                    let g = match (&self.nodes[module].kind, &self.nodes[name].kind) {
+                        (Kind::Atom(Value::Str(m)), Kind::Atom(Value::Str(n))) => Global::new(m, n),
                         _ => return self.malformed(at, "STACK_GLOBAL needs two str values"),
-                    }
+                    };
+                    g.check().or_else(|e| self.malformed(at, e))?;
+                    self.push(Kind::Global(g), at);
                 }
                 op::REDUCE => {
                     let args = self.pop(at)?;
@@ -576,20 +591,66 @@ impl<'a> Decoder<'a> {
                     let kind = self.reduce(callable, args, at)?;
                     self.push(kind, at);
                 }
+                op::NEWOBJ => {
+                    let args = self.pop(at)?;
+                    let cls = self.pop(at)?;
+                    self.expect_kind(args, "NEWOBJ arguments", "tuple", at)?;
+                    self.push(object(cls, args, None), at);
+                }
+                op::NEWOBJ_EX => {
+                    let kwargs = self.pop(at)?;
+                    let args = self.pop(at)?;
+                    let cls = self.pop(at)?;
+                    self.expect_kind(args, "NEWOBJ_EX arguments", "tuple", at)?;
+                    self.expect_kind(kwargs, "NEWOBJ_EX keyword arguments", "dict", at)?;
+                    self.push(object(cls, args, Some(kwargs)), at);
+                }
+                // Protocols 0 and 1: `module name` then the marked arguments (INST), or the
+                // class first among them (OBJ); both are `cls(*args)`.
+                op::INST => {
+                    let g = self.global_lines("INST", at)?;
+                    let items = self.pop_mark(at)?;
+                    let cls = self.new_node(Kind::Global(g), at);
+                    let args = self.new_node(Kind::Tuple(items), at);
+                    self.push(object(cls, args, None), at);
+                }
+                op::OBJ => {
+                    let mut items = self.pop_mark(at)?;
+                    if items.is_empty() {
+                        return self.malformed(at, "OBJ needs a class after its MARK");
+                    }
+                    let cls = items.remove(0);
+                    let args = self.new_node(Kind::Tuple(items), at);
+                    self.push(object(cls, args, None), at);
+                }
+                op::BUILD => {
+                    let state = self.pop(at)?;
+                    let obj = self.top(at)?;
+                    let name = self.kind_name(obj);
+                    match &mut self.nodes[obj].kind {
+                        Kind::Object {
+                            state: s @ None, ..
+                        } => *s = Some(state),
+                        Kind::Object { .. } => {
+                            return self.malformed(at, "a second BUILD on one object")
+                        }
+                        _ => {
+                            return self.malformed(
+                                at,
+                                format!("BUILD sets the state of a {name}, which has none"),
+                            )
+                        }
+                    }
+                }
 
-                op::INST
-                | op::OBJ
-                | op::NEWOBJ
-                | op::NEWOBJ_EX
-                | op::BUILD
-                | op::EXT1
+                op::EXT1
                 | op::EXT2
                 | op::EXT4
                 | op::PERSID
                 | op::BINPERSID
                 | op::NEXT_BUFFER
                 | op::READONLY_BUFFER => {
-                    return Err(PickleError::NotPlainOpcode {
+                    return Err(PickleError::ExternalOpcode {
                         at,
                         name: opcode_name(code),
                     });
@@ -612,88 +673,152 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    /// The few calls plain data needs: protocols < 4 spell set/frozenset as `set([...])`,
-    /// protocols < 3 spell bytes as `_codecs.encode(str, 'latin1')`, protocols < 5 spell
-    /// bytearray as `bytearray(bytes)`, and Pyrolite (Spark's JVM) writes Java byte[] as
-    /// `bytearray(str, 'latin-1')`.
+    /// REDUCE: `callable(*args)`. The few calls plain data is spelled with are made (see
+    /// `plain_call`); every other call is kept as an object.
     fn reduce(&self, callable: NodeId, args: NodeId, at: usize) -> Result<Kind> {
-        let Kind::Global { module, name } = &self.nodes[callable].kind else {
-            return self.malformed(at, format!("REDUCE calls a {}", self.kind_name(callable)));
-        };
-        let Kind::Tuple(args) = &self.nodes[args].kind else {
-            return self.malformed(
-                at,
-                format!(
-                    "REDUCE arguments are a {}, not a tuple",
-                    self.kind_name(args)
-                ),
-            );
-        };
-        let builtin = module == "builtins" || module == "__builtin__";
-        let not_plain = || PickleError::NotPlainGlobal {
-            at,
-            module: module.clone(),
-            name: name.clone(),
-        };
+        self.expect_kind(args, "REDUCE arguments", "tuple", at)?;
+        if let (Kind::Global(g), Kind::Tuple(items)) =
+            (&self.nodes[callable].kind, &self.nodes[args].kind)
+        {
+            if let Some(kind) = self.plain_call(g, items) {
+                return Ok(kind);
+            }
+        }
+        Ok(object(callable, args, None))
+    }
+
+    /// Protocols < 4 spell set/frozenset as `set([...])`, protocols < 3 spell bytes as
+    /// `_codecs.encode(str, 'latin1')`, protocols < 5 spell bytearray as `bytearray(bytes)`, and
+    /// Pyrolite (Spark's JVM) writes Java byte[] as `bytearray(str, 'latin-1')`. None for any
+    /// other call, or these with arguments they are never pickled with: those stay objects.
+    fn plain_call(&self, g: &Global, args: &[NodeId]) -> Option<Kind> {
         let atom = |i: usize| match args.get(i).map(|&id| &self.nodes[id].kind) {
             Some(Kind::Atom(v)) => Some(v),
             _ => None,
         };
-        match (builtin, name.as_str(), args.len()) {
-            (true, "set" | "frozenset", 0) => Ok(if name == "set" {
-                Kind::Set(Vec::new())
-            } else {
-                Kind::FrozenSet(Vec::new())
-            }),
-            (true, "set" | "frozenset", 1) => {
+        let name = g.name.as_str();
+        match (g.module.as_str(), name, args.len()) {
+            ("builtins", "set", 0) => Some(Kind::Set(Vec::new())),
+            ("builtins", "frozenset", 0) => Some(Kind::FrozenSet(Vec::new())),
+            ("builtins", "set" | "frozenset", 1) => {
                 // set(iterable) copies the items now; later changes to the list do not show.
                 let items = match &self.nodes[args[0]].kind {
                     Kind::List(c) | Kind::Tuple(c) | Kind::Set(c) | Kind::FrozenSet(c) => c.clone(),
-                    _ => {
-                        return self
-                            .malformed(at, format!("{name}() of a {}", self.kind_name(args[0])))
-                    }
+                    _ => return None,
                 };
-                Ok(if name == "set" {
+                Some(if name == "set" {
                     Kind::Set(items)
                 } else {
                     Kind::FrozenSet(items)
                 })
             }
-            (true, "bytes", 0) => Ok(Kind::Atom(Value::Bytes(Vec::new()))),
-            (true, "bytearray", 0) => Ok(Kind::Atom(Value::ByteArray(Vec::new()))),
-            (true, "bytes" | "bytearray", 1 | 2) => {
+            ("builtins", "bytes", 0) => Some(Kind::Atom(Value::Bytes(Vec::new()))),
+            ("builtins", "bytearray", 0) => Some(Kind::Atom(Value::ByteArray(Vec::new()))),
+            ("builtins", "bytes" | "bytearray", 1 | 2) => {
                 let data = match (atom(0), atom(1)) {
                     (Some(Value::Bytes(b) | Value::ByteArray(b)), None) if args.len() == 1 => {
                         b.clone()
                     }
-                    (Some(Value::Str(s)), Some(Value::Str(enc))) => {
-                        encode_str(s, enc).or_else(|e| self.malformed(at, e))?
-                    }
-                    _ => {
-                        return self.malformed(
-                            at,
-                            format!("{name}() with arguments fakejvm does not read"),
-                        )
-                    }
+                    (Some(Value::Str(s)), Some(Value::Str(enc))) => encode_str(s, enc).ok()?,
+                    _ => return None,
                 };
-                Ok(Kind::Atom(if name == "bytes" {
+                Some(Kind::Atom(if name == "bytes" {
                     Value::Bytes(data)
                 } else {
                     Value::ByteArray(data)
                 }))
             }
-            _ if module == "_codecs" && name == "encode" => match (atom(0), atom(1)) {
-                (Some(Value::Str(s)), Some(Value::Str(enc))) if args.len() == 2 => Ok(Kind::Atom(
-                    Value::Bytes(encode_str(s, enc).or_else(|e| self.malformed(at, e))?),
-                )),
-                _ => self.malformed(
-                    at,
-                    "_codecs.encode with arguments other than (str, encoding)",
-                ),
+            ("_codecs", "encode", 2) => match (atom(0), atom(1)) {
+                (Some(Value::Str(s)), Some(Value::Str(enc))) => {
+                    Some(Kind::Atom(Value::Bytes(encode_str(s, enc).ok()?)))
+                }
+                _ => None,
             },
-            _ => Err(not_plain()),
+            _ => None,
         }
+    }
+
+    /// GLOBAL's and INST's two text lines: module and name.
+    fn global_lines(&mut self, opcode: &'static str, at: usize) -> Result<Global> {
+        let module = String::from_utf8_lossy(self.line("a global's module")?).into_owned();
+        let name = String::from_utf8_lossy(self.line("a global's name")?).into_owned();
+        let g = Global::new(&module, &name);
+        g.check()
+            .or_else(|e| self.malformed(at, format!("{opcode}: {e}")))?;
+        Ok(g)
+    }
+
+    /// `what` must be a node of kind `want` ("tuple" or "dict").
+    fn expect_kind(&self, id: NodeId, what: &str, want: &str, at: usize) -> Result<()> {
+        let got = self.kind_name(id);
+        let ok = matches!(
+            (&self.nodes[id].kind, want),
+            (Kind::Tuple(_), "tuple") | (Kind::Dict(_), "dict")
+        );
+        if ok {
+            Ok(())
+        } else {
+            self.malformed(at, format!("{what} are a {got}, not a {want}"))
+        }
+    }
+
+    /// APPEND(S): to a list, or to an object's listitems (pickle calls its `append`/`extend`).
+    fn append(&mut self, new: Vec<NodeId>, opcode: &str, at: usize) -> Result<()> {
+        let target = self.top(at)?;
+        let name = self.kind_name(target);
+        let list = match &self.nodes[target].kind {
+            Kind::List(_) => target,
+            Kind::Object { listitems, .. } => match *listitems {
+                Some(list) => list,
+                None => {
+                    let list = self.new_node(Kind::List(Vec::new()), at);
+                    if let Kind::Object { listitems, .. } = &mut self.nodes[target].kind {
+                        *listitems = Some(list);
+                    }
+                    list
+                }
+            },
+            _ => return self.malformed(at, format!("{opcode} to a {name}")),
+        };
+        if let Kind::List(items) = &mut self.nodes[list].kind {
+            items.extend(new);
+        }
+        Ok(())
+    }
+
+    /// SETITEM(S): into a dict, or into an object's dictitems (pickle calls `obj[k] = v`).
+    fn set_items(&mut self, new: Vec<(NodeId, NodeId)>, opcode: &str, at: usize) -> Result<()> {
+        let target = self.top(at)?;
+        let name = self.kind_name(target);
+        match &mut self.nodes[target].kind {
+            Kind::Dict(pairs) => {
+                pairs.extend(new);
+                return Ok(());
+            }
+            Kind::Object { .. } => {}
+            _ => return self.malformed(at, format!("{opcode} on a {name}")),
+        }
+        let pairs: Vec<NodeId> = new
+            .into_iter()
+            .map(|(k, v)| self.new_node(Kind::Tuple(vec![k, v]), at))
+            .collect();
+        let list = match &self.nodes[target].kind {
+            Kind::Object {
+                dictitems: Some(list),
+                ..
+            } => *list,
+            _ => {
+                let list = self.new_node(Kind::List(Vec::new()), at);
+                if let Kind::Object { dictitems, .. } = &mut self.nodes[target].kind {
+                    *dictitems = Some(list);
+                }
+                list
+            }
+        };
+        if let Kind::List(items) = &mut self.nodes[list].kind {
+            items.extend(pairs);
+        }
+        Ok(())
     }
 
     // -- from the object graph to owned values --
@@ -706,8 +831,8 @@ impl<'a> Decoder<'a> {
         self.build(root, &refs)
     }
 
-    /// First pass: reject cycles, nesting past MAX_DEPTH, non-plain globals and exponential
-    /// expansion before allocating anything, and count how often each object is used so the
+    /// First pass: reject cycles, nesting past MAX_DEPTH and exponential expansion before
+    /// allocating anything, and count how often each object is used so the
     /// second pass copies only the shared ones.
     fn measure(&self, root: NodeId) -> Result<Vec<u32>> {
         const VALUE_SIZE: u64 = std::mem::size_of::<Value>() as u64;
@@ -747,12 +872,12 @@ impl<'a> Decoder<'a> {
                         };
                         done = Some((0, VALUE_SIZE + payload as u64));
                     }
-                    (Seen::No, Kind::Global { module, name }) => {
-                        return Err(PickleError::NotPlainGlobal {
-                            at: node.at,
-                            module: module.clone(),
-                            name: name.clone(),
-                        });
+                    (Seen::No, Kind::Global(g)) => {
+                        let cost = VALUE_SIZE
+                            + std::mem::size_of::<Global>() as u64
+                            + (g.module.len() + g.name.len()) as u64;
+                        seen[id] = Seen::Done { height: 0, cost };
+                        done = Some((0, cost));
                     }
                     (Seen::No, Kind::Taken) => {
                         return self.malformed(node.at, "internal: object used before it was built")
@@ -762,11 +887,15 @@ impl<'a> Decoder<'a> {
                             return Err(PickleError::TooDeep { at: node.at });
                         }
                         seen[id] = Seen::Active;
+                        let own = match node.kind {
+                            Kind::Object { .. } => std::mem::size_of::<Object>() as u64,
+                            _ => 0,
+                        };
                         open.push(Open {
                             id,
                             next: 0,
                             height: 0,
-                            cost: VALUE_SIZE,
+                            cost: VALUE_SIZE + own,
                         });
                     }
                 }
@@ -844,7 +973,10 @@ impl<'a> Decoder<'a> {
                 } else {
                     match std::mem::replace(&mut self.nodes[id].kind, Kind::Taken) {
                         Kind::Atom(v) => done = Some(keep(id, v, &mut shared)),
-                        Kind::Global { .. } | Kind::Taken => {
+                        Kind::Global(g) => {
+                            done = Some(keep(id, Value::Global(Box::new(g)), &mut shared))
+                        }
+                        Kind::Taken => {
                             return self
                                 .malformed(self.nodes[id].at, "internal: object built twice")
                         }
@@ -888,7 +1020,12 @@ impl<'a> Decoder<'a> {
                     }
                     Value::Dict(dedupe_dict(pairs).map_err(unhashable)?)
                 }
-                Kind::Atom(_) | Kind::Global { .. } | Kind::Taken => {
+                kind @ Kind::Object { .. } => {
+                    let object = object_value(&kind, top.items)
+                        .or_else(|what| self.malformed(at, format!("internal: {what}")))?;
+                    Value::Object(Box::new(object))
+                }
+                Kind::Atom(_) | Kind::Global(_) | Kind::Taken => {
                     unreachable!("only containers are opened")
                 }
             };
@@ -901,21 +1038,78 @@ impl<'a> Decoder<'a> {
     }
 }
 
+/// An object's value from its parts, built in `Kind::object_parts` order.
+fn object_value(kind: &Kind, items: Vec<Value>) -> Result<Object, &'static str> {
+    let Kind::Object {
+        kwargs,
+        state,
+        listitems,
+        dictitems,
+        ..
+    } = kind
+    else {
+        return Err("not an object");
+    };
+    let mut items = items.into_iter();
+    let callable = items.next().ok_or("an object without its callable")?;
+    let Some(Value::Tuple(args)) = items.next() else {
+        return Err("an object's arguments are not a tuple");
+    };
+    let mut object = Object::call(callable, args);
+    if kwargs.is_some() {
+        let Some(Value::Dict(pairs)) = items.next() else {
+            return Err("an object's keyword arguments are not a dict");
+        };
+        object.kwargs = pairs;
+    }
+    if state.is_some() {
+        object.state = items.next();
+    }
+    if listitems.is_some() {
+        let Some(Value::List(list)) = items.next() else {
+            return Err("an object's listitems are not a list");
+        };
+        object.listitems = list;
+    }
+    if dictitems.is_some() {
+        let Some(Value::List(pairs)) = items.next() else {
+            return Err("an object's dictitems are not a list");
+        };
+        for pair in pairs {
+            let Value::Tuple(kv) = pair else {
+                return Err("an object's dictitem is not a pair");
+            };
+            let Ok([k, v]) = <[Value; 2]>::try_from(kv) else {
+                return Err("an object's dictitem is not a pair");
+            };
+            object.dictitems.push((k, v));
+        }
+    }
+    Ok(object)
+}
+
 pub(super) fn opcode_name(code: u8) -> &'static str {
     match code {
-        op::INST => "INST",
-        op::OBJ => "OBJ",
-        op::NEWOBJ => "NEWOBJ",
-        op::NEWOBJ_EX => "NEWOBJ_EX",
-        op::BUILD => "BUILD",
-        op::EXT1 => "EXT1",
-        op::EXT2 => "EXT2",
-        op::EXT4 => "EXT4",
-        op::PERSID => "PERSID",
-        op::BINPERSID => "BINPERSID",
+        op::EXT1 => "EXT1 (extension code)",
+        op::EXT2 => "EXT2 (extension code)",
+        op::EXT4 => "EXT4 (extension code)",
+        op::PERSID => "PERSID (persistent id)",
+        op::BINPERSID => "BINPERSID (persistent id)",
         op::NEXT_BUFFER => "NEXT_BUFFER (out-of-band buffer)",
         op::READONLY_BUFFER => "READONLY_BUFFER (out-of-band buffer)",
         _ => "?",
+    }
+}
+
+/// A call's node: `callable(*args)`, or with `kwargs` NEWOBJ_EX's `cls.__new__(cls, *args, **kwargs)`.
+pub(super) fn object(callable: NodeId, args: NodeId, kwargs: Option<NodeId>) -> Kind {
+    Kind::Object {
+        callable,
+        args,
+        kwargs,
+        state: None,
+        listitems: None,
+        dictitems: None,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Writing: CPython 3.11's C pickler at protocol 5, for plain data.
+//! Writing: CPython 3.11's C pickler at protocol 5, for plain data; objects as calls.
 
 use super::*;
 
@@ -147,6 +147,52 @@ impl Encoder {
                 self.write(&[op::FROZENSET]);
                 self.memoize();
             }
+            Value::Global(g) => self.save_global(g),
+            Value::Object(o) => self.save_object(o),
+        }
+    }
+
+    /// As CPython's `save_global` at protocol 4+: module and name as (memoized) str, then
+    /// STACK_GLOBAL.
+    fn save_global(&mut self, g: &Global) {
+        self.save_str(&g.module);
+        self.save_str(&g.name);
+        self.write(&[op::STACK_GLOBAL]);
+        self.memoize();
+    }
+
+    /// `callable(*args)` by REDUCE (NEWOBJ_EX, `callable.__new__(callable, *args, **kwargs)`,
+    /// when there are keyword arguments), then listitems, dictitems and state in the order of
+    /// CPython's `save_reduce`. CPython writes some objects otherwise (a namedtuple by NEWOBJ);
+    /// it loads these to the same object when `callable(*args)` builds it.
+    fn save_object(&mut self, o: &Object) {
+        self.save(&o.callable);
+        self.save_tuple(&o.args);
+        if o.kwargs.is_empty() {
+            self.write(&[op::REDUCE]);
+        } else {
+            self.save_dict(&o.kwargs);
+            self.write(&[op::NEWOBJ_EX]);
+        }
+        self.memoize();
+        for chunk in o.listitems.chunks(BATCH) {
+            self.write(&[op::MARK]);
+            for item in chunk {
+                self.save(item);
+            }
+            self.write(&[op::APPENDS]);
+        }
+        for chunk in o.dictitems.chunks(BATCH) {
+            self.write(&[op::MARK]);
+            for (k, v) in chunk {
+                self.save(k);
+                self.save(v);
+            }
+            self.write(&[op::SETITEMS]);
+        }
+        if let Some(state) = &o.state {
+            self.save(state);
+            self.write(&[op::BUILD]);
         }
     }
 

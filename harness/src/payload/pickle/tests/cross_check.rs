@@ -354,3 +354,254 @@ with open(f"{d}/lines_out.pkl", "wb") as f:
     pickle.dump(load_all(UTF8Deserializer(), "lines.bin"), f, 5)
 json.dump(report, open(f"{d}/report.json", "w"))
 "#;
+
+/// Objects fakejvm cannot build, both ways, against the real interpreter and pyspark of a
+/// provisioned env: `loads` reads what CPython and pyspark's own serializer (cloudpickle) write
+/// for namedtuples, Rows, dataclasses, custom `__reduce__`, NEWOBJ_EX, enums, globals and
+/// nestings of them, as the tagged values below; every protocol 0-4 pickle of them reads too;
+/// and CPython loads what `dumps` writes for tagged values to the objects they name.
+#[test]
+fn objects_from_cpython_and_pyspark_read_as_tagged_values() {
+    let given = std::env::var_os("FAKEJVM_PYTHON").map(std::path::PathBuf::from);
+    let env = crate::pyenv::resolve(given.as_deref(), Some("4.0.5"))
+        .unwrap_or_else(|e| panic!("no Python with pyspark 4.0.5: {e}"));
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("objs.py"), OBJECTS_PY).unwrap();
+    // What the Rust side sends: tagged values CPython must load to the named objects.
+    let ours = [
+        json!({"$global": "objs.Point", "args": [1, 2]}),
+        json!({"$global": "pyspark.sql.types._create_row", "args": [["a", "b"], {"$tuple": [1, "x"]}]}),
+        json!({"$global": "datetime.date", "args": [2020, 1, 2]}),
+        json!({"$global": "decimal.Decimal", "args": ["1.5"]}),
+        json!({"$global": "objs.Custom", "args": ["k"], "state": {"note": "hi"},
+               "listitems": [1, 2], "dictitems": [["a", 1]]}),
+        json!({"$global": "objs.Kw", "args": [1], "kwargs": {"b": 2}}),
+        json!({"$global": "builtins.len"}),
+        json!({"$global": "objs:Outer.Inner"}),
+        json!({"$global": "objs.D", "args": [5], "state": {"x": 5, "y": "z"}}),
+    ];
+    let mut out = Vec::new();
+    for j in &ours {
+        let p = dumps(&value_from_json(j).unwrap());
+        out.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        out.extend_from_slice(&p);
+    }
+    std::fs::write(dir.path().join("ours.bin"), out).unwrap();
+
+    run_python(&env.python, OBJECTS_CHECK_PY, dir.path());
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(
+        report["ours_loaded"],
+        serde_json::Value::Array(vec![json!(true); 9]),
+        "CPython loads what dumps writes to the objects named (in order: {ours:?})"
+    );
+    let data = std::fs::read(dir.path().join("theirs.bin")).unwrap();
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        let n = i32::from_be_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        frames.push(&data[at + 4..at + 4 + n]);
+        at += 4 + n;
+    }
+    let names: Vec<&str> = report["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    // Per case: protocols 0-5 from pickle.dumps, then pyspark's CPickleSerializer's frame.
+    assert_eq!(frames.len(), names.len() * 7);
+    let mut got = serde_json::Map::new();
+    for (i, name) in names.iter().enumerate() {
+        for proto in 0..7 {
+            let p = frames[i * 7 + proto];
+            let v = loads(p).unwrap_or_else(|e| {
+                panic!(
+                    "{name}, pickle {proto} (6 = pyspark's): {e}; {}",
+                    hex_head(p)
+                )
+            });
+            if proto == 5 {
+                got.insert(name.to_string(), value_to_json(&v));
+            }
+            if proto == 6 && *name != "dynamic_namedtuple" {
+                assert_eq!(
+                    value_to_json(&v),
+                    got[*name],
+                    "{name}: pyspark's serializer (cloudpickle) pickles an importable class as pickle does"
+                );
+            }
+        }
+    }
+    let point = |x: i64, y: i64| json!({"$global": "objs.Point", "args": [x, y]});
+    let want = json!({
+        "namedtuple": point(1, 2),
+        "dataclass": {"$global": "objs.D", "args": [], "state": {"x": 1, "y": "a"}},
+        "frozen_slots_dataclass": {"$global": "objs.F", "args": [], "state": [3]},
+        "custom_reduce": {"$global": "objs.Custom", "args": ["k"], "state": {"note": "hi"},
+                          "listitems": [1, 2], "dictitems": [["a", 1]]},
+        "newobj_ex": {"$global": "objs.Kw", "args": [1], "kwargs": {"b": 2}},
+        "enum": {"$global": "objs.Color", "args": [1]},
+        "nested_class": {"$global": "objs:Outer.Inner"},
+        "function": {"$global": "builtins.len"},
+        "row": {"$global": "pyspark.sql.types._create_row", "args": [["a", "b"], {"$tuple": [1, "x"]}]},
+        "row_without_fields": {"$global": "copyreg._reconstructor",
+                               "args": [{"$global": "pyspark.sql.types.Row"}, {"$global": "builtins.tuple"}, {"$tuple": [1, 2]}]},
+        "nested": {"rows": [{"$global": "pyspark.sql.types._create_row",
+                             "args": [["p", "ds"], {"$tuple": [point(1, 2), [{"$global": "objs.D", "args": [], "state": {"x": 2, "y": "a"}}]]}]}]},
+        "shared": [point(1, 2), point(1, 2)],
+        "object_key": {"$dict": [[point(0, 0), "origin"]]},
+        "date": {"$global": "datetime.date", "args": [{"$bytes": "07e40102"}]},
+        "decimal": {"$global": "decimal.Decimal", "args": ["1.5"]},
+        "ordered_dict": {"$global": "collections.OrderedDict", "args": [], "dictitems": [["a", 1]]},
+        "exception": {"$global": "builtins.ValueError", "args": ["bad"]},
+    });
+    for (name, want) in want.as_object().unwrap() {
+        assert_eq!(&got[name], want, "{name}");
+    }
+    // A class defined in __main__ is pickled by value by cloudpickle: a call of its
+    // skeleton-class maker, then NEWOBJ of that. Kept as `$call`.
+    let dynamic = loads(
+        frames[names
+            .iter()
+            .position(|n| *n == "dynamic_namedtuple")
+            .unwrap()
+            * 7
+            + 6],
+    )
+    .unwrap();
+    let j = value_to_json(&dynamic);
+    assert_eq!(j["args"], json!([7]), "{j}");
+    assert!(
+        j["$call"]["$global"]
+            .as_str()
+            .is_some_and(|g| g.ends_with("cloudpickle._make_skeleton_class")),
+        "{j}"
+    );
+}
+
+/// Classes for the object cross-check, imported by both the pickling and the loading side.
+const OBJECTS_PY: &str = r#"
+import collections, dataclasses, enum
+
+Point = collections.namedtuple("Point", "x y")
+
+@dataclasses.dataclass
+class D:
+    x: int
+    y: str = "a"
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class F:
+    x: int
+
+class Custom:
+    """__reduce__'s five-tuple: a call, then state, listitems and dictitems."""
+    def __init__(self, k=None):
+        self.k, self.items, self.map, self.state = k, [], {}, None
+    def __reduce__(self):
+        return (Custom, (self.k,), {"note": "hi"}, iter(self.items), iter(self.map.items()))
+    def append(self, x):
+        self.items.append(x)
+    def extend(self, xs):
+        self.items.extend(xs)
+    def __setitem__(self, k, v):
+        self.map[k] = v
+    def __setstate__(self, s):
+        self.state = s
+    def __eq__(self, o):
+        return type(o) is Custom and vars(self) == vars(o)
+
+class Kw:
+    """Keyword-only arguments to __new__: pickled by NEWOBJ_EX."""
+    def __new__(cls, a, *, b):
+        o = super().__new__(cls)
+        o.a, o.b = a, b
+        return o
+    def __getnewargs_ex__(self):
+        return (self.a,), {"b": self.b}
+    def __getstate__(self):
+        return None
+    def __eq__(self, o):
+        return type(o) is Kw and (self.a, self.b) == (o.a, o.b)
+
+class Color(enum.Enum):
+    RED = 1
+
+class Outer:
+    class Inner:
+        pass
+"#;
+
+const OBJECTS_CHECK_PY: &str = r#"
+import collections, datetime, decimal, json, pickle, struct, sys
+d = sys.argv[1]
+sys.path.insert(0, d)
+import objs
+from pyspark.sql import Row
+from pyspark.serializers import CPickleSerializer
+
+def frames(name):
+    data, out, i = open(f"{d}/{name}", "rb").read(), [], 0
+    while i < len(data):
+        (n,) = struct.unpack(">i", data[i:i + 4]); i += 4
+        out.append(data[i:i + n]); i += n
+    return out
+
+custom = objs.Custom("k"); custom.append(1); custom.append(2); custom["a"] = 1
+loaded_custom = objs.Custom("k"); loaded_custom.items = [1, 2]; loaded_custom.map = {"a": 1}
+loaded_custom.state = {"note": "hi"}
+p = objs.Point(1, 2)
+Dynamic = collections.namedtuple("Dynamic", "a")
+cases = [
+    ("namedtuple", objs.Point(1, 2)),
+    ("dataclass", objs.D(1)),
+    ("frozen_slots_dataclass", objs.F(3)),
+    ("custom_reduce", custom),
+    ("newobj_ex", objs.Kw(1, b=2)),
+    ("enum", objs.Color.RED),
+    ("nested_class", objs.Outer.Inner),
+    ("function", len),
+    ("row", Row(a=1, b="x")),
+    ("row_without_fields", Row(1, 2)),
+    ("nested", {"rows": [Row(p=objs.Point(1, 2), ds=[objs.D(2)])]}),
+    ("shared", [p, p]),
+    ("object_key", {objs.Point(0, 0): "origin"}),
+    ("date", datetime.date(2020, 1, 2)),
+    ("decimal", decimal.Decimal("1.5")),
+    ("ordered_dict", collections.OrderedDict(a=1)),
+    ("exception", ValueError("bad")),
+    ("dynamic_namedtuple", Dynamic(7)),
+]
+ser = CPickleSerializer()
+with open(f"{d}/theirs.bin", "wb") as f:
+    for name, o in cases:
+        for proto in range(6):
+            try:
+                b = pickle.dumps(o, proto)
+            except Exception:
+                b = pickle.dumps(None, proto)  # Dynamic is not importable: pickle refuses it
+            f.write(struct.pack(">i", len(b))); f.write(b)
+        b = ser.dumps(o)
+        f.write(struct.pack(">i", len(b))); f.write(b)
+
+expected = [
+    lambda o: o == objs.Point(1, 2) and type(o) is objs.Point,
+    lambda o: o == Row(a=1, b="x") and o.__fields__ == ["a", "b"],
+    lambda o: o == datetime.date(2020, 1, 2),
+    lambda o: o == decimal.Decimal("1.5"),
+    lambda o: o == loaded_custom,
+    lambda o: o == objs.Kw(1, b=2),
+    lambda o: o is len,
+    lambda o: o is objs.Outer.Inner,
+    lambda o: o == objs.D(x=5, y="z"),
+]
+ours = [pickle.loads(b) for b in frames("ours.bin")]
+report = {
+    "names": [n for n, _ in cases],
+    "ours_loaded": [bool(check(o)) for check, o in zip(expected, ours)],
+}
+json.dump(report, open(f"{d}/report.json", "w"))
+"#;
