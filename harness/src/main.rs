@@ -119,6 +119,9 @@ enum Command {
     Repro(fakejvm::repro::ReproArgs),
     /// Throughput: fakejvm vs the worker alone vs a real Spark local[1] JVM, side by side.
     Bench(fakejvm::bench::BenchArgs),
+    /// Check a worker env before shipping it (interpreter, venv, PEX, conda-pack / venv-pack
+    /// archive): Python, pyspark vs --spark, pandas/pyarrow/numpy, and real tasks and UDFs through it.
+    Doctor(fakejvm::doctor::DoctorArgs),
     /// Show or set up the Python env (interpreter, pyspark version, dialect).
     Env {
         #[command(flatten)]
@@ -286,6 +289,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
             }
         }
         Command::Bench(args) => fakejvm::bench::bench_cmd(args).await,
+        Command::Doctor(args) => fakejvm::doctor::doctor_cmd(args).await,
         Command::Fuzz(args) => fakejvm::fuzz::fuzz_cmd(args).await,
         Command::Repro(args) => fakejvm::repro::repro_cmd(args).await,
         Command::Record(args) => fakejvm::golden::record_cmd(args).await,
