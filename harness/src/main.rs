@@ -40,7 +40,8 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct EnvArgs {
-    /// Use this Python interpreter (it must have pyspark installed) instead of a cached env.
+    /// Use this Python interpreter (it must have pyspark installed) instead of a cached env; also
+    /// a venv directory, a PEX file or a conda-pack / venv-pack archive (see `fakejvm doctor`).
     #[arg(long, env = "FAKEJVM_PYTHON", global = true)]
     python: Option<PathBuf>,
     /// The pyspark version of the cached env to use (provisioned on first use).
@@ -121,6 +122,7 @@ enum Command {
     Bench(fakejvm::bench::BenchArgs),
     /// Check a worker env before shipping it (interpreter, venv, PEX, conda-pack / venv-pack
     /// archive): Python, pyspark vs --spark, pandas/pyarrow/numpy, and real tasks and UDFs through it.
+    #[command(after_help = fakejvm::doctor::AFTER_HELP)]
     Doctor(fakejvm::doctor::DoctorArgs),
     /// Show or set up the Python env (interpreter, pyspark version, dialect).
     Env {

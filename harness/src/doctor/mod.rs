@@ -19,10 +19,22 @@ use std::io::Write;
 use std::path::PathBuf;
 use tasks::Probe;
 
-/// Check a worker environment before shipping it: its Python, its pyspark against the cluster's
-/// Spark, pandas/pyarrow/numpy against what that pyspark asks for, then a real RDD task, SQL UDF,
-/// pandas UDF and Arrow UDF run through it. Exit 0: ready; 1: not ready (each failing line says
-/// what to fix); 2: the path is not an env fakejvm can run.
+/// `fakejvm doctor --help`, after the options.
+pub const AFTER_HELP: &str = "\
+Checks, one line each (ok / FAIL / N/A), every FAIL with a `fix:` line under it:
+  python      the interpreter's version against pyspark's Requires-Python and classifiers
+  pyspark     installed, and of the --spark line (same major.minor; a patch difference is noted)
+  py4j, pandas, pyarrow, numpy
+              present and within what the installed pyspark asks (its metadata and its own
+              require_minimum_*_version checks)
+  RDD task, SQL UDF, pandas UDF, Arrow UDF
+              run through a real daemon started with that interpreter; N/A with the reason
+              when the env lacks what the kind needs, or its pyspark lacks the kind (Arrow UDF: 4.1+)
+
+Exit codes: 0 ready, 1 not ready, 2 the path is not an env fakejvm can run (one line).
+
+Example: fakejvm doctor --python ./env.pex --spark 4.0.5";
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct DoctorArgs {
     /// What PYSPARK_PYTHON will be on the cluster: an interpreter, a venv or conda env
@@ -200,9 +212,30 @@ pub async fn doctor_cmd(args: DoctorArgs) -> anyhow::Result<u8> {
     let shipped = match shipped::open(&args.python) {
         Ok(s) => s,
         // It exists and is a PEX, it just is not an interpreter: the env is not ready.
-        Err(e @ (ShippedError::PexEntryPoint { .. } | ShippedError::PexNotInterpreter { .. })) => {
+        Err(ShippedError::PexEntryPoint { entry_point, .. }) => {
             println!("fakejvm doctor: {given} (a PEX file)");
-            list.add(Item::new(Mark::Fail, "interpreter", e.to_string()));
+            list.add(
+                Item::new(
+                    Mark::Fail,
+                    "interpreter",
+                    format!("runs its entry point `{entry_point}` instead of Python: PYSPARK_PYTHON={given} cannot start a worker (`-m pyspark.daemon` goes to `{entry_point}`)"),
+                )
+                .fix(format!("rebuild it without -m/-e/-c/--script (`pex REQUIREMENTS -o {given}`), or set PEX_INTERPRETER=1 in the executors' environment (spark.executorEnv.PEX_INTERPRETER=1)")),
+            );
+            return Ok(list.finish(&given));
+        }
+        Err(ShippedError::PexNotInterpreter { said, .. }) => {
+            println!("fakejvm doctor: {given} (a PEX file)");
+            list.add(
+                Item::new(
+                    Mark::Fail,
+                    "interpreter",
+                    format!("does not act as Python: `{given} -c ...` answered {said:?}"),
+                )
+                .fix(format!(
+                    "rebuild it without an entry point: pex REQUIREMENTS -o {given}"
+                )),
+            );
             return Ok(list.finish(&given));
         }
         Err(e) => return Err(env_failure(None, EnvError::from(e))),
