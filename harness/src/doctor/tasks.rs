@@ -77,10 +77,11 @@ pub(super) fn scenario(probes: &[Probe]) -> Scenario {
     } else {
         ""
     };
-    // A generous deadline: a PEX's first worker may still be importing pandas and pyarrow from
-    // a cold cache on a busy machine.
+    // Generous bounds, not speeds: a PEX's daemon takes seconds to announce its port (pex
+    // resolves its sys.path on every start, so the default 10 s connect timeout is tight on a
+    // loaded machine), and its first worker may import pandas and pyarrow from a cold cache.
     let text = format!(
-        r#"{{"name": "doctor", "description": "fakejvm doctor's checks", {requires} "deadline_ms": 120000, "tasks": [{}]}}"#,
+        r#"{{"name": "doctor", "description": "fakejvm doctor's checks", {requires} "deadline_ms": 120000, "connect_timeout_ms": 120000, "tasks": [{}]}}"#,
         tasks.join(",")
     );
     Scenario::parse(&text).unwrap_or_else(|e| panic!("doctor's built-in scenario: {e}"))
