@@ -60,7 +60,7 @@ pub use archive::Packer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShippedError {
-    #[error("{}: no such file or directory: pass --python an interpreter, a venv or conda env directory, a PEX file or a conda-pack / venv-pack archive", path.display())]
+    #[error("{} not found (no such file or directory): pass --python an interpreter, a venv or conda env directory, a PEX file or a conda-pack / venv-pack archive", path.display())]
     Missing { path: PathBuf },
     #[error("{} is a directory but neither a venv or conda env (no bin/python) nor a PEX directory (no PEX-INFO and __main__.py): pass the env's directory or its bin/python", path.display())]
     NotAnEnvDir { path: PathBuf },
