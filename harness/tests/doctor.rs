@@ -324,7 +324,9 @@ fn a_venv_pack_archive_is_unpacked_once_and_checked() {
     let scratch = tempfile::tempdir().unwrap();
     let venv = scratch.path().join("venv");
     run_step(
-        Std::new(base_python()).args(["-m", "venv"]).arg(&venv),
+        Std::new(base_python())
+            .args(["-m", "venv", "--without-pip"])
+            .arg(&venv),
         "creating a venv",
         "the base Python needs the venv module",
     );
@@ -372,6 +374,20 @@ fn a_venv_pack_archive_is_unpacked_once_and_checked() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
+    // Every run packs a new venv (new content, new key): drop its cache entry and marker.
+    let entry = stdout
+        .split("unpacked into ")
+        .nth(1)
+        .and_then(|rest| rest.split(", run as").next())
+        .map(PathBuf::from)
+        .expect("the unpacked directory is named");
+    assert!(
+        entry.starts_with(fakejvm::pyenv::cache_root().join("shipped")),
+        "{}",
+        entry.display()
+    );
+    std::fs::remove_dir_all(&entry).unwrap();
+    std::fs::remove_file(entry.with_extension("json")).unwrap();
 }
 
 #[test]
@@ -383,7 +399,24 @@ fn what_is_no_env_is_one_line_and_exit_2() {
     std::fs::set_permissions(&not_python, std::fs::Permissions::from_mode(0o755)).unwrap();
     let corrupt = dir.path().join("env.tar.gz");
     std::fs::write(&corrupt, [0x1f, 0x8b, 8, 0, 1, 2, 3]).unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let no_env = dir.path().join("docs.tar.gz");
+    std::fs::create_dir(dir.path().join("docs")).unwrap();
+    std::fs::write(dir.path().join("docs/README"), "not an env").unwrap();
+    run_step(
+        Std::new("tar")
+            .arg("-czf")
+            .arg(&no_env)
+            .arg("-C")
+            .arg(dir.path())
+            .arg("docs"),
+        "tar",
+        "GNU tar is needed",
+    );
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--python", no_env.to_str().unwrap()],
+            "it holds no env: no bin/python",
+        ),
         (
             &["--python", "/nonexistent/env.pex"],
             "no such file or directory",

@@ -178,20 +178,22 @@ pub(super) fn unpack(archive: &Path, format: Format) -> Result<Unpacked, Shipped
             })
         }
         Some(_) if !ran.succeeded() => {
+            let _ = fs::remove_dir_all(&building);
             return Err(bad(format!(
                 "tar cannot unpack it ({:?}): {}",
                 format,
                 crate::error::one_line(&ran.tail())
-            )))
+            )));
         }
         Some(_) => {}
     }
-    let inside = env_root(&building).ok_or_else(|| {
-        bad(format!(
-            "it holds no env: no bin/python at its top or in its one top folder (it holds {})",
-            listing(&building)
-        ))
-    })?;
+    let Some(inside) = env_root(&building) else {
+        let held = listing(&building);
+        let _ = fs::remove_dir_all(&building);
+        return Err(bad(format!(
+            "it holds no env: no bin/python at its top or in its one top folder (it holds {held})"
+        )));
+    };
     fs::rename(&building, &entry).map_err(io("move the unpacked env into", &entry))?;
     let root = entry.join(&inside);
     let packer = if root.join("bin/conda-unpack").is_file() {
