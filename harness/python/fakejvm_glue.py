@@ -8,10 +8,14 @@
 #            pyspark.cloudpickle, so only the target version can write them faithfully.
 #            A spec with a "return_type" is a SQL UDF function instead: (func, returnType), or
 #            the UDTF class alone, as sql/udf.py's _wrap_function pickles them.
+#   doctor - what `fakejvm doctor` checks in a shipped env: the Python pyspark supports, and
+#            py4j, pandas, pyarrow and numpy against the versions this pyspark asks for, in its
+#            metadata and in its own runtime checks (pyspark.sql.pandas.utils).
 # Rust embeds this file (include_str!) and runs it as `python -c <this> <mode>`.
 # Protocol with Rust: JSON on stdin (build only), one JSON object on stdout.
 import json
 import os
+import re
 import sys
 
 # `python -c` puts the current directory first on sys.path; a ./pyspark there (a Spark
@@ -30,7 +34,6 @@ def answer(obj):
 
 
 def probe():
-    import importlib.util
     from importlib import metadata
 
     packages = {}
@@ -42,21 +45,25 @@ def probe():
     found = {
         "python": "%d.%d" % sys.version_info[:2],
         "python_full": "%d.%d.%d" % sys.version_info[:3],
-        "pyspark": None,
-        "pyspark_dir": None,
         "packages": packages,
     }
-    spec = importlib.util.find_spec("pyspark")
-    if spec is not None and spec.submodule_search_locations:
-        pyspark_dir = list(spec.submodule_search_locations)[0]
-        found["pyspark_dir"] = pyspark_dir
-        # version.py is what pyspark/__init__.py itself reads; it also exists in a Spark source
-        # checkout on PYTHONPATH, where there is no package metadata.
-        scope = {}
-        with open(os.path.join(pyspark_dir, "version.py"), encoding="utf-8") as f:
-            exec(compile(f.read(), "pyspark/version.py", "exec"), scope)
-        found["pyspark"] = scope["__version__"]
+    found.update(find_pyspark())
     answer(found)
+
+
+def find_pyspark():
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyspark")
+    if spec is None or not spec.submodule_search_locations:
+        return {"pyspark": None, "pyspark_dir": None}
+    pyspark_dir = list(spec.submodule_search_locations)[0]
+    # version.py is what pyspark/__init__.py itself reads; it also exists in a Spark source
+    # checkout on PYTHONPATH, where there is no package metadata.
+    scope = {}
+    with open(os.path.join(pyspark_dir, "version.py"), encoding="utf-8") as f:
+        exec(compile(f.read(), "pyspark/version.py", "exec"), scope)
+    return {"pyspark": scope["__version__"], "pyspark_dir": pyspark_dir}
 
 
 def build():
@@ -116,5 +123,177 @@ def udf_command(func, spec):
     return (func, _parse_datatype_json_string(spec["return_type"]))
 
 
+# The packages `fakejvm doctor` checks: pyspark's one hard dependency, and what its pandas and
+# Arrow UDFs import (pyspark's `sql` extra). Each with the runtime check pyspark itself runs
+# before a pandas or Arrow UDF, where this pyspark has one.
+DOCTOR_PACKAGES = (
+    ("py4j", None),
+    ("pandas", "require_minimum_pandas_version"),
+    ("pyarrow", "require_minimum_pyarrow_version"),
+    ("numpy", "require_minimum_numpy_version"),
+)
+
+
+def doctor():
+    import importlib
+    from importlib import metadata
+
+    found = {
+        "python": "%d.%d" % sys.version_info[:2],
+        "python_full": "%d.%d.%d" % sys.version_info[:3],
+        "executable": sys.executable,
+        "pex": pex_info(),
+        "requires_python": None,
+        "python_classifiers": [],
+        "packages": [],
+    }
+    found.update(find_pyspark())
+    if found["pyspark"] is None:
+        answer(found)
+        return
+
+    wanted = {}
+    try:
+        meta = metadata.metadata("pyspark")
+        found["requires_python"] = meta.get("Requires-Python")
+        prefix = "Programming Language :: Python :: 3."
+        found["python_classifiers"] = [
+            c.rsplit("::", 1)[1].strip()
+            for c in (meta.get_all("Classifier") or [])
+            if c.startswith(prefix) and c[len(prefix):].isdigit()
+        ]
+        # 'pandas>=2.0.0; extra == "sql"', 'py4j<0.10.9.10,>=0.10.9.7', older 'py4j (==0.10.9.7)'
+        for req in metadata.requires("pyspark") or []:
+            m = re.match(r"\s*([A-Za-z0-9_.-]+)\s*(?:\[[^\]]*\])?\s*\(?([^;)]*)\)?\s*(?:;(.*))?$", req)
+            if not m:
+                continue
+            name, spec, marker = m.group(1).lower(), m.group(2).strip(), (m.group(3) or "")
+            extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
+            extra = extra.group(1).replace("-", "_") if extra else None
+            # The hard requirements, then the `sql` extra (pandas and Arrow UDFs), then
+            # pandas-on-Spark's, for a pyspark whose sql extra lacks a package.
+            rank = {None: 0, "sql": 1, "pandas_on_spark": 2}.get(extra)
+            if rank is not None and (name not in wanted or rank < wanted[name][0]):
+                wanted[name] = (rank, spec, extra)
+    except metadata.PackageNotFoundError:
+        pass  # a Spark checkout on PYTHONPATH: no metadata, only the runtime checks
+
+    try:
+        from pyspark.sql.pandas import utils as pyspark_checks
+        checks_error = None
+    except Exception as e:
+        pyspark_checks, checks_error = None, one_line_error(e)
+
+    for name, check_name in DOCTOR_PACKAGES:
+        rank, spec, extra = wanted.get(name, (None, None, None))
+        entry = {
+            "name": name,
+            "wanted": spec or None,
+            "extra": extra,
+            "runtime_minimum": None,
+            "installed": None,
+            "problem": None,
+            "checked_by": None,
+            "warnings": [],
+        }
+        try:
+            entry["installed"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+        try:
+            module = importlib.import_module(name)
+            entry["installed"] = getattr(module, "__version__", entry["installed"])
+        except Exception as e:
+            entry["problem"] = (
+                "not installed" if entry["installed"] is None and isinstance(e, ImportError)
+                else "installed (%s) but `import %s` fails: %s" % (entry["installed"], name, one_line_error(e))
+            )
+        check = getattr(pyspark_checks, check_name, None) if check_name else None
+        if check is not None:
+            entry["checked_by"] = "pyspark.sql.pandas.utils." + check_name
+            # The minimum is the check's first version literal (`minimum_pandas_version =
+            # "2.0.0"`; 4.2 compares with "3.0.0" after it, to warn). It can differ from the
+            # metadata's: 4.2.1 asks numpy>=1.21 there and 1.22 here.
+            literals = [c for c in check.__code__.co_consts
+                        if isinstance(c, str) and re.fullmatch(r"\d+(\.\d+)+", c)]
+            if literals:
+                entry["runtime_minimum"] = literals[0]
+            if entry["problem"] is None:
+                import warnings
+
+                with warnings.catch_warnings(record=True) as said:
+                    warnings.simplefilter("always")
+                    try:
+                        check()
+                    except Exception as e:
+                        entry["problem"] = "pyspark's own check fails: " + one_line_error(e)
+                entry["warnings"] = [one_line_error(w.message) for w in said]
+        elif check_name and checks_error:
+            entry["checked_by"] = "unavailable: " + checks_error
+        if entry["problem"] is None and spec and not satisfies(entry["installed"], spec):
+            entry["problem"] = "%s is installed, pyspark asks for %s%s" % (entry["installed"], name, spec)
+        found["packages"].append(entry)
+    answer(found)
+
+
+def pex_info():
+    """The PEX this runs from (pex's runtime names it in $PEX) and the requirements it was built
+    from, so a fix can say how to rebuild it."""
+    path = os.environ.get("PEX")
+    if not path:
+        return None
+    info = {"path": path, "requirements": []}
+    try:
+        if os.path.isdir(path):
+            with open(os.path.join(path, "PEX-INFO"), encoding="utf-8") as f:
+                text = f.read()
+        else:
+            import zipfile
+
+            with zipfile.ZipFile(path) as z:
+                text = z.read("PEX-INFO").decode("utf-8")
+        info["requirements"] = list(json.loads(text).get("requirements") or [])
+    except Exception:
+        pass  # the path is still worth naming
+    return info
+
+
+def one_line_error(e):
+    text = " | ".join(l.strip() for l in str(e).splitlines() if l.strip())
+    return "%s: %s" % (type(e).__name__, text) if text else type(e).__name__
+
+
+def version_key(v):
+    """'2.3.3' -> (2, 3, 3); stops at the first part that is not a number ('2.1.0rc1' -> (2, 1))."""
+    out = []
+    for part in str(v).split("."):
+        digits = re.match(r"\d*", part).group(0) if part else ""
+        if not digits:
+            break
+        out.append(int(digits))
+        if digits != part:
+            break
+    return tuple(out)
+
+
+def satisfies(version, spec):
+    """A plain version against comma-separated comparisons (no packaging module in a bare env)."""
+    if version is None:
+        return False
+    have = version_key(version)
+    for clause in spec.split(","):
+        m = re.match(r"\s*(~=|===|==|!=|>=|<=|>|<)\s*([0-9][0-9.]*)\*?\s*$", clause)
+        if not m:
+            continue  # a form this does not read: leave it to pyspark's own check
+        op, want = m.group(1), version_key(m.group(2))
+        width = max(len(have), len(want))
+        a, b = have + (0,) * (width - len(have)), want + (0,) * (width - len(want))
+        ok = {"~=": a >= b, "==": a == b, "===": a == b, "!=": a != b, ">=": a >= b,
+              "<=": a <= b, ">": a > b, "<": a < b}[op]
+        if not ok:
+            return False
+    return True
+
+
 if __name__ == "__main__":
-    {"probe": probe, "build": build}[sys.argv[1]]()
+    {"probe": probe, "build": build, "doctor": doctor}[sys.argv[1]]()

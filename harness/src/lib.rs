@@ -7,6 +7,7 @@
 pub mod atomic;
 pub mod bench;
 pub mod decode;
+pub mod doctor;
 pub mod error;
 pub mod faults;
 pub mod fuzz;

@@ -42,7 +42,8 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct EnvArgs {
-    /// Use this Python interpreter (it must have pyspark installed) instead of a cached env.
+    /// Use this Python interpreter (it must have pyspark installed) instead of a cached env; also
+    /// a venv directory, a PEX file or a conda-pack / venv-pack archive (see `fakejvm doctor`).
     #[arg(long, env = "FAKEJVM_PYTHON", global = true)]
     python: Option<PathBuf>,
     /// The pyspark version of the cached env to use (provisioned on first use).
@@ -128,6 +129,10 @@ enum Command {
         #[command(subcommand)]
         action: ReportAction,
     },
+    /// Check a worker env before shipping it (interpreter, venv, PEX, conda-pack / venv-pack
+    /// archive): Python, pyspark vs --spark, pandas/pyarrow/numpy, and real tasks and UDFs through it.
+    #[command(after_help = fakejvm::doctor::AFTER_HELP)]
+    Doctor(fakejvm::doctor::DoctorArgs),
     /// Show or set up the Python env (interpreter, pyspark version, dialect).
     Env {
         #[command(flatten)]
@@ -320,6 +325,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
         }
         Command::Bench(args) => fakejvm::bench::bench_cmd(args).await,
         Command::Matrix(args) => fakejvm::matrix::matrix_cmd(args).await,
+        Command::Doctor(args) => fakejvm::doctor::doctor_cmd(args).await,
         Command::Fuzz(args) => fakejvm::fuzz::fuzz_cmd(args).await,
         Command::Repro(args) => fakejvm::repro::repro_cmd(args).await,
         Command::Record(args) => fakejvm::golden::record_cmd(args).await,

@@ -14,6 +14,7 @@ mod child;
 mod command;
 mod provision;
 pub mod releases;
+pub mod shipped;
 mod udf_command;
 mod version;
 
@@ -108,6 +109,9 @@ pub enum EnvError {
     },
     #[error("fakejvm's command builder failed under {} ({detail}); this is a fakejvm bug or a pyspark it does not know: please report it with this message", python.display())]
     Glue { python: PathBuf, detail: String },
+    /// A venv, PEX or packed archive given as `--python` that cannot be run as it is.
+    #[error(transparent)]
+    Shipped(#[from] shipped::ShippedError),
 }
 
 impl EnvError {
@@ -128,6 +132,7 @@ impl EnvError {
             | Io { .. }
             | Timeout { .. }
             | Glue { .. } => false,
+            Shipped(e) => e.is_bad_input(),
         }
     }
 }
@@ -226,7 +231,10 @@ fn probe_with_packages(python: &Path) -> Result<(PythonEnv, BTreeMap<String, Str
 /// cached env for `pyspark` (default `DEFAULT_PYSPARK`; "4.1" means the pinned 4.1.x),
 /// provisioned first if it is missing. Probes are remembered for the life of the process.
 pub fn resolve(python: Option<&Path>, pyspark: Option<&str>) -> Result<PythonEnv, EnvError> {
-    if let Some(python) = python {
+    if let Some(given) = python {
+        // An interpreter, or a venv, PEX or packed archive to run as one.
+        let shipped = shipped::open(given)?;
+        let python = shipped.python.as_path();
         let env = probe_once(python)?;
         return match pyspark {
             Some(wanted) if !version::satisfies(env.pyspark, wanted) => {
