@@ -344,6 +344,21 @@ async fn run_scenarios(
         scenarios.push((f.clone(), Scenario::load(f).map_err(BadInput::from)?));
     }
     let env = resolve_env(env)?;
+    // `worker_module: {"each_in": ...}` is one run per worker module of this pyspark, listed
+    // now: a package this pyspark lacks is a broken file (exit 2) before any worker starts.
+    let mut runs = vec![];
+    for (f, s) in scenarios {
+        let expanded = scenario::expand(&env, &f, &s).map_err(|e| match e {
+            scenario::ExpandError::Scenario(problem) => {
+                anyhow::Error::from(BadInput::new(&f, problem))
+            }
+            scenario::ExpandError::Env(e) => env_failure(Some(&f), e),
+        })?;
+        for one in expanded {
+            runs.push((f.clone(), one));
+        }
+    }
+    let scenarios = runs;
     // Build every command up front: a function that does not compile is a broken
     // scenario file (exit 2), found before any worker starts. Builds are cached on disk.
     for (f, s) in &scenarios {
