@@ -11,6 +11,10 @@
 #   doctor - what `fakejvm doctor` checks in a shipped env: the Python pyspark supports, and
 #            py4j, pandas, pyarrow and numpy against the versions this pyspark asks for, in its
 #            metadata and in its own runtime checks (pyspark.sql.pandas.utils).
+#   modules - list the worker modules of the installed pyspark under a package: the modules a
+#            daemon (4.0+, `worker_module.main(infile, outfile)`) or `python -m` can run as a
+#            worker. Read with this interpreter's own `ast`, so nothing is imported: a module
+#            whose optional dependencies are missing (Spark Connect's grpcio) is still listed.
 # Rust embeds this file (include_str!) and runs it as `python -c <this> <mode>`.
 # Protocol with Rust: JSON on stdin (build only), one JSON object on stdout.
 import json
@@ -295,5 +299,65 @@ def satisfies(version, spec):
     return True
 
 
+def modules():
+    import ast
+    import importlib.util
+
+    package = json.load(sys.stdin)["package"]
+    parts = package.split(".")
+    spec = importlib.util.find_spec(parts[0])  # a top-level name: found without importing it
+    if spec is None or not spec.submodule_search_locations:
+        answer({"missing": True, "modules": []})
+        return
+    base = os.path.join(list(spec.submodule_search_locations)[0], *parts[1:])
+    if os.path.isdir(base):
+        files = []
+        for folder, dirs, names in os.walk(base):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            rel = os.path.relpath(folder, base)
+            prefix = package if rel == "." else package + "." + rel.replace(os.sep, ".")
+            for n in sorted(names):
+                if n.endswith(".py") and n != "__init__.py":
+                    files.append((prefix + "." + n[:-3], os.path.join(folder, n)))
+    elif os.path.isfile(base + ".py"):
+        files = [(package, base + ".py")]
+    else:
+        answer({"missing": True, "modules": []})
+        return
+    found = []
+    for name, path in files:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if "__main__" not in text or "def main(" not in text:
+            continue
+        try:
+            tree = ast.parse(text, path)
+        except SyntaxError:
+            continue
+        if is_worker_module(tree):
+            found.append(name)
+    answer({"missing": False, "modules": sorted(found)})
+
+
+def is_worker_module(tree):
+    """A top-level `def main(infile, outfile)` (what daemon.py calls) and an
+    `if __name__ == "__main__":` block (what `python -m` runs)."""
+    import ast
+
+    has_main = any(
+        isinstance(n, ast.FunctionDef) and n.name == "main" and len(n.args.args) >= 2
+        for n in tree.body
+    )
+    runs_as_main = any(
+        isinstance(n, ast.If)
+        and isinstance(n.test, ast.Compare)
+        and isinstance(n.test.left, ast.Name)
+        and n.test.left.id == "__name__"
+        and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in n.test.comparators)
+        for n in tree.body
+    )
+    return has_main and runs_as_main
+
+
 if __name__ == "__main__":
-    {"probe": probe, "build": build, "doctor": doctor}[sys.argv[1]]()
+    {"probe": probe, "build": build, "doctor": doctor, "modules": modules}[sys.argv[1]]()

@@ -386,13 +386,30 @@ async fn run_scenarios(
         scenarios.push((f.clone(), Scenario::load(f).map_err(BadInput::from)?));
     }
     let env = resolve_env(env)?;
+    // `worker_module: {"each_in": ...}` is one run per worker module of this pyspark, listed
+    // now: a package this pyspark lacks is a broken file (exit 2) before any worker starts.
+    let mut runs = vec![];
+    for (f, s) in scenarios {
+        let expanded = scenario::expand(&env, &f, &s).map_err(|e| match e {
+            scenario::ExpandError::Scenario(problem) => {
+                anyhow::Error::from(BadInput::new(&f, problem))
+            }
+            scenario::ExpandError::Env(e) => env_failure(Some(&f), e),
+        })?;
+        for one in expanded {
+            runs.push((f.clone(), one));
+        }
+    }
     let version = env.pyspark.to_string();
-    let keys: Vec<(String, &str)> = files
+    let keys: Vec<(String, String, &str)> = runs
         .iter()
-        .map(|f| (f.display().to_string(), version.as_str()))
+        .map(|(f, s)| {
+            let name = s.name.clone().unwrap_or_default();
+            (f.display().to_string(), name, version.as_str())
+        })
         .collect();
-    let total = scenarios.len();
-    let scenarios: Vec<(usize, (PathBuf, Scenario))> = scenarios
+    let total = runs.len();
+    let scenarios: Vec<(usize, (PathBuf, Scenario))> = runs
         .into_iter()
         .enumerate()
         .zip(shard.picks(&keys))

@@ -28,6 +28,14 @@ pub fn scenario_lines(r: &ScenarioReport) -> String {
         if let Some(p) = task_outcome_problem(t) {
             out.push_str(&format!("\n      task {}: {p}", t.index));
         }
+        // A raw request to a worker module: what it answered (and then did) is the finding.
+        if t.raw_request && t.ok {
+            out.push_str(&format!(
+                "\n      task {}: {}",
+                t.index,
+                answer_line(&t.outcome, t.worker_end.as_ref())
+            ));
+        }
         if let Some(n) = &t.note {
             out.push_str(&format!("\n      task {}: known behaviour, {n}", t.index));
         }
@@ -87,6 +95,26 @@ pub fn task_outcome_problem(t: &TaskReport) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// One line for a worker module's answer: the outcome's first line, at most 200 characters,
+/// and what became of the worker.
+fn answer_line(outcome: &Outcome, end: Option<&crate::scenario::WorkerEnd>) -> String {
+    let text = outcome.to_string();
+    // An exception without a message ("EOFError: ") reads better as its type alone.
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches([' ', ':']);
+    let mut line: String = first.chars().take(200).collect();
+    if line.len() < first.len() || text.lines().nth(1).is_some() {
+        line.push_str(" ...");
+    }
+    if let Some(end) = end {
+        line.push_str(&format!("; {end}"));
+    }
+    line
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -856,7 +856,7 @@ fn a_bad_value_in_any_launch_field_is_one_line_before_any_python_runs() {
             "expect_by_version without a version",
             r#"{"tasks":[{"function":"func = lambda s, it: it","expect":{"values":[]},"expect_by_version":[{"expect":{"values":[]},"note":"x"}]}]}"#.to_string(),
             "tasks[0].expect_by_version[0]",
-            "`pyspark` and/or `python`",
+            "`pyspark`, `python` and/or `module`",
         ),
     ];
     let cases: Vec<_> = cases
@@ -864,6 +864,140 @@ fn a_bad_value_in_any_launch_field_is_one_line_before_any_python_runs() {
         .map(|(what, text, field, problem)| (what.to_string(), text, vec![field, problem]))
         .collect();
     assert_refused_before_python("badlaunch", &cases);
+}
+
+/// Issue 13 part 2: bad values in the worker-module fields (`worker_module.each_in` and
+/// `except`, a task's raw `request`, `expect_by_version[].module`) are exit 2, one line naming
+/// the field, before any Python runs.
+#[test]
+fn a_bad_value_in_any_worker_module_field_is_one_line_before_any_python_runs() {
+    let raw = |task: &str| format!(r#"{{"mode":"direct","tasks":[{task}]}}"#);
+    let each = |wm: &str| {
+        format!(
+            r#"{{"mode":"direct","worker_module":{wm},"tasks":[{{"request":{{"frames":[{{"text":"0.0"}}]}},"expect":{{"outcome":"PythonException"}}}}]}}"#
+        )
+    };
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "each_in not a module name",
+            each(r#"{"each_in":"pyspark-x"}"#),
+            "worker_module",
+            "not a Python module name",
+        ),
+        (
+            "each_in with an unknown key",
+            each(r#"{"each_in":"pyspark","only":["x"]}"#),
+            "worker_module",
+            "unknown field `only`",
+        ),
+        (
+            "except without each_in",
+            each(r#"{"except":["pyspark.worker"]}"#),
+            "worker_module",
+            "give `each_in`",
+        ),
+        (
+            "except outside each_in",
+            each(r#"{"each_in":"pyspark.sql.worker","except":["pyspark.worker"]}"#),
+            "except[0]",
+            "is not inside",
+        ),
+        (
+            "except not a pattern",
+            each(r#"{"each_in":"pyspark","except":["pyspark.*.worker"]}"#),
+            "except[0]",
+            "`package.*` pattern",
+        ),
+        (
+            "a raw request with a function",
+            raw(r#"{"function":"func = lambda s, it: it","request":{"frames":[]},"expect":{"outcome":"Hang"}}"#),
+            "tasks[0].request",
+            "no `function` or `udf`",
+        ),
+        (
+            "a raw request with an input",
+            raw(r#"{"request":{"frames":[{"int":1}]},"input":{"encoding":"pickle","values":[1]},"expect":{"outcome":"Hang"}}"#),
+            "tasks[0].input",
+            "remove `input`",
+        ),
+        (
+            "a raw frame that is not hex",
+            raw(r#"{"request":{"frames":[{"hex":"zz"}]},"expect":{"outcome":"Hang"}}"#),
+            "tasks[0].request.frames[0].hex",
+            "is not hex",
+        ),
+        (
+            "an unknown end of a raw request",
+            raw(r#"{"request":{"frames":[{"int":1}],"then":"close"},"expect":{"outcome":"Hang"}}"#),
+            "tasks[0].request.then",
+            "unknown variant `close`",
+        ),
+        (
+            "a raw request that sends and waits for nothing",
+            raw(r#"{"request":{"frames":[]},"expect":{"outcome":"Hang"}}"#),
+            "tasks[0].request",
+            "sends nothing",
+        ),
+        (
+            "output values from a raw request",
+            raw(r#"{"request":{"frames":[{"int":1}]},"expect":{"values":[1]}}"#),
+            "tasks[0].expect",
+            "not decoded as output",
+        ),
+        (
+            "an exit status pinned on a daemon's worker",
+            r#"{"tasks":[{"request":{"frames":[{"text":"0.0"}]},"expect":{"outcome":"PythonException","exit":{"code":255}}}]}"#.to_string(),
+            "tasks[0].expect.exit",
+            "exit status is unknown",
+        ),
+        (
+            "a fault outside a raw request's frames",
+            r#"{"mode":"direct","faults":[{"kind":"delay","ms":10,"at":{"after":"header"}}],"tasks":[{"request":{"frames":[{"int":1}]},"expect":{"outcome":"Hang"}}]}"#.to_string(),
+            "fault #0",
+            "name one of its frames",
+        ),
+        (
+            "expect_by_version with a bad module pattern",
+            raw(r#"{"request":{"frames":[{"int":1}]},"expect":{"outcome":"Hang"},"expect_by_version":[{"module":"pyspark.sql.","expect":{"outcome":"Hang"},"note":"x"}]}"#),
+            "tasks[0].expect_by_version[0].module",
+            "not a module name",
+        ),
+    ];
+    let cases: Vec<_> = cases
+        .into_iter()
+        .map(|(what, text, field, problem)| (what.to_string(), text, vec![field, problem]))
+        .collect();
+    assert_refused_before_python("badmodules", &cases);
+}
+
+/// `each_in` names a package of the installed pyspark: one this version lacks, or one without a
+/// worker module, is exit 2 and one line, before any worker starts.
+#[test]
+fn an_each_in_package_this_pyspark_lacks_is_bad_input() {
+    let d = tempfile::tempdir().unwrap();
+    for (stem, package, problem) in [
+        (
+            "lacks",
+            "pyspark.no_such_package",
+            "has no package or module",
+        ),
+        ("none", "pyspark.sql.types", "has no worker module under"),
+    ] {
+        let text = format!(
+            r#"{{"mode":"direct","worker_module":{{"each_in":"{package}"}},"tasks":[{{"request":{{"frames":[{{"text":"0.0"}}]}},"expect":{{"outcome":"PythonException"}}}}]}}"#
+        );
+        let f = scenario_file(d.path(), &format!("{stem}.json"), &text);
+        assert_one_line(
+            &["run", "--pyspark", "4.0.5", f.to_str().unwrap()],
+            2,
+            &[
+                f.to_str().unwrap(),
+                "worker_module.each_in",
+                "pyspark 4.0.5",
+                problem,
+            ],
+        );
+    }
 }
 
 /// A scenario with launch-time files and a custom worker module holds no absolute path: it runs

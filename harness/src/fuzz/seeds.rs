@@ -213,6 +213,12 @@ pub fn load(
                     report.skipped.push(format!("{name}: sends broadcast or spark files, which a reproducer could not carry"));
                     continue;
                 }
+                if task.request.is_some() {
+                    report.skipped.push(format!(
+                        "{name}: a raw request to a worker module, not a pyspark.worker task"
+                    ));
+                    continue;
+                }
                 if matches!(task.input, Input::OutputOf { .. }) {
                     report
                         .skipped

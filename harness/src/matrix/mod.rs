@@ -425,28 +425,61 @@ async fn run_column(
             }
             Ok(env) => env,
         };
-        let problem = match s.check_for(env.pyspark, &env.python_version) {
-            Err(problem) => Some(problem),
-            Ok(()) => scenario::build_tasks(env, s).err().map(|e| e.to_string()),
-        };
-        match problem {
-            Some(problem) => {
-                let problem = format!("cannot run here as written: {problem}");
-                let r = blank_report(col, f, s, Status::Failed, vec![problem.clone()]);
-                let cell = Cell::Fail {
-                    outcome: "refused".into(),
-                    verdict: report::scenario_lines(&r),
+        // `worker_module: {"each_in": ...}` is one run per module this pyspark ships; the row
+        // is the file, so its cell is all of them together.
+        let runs = match scenario::expand(env, f, s) {
+            Ok(runs) => runs,
+            Err(e) => {
+                let problem = match e {
+                    scenario::ExpandError::Scenario(p) => p,
+                    scenario::ExpandError::Env(e) => e.to_string(),
                 };
-                out.push((i, r, cell));
+                out.push(refused(col, f, s, i, problem));
+                continue;
             }
-            None => {
-                let r = scenario::run_scenario(env, f, s, opts).await;
-                let cell = Cell::of(&r);
-                out.push((i, r, cell));
-            }
+        };
+        let mut cells = vec![];
+        let mut last = None;
+        for one in &runs {
+            let problem = match one.check_for(env.pyspark, &env.python_version) {
+                Err(problem) => Some(problem),
+                Ok(()) => scenario::build_tasks(env, one).err().map(|e| e.to_string()),
+            };
+            let (r, cell) = match problem {
+                Some(problem) => {
+                    let (_, r, cell) = refused(col, f, one, i, problem);
+                    (r, cell)
+                }
+                None => {
+                    let r = scenario::run_scenario(env, f, one, opts).await;
+                    let cell = Cell::of(&r);
+                    (r, cell)
+                }
+            };
+            cells.push(cell);
+            last = Some(r);
         }
+        let r = last.expect("expand gives at least one scenario");
+        out.push((i, r, Cell::all(cells)));
     }
     out
+}
+
+/// A scenario that cannot run on this version as written: its cell fails as `refused`.
+fn refused(
+    col: &Column,
+    f: &Path,
+    s: &Scenario,
+    i: usize,
+    problem: String,
+) -> (usize, ScenarioReport, Cell) {
+    let problem = format!("cannot run here as written: {problem}");
+    let r = blank_report(col, f, s, Status::Failed, vec![problem]);
+    let cell = Cell::Fail {
+        outcome: "refused".into(),
+        verdict: report::scenario_lines(&r),
+    };
+    (i, r, cell)
 }
 
 /// The report of a scenario that did not run in this env: N/A, or refused with its problem in
@@ -480,6 +513,7 @@ fn blank_report(
         daemon_exit: None,
         stderr_tail: String::new(),
         elapsed_ms: 0,
+        worker_module: None,
     }
 }
 

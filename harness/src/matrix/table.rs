@@ -60,6 +60,31 @@ impl Cell {
         self.short() == other.short()
     }
 
+    /// The cells of one file's runs (one per worker module of `worker_module.each_in`) as one:
+    /// the first failure, else PASS with every note, else N/A.
+    pub fn all(cells: Vec<Cell>) -> Cell {
+        if cells.len() == 1 {
+            return cells.into_iter().next().expect("one cell");
+        }
+        if let Some(fail) = cells.iter().find(|c| matches!(c, Cell::Fail { .. })) {
+            return fail.clone();
+        }
+        let mut notes = vec![];
+        let mut passed = false;
+        for c in &cells {
+            if let Cell::Pass { notes: n } = c {
+                passed = true;
+                notes.extend(n.iter().cloned());
+            }
+        }
+        if passed {
+            return Cell::Pass { notes };
+        }
+        cells.into_iter().next().unwrap_or(Cell::NotApplicable {
+            why: "no run".into(),
+        })
+    }
+
     pub fn of(r: &ScenarioReport) -> Cell {
         match &r.status {
             Status::Passed => Cell::Pass {

@@ -7,11 +7,13 @@
 //! (`<cache_root>/envs/pyspark-<version>-py<major.minor>`), provisioned on first use.
 //!
 //! The only Python fakejvm runs of its own is `harness/python/fakejvm_glue.py`, embedded in the
-//! binary: it probes an interpreter, and it cloudpickles RDD functions into NON_UDF commands
-//! with the target pyspark (see `command`).
+//! binary: it probes an interpreter, it cloudpickles RDD functions into NON_UDF commands
+//! with the target pyspark (see `command`), and it lists the installed pyspark's worker modules
+//! (see `modules`).
 
 mod child;
 mod command;
+mod modules;
 mod provision;
 pub mod releases;
 pub mod shipped;
@@ -19,6 +21,7 @@ mod udf_command;
 mod version;
 
 pub use command::{build_commands, CommandSpec, SerializerSpec};
+pub use modules::{worker_modules, WorkerModules};
 pub use provision::{base_python_minor, setup};
 pub use udf_command::{build_udf_functions, UdfFunctionSpec};
 pub use version::PysparkVersion;

@@ -35,9 +35,10 @@ pub struct Scenario {
     pub requires: Option<Requires>,
     /// Daemon modes: the module the daemon forks into (its argv[1], Spark's
     /// `spark.python.worker.module`); direct modes: the worker's `-m` module. Default
-    /// `pyspark.worker`.
+    /// `pyspark.worker`. `{"each_in": "pyspark"}` runs the scenario once per worker module the
+    /// installed pyspark has under that package (see `scenario::modules`).
     #[serde(default)]
-    pub worker_module: Option<ModuleName>,
+    pub worker_module: Option<WorkerModule>,
     /// Daemon modes: the daemon's `-m` module (`spark.python.daemon.module`). Default
     /// `pyspark.daemon`.
     #[serde(default)]
@@ -93,6 +94,10 @@ pub struct Task {
     /// A SQL UDF task instead of `function` (scenarios/README.md, "UDF tasks").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udf: Option<UdfTask>,
+    /// A raw request instead of `function` or `udf`: exactly these frames and nothing else, for
+    /// worker modules whose protocol is not pyspark.worker's (scenarios/README.md, "Raw requests").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RawRequest>,
     #[serde(default)]
     pub input: Input,
     /// The command's deserializer; by default the one matching `input.encoding`.
@@ -157,6 +162,163 @@ impl From<ModuleName> for String {
     fn from(m: ModuleName) -> String {
         m.0
     }
+}
+
+/// The scenario's `worker_module`: one module, or every worker module of a package of the
+/// installed pyspark, listed when the scenario runs (each its own run and report row).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+pub enum WorkerModule {
+    One(ModuleName),
+    EachIn(ModuleSet),
+}
+
+/// `{"each_in": "pyspark.sql.worker", "except": ["pyspark.sql.worker.lookup_data_sources"]}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModuleSet {
+    /// The package searched (its subpackages too), as the installed pyspark lays it out.
+    pub each_in: ModuleName,
+    /// Modules (or `pkg.*` patterns) left out.
+    pub except: Vec<ModulePattern>,
+}
+
+impl TryFrom<serde_json::Value> for WorkerModule {
+    type Error = String;
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        let name = |v: &serde_json::Value, what: &str| match v {
+            serde_json::Value::String(s) => ModuleName::try_from(s.clone()),
+            other => Err(format!("{what}: {other} is not a module name string")),
+        };
+        match &v {
+            serde_json::Value::String(_) => Ok(WorkerModule::One(name(&v, "worker_module")?)),
+            serde_json::Value::Object(o) => {
+                if let Some(k) = o.keys().find(|k| *k != "each_in" && *k != "except") {
+                    return Err(format!(
+                        "unknown field `{k}`: expected `each_in` and optionally `except`"
+                    ));
+                }
+                let each_in = o
+                    .get("each_in")
+                    .ok_or("give `each_in`: the package whose worker modules to run, e.g. \"pyspark.sql.worker\"")
+                    .map_err(String::from)
+                    .and_then(|v| name(v, "each_in"))?;
+                let except = match o.get("except") {
+                    None => vec![],
+                    Some(serde_json::Value::Array(items)) => items
+                        .iter()
+                        .enumerate()
+                        .map(|(j, item)| match item {
+                            serde_json::Value::String(s) => ModulePattern::try_from(s.clone())
+                                .map_err(|e| format!("except[{j}]: {e}")),
+                            other => Err(format!("except[{j}]: {other} is not a module name string")),
+                        })
+                        .collect::<Result<_, _>>()?,
+                    Some(other) => {
+                        return Err(format!("except: {other} is not a list of module names"))
+                    }
+                };
+                for (j, p) in except.iter().enumerate() {
+                    if !p.within(&each_in.0) {
+                        return Err(format!(
+                            "except[{j}]: {:?} is not inside {:?}, so it could never be left out",
+                            p.as_str(),
+                            each_in.0
+                        ));
+                    }
+                }
+                Ok(WorkerModule::EachIn(ModuleSet { each_in, except }))
+            }
+            other => Err(format!(
+                "{other} is neither a module name (\"pyspark_mine.worker\") nor {{\"each_in\": \"pyspark.sql.worker\"}}"
+            )),
+        }
+    }
+}
+
+impl From<WorkerModule> for serde_json::Value {
+    fn from(m: WorkerModule) -> Self {
+        match m {
+            WorkerModule::One(m) => m.0.into(),
+            WorkerModule::EachIn(set) => {
+                let mut o = serde_json::Map::new();
+                o.insert("each_in".into(), set.each_in.0.into());
+                if !set.except.is_empty() {
+                    let except: Vec<serde_json::Value> =
+                        set.except.into_iter().map(|p| p.0.into()).collect();
+                    o.insert("except".into(), except.into());
+                }
+                o.into()
+            }
+        }
+    }
+}
+
+/// A module name, or `pkg.*` for every module under `pkg` (any depth): what `except` and
+/// `expect_by_version[].module` match a worker module against.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ModulePattern(String);
+
+impl TryFrom<String> for ModulePattern {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let name = s.strip_suffix(".*").unwrap_or(&s).to_owned();
+        ModuleName::try_from(name).map_err(|_| {
+            format!("{s:?} is not a module name or a `package.*` pattern (e.g. \"pyspark.sql.worker.*\")")
+        })?;
+        Ok(ModulePattern(s))
+    }
+}
+
+impl From<ModulePattern> for String {
+    fn from(p: ModulePattern) -> String {
+        p.0
+    }
+}
+
+impl ModulePattern {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `pyspark.sql.worker.*` matches `pyspark.sql.worker.analyze_udtf` (and deeper), not
+    /// `pyspark.sql.worker` itself; a plain name matches only itself.
+    pub fn matches(&self, module: &str) -> bool {
+        match self.0.strip_suffix(".*") {
+            Some(pkg) => module
+                .strip_prefix(pkg)
+                .is_some_and(|rest| rest.starts_with('.')),
+            None => self.0 == module,
+        }
+    }
+
+    /// Whether every module this matches lies inside `package`.
+    fn within(&self, package: &str) -> bool {
+        let name = self.0.strip_suffix(".*").unwrap_or(&self.0);
+        name.strip_prefix(package)
+            .is_some_and(|rest| rest.starts_with('.'))
+    }
+}
+
+/// A task's raw request: exactly these frames, in order, then (`then`) either nothing more,
+/// as a JVM waits for its answer, or a half-close.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequest {
+    pub frames: Vec<RawFrame>,
+    #[serde(default)]
+    pub then: RequestEnd,
+}
+
+/// What fakejvm does once a raw request's frames are written.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestEnd {
+    /// Keep the connection open and read the answer, as a JVM does.
+    #[default]
+    Wait,
+    /// shutdown(SHUT_WR): the worker reads EOF where more of its request belongs.
+    HalfClose,
 }
 
 /// The versions a scenario applies to: pyspark's, and optionally the interpreter's.
@@ -366,7 +528,7 @@ pub enum Line {
     Repeat { repeat: String, times: usize },
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum RawFrame {
     /// A frame (length + bytes) with a hex payload.
@@ -377,6 +539,8 @@ pub enum RawFrame {
     Int(i32),
     /// Bytes with no length in front (breaks framing on purpose).
     Bytes(String),
+    /// The interpreter's "MAJOR.MINOR" as a string frame, as the JVM sends the Python version.
+    PythonVersion,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, Default, PartialEq)]
@@ -425,6 +589,10 @@ pub struct VersionedExpect {
     /// The interpreter versions ("MAJOR.MINOR") this applies to.
     #[serde(default)]
     pub python: Option<VersionReq>,
+    /// The worker modules this applies to (a name or `pkg.*`), matched against the scenario's
+    /// worker module (default `pyspark.worker`; with `each_in`, each module of the run).
+    #[serde(default)]
+    pub module: Option<ModulePattern>,
     pub expect: Expect,
     /// What this version does differently, stated in the verdict when this expectation applies.
     pub note: String,
@@ -653,6 +821,15 @@ impl Scenario {
         }
         for (i, t) in self.tasks.iter().enumerate() {
             t.validate(&format!("tasks[{i}]"), i)?;
+            let pins_exit = std::iter::once(&t.expect)
+                .chain(t.expect_by_version.iter().map(|v| &v.expect))
+                .any(|e| e.exit.is_some() && !matches!(e.outcome, Some(OutcomeKind::DaemonDied)));
+            if t.request.is_some() && pins_exit && self.mode.uses_daemon() {
+                return Err(format!("tasks[{i}].expect.exit: a daemon's forked worker is not fakejvm's child, so its exit status is unknown; pin it in a direct mode"));
+            }
+            if let Some(r) = &t.request {
+                check_raw_positions(&self.faults, i, r.frames.len())?;
+            }
             // An eval type newer than the oldest line fakejvm speaks must say which versions it
             // is for; which version lacks it is checked against the env before a run
             // (`Scenario::check_for`).
@@ -698,7 +875,11 @@ impl Scenario {
 impl Task {
     /// Every field of task number `index`, whose path in the file is `at`.
     fn validate(&self, at: &str, index: usize) -> Result<(), String> {
+        if let Some(r) = &self.request {
+            self.validate_raw_request(at, r)?;
+        }
         match &self.udf {
+            _ if self.request.is_some() => {}
             Some(u) => {
                 if !self.function.is_empty() {
                     return Err(format!(
@@ -759,13 +940,14 @@ impl Task {
             check_value(&format!("{at}.broadcasts[{j}].value"), &b.value)?;
         }
         self.input.validate(&format!("{at}.input"), index)?;
-        self.expect.validate(&format!("{at}.expect"))?;
+        let raw = self.request.is_some();
+        self.expect.validate(&format!("{at}.expect"), raw)?;
         for (k, v) in self.expect_by_version.iter().enumerate() {
             let here = format!("{at}.expect_by_version[{k}]");
-            v.expect.validate(&format!("{here}.expect"))?;
-            if v.pyspark.is_none() && v.python.is_none() {
+            v.expect.validate(&format!("{here}.expect"), raw)?;
+            if v.pyspark.is_none() && v.python.is_none() && v.module.is_none() {
                 return Err(format!(
-                    "{here}: give `pyspark` and/or `python`: the versions this applies to"
+                    "{here}: give `pyspark`, `python` and/or `module`: the versions or worker modules this applies to"
                 ));
             }
             if v.note.trim().is_empty() {
@@ -813,6 +995,51 @@ impl Task {
     }
 }
 
+impl Task {
+    /// A raw-request task sends its frames and nothing else: no function, UDF, input or files.
+    fn validate_raw_request(&self, at: &str, r: &RawRequest) -> Result<(), String> {
+        if !self.function.is_empty() || self.udf.is_some() {
+            return Err(format!(
+                "{at}.request: a raw-request task has no `function` or `udf`: remove them"
+            ));
+        }
+        let others = [
+            ("input", !matches!(self.input, Input::Empty)),
+            ("deserializer", self.deserializer.is_some()),
+            ("serializer", self.serializer.is_some()),
+            ("broadcasts", !self.broadcasts.is_empty()),
+            ("files", !self.files.is_empty()),
+            ("includes", !self.includes.is_empty()),
+        ];
+        if let Some((field, _)) = others.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "{at}.{field}: a raw request sends only its `request.frames`: remove `{field}`"
+            ));
+        }
+        for (j, f) in r.frames.iter().enumerate() {
+            match f {
+                RawFrame::Hex(h) => check_hex(&format!("{at}.request.frames[{j}].hex"), h)?,
+                RawFrame::Bytes(h) => check_hex(&format!("{at}.request.frames[{j}].bytes"), h)?,
+                RawFrame::Text(_) | RawFrame::Int(_) | RawFrame::PythonVersion => {}
+            }
+        }
+        let decoded = std::iter::once(&self.expect)
+            .chain(self.expect_by_version.iter().map(|v| &v.expect))
+            .any(|e| e.values.is_some() || e.rows.is_some());
+        if decoded {
+            return Err(format!(
+                "{at}.expect: a raw request's answer is not decoded as output: expect an `exception` or an `outcome`"
+            ));
+        }
+        if r.frames.is_empty() && r.then == RequestEnd::Wait {
+            return Err(format!(
+                "{at}.request: no frames and `then: wait` sends nothing and waits for nothing: add frames or `\"then\": \"half_close\"`"
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Input {
     /// The input of task number `index`, at path `at`.
     fn validate(&self, at: &str, index: usize) -> Result<(), String> {
@@ -853,7 +1080,7 @@ impl Input {
                     match f {
                         RawFrame::Hex(h) => check_hex(&format!("{at}.frames[{j}].hex"), h)?,
                         RawFrame::Bytes(h) => check_hex(&format!("{at}.frames[{j}].bytes"), h)?,
-                        RawFrame::Text(_) | RawFrame::Int(_) => {}
+                        RawFrame::Text(_) | RawFrame::Int(_) | RawFrame::PythonVersion => {}
                     }
                 }
                 Ok(())
@@ -871,8 +1098,9 @@ impl Input {
 }
 
 impl Expect {
-    /// Exactly one of values / exception / outcome, each well formed; `at` is its path.
-    fn validate(&self, at: &str) -> Result<(), String> {
+    /// Exactly one of values / exception / outcome, each well formed; `at` is its path. `raw`:
+    /// the task is a raw request, whose `exit` may follow any answer (how the worker then ended).
+    fn validate(&self, at: &str, raw: bool) -> Result<(), String> {
         self.check().map_err(|m| format!("{at}: {m}"))?;
         if let Some(values) = &self.values {
             check_values(&format!("{at}.values"), values)?;
@@ -904,9 +1132,9 @@ impl Expect {
             self.outcome,
             Some(OutcomeKind::WorkerCrashed | OutcomeKind::DaemonDied)
         );
-        if self.exit.is_some() && !ends_a_process {
+        if self.exit.is_some() && !ends_a_process && !raw {
             return Err(format!(
-                "{at}.exit: only with `outcome` WorkerCrashed or DaemonDied (how that process ended)"
+                "{at}.exit: only with `outcome` WorkerCrashed or DaemonDied (how that process ended), or on a raw-request task"
             ));
         }
         Ok(())
@@ -967,6 +1195,34 @@ impl StderrExpect {
         }
         Ok(())
     }
+}
+
+/// A raw request's only spans are its frames (`{"data": K}`): a fault of task `task` placed
+/// anywhere else could never fire.
+fn check_raw_positions(faults: &[Fault], task: usize, frames: usize) -> Result<(), String> {
+    use crate::faults::{Position, Target};
+    use crate::protocol::SpanKind;
+    for (i, f) in faults.iter().enumerate() {
+        if f.task() != Some(task) {
+            continue;
+        }
+        let mut positions: Vec<&Position> = f.at().into_iter().collect();
+        if let Fault::SplitWrites { from, to, .. } = f {
+            positions.extend(from.iter().chain(to.iter()));
+        }
+        for p in positions {
+            let (Position::Before(t) | Position::After(t) | Position::Inside { span: t, .. }) = p;
+            let ok = matches!(t, Target::Span(SpanKind::Data(k)) if *k < frames);
+            if !ok {
+                return Err(format!(
+                    "faults: fault #{i} ({}): task {task} is a raw request of {frames} frame(s): name one of its frames, {{\"data\": 0}} to {{\"data\": {}}}, not {t}",
+                    f.describe(),
+                    frames.saturating_sub(1)
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A path under a folder fakejvm makes: relative, without `..`, NUL or empty parts.
@@ -1078,6 +1334,54 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn worker_modules_and_raw_requests_parse() {
+        let s = Scenario::parse(
+            r#"{"mode":"direct","worker_module":{"each_in":"pyspark","except":["pyspark.sql.connect.*","pyspark.worker"]},
+                "tasks":[{"request":{"frames":["python_version",{"int":-1},{"hex":"c328"}],"then":"half_close"},
+                          "expect":{"exception":{"type":"EOFError"},"exit":{"code":255}},
+                          "expect_by_version":[{"module":"pyspark.sql.worker.*","expect":{"outcome":"Hang"},"note":"n"}]}]}"#,
+        )
+        .unwrap();
+        let Some(WorkerModule::EachIn(set)) = &s.worker_module else {
+            panic!("{:?}", s.worker_module)
+        };
+        assert_eq!(set.each_in.0, "pyspark");
+        assert!(set.except[0].matches("pyspark.sql.connect.streaming.worker.listener_worker"));
+        assert!(!set.except[0].matches("pyspark.sql.connect"));
+        assert!(!set.except[0].matches("pyspark.sql.connector.x"));
+        assert!(
+            set.except[1].matches("pyspark.worker") && !set.except[1].matches("pyspark.worker2")
+        );
+        let r = s.tasks[0].request.as_ref().unwrap();
+        assert_eq!(r.then, RequestEnd::HalfClose);
+        assert_eq!(r.frames[0], RawFrame::PythonVersion);
+        // A plain name is one module, as before; `then` defaults to waiting, as a JVM does.
+        let s = Scenario::parse(
+            r#"{"mode":"direct","worker_module":"pyspark_mine.worker","tasks":[{"request":{"frames":[{"text":"0.0"}]},"expect":{"outcome":"PythonException"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.worker_module,
+            Some(WorkerModule::One(ModuleName("pyspark_mine.worker".into())))
+        );
+        assert_eq!(s.tasks[0].request.as_ref().unwrap().then, RequestEnd::Wait);
+        // `except` must lie inside `each_in`; `exit` after an answer is a direct worker's only.
+        let e = Scenario::parse(
+            r#"{"worker_module":{"each_in":"pyspark.sql.worker","except":["pyspark.sql.workers.x"]},"tasks":[{"request":{"frames":[{"int":1}]},"expect":{"outcome":"Hang"}}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("worker_module: except[0]") && e.contains("not inside"),
+            "{e}"
+        );
+        let e = Scenario::parse(
+            r#"{"tasks":[{"request":{"frames":[{"int":1}]},"expect":{"outcome":"PythonException","exit":{"code":255}}}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.starts_with("tasks[0].expect.exit"), "{e}");
     }
 
     #[test]

@@ -1,15 +1,17 @@
 //! Scenario -> requests -> real worker -> verdict.
 
 use super::model::*;
+use super::modules::{handshake_note, worker_module_of};
 use super::udf::ReplyRows;
 use crate::faults::{self, FaultReport, Injector, Performer, TaskEnd};
 use crate::pickle::{self, FrameKind};
 use crate::protocol::UdfLayout;
 use crate::protocol::{
-    BroadcastOp, DataItem, Dialect, ReplyEnd, ReplyItem, Resource, TaskContext, TaskRequest,
+    BroadcastOp, DataItem, Dialect, EncodedRequest, ReplyEnd, ReplyItem, Resource, Span, SpanKind,
+    TaskContext, TaskRequest,
 };
 use crate::pyenv::{self, CommandSpec, PythonEnv, SerializerSpec};
-use crate::session::{self, SessionOptions, Transcript};
+use crate::session::{self, SessionOptions, Transcript, WriteStep};
 use crate::verdict::{
     connect_failure, judge_resources, judge_task, tail_lines, Outcome, OutcomeKind, WorkerFacts,
 };
@@ -54,12 +56,48 @@ pub struct TaskReport {
     /// The decoded output values, when the task completed.
     pub output: Option<serde_json::Value>,
     pub pid: Option<i32>,
+    /// The task sent a raw request (`request`) to a worker module.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub raw_request: bool,
+    /// A raw-request task that got an answer: what became of its worker then (a worker module
+    /// serves one request and exits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_end: Option<WorkerEnd>,
     pub elapsed_ms: u64,
     /// What the worker used while the task ran (none when no worker was connected).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<Usage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transcript: Option<Transcript>,
+}
+
+/// A worker's fate after it answered a raw request and fakejvm closed the connection, within
+/// [`SETTLE`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WorkerEnd {
+    /// A direct worker, fakejvm's child: how it ended.
+    Exited {
+        exit: ExitInfo,
+    },
+    /// A daemon's forked worker: gone (only the daemon learns its exit status).
+    Gone,
+    StillRunning {
+        after_ms: u64,
+    },
+}
+
+impl std::fmt::Display for WorkerEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkerEnd::Exited { exit } => write!(f, "the worker then ended ({exit})"),
+            WorkerEnd::Gone => write!(f, "the worker was gone once the connection closed"),
+            WorkerEnd::StillRunning { after_ms } => write!(
+                f,
+                "the worker was still running {after_ms} ms after the connection closed"
+            ),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -69,6 +107,9 @@ pub struct ScenarioReport {
     pub pyspark: String,
     pub dialect: Dialect,
     pub mode: Mode,
+    /// The worker module this run used, when the scenario names one (`worker_module`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_module: Option<String>,
     #[serde(flatten)]
     pub status: Status,
     pub tasks: Vec<TaskReport>,
@@ -152,6 +193,11 @@ pub async fn run_scenario(
         // Only shown for N/A reports when no family speaks this version.
         dialect: dialect.unwrap_or(Dialect::D),
         mode: sc.mode,
+        worker_module: sc
+            .worker_module
+            .is_some()
+            .then(|| worker_module_of(sc).map(str::to_owned))
+            .flatten(),
         status: Status::Passed,
         tasks: vec![],
         faults: vec![],
@@ -180,7 +226,7 @@ pub async fn run_scenario(
         let (expect, _) = sc
             .tasks
             .get(report.tasks.len())
-            .map(|t| effective_expectation(t, env))
+            .map(|t| effective_expectation(t, env, worker_module_of(sc).unwrap_or_default()))
             .unwrap_or_default();
         let index = report.tasks.len();
         report.tasks.push(judge(
@@ -236,6 +282,9 @@ async fn run_tasks(
     opts: &RunOptions,
     report: &mut ScenarioReport,
 ) -> anyhow::Result<()> {
+    let Some(module) = worker_module_of(sc) else {
+        anyhow::bail!("fakejvm: worker_module each_in reached the runner unexpanded (scenario::expand lists the modules first)");
+    };
     let built = build_tasks(env, sc)?;
     let tmp = tempfile::Builder::new()
         .prefix("fakejvm-scenario-")
@@ -284,7 +333,7 @@ async fn run_tasks(
         extra_env,
         rlimit_as: injector.rlimit_as(),
         daemon_module: sc.daemon_module.clone().map(|m| m.0),
-        worker_module: sc.worker_module.clone().map(|m| m.0),
+        worker_module: sc.worker_module.is_some().then(|| module.to_owned()),
         rlimit_nofile: injector.rlimit_nofile(),
         connect_timeout: sc.connect_timeout_ms.map_or(
             LaunchOptions::default().connect_timeout,
@@ -302,7 +351,7 @@ async fn run_tasks(
                 report.stderr_tail = stderr_tail.clone();
             }
             for (i, task) in sc.tasks.iter().enumerate() {
-                let (expect, note) = effective_expectation(task, env);
+                let (expect, note) = effective_expectation(task, env, module);
                 report.tasks.push(judge(
                     i,
                     outcome.clone(),
@@ -326,29 +375,53 @@ async fn run_tasks(
     };
 
     let mut conn: Option<(Connection, u64)> = None;
+    let mut shown_handshake = false;
     // Each task's output frames, for later tasks whose input is `output_of`.
     let mut outputs: Vec<Vec<DataItem>> = vec![];
     for (i, (task, built)) in sc.tasks.iter().zip(built).enumerate() {
         let started = Instant::now();
         let stderr_mark = workers.stderr().len();
-        let (expect, mut note) = effective_expectation(task, env);
-        let request = build_request(
-            task,
-            env,
-            built,
-            &tmp.path().join(format!("task{i}")),
-            &outputs,
-        )?;
-        let encoded = dialect.encode_request(&request);
-        let plan = injector
+        let (expect, mut note) = effective_expectation(task, env, module);
+        let encoded = match &task.request {
+            Some(raw) => encode_raw_request(raw, env),
+            None => dialect.encode_request(&build_request(
+                task,
+                env,
+                built,
+                &tmp.path().join(format!("task{i}")),
+                &outputs,
+            )?),
+        };
+        let mut plan = injector
             .plan(i, &encoded)
             .map_err(|e| anyhow::anyhow!("task {i}: {e}"))?;
+        if task
+            .request
+            .as_ref()
+            .is_some_and(|r| r.then == RequestEnd::HalfClose)
+        {
+            // After the frames, unless a fault already ended the writing there.
+            let ended = plan
+                .write
+                .steps
+                .iter()
+                .any(|s| matches!(s, WriteStep::ShutdownWrite | WriteStep::Stop));
+            if !ended {
+                plan.write.steps.push(WriteStep::ShutdownWrite);
+            }
+        }
         injector.task_started(&workers);
 
         if conn.is_none() {
             match workers.connect().await {
                 Ok(c) => {
                     let base = c.handshake_in.len() as u64;
+                    if sc.worker_module.is_some() && !shown_handshake {
+                        report
+                            .notes
+                            .push(handshake_note(module, sc.mode, &c, &workers));
+                        shown_handshake = true;
+                    }
                     conn = Some((c, base));
                 }
                 Err(e) => {
@@ -371,9 +444,9 @@ async fn run_tasks(
                     if let Some(o) = injector.task_ended(&mut workers, end).await {
                         outcome = o;
                     }
-                    report
-                        .tasks
-                        .push(judge(i, outcome, None, &expect, note, None, started, None));
+                    let mut judged = judge(i, outcome, None, &expect, note, None, started, None);
+                    judged.raw_request = task.request.is_some();
+                    report.tasks.push(judged);
                     continue;
                 }
             }
@@ -421,6 +494,10 @@ async fn run_tasks(
         });
         let mut output = None;
         let mut outcome = judge_task(&result, &facts, |reply| {
+            // A raw request's answer is the module's own: complete is all there is to check.
+            if task.request.is_some() {
+                return Outcome::Passed;
+            }
             if let Some(mismatch) = expect.frames.as_ref().and_then(|f| f.compare(reply)) {
                 return mismatch;
             }
@@ -458,6 +535,7 @@ async fn run_tasks(
         // Only a daemon's forked worker loops for another task: a direct worker (TCP or Unix
         // socket) runs one task and exits, whatever SPARK_REUSE_WORKER says.
         let reusable = sc.reuse
+            && task.request.is_none()
             && sc.mode.uses_daemon()
             && matches!(&result.reply, Ok(r) if matches!(r.end, ReplyEnd::Completed { final_marker: -4, .. }));
         if reusable {
@@ -466,6 +544,13 @@ async fn run_tasks(
             // Closed before the faults' observations, which may wait for the worker to notice.
             conn = None;
         }
+        // A worker module serves one request and ends once the JVM is done with it: a daemon's
+        // forked worker waits for the connection to close (`while sock.recv(1024)` in
+        // daemon.py), a direct one exits on its own. Watched after the close, as a JVM closes.
+        let worker_end = match (&task.request, &result.reply) {
+            (Some(_), Ok(_)) => Some(worker_end(&mut workers, pid).await),
+            _ => None,
+        };
         if !injector.is_empty() {
             let end = TaskEnd {
                 task: i,
@@ -492,6 +577,14 @@ async fn run_tasks(
             started,
             transcript,
         );
+        judged.raw_request = task.request.is_some();
+        if let Some(end) = worker_end {
+            judged.worker_end = Some(end);
+            if let Some(want) = expect.exit.filter(|_| !ends_a_process(&judged.outcome)) {
+                judged.ok &= end == WorkerEnd::Exited { exit: want };
+                judged.expected.push_str(&format!(", then {want}"));
+            }
+        }
         if let Some(e) = &task.expect_stderr {
             judged.stderr_unmet = super::stderr::unmet_for_task(
                 &workers,
@@ -534,7 +627,8 @@ async fn run_tasks(
 /// "pyspark" (so a wrapper must be named e.g. `pyspark_mine.worker`), 4.0/4.1 once at daemon
 /// start, 4.2+ in every forked worker. A direct worker runs whatever `-m` names.
 fn module_notes(env: &PythonEnv, sc: &Scenario) -> Vec<String> {
-    let Some(m) = sc.worker_module.as_ref().filter(|_| sc.mode.uses_daemon()) else {
+    let Some(WorkerModule::One(m)) = sc.worker_module.as_ref().filter(|_| sc.mode.uses_daemon())
+    else {
         return vec![];
     };
     let v = env.pyspark;
@@ -557,6 +651,8 @@ const SETTLE: Duration = Duration::from_secs(2);
 pub enum Built {
     Command(Vec<u8>),
     Functions(Vec<Vec<u8>>),
+    /// A raw request needs nothing built: see [`encode_raw_request`].
+    Raw,
 }
 
 /// Everything every task of `sc` needs from the target pyspark, in two glue runs at most (both
@@ -566,7 +662,7 @@ pub fn build_tasks(env: &PythonEnv, sc: &Scenario) -> Result<Vec<Built>, pyenv::
     let rdd: Vec<CommandSpec> = sc
         .tasks
         .iter()
-        .filter(|t| t.udf.is_none())
+        .filter(|t| t.udf.is_none() && t.request.is_none())
         .map(command_spec)
         .collect();
     let functions: Vec<_> = sc
@@ -580,9 +676,12 @@ pub fn build_tasks(env: &PythonEnv, sc: &Scenario) -> Result<Vec<Built>, pyenv::
     Ok(sc
         .tasks
         .iter()
-        .map(|t| match &t.udf {
-            None => Built::Command(commands.next().unwrap_or_default()),
-            Some(u) => Built::Functions(pickles.by_ref().take(u.function_specs().len()).collect()),
+        .map(|t| match (&t.udf, &t.request) {
+            (_, Some(_)) => Built::Raw,
+            (None, None) => Built::Command(commands.next().unwrap_or_default()),
+            (Some(u), None) => {
+                Built::Functions(pickles.by_ref().take(u.function_specs().len()).collect())
+            }
         })
         .collect())
 }
@@ -626,17 +725,23 @@ fn frame_kind(task: &Task) -> FrameKind {
     }
 }
 
-fn effective_expectation(task: &Task, env: &PythonEnv) -> (Expect, Option<String>) {
+/// The expectation of `task` for this env and worker `module`: the first `expect_by_version`
+/// entry that matches, with its note, else `expect`.
+fn effective_expectation(task: &Task, env: &PythonEnv, module: &str) -> (Expect, Option<String>) {
     let python = python_parts(&env.python_version);
     for v in &task.expect_by_version {
         let applies = v.pyspark.as_ref().is_none_or(|r| r.matches(env.pyspark))
-            && v.python.as_ref().is_none_or(|r| r.matches_parts(python));
+            && v.python.as_ref().is_none_or(|r| r.matches_parts(python))
+            && v.module.as_ref().is_none_or(|p| p.matches(module));
         if applies {
-            let this = if v.python.is_some() {
+            let mut this = if v.python.is_some() {
                 format!("pyspark {} on python {}", env.pyspark, env.python_version)
             } else {
                 format!("pyspark {}", env.pyspark)
             };
+            if v.module.is_some() {
+                this = format!("{module} on {this}");
+            }
             return (v.expect.clone(), Some(format!("{this}: {}", v.note)));
         }
     }
@@ -661,7 +766,7 @@ pub fn build_request(
         (Built::Command(command), None) => TaskRequest::non_udf(
             &env.python_version,
             command,
-            input_items(&task.input, outputs)?,
+            input_items(&task.input, outputs, &env.python_version)?,
         ),
         (Built::Functions(pickles), Some(udf)) => {
             let layout = udf_layout.ok_or_else(|| {
@@ -673,7 +778,7 @@ pub fn build_request(
             udf.request(layout, &env.python_version, pickles)
                 .map_err(anyhow::Error::msg)?
         }
-        _ => anyhow::bail!("fakejvm: a task was built as the other kind (RDD vs UDF)"),
+        _ => anyhow::bail!("fakejvm: a task was built as another kind (RDD, UDF or raw request)"),
     };
     req.split_index = task.split_index;
     let c = &task.context;
@@ -722,7 +827,11 @@ pub fn build_request(
     Ok(req)
 }
 
-fn input_items(input: &Input, outputs: &[Vec<DataItem>]) -> anyhow::Result<Vec<DataItem>> {
+fn input_items(
+    input: &Input,
+    outputs: &[Vec<DataItem>],
+    python_version: &str,
+) -> anyhow::Result<Vec<DataItem>> {
     let values = |vs: &[serde_json::Value],
                   range: &Option<(i64, i64)>|
      -> anyhow::Result<Vec<pickle::Value>> {
@@ -767,6 +876,7 @@ fn input_items(input: &Input, outputs: &[Vec<DataItem>]) -> anyhow::Result<Vec<D
                     RawFrame::Text(t) => DataItem::Frame(t.as_bytes().to_vec()),
                     RawFrame::Int(i) => DataItem::Raw(i.to_be_bytes().to_vec()),
                     RawFrame::Bytes(h) => DataItem::Raw(hex::decode(h)?),
+                    RawFrame::PythonVersion => DataItem::Frame(python_version.as_bytes().to_vec()),
                 })
             })
             .collect::<anyhow::Result<_>>()?,
@@ -880,7 +990,9 @@ fn judge(
             Outcome::WorkerCrashed { exit, .. } | Outcome::DaemonDied { exit, .. } => *exit,
             _ => None,
         };
-        match expect.exit {
+        // On a raw request, `exit` after any other answer is checked against the worker's end.
+        let pins_crash = matches!(kind, OutcomeKind::WorkerCrashed | OutcomeKind::DaemonDied);
+        match expect.exit.filter(|_| pins_crash) {
             Some(want) => (
                 format!("{kind:?} with {want}"),
                 outcome.kind() == kind && exit == Some(want),
@@ -897,8 +1009,108 @@ fn judge(
         note,
         output,
         pid,
+        worker_end: None,
+        raw_request: false,
         elapsed_ms: started.elapsed().as_millis() as u64,
         resources: None,
         transcript,
+    }
+}
+
+fn ends_a_process(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::WorkerCrashed { .. } | Outcome::DaemonDied { .. }
+    )
+}
+
+/// A raw request's bytes: each frame as the wire writes it, each its own `data` span (so faults
+/// name them `{"data": K}`).
+pub(crate) fn encode_raw_request(raw: &RawRequest, env: &PythonEnv) -> EncodedRequest {
+    let mut out = EncodedRequest::default();
+    for (k, f) in raw.frames.iter().enumerate() {
+        let start = out.bytes.len();
+        let framed = |payload: &[u8], bytes: &mut Vec<u8>| {
+            bytes.extend_from_slice(&(payload.len() as i32).to_be_bytes());
+            bytes.extend_from_slice(payload);
+        };
+        match f {
+            // Checked as hex when the file was loaded.
+            RawFrame::Hex(h) => framed(&hex::decode(h).unwrap_or_default(), &mut out.bytes),
+            RawFrame::Text(t) => framed(t.as_bytes(), &mut out.bytes),
+            RawFrame::PythonVersion => framed(env.python_version.as_bytes(), &mut out.bytes),
+            RawFrame::Int(i) => out.bytes.extend_from_slice(&i.to_be_bytes()),
+            RawFrame::Bytes(h) => out.bytes.extend(hex::decode(h).unwrap_or_default()),
+        }
+        out.spans.push(Span {
+            kind: SpanKind::Data(k),
+            start,
+            end: out.bytes.len(),
+        });
+    }
+    out
+}
+
+/// What became of `pid` within [`SETTLE`] after it answered: a direct worker's exit status, or
+/// for a daemon's forked worker whether it is gone.
+async fn worker_end(workers: &mut Workers, pid: i32) -> WorkerEnd {
+    if workers.mode().uses_daemon() {
+        let until = Instant::now() + SETTLE;
+        loop {
+            if crate::worker::procs::stat(pid).is_none_or(|s| s.is_dead()) {
+                return WorkerEnd::Gone;
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    } else if let Some(exit) = workers.wait_direct_worker(pid, SETTLE).await {
+        return WorkerEnd::Exited { exit };
+    }
+    WorkerEnd::StillRunning {
+        after_ms: SETTLE.as_millis() as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_raw_request_is_its_frames_each_a_data_span() {
+        let env = PythonEnv {
+            python: "python3".into(),
+            pyspark: "4.0.5".parse().unwrap(),
+            python_version: "3.11".into(),
+            pyspark_dir: "/nonexistent".into(),
+        };
+        let raw = RawRequest {
+            frames: vec![
+                RawFrame::PythonVersion,
+                RawFrame::Int(-1),
+                RawFrame::Hex("c328".into()),
+                RawFrame::Bytes("ff".into()),
+                RawFrame::Text("é".into()),
+            ],
+            then: RequestEnd::Wait,
+        };
+        let e = encode_raw_request(&raw, &env);
+        assert_eq!(
+            hex::encode(&e.bytes),
+            "00000004332e3131ffffffff00000002c328ff00000002c3a9"
+        );
+        let spans: Vec<(SpanKind, usize, usize)> =
+            e.spans.iter().map(|s| (s.kind, s.start, s.end)).collect();
+        assert_eq!(
+            spans,
+            vec![
+                (SpanKind::Data(0), 0, 8),
+                (SpanKind::Data(1), 8, 12),
+                (SpanKind::Data(2), 12, 18),
+                (SpanKind::Data(3), 18, 19),
+                (SpanKind::Data(4), 19, 25),
+            ]
+        );
     }
 }

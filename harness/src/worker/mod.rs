@@ -664,6 +664,9 @@ impl Workers {
                 for d in c.drains.iter_mut() {
                     let _ = timeout(Duration::from_millis(500), d).await;
                 }
+                // A JoinHandle awaited to completion must not be polled again (shutdown drains
+                // the rest): it panics.
+                c.drains.retain(|d| !d.is_finished());
                 return Err(WorkerError::WorkerExited { pid, exit, stderr_tail: stderr.tail(4000) });
             }
             _ = tokio::time::sleep_until(deadline.at) => {

@@ -180,12 +180,16 @@ impl Suite {
         let mut reports = vec![];
         for f in chosen {
             let s = Scenario::load(f).unwrap_or_else(|e| panic!("{e}"));
-            let r = scenario::run_scenario(&env, f, &s, &RunOptions::default()).await;
-            eprintln!("{}", fakejvm::report::scenario_lines(&r));
-            if !r.faults.is_empty() {
-                eprintln!("{}", fakejvm::faults::fault_lines(&r.faults));
+            // One run per worker module for `worker_module: {"each_in": ...}`.
+            let runs = scenario::expand(&env, f, &s).unwrap_or_else(|e| panic!("{e}"));
+            for s in runs {
+                let r = scenario::run_scenario(&env, f, &s, &RunOptions::default()).await;
+                eprintln!("{}", fakejvm::report::scenario_lines(&r));
+                if !r.faults.is_empty() {
+                    eprintln!("{}", fakejvm::faults::fault_lines(&r.faults));
+                }
+                reports.push(r);
             }
-            reports.push(r);
         }
         assert_nothing_left(&reports, self.dir);
         let problems = suite_problems(&reports, not_applicable);
