@@ -338,12 +338,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
                 rebuild,
                 resolve,
             }) => {
-                if env.python.is_some() {
-                    return Err(BadInput::msg(
-                        "env setup builds fakejvm's own env: drop --python (and FAKEJVM_PYTHON)",
-                    )
-                    .into());
-                }
+                // fakejvm's own env: --python (FAKEJVM_PYTHON) does not apply, as before.
                 let locked = match &locked {
                     None => None,
                     Some(file) => Some(read_lock(file)?),
@@ -508,12 +503,9 @@ fn env_list_text(envs: &[pyenv::CachedEnv]) -> String {
             mb(e.own_bytes),
             e.installer
                 .as_deref()
-                .map(|i| i.split(' ').next().unwrap_or(i))
-                .unwrap_or(if e.pyspark.is_some() {
-                    "pip (old)"
-                } else {
-                    "?"
-                }),
+                // "uv 0.13.9" or "venv + pip" in the marker.
+                .map(|i| if i.starts_with("uv") { "uv" } else { "pip" })
+                .unwrap_or(if e.pyspark.is_some() { "pip-old" } else { "?" }),
             if e.locked { "yes" } else { "no" },
             if e.pyspark.is_some() {
                 e.dir.display().to_string()
@@ -522,6 +514,10 @@ fn env_list_text(envs: &[pyenv::CachedEnv]) -> String {
             },
         ));
     }
+    let pythons: Vec<String> = pyenv::base::available()
+        .iter()
+        .map(|b| format!("{} ({})", b.version, b.found_by))
+        .collect();
     let (uv_all, _) = pyenv::disk_usage(&pyenv::uv_cache());
     let own: u64 = envs.iter().map(|e| e.own_bytes).sum();
     out.push_str(&format!(
@@ -530,6 +526,14 @@ fn env_list_text(envs: &[pyenv::CachedEnv]) -> String {
         mb(own),
         mb(uv_all),
         pyenv::uv_cache().display()
+    ));
+    out.push_str(&format!(
+        "CPythons for --python-version: {}\n",
+        if pythons.is_empty() {
+            "none found".to_string()
+        } else {
+            pythons.join(", ")
+        }
     ));
     out
 }

@@ -12,9 +12,26 @@ use std::collections::BTreeMap;
 
 const TAG: &str = "# fakejvm-lock ";
 
+macro_rules! committed {
+    ($name:literal) => {
+        ($name, include_str!(concat!("../../locks/", $name, ".txt")))
+    };
+}
+
 /// The committed locks, by env name (`pyspark-4.0.5-py3.11`, `...-lean`): embedded, so the
 /// binary builds the same pinned envs from any directory.
-const COMMITTED: &[(&str, &str)] = &[];
+const COMMITTED: &[(&str, &str)] = &[
+    committed!("pyspark-4.0.5-py3.11"),
+    committed!("pyspark-4.0.5-py3.11-lean"),
+    committed!("pyspark-4.1.4-py3.11"),
+    committed!("pyspark-4.1.4-py3.11-lean"),
+    committed!("pyspark-4.2.1-py3.11"),
+    committed!("pyspark-4.2.1-py3.11-lean"),
+    committed!("pyspark-4.3.0-py3.11"),
+    committed!("pyspark-4.3.0-py3.11-lean"),
+    committed!("pyspark-3.5.9-py3.11"),
+    committed!("pyspark-3.5.9-py3.11-lean"),
+];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lock {
@@ -251,6 +268,23 @@ mod tests {
         assert_eq!(normalize("Python_Dateutil"), "python-dateutil");
         assert_eq!(normalize("zope.interface"), "zope-interface");
         assert_eq!(normalize("a__b-.c"), "a-b-c");
+    }
+
+    /// `cargo test` uses one pinned release per family on 3.11: each comes from a committed lock.
+    #[test]
+    fn every_pinned_release_has_a_committed_lock_of_each_flavor() {
+        for v in super::super::PINNED {
+            for flavor in [Flavor::Full, Flavor::Lean] {
+                let name = super::super::env_name(v, "3.11", flavor);
+                let lock = committed(&name)
+                    .unwrap_or_else(|| panic!("no harness/locks/{name}.txt: run ci/update-locks"));
+                assert_eq!(lock.pyspark.to_string(), *v);
+                if flavor == Flavor::Lean {
+                    let names: Vec<&String> = lock.dists.keys().collect();
+                    assert_eq!(names, ["py4j", "pyspark"], "{name}");
+                }
+            }
+        }
     }
 
     #[test]

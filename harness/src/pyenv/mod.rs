@@ -159,11 +159,11 @@ pub enum EnvError {
     NoBasePython { python: String, detail: String },
     #[error("N/A: no Python {python} on this machine ({looked}): install it (`pyenv install {python}`, or your system's python{python} package), or set FAKEJVM_BASE_PYTHON to a Python {python} interpreter")]
     NoInterpreter { python: PythonMinor, looked: String },
-    #[error("N/A: {why}: choose a Python it supports (--python-version {}), and get that interpreter with `pyenv install {}` if this machine lacks it", supported.0, supported.0)]
+    #[error("N/A: {why}: choose a Python it supports (the nearest is --python-version {nearest}), and get that interpreter with `pyenv install {nearest}` if this machine lacks it")]
     Unsupported {
         why: String,
-        /// The declared range, oldest first.
-        supported: (PythonMinor, PythonMinor),
+        /// The declared Python closest to the one asked for.
+        nearest: PythonMinor,
     },
     #[error("{} is Python {found} but --python-version {wanted} was asked for: drop one of them", python.display())]
     PythonVersionMismatch {
@@ -328,10 +328,13 @@ fn check_supported(release: PysparkVersion, python: PythonMinor) -> Result<(), E
     }
     match unsupported_python(release, python) {
         None => Ok(()),
-        Some(why) => Err(EnvError::Unsupported {
-            why,
-            supported: declared_pythons(release).expect("a line with a reason has a range"),
-        }),
+        Some(why) => {
+            let (low, high) = declared_pythons(release).expect("a line with a reason has a range");
+            Err(EnvError::Unsupported {
+                why,
+                nearest: python.clamp(low, high),
+            })
+        }
     }
 }
 

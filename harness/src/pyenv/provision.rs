@@ -123,10 +123,11 @@ pub fn setup_with(want: &Want, opts: &SetupOptions) -> Result<PythonEnv, EnvErro
         };
         match probe(&python_in(&dir)) {
             Ok(env) if env.pyspark == release && same_lock => {
+                adopt_committed_lock(&dir, &name);
                 return Ok(PythonEnv {
                     flavor: Some(flavor),
                     ..env
-                })
+                });
             }
             Ok(env) if env.pyspark == release => eprintln!(
                 "fakejvm: {} was installed from another lock; rebuilding it from the one given",
@@ -154,6 +155,30 @@ pub fn setup_with(want: &Want, opts: &SetupOptions) -> Result<PythonEnv, EnvErro
         None => lock::committed(&name).map_or(Source::Resolve, Source::Committed),
     };
     provision(release, &base, flavor, &dir, opts.installer, source)
+}
+
+/// An env built before locks that holds exactly its committed lock gets that lock recorded, so
+/// `env list` and `--locked` see it as what it is; one that differs is left alone (and said).
+fn adopt_committed_lock(dir: &Path, name: &str) {
+    if dir.join(LOCK_FILE).exists() {
+        return;
+    }
+    let Some(lock) = lock::committed(name) else {
+        return;
+    };
+    match installed(&python_in(dir)).map(|have| differences(&lock, &have)) {
+        Ok(None) => {
+            let text = lock.to_text("adopted by fakejvm: the env, built before locks, holds exactly this");
+            if write_atomic(&dir.join(LOCK_FILE), text.as_bytes(), WriteOptions::CACHE).is_ok() {
+                eprintln!("fakejvm: {} holds exactly harness/locks/{name}.txt; recorded it as its lock", dir.display());
+            }
+        }
+        Ok(Some(diff)) => eprintln!(
+            "fakejvm: {} was built before locks and differs from harness/locks/{name}.txt ({diff}); `fakejvm env setup --rebuild` rebuilds it from the lock",
+            dir.display()
+        ),
+        Err(e) => eprintln!("fakejvm: cannot list what {} holds ({e})", dir.display()),
+    }
 }
 
 /// The lock an env recorded, if it has one (envs built before locks have none).
@@ -212,7 +237,6 @@ fn provision(
     choice: InstallerChoice,
     source: Source,
 ) -> Result<PythonEnv, EnvError> {
-    let started = Instant::now();
     let failed = |step: &str, detail: String| EnvError::ProvisionFailed {
         what: format!("pyspark {release}"),
         dir: dir.to_path_buf(),
@@ -234,6 +258,8 @@ fn provision(
         }
     }
     let installer = installer::pick(choice, &base.python)?;
+    // Installing uv itself (once per cache) is not this env's time.
+    let started = Instant::now();
     let from = match &source {
         Source::Given(_) => "the given lock",
         Source::Committed(_) => "the lock committed in harness/locks",
