@@ -367,7 +367,7 @@ fn undecodable_stream_is_bad_input_naming_the_offset() {
 /// A report fakejvm cannot write after a passing run is its own failure: exit 3, one line.
 #[test]
 fn an_unwritable_report_is_a_harness_error_exit_3() {
-    let _ = common::env_for(fakejvm::pyenv::DEFAULT_PYSPARK);
+    let _ = common::lean_env_for(fakejvm::pyenv::DEFAULT_PYSPARK);
     let d = tempfile::tempdir().unwrap();
     let f = scenario_file(d.path(), "good.json", GOOD);
     let out = fakejvm()
@@ -393,7 +393,7 @@ fn an_unwritable_report_is_a_harness_error_exit_3() {
 #[test]
 fn bundled_core_scenarios_pass_from_the_command_line() {
     let root = common::repo_root();
-    let _ = common::env_for(fakejvm::pyenv::DEFAULT_PYSPARK);
+    let _ = common::lean_env_for(fakejvm::pyenv::DEFAULT_PYSPARK);
     let d = tempfile::tempdir().unwrap();
     let report = d.path().join("report.json");
     fakejvm()
@@ -409,7 +409,7 @@ fn bundled_core_scenarios_pass_from_the_command_line() {
 
 #[test]
 fn function_that_does_not_compile_is_bad_input() {
-    let _ = common::env_for(fakejvm::pyenv::DEFAULT_PYSPARK);
+    let _ = common::lean_env_for(fakejvm::pyenv::DEFAULT_PYSPARK);
     let d = tempfile::tempdir().unwrap();
     let f = scenario_file(
         d.path(),
