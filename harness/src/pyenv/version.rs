@@ -130,8 +130,9 @@ impl fmt::Display for PythonMinor {
 
 /// The CPythons each pyspark line declares, read from its released metadata (PKG-INFO of the
 /// sdist on PyPI): the lowest is `Requires-Python` (pip and uv refuse to install below it), the
-/// highest the newest `Programming Language :: Python :: 3.X` classifier. Patch releases of a
-/// line declare the same range (checked on the first and last release of each line).
+/// highest the newest `Programming Language :: Python :: 3.X` classifier. Read from 3.4.4, 3.5.0,
+/// 3.5.9, 4.0.5, 4.1.4, 4.2.1 and 4.3.0; patch releases of a line are taken to declare the same
+/// range (3.5.0 and 3.5.9 do).
 const DECLARED_PYTHONS: &[(&str, PythonMinor, PythonMinor)] = &[
     ("3.4", py(3, 7), py(3, 11)),
     ("3.5", py(3, 8), py(3, 11)),
