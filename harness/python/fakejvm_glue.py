@@ -2,6 +2,7 @@
 # itself:
 #   probe  - report the interpreter's version and its pyspark (without importing pyspark, which
 #            costs a few hundred ms and would need nothing we use);
+#   distributions - every installed distribution and its version (to compare an env with its lock);
 #   build  - cloudpickle a scenario's RDD function into the NON_UDF command, the tuple
 #            (func, profiler, deserializer, serializer) that the driver sends. The bytes hold
 #            instances of pyspark's own serializer classes and a function pickled by the bundled
@@ -37,15 +38,31 @@ def answer(obj):
     ANSWER.flush()
 
 
-def probe():
-    from importlib import metadata
+def installed():
+    """name -> version of every distribution on sys.path; Python 3.7 has no importlib.metadata
+    (pyspark 3.4 supports 3.7), and its venvs have pkg_resources instead."""
+    try:
+        from importlib import metadata
+    except ImportError:
+        import pkg_resources
 
-    packages = {}
-    for name in ("pyspark", "pandas", "pyarrow", "py4j"):
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
+        return {d.project_name: d.version for d in pkg_resources.working_set}
+    found = {}
+    for d in metadata.distributions():
+        name = d.metadata["Name"]
+        if name and name not in found:  # the first on sys.path wins, as for imports
+            found[name] = d.version
+    return found
+
+
+def distributions():
+    answer({"distributions": installed()})
+
+
+def probe():
+    everything = installed()
+    wanted = ("pyspark", "pandas", "pyarrow", "py4j")
+    packages = {n: v for n, v in everything.items() if n.lower() in wanted}
     found = {
         "python": "%d.%d" % sys.version_info[:2],
         "python_full": "%d.%d.%d" % sys.version_info[:3],
@@ -360,4 +377,5 @@ def is_worker_module(tree):
 
 
 if __name__ == "__main__":
-    {"probe": probe, "build": build, "doctor": doctor, "modules": modules}[sys.argv[1]]()
+    {"probe": probe, "distributions": distributions, "build": build, "doctor": doctor,
+     "modules": modules}[sys.argv[1]]()

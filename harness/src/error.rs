@@ -135,7 +135,7 @@ mod tests {
         };
         assert_eq!(exit_code(&env_failure(None, missing)), 2);
         let pip = EnvError::ProvisionFailed {
-            pyspark: "4.0.5".into(),
+            what: "pyspark 4.0.5".into(),
             dir: "/x".into(),
             step: "pip".into(),
             detail: "a\nb".into(),

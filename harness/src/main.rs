@@ -4,7 +4,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use fakejvm::decode::{self, StreamDirection};
-use fakejvm::error::{self, env_failure, BadInput, HarnessError};
+use fakejvm::error::{self, env_failure, BadInput};
 use fakejvm::outputs::{self, Entry, OutputArgs, RunDoc, ScenarioPart};
 use fakejvm::protocol::{Dialect, UdfLayout};
 use fakejvm::pyenv::{self, PythonEnv};
@@ -46,9 +46,21 @@ struct EnvArgs {
     /// a venv directory, a PEX file or a conda-pack / venv-pack archive (see `fakejvm doctor`).
     #[arg(long, env = "FAKEJVM_PYTHON", global = true)]
     python: Option<PathBuf>,
-    /// The pyspark version of the cached env to use (provisioned on first use).
+    /// The pyspark of the cached env to use, provisioned on first use: any release from 3.4.0
+    /// (3.5.2, 4.1.4), or a line (4.1) for its pinned release.
     #[arg(long, global = true, value_name = "VERSION")]
     pyspark: Option<String>,
+    #[command(flatten)]
+    python_version: pyenv::PythonVersionArg,
+}
+
+impl EnvArgs {
+    fn want(&self, flavor: pyenv::Flavor) -> pyenv::Want {
+        pyenv::Want {
+            flavor,
+            ..pyenv::Want::new(self.pyspark.as_deref(), self.python_version.python_version)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -152,9 +164,33 @@ enum ReportAction {
 
 #[derive(Subcommand)]
 enum EnvAction {
-    /// Create (or check) the cached venv for a pyspark version.
-    Setup,
-    /// List the pinned versions and which are already provisioned.
+    /// Create (or check) the cached env for --pyspark and --python-version: installed with uv
+    /// (itself installed from PyPI into the cache, once) or venv + pip, from the lock committed
+    /// for a pinned env, else from a fresh resolution; either way the env records its lock
+    /// (fakejvm-lock.txt in it). Prints the time it took. A combination that cannot exist (a
+    /// Python the pyspark line does not declare, or one this machine lacks) is exit 2, one line
+    /// saying why and how to get the interpreter.
+    Setup {
+        /// Rebuild exactly this lock (a fakejvm-lock.txt of another env, or one from
+        /// harness/locks): it names its pyspark, Python and flavor.
+        #[arg(long, value_name = "FILE")]
+        locked: Option<PathBuf>,
+        /// How to install: uv (fast; envs hardlink one shared cache), pip (venv + pip), or auto
+        /// (uv when it can be had from PyPI, else pip).
+        #[arg(long, value_enum, default_value_t = pyenv::InstallerChoice::Auto)]
+        installer: pyenv::InstallerChoice,
+        /// The lean env (pyspark and py4j only), which runs that have no UDF task use.
+        #[arg(long, conflicts_with = "locked")]
+        lean: bool,
+        /// Rebuild the env even if it is complete (to measure, or to rebuild an env made before
+        /// locks from its committed lock).
+        #[arg(long)]
+        rebuild: bool,
+        /// Resolve afresh even where harness/locks has a lock (how ci/update-locks makes them).
+        #[arg(long, conflicts_with = "locked")]
+        resolve: bool,
+    },
+    /// Every cached env: pyspark, Python, flavor, dialect, size on disk, installer, lock.
     List,
 }
 
@@ -230,8 +266,8 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn resolve_env(args: &EnvArgs) -> anyhow::Result<PythonEnv> {
-    pyenv::resolve(args.python.as_deref(), args.pyspark.as_deref())
+fn resolve_env(args: &EnvArgs, flavor: pyenv::Flavor) -> anyhow::Result<PythonEnv> {
+    pyenv::resolve_with(args.python.as_deref(), &args.want(flavor))
         .map_err(|e| env_failure(None, e))
 }
 
@@ -272,6 +308,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
             println!("== goldens ({})", golden.display());
             // With --python (or FAKEJVM_PYTHON), goldens of other pyspark versions are N/A.
             let mut replay = fakejvm::golden::ReplayArgs::replay(vec![golden], env.python.clone());
+            replay.python_version = env.python_version.clone();
             replay.out.shard = out.shard;
             let (goldens, b) = fakejvm::golden::replay::replay_part(&replay).await?;
             let doc = RunDoc {
@@ -333,31 +370,40 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
         Command::Tap(_) => unreachable!("handled before the runtime starts"),
         Command::Env { env, action } => match action {
             None => {
-                let e = resolve_env(&env)?;
+                let e = resolve_env(&env, pyenv::Flavor::Full)?;
                 print_env(&e);
                 Ok(0)
             }
-            Some(EnvAction::Setup) => {
-                let v = env.pyspark.as_deref().unwrap_or(pyenv::DEFAULT_PYSPARK);
-                let e = pyenv::setup(v).map_err(|e| env_failure(None, e))?;
+            Some(EnvAction::Setup {
+                locked,
+                installer,
+                lean,
+                rebuild,
+                resolve,
+            }) => {
+                // fakejvm's own env: --python (FAKEJVM_PYTHON) does not apply, as before.
+                let locked = match &locked {
+                    None => None,
+                    Some(file) => Some(read_lock(file)?),
+                };
+                let flavor = if lean {
+                    pyenv::Flavor::Lean
+                } else {
+                    pyenv::Flavor::Full
+                };
+                let opts = pyenv::SetupOptions {
+                    installer,
+                    locked,
+                    rebuild,
+                    resolve,
+                };
+                let e = pyenv::setup_with(&env.want(flavor), &opts)
+                    .map_err(|e| env_failure(None, e))?;
                 print_env(&e);
                 Ok(0)
             }
             Some(EnvAction::List) => {
-                for v in pyenv::PINNED {
-                    let (dir, ready) = pyenv::cached_env(v).map_err(|e| env_failure(None, e))?;
-                    let version: pyenv::PysparkVersion = v
-                        .parse()
-                        .map_err(|e| HarnessError::new(format!("the pinned version {v}: {e}")))?;
-                    let d = Dialect::for_version(version.major, version.minor)
-                        .map(|d| format!("{d:?}"))
-                        .unwrap_or_else(|| "-".into());
-                    println!(
-                        "pyspark {v:<6} dialect {d}  {}  {}",
-                        if ready { "ready  " } else { "missing" },
-                        dir.display()
-                    );
-                }
+                print!("{}", env_list_text(&pyenv::list_envs()));
                 Ok(0)
             }
         },
@@ -385,7 +431,18 @@ async fn run_scenarios(
     for f in &files {
         scenarios.push((f.clone(), Scenario::load(f).map_err(BadInput::from)?));
     }
-    let env = resolve_env(env)?;
+    // Lean when no task needs pandas or pyarrow: only UDF tasks import them (RDD tasks are
+    // pickled functions over pickled or raw data). The header says which env was used.
+    let needs_full = scenarios
+        .iter()
+        .any(|(_, s)| s.tasks.iter().any(|t| t.udf.is_some()));
+    let flavor = if needs_full {
+        pyenv::Flavor::Full
+    } else {
+        pyenv::Flavor::Lean
+    };
+    let env = resolve_env(env, flavor)?;
+    println!("{}", env_header(&env));
     // `worker_module: {"each_in": ...}` is one run per worker module of this pyspark, listed
     // now: a package this pyspark lacks is a broken file (exit 2) before any worker starts.
     let mut runs = vec![];
@@ -456,6 +513,10 @@ fn print_env(e: &PythonEnv) {
     println!("python ver   {}", e.python_version);
     println!("pyspark      {}", e.pyspark);
     println!("pyspark dir  {}", e.pyspark_dir.display());
+    match e.flavor {
+        Some(f) => println!("env          {}", f.contents()),
+        None => println!("env          the interpreter given (--python or FAKEJVM_PYTHON)"),
+    }
     match dialect {
         Some(d) => println!("dialect      {d}"),
         None => println!("dialect      none: fakejvm speaks pyspark 3.3 and later"),
@@ -468,4 +529,94 @@ fn paths_text(paths: &[PathBuf]) -> String {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The first line of a run: which env its verdicts come from.
+fn env_header(e: &PythonEnv) -> String {
+    let which = match e.flavor {
+        Some(f) => format!(
+            "{f} env ({})",
+            f.contents().split_once(": ").map_or("", |x| x.1)
+        ),
+        None => "given interpreter".into(),
+    };
+    format!(
+        "env   pyspark {} | python {} | {which} | {}",
+        e.pyspark,
+        e.python_version,
+        e.python.display()
+    )
+}
+
+fn read_lock(file: &std::path::Path) -> anyhow::Result<pyenv::lock::Lock> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| BadInput::new(file, format!("cannot read the lock: {e}")))?;
+    pyenv::lock::Lock::parse(&text).map_err(|problem| BadInput::new(file, problem).into())
+}
+
+/// `fakejvm env list`: one line per cached env, and what they share.
+fn env_list_text(envs: &[pyenv::CachedEnv]) -> String {
+    let root = pyenv::cache_root();
+    if envs.is_empty() {
+        return format!(
+            "no envs under {} yet: `fakejvm env setup` provisions one (and every run does on first use)\n",
+            root.join("envs").display()
+        );
+    }
+    let mb = |b: u64| format!("{} MB", (b + 500_000) / 1_000_000);
+    let mut out = format!(
+        "{:<8} {:<6} {:<5} {:<7} {:>8} {:>8}  {:<11} {:<4} {}\n",
+        "pyspark", "python", "env", "dialect", "size", "own", "installer", "lock", "dir"
+    );
+    for e in envs {
+        let dialect = e
+            .pyspark
+            .as_deref()
+            .and_then(|v| v.parse::<pyenv::PysparkVersion>().ok())
+            .and_then(|v| Dialect::for_version(v.major, v.minor))
+            .map_or("-".to_string(), |d| format!("{d:?}"));
+        let unfinished = "(unfinished: no marker)";
+        out.push_str(&format!(
+            "{:<8} {:<6} {:<5} {:<7} {:>8} {:>8}  {:<11} {:<4} {}\n",
+            e.pyspark.as_deref().unwrap_or("?"),
+            e.python.as_deref().unwrap_or("?"),
+            e.flavor.map_or("?".to_string(), |f| f.to_string()),
+            dialect,
+            mb(e.bytes),
+            mb(e.own_bytes),
+            e.installer
+                .as_deref()
+                // "uv 0.13.9" or "venv + pip" in the marker.
+                .map(|i| if i.starts_with("uv") { "uv" } else { "pip" })
+                .unwrap_or(if e.pyspark.is_some() { "pip-old" } else { "?" }),
+            if e.locked { "yes" } else { "no" },
+            if e.pyspark.is_some() {
+                e.dir.display().to_string()
+            } else {
+                format!("{} {unfinished}", e.dir.display())
+            },
+        ));
+    }
+    let pythons: Vec<String> = pyenv::base::available()
+        .iter()
+        .map(|b| format!("{} ({})", b.version, b.found_by))
+        .collect();
+    let (uv_all, _) = pyenv::disk_usage(&pyenv::uv_cache());
+    let own: u64 = envs.iter().map(|e| e.own_bytes).sum();
+    out.push_str(&format!(
+        "{} envs; on disk: {} of their own + {} in uv's shared cache ({})\n",
+        envs.len(),
+        mb(own),
+        mb(uv_all),
+        pyenv::uv_cache().display()
+    ));
+    out.push_str(&format!(
+        "CPythons for --python-version: {}\n",
+        if pythons.is_empty() {
+            "none found".to_string()
+        } else {
+            pythons.join(", ")
+        }
+    ));
+    out
 }

@@ -411,7 +411,7 @@ fn undecodable_stream_is_bad_input_naming_the_offset() {
 /// A report fakejvm cannot write after a passing run is its own failure: exit 3, one line.
 #[test]
 fn an_unwritable_report_is_a_harness_error_exit_3() {
-    let _ = common::env_for(fakejvm::pyenv::DEFAULT_PYSPARK);
+    let _ = common::lean_env_for(fakejvm::pyenv::DEFAULT_PYSPARK);
     let d = tempfile::tempdir().unwrap();
     let f = scenario_file(d.path(), "good.json", GOOD);
     let out = fakejvm()
@@ -435,35 +435,9 @@ fn an_unwritable_report_is_a_harness_error_exit_3() {
 }
 
 #[test]
-fn env_list_names_every_pinned_version_and_its_dialect() {
-    let out = fakejvm()
-        .args(["env", "list"])
-        .assert()
-        .code(0)
-        .get_output()
-        .clone();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), fakejvm::pyenv::PINNED.len(), "{stdout}");
-    for (line, v) in lines.iter().zip(fakejvm::pyenv::PINNED) {
-        let (dir, ready) = fakejvm::pyenv::cached_env(v).unwrap();
-        assert!(
-            line.starts_with(&format!("pyspark {v:<6} dialect ")),
-            "{line}"
-        );
-        assert!(line.ends_with(&dir.display().to_string()), "{line}");
-        assert_eq!(line.contains("ready"), ready, "{line}");
-    }
-    assert!(
-        lines[0].contains("dialect A") && lines[3].contains("dialect D"),
-        "{stdout}"
-    );
-}
-
-#[test]
 fn bundled_core_scenarios_pass_from_the_command_line() {
     let root = common::repo_root();
-    let _ = common::env_for(fakejvm::pyenv::DEFAULT_PYSPARK);
+    let _ = common::lean_env_for(fakejvm::pyenv::DEFAULT_PYSPARK);
     let d = tempfile::tempdir().unwrap();
     let report = d.path().join("report.json");
     fakejvm()
@@ -479,7 +453,7 @@ fn bundled_core_scenarios_pass_from_the_command_line() {
 
 #[test]
 fn function_that_does_not_compile_is_bad_input() {
-    let _ = common::env_for(fakejvm::pyenv::DEFAULT_PYSPARK);
+    let _ = common::lean_env_for(fakejvm::pyenv::DEFAULT_PYSPARK);
     let d = tempfile::tempdir().unwrap();
     let f = scenario_file(
         d.path(),

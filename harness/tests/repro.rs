@@ -20,6 +20,7 @@ fn args(file: &Path) -> ReproArgs {
         file: file.to_path_buf(),
         python: None,
         pyspark: None,
+        python_version: Default::default(),
         runs: 1,
         json: false,
     }

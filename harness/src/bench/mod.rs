@@ -55,6 +55,8 @@ pub struct BenchArgs {
     /// Python interpreter with pyspark (instead of --pyspark).
     #[arg(long, env = "FAKEJVM_PYTHON")]
     pub python: Option<PathBuf>,
+    #[command(flatten)]
+    pub python_version: crate::pyenv::PythonVersionArg,
     /// Number of text lines.
     #[arg(long, default_value_t = 1_000_000)]
     pub lines: usize,
@@ -173,7 +175,8 @@ fn data_bytes(data: &[DataItem]) -> u64 {
 }
 
 pub async fn bench_cmd(args: BenchArgs) -> anyhow::Result<u8> {
-    let env = pyenv::resolve(args.python.as_deref(), args.pyspark.as_deref())?;
+    let want = pyenv::Want::new(args.pyspark.as_deref(), args.python_version.python_version);
+    let env = pyenv::resolve_with(args.python.as_deref(), &want)?;
     let report = run_bench(&env, &args).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -572,6 +575,7 @@ mod tests {
         BenchArgs {
             pyspark: None,
             python: None,
+            python_version: Default::default(),
             lines,
             line_bytes: 100,
             ints,

@@ -281,6 +281,7 @@ pub async fn doctor_cmd(args: DoctorArgs) -> anyhow::Result<u8> {
         pyspark: version,
         python_version: contents.python.clone(),
         pyspark_dir: contents.pyspark_dir.clone().unwrap_or_default(),
+        flavor: None,
     };
     run_probes(&mut list, &env, &shipped, &missing, &pex_requirements).await;
     Ok(list.finish(&given))

@@ -63,6 +63,8 @@ pub struct FuzzArgs {
     /// Use this interpreter (with pyspark) instead of a cached env.
     #[arg(long, env = "FAKEJVM_PYTHON")]
     pub python: Option<PathBuf>,
+    #[command(flatten)]
+    pub python_version: crate::pyenv::PythonVersionArg,
     /// A case with no complete reply after this long is a hang (milliseconds). Default 2000, and
     /// 5000 for pyspark 4.2+, whose fresh workers import pyspark.worker after the fork, and 10000
     /// when a seed is an Arrow UDF request (each fresh worker imports pandas and pyarrow).
@@ -228,7 +230,8 @@ impl FuzzArgs {
 /// (a reproducer or state file that cannot be written, an executor that fails) 3.
 pub async fn fuzz_cmd(args: FuzzArgs) -> anyhow::Result<u8> {
     let mut cfg = args.campaign_config()?;
-    let env = pyenv::resolve(args.python.as_deref(), args.pyspark.as_deref())
+    let want = pyenv::Want::new(args.pyspark.as_deref(), args.python_version.python_version);
+    let env = pyenv::resolve_with(args.python.as_deref(), &want)
         .map_err(|e| crate::error::env_failure(None, e))?;
     if args.deadline_ms.is_none() && (env.pyspark.major, env.pyspark.minor) >= (4, 2) {
         cfg.deadline = Duration::from_millis(DEFAULT_DEADLINE_MS_IMPORTING);

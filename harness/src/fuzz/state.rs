@@ -301,6 +301,7 @@ mod tests {
             pyspark: "4.0.5".parse().unwrap(),
             python_version: "3.11".into(),
             pyspark_dir: "/nonexistent/pyspark".into(),
+            flavor: None,
         }
     }
 

@@ -35,6 +35,8 @@ pub struct RecordArgs {
     /// The pyspark version of the cached env to use (provisioned on first use).
     #[arg(long, value_name = "VERSION")]
     pub pyspark: Option<String>,
+    #[command(flatten)]
+    pub python_version: crate::pyenv::PythonVersionArg,
     /// Replace the golden at --out if there is one.
     #[arg(long)]
     pub force: bool,
@@ -51,7 +53,8 @@ pub struct RecordArgs {
 }
 
 pub async fn record_cmd(args: RecordArgs) -> anyhow::Result<u8> {
-    let env = pyenv::resolve(args.python.as_deref(), args.pyspark.as_deref())
+    let want = pyenv::Want::new(args.pyspark.as_deref(), args.python_version.python_version);
+    let env = pyenv::resolve_with(args.python.as_deref(), &want)
         .map_err(|e| crate::error::env_failure(None, e))?;
     let dialect = Dialect::for_version(env.pyspark.major, env.pyspark.minor).ok_or_else(|| {
         BadInput(format!(

@@ -63,6 +63,8 @@ pub struct ReplayArgs {
     /// version; goldens of another pyspark version are N/A.
     #[arg(long, env = "FAKEJVM_PYTHON", value_name = "PATH")]
     pub python: Option<PathBuf>,
+    #[command(flatten)]
+    pub python_version: crate::pyenv::PythonVersionArg,
     /// Deadline for each task, in milliseconds.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     pub deadline_ms: u64,
@@ -85,6 +87,7 @@ impl ReplayArgs {
             reject: vec![],
             reject_all: false,
             python,
+            python_version: Default::default(),
             deadline_ms: 30_000,
             jobs: 2,
             out: OutputArgs::default(),
@@ -96,6 +99,8 @@ impl ReplayArgs {
 pub struct ReplayOptions {
     pub bless: bool,
     pub python: Option<PathBuf>,
+    /// The CPython of the cached envs (`--python-version`); None: the base interpreter's.
+    pub python_version: Option<pyenv::PythonMinor>,
     pub deadline: Duration,
 }
 
@@ -104,6 +109,7 @@ impl Default for ReplayOptions {
         ReplayOptions {
             bless: false,
             python: None,
+            python_version: None,
             deadline: Duration::from_secs(30),
         }
     }
@@ -410,13 +416,18 @@ pub async fn replay_part(args: &ReplayArgs) -> anyhow::Result<(GoldenPart, u8)> 
     } else {
         for p in &prepared {
             let index = p.golden.dir.join(format::INDEX);
-            pyenv::resolve(None, Some(&p.golden.index.pyspark))
+            let want = pyenv::Want::new(
+                Some(&p.golden.index.pyspark),
+                args.python_version.python_version,
+            );
+            pyenv::resolve_with(None, &want)
                 .map_err(|e| crate::error::env_failure(Some(&index), e))?;
         }
     }
     let opts = ReplayOptions {
         bless: args.bless,
         python: args.python.clone(),
+        python_version: args.python_version.python_version,
         deadline: Duration::from_millis(args.deadline_ms),
     };
     let reports = replay_prepared(prepared, &opts, args.jobs.max(1), |r| {
@@ -692,7 +703,8 @@ async fn run_live(
     report: &mut GoldenReport,
 ) -> anyhow::Result<Vec<LiveConn>> {
     let ix = &p.golden.index;
-    let env = pyenv::resolve(opts.python.as_deref(), Some(&ix.pyspark)).map_err(|e| {
+    let want = pyenv::Want::new(Some(&ix.pyspark), opts.python_version);
+    let env = pyenv::resolve_with(opts.python.as_deref(), &want).map_err(|e| {
         anyhow::anyhow!(
             "no Python env with pyspark {}: {e}\n(get it with `fakejvm env setup --pyspark {}`)",
             ix.pyspark,

@@ -134,16 +134,31 @@ pub fn columns_for(args: &MatrixArgs) -> Result<Vec<Column>, BadInput> {
         .collect())
 }
 
-/// The env of one column, provisioned if missing; Err is the reason the column is N/A.
-fn env_for(col: &Column) -> Result<PythonEnv, String> {
-    let base = pyenv::base_python_minor().map_err(|e| e.to_string())?;
-    if col.python.0 != base {
-        return Err(format!(
-            "fakejvm builds envs from its base interpreter, Python {base}; set FAKEJVM_BASE_PYTHON to a python{} to run this column",
-            col.python.0
-        ));
-    }
-    pyenv::setup(&col.pyspark.to_string()).map_err(|e| e.to_string())
+/// Why a column has no env: it cannot exist (N/A, with the reason and how to get the
+/// interpreter), or building it failed (fakejvm's own failure: every cell of it fails).
+#[derive(Clone, Debug)]
+enum NoEnv {
+    NotApplicable(String),
+    Failed(String),
+}
+
+/// The env of one column, provisioned if missing: lean (pyspark and py4j) when no scenario has
+/// a UDF task, as `run` chooses.
+fn env_for(col: &Column, flavor: pyenv::Flavor) -> Result<PythonEnv, NoEnv> {
+    let python = col
+        .python
+        .0
+        .parse::<pyenv::PythonMinor>()
+        .map_err(NoEnv::Failed)?;
+    let want = pyenv::Want {
+        pyspark: Some(col.pyspark.to_string()),
+        python_version: Some(python),
+        flavor,
+    };
+    pyenv::resolve_with(None, &want).map_err(|e| match e.not_applicable() {
+        Some(why) => NoEnv::NotApplicable(why),
+        None => NoEnv::Failed(e.to_string()),
+    })
 }
 
 pub async fn matrix_cmd(args: MatrixArgs) -> anyhow::Result<u8> {
@@ -188,6 +203,23 @@ pub async fn matrix_cmd(args: MatrixArgs) -> anyhow::Result<u8> {
             .unwrap_or_default()
     );
 
+    let needs_full = scenarios
+        .iter()
+        .any(|(_, s)| s.tasks.iter().any(|t| t.udf.is_some()));
+    let flavor = if needs_full {
+        pyenv::Flavor::Full
+    } else {
+        pyenv::Flavor::Lean
+    };
+    println!(
+        "envs: {} (pyspark{})",
+        if needs_full { "full" } else { "lean" },
+        if needs_full {
+            ", pandas, pyarrow, numpy: a scenario has a UDF task"
+        } else {
+            " and py4j only: no scenario has a UDF task"
+        }
+    );
     let started = Instant::now();
     let wanted = picked.iter().filter(|p| p.contains(&true)).count();
     let bar = progress(wanted as u64);
@@ -196,11 +228,11 @@ pub async fn matrix_cmd(args: MatrixArgs) -> anyhow::Result<u8> {
         let t0 = Instant::now();
         let env = if picks.contains(&true) {
             bar.set_message(format!("provisioning {}", col.label()));
-            let env = env_for(col);
+            let env = env_for(col, flavor);
             bar.inc(1);
             env
         } else {
-            Err("not in this shard".into())
+            Err(NoEnv::NotApplicable("not in this shard".into()))
         };
         envs.push((col.clone(), env, t0.elapsed()));
     }
@@ -356,7 +388,7 @@ struct ColumnRun {
 /// Run every env's scenarios, `jobs` envs at a time, printing a line per env as it finishes;
 /// results come back in column order.
 async fn run_columns(
-    envs: Vec<(Column, Result<PythonEnv, String>, Duration)>,
+    envs: Vec<(Column, Result<PythonEnv, NoEnv>, Duration)>,
     scenarios: &[(PathBuf, Scenario)],
     picked: &[Vec<bool>],
     opts: &RunOptions,
@@ -406,7 +438,7 @@ async fn run_columns(
 /// (`refused`) instead of stopping the matrix: in a matrix that is a finding about the scenario.
 async fn run_column(
     col: &Column,
-    env: Result<PythonEnv, String>,
+    env: Result<PythonEnv, NoEnv>,
     scenarios: &[(PathBuf, Scenario)],
     picks: &[bool],
     opts: &RunOptions,
@@ -417,10 +449,20 @@ async fn run_column(
             continue;
         }
         let env = match &env {
-            Err(why) => {
+            Err(NoEnv::NotApplicable(why)) => {
                 let status = Status::NotApplicable { why: why.clone() };
                 let r = blank_report(col, f, s, status, vec![]);
                 out.push((i, r, Cell::NotApplicable { why: why.clone() }));
+                continue;
+            }
+            Err(NoEnv::Failed(why)) => {
+                let problem = format!("no env: {why}");
+                let r = blank_report(col, f, s, Status::Failed, vec![problem]);
+                let cell = Cell::Fail {
+                    outcome: "Harness".into(),
+                    verdict: report::scenario_lines(&r),
+                };
+                out.push((i, r, cell));
                 continue;
             }
             Ok(env) => env,

@@ -346,6 +346,7 @@ mod tests {
             pyspark: "4.0.5".parse().unwrap(),
             python_version: "3.11".into(),
             pyspark_dir: "/envs/a/pyspark".into(),
+            flavor: None,
         };
         let a = spec(
             "func = lambda s, it: it",

@@ -1,7 +1,7 @@
 //! The pyspark releases the package index has, as pip reports them (`pip index versions`), so
 //! a version matrix can name ranges and globs (`3.5.0..3.5.9`, `4.0.*`).
 
-use super::{child, provision::base_python};
+use super::{base::default_base as base_python, child};
 use std::process::Command;
 use std::time::Duration;
 

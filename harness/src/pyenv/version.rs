@@ -1,4 +1,5 @@
-//! A pyspark release number, and turning what a user typed ("4.1", "4.0.5") into one to install.
+//! A pyspark release number, and turning what a user typed ("4.1", "4.0.5") into one to install;
+//! a CPython minor version ("3.12"), and which of them each pyspark line declares it runs on.
 
 use super::{EnvError, PINNED};
 use std::fmt;
@@ -90,6 +91,93 @@ pub(super) fn satisfies(found: PysparkVersion, request: &str) -> bool {
     }
 }
 
+/// A CPython "MAJOR.MINOR": the half of an env's key that picks the base interpreter, and what
+/// the JVM sends the worker (which refuses a different one).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct PythonMinor {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl FromStr for PythonMinor {
+    type Err = String;
+
+    /// "3.12" only: a patch release is the interpreter's business, not the env's key.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not a Python version: write MAJOR.MINOR, like 3.12");
+        let (major, minor) = text.trim().split_once('.').ok_or_else(bad)?;
+        let number = |s: &str| {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || s.len() > 3 {
+                Err(bad())
+            } else {
+                s.parse::<u32>().map_err(|_| bad())
+            }
+        };
+        Ok(PythonMinor {
+            major: number(major)?,
+            minor: number(minor)?,
+        })
+    }
+}
+
+impl fmt::Display for PythonMinor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// The CPythons each pyspark line declares, read from its released metadata (PKG-INFO of the
+/// sdist on PyPI): the lowest is `Requires-Python` (pip and uv refuse to install below it), the
+/// highest the newest `Programming Language :: Python :: 3.X` classifier. Read from 3.4.4, 3.5.0,
+/// 3.5.9, 4.0.5, 4.1.4, 4.2.1 and 4.3.0; patch releases of a line are taken to declare the same
+/// range (3.5.0 and 3.5.9 do).
+const DECLARED_PYTHONS: &[(&str, PythonMinor, PythonMinor)] = &[
+    ("3.4", py(3, 7), py(3, 11)),
+    ("3.5", py(3, 8), py(3, 11)),
+    ("4.0", py(3, 9), py(3, 13)),
+    ("4.1", py(3, 10), py(3, 14)),
+    ("4.2", py(3, 10), py(3, 14)),
+    ("4.3", py(3, 11), py(3, 14)),
+];
+
+const fn py(major: u32, minor: u32) -> PythonMinor {
+    PythonMinor { major, minor }
+}
+
+/// The oldest pyspark line fakejvm provisions: 3.4 is the first whose daemon and worker speak
+/// the request layout of family A (and whose sdist still builds on current setuptools).
+pub(super) const OLDEST_LINE: (u32, u32) = (3, 4);
+
+/// Why pyspark `release` cannot run on Python `python`, if it cannot: the declared range of its
+/// line (see `DECLARED_PYTHONS`). A line fakejvm has not read (newer than the table) is allowed:
+/// pip then says no if it must.
+pub fn unsupported_python(release: PysparkVersion, python: PythonMinor) -> Option<String> {
+    let line = release.minor_line();
+    let (_, low, high) = DECLARED_PYTHONS.iter().find(|(l, _, _)| *l == line)?;
+    if python < *low {
+        Some(format!(
+            "pyspark {release} needs Python >={low} (its Requires-Python), not {python}"
+        ))
+    } else if python > *high {
+        Some(format!(
+            "pyspark {release} declares Python {low} to {high} (its classifiers), not {python}"
+        ))
+    } else {
+        None
+    }
+}
+
+/// The Pythons pyspark `release` declares, for messages ("3.9 to 3.13").
+pub fn declared_pythons(release: PysparkVersion) -> Option<(PythonMinor, PythonMinor)> {
+    let line = release.minor_line();
+    DECLARED_PYTHONS
+        .iter()
+        .find(|(l, _, _)| *l == line)
+        .map(|(_, low, high)| (*low, *high))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +222,39 @@ mod tests {
         assert!(
             satisfies("4.1.4".parse().unwrap(), "4.1")
                 && !satisfies("4.1.4".parse().unwrap(), "4.1.3")
+        );
+    }
+
+    #[test]
+    fn python_versions_are_major_minor_only() {
+        assert_eq!("3.12".parse::<PythonMinor>().unwrap(), py(3, 12));
+        assert!(py(3, 9) < py(3, 10) && py(2, 7) < py(3, 7));
+        for bad in ["", "3", "3.12.1", "three.x", "3.-1", "3.1a"] {
+            let err = bad.parse::<PythonMinor>().unwrap_err();
+            assert!(err.contains("MAJOR.MINOR"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn each_line_runs_on_its_declared_pythons_only() {
+        let v = |s: &str| s.parse::<PysparkVersion>().unwrap();
+        assert_eq!(unsupported_python(v("4.0.5"), py(3, 11)), None);
+        assert_eq!(unsupported_python(v("3.5.0"), py(3, 8)), None);
+        let low = unsupported_python(v("4.0.5"), py(3, 8)).unwrap();
+        assert!(
+            low.contains(">=3.9") && low.contains("Requires-Python"),
+            "{low}"
+        );
+        let high = unsupported_python(v("3.4.4"), py(3, 13)).unwrap();
+        assert!(
+            high.contains("3.7 to 3.11") && high.contains("not 3.13"),
+            "{high}"
+        );
+        assert!(unsupported_python(v("4.0.0"), py(2, 7)).is_some());
+        assert_eq!(
+            unsupported_python(v("9.9.0"), py(3, 99)),
+            None,
+            "an unread line"
         );
     }
 }

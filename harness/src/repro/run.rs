@@ -25,6 +25,10 @@ pub struct ReproArgs {
     /// Replay against another pyspark release (of the same request family as the file's).
     #[arg(long, value_name = "VERSION")]
     pub pyspark: Option<String>,
+    /// The CPython of the cached env; default: the one the file was recorded with (the request
+    /// carries it, and the worker refuses another).
+    #[command(flatten)]
+    pub python_version: pyenv::PythonVersionArg,
     /// Run it this many times; it reproduces if any run does.
     #[arg(long, default_value_t = 1)]
     pub runs: usize,
@@ -104,6 +108,7 @@ pub async fn repro_cmd(args: ReproArgs) -> anyhow::Result<u8> {
         &r,
         args.python.as_deref(),
         args.pyspark.as_deref(),
+        args.python_version.python_version,
         args.runs,
     )
     .await?;
@@ -121,13 +126,18 @@ pub async fn run(
     r: &Reproducer,
     python: Option<&Path>,
     pyspark: Option<&str>,
+    python_version: Option<pyenv::PythonMinor>,
     runs: usize,
 ) -> anyhow::Result<ReproReport> {
     let started = Instant::now();
     let bytes = r.bytes().map_err(|e| BadInput::new(file, e))?;
     let case = r.case().map_err(|e| BadInput::new(file, e))?;
     let wanted = pyspark.unwrap_or(&r.pyspark);
-    let env = pyenv::resolve(python, Some(wanted)).map_err(|e| env_failure(Some(file), e))?;
+    // Without an interpreter given, fakejvm's env of the recorded Python (found by base).
+    let recorded = r.python.parse::<pyenv::PythonMinor>().ok();
+    let python_version = python_version.or(if python.is_none() { recorded } else { None });
+    let want = pyenv::Want::new(Some(wanted), python_version);
+    let env = pyenv::resolve_with(python, &want).map_err(|e| env_failure(Some(file), e))?;
     if env.python_version != r.python {
         return Err(BadInput::new(
             file,

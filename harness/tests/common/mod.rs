@@ -42,6 +42,21 @@ pub fn env_for(version: &str) -> PythonEnv {
     env
 }
 
+/// The lean env (pyspark and py4j) for `version`, which `fakejvm run` uses for RDD-only files:
+/// provisioned here first, so a test that counts stderr lines never sees provisioning's.
+pub fn lean_env_for(version: &str) -> PythonEnv {
+    let want = pyenv::Want {
+        flavor: pyenv::Flavor::Lean,
+        ..pyenv::Want::new(Some(version), None)
+    };
+    pyenv::resolve_with(None, &want).unwrap_or_else(|e| {
+        panic!(
+            "no lean env with pyspark {version}: {e}\n\
+             to provision it by hand run `cargo run -p fakejvm -- env setup --lean --pyspark {version}`"
+        )
+    })
+}
+
 pub async fn run_dir(env: &PythonEnv, dir: &str) -> Vec<ScenarioReport> {
     let files = scenario::collect_files(&[repo_root().join(dir)]).expect("scenario dir");
     assert!(!files.is_empty(), "no scenarios under {dir}");
