@@ -260,12 +260,16 @@ static int rule_applies(const struct rule *r, enum call c) {
 
 /* Decides one call: 0 to go on (with *len possibly shortened so that a "bytes:<n>" schedule ends
  * exactly at n), or the errno to fail with (the failure is logged). `len` is NULL for calls that
- * move no bytes. */
-static int decide(enum call c, int fd, size_t *len, const char *via) {
+ * move no bytes. *counted is set when the call is one the rules count (a socket's, in the
+ * process the counters belong to): only its bytes may go into the byte counts, or a worker's
+ * file reads (imports) and stderr writes would move a byte schedule off the socket's bytes. */
+static int decide(enum call c, int fd, size_t *len, const char *via, int *counted) {
+    *counted = 0;
     int any = 0;
     for (int i = 0; i < n_rules; i++) any |= rule_applies(&rules[i], c);
     if (!any || getpid() != my_pid) return 0;
     if ((c == CALL_SEND || c == CALL_RECV || c == CALL_CLOSE) && !is_socket(fd)) return 0;
+    *counted = 1;
     unsigned long ordinal = __atomic_add_fetch(&calls_seen[c], 1, __ATOMIC_SEQ_CST);
     unsigned long long before = __atomic_load_n(&bytes_seen[c], __ATOMIC_SEQ_CST);
     char line[320];
@@ -304,14 +308,15 @@ static void count_bytes(enum call c, ssize_t n) {
     do {                                                                                           \
         RESOLVE(name);                                                                             \
         size_t lenvar##_n = lenvar;                                                                \
-        int e = decide(c, fd, &lenvar##_n, #name);                                                 \
+        int counted;                                                                               \
+        int e = decide(c, fd, &lenvar##_n, #name, &counted);                                       \
         if (e) {                                                                                   \
             errno = e;                                                                             \
             return -1;                                                                             \
         }                                                                                          \
         lenvar = lenvar##_n;                                                                       \
         ssize_t r = call_expr;                                                                     \
-        if (getpid() == my_pid) count_bytes(c, r);                                                 \
+        if (counted) count_bytes(c, r);                                                            \
         return r;                                                                                  \
     } while (0)
 
@@ -342,32 +347,35 @@ ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *from
 /* msghdr calls are never shortened (their bytes are spread over an iovec), only failed. */
 ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
     RESOLVE(sendmsg);
-    int e = decide(CALL_SEND, fd, NULL, "sendmsg");
+    int counted;
+    int e = decide(CALL_SEND, fd, NULL, "sendmsg", &counted);
     if (e) {
         errno = e;
         return -1;
     }
     ssize_t r = real_sendmsg(fd, msg, flags);
-    if (getpid() == my_pid) count_bytes(CALL_SEND, r);
+    if (counted) count_bytes(CALL_SEND, r);
     return r;
 }
 
 ssize_t recvmsg(int fd, struct msghdr *msg, int flags) {
     RESOLVE(recvmsg);
-    int e = decide(CALL_RECV, fd, NULL, "recvmsg");
+    int counted;
+    int e = decide(CALL_RECV, fd, NULL, "recvmsg", &counted);
     if (e) {
         errno = e;
         return -1;
     }
     ssize_t r = real_recvmsg(fd, msg, flags);
-    if (getpid() == my_pid) count_bytes(CALL_RECV, r);
+    if (counted) count_bytes(CALL_RECV, r);
     return r;
 }
 
 /* Linux releases the descriptor even when close() reports an error, so a failed close closes. */
 int close(int fd) {
     RESOLVE(close);
-    int e = decide(CALL_CLOSE, fd, NULL, "close");
+    int counted;
+    int e = decide(CALL_CLOSE, fd, NULL, "close", &counted);
     int r = real_close(fd);
     if (e) {
         errno = e;
@@ -379,7 +387,8 @@ int close(int fd) {
 /* A failed accept leaves the connection in the backlog, as a real EMFILE does. */
 int accept(int fd, struct sockaddr *addr, socklen_t *len) {
     RESOLVE(accept);
-    int e = decide(CALL_ACCEPT, fd, NULL, "accept");
+    int counted;
+    int e = decide(CALL_ACCEPT, fd, NULL, "accept", &counted);
     if (e) {
         errno = e;
         return -1;
@@ -389,7 +398,8 @@ int accept(int fd, struct sockaddr *addr, socklen_t *len) {
 
 int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
     RESOLVE(accept4);
-    int e = decide(CALL_ACCEPT, fd, NULL, "accept4");
+    int counted;
+    int e = decide(CALL_ACCEPT, fd, NULL, "accept4", &counted);
     if (e) {
         errno = e;
         return -1;
@@ -399,7 +409,8 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
 
 int select(int nfds, fd_set *r, fd_set *w, fd_set *x, struct timeval *timeout) {
     RESOLVE(select);
-    int e = decide(CALL_SELECT, -1, NULL, "select");
+    int counted;
+    int e = decide(CALL_SELECT, -1, NULL, "select", &counted);
     if (e) {
         errno = e;
         return -1;
@@ -409,7 +420,8 @@ int select(int nfds, fd_set *r, fd_set *w, fd_set *x, struct timeval *timeout) {
 
 int poll(struct pollfd *fds, nfds_t nfds, int timeout) {
     RESOLVE(poll);
-    int e = decide(CALL_POLL, -1, NULL, "poll");
+    int counted;
+    int e = decide(CALL_POLL, -1, NULL, "poll", &counted);
     if (e) {
         errno = e;
         return -1;
