@@ -336,7 +336,7 @@ async fn run_tasks(
         let plan = injector
             .plan(i, &encoded)
             .map_err(|e| anyhow::anyhow!("task {i}: {e}"))?;
-        injector.task_started(&workers);
+        injector.task_started(&workers, i)?;
 
         if conn.is_none() {
             match workers.connect().await {
