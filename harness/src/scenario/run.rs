@@ -280,13 +280,18 @@ async fn run_tasks(
         daemon_module: sc.daemon_module.clone().map(|m| m.0),
         worker_module: sc.worker_module.clone().map(|m| m.0),
         rlimit_nofile: injector.rlimit_nofile(),
-        connect_timeout: sc.connect_timeout_ms.map_or(
-            LaunchOptions::default().connect_timeout,
-            Duration::from_millis,
-        ),
+        // The scenario's connect_timeout_ms is for a worker's pid or connect-back
+        // (scenarios/README.md); a daemon starting Python and importing pyspark on a busy
+        // machine gets the default.
+        ..LaunchOptions::default()
     };
     let mut workers = match Workers::start(&env.python, launch).await {
-        Ok(w) => w,
+        Ok(mut w) => {
+            if let Some(ms) = sc.connect_timeout_ms {
+                w.set_connect_timeout(Duration::from_millis(ms));
+            }
+            w
+        }
         Err(e) => {
             // A daemon that dies at launch is what every task of the scenario meets.
             let outcome = connect_failure(e, &WorkerFacts::default());

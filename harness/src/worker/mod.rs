@@ -353,6 +353,12 @@ impl Workers {
         Ok(workers)
     }
 
+    /// From now on, wait this long for each connect + handshake (the daemon, if any, has
+    /// announced itself already).
+    pub fn set_connect_timeout(&mut self, timeout: Duration) {
+        self.opts.connect_timeout = timeout;
+    }
+
     fn launch_tweaks(&self) -> ProcessTweaks {
         ProcessTweaks {
             extra_env: self.opts.extra_env.clone(),
