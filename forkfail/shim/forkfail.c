@@ -33,11 +33,18 @@
  *   FAKEJVM_FORKFAIL_ERRNO  the errno to fail fork() with, as a number (default 11, EAGAIN)
  *   FAKEJVM_SHIM_ROLE       "daemon" (default) or "worker"
  *   FAKEJVM_SHIM_CALLS      rules separated by ';', each "<process> <call> <errno> <schedule>":
- *                           process "daemon" | "worker"; call "send" | "recv" | "close" |
+ *                           process "daemon" | "worker" | "worker@<t>" (only the worker of task t,
+ *                           see FAKEJVM_SHIM_TASK_FILE); call "send" | "recv" | "close" |
  *                           "accept" | "select" | "poll"; schedule "nth:3,5" (1-based ordinals of
  *                           that call in the process) | "bytes:<n>" (every send/recv once n bytes
  *                           went through; the call that would cross n is shortened to end at n) |
- *                           "random:<p>:<seed>". A failed close still closes (as Linux does).
+ *                           "bytes:<n>:<k>" (the same, but only the first k calls from there fail:
+ *                           a transient failure at a byte position) | "random:<p>:<seed>". A failed
+ *                           close still closes (as Linux does).
+ *   FAKEJVM_SHIM_TASK_FILE  a file holding the number of the task fakejvm is starting (it rewrites
+ *                           it before each task connects); a worker reads it once, a daemon's child
+ *                           right after fork(), a direct worker at load, and takes the rules tagged
+ *                           with that task (a reused worker keeps the task it was forked for)
  *   FAKEJVM_SHIM_HOLD       "<n> stop" or "<n> stall <ms>": the child of the daemon's fork n
  *                           SIGSTOPs itself, or sleeps ms, before returning from fork()
  *   FAKEJVM_SHIM_FILL_FDS   n: at load, every free descriptor 3..n-1 is opened on /dev/null
@@ -69,7 +76,7 @@
 #include <unistd.h>
 
 #define MAX_NTH 64
-#define MAX_RULES 8
+#define MAX_RULES 16
 
 enum when { WHEN_NEVER, WHEN_EVERY, WHEN_NTH, WHEN_RANDOM, WHEN_BYTES };
 
@@ -81,6 +88,8 @@ struct schedule {
     double probability;
     uint64_t seed, rng_state;
     unsigned long long bytes;
+    unsigned long max_fails; /* WHEN_BYTES: 0 = every call from there on, else only that many */
+    unsigned long fails;     /* calls failed so far by this schedule, in this process */
 };
 
 enum who { WHO_DAEMON, WHO_WORKER, WHO_OTHER };
@@ -89,6 +98,7 @@ static const char *const call_names[N_CALLS] = {"send", "recv", "close", "accept
 
 struct rule {
     enum who process;
+    long task; /* < 0: every worker; else only the worker of that task */
     enum call call;
     int err;
     struct schedule sched;
@@ -107,6 +117,8 @@ static unsigned long calls_seen[N_CALLS];
 static unsigned long long bytes_seen[N_CALLS];
 static unsigned long hold_fork; /* 0: no child is held */
 static long hold_stall_ms;      /* < 0: SIGSTOP */
+static char task_path[4096];
+static long current_task = -1; /* the task this worker was started for, from task_path */
 
 static pid_t (*real_fork)(void);
 static ssize_t (*real_write)(int, const void *, size_t);
@@ -213,6 +225,7 @@ static const char *parse_schedule(const char *s, struct schedule *out) {
     } else if (strncmp(s, "bytes:", 6) == 0) {
         out->when = WHEN_BYTES;
         out->bytes = strtoull(s + 6, &end, 10);
+        if (*end == ':') out->max_fails = strtoul(end + 1, &end, 10);
     }
     return end;
 }
@@ -235,11 +248,21 @@ static void parse_rules(const char *s) {
     static const char *const procs[] = {"daemon", "worker"};
     while (s && *s && n_rules < MAX_RULES) {
         const char *p = s;
-        int proc = parse_word(&p, procs, 2);
+        long task = -1;
+        int proc;
+        while (*p == ' ') p++;
+        if (strncmp(p, "worker@", 7) == 0) {
+            char *after;
+            task = strtol(p + 7, &after, 10);
+            proc = after != p + 7 && task >= 0 && (*after == ' ' || *after == 0) ? 1 : -1;
+            p = after;
+        } else {
+            proc = parse_word(&p, procs, 2);
+        }
         int call = parse_word(&p, call_names, N_CALLS);
         char *end;
         long err = strtol(p, &end, 10);
-        struct rule r = {.process = proc == 1 ? WHO_WORKER : WHO_DAEMON, .call = (enum call)call, .err = (int)err};
+        struct rule r = {.process = proc == 1 ? WHO_WORKER : WHO_DAEMON, .task = task, .call = (enum call)call, .err = (int)err};
         const char *sched = end;
         while (*sched == ' ') sched++;
         parse_schedule(sched, &r.sched);
@@ -255,17 +278,22 @@ static int is_socket(int fd) {
 }
 
 static int rule_applies(const struct rule *r, enum call c) {
-    return r->call == c && r->process == who;
+    if (r->sched.when == WHEN_BYTES && r->sched.max_fails && r->sched.fails >= r->sched.max_fails) return 0;
+    return r->call == c && r->process == who && (r->task < 0 || r->task == current_task);
 }
 
 /* Decides one call: 0 to go on (with *len possibly shortened so that a "bytes:<n>" schedule ends
  * exactly at n), or the errno to fail with (the failure is logged). `len` is NULL for calls that
- * move no bytes. */
-static int decide(enum call c, int fd, size_t *len, const char *via) {
+ * move no bytes. *counted is set when the call is one the rules count (a socket's, in the
+ * process the counters belong to): only its bytes may go into the byte counts, or a worker's
+ * file reads (imports) and stderr writes would move a byte schedule off the socket's bytes. */
+static int decide(enum call c, int fd, size_t *len, const char *via, int *counted) {
+    *counted = 0;
     int any = 0;
     for (int i = 0; i < n_rules; i++) any |= rule_applies(&rules[i], c);
     if (!any || getpid() != my_pid) return 0;
     if ((c == CALL_SEND || c == CALL_RECV || c == CALL_CLOSE) && !is_socket(fd)) return 0;
+    *counted = 1;
     unsigned long ordinal = __atomic_add_fetch(&calls_seen[c], 1, __ATOMIC_SEQ_CST);
     unsigned long long before = __atomic_load_n(&bytes_seen[c], __ATOMIC_SEQ_CST);
     char line[320];
@@ -286,6 +314,7 @@ static int decide(enum call c, int fd, size_t *len, const char *via) {
             fail = should_fail(&r->sched, ordinal);
         }
         if (fail) {
+            r->sched.fails++;
             snprintf(line, sizeof line, "call %s %lu pid %d fd %d via %s failed errno %d injected after %llu rule %d at %lld\n",
                      call_names[c], ordinal, (int)my_pid, fd, via, r->err, before, i, now_ms());
             log_line(line);
@@ -304,14 +333,15 @@ static void count_bytes(enum call c, ssize_t n) {
     do {                                                                                           \
         RESOLVE(name);                                                                             \
         size_t lenvar##_n = lenvar;                                                                \
-        int e = decide(c, fd, &lenvar##_n, #name);                                                 \
+        int counted;                                                                               \
+        int e = decide(c, fd, &lenvar##_n, #name, &counted);                                       \
         if (e) {                                                                                   \
             errno = e;                                                                             \
             return -1;                                                                             \
         }                                                                                          \
         lenvar = lenvar##_n;                                                                       \
         ssize_t r = call_expr;                                                                     \
-        if (getpid() == my_pid) count_bytes(c, r);                                                 \
+        if (counted) count_bytes(c, r);                                                            \
         return r;                                                                                  \
     } while (0)
 
@@ -342,32 +372,35 @@ ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *from
 /* msghdr calls are never shortened (their bytes are spread over an iovec), only failed. */
 ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
     RESOLVE(sendmsg);
-    int e = decide(CALL_SEND, fd, NULL, "sendmsg");
+    int counted;
+    int e = decide(CALL_SEND, fd, NULL, "sendmsg", &counted);
     if (e) {
         errno = e;
         return -1;
     }
     ssize_t r = real_sendmsg(fd, msg, flags);
-    if (getpid() == my_pid) count_bytes(CALL_SEND, r);
+    if (counted) count_bytes(CALL_SEND, r);
     return r;
 }
 
 ssize_t recvmsg(int fd, struct msghdr *msg, int flags) {
     RESOLVE(recvmsg);
-    int e = decide(CALL_RECV, fd, NULL, "recvmsg");
+    int counted;
+    int e = decide(CALL_RECV, fd, NULL, "recvmsg", &counted);
     if (e) {
         errno = e;
         return -1;
     }
     ssize_t r = real_recvmsg(fd, msg, flags);
-    if (getpid() == my_pid) count_bytes(CALL_RECV, r);
+    if (counted) count_bytes(CALL_RECV, r);
     return r;
 }
 
 /* Linux releases the descriptor even when close() reports an error, so a failed close closes. */
 int close(int fd) {
     RESOLVE(close);
-    int e = decide(CALL_CLOSE, fd, NULL, "close");
+    int counted;
+    int e = decide(CALL_CLOSE, fd, NULL, "close", &counted);
     int r = real_close(fd);
     if (e) {
         errno = e;
@@ -379,7 +412,8 @@ int close(int fd) {
 /* A failed accept leaves the connection in the backlog, as a real EMFILE does. */
 int accept(int fd, struct sockaddr *addr, socklen_t *len) {
     RESOLVE(accept);
-    int e = decide(CALL_ACCEPT, fd, NULL, "accept");
+    int counted;
+    int e = decide(CALL_ACCEPT, fd, NULL, "accept", &counted);
     if (e) {
         errno = e;
         return -1;
@@ -389,7 +423,8 @@ int accept(int fd, struct sockaddr *addr, socklen_t *len) {
 
 int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
     RESOLVE(accept4);
-    int e = decide(CALL_ACCEPT, fd, NULL, "accept4");
+    int counted;
+    int e = decide(CALL_ACCEPT, fd, NULL, "accept4", &counted);
     if (e) {
         errno = e;
         return -1;
@@ -399,7 +434,8 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
 
 int select(int nfds, fd_set *r, fd_set *w, fd_set *x, struct timeval *timeout) {
     RESOLVE(select);
-    int e = decide(CALL_SELECT, -1, NULL, "select");
+    int counted;
+    int e = decide(CALL_SELECT, -1, NULL, "select", &counted);
     if (e) {
         errno = e;
         return -1;
@@ -409,7 +445,8 @@ int select(int nfds, fd_set *r, fd_set *w, fd_set *x, struct timeval *timeout) {
 
 int poll(struct pollfd *fds, nfds_t nfds, int timeout) {
     RESOLVE(poll);
-    int e = decide(CALL_POLL, -1, NULL, "poll");
+    int counted;
+    int e = decide(CALL_POLL, -1, NULL, "poll", &counted);
     if (e) {
         errno = e;
         return -1;
@@ -458,6 +495,24 @@ static void fill_fds(long below) {
     log_line(line);
 }
 
+/* The task fakejvm is starting now: the number in task_path (-1 when there is none). Read with
+ * the real calls; the file is no socket, and nothing here may count. */
+static void read_task(void) {
+    current_task = -1;
+    if (!task_path[0]) return;
+    resolve_all();
+    int fd = open(task_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    char buf[32];
+    ssize_t n = real_read(fd, buf, sizeof buf - 1);
+    real_close(fd);
+    if (n <= 0) return;
+    buf[n] = 0;
+    char *end;
+    long t = strtol(buf, &end, 10);
+    if (end != buf && t >= 0) current_task = t;
+}
+
 static void parse_hold(const char *s) {
     if (!s || !*s) return;
     char *end;
@@ -480,6 +535,9 @@ __attribute__((constructor)) static void forkfail_init(void) {
     who = (role && strcmp(role, "worker") == 0) ? WHO_WORKER : WHO_DAEMON;
     parse_rules(getenv("FAKEJVM_SHIM_CALLS"));
     parse_hold(getenv("FAKEJVM_SHIM_HOLD"));
+    const char *tf = getenv("FAKEJVM_SHIM_TASK_FILE");
+    if (tf && strlen(tf) < sizeof task_path) strcpy(task_path, tf);
+    if (who == WHO_WORKER) read_task();
     drop_self_from_ld_preload();
     char line[256];
     snprintf(line, sizeof line, "loaded pid %d role %s when %s errno %d at %lld\n", (int)target_pid,
@@ -533,7 +591,12 @@ pid_t fork(void) {
         who = (parent == WHO_DAEMON && loading) ? WHO_WORKER : WHO_OTHER;
         memset(calls_seen, 0, sizeof calls_seen);
         memset(bytes_seen, 0, sizeof bytes_seen);
-        for (int i = 0; i < n_rules; i++) rules[i].sched.rng_state = rules[i].sched.seed;
+        for (int i = 0; i < n_rules; i++) {
+            rules[i].sched.rng_state = rules[i].sched.seed;
+            rules[i].sched.fails = 0;
+        }
+        if (parent == WHO_DAEMON && loading) read_task();
+        else current_task = -1;
         if (parent == WHO_DAEMON && loading) hold_child(ordinal);
     } else if (loading && child > 0) {
         snprintf(line, sizeof line, "fork %lu pid %d ok child %d at %lld\n", ordinal, (int)target_pid, (int)child, now_ms());

@@ -27,8 +27,12 @@ pub const ENV_LOG: &str = "FAKEJVM_FORKFAIL_LOG";
 /// `daemon` (default: the loading process is the daemon, the children it forks are workers) or
 /// `worker` (the loading process is a direct worker).
 pub const ENV_ROLE: &str = "FAKEJVM_SHIM_ROLE";
-/// Call rules separated by `;`, each `<daemon|worker> <call> <errno> <schedule>`; see [`CallRule`].
+/// Call rules separated by `;`, each `<daemon|worker|worker@T> <call> <errno> <schedule>`; see
+/// [`CallRule`].
 pub const ENV_CALLS: &str = "FAKEJVM_SHIM_CALLS";
+/// A file holding the number of the task being started: a worker (a daemon's child right after
+/// fork(), a direct worker at load) reads it once and takes the rules tagged `worker@<that task>`.
+pub const ENV_TASK_FILE: &str = "FAKEJVM_SHIM_TASK_FILE";
 /// `<n> stop` or `<n> stall <ms>`: the child of the daemon's fork n stops itself (SIGSTOP), or
 /// sleeps, before fork() returns in it (so before it writes its pid).
 pub const ENV_HOLD: &str = "FAKEJVM_SHIM_HOLD";
@@ -80,28 +84,29 @@ impl Call {
 }
 
 /// One rule of [`ENV_CALLS`]: in `worker` (else the daemon), fail `call` with `errno` when
-/// `when` says (`nth:3,5`, `bytes:<n>` or `random:<p>:<seed>`).
+/// `when` says (`nth:3,5`, `bytes:<n>`, `bytes:<n>:<k>` (only k calls from there) or
+/// `random:<p>:<seed>`). `task`: only in the worker started for that task (see [`ENV_TASK_FILE`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CallRule {
     pub worker: bool,
+    pub task: Option<usize>,
     pub call: Call,
     pub errno: i32,
     pub when: String,
 }
 
 impl CallRule {
-    /// The value of [`ENV_CALLS`] for these rules (the shim takes up to 8).
+    /// The value of [`ENV_CALLS`] for these rules (the shim takes up to [`MAX_CALL_RULES`]).
     pub fn env_value(rules: &[CallRule]) -> String {
         rules
             .iter()
             .map(|r| {
-                format!(
-                    "{} {} {} {}",
-                    if r.worker { "worker" } else { "daemon" },
-                    r.call.name(),
-                    r.errno,
-                    r.when
-                )
+                let process = match (r.worker, r.task) {
+                    (true, Some(t)) => format!("worker@{t}"),
+                    (true, None) => "worker".into(),
+                    (false, _) => "daemon".into(),
+                };
+                format!("{process} {} {} {}", r.call.name(), r.errno, r.when)
             })
             .collect::<Vec<_>>()
             .join(";")
@@ -109,7 +114,7 @@ impl CallRule {
 }
 
 /// How many call rules the shim takes.
-pub const MAX_CALL_RULES: usize = 8;
+pub const MAX_CALL_RULES: usize = 16;
 
 /// Whether this build has a usable shim (Linux only).
 pub fn available() -> bool {
@@ -372,20 +377,29 @@ mod tests {
         let rules = [
             CallRule {
                 worker: true,
+                task: None,
                 call: Call::Send,
                 errno: 32,
                 when: "nth:3".into(),
             },
             CallRule {
                 worker: false,
+                task: None,
                 call: Call::Accept,
                 errno: 24,
                 when: "random:0.5:7".into(),
             },
+            CallRule {
+                worker: true,
+                task: Some(2),
+                call: Call::Recv,
+                errno: 4,
+                when: "bytes:100:1".into(),
+            },
         ];
         assert_eq!(
             CallRule::env_value(&rules),
-            "worker send 32 nth:3;daemon accept 24 random:0.5:7"
+            "worker send 32 nth:3;daemon accept 24 random:0.5:7;worker@2 recv 4 bytes:100:1"
         );
     }
 }

@@ -1065,6 +1065,42 @@ fn a_bad_value_in_any_lifecycle_field_is_one_line_before_any_python_runs() {
             "`expect.worker` applies to",
         ),
         (
+            fault(
+                r#"{"kind": "syscall_fail", "task": 2, "call": "send", "errno": "EPIPE", "schedule": {"nth": [3]}}"#,
+            ),
+            "task 2 does not exist (the scenario has 2 task(s)",
+        ),
+        (
+            fault(
+                r#"{"kind": "syscall_fail", "task": 0, "process": "daemon", "call": "accept", "errno": "EMFILE", "schedule": {"nth": [1]}}"#,
+            ),
+            "`task` picks a task's worker",
+        ),
+        (
+            fault(
+                r#"{"kind": "syscall_fail", "task": "first", "call": "send", "errno": "EPIPE", "schedule": {"nth": [3]}}"#,
+            ),
+            "invalid type",
+        ),
+        (
+            fault(
+                r#"{"kind": "syscall_fail", "call": "recv", "errno": "EINTR", "schedule": {"after_bytes": 68, "times": 0}}"#,
+            ),
+            "with at most `times` (how many calls fail from there, 1 or more)",
+        ),
+        (
+            fault(
+                r#"{"kind": "syscall_fail", "call": "recv", "errno": "EINTR", "schedule": {"after_bytes": 68, "time": 1}}"#,
+            ),
+            "with at most `times`",
+        ),
+        (
+            fault(
+                r#"{"kind": "syscall_fail", "call": "recv", "errno": "EINTR", "schedule": {"after_bytes": 68}}"#,
+            ),
+            "PEP 475",
+        ),
+        (
             fault(r#"{"kind": "open_descriptors", "count": 2}"#),
             "outside 4..=65536",
         ),

@@ -94,12 +94,24 @@ pub fn validate(faults: &[Fault], mode: Mode, tasks: usize) -> Result<(), String
         match f {
             Fault::SyscallFail {
                 process,
+                task,
                 call,
                 errno,
                 schedule,
                 ..
             } => {
-                if matches!(schedule, CallSchedule::AfterBytes(_)) && !call.shim().moves_bytes() {
+                if let Some(t) = task {
+                    if *process == ShimProcess::Daemon {
+                        return Err(at("`task` picks a task's worker; the daemon serves every task (leave `task` out with \"process\": \"daemon\")".into()));
+                    }
+                    if *t >= tasks {
+                        return Err(at(format!(
+                            "task {t} does not exist (the scenario has {tasks} task(s), counted from 0)"
+                        )));
+                    }
+                }
+                if matches!(schedule, CallSchedule::AfterBytes { .. }) && !call.shim().moves_bytes()
+                {
                     return Err(at(format!(
                         "`after_bytes` needs a call that moves bytes (send or recv), not {}",
                         call.name()
@@ -205,6 +217,8 @@ struct Shim {
     path: PathBuf,
     log: PathBuf,
     lines_seen: usize,
+    /// Where the number of the task being started is written, for faults that name a task.
+    task_file: Option<PathBuf>,
 }
 
 /// A scenario's faults while it runs.
@@ -285,10 +299,14 @@ impl Injector {
                     scratch.display()
                 )
             })?;
+            let scoped = faults
+                .iter()
+                .any(|f| matches!(f, Fault::SyscallFail { task: Some(_), .. }));
             Some(Shim {
                 path,
                 log: scratch.join("forkfail.log"),
                 lines_seen: 0,
+                task_file: scoped.then(|| scratch.join("forkfail.task")),
             })
         } else {
             None
@@ -340,6 +358,9 @@ impl Injector {
             if !rules.is_empty() {
                 env.push((forkfail::ENV_CALLS.into(), CallRule::env_value(&rules)));
             }
+            if let Some(f) = &shim.task_file {
+                env.push((forkfail::ENV_TASK_FILE.into(), f.display().to_string()));
+            }
         }
         for f in &self.faults {
             match f {
@@ -375,12 +396,14 @@ impl Injector {
             .filter_map(|f| match f {
                 Fault::SyscallFail {
                     process,
+                    task,
                     call,
                     errno,
                     schedule,
                     ..
                 } => Some(CallRule {
                     worker: *process == ShimProcess::Worker,
+                    task: *task,
                     call: call.shim(),
                     errno: errno.0,
                     when: schedule.shim_value(),
@@ -428,9 +451,21 @@ impl Injector {
         plan::compile(&self.faults, task, req)
     }
 
-    /// Marks where the task's stderr starts.
-    pub fn task_started(&mut self, workers: &Workers) {
+    /// Marks where the task's stderr starts and, before its worker is forked or started, tells
+    /// the shim which task it is for (faults that name a task). A worker already connected (a
+    /// reused one) keeps the task it was made for.
+    pub fn task_started(&mut self, workers: &Workers, task: usize) -> anyhow::Result<()> {
         self.stderr_mark = workers.stderr().len();
+        if let Some(path) = self.shim.as_ref().and_then(|s| s.task_file.as_ref()) {
+            // Written whole and renamed, so a child never reads half a number.
+            let tmp = path.with_extension("next");
+            std::fs::write(&tmp, task.to_string())
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(|e| {
+                    anyhow::anyhow!("writing the shim's task file {}: {e}", path.display())
+                })?;
+        }
+        Ok(())
     }
 
     /// After a task (and after dropping its connection if it is not reused): cleans up a stopped
@@ -582,7 +617,11 @@ impl Injector {
                 continue;
             }
             let fault = self.faults[i].clone();
-            let mut r = FaultReport::new(i, fault.describe(), fault.task());
+            let acted_on = match &fault {
+                Fault::SyscallFail { task, .. } => *task,
+                _ => fault.task(),
+            };
+            let mut r = FaultReport::new(i, fault.describe(), acted_on);
             let error = match &fault {
                 Fault::ForkFail { .. } => {
                     r.fired = self.fork_failures > 0;
@@ -881,12 +920,6 @@ impl Injector {
                     ..
                 } => {
                     let fault = self.rule_fault(rule);
-                    if let Some(i) = fault {
-                        self.shim_fired[i] += 1;
-                        if !fired.contains(&i) {
-                            fired.push(i);
-                        }
-                    }
                     let process = if Some(pid) == daemon {
                         "daemon"
                     } else if Some(pid) == worker || !self.mode.uses_daemon() {
@@ -894,6 +927,15 @@ impl Injector {
                     } else {
                         "process"
                     };
+                    // A call failed in an earlier task's worker, logged late (its last reads
+                    // after we closed): it fired, but not in this task.
+                    let late = process == "process" && worker.is_some();
+                    if let Some(i) = fault {
+                        self.shim_fired[i] += 1;
+                        if !late && !fired.contains(&i) {
+                            fired.push(i);
+                        }
+                    }
                     (
                         fault,
                         Event::CallFailed {

@@ -38,10 +38,14 @@ pub enum Fault {
         expect: FateExpect,
     },
     /// A system call of the daemon or of each worker fails on a schedule (the LD_PRELOAD shim):
-    /// send/recv on a socket, close of a socket, the daemon's accept and select/poll.
+    /// send/recv on a socket, close of a socket, the daemon's accept and select/poll. With `task`
+    /// only the worker started for that task is affected (a launch fault all the same: the shim
+    /// is loaded once, and learns the task when a worker is forked or started).
     SyscallFail {
         #[serde(default)]
         process: ShimProcess,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<usize>,
         call: Syscall,
         errno: Errno,
         schedule: CallSchedule,
@@ -244,14 +248,17 @@ impl Fault {
             }
             Fault::SyscallFail {
                 process,
+                task,
                 call,
                 errno,
                 schedule,
                 ..
             } => format!(
-                "syscall_fail: the {process}'s {} fails with {errno} on {}",
+                "syscall_fail: the {process}'s {} fails with {errno} on {}{}",
                 call.name(),
-                schedule.describe(call.name())
+                schedule.describe(call.name()),
+                task.map(|t| format!(", in task {t}'s worker only"))
+                    .unwrap_or_default()
             ),
             Fault::OpenDescriptors { count, .. } => {
                 format!(
@@ -463,12 +470,14 @@ impl Syscall {
 
 /// When a call fails: a fork schedule's forms (ordinals count that call in the process, from its
 /// start or its fork) or `{"after_bytes": N}`: every send (or recv) once N bytes have gone
-/// through, the call that would cross N cut to end exactly there.
+/// through, the call that would cross N cut to end exactly there; with `"times": K` only the
+/// first K calls from there fail (a transient failure at a byte position, which read counts,
+/// unlike byte counts, cannot name: how a request is split into reads depends on timing).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
 pub enum CallSchedule {
     Calls(ForkSchedule),
-    AfterBytes(u64),
+    AfterBytes { bytes: u64, times: Option<u32> },
 }
 
 impl CallSchedule {
@@ -476,14 +485,20 @@ impl CallSchedule {
     pub fn shim_value(&self) -> String {
         match self {
             CallSchedule::Calls(s) => s.shim_value(),
-            CallSchedule::AfterBytes(n) => format!("bytes:{n}"),
+            CallSchedule::AfterBytes { bytes, times: None } => format!("bytes:{bytes}"),
+            CallSchedule::AfterBytes {
+                bytes,
+                times: Some(k),
+            } => format!("bytes:{bytes}:{k}"),
         }
     }
 
     /// Whether every call is failed from some point on (a retried EINTR would then spin).
     pub fn fails_forever(&self) -> bool {
         match self {
-            CallSchedule::Calls(ForkSchedule::Every) | CallSchedule::AfterBytes(_) => true,
+            CallSchedule::Calls(ForkSchedule::Every)
+            | CallSchedule::AfterBytes { times: None, .. } => true,
+            CallSchedule::AfterBytes { times: Some(_), .. } => false,
             CallSchedule::Calls(ForkSchedule::Random { probability, .. }) => *probability >= 1.0,
             CallSchedule::Calls(ForkSchedule::Nth(_)) => false,
         }
@@ -499,7 +514,17 @@ impl CallSchedule {
             CallSchedule::Calls(ForkSchedule::Random { probability, seed }) => {
                 format!("each {call} with probability {probability} (seed {seed})")
             }
-            CallSchedule::AfterBytes(n) => format!("every {call} after {n} byte(s)"),
+            CallSchedule::AfterBytes { bytes, times: None } => {
+                format!("every {call} after {bytes} byte(s)")
+            }
+            CallSchedule::AfterBytes {
+                bytes,
+                times: Some(1),
+            } => format!("the first {call} after {bytes} byte(s)"),
+            CallSchedule::AfterBytes {
+                bytes,
+                times: Some(k),
+            } => format!("the first {k} {call}s after {bytes} byte(s)"),
         }
     }
 }
@@ -507,12 +532,22 @@ impl CallSchedule {
 impl TryFrom<serde_json::Value> for CallSchedule {
     type Error = String;
     fn try_from(v: serde_json::Value) -> Result<Self, String> {
-        if let Some(n) = v.as_object().and_then(|o| o.get("after_bytes")) {
-            let single = v.as_object().is_some_and(|o| o.len() == 1);
-            return match n.as_u64() {
-                Some(n) if single => Ok(CallSchedule::AfterBytes(n)),
+        if let Some(obj) = v.as_object().filter(|o| o.contains_key("after_bytes")) {
+            let bytes = obj["after_bytes"].as_u64();
+            let times = obj.get("times").map(|t| {
+                t.as_u64()
+                    .and_then(|t| u32::try_from(t).ok())
+                    .filter(|t| *t >= 1)
+            });
+            let known = obj.keys().all(|k| k == "after_bytes" || k == "times");
+            return match (bytes, times) {
+                (Some(bytes), None) if known => Ok(CallSchedule::AfterBytes { bytes, times: None }),
+                (Some(bytes), Some(Some(t))) if known => Ok(CallSchedule::AfterBytes {
+                    bytes,
+                    times: Some(t),
+                }),
                 _ => Err(format!(
-                    "bad call schedule {v}: `after_bytes` is a byte count (a non-negative integer) and takes no other field"
+                    "bad call schedule {v}: `after_bytes` is a byte count (a non-negative integer), with at most `times` (how many calls fail from there, 1 or more)"
                 )),
             };
         }
@@ -524,7 +559,13 @@ impl From<CallSchedule> for serde_json::Value {
     fn from(s: CallSchedule) -> Self {
         match s {
             CallSchedule::Calls(s) => s.into(),
-            CallSchedule::AfterBytes(n) => serde_json::json!({ "after_bytes": n }),
+            CallSchedule::AfterBytes { bytes, times: None } => {
+                serde_json::json!({ "after_bytes": bytes })
+            }
+            CallSchedule::AfterBytes {
+                bytes,
+                times: Some(t),
+            } => serde_json::json!({ "after_bytes": bytes, "times": t }),
         }
     }
 }
@@ -997,9 +1038,13 @@ mod tests {
             f,
             Fault::SyscallFail {
                 process: ShimProcess::Worker,
+                task: None,
                 call: Syscall::Send,
                 errno: Errno::new(libc::EPIPE),
-                schedule: CallSchedule::AfterBytes(100),
+                schedule: CallSchedule::AfterBytes {
+                    bytes: 100,
+                    times: None
+                },
                 expect: FateExpect::default()
             }
         );
@@ -1007,6 +1052,16 @@ mod tests {
             f.describe(),
             "syscall_fail: the worker's send fails with EPIPE (32) on every send after 100 byte(s)"
         );
+        let f = parse(r#"{"kind":"syscall_fail","task":2,"call":"recv","errno":"EINTR","schedule":{"after_bytes":4096,"times":1}}"#).unwrap();
+        assert_eq!(f.task(), None, "still a launch fault");
+        assert_eq!(
+            f.describe(),
+            "syscall_fail: the worker's recv fails with EINTR (4) on the first recv after 4096 byte(s), in task 2's worker only"
+        );
+        if let Fault::SyscallFail { schedule, .. } = &f {
+            assert_eq!(schedule.shim_value(), "bytes:4096:1");
+            assert!(!schedule.fails_forever());
+        }
         let f = parse(r#"{"kind":"syscall_fail","process":"daemon","call":"accept","errno":"EMFILE","schedule":{"nth":[1]}}"#).unwrap();
         assert!(matches!(
             f,
@@ -1038,6 +1093,18 @@ mod tests {
                 "call numbers, counting from 1",
             ),
             (
+                r#"{"kind":"syscall_fail","call":"send","errno":"EPIPE","schedule":{"after_bytes":10,"times":0}}"#,
+                "`times`",
+            ),
+            (
+                r#"{"kind":"syscall_fail","call":"send","errno":"EPIPE","schedule":{"after_bytes":10,"nth":[1]}}"#,
+                "`times`",
+            ),
+            (
+                r#"{"kind":"syscall_fail","task":-1,"call":"send","errno":"EPIPE","schedule":"every"}"#,
+                "invalid value",
+            ),
+            (
                 r#"{"kind":"syscall_fail","process":"driver","call":"send","errno":"EPIPE","schedule":"every"}"#,
                 "unknown variant",
             ),
@@ -1058,6 +1125,7 @@ mod tests {
             r#"{"kind":"half_close","task":1,"at":{"inside":{"data":0},"offset":6},"direction":"to_worker","expect":{"worker":{"signal":"SIGKILL"}}}"#,
             r#"{"kind":"syscall_fail","process":"daemon","call":"poll","errno":"EINTR","schedule":{"probability":0.5,"seed":7}}"#,
             r#"{"kind":"syscall_fail","call":"recv","errno":"ECONNRESET","schedule":{"after_bytes":0}}"#,
+            r#"{"kind":"syscall_fail","task":3,"call":"recv","errno":"EINTR","schedule":{"after_bytes":70,"times":2}}"#,
             r#"{"kind":"stop_child","fork":2,"stall_ms":500,"expect":{"worker":"gone"}}"#,
             r#"{"kind":"open_descriptors","count":1100}"#,
             r#"{"kind":"rlimit_nofile","limit":64}"#,

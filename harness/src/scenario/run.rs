@@ -335,6 +335,8 @@ async fn run_tasks(
         daemon_module: sc.daemon_module.clone().map(|m| m.0),
         worker_module: sc.worker_module.is_some().then(|| module.to_owned()),
         rlimit_nofile: injector.rlimit_nofile(),
+        // The scenario's connect_timeout_ms is for a worker's pid or connect-back
+        // (scenarios/README.md); the daemon's start has its own deadline (start_timeout).
         connect_timeout: sc.connect_timeout_ms.map_or(
             LaunchOptions::default().connect_timeout,
             Duration::from_millis,
@@ -410,7 +412,7 @@ async fn run_tasks(
                 plan.write.steps.push(WriteStep::ShutdownWrite);
             }
         }
-        injector.task_started(&workers);
+        injector.task_started(&workers, i)?;
 
         if conn.is_none() {
             match workers.connect().await {
