@@ -269,7 +269,7 @@ class Baseline:
         self.classes = [
             (
                 c,
-                len(vars(c)),
+                set(vars(c)),
                 {
                     k: v
                     for k, v in vars(c).items()
@@ -314,13 +314,14 @@ def reset(b):
     for d in b.registries:
         if d:  # a weak dict's clear() pops item by item, and raises once when empty
             d.clear()
-    for c, n, attrs in b.classes:
+    for c, names, attrs in b.classes:
         now = vars(c)
         for k, v in attrs.items():
             if now.get(k, b) is not v:
                 setattr(c, k, v)
-        if len(now) != n:
-            for k in [k for k in now if k not in attrs and not k.startswith("__") and not callable(now[k])]:
+        if len(now) != len(names):
+            # Added by the case (BarrierTaskContext._taskContext shadowing TaskContext's, say).
+            for k in [k for k in now if k not in names]:
                 delattr(c, k)
     from pyspark import shuffle
 

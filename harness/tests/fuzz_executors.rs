@@ -11,7 +11,7 @@ use fakejvm::fuzz::exec::{ExecOptions, Executor};
 use fakejvm::fuzz::oracle::{ExpectedRule, Judge};
 use fakejvm::fuzz::reproducer::Reproducer;
 use fakejvm::fuzz::ExecMode;
-use fakejvm::protocol::Dialect;
+use fakejvm::protocol::{ConnInfo, Dialect};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,8 +144,21 @@ async fn the_persistent_executor_gives_the_fork_servers_verdicts_on_rdd_seeds() 
         };
         let mut compared = 0;
         let mut on_used_server = 0;
+        // Each seed also as a barrier task (its class attributes on BarrierTaskContext), run
+        // between plain ones: a reset that puts back too much or too little shows there.
+        let mut cases = vec![];
         for s in &seeds {
-            let bytes = Arc::new(s.case.to_bytes());
+            cases.push((s, s.case.to_bytes(), "plain"));
+            let mut req = s.request.clone().unwrap();
+            req.context.is_barrier = true;
+            req.context.barrier = Some(ConnInfo::Port {
+                port: 1,
+                secret: "barrier-secret".into(),
+            });
+            cases.push((s, dialect.encode_request(&req).bytes, "barrier"));
+        }
+        for (s, bytes, how) in cases {
+            let bytes = Arc::new(bytes);
             let want = judge.signature(&daemon.exec_fresh(bytes.clone()).await, &s.case, Some(s));
             for run in 0..2 {
                 let obs = persistent.exec_fresh(bytes.clone()).await;
@@ -154,7 +167,7 @@ async fn the_persistent_executor_gives_the_fork_servers_verdicts_on_rdd_seeds() 
                 assert_eq!(
                     got.text(),
                     want.text(),
-                    "{version}: seed {} (run {run} on the persistent executor)",
+                    "{version}: seed {} as a {how} task (run {run} on the persistent executor)",
                     s.name
                 );
                 compared += 1;
