@@ -1,6 +1,7 @@
 # fakejvm's persistent executor and warm fork server (AFL++'s persistent mode, for pyspark's
-# worker). Rust embeds this file (include_str!) and runs it with the target env's interpreter as
-#     python -c <this> persistent RECYCLE_AFTER      or      python -c <this> warm-fork 0
+# worker). Rust embeds this file (include_str!), writes it to a private directory and runs it
+# with the target env's interpreter as
+#     python .../fakejvm_persist.py persistent RECYCLE_AFTER    or    ... warm-fork 0
 # with PYTHON_WORKER_FACTORY_SECRET set, like a daemon.
 #
 # It plays the part of `python -m pyspark.daemon pyspark.worker`'s accept loop: per TCP connection
@@ -28,8 +29,9 @@
 import os
 import sys
 
-# `python -c` puts "" first on sys.path; `python -m pyspark.daemon` puts the working directory.
-if sys.path and sys.path[0] == "":
+# Running a file puts its directory first on sys.path; `python -m pyspark.daemon` puts the
+# working directory there.
+if sys.path:
     sys.path[0] = os.getcwd()
 
 MODE = sys.argv[1] if len(sys.argv) > 1 else "persistent"

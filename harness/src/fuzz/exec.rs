@@ -337,6 +337,8 @@ pub struct Executor {
     daemon_pid: AtomicI32,
     restarts: AtomicU64,
     faulthandler: tempfile::TempDir,
+    /// Holds the persistent / warm-fork loop's file.
+    _script_dir: tempfile::TempDir,
     watch: Mutex<VecDeque<Watched>>,
     /// Workers we hold a connection to: a case in flight, or kept by a lane for reuse.
     in_flight: Mutex<HashSet<i32>>,
@@ -370,7 +372,9 @@ impl Executor {
         let rlimit_as = opts
             .memory_limit_mb
             .map(|mb| mb.saturating_mul(1024 * 1024));
+        let script_dir = fault_dump_dir()?;
         let server = ServerOptions {
+            script: super::server::write_loop(script_dir.path())?,
             secret: hex::encode(rand::random::<[u8; 32]>()),
             recycle_after: opts.recycle_after,
             tweaks: ProcessTweaks {
@@ -430,6 +434,7 @@ impl Executor {
             generation: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             faulthandler,
+            _script_dir: script_dir,
             watch: Mutex::new(VecDeque::new()),
             in_flight: Mutex::new(HashSet::new()),
             last_group_scan: Mutex::new(Instant::now()),

@@ -19,8 +19,18 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::time::{timeout, Instant};
 
-/// The loop, embedded so the binary works from any directory; run as `python -c <it> MODE N`.
+/// The loop, embedded so the binary works from any directory; written to a file of the
+/// executor's (see [`write_loop`]) and run as `python .../fakejvm_persist.py MODE N`, a command
+/// line short enough to read in a leak report and to find with pgrep.
 const LOOP: &str = include_str!("../../python/fakejvm_persist.py");
+pub const LOOP_FILE: &str = "fakejvm_persist.py";
+
+/// Write the loop into `dir`; the path to give [`ServerOptions::script`].
+pub fn write_loop(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    let path = dir.join(LOOP_FILE);
+    std::fs::write(&path, LOOP)?;
+    Ok(path)
+}
 
 /// How much of a server's stderr is kept (the tail is what a report quotes).
 const STDERR_KEEP: usize = 64 * 1024;
@@ -43,6 +53,8 @@ impl ServerKind {
 /// What every server of an executor is started with.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
+    /// The loop's file (see [`write_loop`]).
+    pub script: std::path::PathBuf,
     /// PYTHON_WORKER_FACTORY_SECRET: `pyspark.daemon.worker()` checks the JVM's secret against it.
     pub secret: String,
     /// Persistent: exit after this many cases (0: never for that reason).
@@ -118,7 +130,8 @@ impl Server {
         opts: &ServerOptions,
     ) -> anyhow::Result<Server> {
         let recycle = opts.recycle_after.to_string();
-        let args = ["-c", LOOP, kind.arg(), recycle.as_str()];
+        let script = opts.script.display().to_string();
+        let args = [script.as_str(), kind.arg(), recycle.as_str()];
         let protocol_env = [("PYTHON_WORKER_FACTORY_SECRET", opts.secret.clone())];
         let mut cmd =
             crate::worker::python_command(&env.python, &args, &protocol_env, &opts.tweaks);
