@@ -1,7 +1,8 @@
 # fakejvm's persistent executor and warm fork server (AFL++'s persistent mode, for pyspark's
 # worker). Rust embeds this file (include_str!), writes it to a private directory and runs it
 # with the target env's interpreter as
-#     python .../fakejvm_persist.py persistent RECYCLE_AFTER    or    ... warm-fork 0
+#     python .../fakejvm_persist.py persistent RECYCLE_AFTER PRELOAD    or    ... warm-fork 0 -
+# (PRELOAD "arrow": a persistent server imports pandas and pyarrow before its first case)
 # with PYTHON_WORKER_FACTORY_SECRET set, like a daemon.
 #
 # It plays the part of `python -m pyspark.daemon pyspark.worker`'s accept loop: per TCP connection
@@ -36,6 +37,7 @@ if sys.path:
 
 MODE = sys.argv[1] if len(sys.argv) > 1 else "persistent"
 RECYCLE_AFTER = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+PRELOAD = len(sys.argv) > 3 and sys.argv[3] == "arrow"
 
 # The control channel first, before anything can print.
 CTL_OUT = os.fdopen(os.dup(1), "w", buffering=1)
@@ -439,7 +441,17 @@ def check(b, full):
     return None
 
 
+def preload_arrow():
+    for name in ("pandas", "pyarrow", "pyspark.sql.pandas.serializers"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
 def persistent():
+    if PRELOAD:
+        preload_arrow()  # what one Arrow UDF case would leave imported anyway
     # A daemon-forked child inherits SIGHUP ignored, SIGCHLD ignored and daemon.py's SIGTERM
     # handler; daemon.worker() then sets SIGHUP, SIGCHLD, SIGTERM to default and SIGINT to
     # default_int_handler. Same here, before the baseline.
@@ -486,11 +498,7 @@ def persistent():
 def warm_fork():
     # Imported before the fork, which daemon.py 4.2+ avoids on purpose ("both pandas and pyarrow
     # start some threads when they are imported"): the threads count is in the ready line.
-    for name in ("pandas", "pyarrow", "pyspark.sql.pandas.serializers"):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
+    preload_arrow()
     try:
         os.setpgid(0, 0)  # as daemon.py's manager: a group of our own to corral the children
     except OSError:

@@ -313,11 +313,14 @@ impl Measure<'_> {
                     deadline: self.deadline,
                     memory_limit_mb: cfg.memory_limit_mb,
                     recycle_after: cfg.recycle_after,
+                    preload_arrow: seeds::has_arrow(&self.seeds),
                     ..ExecOptions::default()
                 },
             )
             .await?,
         );
+        // Every lane's persistent server up before the clock starts, as a daemon is.
+        exec.prestart(self.jobs.max(1)).await?;
         let execs = Arc::new(AtomicU64::new(0));
         let reused = Arc::new(AtomicU64::new(0));
         // What the live servers spent starting up is not the cases' cost: it is counted in

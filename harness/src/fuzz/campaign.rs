@@ -156,6 +156,7 @@ impl Campaign {
             deadline: cfg.deadline,
             memory_limit_mb: cfg.memory_limit_mb,
             recycle_after: cfg.recycle_after,
+            preload_arrow: seeds::has_arrow(&seeds),
             ..ExecOptions::default()
         };
         let exec = Executor::start(env.clone(), dialect, cfg.mode, options.clone()).await?;
@@ -170,6 +171,13 @@ impl Campaign {
         } else {
             None
         };
+        if let Err(e) = exec.prestart(cfg.jobs).await {
+            let _ = exec.shutdown().await;
+            if let Some(c) = confirm {
+                let _ = c.shutdown().await;
+            }
+            return Err(e);
+        }
         let (seeds, dropped) = seeds::calibrate(seeds, &exec, cfg.jobs).await;
         seed_report.skipped.extend(dropped);
         if seeds.is_empty() {

@@ -102,6 +102,10 @@ pub struct ExecOptions {
     /// Persistent mode: a server exits after this many cases (0: only when its state cannot be
     /// reset).
     pub recycle_after: u64,
+    /// Persistent mode: servers import pandas and pyarrow (with pyspark's Arrow serializers) at
+    /// start, as a persistent process that ran one Arrow UDF case has them anyway; set when a
+    /// seed is an Arrow UDF request, so no case pays a multi-second import on a fresh server.
+    pub preload_arrow: bool,
 }
 
 /// Cases a persistent server serves before it recycles itself, if nothing made it recycle
@@ -115,6 +119,7 @@ impl Default for ExecOptions {
             limits: FUZZ_LIMITS,
             memory_limit_mb: None,
             recycle_after: DEFAULT_RECYCLE_AFTER,
+            preload_arrow: false,
         }
     }
 }
@@ -377,6 +382,7 @@ impl Executor {
             script: super::server::write_loop(script_dir.path())?,
             secret: hex::encode(rand::random::<[u8; 32]>()),
             recycle_after: opts.recycle_after,
+            preload_arrow: opts.preload_arrow,
             tweaks: ProcessTweaks {
                 extra_env: vec![fault_env.clone()],
                 rlimit_as,
@@ -825,6 +831,19 @@ impl Executor {
             .unwrap_or_else(|p| p.into_inner())
             .push(s.pgid());
         Ok(s)
+    }
+
+    /// Persistent mode: start servers until `n` are idle (a lane's first case then does not
+    /// wait for one). Other modes: nothing.
+    pub async fn prestart(&self, n: usize) -> anyhow::Result<()> {
+        if self.mode != ExecMode::Persistent {
+            return Ok(());
+        }
+        while self.pool.lock().unwrap_or_else(|p| p.into_inner()).len() < n {
+            let s = self.start_server().await?;
+            self.give_back(s);
+        }
+        Ok(())
     }
 
     fn give_back(&self, s: Server) {

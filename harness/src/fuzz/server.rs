@@ -59,6 +59,8 @@ pub struct ServerOptions {
     pub secret: String,
     /// Persistent: exit after this many cases (0: never for that reason).
     pub recycle_after: u64,
+    /// Persistent: import pandas and pyarrow at start.
+    pub preload_arrow: bool,
     /// RLIMIT_AS and extra environment (PYTHON_FAULTHANDLER_DIR), as for the daemon.
     pub tweaks: ProcessTweaks,
     /// For the ready line.
@@ -131,7 +133,8 @@ impl Server {
     ) -> anyhow::Result<Server> {
         let recycle = opts.recycle_after.to_string();
         let script = opts.script.display().to_string();
-        let args = [script.as_str(), kind.arg(), recycle.as_str()];
+        let preload = if opts.preload_arrow { "arrow" } else { "-" };
+        let args = [script.as_str(), kind.arg(), recycle.as_str(), preload];
         let protocol_env = [("PYTHON_WORKER_FACTORY_SECRET", opts.secret.clone())];
         let mut cmd =
             crate::worker::python_command(&env.python, &args, &protocol_env, &opts.tweaks);
