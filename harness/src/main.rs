@@ -128,7 +128,7 @@ enum Command {
     /// (internal) The recording tap that `record` puts in place of PYSPARK_PYTHON.
     #[command(hide = true)]
     Tap(fakejvm::golden::TapArgs),
-    /// Live fuzz campaign: mutated requests against real workers forked by one daemon.
+    /// Live fuzz campaign: mutated requests against real workers (fork server, reuse, spawn, persistent, warm fork); `fuzz merge` joins campaigns.
     Fuzz(fakejvm::fuzz::FuzzArgs),
     /// Replay a reproducer file: exit 0 if it no longer reproduces, 1 if it does.
     Repro(fakejvm::repro::ReproArgs),

@@ -7,6 +7,12 @@
 //! finds `state.json` in `--out` resumes it: known signatures are not reported again, the corpus
 //! is reloaded, and findings that were not minimised yet are minimised first. A file that cannot
 //! be written stops the campaign with a [`HarnessError`].
+//!
+//! The persistent and warm-fork executors are not pyspark's own process model, so a campaign in
+//! either also starts a fork server (the real daemon) and re-runs each new signature there
+//! before it reports it: a finding that does not end in the same signature on the daemon is
+//! dropped and counted (`not confirmed`), one that does is minimised and replayed on the daemon,
+//! and its reproducer says where it was found and where it was confirmed.
 
 use super::case::Case;
 use super::exec::{ExecMode, ExecOptions, Executor, Lane, Observation};
@@ -16,7 +22,7 @@ use super::oracle::{ExpectedRule, Judge, Verdict};
 use super::reproducer::{self, Found, Reproducer, RequestBytes};
 use super::seeds::{self, Seed, SeedReport};
 use super::signature::Signature;
-use super::state::{self, ExpectedRecord, FindingRecord, RunRecord, State};
+use super::state::{self, ExpectedRecord, FindingRecord, NotConfirmedRecord, RunRecord, State};
 use super::summary::{self, CampaignSummary, Figures};
 use crate::error::{BadInput, HarnessError};
 use crate::golden::format::utc_now;
@@ -37,6 +43,9 @@ pub use super::summary::SUMMARY_FILE;
 const CORPUS_MAX: usize = 4096;
 /// This many harness errors in a row (no daemon, cannot connect) end the campaign.
 const HARNESS_STREAK_LIMIT: u64 = 50;
+/// Cases of one signature the persistent or warm-fork executor found that are re-run on the
+/// fork server before that signature is only counted as not confirmed.
+pub const CONFIRM_TRIES: u64 = 3;
 
 #[derive(Clone, Debug)]
 pub struct CampaignConfig {
@@ -63,6 +72,17 @@ pub struct CampaignConfig {
     pub mutate_command: bool,
     /// See `exec::ExecOptions::memory_limit_mb`.
     pub memory_limit_mb: Option<u64>,
+    /// See `exec::ExecOptions::recycle_after`.
+    pub recycle_after: u64,
+}
+
+/// What the fork server made of a case another executor found.
+enum Confirmation {
+    /// Same signature: the daemon's observation of it.
+    Confirmed(Box<Observation>),
+    /// Another outcome (its signature text); or `None` when the signature was re-run
+    /// `CONFIRM_TRIES` times already and this case was only counted.
+    NotConfirmed(Option<String>),
 }
 
 struct Campaign {
@@ -73,6 +93,12 @@ struct Campaign {
     seed_report: SeedReport,
     judge: Judge,
     exec: Executor,
+    /// Persistent and warm-fork campaigns: the fork server that confirms, minimises and replays
+    /// their findings.
+    confirm: Option<Executor>,
+    /// Held while a leak is confirmed on `confirm`, so the periodic leak check does not take
+    /// the leak being waited for.
+    confirm_leaks: tokio::sync::Mutex<()>,
     state: Mutex<State>,
     corpus: Mutex<Vec<Case>>,
     corpus_keys: Mutex<HashSet<String>>,
@@ -129,9 +155,29 @@ impl Campaign {
         let options = ExecOptions {
             deadline: cfg.deadline,
             memory_limit_mb: cfg.memory_limit_mb,
+            recycle_after: cfg.recycle_after,
+            preload_arrow: seeds::has_arrow(&seeds),
             ..ExecOptions::default()
         };
-        let exec = Executor::start(env.clone(), dialect, cfg.mode, options).await?;
+        let exec = Executor::start(env.clone(), dialect, cfg.mode, options.clone()).await?;
+        let confirm = if cfg.mode.needs_confirmation() {
+            match Executor::start(env.clone(), dialect, ExecMode::ForkServer, options).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let _ = exec.shutdown().await;
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        if let Err(e) = exec.prestart(cfg.jobs).await {
+            let _ = exec.shutdown().await;
+            if let Some(c) = confirm {
+                let _ = c.shutdown().await;
+            }
+            return Err(e);
+        }
         let (seeds, dropped) = seeds::calibrate(seeds, &exec, cfg.jobs).await;
         seed_report.skipped.extend(dropped);
         if seeds.is_empty() {
@@ -143,6 +189,9 @@ impl Campaign {
                 .collect::<Vec<_>>()
                 .join("; ");
             let _ = exec.shutdown().await;
+            if let Some(c) = confirm {
+                let _ = c.shutdown().await;
+            }
             return Err(BadInput::msg(format!(
                 "no seed runs cleanly against pyspark {}: {why}",
                 env.pyspark
@@ -176,6 +225,8 @@ impl Campaign {
             seeds,
             seed_report,
             exec,
+            confirm,
+            confirm_leaks: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -198,13 +249,19 @@ impl Campaign {
     async fn finish(self) -> anyhow::Result<CampaignSummary> {
         let elapsed_ms = self.started.elapsed().as_millis() as u64;
         let restarts = self.exec.daemon_restarts();
-        let daemon_pgids = self.exec.daemon_pids();
-        let leftovers = self
+        let mut daemon_pgids = self.exec.daemon_pids();
+        let recycles = self.exec.recycles();
+        let servers_started = self.exec.servers_started();
+        let mut leftovers = self
             .exec
             .shutdown()
             .await
             .map(|s| s.leftovers)
             .unwrap_or_default();
+        if let Some(c) = self.confirm {
+            daemon_pgids.extend(c.daemon_pids());
+            leftovers.extend(c.shutdown().await.map(|s| s.leftovers).unwrap_or_default());
+        }
         if let Some(e) = self.failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return Err(e.into());
         }
@@ -250,6 +307,9 @@ impl Campaign {
             expected: summary::top_expected(&st),
             leftover_processes: leftovers,
             unattributed_leaks: st.unattributed_leaks.clone(),
+            not_confirmed: summary::not_confirmed(&st),
+            recycles,
+            servers_started,
             daemon_pgids,
             aborted: self.aborted.into_inner().unwrap_or_else(|p| p.into_inner()),
         };
@@ -454,6 +514,48 @@ impl Campaign {
     ) {
         let id = sig.id();
         let file_name = reproducer::file_name(&sig);
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(f) = st.findings.get_mut(&id) {
+                f.count += 1;
+                return;
+            }
+        }
+        // Persistent and warm-fork: only what the real daemon reproduces is a finding.
+        let mut obs = obs;
+        let mut outcome = outcome;
+        if let Some(daemon) = &self.confirm {
+            match self.confirm_on_daemon(daemon, &case, &sig).await {
+                Confirmation::Confirmed(on_daemon) => {
+                    if let Verdict::Finding(_, o) =
+                        self.judge
+                            .judge(&on_daemon, &case, case.seed_in(&self.seeds))
+                    {
+                        outcome = o;
+                    }
+                    obs = *on_daemon;
+                }
+                Confirmation::NotConfirmed(said) => {
+                    let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                    let r = st
+                        .not_confirmed
+                        .entry(id)
+                        .or_insert_with(|| NotConfirmedRecord {
+                            text: sig.text(),
+                            count: 0,
+                            checked: 0,
+                            daemon_said: String::new(),
+                            first_at: utc_now(),
+                        });
+                    r.count += 1;
+                    if let Some(said) = said {
+                        r.checked += 1;
+                        r.daemon_said = said;
+                    }
+                    return;
+                }
+            }
+        }
         let first = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             match st.findings.get_mut(&id) {
@@ -500,13 +602,71 @@ impl Campaign {
         self.minimise_and_save(case, sig, raw, &path).await;
     }
 
+    /// Re-run a case another executor found on the fork server (twice before it is called not
+    /// reproduced, as a fresh-worker check is); a leak waits the grace period and asks the fork
+    /// server's leak watch.
+    async fn confirm_on_daemon(
+        &self,
+        daemon: &Executor,
+        case: &Case,
+        sig: &Signature,
+    ) -> Confirmation {
+        let id = sig.id();
+        let checked = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .not_confirmed
+            .get(&id)
+            .map(|r| r.checked)
+            .unwrap_or(0);
+        if checked >= CONFIRM_TRIES {
+            return Confirmation::NotConfirmed(None);
+        }
+        let seed = case.seed_in(&self.seeds);
+        let bytes = Arc::new(case.to_bytes());
+        let mut said = String::new();
+        for _ in 0..2 {
+            let obs = daemon.exec_fresh(bytes.clone()).await;
+            self.minimise_runs.fetch_add(1, Ordering::Relaxed);
+            let got = if sig.kind == OutcomeKind::LeakedProcess {
+                let _hold = self.confirm_leaks.lock().await;
+                tokio::time::sleep(self.cfg.leak_grace + Duration::from_millis(300)).await;
+                let leaks = daemon.leaked(self.cfg.leak_grace).await;
+                match leaks.iter().find(|l| l.bytes.as_deref() == Some(&bytes)) {
+                    Some(l) => Signature::of(
+                        &Outcome::LeakedProcess {
+                            processes: vec![(l.pid, l.cmdline.clone())],
+                        },
+                        None,
+                        self.cfg.sig_frames,
+                    ),
+                    None => self.judge.signature(&obs, case, seed),
+                }
+            } else {
+                self.judge.signature(&obs, case, seed)
+            };
+            if &got == sig {
+                return Confirmation::Confirmed(Box::new(obs));
+            }
+            said = got.text();
+        }
+        Confirmation::NotConfirmed(Some(said))
+    }
+
+    /// The executor findings are minimised and replayed on: the confirming fork server when
+    /// there is one.
+    fn replay_exec(&self) -> &Executor {
+        self.confirm.as_ref().unwrap_or(&self.exec)
+    }
+
     /// Confirm on a fresh worker, minimise, and rewrite the reproducer.
     async fn minimise_and_save(&self, case: Case, sig: Signature, raw: Reproducer, path: &Path) {
         let id = sig.id();
         let seed = case.seed_in(&self.seeds);
         let mut check = TimedCheck {
             live: LiveCheck {
-                exec: &self.exec,
+                exec: self.replay_exec(),
                 judge: &self.judge,
                 seed,
                 target: &sig,
@@ -538,7 +698,7 @@ impl Campaign {
         let (min, stats) = minimise(&case, &mut check, self.cfg.minimise_runs).await;
         // One more run of the minimised case for its outcome and traceback.
         let bytes = Arc::new(min.to_bytes());
-        let obs = self.exec.exec_fresh(bytes).await;
+        let obs = self.replay_exec().exec_fresh(bytes).await;
         check.runs += 1;
         self.minimise_runs
             .fetch_add(check.runs as u64, Ordering::Relaxed);
@@ -558,12 +718,16 @@ impl Campaign {
                 raw.found.exec,
             );
             r.found = raw.found.clone();
+            r.confirmed_in = Some(r.mode);
             r
         } else {
             // The minimised case reproduced during ddmin but not on this last run: keep the
             // confirmed original rather than a case that may not replay.
             tracing::warn!("finding {id}: the minimised case ended in {} on its final run; keeping the original", final_sig.text());
-            raw.clone()
+            Reproducer {
+                confirmed_in: Some(raw.mode),
+                ..raw.clone()
+            }
         };
         if !self.check(state::save_reproducer(&repro, path)) {
             return;
@@ -616,7 +780,10 @@ impl Campaign {
             pyspark: self.env.pyspark.to_string(),
             python: self.env.python_version.clone(),
             dialect: self.dialect,
-            mode: self.cfg.mode,
+            mode: self.replay_exec().mode,
+            found_in: Some(self.cfg.mode),
+            // Persistent and warm-fork findings reach here confirmed on the fork server.
+            confirmed_in: self.confirm.as_ref().map(|c| c.mode),
             close_after_write: obs.close_after_write,
             deadline_ms: self.cfg.deadline.as_millis() as u64,
             memory_limit_mb: self.cfg.memory_limit_mb,
@@ -655,7 +822,20 @@ impl Campaign {
     }
 
     async fn report_leaks(&self) {
-        for leak in self.exec.leaked(self.cfg.leak_grace).await {
+        let mut leaks = self.exec.leaked(self.cfg.leak_grace).await;
+        let mut confirmed = vec![];
+        if let Some(c) = &self.confirm {
+            // Leaks of minimisation and confirmation runs happen on the daemon itself. Skipped
+            // while a leak is being confirmed there (that check takes its own leak).
+            if let Ok(_hold) = self.confirm_leaks.try_lock() {
+                confirmed = c.leaked(self.cfg.leak_grace).await;
+            }
+        }
+        let from_daemon = confirmed.len();
+        leaks.extend(confirmed);
+        let total = leaks.len();
+        for (i, leak) in leaks.into_iter().enumerate() {
+            let on_daemon = i >= total - from_daemon;
             let outcome = Outcome::LeakedProcess {
                 processes: vec![(leak.pid, leak.cmdline.clone())],
             };
@@ -689,7 +869,56 @@ impl Campaign {
                 worker_at_deadline: None,
             };
             let n = self.execs.load(Ordering::Relaxed);
-            self.on_finding(case, sig, outcome, obs, n).await;
+            if on_daemon {
+                self.on_daemon_finding(case, sig, outcome, obs, n).await;
+            } else {
+                self.on_finding(case, sig, outcome, obs, n).await;
+            }
+        }
+    }
+
+    /// A leak found on the confirming fork server itself (by a minimisation or confirmation
+    /// run): already where it would be confirmed, so recorded as found there.
+    async fn on_daemon_finding(
+        &self,
+        case: Case,
+        sig: Signature,
+        outcome: Outcome,
+        obs: Observation,
+        exec_no: u64,
+    ) {
+        let id = sig.id();
+        let file_name = reproducer::file_name(&sig);
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(f) = st.findings.get_mut(&id) {
+                f.count += 1;
+                return;
+            }
+            st.findings.insert(
+                id.clone(),
+                FindingRecord {
+                    signature: sig.clone(),
+                    text: sig.text(),
+                    count: 1,
+                    file: file_name.clone(),
+                    minimised: false,
+                    flaky: false,
+                    len: case.len(),
+                    first_exec: self.base_execs + exec_no,
+                    first_at: utc_now(),
+                },
+            );
+        }
+        self.new_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        let mut raw = self.reproducer(&case, &sig, &outcome, &obs, None, case.len(), exec_no);
+        raw.found_in = Some(ExecMode::ForkServer);
+        let path = self.cfg.out.join(&file_name);
+        if self.check(state::save_reproducer(&raw, &path)) {
+            self.save_state();
         }
     }
 
@@ -791,10 +1020,21 @@ fn spawn_progress(c: Arc<Campaign>) -> (indicatif::ProgressBar, tokio::task::Joi
             };
             let new = c.new_ids.lock().unwrap_or_else(|p| p.into_inner()).len();
             let corpus = c.corpus.lock().unwrap_or_else(|p| p.into_inner()).len();
-            let msg = format!(
+            let not_confirmed: u64 = c
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .not_confirmed
+                .values()
+                .map(|r| r.count)
+                .sum();
+            let mut msg = format!(
                 "{execs} execs ({rate:.0}/s) | findings {findings} ({new} new) | corpus {corpus} | clean behaviours {behaviours} | restarts {}",
                 c.exec.daemon_restarts()
             );
+            if c.confirm.is_some() {
+                msg.push_str(&format!(" | not confirmed {not_confirmed}"));
+            }
             if tty {
                 b.set_message(msg);
                 b.tick();

@@ -1,10 +1,18 @@
-//! Running one case against a real worker, three ways:
+//! Running one case against a real worker, five ways:
 //! - **fork server** (default): one long-lived `pyspark.daemon`; every case connects, the daemon
 //!   forks a fresh worker (about 2.7 ms, no interpreter start), the case runs, the worker exits;
 //! - **reuse**: the same daemon with SPARK_REUSE_WORKER, each lane keeps one worker for case
 //!   after case, and reconnects only when the worker could not be reused;
 //! - **spawn**: a new `python -m pyspark.worker` per case (what fuzzing costs without a fork
-//!   server; for the benchmark).
+//!   server; for the benchmark);
+//! - **persistent**: fakejvm's own loop ([`super::server`]) serves case after case in one
+//!   process that imported the real `pyspark.worker` once, resetting pyspark's module state in
+//!   between and recycling itself when it finds state it cannot reset; one process per lane;
+//! - **warm fork**: the same loop forks per case, like the daemon, from a parent that has
+//!   imported pyspark.worker, pandas and pyarrow and called `gc.freeze()`.
+//!
+//! The last two are not pyspark's own process model, so a campaign re-runs each of their
+//! findings on a fork server before it reports it (see `campaign`).
 //!
 //! A case is written in ONE write on a TCP_NODELAY socket, then (unless a reused worker should
 //! read the next case) the write side is half-closed: a truncated request then means "the JVM
@@ -14,14 +22,19 @@
 //! named by its pid (a worker that finishes removes its file itself).
 
 use super::dial::Dialer;
+use super::server::{Heard, Server, ServerKind, ServerOptions};
 use crate::protocol::{decode_requests, Dialect, Reply, ReplyEnd, SpanKind};
 use crate::pyenv::PythonEnv;
-use crate::session::{self, SessionOptions, Transcript, WritePlan, WriteStep};
-use crate::verdict::{connect_failure, judge_task, Outcome, WorkerFacts};
+use crate::session::{
+    self, ReadFailure, SessionOptions, TaskResult, Transcript, WritePlan, WriteStep,
+};
+use crate::verdict::{connect_failure, judge_task, tail_lines, DaemonFate, Outcome, WorkerFacts};
 use crate::wire::Limits;
-use crate::worker::{procs, Connection, DaemonState, LaunchOptions, Mode, Workers};
+use crate::worker::{
+    procs, Connection, DaemonState, LaunchOptions, Mode, ProcessTweaks, WorkerError, Workers,
+};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,15 +48,37 @@ pub enum ExecMode {
     Reuse,
     /// A new `python -m pyspark.worker` per case.
     Spawn,
+    /// fakejvm's loop: one process per lane imports pyspark.worker once and serves case after
+    /// case, state reset in between (findings are confirmed on a fork server).
+    Persistent,
+    /// fakejvm's loop forking per case from a parent with pyspark.worker, pandas and pyarrow
+    /// imported and its heap frozen (findings are confirmed on a fork server).
+    WarmFork,
 }
 
 impl ExecMode {
+    pub const ALL: [ExecMode; 5] = [
+        ExecMode::ForkServer,
+        ExecMode::Reuse,
+        ExecMode::Spawn,
+        ExecMode::Persistent,
+        ExecMode::WarmFork,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             ExecMode::ForkServer => "fork-server",
             ExecMode::Reuse => "reuse",
             ExecMode::Spawn => "spawn",
+            ExecMode::Persistent => "persistent",
+            ExecMode::WarmFork => "warm-fork",
         }
+    }
+
+    /// Not pyspark's own way of running workers: a finding must be re-run on a fork server
+    /// before it counts.
+    pub fn needs_confirmation(self) -> bool {
+        matches!(self, ExecMode::Persistent | ExecMode::WarmFork)
     }
 }
 
@@ -64,7 +99,18 @@ pub struct ExecOptions {
     /// (pyspark 4.3's init-message reader zero-fills up to 2 GiB, seconds of CPU, before its
     /// EOFError): under a limit that is a quick MemoryError with a signature, not a "hang".
     pub memory_limit_mb: Option<u64>,
+    /// Persistent mode: a server exits after this many cases (0: only when its state cannot be
+    /// reset).
+    pub recycle_after: u64,
+    /// Persistent mode: servers import pandas and pyarrow (with pyspark's Arrow serializers) at
+    /// start, as a persistent process that ran one Arrow UDF case has them anyway; set when a
+    /// seed is an Arrow UDF request, so no case pays a multi-second import on a fresh server.
+    pub preload_arrow: bool,
 }
+
+/// Cases a persistent server serves before it recycles itself, if nothing made it recycle
+/// earlier: its start (importing pyspark.worker, about 0.4 s of CPU) spread over this many.
+pub const DEFAULT_RECYCLE_AFTER: u64 = 5000;
 
 impl Default for ExecOptions {
     fn default() -> Self {
@@ -72,6 +118,8 @@ impl Default for ExecOptions {
             deadline: Duration::from_secs(2),
             limits: FUZZ_LIMITS,
             memory_limit_mb: None,
+            recycle_after: DEFAULT_RECYCLE_AFTER,
+            preload_arrow: false,
         }
     }
 }
@@ -94,6 +142,39 @@ pub struct Observation {
     /// For a hang: what the worker was doing when the deadline passed (read from /proc before
     /// it was killed), which tells a worker blocked on a read from one busy computing.
     pub worker_at_deadline: Option<String>,
+}
+
+impl Observation {
+    /// A case on worker `pid` before anything is known.
+    fn of(pid: i32, close_after_write: bool) -> Observation {
+        Observation {
+            outcome: Outcome::Passed,
+            traceback: None,
+            pid: Some(pid).filter(|p| *p > 0),
+            reply: None,
+            close_after_write,
+            elapsed: Duration::ZERO,
+            daemon_restarted: false,
+            reused_worker: false,
+            worker_at_deadline: None,
+        }
+    }
+
+    /// A complete reply (ending in -2, or in a final marker) judged; the traceback kept.
+    fn judge_reply(&mut self, result: &TaskResult, reply: &Reply) {
+        if let ReplyEnd::Exception { traceback } = &reply.end {
+            self.traceback = Some(traceback.clone());
+        }
+        self.outcome = judge_task(
+            result,
+            &WorkerFacts {
+                pid: self.pid.unwrap_or(0),
+                ..WorkerFacts::default()
+            },
+            |_| Outcome::Passed,
+        );
+        self.reply = Some(reply.clone());
+    }
 }
 
 /// How long a worker may live after its case before it counts as leaked (campaign and repro).
@@ -120,6 +201,117 @@ struct Watched {
     pid: i32,
     since: Instant,
     bytes: Arc<Vec<u8>>,
+    /// Persistent mode: the process group of the server whose case left this child (0: a
+    /// worker forked by the daemon or warm server, watched as its child).
+    group: i32,
+}
+
+/// What owns the processes of the daemon-like modes: pyspark's daemon (fork server, reuse), the
+/// direct workers (spawn), or fakejvm's warm fork server.
+enum Host {
+    Workers(Workers),
+    Warm(Server),
+}
+
+impl Host {
+    async fn start(exec: &ExecStart<'_>) -> anyhow::Result<Host> {
+        Ok(match exec.mode {
+            ExecMode::WarmFork => {
+                Host::Warm(Server::start(exec.env, ServerKind::WarmFork, exec.server).await?)
+            }
+            _ => Host::Workers(Workers::start(&exec.env.python, exec.launch.clone()).await?),
+        })
+    }
+
+    fn pid(&self) -> Option<i32> {
+        match self {
+            Host::Workers(w) => w.daemon_pid(),
+            Host::Warm(s) => Some(s.pid),
+        }
+    }
+
+    fn dialer(&self, launch: &LaunchOptions, secret: &str) -> Option<Dialer> {
+        match self {
+            Host::Workers(w) => dialer_for(w, launch),
+            Host::Warm(s) => Some(Dialer {
+                port: s.port,
+                secret: secret.to_string(),
+                daemon_pid: s.pid,
+                timeout: launch.connect_timeout,
+            }),
+        }
+    }
+
+    async fn connect(&mut self, dialer: Option<&Dialer>) -> Result<Connection, WorkerError> {
+        match (self, dialer) {
+            (Host::Workers(w), _) => w.connect().await,
+            (Host::Warm(_), Some(d)) => d.connect().await,
+            (Host::Warm(_), None) => Err(WorkerError::WrongMode {
+                what: "a warm fork server without its port",
+                mode: Mode::Daemon,
+            }),
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        match self {
+            Host::Workers(w) => w.daemon_state() == DaemonState::Running,
+            Host::Warm(s) => s.exited().is_none(),
+        }
+    }
+
+    async fn facts(&mut self, pid: Option<i32>, settle: Duration) -> WorkerFacts {
+        match self {
+            Host::Workers(w) => WorkerFacts::gather(w, pid, settle).await,
+            Host::Warm(s) => WorkerFacts {
+                pid: pid.unwrap_or(0),
+                daemon: match s.wait_exit(settle).await {
+                    Some(exit) => DaemonFate::Died {
+                        exit: Some(exit),
+                        stderr_tail: tail_lines(s.stderr_tail(8000).as_bytes(), 20),
+                    },
+                    None => DaemonFate::Running,
+                },
+                worker_exit: None,
+            },
+        }
+    }
+
+    async fn kill_worker(&mut self, pid: i32) -> bool {
+        match self {
+            Host::Workers(w) => w.kill_worker(pid).await.is_ok(),
+            Host::Warm(s) => s.kill_child(pid),
+        }
+    }
+
+    async fn shutdown(self, grace: Duration) -> Vec<(i32, String)> {
+        match self {
+            Host::Workers(w) => w.shutdown(grace).await.leftovers,
+            Host::Warm(s) => s.shutdown(grace).await,
+        }
+    }
+}
+
+/// What `Host::start` needs.
+struct ExecStart<'a> {
+    env: &'a PythonEnv,
+    mode: ExecMode,
+    launch: &'a LaunchOptions,
+    server: &'a ServerOptions,
+}
+
+/// What an executor's shutdown found.
+#[derive(Clone, Debug, Default)]
+pub struct ExecShutdown {
+    /// Processes of ours still alive at the end of the grace period (then killed).
+    pub leftovers: Vec<(i32, String)>,
+}
+
+/// A persistent server that recycled itself leaving children: kept (its group not killed) until
+/// the leak grace period of those children is over, so they are judged like a forked worker's.
+struct Retired {
+    server: Server,
+    until: Instant,
 }
 
 /// A process that outlived its case.
@@ -142,12 +334,16 @@ pub struct Executor {
     opts: ExecOptions,
     session: SessionOptions,
     launch: LaunchOptions,
-    workers: tokio::sync::Mutex<Option<Workers>>,
+    /// Persistent and warm-fork servers: the secret, limits and recycle count.
+    server: ServerOptions,
+    workers: tokio::sync::Mutex<Option<Host>>,
     /// Bumped on every daemon restart: a lane's reused connection to an older daemon is dropped.
     generation: AtomicU64,
     daemon_pid: AtomicI32,
     restarts: AtomicU64,
     faulthandler: tempfile::TempDir,
+    /// Holds the persistent / warm-fork loop's file.
+    _script_dir: tempfile::TempDir,
     watch: Mutex<VecDeque<Watched>>,
     /// Workers we hold a connection to: a case in flight, or kept by a lane for reuse.
     in_flight: Mutex<HashSet<i32>>,
@@ -156,6 +352,14 @@ pub struct Executor {
     daemons: Mutex<Vec<i32>>,
     /// Daemon modes: connects without the `workers` lock (see fuzz::dial).
     dialer: Mutex<Option<Dialer>>,
+    /// Persistent mode: idle servers (a lane takes one per case and gives it back).
+    pool: Mutex<Vec<Server>>,
+    retired: Mutex<Vec<Retired>>,
+    /// Persistent mode: every live server, by process group, with its pid.
+    servers: Mutex<HashMap<i32, i32>>,
+    /// Persistent mode: why servers recycled themselves, by reason (numbers taken out).
+    recycles: Mutex<BTreeMap<String, u64>>,
+    servers_started: AtomicU64,
 }
 
 impl Executor {
@@ -166,6 +370,26 @@ impl Executor {
         opts: ExecOptions,
     ) -> anyhow::Result<Executor> {
         let faulthandler = fault_dump_dir()?;
+        let fault_env = (
+            "PYTHON_FAULTHANDLER_DIR".to_string(),
+            faulthandler.path().display().to_string(),
+        );
+        let rlimit_as = opts
+            .memory_limit_mb
+            .map(|mb| mb.saturating_mul(1024 * 1024));
+        let script_dir = fault_dump_dir()?;
+        let server = ServerOptions {
+            script: super::server::write_loop(script_dir.path())?,
+            secret: hex::encode(rand::random::<[u8; 32]>()),
+            recycle_after: opts.recycle_after,
+            preload_arrow: opts.preload_arrow,
+            tweaks: ProcessTweaks {
+                extra_env: vec![fault_env.clone()],
+                rlimit_as,
+                rlimit_nofile: None,
+            },
+            start_timeout: Duration::from_secs(30),
+        };
         let launch = LaunchOptions {
             mode: if mode == ExecMode::Spawn {
                 Mode::Direct
@@ -173,19 +397,28 @@ impl Executor {
                 Mode::Daemon
             },
             reuse: mode == ExecMode::Reuse,
-            extra_env: vec![(
-                "PYTHON_FAULTHANDLER_DIR".into(),
-                faulthandler.path().display().to_string(),
-            )],
+            extra_env: vec![fault_env],
             connect_timeout: Duration::from_secs(10),
-            rlimit_as: opts
-                .memory_limit_mb
-                .map(|mb| mb.saturating_mul(1024 * 1024)),
+            rlimit_as,
             ..LaunchOptions::default()
         };
-        let workers = Workers::start(&env.python, launch.clone()).await?;
-        let workers_daemon = workers.daemon_pid();
-        let dialer = dialer_for(&workers, &launch);
+        let host = if mode == ExecMode::Persistent {
+            None
+        } else {
+            Some(
+                Host::start(&ExecStart {
+                    env: &env,
+                    mode,
+                    launch: &launch,
+                    server: &server,
+                })
+                .await?,
+            )
+        };
+        let workers_daemon = host.as_ref().and_then(Host::pid);
+        let dialer = host
+            .as_ref()
+            .and_then(|h| h.dialer(&launch, &server.secret));
         #[allow(clippy::needless_update)] // robust to fields added later
         let session = SessionOptions {
             deadline: opts.deadline,
@@ -201,17 +434,29 @@ impl Executor {
             opts,
             session,
             launch,
-            daemon_pid: AtomicI32::new(workers.daemon_pid().unwrap_or(0)),
-            workers: tokio::sync::Mutex::new(Some(workers)),
+            server,
+            daemon_pid: AtomicI32::new(workers_daemon.unwrap_or(0)),
+            workers: tokio::sync::Mutex::new(host),
             generation: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             faulthandler,
+            _script_dir: script_dir,
             watch: Mutex::new(VecDeque::new()),
             in_flight: Mutex::new(HashSet::new()),
             last_group_scan: Mutex::new(Instant::now()),
             daemons: Mutex::new(workers_daemon.into_iter().collect()),
             dialer: Mutex::new(dialer),
+            pool: Mutex::new(Vec::new()),
+            retired: Mutex::new(Vec::new()),
+            servers: Mutex::new(HashMap::new()),
+            recycles: Mutex::new(BTreeMap::new()),
+            servers_started: AtomicU64::new(0),
         };
+        if mode == ExecMode::Persistent {
+            // One server up front: a broken env fails here, as a daemon that will not start does.
+            let s = exec.start_server().await?;
+            exec.give_back(s);
+        }
         Ok(exec)
     }
 
@@ -236,6 +481,33 @@ impl Executor {
         self.restarts.load(Ordering::Relaxed)
     }
 
+    /// Persistent mode: why servers recycled themselves so far, by reason, with counts.
+    pub fn recycles(&self) -> BTreeMap<String, u64> {
+        self.recycles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Persistent mode: servers started so far (one per lane, plus one per recycle or crash).
+    pub fn servers_started(&self) -> u64 {
+        self.servers_started.load(Ordering::Relaxed)
+    }
+
+    /// Live processes this executor runs besides forked workers: the daemon or warm server, or
+    /// every persistent server (for CPU accounting).
+    pub fn server_pids(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .copied()
+            .collect();
+        pids.extend(Some(self.daemon_pid()).filter(|p| *p > 0));
+        pids
+    }
+
     /// Whether the write side is half-closed after the case. Always, except in reuse mode for a
     /// case that is exactly one complete request ending in -4: that worker should stay for the
     /// next case. A pure function of the bytes and the mode, so replays do the same.
@@ -256,6 +528,9 @@ impl Executor {
 
     /// Run one case on this lane (reusing its worker when the mode allows).
     pub async fn exec(&self, lane: &mut Lane, bytes: Arc<Vec<u8>>) -> Observation {
+        if self.mode == ExecMode::Persistent {
+            return self.exec_persistent(bytes).await;
+        }
         let started = Instant::now();
         let close = Executor::close_after_write(self.mode, self.dialect, &bytes);
         let generation = self.generation.load(Ordering::Relaxed);
@@ -286,52 +561,16 @@ impl Executor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(pid);
-        let mut steps = vec![WriteStep::Write {
-            start: 0,
-            end: bytes.len(),
-            chunk: None,
-        }];
-        if close {
-            steps.push(WriteStep::ShutdownWrite);
-        }
-        let mut transcript = Transcript::default();
-        let result = session::run_task(
-            &mut conn.reader,
-            &mut conn.writer,
-            self.dialect,
-            &bytes,
-            &WritePlan { steps },
-            base,
-            &self.session,
-            &mut transcript,
-        )
-        .await;
+        let result = self.run_case(&mut conn, &bytes, close, base).await;
 
         let mut obs = Observation {
-            outcome: Outcome::Passed,
-            traceback: None,
-            pid: Some(pid),
-            reply: None,
-            close_after_write: close,
-            elapsed: Duration::ZERO,
-            daemon_restarted: false,
             reused_worker,
-            worker_at_deadline: None,
+            ..Observation::of(pid, close)
         };
         let mut keep = None;
         match &result.reply {
             Ok(reply) => {
-                if let ReplyEnd::Exception { traceback } = &reply.end {
-                    obs.traceback = Some(traceback.clone());
-                }
-                obs.outcome = judge_task(
-                    &result,
-                    &WorkerFacts {
-                        pid,
-                        ..WorkerFacts::default()
-                    },
-                    |_| Outcome::Passed,
-                );
+                obs.judge_reply(&result, reply);
                 if let ReplyEnd::Completed {
                     final_marker: -4, ..
                 } = reply.end
@@ -340,7 +579,6 @@ impl Executor {
                         keep = Some(reply.end_offset);
                     }
                 }
-                obs.reply = Some(reply.clone());
             }
             Err(_) => {
                 // Spawn mode runs direct workers: wait for the worker's exit status. The fork
@@ -404,6 +642,7 @@ impl Executor {
                             pid,
                             since: Instant::now(),
                             bytes: bytes.clone(),
+                            group: 0,
                         });
                 }
             }
@@ -416,6 +655,276 @@ impl Executor {
     pub async fn exec_fresh(&self, bytes: Arc<Vec<u8>>) -> Observation {
         let mut lane = Lane::default();
         self.exec(&mut lane, bytes).await
+    }
+
+    /// Write the case in one write (then half-close unless a reused worker should stay) and read
+    /// the reply, within the deadline.
+    async fn run_case(
+        &self,
+        conn: &mut Connection,
+        bytes: &[u8],
+        close: bool,
+        base: u64,
+    ) -> TaskResult {
+        let mut steps = vec![WriteStep::Write {
+            start: 0,
+            end: bytes.len(),
+            chunk: None,
+        }];
+        if close {
+            steps.push(WriteStep::ShutdownWrite);
+        }
+        let mut transcript = Transcript::default();
+        session::run_task(
+            &mut conn.reader,
+            &mut conn.writer,
+            self.dialect,
+            bytes,
+            &WritePlan { steps },
+            base,
+            &self.session,
+            &mut transcript,
+        )
+        .await
+    }
+
+    /// Persistent mode: one case on an idle server of the pool (a new one when none is idle).
+    /// The server says on its side channel when it is ready for the next case (or why it
+    /// recycles); a server that hangs, crashes or stops answering is not given back.
+    async fn exec_persistent(&self, bytes: Arc<Vec<u8>>) -> Observation {
+        let mut started = Instant::now();
+        let mut server = match self.take_server().await {
+            Ok(s) => s,
+            Err(e) => {
+                return Observation {
+                    outcome: Outcome::Harness {
+                        error: format!("no persistent server: {e}"),
+                    },
+                    elapsed: started.elapsed(),
+                    ..Observation::of(0, true)
+                }
+            }
+        };
+        // A server started for this case: its start-up is not the case's time (calibration
+        // drops seeds slower than half the deadline).
+        started = started.max(server.ready_at);
+        let dialer = Dialer {
+            port: server.port,
+            secret: self.server.secret.clone(),
+            // The server writes its own pid where a forked worker's goes: a child of ours.
+            daemon_pid: std::process::id() as i32,
+            timeout: self.launch.connect_timeout,
+        };
+        let mut conn = match dialer.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                let exit = server.wait_exit(Duration::from_secs(1)).await;
+                let facts = WorkerFacts {
+                    pid: server.pid,
+                    daemon: DaemonFate::NoDaemon,
+                    worker_exit: exit,
+                };
+                let obs = Observation {
+                    outcome: connect_failure(e, &facts),
+                    elapsed: started.elapsed(),
+                    ..Observation::of(server.pid, true)
+                };
+                self.discard(server, "would not take a connection").await;
+                return obs;
+            }
+        };
+        let pid = conn.pid;
+        let base = conn.handshake_in.len() as u64;
+        let result = self.run_case(&mut conn, &bytes, true, base).await;
+        drop(conn);
+        let mut obs = Observation::of(pid, true);
+        obs.reused_worker = server.served > 0;
+        match &result.reply {
+            Ok(reply) => {
+                obs.judge_reply(&result, reply);
+                // The reply is complete: wait for the server's word that its state is reset.
+                match server.hear(self.opts.deadline).await {
+                    Heard::Event(ev) if ev.done.is_some() => {
+                        self.after_case(server, ev, &bytes).await
+                    }
+                    Heard::Event(ev) => {
+                        tracing::warn!("persistent server {}: unexpected {ev:?}", server.pid);
+                        self.discard(server, "said something other than done").await
+                    }
+                    Heard::Gone => self.discard(server, "exited after its case").await,
+                    Heard::Silent => {
+                        server.kill();
+                        self.discard(server, "no word after its case").await
+                    }
+                }
+            }
+            Err(ReadFailure::Deadline { .. }) => {
+                obs.outcome = judge_task(&result, &WorkerFacts::default(), |_| Outcome::Passed);
+                obs.worker_at_deadline = process_state(pid);
+                server.kill();
+                let _ = server.wait_exit(Duration::from_secs(2)).await;
+                let _ = self.take_fault_dump(pid);
+                self.discard(server, "hung").await;
+            }
+            Err(_) => {
+                // Alive (it says done) or dead (its side channel closes): the exit status says how.
+                let heard = server.hear(Duration::from_secs(2)).await;
+                let alive = matches!(&heard, Heard::Event(ev) if ev.done.is_some());
+                let exit = if alive {
+                    None
+                } else {
+                    server.wait_exit(Duration::from_secs(2)).await
+                };
+                let facts = WorkerFacts {
+                    pid,
+                    daemon: DaemonFate::NoDaemon,
+                    worker_exit: exit,
+                };
+                obs.outcome = judge_task(&result, &facts, |_| Outcome::Harness {
+                    error: "a failed read judged as a completed reply".into(),
+                });
+                if matches!(obs.outcome, Outcome::WorkerCrashed { .. }) {
+                    obs.traceback = self.take_fault_dump(pid);
+                }
+                match heard {
+                    Heard::Event(ev) if alive => self.after_case(server, ev, &bytes).await,
+                    _ => {
+                        if exit.is_some() {
+                            self.restarts.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            server.kill();
+                        }
+                        self.discard(server, "died in its case").await
+                    }
+                }
+            }
+        }
+        obs.elapsed = started.elapsed();
+        obs
+    }
+
+    /// An idle persistent server, or a new one.
+    async fn take_server(&self) -> anyhow::Result<Server> {
+        loop {
+            let next = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match next {
+                Some(mut s) => {
+                    if s.exited().is_none() {
+                        return Ok(s);
+                    }
+                    self.discard(s, "exited while idle").await
+                }
+                None => return self.start_server().await,
+            }
+        }
+    }
+
+    async fn start_server(&self) -> anyhow::Result<Server> {
+        let s = Server::start(&self.env, ServerKind::Persistent, &self.server).await?;
+        self.servers_started.fetch_add(1, Ordering::Relaxed);
+        self.servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(s.pgid(), s.pid);
+        self.daemons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(s.pgid());
+        Ok(s)
+    }
+
+    /// Persistent mode: start servers until `n` are idle (a lane's first case then does not
+    /// wait for one). Other modes: nothing.
+    pub async fn prestart(&self, n: usize) -> anyhow::Result<()> {
+        if self.mode != ExecMode::Persistent {
+            return Ok(());
+        }
+        while self.pool.lock().unwrap_or_else(|p| p.into_inner()).len() < n {
+            let s = self.start_server().await?;
+            self.give_back(s);
+        }
+        Ok(())
+    }
+
+    fn give_back(&self, s: Server) {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+    }
+
+    /// After a persistent case the server answered `done`: back to the pool, or, when it
+    /// recycles, waited for; children it reports are watched like forked workers.
+    async fn after_case(&self, mut server: Server, ev: super::server::Event, bytes: &Arc<Vec<u8>>) {
+        server.served = ev.done.unwrap_or(server.served + 1);
+        let Some(why) = ev.recycle else {
+            self.give_back(server);
+            return;
+        };
+        self.count_recycle(&why);
+        if ev.children.is_empty() {
+            if server.wait_exit(Duration::from_secs(2)).await.is_none() {
+                server.kill();
+                let _ = server.wait_exit(Duration::from_secs(2)).await;
+            }
+            self.forget(&server);
+            return;
+        }
+        let now = Instant::now();
+        {
+            let mut watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+            for child in &ev.children {
+                watch.push_back(Watched {
+                    pid: *child,
+                    since: now,
+                    bytes: bytes.clone(),
+                    group: server.pgid(),
+                });
+            }
+        }
+        let _ = server.wait_exit(Duration::from_secs(2)).await;
+        self.forget(&server);
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Retired {
+                server,
+                until: now + LEAK_GRACE + Duration::from_secs(1),
+            });
+    }
+
+    /// Counted by reason, with numbers taken out ("served N cases").
+    fn count_recycle(&self, why: &str) {
+        let mut key = String::with_capacity(why.len());
+        for c in why.chars() {
+            if c.is_ascii_digit() {
+                if !key.ends_with('N') {
+                    key.push('N');
+                }
+            } else {
+                key.push(c);
+            }
+        }
+        *self
+            .recycles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default() += 1;
+    }
+
+    /// A server that will not serve again (killed, crashed, or gone): reaped and forgotten.
+    async fn discard(&self, mut server: Server, why: &str) {
+        self.count_recycle(&format!("discarded: {why}"));
+        if server.wait_exit(Duration::from_millis(500)).await.is_none() {
+            server.kill();
+            let _ = server.wait_exit(Duration::from_secs(2)).await;
+        }
+        self.forget(&server);
+    }
+
+    fn forget(&self, server: &Server) {
+        self.servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&server.pgid());
     }
 
     async fn connect(&self, started: Instant, close: bool) -> Result<Connection, Observation> {
@@ -440,7 +949,7 @@ impl Executor {
             None => {
                 let mut guard = self.workers.lock().await;
                 match guard.as_mut() {
-                    Some(w) => w.connect().await,
+                    Some(w) => w.connect(None).await,
                     None => {
                         drop(guard);
                         let restarted = self.restart().await;
@@ -469,7 +978,7 @@ impl Executor {
     async fn facts(&self, pid: Option<i32>, settle: Duration) -> WorkerFacts {
         let mut guard = self.workers.lock().await;
         match guard.as_mut() {
-            Some(w) => WorkerFacts::gather(w, pid, settle).await,
+            Some(w) => w.facts(pid, settle).await,
             None => WorkerFacts {
                 pid: pid.unwrap_or(0),
                 ..WorkerFacts::default()
@@ -479,28 +988,34 @@ impl Executor {
 
     /// Replace a dead daemon with a new one. True when the new one runs.
     async fn restart(&self) -> bool {
-        if self.mode == ExecMode::Spawn {
-            return false; // direct workers: there is no daemon to restart
+        if matches!(self.mode, ExecMode::Spawn | ExecMode::Persistent) {
+            return false; // no daemon to restart: a worker (or server) per case or lane
         }
         let mut guard = self.workers.lock().await;
         if let Some(w) = guard.as_mut() {
-            if w.daemon_state() == DaemonState::Running {
+            if w.running() {
                 return true; // another lane restarted it already
             }
         }
         if let Some(old) = guard.take() {
             let _ = old.shutdown(Duration::from_millis(500)).await;
         }
-        match Workers::start(&self.env.python, self.launch.clone()).await {
+        let start = ExecStart {
+            env: &self.env,
+            mode: self.mode,
+            launch: &self.launch,
+            server: &self.server,
+        };
+        match Host::start(&start).await {
             Ok(w) => {
                 *self.dialer.lock().unwrap_or_else(|p| p.into_inner()) =
-                    dialer_for(&w, &self.launch);
+                    w.dialer(&self.launch, &self.server.secret);
                 self.daemon_pid
-                    .store(w.daemon_pid().unwrap_or(0), Ordering::Relaxed);
+                    .store(w.pid().unwrap_or(0), Ordering::Relaxed);
                 self.daemons
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .extend(w.daemon_pid());
+                    .extend(w.pid());
                 *guard = Some(w);
                 self.generation.fetch_add(1, Ordering::Relaxed);
                 self.restarts.fetch_add(1, Ordering::Relaxed);
@@ -541,9 +1056,16 @@ impl Executor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let alive = |w: &Watched| {
+            if w.group != 0 {
+                procs::stat(w.pid).is_some_and(|s| s.pgrp == w.group && !s.is_dead())
+            } else {
+                procs::live_child_of(w.pid, daemon)
+            }
+        };
         let mut leaks: Vec<Leak> = due
             .into_iter()
-            .filter(|w| !in_flight.contains(&w.pid) && procs::live_child_of(w.pid, daemon))
+            .filter(|w| !in_flight.contains(&w.pid) && alive(w))
             .map(|w| Leak {
                 pid: w.pid,
                 cmdline: procs::cmdline(w.pid),
@@ -561,9 +1083,29 @@ impl Executor {
             }
             due
         };
-        if scan_due && daemon > 1 && self.mode != ExecMode::Spawn {
-            for (pid, cmd) in crate::worker::leftover_processes(&[daemon]) {
-                let known = pid == daemon
+        let (groups, servers): (Vec<i32>, HashSet<i32>) = if self.mode == ExecMode::Persistent {
+            let live = self
+                .servers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let mut groups: Vec<i32> = live.keys().copied().collect();
+            groups.extend(
+                self.retired
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|r| r.server.pgid()),
+            );
+            (groups, live.values().copied().collect())
+        } else if daemon > 1 && self.mode != ExecMode::Spawn {
+            (vec![daemon], HashSet::from([daemon]))
+        } else {
+            (vec![], HashSet::new())
+        };
+        if scan_due && !groups.is_empty() {
+            for (pid, cmd) in crate::worker::leftover_processes(&groups) {
+                let known = servers.contains(&pid)
                     || in_flight.contains(&pid)
                     || watched.contains(&pid)
                     || leaks.iter().any(|l| l.pid == pid);
@@ -582,16 +1124,24 @@ impl Executor {
         }
         if !leaks.is_empty() {
             let mut guard = self.workers.lock().await;
-            if let Some(w) = guard.as_mut() {
-                for l in &leaks {
-                    if w.kill_worker(l.pid).await.is_err() {
-                        // Not a child of the daemon (a grandchild): it is in our daemon's process
-                        // group, which is ours to clean up.
-                        unsafe { libc::kill(l.pid, libc::SIGKILL) };
-                    }
+            for l in &leaks {
+                let killed = match guard.as_mut() {
+                    Some(w) => w.kill_worker(l.pid).await,
+                    None => false,
+                };
+                if !killed {
+                    // Not a child of the daemon (a grandchild, or a persistent case's child): it
+                    // is in a process group of ours, which is ours to clean up.
+                    unsafe { libc::kill(l.pid, libc::SIGKILL) };
                 }
             }
         }
+        // Recycled servers kept for their children's grace period: done with.
+        let now = Instant::now();
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|r| r.until > now);
         leaks
     }
 
@@ -600,11 +1150,34 @@ impl Executor {
         self.watch.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Close reused connections first (drop the lanes), then call this: stops the daemon and
-    /// reports what was still alive in its process group.
-    pub async fn shutdown(self) -> Option<crate::worker::ShutdownReport> {
-        let w = self.workers.into_inner()?;
-        Some(w.shutdown(Duration::from_secs(3)).await)
+    /// Close reused connections first (drop the lanes), then call this: stops the daemon (or
+    /// every persistent server) and reports what was still alive in their process groups.
+    pub async fn shutdown(self) -> Option<ExecShutdown> {
+        let grace = Duration::from_secs(3);
+        let mut leftovers = vec![];
+        let servers: Vec<Server> = self
+            .pool
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .into_iter()
+            .chain(
+                self.retired
+                    .into_inner()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .into_iter()
+                    .map(|r| r.server),
+            )
+            .collect();
+        let any = !servers.is_empty();
+        for s in servers {
+            leftovers.extend(s.shutdown(grace).await);
+        }
+        match self.workers.into_inner() {
+            Some(w) => leftovers.extend(w.shutdown(grace).await),
+            None if !any => return None,
+            None => {}
+        }
+        Some(ExecShutdown { leftovers })
     }
 }
 

@@ -1,23 +1,26 @@
 //! The live-worker fuzzer: `fakejvm fuzz`.
 //!
 //! Requests are mutated as typed frames ([`case`], [`mutate`]) starting from [`seeds`], run on
-//! real workers forked by one long-lived daemon, or on reused workers ([`exec`]), judged by the
-//! oracles ([`oracle`]), deduplicated by [`signature`], shrunk ([`minimise`]) and saved as
-//! [`reproducer`] files by the [`campaign`] (its [`state`] resumes, its [`summary`] reports);
-//! `fakejvm repro` (crate::repro) replays them. [`bench`] measures execs per second of
-//! the ways to run a case. The in-process targets over fakejvm's own decoders are a separate
-//! cargo-fuzz crate (`fuzz/` at the repo root).
+//! real workers forked by one long-lived daemon, on reused workers, or in fakejvm's persistent
+//! and warm-fork servers ([`exec`], [`server`]), judged by the oracles ([`oracle`]),
+//! deduplicated by [`signature`], shrunk ([`minimise`]) and saved as [`reproducer`] files by the
+//! [`campaign`] (its [`state`] resumes, its [`summary`] reports); `fakejvm repro` (crate::repro)
+//! replays them and `fakejvm fuzz merge` ([`merge`]) joins campaigns. [`bench`] measures execs
+//! per second of the ways to run a case. The in-process targets over fakejvm's own decoders are
+//! a separate cargo-fuzz crate (`fuzz/` at the repo root).
 
 pub mod bench;
 pub mod campaign;
 pub mod case;
 pub mod dial;
 pub mod exec;
+pub mod merge;
 pub mod minimise;
 pub mod mutate;
 pub mod oracle;
 pub mod reproducer;
 pub mod seeds;
+pub mod server;
 pub mod signature;
 pub mod state;
 pub mod summary;
@@ -34,7 +37,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct FuzzArgs {
+    #[command(subcommand)]
+    pub command: Option<FuzzCommand>,
     /// Seed directories or files: scenario files (*.json) and golden folders (with index.json).
     /// Built-in identity seeds are always added (see --no-builtin-seeds).
     #[arg(long, value_name = "DIR")]
@@ -51,9 +57,17 @@ pub struct FuzzArgs {
     /// Reuse workers (SPARK_REUSE_WORKER): each lane keeps one worker for case after case.
     #[arg(long, conflicts_with = "mode")]
     pub reuse: bool,
-    /// How cases reach workers (default fork-server: one daemon forks a fresh worker per case).
-    #[arg(long, value_enum)]
+    /// How cases reach workers: fork-server (default: pyspark's daemon forks a fresh worker per
+    /// case), reuse, spawn, persistent (fakejvm's loop serves case after case in one process per
+    /// lane, pyspark's state reset in between) or warm-fork (that loop forks per case from a
+    /// parent with pandas and pyarrow imported and its heap frozen). Findings of the last two
+    /// are re-run on a fork server and reported only if they reproduce there.
+    #[arg(long = "exec", visible_alias = "mode", value_enum, value_name = "MODE")]
     pub mode: Option<ExecMode>,
+    /// Persistent executor: a server recycles itself after this many cases (and whenever it
+    /// finds state it cannot reset); 0 for only the latter.
+    #[arg(long, default_value_t = exec::DEFAULT_RECYCLE_AFTER, value_name = "N")]
+    pub recycle_after: u64,
     /// Cases in flight at once.
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,
@@ -106,15 +120,31 @@ pub struct FuzzArgs {
     /// No progress line on the terminal.
     #[arg(long)]
     pub no_progress: bool,
-    /// Measure execs/s of fork-server, reuse and spawn-per-case side by side instead of fuzzing.
+    /// Measure execs/s of every executor side by side instead of fuzzing: RDD and UDF seeds
+    /// apart, clean and mutated cases, at 1, 2 and 4 lanes, with CPU per case.
     #[arg(long)]
     pub bench: bool,
-    /// With --bench: time per row.
+    /// With --bench: time per measurement (one per row and lane count).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub bench_time: Duration,
-    /// With --bench: only these modes (repeatable; default all three).
+    /// With --bench: only these modes (repeatable; default all five).
     #[arg(long, value_enum, value_name = "MODE")]
     pub bench_mode: Vec<ExecMode>,
+    /// With --bench: the lane counts of the scaling columns.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,2,4",
+        value_name = "N,N,.."
+    )]
+    pub bench_lanes: Vec<usize>,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum FuzzCommand {
+    /// Join the findings of several campaigns (e.g. one per machine) into one deduplicated set:
+    /// one reproducer per signature, counts added up, the first seen kept.
+    Merge(Box<merge::MergeArgs>),
 }
 
 const DEFAULT_DEADLINE_MS: u64 = 2000;
@@ -221,6 +251,7 @@ impl FuzzArgs {
             progress: !self.no_progress,
             mutate_command: self.mutate_command,
             memory_limit_mb: Some(self.memory_limit_mb).filter(|mb| *mb > 0),
+            recycle_after: self.recycle_after,
         })
     }
 }
@@ -229,6 +260,9 @@ impl FuzzArgs {
 /// processes behind; a `BadInput` error (bad flag, broken seed file) means 2, any other error
 /// (a reproducer or state file that cannot be written, an executor that fails) 3.
 pub async fn fuzz_cmd(args: FuzzArgs) -> anyhow::Result<u8> {
+    if let Some(FuzzCommand::Merge(m)) = &args.command {
+        return merge::merge_cmd(m);
+    }
     let mut cfg = args.campaign_config()?;
     let want = pyenv::Want::new(args.pyspark.as_deref(), args.python_version.python_version);
     let env = pyenv::resolve_with(args.python.as_deref(), &want)
@@ -248,10 +282,19 @@ pub async fn fuzz_cmd(args: FuzzArgs) -> anyhow::Result<u8> {
             rng_seed: cfg.rng_seed,
             mutate_command: cfg.mutate_command,
             memory_limit_mb: cfg.memory_limit_mb,
+            recycle_after: cfg.recycle_after,
             modes: if args.bench_mode.is_empty() {
-                vec![ExecMode::ForkServer, ExecMode::Reuse, ExecMode::Spawn]
+                ExecMode::ALL.to_vec()
             } else {
                 args.bench_mode.clone()
+            },
+            lanes: {
+                if args.bench_lanes.contains(&0) {
+                    return Err(
+                        BadInput("--bench-lanes: a lane count of 0 runs nothing".into()).into(),
+                    );
+                }
+                args.bench_lanes.clone()
             },
         };
         let report = fuzz_bench(env, bench).await?;
@@ -262,11 +305,7 @@ pub async fn fuzz_cmd(args: FuzzArgs) -> anyhow::Result<u8> {
         crate::report::write_atomic(&path, &bytes)
             .map_err(|e| HarnessError::io("write", &path, e))?;
         println!("bench: {}", path.display());
-        return Ok(if report.rows.iter().any(|r| r.leftovers > 0) {
-            1
-        } else {
-            0
-        });
+        return Ok(if report.leftovers() > 0 { 1 } else { 0 });
     }
     eprintln!(
         "fuzz: pyspark {} ({}), {} mode, {} job(s), {:?}{}, findings in {}",

@@ -10,6 +10,7 @@
 //!   "kind": "fakejvm-reproducer", "format": 1,
 //!   "title": "PythonException struct.error at serializers.py:read_int (pyspark 4.0.5)",
 //!   "pyspark": "4.0.5", "python": "3.11", "dialect": "A", "mode": "fork_server",
+//!   "found_in": "persistent", "confirmed_in": "fork_server",
 //!   "close_after_write": true, "deadline_ms": 2000,
 //!   "signature": {"kind": "PythonException", "exc_type": "struct.error", "frames": ["..."]},
 //!   "signature_id": "3f2a9c1b7d4e", "signature_frames": 1,
@@ -48,7 +49,17 @@ pub struct Reproducer {
     /// Python major.minor of the worker (it is also inside the request bytes).
     pub python: String,
     pub dialect: Dialect,
+    /// How `fakejvm repro` runs it: where it was confirmed (a fork server for findings of the
+    /// persistent and warm-fork executors), else where it was found.
     pub mode: ExecMode,
+    /// The executor the campaign found it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found_in: Option<ExecMode>,
+    /// Where it was re-run and ended in the same signature before it was reported: a fork server
+    /// for the persistent and warm-fork executors (a finding that does not reproduce there is
+    /// dropped), a fresh worker of the campaign's own mode otherwise. None: not re-run yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_in: Option<ExecMode>,
     /// The write side was half-closed after the request (see fuzz::exec).
     pub close_after_write: bool,
     pub deadline_ms: u64,
@@ -314,6 +325,8 @@ mod tests {
             python: "3.11".into(),
             dialect: Dialect::A,
             mode: ExecMode::ForkServer,
+            found_in: Some(ExecMode::Persistent),
+            confirmed_in: Some(ExecMode::ForkServer),
             close_after_write: true,
             deadline_ms: 2000,
             memory_limit_mb: Some(1024),

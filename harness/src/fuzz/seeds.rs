@@ -382,16 +382,21 @@ fn golden_seeds(dir: &Path, dialect: Dialect, first_index: usize) -> Result<Vec<
 
 /// The deadline for a campaign over `seeds`: `arrow` (when the user chose none) if any seed is an
 /// Arrow UDF request, else `deadline`.
+/// Some seed is an Arrow UDF request (its worker imports pandas and pyarrow).
+pub fn has_arrow(seeds: &[Seed]) -> bool {
+    seeds.iter().any(|s| {
+        s.request
+            .as_ref()
+            .is_some_and(|r| r.udf.is_some() && !r.eval_type.is_pickled())
+    })
+}
+
 pub fn deadline_for(
     seeds: &[Seed],
     deadline: std::time::Duration,
     arrow: Option<std::time::Duration>,
 ) -> std::time::Duration {
-    let has_arrow = seeds.iter().any(|s| {
-        s.request
-            .as_ref()
-            .is_some_and(|r| r.udf.is_some() && !r.eval_type.is_pickled())
-    });
+    let has_arrow = has_arrow(seeds);
     match arrow {
         Some(a) if has_arrow => a.max(deadline),
         _ => deadline,

@@ -40,6 +40,20 @@ pub struct FindingRecord {
     pub first_at: String,
 }
 
+/// A signature the persistent or warm-fork executor saw that the fork server did not reproduce:
+/// dropped, not reported, but counted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NotConfirmedRecord {
+    pub text: String,
+    /// Cases that ended in it.
+    pub count: u64,
+    /// Of those, how many were re-run on the fork server (at most `CONFIRM_TRIES`).
+    pub checked: u64,
+    /// What the fork server made of the last one re-run.
+    pub daemon_said: String,
+    pub first_at: String,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ExpectedRecord {
     pub text: String,
@@ -74,6 +88,9 @@ pub(crate) struct State {
     /// Processes found alive in the daemon's group with no case to blame (killed).
     #[serde(default)]
     pub(crate) unattributed_leaks: Vec<(i32, String)>,
+    /// Persistent and warm-fork campaigns: signatures the fork server did not reproduce.
+    #[serde(default)]
+    pub(crate) not_confirmed: BTreeMap<String, NotConfirmedRecord>,
 }
 
 impl State {
@@ -94,6 +111,7 @@ impl State {
             findings: BTreeMap::new(),
             expected: BTreeMap::new(),
             unattributed_leaks: vec![],
+            not_confirmed: BTreeMap::new(),
         }
     }
 

@@ -3,11 +3,11 @@
 
 use super::exec::ExecMode;
 use super::seeds::SeedReport;
-use super::state::{ExpectedRecord, State};
+use super::state::{ExpectedRecord, NotConfirmedRecord, State};
 use crate::error::HarnessError;
 use crate::protocol::Dialect;
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 pub const SUMMARY_FILE: &str = "summary.json";
@@ -59,11 +59,25 @@ pub struct CampaignSummary {
     pub leftover_processes: Vec<(i32, String)>,
     /// Processes of the daemon's group that outlived their case with no case known (killed).
     pub unattributed_leaks: Vec<(i32, String)>,
+    /// Persistent and warm-fork campaigns: what the fork server did not reproduce (dropped).
+    pub not_confirmed: NotConfirmed,
+    /// Persistent campaigns: why servers recycled themselves (or were discarded), with counts.
+    pub recycles: BTreeMap<String, u64>,
+    /// Persistent campaigns: servers started in this run.
+    pub servers_started: u64,
     /// The daemons this run started (pid = process group id), for checking that nothing of
     /// theirs is left.
     pub daemon_pgids: Vec<i32>,
     /// Why the campaign stopped early, if it did.
     pub aborted: Option<String>,
+}
+
+/// Findings of another executor that the fork server did not reproduce.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NotConfirmed {
+    /// Cases.
+    pub cases: u64,
+    pub signatures: Vec<NotConfirmedRecord>,
 }
 
 impl CampaignSummary {
@@ -115,6 +129,31 @@ impl CampaignSummary {
             s.push_str(&format!(
                 "  {:>6}x  {}  [{} {} B]  {}\n",
                 f.count, f.file, state, f.len, f.signature
+            ));
+        }
+        if self.mode.needs_confirmation() {
+            s.push_str(&format!(
+                "  not confirmed: {} (case(s) of {} signature(s) the fork server did not reproduce; dropped)\n",
+                self.not_confirmed.cases,
+                self.not_confirmed.signatures.len()
+            ));
+            for r in self.not_confirmed.signatures.iter().take(5) {
+                s.push_str(&format!(
+                    "  {:>6}x  not confirmed: {}  (fork server: {})\n",
+                    r.count, r.text, r.daemon_said
+                ));
+            }
+        }
+        if !self.recycles.is_empty() {
+            let all: Vec<String> = self
+                .recycles
+                .iter()
+                .map(|(why, n)| format!("{n}x {why}"))
+                .collect();
+            s.push_str(&format!(
+                "  servers: {} started; recycled: {}\n",
+                self.servers_started,
+                all.join("; ")
             ));
         }
         if !self.leftover_processes.is_empty() {
@@ -174,6 +213,16 @@ pub(crate) fn findings(st: &State, new_ids: &HashSet<String>) -> Vec<FindingSumm
         .collect();
     findings.sort_by(|a, b| b.count.cmp(&a.count).then(a.file.cmp(&b.file)));
     findings
+}
+
+/// The signatures of `st` the fork server did not reproduce, the most frequent first.
+pub(crate) fn not_confirmed(st: &State) -> NotConfirmed {
+    let mut signatures: Vec<NotConfirmedRecord> = st.not_confirmed.values().cloned().collect();
+    signatures.sort_by_key(|r| std::cmp::Reverse(r.count));
+    NotConfirmed {
+        cases: signatures.iter().map(|r| r.count).sum(),
+        signatures,
+    }
 }
 
 /// The most frequent clean outcomes of `st`.

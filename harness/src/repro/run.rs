@@ -63,6 +63,16 @@ impl ReproReport {
             r.request.len,
             if r.minimised { ", minimised" } else { "" }
         ));
+        if let (Some(found), Some(confirmed)) = (r.found_in, r.confirmed_in) {
+            if found != confirmed {
+                s.push_str(&format!(
+                    "where   found in {}, confirmed on {}; replayed on {}\n",
+                    found.name(),
+                    confirmed.name(),
+                    r.mode.name()
+                ));
+            }
+        }
         s.push_str(&format!(
             "replay  {} (pyspark {})\n",
             short(&self.outcome, 300),

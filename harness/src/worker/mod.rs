@@ -26,6 +26,7 @@ pub(crate) use handshake::ERRNOS;
 pub use spawn::{ProcessTweaks, CAPTURE_LIMIT, PASS_THROUGH_ENV};
 
 pub(crate) use handshake::Deadline;
+pub(crate) use spawn::python_command;
 use spawn::Capture;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

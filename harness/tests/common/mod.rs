@@ -136,6 +136,8 @@ pub async fn record_reproducer(
         python: env.python_version.clone(),
         dialect: Dialect::A,
         mode: ExecMode::ForkServer,
+        found_in: None,
+        confirmed_in: None,
         close_after_write: obs.close_after_write,
         deadline_ms: 2000,
         memory_limit_mb: None,
