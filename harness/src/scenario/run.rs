@@ -1086,6 +1086,7 @@ mod tests {
             pyspark: "4.0.5".parse().unwrap(),
             python_version: "3.11".into(),
             pyspark_dir: "/nonexistent".into(),
+            flavor: None,
         };
         let raw = RawRequest {
             frames: vec![
