@@ -252,7 +252,32 @@ impl Table {
                     diffs.len(),
                     first.label()
                 );
+                // A column that is N/A throughout for one reason (an env that cannot exist) is
+                // one line, not one per scenario.
+                let whole_na = |c: usize| -> Option<&str> {
+                    let mut why = None;
+                    for row in &self.rows {
+                        match &row.cells[c] {
+                            Cell::NotApplicable { why: w } if why.is_none_or(|x| x == w) => {
+                                why = Some(w)
+                            }
+                            _ => return None,
+                        }
+                    }
+                    why.map(String::as_str)
+                };
+                let mut said = std::collections::BTreeSet::new();
                 for (r, c) in diffs {
+                    if let Some(why) = whole_na(c) {
+                        if said.insert(c) {
+                            let _ = writeln!(
+                                out,
+                                "  {}: every cell N/A: {why}",
+                                self.columns[c].label()
+                            );
+                        }
+                        continue;
+                    }
                     let row = &self.rows[r];
                     let detail = match &row.cells[c] {
                         Cell::NotApplicable { why } => format!(": {why}"),
