@@ -116,9 +116,18 @@ fn run(dir: &Path, extra: &[&str], code: i32) -> String {
 }
 
 /// The table without its timings (` 123 ms` at the end of each verdict line).
+/// The text without what differs run to run: timings, and the resource figures of the `used:`
+/// lines (RSS, CPU, threads are sampled). The `env` header a run prints first is left out too:
+/// a merge prints the verdicts and summary, not the env line of each shard.
 fn untimed(text: &str) -> String {
     let re = regex::Regex::new(r"(?m) \d+ ms$").unwrap();
-    re.replace_all(text, " N ms").into_owned()
+    let text = re.replace_all(text, " N ms");
+    let used = regex::Regex::new(r"(?m)^(      task \d+: used:).*$").unwrap();
+    let text = used.replace_all(&text, "$1 [FIGURES]");
+    text.lines()
+        .filter(|l| !l.starts_with("env   "))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 #[test]
