@@ -431,16 +431,8 @@ async fn run_scenarios(
     for f in &files {
         scenarios.push((f.clone(), Scenario::load(f).map_err(BadInput::from)?));
     }
-    // Lean when no task needs pandas or pyarrow: only UDF tasks import them (RDD tasks are
-    // pickled functions over pickled or raw data). The header says which env was used.
-    let needs_full = scenarios
-        .iter()
-        .any(|(_, s)| s.tasks.iter().any(|t| t.udf.is_some()));
-    let flavor = if needs_full {
-        pyenv::Flavor::Full
-    } else {
-        pyenv::Flavor::Lean
-    };
+    // Lean when no task needs pandas or pyarrow. The header says which env was used.
+    let flavor = scenario::env_flavor(scenarios.iter().map(|(_, s)| s));
     let env = resolve_env(env, flavor)?;
     println!("{}", env_header(&env));
     // `worker_module: {"each_in": ...}` is one run per worker module of this pyspark, listed

@@ -342,53 +342,6 @@ fakejvm: invalid value 'banana' for '--duration <DURATION>': "banana" is not a d
 /// Every pinned env is provisioned first (the suite needs them all anyway), so that each line
 /// says `ready` whatever state the machine was in. The env dirs are keyed by the base Python
 /// (`FAKEJVM_BASE_PYTHON`), whose version is `[PYTHON]`.
-#[test]
-fn env_list() {
-    for v in pyenv::PINNED {
-        env_for(v);
-    }
-    // What else is cached (lean envs, other Pythons) and the sizes depend on the machine, so
-    // this checks the layout and the pinned envs' rows, not a snapshot.
-    let tmp = tempdir();
-    let out = fakejvm(tmp.path()).args(["env", "list"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(
-        header,
-        [
-            "pyspark",
-            "python",
-            "env",
-            "dialect",
-            "size",
-            "own",
-            "installer",
-            "lock",
-            "dir"
-        ],
-        "{text}"
-    );
-    for v in pyenv::PINNED {
-        let dialect = match &v[..3] {
-            "4.1" => "B",
-            "4.2" => "C",
-            "4.3" => "D",
-            _ => "A",
-        };
-        assert!(
-            text.lines().any(|l| {
-                let cols: Vec<&str> = l.split_whitespace().collect();
-                cols.len() >= 4 && cols[0] == *v && cols[2] == "full" && cols[3] == dialect
-            }),
-            "no full env row for pyspark {v} (dialect {dialect}):\n{text}"
-        );
-    }
-    assert!(text.contains(" envs; on disk: "), "{text}");
-    assert!(text.contains("CPythons for --python-version: "), "{text}");
-}
-
 /// A recorded request stream decodes to the same text wherever it is decoded. The stream holds
 /// the paths of the machine it was recorded on, which are data here, not this checkout: no
 /// `[ROOT]`.

@@ -203,21 +203,14 @@ pub async fn matrix_cmd(args: MatrixArgs) -> anyhow::Result<u8> {
             .unwrap_or_default()
     );
 
-    let needs_full = scenarios
-        .iter()
-        .any(|(_, s)| s.tasks.iter().any(|t| t.udf.is_some()));
-    let flavor = if needs_full {
-        pyenv::Flavor::Full
-    } else {
-        pyenv::Flavor::Lean
-    };
+    let flavor = scenario::env_flavor(scenarios.iter().map(|(_, s)| s));
+    let full = flavor == pyenv::Flavor::Full;
     println!(
-        "envs: {} (pyspark{})",
-        if needs_full { "full" } else { "lean" },
-        if needs_full {
-            ", pandas, pyarrow, numpy: a scenario has a UDF task"
+        "envs: {}",
+        if full {
+            "full (pyspark, pandas, pyarrow, numpy: a scenario has a UDF task)"
         } else {
-            " and py4j only: no scenario has a UDF task"
+            "lean (pyspark and py4j only: no scenario has a UDF task)"
         }
     );
     let started = Instant::now();

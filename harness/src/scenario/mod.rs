@@ -18,3 +18,17 @@ pub use run::{
 pub use udf::{
     ReplyRows, UdfInput, UdfSpec, UdtfSpec, DEFAULT_MAX_RECORDS_PER_BATCH, DEFAULT_TIME_ZONE,
 };
+
+/// The env flavor a set of scenarios needs: lean (pyspark and py4j) unless a task is a UDF.
+/// Only UDF tasks import pandas or pyarrow; RDD tasks are pickled functions over pickled or raw
+/// data. `run`, `check` and `matrix` all choose this way.
+pub fn env_flavor<'a>(scenarios: impl IntoIterator<Item = &'a Scenario>) -> crate::pyenv::Flavor {
+    let needs_full = scenarios
+        .into_iter()
+        .any(|s| s.tasks.iter().any(|t| t.udf.is_some()));
+    if needs_full {
+        crate::pyenv::Flavor::Full
+    } else {
+        crate::pyenv::Flavor::Lean
+    }
+}
