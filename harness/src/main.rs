@@ -5,7 +5,7 @@
 use clap::{Args, Parser, Subcommand};
 use fakejvm::decode::{self, StreamDirection};
 use fakejvm::error::{self, env_failure, BadInput};
-use fakejvm::outputs::{self, Entry, OutputArgs, RunDoc, ScenarioPart};
+use fakejvm::outputs::{self, Entry, OutputArgs, RunCommand, RunDoc, ScenarioPart};
 use fakejvm::protocol::{Dialect, UdfLayout};
 use fakejvm::pyenv::{self, PythonEnv};
 use fakejvm::report::{self, Summary};
@@ -288,7 +288,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
             };
             let (part, code) = run_scenarios(&env, &paths, &opts, out.shard()).await?;
             let doc = RunDoc {
-                command: "run".into(),
+                command: RunCommand::Run,
                 shard: out.shard,
                 scenarios: Some(part),
                 goldens: None,
@@ -312,7 +312,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<u8> {
             replay.out.shard = out.shard;
             let (goldens, b) = fakejvm::golden::replay::replay_part(&replay).await?;
             let doc = RunDoc {
-                command: "check".into(),
+                command: RunCommand::Check,
                 shard: out.shard,
                 scenarios: Some(part),
                 goldens: Some(goldens),

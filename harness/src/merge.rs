@@ -7,7 +7,7 @@
 //! exactly once): a missing shard is bad input, never a smaller table.
 
 use crate::error::BadInput;
-use crate::outputs::{self, Entry, GoldenPart, OutputArgs, RunDoc, ScenarioPart};
+use crate::outputs::{self, Entry, GoldenPart, OutputArgs, RunCommand, RunDoc, ScenarioPart};
 use crate::shard::Shard;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -74,13 +74,11 @@ struct Piece<P> {
 pub fn merge(docs: Vec<(PathBuf, RunDoc)>) -> Result<Vec<RunDoc>, BadInput> {
     let mut scenario_groups: BTreeMap<_, Vec<Piece<ScenarioPart>>> = BTreeMap::new();
     let mut golden_groups: BTreeMap<Vec<String>, Vec<Piece<GoldenPart>>> = BTreeMap::new();
-    let mut commands: BTreeMap<&'static str, String> = BTreeMap::new();
+    let mut commands: BTreeMap<&'static str, RunCommand> = BTreeMap::new();
     for (file, d) in docs {
         let shard = d.shard.unwrap_or(Shard::ALL);
         if let Some(s) = d.scenarios {
-            commands
-                .entry("scenarios")
-                .or_insert_with(|| d.command.clone());
+            commands.entry("scenarios").or_insert(d.command);
             let key = (
                 outputs::version_key(&s.pyspark),
                 s.python_version.clone(),
@@ -93,9 +91,7 @@ pub fn merge(docs: Vec<(PathBuf, RunDoc)>) -> Result<Vec<RunDoc>, BadInput> {
             });
         }
         if let Some(g) = d.goldens {
-            commands
-                .entry("goldens")
-                .or_insert_with(|| d.command.clone());
+            commands.entry("goldens").or_insert(d.command);
             golden_groups
                 .entry(g.paths.clone())
                 .or_default()
@@ -139,26 +135,30 @@ pub fn merge(docs: Vec<(PathBuf, RunDoc)>) -> Result<Vec<RunDoc>, BadInput> {
         )?;
         goldens.push(part);
     }
-    let run = |command: &str, scenarios, goldens| RunDoc {
-        command: command.to_string(),
+    let run = |command: RunCommand, scenarios, goldens| RunDoc {
+        command,
         shard: None,
         scenarios,
         goldens,
     };
     if scenarios.len() <= 1 && goldens.len() <= 1 {
         let command = match (scenarios.is_empty(), goldens.is_empty()) {
-            (false, false) => "check".to_string(),
-            (false, true) => commands["scenarios"].clone(),
-            (true, false) => commands["goldens"].clone(),
+            (false, false) => RunCommand::Check,
+            (false, true) => commands["scenarios"],
+            (true, false) => commands["goldens"],
             (true, true) => return Ok(vec![]),
         };
-        return Ok(vec![run(&command, scenarios.pop(), goldens.pop())]);
+        return Ok(vec![run(command, scenarios.pop(), goldens.pop())]);
     }
     let mut runs: Vec<RunDoc> = scenarios
         .into_iter()
-        .map(|s| run(&commands["scenarios"], Some(s), None))
+        .map(|s| run(commands["scenarios"], Some(s), None))
         .collect();
-    runs.extend(goldens.into_iter().map(|g| run("replay", None, Some(g))));
+    runs.extend(
+        goldens
+            .into_iter()
+            .map(|g| run(RunCommand::Replay, None, Some(g))),
+    );
     Ok(runs)
 }
 

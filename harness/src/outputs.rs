@@ -195,11 +195,31 @@ impl GoldenPart {
     }
 }
 
+/// The command a report came from: merge uses it to rebuild the run it was a shard of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunCommand {
+    Run,
+    Check,
+    Replay,
+    Matrix,
+}
+
+impl std::fmt::Display for RunCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunCommand::Run => "run",
+            RunCommand::Check => "check",
+            RunCommand::Replay => "replay",
+            RunCommand::Matrix => "matrix",
+        })
+    }
+}
+
 /// One run (or one shard of it): its scenarios, its goldens or both (`check`).
 #[derive(Clone, Debug)]
 pub struct RunDoc {
-    /// run, check or replay.
-    pub command: String,
+    pub command: RunCommand,
     pub shard: Option<Shard>,
     pub scenarios: Option<ScenarioPart>,
     pub goldens: Option<GoldenPart>,
@@ -247,7 +267,7 @@ impl RunDoc {
 
     /// The JUnit suites: one for the scenarios, one per pyspark version of the goldens.
     pub fn suites(&self) -> Vec<Suite> {
-        let mut common = vec![("command".to_string(), self.command.clone())];
+        let mut common = vec![("command".to_string(), self.command.to_string())];
         if let Some(s) = self.shard {
             common.push(("shard".into(), s.to_string()));
         }
@@ -301,7 +321,7 @@ impl RunDoc {
         let g = self.goldens.as_ref();
         let doc = DocJson {
             fakejvm,
-            command: self.command.clone(),
+            command: self.command,
             shard: self.shard,
             pyspark: s.map(|s| s.pyspark.clone()),
             python: s.map(|s| s.python.clone()),
@@ -342,7 +362,7 @@ impl RunDoc {
         let doc: DocJson = serde_json::from_value(value).map_err(|e| {
             BadInput::new(
                 file,
-                format!("{at} is not a fakejvm JSON report: {e} (write it with `--json` of run, check or replay)"),
+                format!("{at} is not a fakejvm JSON report: {e} (write it with `--json` of run, check, replay or matrix)"),
             )
         })?;
         let entries = |list: Option<Vec<Value>>, what: &str| {
@@ -435,7 +455,7 @@ pub(crate) fn version_key(v: &str) -> (Option<crate::pyenv::PysparkVersion>, Str
 #[derive(Serialize, Deserialize)]
 struct DocJson {
     fakejvm: String,
-    command: String,
+    command: RunCommand,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     shard: Option<Shard>,
     /// The scenarios' env.

@@ -364,7 +364,7 @@ pub async fn replay_cmd(args: ReplayArgs) -> anyhow::Result<u8> {
     }
     let (part, code) = replay_part(&args).await?;
     let doc = RunDoc {
-        command: "replay".into(),
+        command: crate::outputs::RunCommand::Replay,
         shard: args.out.shard,
         scenarios: None,
         goldens: Some(part),

@@ -13,7 +13,7 @@ pub mod versions;
 
 use crate::error::{BadInput, HarnessError};
 use crate::junit;
-use crate::outputs::{Entry, OutputArgs, RunDoc, ScenarioPart};
+use crate::outputs::{Entry, OutputArgs, RunCommand, RunDoc, ScenarioPart};
 use crate::protocol::Dialect;
 use crate::pyenv::{self, PythonEnv};
 use crate::report;
@@ -262,7 +262,7 @@ pub async fn matrix_cmd(args: MatrixArgs) -> anyhow::Result<u8> {
             })
             .collect();
         docs.push(RunDoc {
-            command: "matrix".into(),
+            command: RunCommand::Matrix,
             shard: args.out.shard,
             scenarios: Some(ScenarioPart {
                 paths: paths.clone(),
@@ -331,7 +331,7 @@ pub fn table_of_runs(runs: &[RunDoc]) -> Option<Table> {
     let mut names: Vec<String> = vec![];
     let mut columns = vec![];
     for run in runs {
-        if run.command != "matrix" {
+        if run.command != RunCommand::Matrix {
             return None;
         }
         let part = run.scenarios.as_ref()?;
@@ -526,29 +526,10 @@ fn blank_report(
     status: Status,
     notes: Vec<String>,
 ) -> ScenarioReport {
-    let name = s.name.clone().unwrap_or_else(|| {
-        f.file_stem()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned()
-    });
+    let dialect = Dialect::for_version(col.pyspark.major, col.pyspark.minor).unwrap_or(Dialect::D);
     ScenarioReport {
-        file: f.display().to_string(),
-        name,
-        pyspark: col.pyspark.to_string(),
-        dialect: Dialect::for_version(col.pyspark.major, col.pyspark.minor).unwrap_or(Dialect::D),
-        mode: s.mode,
-        status,
-        tasks: vec![],
-        faults: vec![],
-        leftovers: vec![],
         notes,
-        stderr_unmet: vec![],
-        daemon_pid: None,
-        daemon_exit: None,
-        stderr_tail: String::new(),
-        elapsed_ms: 0,
-        worker_module: None,
+        ..ScenarioReport::blank(f, s, &col.pyspark, dialect, status)
     }
 }
 

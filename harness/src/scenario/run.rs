@@ -133,6 +133,46 @@ pub struct ScenarioReport {
     pub elapsed_ms: u64,
 }
 
+impl ScenarioReport {
+    /// The report of `sc` before any task ran: no tasks, no daemon, nothing measured.
+    pub fn blank(
+        file: &Path,
+        sc: &Scenario,
+        pyspark: &pyenv::PysparkVersion,
+        dialect: Dialect,
+        status: Status,
+    ) -> ScenarioReport {
+        let name = sc.name.clone().unwrap_or_else(|| {
+            file.file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        });
+        ScenarioReport {
+            file: file.display().to_string(),
+            name,
+            pyspark: pyspark.to_string(),
+            dialect,
+            mode: sc.mode,
+            worker_module: sc
+                .worker_module
+                .is_some()
+                .then(|| worker_module_of(sc).map(str::to_owned))
+                .flatten(),
+            status,
+            tasks: vec![],
+            faults: vec![],
+            leftovers: vec![],
+            notes: vec![],
+            stderr_unmet: vec![],
+            daemon_pid: None,
+            daemon_exit: None,
+            stderr_tail: String::new(),
+            elapsed_ms: 0,
+        }
+    }
+}
+
 /// Scenario files under the given paths: files as given, directories searched recursively for
 /// `*.json`, sorted so runs are repeatable.
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ScenarioError> {
@@ -180,35 +220,14 @@ pub async fn run_scenario(
     let dialect = opts
         .dialect
         .or_else(|| Dialect::for_version(env.pyspark.major, env.pyspark.minor));
-    let name = sc.name.clone().unwrap_or_else(|| {
-        file.file_stem()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned()
-    });
-    let mut report = ScenarioReport {
-        file: file.display().to_string(),
-        name,
-        pyspark: env.pyspark.to_string(),
-        // Only shown for N/A reports when no family speaks this version.
-        dialect: dialect.unwrap_or(Dialect::D),
-        mode: sc.mode,
-        worker_module: sc
-            .worker_module
-            .is_some()
-            .then(|| worker_module_of(sc).map(str::to_owned))
-            .flatten(),
-        status: Status::Passed,
-        tasks: vec![],
-        faults: vec![],
-        leftovers: vec![],
-        notes: vec![],
-        stderr_unmet: vec![],
-        daemon_pid: None,
-        daemon_exit: None,
-        stderr_tail: String::new(),
-        elapsed_ms: 0,
-    };
+    // Only shown for N/A reports when no family speaks this version.
+    let mut report = ScenarioReport::blank(
+        file,
+        sc,
+        &env.pyspark,
+        dialect.unwrap_or(Dialect::D),
+        Status::Passed,
+    );
     let Some(dialect) = dialect else {
         report.status = Status::NotApplicable {
             why: format!(
