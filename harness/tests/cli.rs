@@ -1193,3 +1193,34 @@ fn a_bad_expect_resources_is_one_line_before_any_python_runs() {
         .collect();
     assert_refused_before_python("resources", &cases);
 }
+
+/// A golden's request carries the driver's Python, which the worker compares with its own: on
+/// another CPython minor every golden is N/A with the reason (not a failure), and no env is
+/// built for it.
+#[test]
+fn goldens_on_another_python_minor_are_not_applicable_with_the_reason() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../golden/pyspark-4.3.0");
+    let out = fakejvm()
+        .args([
+            "replay",
+            golden.to_str().unwrap(),
+            "--python-version",
+            "3.12",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = text.lines().last().unwrap_or_default();
+    assert!(last.starts_with("0 passed, 0 blessed, 0 failed,"), "{text}");
+    assert!(
+        text.contains("recorded with Python 3.11") && text.contains("is Python 3.12"),
+        "{text}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("provisioning"));
+}

@@ -682,8 +682,24 @@ async fn replay_one(p: Prepared, opts: &ReplayOptions) -> GoldenReport {
     report
 }
 
-/// With an interpreter given, goldens of other pyspark versions are not for it.
+/// Goldens that cannot pass in the env asked for: with an interpreter given, goldens of other
+/// pyspark versions; and goldens recorded on another CPython minor, whose request carries the
+/// driver's Python version that every worker compares with its own (PYTHON_VERSION_MISMATCH).
 fn not_applicable(ix: &format::Index, opts: &ReplayOptions) -> Option<String> {
+    let recorded = recorded_minor(&ix.python);
+    let other_python = |here: &str, how: &str| {
+        Some(format!(
+            "recorded with Python {} and its request says so; {how} is Python {here}, which the \
+             worker refuses as a version mismatch: replay it on Python {recorded}, or record it \
+             again with `fakejvm record --python-version {here}`",
+            ix.python
+        ))
+    };
+    if let Some(want) = opts.python_version {
+        if want.to_string() != recorded {
+            return other_python(&want.to_string(), "the env asked for");
+        }
+    }
     let python = opts.python.as_deref()?;
     match pyenv::resolve(Some(python), None) {
         Ok(env) if env.pyspark.to_string() != ix.pyspark => Some(format!(
@@ -692,9 +708,17 @@ fn not_applicable(ix: &format::Index, opts: &ReplayOptions) -> Option<String> {
             python.display(),
             env.pyspark
         )),
+        Ok(env) if env.python_version != recorded => {
+            other_python(&env.python_version, "the given interpreter")
+        }
         // Probed before any golden ran (replay_cmd); a failure now shows up in run_live.
         _ => None,
     }
+}
+
+/// "3.11" of a recorded "3.11.7".
+fn recorded_minor(python: &str) -> String {
+    python.splitn(3, '.').take(2).collect::<Vec<_>>().join(".")
 }
 
 async fn run_live(
