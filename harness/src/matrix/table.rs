@@ -186,6 +186,35 @@ impl Table {
         n
     }
 
+    /// `cols` (ascending) as labels, each run of three or more neighbours in `shown` (the
+    /// columns not N/A throughout) written `first .. last (n envs)`.
+    fn column_runs(&self, cols: &[usize], shown: &[usize]) -> String {
+        let pos = |c: usize| shown.iter().position(|&s| s == c);
+        let mut runs: Vec<Vec<usize>> = vec![];
+        for &c in cols {
+            match runs.last_mut() {
+                Some(run)
+                    if pos(c)
+                        .zip(run.last().and_then(|&l| pos(l)))
+                        .is_some_and(|(p, q)| p == q + 1) =>
+                {
+                    run.push(c)
+                }
+                _ => runs.push(vec![c]),
+            }
+        }
+        let label = |c: usize| self.columns[c].label();
+        runs.iter()
+            .map(|run| match run.as_slice() {
+                [a, .., b] if run.len() >= 3 => {
+                    format!("{} .. {} ({} envs)", label(*a), label(*b), run.len())
+                }
+                _ => run.iter().map(|&c| label(c)).collect::<Vec<_>>().join(", "),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The table as text: a header of pyspark versions over Python versions, a row per scenario,
     /// then the cells that differ from the first column, with what they hold.
     pub fn to_text(&self) -> String {
@@ -267,6 +296,9 @@ impl Table {
                     why.map(String::as_str)
                 };
                 let mut said = std::collections::BTreeSet::new();
+                // The same difference in many envs of one row (a feature from some release on)
+                // is one line naming the envs, a run of neighbouring columns as `A .. B`.
+                let mut lines: Vec<(usize, String, Vec<usize>)> = vec![];
                 for (r, c) in diffs {
                     if let Some(why) = whole_na(c) {
                         if said.insert(c) {
@@ -286,13 +318,25 @@ impl Table {
                         }
                         _ => String::new(),
                     };
-                    let _ = writeln!(
-                        out,
-                        "  {} on {}: {} (first column: {}){detail}",
-                        row.scenario,
-                        self.columns[c].label(),
+                    let what = format!(
+                        "{} (first column: {}){detail}",
                         row.cells[c].short(),
                         row.cells[0].short()
+                    );
+                    match lines.iter_mut().find(|(lr, lw, _)| *lr == r && *lw == what) {
+                        Some((_, _, cols)) => cols.push(c),
+                        None => lines.push((r, what, vec![c])),
+                    }
+                }
+                let shown: Vec<usize> = (0..self.columns.len())
+                    .filter(|&c| whole_na(c).is_none())
+                    .collect();
+                for (r, what, cols) in lines {
+                    let _ = writeln!(
+                        out,
+                        "  {} on {}: {what}",
+                        self.rows[r].scenario,
+                        self.column_runs(&cols, &shown)
                     );
                 }
             }
@@ -377,5 +421,29 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("core/a.json on 4.1.4/py3.8: N/A (first column: PASS): no 3.8"));
+    }
+
+    #[test]
+    fn one_difference_in_neighbouring_envs_is_one_line_with_a_range() {
+        let columns: Vec<Column> = ["3.5.9", "4.0.5", "4.1.0", "4.1.4", "4.2.1"]
+            .iter()
+            .map(|v| col(v, "3.11"))
+            .collect();
+        let na = Cell::NotApplicable { why: "4.1+".into() };
+        let pass = Cell::Pass { notes: vec![] };
+        let t = Table {
+            columns,
+            rows: vec![Row {
+                scenario: "core/uds.json".into(),
+                cells: vec![na.clone(), na, pass.clone(), pass.clone(), pass],
+            }],
+        };
+        let text = t.to_text();
+        assert!(
+            text.contains(
+                "core/uds.json on 4.1.0/py3.11 .. 4.2.1/py3.11 (3 envs): PASS (first column: N/A)"
+            ),
+            "{text}"
+        );
     }
 }
