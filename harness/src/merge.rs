@@ -74,11 +74,13 @@ struct Piece<P> {
 pub fn merge(docs: Vec<(PathBuf, RunDoc)>) -> Result<Vec<RunDoc>, BadInput> {
     let mut scenario_groups: BTreeMap<_, Vec<Piece<ScenarioPart>>> = BTreeMap::new();
     let mut golden_groups: BTreeMap<Vec<String>, Vec<Piece<GoldenPart>>> = BTreeMap::new();
-    let mut commands: BTreeMap<&'static str, RunCommand> = BTreeMap::new();
+    // The command of the first report holding scenarios, and of the first holding goldens.
+    let mut scenario_command = None;
+    let mut golden_command = None;
     for (file, d) in docs {
         let shard = d.shard.unwrap_or(Shard::ALL);
         if let Some(s) = d.scenarios {
-            commands.entry("scenarios").or_insert(d.command);
+            scenario_command.get_or_insert(d.command);
             let key = (
                 outputs::version_key(&s.pyspark),
                 s.python_version.clone(),
@@ -91,7 +93,7 @@ pub fn merge(docs: Vec<(PathBuf, RunDoc)>) -> Result<Vec<RunDoc>, BadInput> {
             });
         }
         if let Some(g) = d.goldens {
-            commands.entry("goldens").or_insert(d.command);
+            golden_command.get_or_insert(d.command);
             golden_groups
                 .entry(g.paths.clone())
                 .or_default()
@@ -144,15 +146,15 @@ pub fn merge(docs: Vec<(PathBuf, RunDoc)>) -> Result<Vec<RunDoc>, BadInput> {
     if scenarios.len() <= 1 && goldens.len() <= 1 {
         let command = match (scenarios.is_empty(), goldens.is_empty()) {
             (false, false) => RunCommand::Check,
-            (false, true) => commands["scenarios"],
-            (true, false) => commands["goldens"],
+            (false, true) => scenario_command.unwrap_or(RunCommand::Run),
+            (true, false) => golden_command.unwrap_or(RunCommand::Replay),
             (true, true) => return Ok(vec![]),
         };
         return Ok(vec![run(command, scenarios.pop(), goldens.pop())]);
     }
     let mut runs: Vec<RunDoc> = scenarios
         .into_iter()
-        .map(|s| run(commands["scenarios"], Some(s), None))
+        .map(|s| run(scenario_command.unwrap_or(RunCommand::Run), Some(s), None))
         .collect();
     runs.extend(
         goldens
