@@ -498,7 +498,10 @@ def persistent():
 def warm_fork():
     # Imported before the fork, which daemon.py 4.2+ avoids on purpose ("both pandas and pyarrow
     # start some threads when they are imported"): the threads count is in the ready line.
-    preload_arrow()
+    # Only with Arrow seeds: an RDD case forked from a parent with pandas and pyarrow costs about
+    # twice the CPU (21 against 9-14 ms a case on 4.0.5, fakejvm fuzz --bench).
+    if PRELOAD:
+        preload_arrow()
     try:
         os.setpgid(0, 0)  # as daemon.py's manager: a group of our own to corral the children
     except OSError:

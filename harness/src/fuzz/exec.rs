@@ -9,7 +9,8 @@
 //!   process that imported the real `pyspark.worker` once, resetting pyspark's module state in
 //!   between and recycling itself when it finds state it cannot reset; one process per lane;
 //! - **warm fork**: the same loop forks per case, like the daemon, from a parent that has
-//!   imported pyspark.worker, pandas and pyarrow and called `gc.freeze()`.
+//!   imported pyspark.worker (and pandas and pyarrow, with Arrow seeds: see
+//!   [`ExecOptions::preload_arrow`]) and called `gc.freeze()`.
 //!
 //! The last two are not pyspark's own process model, so a campaign re-runs each of their
 //! findings on a fork server before it reports it (see `campaign`).
@@ -51,8 +52,8 @@ pub enum ExecMode {
     /// fakejvm's loop: one process per lane imports pyspark.worker once and serves case after
     /// case, state reset in between (findings are confirmed on a fork server).
     Persistent,
-    /// fakejvm's loop forking per case from a parent with pyspark.worker, pandas and pyarrow
-    /// imported and its heap frozen (findings are confirmed on a fork server).
+    /// fakejvm's loop forking per case from a parent with pyspark.worker (and pandas and
+    /// pyarrow with Arrow seeds) imported and its heap frozen (findings are confirmed on a fork server).
     WarmFork,
 }
 
@@ -102,9 +103,11 @@ pub struct ExecOptions {
     /// Persistent mode: a server exits after this many cases (0: only when its state cannot be
     /// reset).
     pub recycle_after: u64,
-    /// Persistent mode: servers import pandas and pyarrow (with pyspark's Arrow serializers) at
-    /// start, as a persistent process that ran one Arrow UDF case has them anyway; set when a
-    /// seed is an Arrow UDF request, so no case pays a multi-second import on a fresh server.
+    /// Servers import pandas and pyarrow (with pyspark's Arrow serializers) at start, as a
+    /// persistent process that ran one Arrow UDF case has them anyway; set when a seed is an
+    /// Arrow UDF request, so no case pays a multi-second import on a fresh server. A warm-fork
+    /// parent imports them only then too: forking one that has them costs about twice as much
+    /// per RDD case.
     pub preload_arrow: bool,
 }
 

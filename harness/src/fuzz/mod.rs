@@ -60,7 +60,8 @@ pub struct FuzzArgs {
     /// How cases reach workers: fork-server (default: pyspark's daemon forks a fresh worker per
     /// case), reuse, spawn, persistent (fakejvm's loop serves case after case in one process per
     /// lane, pyspark's state reset in between) or warm-fork (that loop forks per case from a
-    /// parent with pandas and pyarrow imported and its heap frozen). Findings of the last two
+    /// parent with pyspark.worker, and with Arrow seeds pandas and pyarrow, imported and its heap
+    /// frozen). Findings of the last two
     /// are re-run on a fork server and reported only if they reproduce there.
     #[arg(long = "exec", visible_alias = "mode", value_enum, value_name = "MODE")]
     pub mode: Option<ExecMode>,
