@@ -17,6 +17,7 @@ pub mod exec;
 pub mod merge;
 pub mod minimise;
 pub mod mutate;
+pub mod native_stack;
 pub mod oracle;
 pub mod reproducer;
 pub mod seeds;
