@@ -50,7 +50,7 @@ fn config(out: &Path) -> CampaignConfig {
 }
 
 /// One campaign at a time: each test checks that none of this binary's processes is left.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Live processes that fakejvm started from this test binary (they carry its owner mark).
 fn ours_alive() -> Vec<String> {
@@ -116,7 +116,7 @@ fn crash_reproducer(out: &Path, signal: &str) -> (std::path::PathBuf, Reproducer
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashing_seeds_are_findings_with_their_dump_and_native_stack_and_replay() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     require_gdb();
     let env = common::env_for("4.0.5");
     let out = tempfile::tempdir().unwrap();
@@ -223,7 +223,7 @@ async fn crashing_seeds_are_findings_with_their_dump_and_native_stack_and_replay
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repro_takes_the_stack_itself_when_the_file_has_none() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     require_gdb();
     let env = common::env_for("4.0.5");
     let out = tempfile::tempdir().unwrap();
