@@ -18,6 +18,7 @@ use super::case::Case;
 use super::exec::{ExecMode, ExecOptions, Executor, Lane, Observation};
 use super::minimise::{minimise, LiveCheck, MinimiseStats, Reproduces};
 use super::mutate::{self, Context};
+use super::native_stack;
 use super::oracle::{ExpectedRule, Judge, Verdict};
 use super::reproducer::{self, Found, Reproducer, RequestBytes};
 use super::seeds::{self, Seed, SeedReport};
@@ -89,7 +90,13 @@ struct Campaign {
     cfg: CampaignConfig,
     env: PythonEnv,
     dialect: Dialect,
+    /// The calibrated seeds, then the seeds that crash the worker natively unmutated (reported
+    /// as findings, never picked): `pickable` are the first.
     seeds: Vec<Seed>,
+    pickable: usize,
+    /// Seeds that crash the worker natively, with their calibration run: reported before the
+    /// lanes start.
+    seed_crashes: Mutex<Vec<(Case, Observation)>>,
     seed_report: SeedReport,
     judge: Judge,
     exec: Executor,
@@ -123,6 +130,7 @@ struct Campaign {
 pub async fn run(env: PythonEnv, cfg: CampaignConfig) -> anyhow::Result<CampaignSummary> {
     let campaign = Arc::new(Campaign::prepare(env, cfg).await?);
     campaign.begin_run();
+    campaign.report_seed_crashes().await;
     drive(&campaign).await;
     let campaign = match Arc::try_unwrap(campaign) {
         Ok(c) => c,
@@ -178,8 +186,21 @@ impl Campaign {
             }
             return Err(e);
         }
-        let (seeds, dropped) = seeds::calibrate(seeds, &exec, cfg.jobs).await;
-        seed_report.skipped.extend(dropped);
+        let calibration = seeds::calibrate_all(seeds, &exec, cfg.jobs).await;
+        seed_report.skipped.extend(calibration.dropped);
+        let mut seeds = calibration.kept;
+        let pickable = seeds.len();
+        let mut seed_crashes = vec![];
+        for (mut seed, obs) in calibration.crashed {
+            seed_report.skipped.push(format!(
+                "{}: {}: reported as a finding",
+                seed.name,
+                seeds::native_crash_words(&obs)
+            ));
+            seed.case.seed = Some(seeds.len());
+            seed_crashes.push((seed.case.clone(), obs));
+            seeds.push(seed);
+        }
         if seeds.is_empty() {
             let why = seed_report
                 .skipped
@@ -223,11 +244,27 @@ impl Campaign {
             env,
             dialect,
             seeds,
+            pickable,
+            seed_crashes: Mutex::new(seed_crashes),
             seed_report,
             exec,
             confirm,
             confirm_leaks: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Seeds that crash the worker natively unmutated: findings like any case's (confirmed,
+    /// minimised, with their native stack), found at exec 0.
+    async fn report_seed_crashes(&self) {
+        let crashes =
+            std::mem::take(&mut *self.seed_crashes.lock().unwrap_or_else(|p| p.into_inner()));
+        for (case, obs) in crashes {
+            if let Verdict::Finding(sig, outcome) =
+                self.judge.judge(&obs, &case, case.seed_in(&self.seeds))
+            {
+                self.on_finding(case, sig, outcome, obs, 0).await;
+            }
+        }
     }
 
     /// This run's record, saved before the first case.
@@ -282,7 +319,8 @@ impl Campaign {
         st.update_counts(out)?;
 
         let new_ids = self.new_ids.into_inner().unwrap_or_else(|p| p.into_inner());
-        let findings = summary::findings(&st, &new_ids);
+        let mut findings = summary::findings(&st, &new_ids);
+        summary::add_native_stacks(&mut findings, out);
         let summary = CampaignSummary {
             fakejvm: env!("CARGO_PKG_VERSION"),
             out: out.display().to_string(),
@@ -368,10 +406,14 @@ async fn lane(c: Arc<Campaign>, id: usize) {
             c.finish_pending(&sig_id, &file).await;
             continue;
         }
+        if c.pickable == 0 {
+            break; // every seed crashed the worker unmutated: reported, nothing to mutate
+        }
         let mut case = c.pick(&mut rng);
         let ctx = Context {
             dialect: c.dialect,
-            seeds: &c.seeds,
+            // Not the crashing seeds: nothing of theirs is spliced into other cases.
+            seeds: &c.seeds[..c.pickable],
             mutate_command: c.cfg.mutate_command,
         };
         for _ in 0..4 {
@@ -457,9 +499,7 @@ impl Campaign {
     fn pick(&self, rng: &mut impl Rng) -> Case {
         let corpus = self.corpus.lock().unwrap_or_else(|p| p.into_inner());
         if corpus.is_empty() || rng.random_bool(0.5) {
-            self.seeds[rng.random_range(0..self.seeds.len())]
-                .case
-                .clone()
+            self.seeds[rng.random_range(0..self.pickable)].case.clone()
         } else {
             corpus[rng.random_range(0..corpus.len())].clone()
         }
@@ -467,6 +507,9 @@ impl Campaign {
 
     /// Keep the case when it shows a behaviour the corpus has not seen.
     fn add_to_corpus(&self, case: &Case, sig: &Signature) {
+        if case.seed.is_some_and(|i| i >= self.pickable) {
+            return; // a seed that crashes the worker unmutated is a finding, never mutated
+        }
         let id = sig.id();
         {
             let mut keys = self.corpus_keys.lock().unwrap_or_else(|p| p.into_inner());
@@ -729,6 +772,10 @@ impl Campaign {
                 ..raw.clone()
             }
         };
+        let mut repro = repro;
+        if native_stack::is_native_crash(&repro.signature) {
+            native_stack::fill(&mut repro, &self.env).await;
+        }
         if !self.check(state::save_reproducer(&repro, path)) {
             return;
         }
@@ -773,6 +820,7 @@ impl Campaign {
     ) -> Reproducer {
         let file = self.cfg.out.join(reproducer::file_name(sig));
         let seed = case.seed_in(&self.seeds);
+        let crashed = matches!(outcome, Outcome::WorkerCrashed { .. });
         Reproducer {
             kind: reproducer::KIND.into(),
             format: reproducer::FORMAT,
@@ -796,8 +844,17 @@ impl Campaign {
                 .filter(|_| sig.kind == OutcomeKind::Mismatch)
                 .map(Into::into),
             outcome: serde_json::to_value(outcome).unwrap_or_default(),
-            traceback: obs.traceback.as_deref().map(trim_traceback),
+            // A crash's text is faulthandler's dump (innermost frame first, so never cut from
+            // the top); any other is a -2 traceback (innermost last).
+            traceback: obs
+                .traceback
+                .as_deref()
+                .filter(|_| !crashed)
+                .map(trim_traceback),
             worker_at_deadline: obs.worker_at_deadline.clone(),
+            fault_dump: obs.traceback.clone().filter(|_| crashed),
+            native_stack: None,
+            native_stack_missing: None,
             minimised: stats.is_some(),
             minimise: stats.and_then(|s| serde_json::to_value(s).ok()),
             original_len,

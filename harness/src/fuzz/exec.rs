@@ -390,6 +390,7 @@ impl Executor {
                 extra_env: vec![fault_env.clone()],
                 rlimit_as,
                 rlimit_nofile: None,
+                wrapper: None,
             },
             start_timeout: Duration::from_secs(30),
         };

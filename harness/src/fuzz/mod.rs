@@ -17,6 +17,7 @@ pub mod exec;
 pub mod merge;
 pub mod minimise;
 pub mod mutate;
+pub mod native_stack;
 pub mod oracle;
 pub mod reproducer;
 pub mod seeds;
@@ -87,9 +88,18 @@ pub struct FuzzArgs {
     pub deadline_ms: Option<u64>,
     /// An exception that is a clean failure, not a finding: TYPE, TYPE@CODE or *@CODE
     /// (CODE must appear in a traceback frame's source). Repeatable; adds to the defaults.
+    /// The defaults: EOFError, UnpicklingError, *@pickle.loads(, *@unpickler.load(),
+    /// pyspark.errors.*, SystemExit, *@user-code (the task's own function raised), and pyarrow's
+    /// clean errors ArrowInvalid, ArrowTypeError, ArrowNotImplementedError, ArrowIndexError,
+    /// ArrowKeyError, ArrowCapacityError, ArrowSerializationError. ArrowMemoryError stays a
+    /// finding unless a rule names it; a worker killed by a signal always is one.
     #[arg(long = "expect-exception", value_name = "RULE")]
     pub expect_exception: Vec<String>,
-    /// Drop the default expected exceptions (EOFError, unpickling errors, pyspark.errors.*, SystemExit).
+    /// Drop one default rule, written as listed under --expect-exception (e.g. ArrowInvalid, to
+    /// have pyarrow's refusals reported). Repeatable.
+    #[arg(long = "not-expected", value_name = "RULE")]
+    pub not_expected: Vec<String>,
+    /// Drop all the default expected exceptions (see --expect-exception).
     #[arg(long)]
     pub no_default_expected: bool,
     /// Traceback frames (innermost first) in a finding's signature.
@@ -194,6 +204,21 @@ impl FuzzArgs {
         } else {
             ExpectedRule::defaults()
         };
+        for r in &self.not_expected {
+            let drop =
+                ExpectedRule::parse(r).map_err(|e| BadInput(format!("--not-expected: {e}")))?;
+            if !oracle::DEFAULT_EXPECTED
+                .iter()
+                .any(|(d, _)| ExpectedRule::parse(d).as_ref() == Ok(&drop))
+            {
+                let all: Vec<&str> = oracle::DEFAULT_EXPECTED.iter().map(|(d, _)| *d).collect();
+                return Err(BadInput(format!(
+                    "--not-expected {r}: not a default rule (they are: {})",
+                    all.join(", ")
+                )));
+            }
+            rules.retain(|x| x != &drop);
+        }
         for r in &self.expect_exception {
             rules.push(
                 ExpectedRule::parse(r).map_err(|e| BadInput(format!("--expect-exception: {e}")))?,
@@ -334,6 +359,52 @@ pub async fn fuzz_cmd(args: FuzzArgs) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_help_lists_every_default_expected_rule() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            fuzz: FuzzArgs,
+        }
+        let help = Cli::command().render_long_help().to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for (rule, _) in oracle::DEFAULT_EXPECTED {
+            assert!(help.contains(rule), "--help does not list {rule}");
+        }
+        for t in oracle::ARROW_FINDINGS {
+            assert!(help.contains(t), "--help does not say {t} stays a finding");
+        }
+    }
+
+    #[test]
+    fn not_expected_drops_one_default_and_refuses_others() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            fuzz: FuzzArgs,
+        }
+        let args = |extra: &[&str]| {
+            let mut v = vec!["fuzz"];
+            v.extend(extra);
+            Cli::try_parse_from(v).unwrap().fuzz
+        };
+        let all = args(&[]).expected().unwrap();
+        let fewer = args(&["--not-expected", "ArrowInvalid"])
+            .expected()
+            .unwrap();
+        assert_eq!(fewer.len(), all.len() - 1);
+        assert!(!fewer
+            .iter()
+            .any(|r| r.matches("pyarrow.lib.ArrowInvalid", "")));
+        let e = args(&["--not-expected", "KeyError"])
+            .expected()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a default rule"), "{e}");
+    }
 
     #[test]
     fn durations_parse() {

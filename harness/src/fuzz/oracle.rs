@@ -2,9 +2,12 @@
 //!
 //! A worker fed a malformed request should fail cleanly: a -2 reply with an exception that says
 //! the input was bad (EOFError for a short stream, an unpickling error for a bad pickle, one of
-//! pyspark's own error classes). Those are *expected* and configurable ([`ExpectedRule`]). Every
-//! other exception type is a finding, and so are: a crash (the connection closed without a
-//! complete reply; a fatal signal when faulthandler left a dump), a hang past the deadline, the
+//! pyspark's own error classes, pyarrow's checked refusals such as `ArrowInvalid`). Those are
+//! *expected* and configurable ([`ExpectedRule`]). Every other exception type is a finding
+//! (`ArrowMemoryError` among them: an allocation believed before it was checked), and so are: a
+//! crash (the connection closed without a complete reply; a fatal signal, named from
+//! faulthandler's dump or the exit status, is a native crash whose reproducer also gets a native
+//! stack, see `native_stack`), a hang past the deadline, the
 //! daemon dying, a reply that breaks the protocol, a worker that outlives its case, and a
 //! round-trip seed whose output is not its input.
 
@@ -52,15 +55,24 @@ const MACHINERY: &[&str] = &[
     "__init__.py",
 ];
 
-/// The innermost frame that is not in Python's standard library is outside pyspark's worker
-/// machinery: the task's own function raised.
+/// The innermost frame that is neither Python's standard library nor another installed library
+/// is outside pyspark's worker machinery: the task's own function raised.
+///
+/// Libraries are skipped because they are called by both: pyarrow raising under pyspark's
+/// Arrow serializer (a mutated IPC stream) is about the stream, pandas raising under a
+/// scenario's function is about the function. Cython frames (pyarrow's `pyarrow/error.pxi`)
+/// carry a relative path; frozen modules (importlib's bootstrap) none at all.
 fn raised_in_user_code(traceback: &str) -> bool {
     let frames = innermost_frames(traceback, usize::MAX);
-    // Frozen modules (importlib's bootstrap, for one) are the standard library without a path.
-    let stdlib = |p: &str| {
-        (p.contains("/lib/python3") && !p.contains("-packages/")) || p.starts_with("<frozen ")
+    let library = |p: &str| {
+        let pyspark = p.contains("/pyspark/");
+        (p.contains("/lib/python3") && !p.contains("-packages/"))
+            || p.starts_with("<frozen ")
+            || (p.contains("-packages/") && !pyspark)
+            || p.ends_with(".pxi")
+            || p.ends_with(".pyx")
     };
-    match frames.iter().find(|f| !stdlib(&f.path)) {
+    match frames.iter().find(|f| !library(&f.path)) {
         Some(f) => !(f.path.contains("/pyspark/") && MACHINERY.contains(&f.file.as_str())),
         None => false,
     }
@@ -75,7 +87,18 @@ pub(crate) const DEFAULT_EXPECTED: &[(&str, &str)] = &[
     ("pyspark.errors.*", "pyspark's own error classes (e.g. PYTHON_VERSION_MISMATCH)"),
     ("SystemExit", "split index -1 is pyspark's test hook for an immediate exit"),
     ("*@user-code", "the task's own function raised (a seed that raises on purpose, or a function given odd values)"),
+    ("ArrowInvalid", "pyarrow refused a malformed Arrow stream or value cleanly"),
+    ("ArrowTypeError", "pyarrow: a type that does not fit (a schema that disagrees with its batch)"),
+    ("ArrowNotImplementedError", "pyarrow: a type, compression or feature it does not read"),
+    ("ArrowIndexError", "pyarrow: an offset or index out of range, checked"),
+    ("ArrowKeyError", "pyarrow: an unknown field or dictionary id, checked"),
+    ("ArrowCapacityError", "pyarrow: a length past what an array can hold, checked"),
+    ("ArrowSerializationError", "pyarrow: an IPC message it cannot read, checked"),
 ];
+
+/// pyarrow's errors that stay findings whatever the defaults: a failed allocation (a length
+/// believed before it was checked) is not a clean refusal. Signals are never exceptions.
+pub(crate) const ARROW_FINDINGS: &[&str] = &["ArrowMemoryError"];
 
 impl ExpectedRule {
     pub fn parse(text: &str) -> Result<ExpectedRule, String> {
@@ -115,6 +138,11 @@ impl ExpectedRule {
     }
 
     pub fn matches(&self, exc_type: &str, traceback: &str) -> bool {
+        let last = exc_type.rsplit('.').next().unwrap_or(exc_type);
+        if ARROW_FINDINGS.contains(&last) && self.exc_type.as_deref() != Some(last) {
+            // Only a rule naming it (`--expect-exception ArrowMemoryError`) expects it.
+            return false;
+        }
         let type_ok = match &self.exc_type {
             None => true,
             Some(p) if p.ends_with('*') => exc_type.starts_with(&p[..p.len() - 1]),
@@ -327,6 +355,53 @@ mod tests {
             !any("ValueError", import),
             "an include path pyspark put on sys.path is not user code"
         );
+    }
+
+    /// A pyarrow error raised while pyspark's Arrow serializer reads the stream.
+    fn arrow_tb(exc: &str) -> String {
+        format!("Traceback (most recent call last):\n  File \"/e/site-packages/pyspark/worker.py\", line 9, in main\n    process()\n  File \"/e/site-packages/pyspark/sql/pandas/serializers.py\", line 120, in load_stream\n    for batch in reader:\n  File \"pyarrow/ipc.pxi\", line 700, in pyarrow.lib.RecordBatchReader.read_next_batch\n  File \"pyarrow/error.pxi\", line 92, in pyarrow.lib.check_status\n{exc}: bad\n")
+    }
+
+    #[test]
+    fn pyarrows_clean_errors_are_expected_and_its_memory_error_is_not() {
+        let rules = ExpectedRule::defaults();
+        let any = |t: &str, tb: &str| rules.iter().any(|r| r.matches(t, tb));
+        for t in [
+            "pyarrow.lib.ArrowInvalid",
+            "pyarrow.lib.ArrowTypeError",
+            "pyarrow.lib.ArrowNotImplementedError",
+            "pyarrow.lib.ArrowIndexError",
+            "pyarrow.lib.ArrowKeyError",
+            "pyarrow.lib.ArrowCapacityError",
+            "pyarrow.lib.ArrowSerializationError",
+        ] {
+            assert!(any(t, &arrow_tb(t)), "{t}");
+        }
+        for t in ARROW_FINDINGS {
+            let full = format!("pyarrow.lib.{t}");
+            assert!(
+                !any(&full, &arrow_tb(&full)),
+                "{t} raised under pyspark's serializer is not the task's function"
+            );
+            let in_func = arrow_tb(&full).replace(
+                "  File \"pyarrow/ipc.pxi\"",
+                "  File \"<scenario function>\", line 2, in func\n  File \"pyarrow/ipc.pxi\"",
+            );
+            assert!(
+                !any(&full, &in_func),
+                "{t} stays a finding even when the task's function called pyarrow"
+            );
+            let named = ExpectedRule::parse(t).unwrap();
+            assert!(named.matches(&full, ""), "a rule naming {t} expects it");
+        }
+        // Without the defaults (--no-default-expected) an Arrow error is a finding again.
+        let none: Vec<ExpectedRule> = vec![];
+        assert!(!none
+            .iter()
+            .any(|r| r.matches("pyarrow.lib.ArrowInvalid", "")));
+        // pandas raising under the task's own function is still the function's.
+        let in_pandas = "Traceback (most recent call last):\n  File \"/e/site-packages/pyspark/worker.py\", line 9, in main\n    process()\n  File \"<scenario function>\", line 2, in func\n  File \"/e/site-packages/pandas/core/frame.py\", line 3, in __getitem__\n    raise KeyError(key)\nKeyError: 'x'\n";
+        assert!(any("KeyError", in_pandas));
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //!   "request": {"len": 3, "base64": "AAAA", "hex": "000000",
 //!               "frames": [{"kind": "header", "start": 0, "end": 3}]},
 //!   "outcome": {...}, "traceback": "...", "minimised": true, ...,
+//!   "fault_dump": "Fatal Python error: Segmentation fault ...",        (native crashes)
+//!   "native_stack": "Program received signal SIGSEGV ...\n#0  ...",    (or native_stack_missing)
 //!   "replay": "fakejvm repro findings/exception-struct_error-3f2a9c1b7d4e.json"
 //! }
 //! ```
@@ -81,6 +83,17 @@ pub struct Reproducer {
     /// A hang: what the worker was doing at the deadline (state, kernel wait, CPU, RSS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_at_deadline: Option<String>,
+    /// A worker killed by a fatal signal: faulthandler's dump, whole ("Fatal Python error:
+    /// Segmentation fault", then the Python frames of every thread, innermost first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_dump: Option<String>,
+    /// A native crash: the backtrace of the crashing thread, from a re-run under gdb of the
+    /// minimised case on a direct worker (fuzz::native_stack): the stop line, then `#0 ...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_stack: Option<String>,
+    /// A native crash without `native_stack`: why (gdb not on PATH, no crash under gdb, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_stack_missing: Option<String>,
     pub minimised: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minimise: Option<serde_json::Value>,
@@ -338,6 +351,11 @@ mod tests {
             outcome: serde_json::json!({"kind": "PythonException"}),
             traceback: None,
             worker_at_deadline: None,
+            fault_dump: Some("Fatal Python error: Segmentation fault\n".into()),
+            native_stack: Some(
+                "Program received signal SIGSEGV, Segmentation fault.\n#0  f ()".into(),
+            ),
+            native_stack_missing: None,
             minimised: true,
             minimise: None,
             original_len: 100,

@@ -407,49 +407,101 @@ pub fn deadline_for(
 /// hang or a crash: a seed that is slow or broken by itself (a scenario that exhausts memory on
 /// purpose, say) would turn every case drawn from it into a "finding" about the seed. Seeds that
 /// fail with an exception stay (raising on purpose is a fine start). `jobs` seeds run at once.
-/// Returns the kept seeds, renumbered, and why each other one went.
+/// Returns the kept seeds, renumbered, and why each other one went (a seed that crashes the
+/// worker natively among them: see [`calibrate_all`] for the campaign, which reports those).
 pub async fn calibrate(
     seeds: Vec<Seed>,
     exec: &super::exec::Executor,
     jobs: usize,
 ) -> (Vec<Seed>, Vec<String>) {
+    let c = calibrate_all(seeds, exec, jobs).await;
+    let mut dropped = c.dropped;
+    dropped.extend(
+        c.crashed
+            .iter()
+            .map(|(s, obs)| format!("{}: {}", s.name, native_crash_words(obs))),
+    );
+    (c.kept, dropped)
+}
+
+/// What calibration made of the seeds.
+pub struct Calibration {
+    /// Renumbered from 0.
+    pub kept: Vec<Seed>,
+    /// Why each left-out seed went (not the crashed ones).
+    pub dropped: Vec<String>,
+    /// Seeds that unmutated kill the worker by a fatal signal, with that run: findings in their
+    /// own right (a crash in native code needs no mutation to be a bug), never mutated.
+    pub crashed: Vec<(Seed, super::exec::Observation)>,
+}
+
+/// "unmutated it kills the worker (SIGSEGV)".
+pub fn native_crash_words(obs: &super::exec::Observation) -> String {
+    let sig = super::signature::Signature::of(&obs.outcome, obs.traceback.as_deref(), 1);
+    format!(
+        "unmutated it kills the worker ({})",
+        sig.exc_type.as_deref().unwrap_or("a fatal signal")
+    )
+}
+
+/// [`calibrate`], with the seeds that crash the worker natively apart.
+pub async fn calibrate_all(
+    seeds: Vec<Seed>,
+    exec: &super::exec::Executor,
+    jobs: usize,
+) -> Calibration {
     use crate::verdict::Outcome;
     let limit = exec.deadline() / 2;
-    let mut verdicts: Vec<Option<String>> = Vec::with_capacity(seeds.len());
+    let mut verdicts: Vec<(Option<String>, Option<super::exec::Observation>)> =
+        Vec::with_capacity(seeds.len());
     for chunk in seeds.chunks(jobs.max(1)) {
         let runs = chunk
             .iter()
             .map(|s| exec.exec_fresh(std::sync::Arc::new(s.case.to_bytes())));
         for obs in join_all(runs.collect()).await {
-            verdicts.push(match &obs.outcome {
-                Outcome::Hang { .. } => Some("it hangs unmutated".to_string()),
-                Outcome::WorkerCrashed { .. }
-                | Outcome::DaemonDied { .. }
-                | Outcome::Harness { .. }
-                | Outcome::ProtocolViolation { .. } => {
-                    Some(format!("unmutated it ends in {:?}", obs.outcome.kind()))
-                }
-                _ if obs.elapsed > limit => Some(format!(
-                    "it takes {} ms unmutated (over half the {} ms deadline)",
-                    obs.elapsed.as_millis(),
-                    exec.deadline().as_millis()
-                )),
-                _ => None,
-            });
+            let sig = super::signature::Signature::of(&obs.outcome, obs.traceback.as_deref(), 1);
+            if super::native_stack::is_native_crash(&sig) {
+                verdicts.push((None, Some(obs)));
+                continue;
+            }
+            verdicts.push((
+                match &obs.outcome {
+                    Outcome::Hang { .. } => Some("it hangs unmutated".to_string()),
+                    Outcome::WorkerCrashed { .. }
+                    | Outcome::DaemonDied { .. }
+                    | Outcome::Harness { .. }
+                    | Outcome::ProtocolViolation { .. } => {
+                        Some(format!("unmutated it ends in {:?}", obs.outcome.kind()))
+                    }
+                    _ if obs.elapsed > limit => Some(format!(
+                        "it takes {} ms unmutated (over half the {} ms deadline)",
+                        obs.elapsed.as_millis(),
+                        exec.deadline().as_millis()
+                    )),
+                    _ => None,
+                },
+                None,
+            ));
         }
     }
     let mut kept = vec![];
     let mut dropped = vec![];
-    for (mut s, why) in seeds.into_iter().zip(verdicts) {
-        match why {
-            Some(w) => dropped.push(format!("{}: {w}", s.name)),
-            None => {
+    let mut crashed = vec![];
+    for (mut s, (why, crash)) in seeds.into_iter().zip(verdicts) {
+        match (why, crash) {
+            (_, Some(obs)) => crashed.push((s, obs)),
+            (Some(w), None) => dropped.push(format!("{}: {w}", s.name)),
+            (None, None) => {
                 s.case.seed = Some(kept.len());
                 kept.push(s);
             }
         }
     }
-    (kept, dropped)
+    Calibration {
+        kept,
+        dropped,
+        crashed,
+    }
 }
 
 /// Await futures side by side, results in order (a few lines instead of a dependency).

@@ -5,6 +5,7 @@
 //! replays to the same one.
 
 use crate::verdict::{Outcome, OutcomeKind};
+use crate::worker::ExitInfo;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -116,8 +117,10 @@ impl Signature {
                 frames: frames(),
                 detail: None,
             },
-            Outcome::WorkerCrashed { detail, .. } => {
-                let signal = traceback.and_then(fatal_signal);
+            Outcome::WorkerCrashed { detail, exit, .. } => {
+                let signal = traceback
+                    .and_then(fatal_signal)
+                    .or_else(|| exit_signal(*exit));
                 Signature {
                     kind,
                     exc_type: signal,
@@ -244,21 +247,42 @@ pub fn innermost_frames(text: &str, depth: usize) -> Vec<TbFrame> {
     frames
 }
 
+/// The fatal signals faulthandler reports: number, name, and the words of its
+/// "Fatal Python error: ..." line.
+pub const FATAL_SIGNALS: [(i32, &str, &str); 5] = [
+    (libc::SIGSEGV, "SIGSEGV", "Segmentation fault"),
+    (libc::SIGABRT, "SIGABRT", "Aborted"),
+    (libc::SIGBUS, "SIGBUS", "Bus error"),
+    (libc::SIGFPE, "SIGFPE", "Floating point"),
+    (libc::SIGILL, "SIGILL", "Illegal instruction"),
+];
+
 /// "Fatal Python error: Segmentation fault" -> SIGSEGV, and so on.
 pub(crate) fn fatal_signal(dump: &str) -> Option<String> {
     let line = dump
         .lines()
         .find(|l| l.starts_with("Fatal Python error:"))?;
     let what = line.trim_start_matches("Fatal Python error:").trim();
-    let sig = match what {
-        w if w.contains("Segmentation fault") => "SIGSEGV",
-        w if w.contains("Aborted") => "SIGABRT",
-        w if w.contains("Bus error") => "SIGBUS",
-        w if w.contains("Floating point") => "SIGFPE",
-        w if w.contains("Illegal instruction") => "SIGILL",
-        w => return Some(normalise(w)),
-    };
-    Some(sig.into())
+    match FATAL_SIGNALS
+        .iter()
+        .find(|(_, _, words)| what.contains(words))
+    {
+        Some((_, name, _)) => Some(name.to_string()),
+        None => Some(normalise(what)),
+    }
+}
+
+/// The name of a fatal signal a process died of (None for any other signal or an exit code):
+/// the signal of a crash that left no faulthandler dump (one before pyspark's worker enabled
+/// faulthandler), where fakejvm reaped the process itself (spawn, persistent).
+pub(crate) fn exit_signal(exit: Option<ExitInfo>) -> Option<String> {
+    match exit? {
+        ExitInfo::Signal(n) => FATAL_SIGNALS
+            .iter()
+            .find(|(signo, _, _)| *signo == n)
+            .map(|(_, name, _)| name.to_string()),
+        ExitInfo::Code(_) => None,
+    }
 }
 
 fn normalise_code(line: &str) -> String {
@@ -372,6 +396,8 @@ mod tests {
     fn faulthandler_dumps_give_the_signal_and_frames() {
         let dump = "Fatal Python error: Segmentation fault\n\nCurrent thread 0x00007f (most recent call first):\n  File \"/p/serializers.py\", line 12 in loads\n  File \"/p/worker.py\", line 40 in main\n";
         assert_eq!(fatal_signal(dump).as_deref(), Some("SIGSEGV"));
+        let abort = dump.replace("Segmentation fault", "Aborted");
+        assert_eq!(fatal_signal(&abort).as_deref(), Some("SIGABRT"));
         let f = innermost_frames(dump, 2);
         assert_eq!(f[0].text(), "serializers.py:loads");
         assert_eq!(f[1].text(), "worker.py:main");
@@ -384,5 +410,27 @@ mod tests {
             "connection closed at reply byte N, stream ended in y"
         );
         assert_eq!(normalise("object at 0x7f00ab"), "object at <addr>");
+    }
+
+    #[test]
+    fn a_crash_without_a_dump_takes_its_signal_from_the_exit_status() {
+        let crash = |exit| Outcome::WorkerCrashed {
+            pid: 7,
+            exit,
+            detail: "connection closed at reply byte 0".into(),
+        };
+        let sig = Signature::of(&crash(Some(ExitInfo::Signal(libc::SIGSEGV))), None, 1);
+        assert_eq!(sig.exc_type.as_deref(), Some("SIGSEGV"));
+        assert_eq!(sig.slug(), "crash-SIGSEGV");
+        // SIGKILL is fakejvm's (or the OOM killer's), not a crash of the worker's own.
+        let killed = Signature::of(&crash(Some(ExitInfo::Signal(libc::SIGKILL))), None, 1);
+        assert_eq!(killed.exc_type, None);
+        let exited = Signature::of(&crash(Some(ExitInfo::Code(3))), None, 1);
+        assert_eq!(exited.exc_type, None);
+        // The dump wins: it is there in every executor, the exit status only in some.
+        let dump = "Fatal Python error: Aborted\n\nCurrent thread 0x1 (most recent call first):\n  File \"/p/worker.py\", line 4 in main\n";
+        let both = Signature::of(&crash(Some(ExitInfo::Signal(libc::SIGABRT))), Some(dump), 1);
+        assert_eq!(both.exc_type.as_deref(), Some("SIGABRT"));
+        assert_eq!(both.frames, vec!["worker.py:main".to_string()]);
     }
 }

@@ -32,6 +32,12 @@ pub struct FindingSummary {
     pub flaky: bool,
     pub len: usize,
     pub new: bool,
+    /// A native crash: the first lines of its reproducer's native stack.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub native_stack: Vec<String>,
+    /// A native crash whose reproducer has no native stack: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native_stack_missing: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -130,6 +136,12 @@ impl CampaignSummary {
                 "  {:>6}x  {}  [{} {} B]  {}\n",
                 f.count, f.file, state, f.len, f.signature
             ));
+            for line in &f.native_stack {
+                s.push_str(&format!("           native  {line}\n"));
+            }
+            if let Some(why) = &f.native_stack_missing {
+                s.push_str(&format!("           native  stack missing: {why}\n"));
+            }
         }
         if self.mode.needs_confirmation() {
             s.push_str(&format!(
@@ -209,10 +221,31 @@ pub(crate) fn findings(st: &State, new_ids: &HashSet<String>) -> Vec<FindingSumm
             flaky: f.flaky,
             len: f.len,
             new: new_ids.contains(id),
+            native_stack: vec![],
+            native_stack_missing: None,
         })
         .collect();
     findings.sort_by(|a, b| b.count.cmp(&a.count).then(a.file.cmp(&b.file)));
     findings
+}
+
+/// Native crashes: the head of the native stack (or why there is none) from each one's
+/// reproducer in `out`.
+pub(crate) fn add_native_stacks(findings: &mut [FindingSummary], out: &Path) {
+    for f in findings {
+        let Ok(r) = super::reproducer::Reproducer::load(&out.join(&f.file)) else {
+            continue;
+        };
+        if !super::native_stack::is_native_crash(&r.signature) {
+            continue;
+        }
+        match &r.native_stack {
+            Some(stack) => {
+                f.native_stack = super::native_stack::head(stack, super::native_stack::HEAD_LINES)
+            }
+            None => f.native_stack_missing = r.native_stack_missing.clone(),
+        }
+    }
 }
 
 /// The signatures of `st` the fork server did not reproduce, the most frequent first.

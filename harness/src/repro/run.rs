@@ -3,6 +3,7 @@
 
 use crate::error::{env_failure, BadInput, HarnessError};
 use crate::fuzz::exec::{ExecOptions, Executor, LEAK_GRACE};
+use crate::fuzz::native_stack;
 use crate::fuzz::oracle::{Judge, Verdict};
 use crate::fuzz::reproducer::Reproducer;
 use crate::fuzz::seeds::Seed;
@@ -49,6 +50,15 @@ pub struct ReproReport {
     pub outcome: String,
     pub reproduced: bool,
     pub elapsed_ms: u64,
+    /// A native crash: the backtrace of the crashing thread, the reproducer's own or, when it
+    /// has none, one this replay took under gdb (`native_stack_source` says which).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native_stack: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native_stack_source: Option<&'static str>,
+    /// A native crash without a native stack: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native_stack_missing: Option<String>,
 }
 
 impl ReproReport {
@@ -78,6 +88,25 @@ impl ReproReport {
             short(&self.outcome, 300),
             self.pyspark
         ));
+        if let Some(stack) = &self.native_stack {
+            let lines: Vec<&str> = stack.lines().collect();
+            let shown = native_stack::HEAD_LINES.min(lines.len());
+            s.push_str(&format!(
+                "native  stack of the crashing thread ({}):\n",
+                self.native_stack_source.unwrap_or("recorded")
+            ));
+            for l in &lines[..shown] {
+                s.push_str(&format!("        {l}\n"));
+            }
+            if lines.len() > shown {
+                s.push_str(&format!(
+                    "        ... {} more line(s) in the file's native_stack\n",
+                    lines.len() - shown
+                ));
+            }
+        } else if let Some(why) = &self.native_stack_missing {
+            s.push_str(&format!("native  stack missing: {why}\n"));
+        }
         if self.reproduced {
             s.push_str(&format!(
                 "result  REPRODUCES (signature {})",
@@ -245,6 +274,21 @@ pub async fn run(
     }
     let _ = exec.shutdown().await;
     let reproduced = replayed.iter().any(|s| s == &r.signature);
+    // The file's stack when it has one; else, for a native crash that reproduced, one taken now.
+    let (mut native, mut source, mut missing) = (
+        r.native_stack.clone(),
+        r.native_stack.as_ref().map(|_| "recorded"),
+        r.native_stack_missing.clone(),
+    );
+    if native.is_none() && reproduced && native_stack::is_native_crash(&r.signature) {
+        let mut live = r.clone();
+        native_stack::fill(&mut live, &env).await;
+        source = live
+            .native_stack
+            .as_ref()
+            .map(|_| "taken by this replay under gdb");
+        (native, missing) = (live.native_stack, live.native_stack_missing);
+    }
     Ok(ReproReport {
         file: file.display().to_string(),
         pyspark: env.pyspark.to_string(),
@@ -254,5 +298,8 @@ pub async fn run(
         outcome,
         reproduced,
         elapsed_ms: started.elapsed().as_millis() as u64,
+        native_stack: native,
+        native_stack_source: source,
+        native_stack_missing: missing,
     })
 }

@@ -23,7 +23,7 @@ pub use groups::{
 };
 pub use handshake::errno_label;
 pub(crate) use handshake::ERRNOS;
-pub use spawn::{ProcessTweaks, CAPTURE_LIMIT, PASS_THROUGH_ENV};
+pub use spawn::{ProcessTweaks, Wrapper, CAPTURE_LIMIT, PASS_THROUGH_ENV};
 
 pub(crate) use handshake::Deadline;
 pub(crate) use spawn::python_command;
@@ -364,6 +364,7 @@ impl Workers {
             extra_env: self.opts.extra_env.clone(),
             rlimit_as: self.opts.rlimit_as,
             rlimit_nofile: self.opts.rlimit_nofile,
+            wrapper: None,
         }
     }
 
@@ -503,9 +504,10 @@ impl Workers {
             if !tweaks.extra_env.is_empty()
                 || tweaks.rlimit_as.is_some()
                 || tweaks.rlimit_nofile.is_some()
+                || tweaks.wrapper.is_some()
             {
                 return Err(WorkerError::WrongMode {
-                    what: "per-connection env or rlimit (forked workers inherit the daemon's; set them in LaunchOptions)",
+                    what: "per-connection env, rlimit or wrapper (forked workers inherit the daemon's; set them in LaunchOptions)",
                     mode: self.opts.mode,
                 });
             }
@@ -597,6 +599,7 @@ impl Workers {
         all.extra_env.extend(tweaks.extra_env.iter().cloned());
         all.rlimit_as = tweaks.rlimit_as.or(all.rlimit_as);
         all.rlimit_nofile = tweaks.rlimit_nofile.or(all.rlimit_nofile);
+        all.wrapper = tweaks.wrapper.clone();
 
         let args = self.worker_args();
         let mut cmd = spawn::python_command(&self.python, &args, &env, &all);

@@ -30,6 +30,17 @@ pub struct ProcessTweaks {
     pub rlimit_as: Option<u64>,
     /// RLIMIT_NOFILE soft limit (at most the hard limit), set between fork and exec.
     pub rlimit_nofile: Option<u64>,
+    /// Run the interpreter under this program (a debugger), which gets the environment and
+    /// starts `python ARGS` itself; our process group and its kill cover both.
+    pub wrapper: Option<Wrapper>,
+}
+
+/// A command put in front of `python ARGS`: `program args... python ARGS`, e.g.
+/// `gdb -batch -ex run -ex bt --args` (fuzz::native_stack).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wrapper {
+    pub program: std::path::PathBuf,
+    pub args: Vec<String>,
 }
 
 pub(crate) fn python_command(
@@ -38,7 +49,14 @@ pub(crate) fn python_command(
     protocol_env: &[(&str, String)],
     tweaks: &ProcessTweaks,
 ) -> Command {
-    let mut cmd = Command::new(python);
+    let mut cmd = match &tweaks.wrapper {
+        Some(w) => {
+            let mut c = Command::new(&w.program);
+            c.args(&w.args).arg(python);
+            c
+        }
+        None => Command::new(python),
+    };
     cmd.args(args).env_clear();
     for name in PASS_THROUGH_ENV {
         if let Some(value) = std::env::var_os(name) {
