@@ -379,6 +379,27 @@ mod tests {
     }
 
     #[test]
+    fn coverage_entries_are_corpus_entries_named_cov_n() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(CORPUS_DIR)).unwrap();
+        let case = Case {
+            seed: None,
+            frames: vec![Frame {
+                kind: crate::protocol::SpanKind::Header,
+                bytes: vec![0, 0, 0, 4],
+                touched: true,
+            }],
+        };
+        save_coverage_entry(dir.path(), "cov-0", &case, &[], "Passed".into(), 12).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("corpus/cov-0.json")).unwrap();
+        assert!(text.contains("\"new_lines\":12"), "{text}");
+        let back = load_corpus(dir.path(), &[]);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].0, "cov-0");
+        assert_eq!(back[0].1.to_bytes(), vec![0, 0, 0, 4]);
+    }
+
+    #[test]
     fn a_state_of_another_mode_is_bad_input_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         State::fresh(&env(), Dialect::A, ExecMode::Reuse)
