@@ -226,6 +226,7 @@ impl Campaign {
         if let Some(c) = cov.as_mut() {
             // What the servers' imports and the seeds reached is known before the first case.
             c.add(&exec.take_unclaimed_coverage());
+            c.skip_past(corpus.iter().map(|(k, _)| k));
             c.point(state.elapsed_ms as f64 / 1000.0, state.execs);
         }
         Ok(Campaign {

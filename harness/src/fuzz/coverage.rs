@@ -228,6 +228,16 @@ impl Coverage {
         name
     }
 
+    /// Never reuse a name among `names` (the corpus on disk): a campaign killed after writing
+    /// cov-N but before saving the map would otherwise write over that entry when resumed.
+    pub fn skip_past<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) {
+        for n in names {
+            if let Some(k) = n.strip_prefix("cov-").and_then(|k| k.parse::<u64>().ok()) {
+                self.entries = self.entries.max(k + 1);
+            }
+        }
+    }
+
     /// A timeline point at `secs` (since the first run began) after `execs` cases in all.
     pub fn point(&mut self, secs: f64, execs: u64) {
         let before = self.timeline.last().map(|p| p.lines).unwrap_or(0);
@@ -534,6 +544,9 @@ mod tests {
         c.point(1.0, 10);
         c.add(&lines(&[("worker.py", &[7])]));
         assert_eq!(c.next_entry(), "cov-0");
+        c.skip_past(&["cov-3".to_string(), "ab12".to_string()]);
+        assert_eq!(c.next_entry(), "cov-4");
+        c.entries = 1;
         c.point(2.04, 20);
         let t: Vec<(usize, usize, u64)> = c
             .timeline
