@@ -5,6 +5,13 @@
 # (PRELOAD "arrow": a persistent server imports pandas and pyarrow before its first case)
 # with PYTHON_WORKER_FACTORY_SECRET set, like a daemon.
 #
+#     python .../fakejvm_persist.py MODE N PRELOAD TRACER TOOLS COVDIR        with coverage:
+# TRACER "monitoring" (CPython 3.12+: sys.monitoring) or "ctracer" (coverage.py's C tracer, from
+# the tools dir TOOLS that fakejvm installed it into; on the loop's sys.path only while it is
+# imported), COVDIR where warm-fork children leave their coverage; "-" for none (see Tracing).
+#     python -c "$(cat fakejvm_persist.py)" lines PYSPARK_DIR REL...
+# prints the executable lines of those files of the pyspark package (for the coverage report).
+#
 # It plays the part of `python -m pyspark.daemon pyspark.worker`'s accept loop: per TCP connection
 # it writes the serving pid, then runs the REAL `pyspark.daemon.worker(sock, False)` (auth against
 # the secret, fdopen of the socket, the real `pyspark.worker.main(infile, outfile)`, SystemExit
@@ -26,9 +33,43 @@
 #                                              status a forked child would have exited with
 #     {"done": N, ..., "recycle": "why", "children": [PID...]}             then it exits 0
 #     {"error": "why"}                                                      start-up failed; exit 3
+#   with coverage, the ready line carries "tracer" and "cov" (the lines pyspark's imports ran),
+#   and every done line "cov": {REL: [LINE...]}, the lines of pyspark's files the case ran, REL
+#   relative to the pyspark package. A warm-fork child writes its case's {REL: [LINE...]} to
+#   COVDIR/PID (renamed into place) once its connection is closed, just before it exits.
 #   in: EOF means shut down (warm-fork also sends SIGHUP to its group, as daemon.py's shutdown).
 import os
 import sys
+
+
+def executable_lines(path):
+    """The lines a tracer can report for the file at `path`: every line of every code object of
+    its compiled source (co_lines(), 3.10+), as the target interpreter compiles it."""
+    import types
+
+    with open(path, "rb") as f:
+        code = compile(f.read(), path, "exec", dont_inherit=True)
+    lines = set()
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        lines.update(line for _, _, line in c.co_lines() if line is not None)
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    lines.discard(0)
+    return sorted(lines)
+
+
+if len(sys.argv) > 2 and sys.argv[1] == "lines":
+    import json
+
+    out = {}
+    for rel in sys.argv[3:]:
+        try:
+            out[rel] = executable_lines(os.path.join(sys.argv[2], rel))
+        except (OSError, SyntaxError, ValueError):
+            out[rel] = None
+    sys.stdout.write(json.dumps(out))
+    sys.exit(0)
 
 # Running a file puts its directory first on sys.path; `python -m pyspark.daemon` puts the
 # working directory there.
@@ -38,6 +79,9 @@ if sys.path:
 MODE = sys.argv[1] if len(sys.argv) > 1 else "persistent"
 RECYCLE_AFTER = int(sys.argv[2]) if len(sys.argv) > 2 else 0
 PRELOAD = len(sys.argv) > 3 and sys.argv[3] == "arrow"
+TRACER = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] != "-" else None
+TOOLS = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] != "-" else None
+COVDIR = sys.argv[6] if len(sys.argv) > 6 and sys.argv[6] != "-" else None
 
 # The control channel first, before anything can print.
 CTL_OUT = os.fdopen(os.dup(1), "w", buffering=1)
@@ -54,6 +98,145 @@ def tell(**obj):
     CTL_OUT.write(json.dumps(obj) + "\n")
     CTL_OUT.flush()
 
+
+class Tracing:
+    """Which lines of pyspark's own files run, case by case. Only files under the pyspark package
+    count (not a case's cloudpickled function, the stdlib or pandas); paths are sent relative to
+    it. Started before pyspark is imported, so the lines its imports run are known too (sent
+    once, in the ready line).
+      monitoring (CPython 3.12+): a sys.monitoring LINE callback that records (file, line) and
+        returns DISABLE, so each code location costs one call per case; restart_events() before
+        each case re-arms every location.
+      ctracer (3.11 and older, where sys.monitoring does not exist): coverage.py's C trace
+        function, filling {file: set(lines)} for the files should_trace() accepts; emptied after
+        each case. A case that replaces the trace function gets a new tracer before the next."""
+
+    def __init__(self, kind, tools):
+        import importlib.util
+
+        # Found, not imported: importing it now would run its imports untraced.
+        spec = importlib.util.find_spec("pyspark")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("no pyspark package on sys.path")
+        self.prefix = list(spec.submodule_search_locations)[0] + os.sep
+        self.kind = kind
+        self.hits = {}
+        self.tracer = None
+        if kind == "monitoring":
+            self._monitor()
+        elif kind == "ctracer":
+            self._load_ctracer(tools)
+            self._start_ctracer()
+        else:
+            raise ValueError("unknown tracer %r (monitoring or ctracer)" % kind)
+
+    def _monitor(self):
+        mon = getattr(sys, "monitoring", None)
+        if mon is None:
+            raise RuntimeError("sys.monitoring needs CPython 3.12+, this is %s" % sys.version.split()[0])
+        # Not PROFILER_ID: pyspark's UDF profiler runs cProfile, which takes that one on 3.12+.
+        for tool in (mon.COVERAGE_ID, 3, 4):
+            if mon.get_tool(tool) is None:
+                mon.use_tool_id(tool, "fakejvm")
+                break
+        else:
+            raise RuntimeError("sys.monitoring tool ids 1, 3 and 4 are all taken")
+        hits, prefix, disable = self.hits, self.prefix, mon.DISABLE
+
+        def line(code, number):
+            f = code.co_filename
+            if f.startswith(prefix):
+                s = hits.get(f)
+                if s is None:
+                    hits[f] = s = set()
+                s.add(number)
+            return disable
+
+        mon.register_callback(tool, mon.events.LINE, line)
+        mon.set_events(tool, mon.events.LINE)
+
+    def _load_ctracer(self, tools):
+        # The extension module alone: importing the coverage package would bring its ~40 modules
+        # (sqlite3 among them) into every case's sys.modules, which a real worker does not have.
+        import glob
+        import importlib.machinery
+        import importlib.util
+
+        found = sorted(glob.glob(os.path.join(tools or "", "coverage", "tracer.*.so")))
+        if not found:
+            raise ImportError("no coverage/tracer.*.so (coverage.py's C tracer) in %r" % tools)
+        loader = importlib.machinery.ExtensionFileLoader("coverage.tracer", found[0])
+        spec = importlib.util.spec_from_loader("coverage.tracer", loader)
+        mod = importlib.util.module_from_spec(spec)
+        loader.exec_module(mod)
+        self._CTracer, Disposition = mod.CTracer, mod.CFileDisposition
+        prefix = self.prefix
+
+        def should_trace(filename, frame):
+            d = Disposition()
+            d.original_filename = d.canonical_filename = d.source_filename = filename
+            d.trace = filename.startswith(prefix)
+            d.reason = ""
+            d.file_tracer = None
+            d.has_dynamic_filename = False
+            return d
+
+        self._should_trace = should_trace
+        self._cache = {}
+
+    def _start_ctracer(self):
+        def nothing(*a, **k):
+            return None
+
+        t = self._CTracer()
+        t.data = self.hits
+        t.trace_arcs = False
+        t.should_trace = self._should_trace
+        t.should_trace_cache = self._cache
+        t.lock_data = t.unlock_data = nothing
+        t.warn = nothing
+        t.file_tracers = {}
+        # Unset members are NULL in C, which the tracer would call: None means "not used".
+        t.should_start_context = t.switch_context = t.concur_id_func = None
+        t.check_include = t.disable_plugin = None
+        t.start()  # sys.settrace for this thread; sys.gettrace() is then t
+        self.tracer = t
+
+    def begin(self):
+        """Before a case."""
+        if self.kind == "monitoring":
+            sys.monitoring.restart_events()
+        elif sys.gettrace() is not self.tracer:
+            self._start_ctracer()
+        self.hits.clear()
+
+    def ours(self, trace):
+        return trace is not None and trace is self.tracer
+
+    def take(self):
+        """{REL: sorted lines} run since begin() (or since the start), and forget them."""
+        n = len(self.prefix)
+        out = {f[n:]: sorted(lines) for f, lines in self.hits.items() if lines}
+        self.hits.clear()
+        return out
+
+    def write_case(self, pid):
+        """Warm-fork child: this case's lines to COVDIR/PID, whole or not at all."""
+        import json
+
+        path = os.path.join(COVDIR, str(pid))
+        with open(path + ".tmp", "w") as f:
+            json.dump(self.take(), f)
+        os.rename(path + ".tmp", path)
+
+
+COV = None
+if TRACER is not None:
+    try:
+        COV = Tracing(TRACER, TOOLS)
+    except BaseException as e:
+        tell(error="starting the %s coverage tracer failed: %r" % (TRACER, e))
+        sys.exit(3)
 
 try:
     # daemon.py (3.5-4.1) imports its worker module from argv[1] when it starts with "pyspark".
@@ -356,7 +539,8 @@ def reset(b):
         gc.set_threshold(*threshold)
     if sys.getswitchinterval() != b.switch:
         sys.setswitchinterval(b.switch)
-    if sys.gettrace() is not None:
+    trace = sys.gettrace()
+    if trace is not None and not (COV is not None and COV.ours(trace)):
         sys.settrace(None)
     if sys.getprofile() is not None:
         sys.setprofile(None)
@@ -441,6 +625,13 @@ def check(b, full):
     return None
 
 
+def coverage_at_start():
+    """For the ready line: the tracer and the lines pyspark's imports ran."""
+    if COV is None:
+        return {}
+    return {"tracer": COV.kind, "cov": COV.take()}
+
+
 def preload_arrow():
     for name in ("pandas", "pyarrow", "pyspark.sql.pandas.serializers"):
         try:
@@ -467,6 +658,7 @@ def persistent():
         mode="persistent",
         modules=len(sys.modules),
         threads=b.native_threads,
+        **coverage_at_start()
     )
     served = 0
     while True:
@@ -476,17 +668,22 @@ def persistent():
         if listen_sock not in r:
             continue
         sock, _ = listen_sock.accept()
+        if COV is not None:
+            COV.begin()
         try:
             code, status = child_path(sock)
         finally:
             sock.close()
         served += 1
+        cov = COV.take() if COV is not None else None
         reset(b)
         last = RECYCLE_AFTER and served >= RECYCLE_AFTER
         why = check(b, last or served % FULL_EVERY == 0)
         if why is None and last:
             why = "served %d cases" % served
         msg = {"done": served, "code": code, "status": status}
+        if cov is not None:
+            msg["cov"] = cov
         if why is not None:
             msg["recycle"] = why
             msg["children"] = _children() if why.startswith("child") else []
@@ -523,6 +720,7 @@ def warm_fork():
         mode="warm-fork",
         modules=len(sys.modules),
         threads=_native_threads(),
+        **coverage_at_start()
     )
     while True:
         # Children are reaped here rather than with SIGCHLD ignored (daemon.py's way), so their
@@ -548,7 +746,11 @@ def warm_fork():
                 os.close(CTL_IN)
                 CTL_OUT.close()
                 signal.signal(signal.SIGHUP, signal.SIG_DFL)
+                if COV is not None:
+                    COV.begin()
                 _, status = child_path(sock)
+                if COV is not None:
+                    COV.write_case(os.getpid())
             finally:
                 os._exit(status)
         sock.close()

@@ -39,6 +39,7 @@ fn config(out: &Path, mode: ExecMode, max_execs: u64) -> CampaignConfig {
         memory_limit_mb: Some(1024),
         // Small, so a 500-case campaign also sees servers recycle and new ones start.
         recycle_after: 150,
+        coverage: None,
     }
 }
 

@@ -5,8 +5,11 @@
 //! and UDF seeds are measured apart (a UDF case's fresh worker imports pandas and pyarrow), each
 //! clean and mutated, at each lane count of `--bench-lanes` (the scaling columns), with the CPU
 //! time a case costs: the whole machine's (from /proc/stat, so a busy neighbour shows up in it)
-//! and our own processes' (getrusage of fakejvm and its reaped children).
+//! and our own processes' (getrusage of fakejvm and its reaped children). The persistent
+//! executor is measured a second time with `--coverage`'s tracing on (`persistent+cov`), so the
+//! cost of tracing stands beside the rate without it.
 
+use super::coverage::{Coverage, Tracer};
 use super::exec::{ExecMode, ExecOptions, Executor, Lane};
 use super::mutate::{self, Context};
 use super::seeds::{self, Seed, SeedReport};
@@ -66,6 +69,9 @@ pub struct BenchCell {
     pub steal_pct: Option<f64>,
     /// Persistent: servers started (one per lane, plus one per recycle or crash).
     pub servers_started: u64,
+    /// Traced rows: lines of pyspark the cell's cases (and servers' imports) reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coverage_lines: Option<usize>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -75,6 +81,8 @@ pub struct BenchRow {
     pub mode: ExecMode,
     /// "mutated": fuzz cases as a campaign runs them; "clean": the seeds as they are.
     pub cases: &'static str,
+    /// With `--coverage`'s tracing on (each case's lines merged into a map, as a campaign does).
+    pub traced: bool,
     /// One per lane count, in `--bench-lanes` order.
     pub cells: Vec<BenchCell>,
 }
@@ -127,7 +135,7 @@ impl BenchReport {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        s.push_str(&format!("{:<5} {:<12} {:<8}", "seeds", "mode", "cases"));
+        s.push_str(&format!("{:<5} {:<14} {:<8}", "seeds", "mode", "cases"));
         for n in &self.lanes {
             s.push_str(&format!(
                 " {:>9}",
@@ -147,12 +155,12 @@ impl BenchReport {
                 .and_then(|o| o.widest())
                 .map(|c| c.execs_per_sec)
                 .filter(|v| *v > 0.0);
-            s.push_str(&format!(
-                "{:<5} {:<12} {:<8}",
-                r.seeds,
-                r.mode.name(),
-                r.cases
-            ));
+            let mode = if r.traced {
+                format!("{}+cov", r.mode.name())
+            } else {
+                r.mode.name().to_string()
+            };
+            s.push_str(&format!("{:<5} {:<14} {:<8}", r.seeds, mode, r.cases));
             for n in &self.lanes {
                 match r.cells.iter().find(|c| c.jobs == *n) {
                     Some(c) => s.push_str(&format!(" {:>9.1}", c.execs_per_sec)),
@@ -173,7 +181,7 @@ impl BenchReport {
                 ms(w.and_then(|c| c.own_cpu_ms_per_exec)),
             ));
         }
-        s.push_str("(vs spawn, reused and CPU are of the most lanes; CPU/case is the whole machine's, own CPU fakejvm's and its reaped children's)
+        s.push_str("(vs spawn, reused and CPU are of the most lanes; CPU/case is the whole machine's, own CPU fakejvm's and its reaped children's; +cov: with --coverage's tracing)
 ");
         s
     }
@@ -227,16 +235,32 @@ pub async fn fuzz_bench(env: PythonEnv, cfg: BenchConfig) -> anyhow::Result<Benc
         ("udf", class_of(&seeds, true)),
     ];
     let (rdd_seeds, udf_seeds) = (classes[0].1.len(), classes[1].1.len());
+    // The traced rows need a tracer (on CPython 3.9-3.11 coverage.py's, installed once): one
+    // that cannot be had leaves them out, said here, rather than fail the whole table.
+    let tracer = if cfg.modes.contains(&ExecMode::Persistent) {
+        match Tracer::for_env(&env) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("fuzz bench: no persistent+cov rows: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    // (mode, mutated, traced)
     let plan = [
-        (ExecMode::ForkServer, true),
-        (ExecMode::ForkServer, false),
-        (ExecMode::Reuse, true),
-        (ExecMode::Reuse, false),
-        (ExecMode::Spawn, true),
-        (ExecMode::Persistent, true),
-        (ExecMode::Persistent, false),
-        (ExecMode::WarmFork, true),
-        (ExecMode::WarmFork, false),
+        (ExecMode::ForkServer, true, false),
+        (ExecMode::ForkServer, false, false),
+        (ExecMode::Reuse, true, false),
+        (ExecMode::Reuse, false, false),
+        (ExecMode::Spawn, true, false),
+        (ExecMode::Persistent, true, false),
+        (ExecMode::Persistent, false, false),
+        (ExecMode::Persistent, true, true),
+        (ExecMode::Persistent, false, true),
+        (ExecMode::WarmFork, true, false),
+        (ExecMode::WarmFork, false, false),
     ];
     let mut rows = vec![];
     for (class, seeds) in classes {
@@ -246,7 +270,10 @@ pub async fn fuzz_bench(env: PythonEnv, cfg: BenchConfig) -> anyhow::Result<Benc
         // Each class gets its own deadline: RDD rows are not held to the Arrow seeds' 10 s.
         let deadline = seeds::deadline_for(&seeds, cfg.deadline, cfg.arrow_deadline);
         let seeds = Arc::new(seeds);
-        for (mode, mutated) in plan.into_iter().filter(|(m, _)| cfg.modes.contains(m)) {
+        let chosen = plan
+            .into_iter()
+            .filter(|(m, _, traced)| cfg.modes.contains(m) && (!traced || tracer.is_some()));
+        for (mode, mutated, traced) in chosen {
             let time = if mode == ExecMode::Spawn {
                 cfg.spawn_time
             } else {
@@ -263,6 +290,7 @@ pub async fn fuzz_bench(env: PythonEnv, cfg: BenchConfig) -> anyhow::Result<Benc
                     time,
                     jobs,
                     deadline,
+                    tracer: tracer.clone().filter(|_| traced),
                 };
                 cells.push(m.run(&cfg).await?);
             }
@@ -270,6 +298,7 @@ pub async fn fuzz_bench(env: PythonEnv, cfg: BenchConfig) -> anyhow::Result<Benc
                 seeds: class,
                 mode,
                 cases: if mutated { "mutated" } else { "clean" },
+                traced,
                 cells,
             });
         }
@@ -298,6 +327,8 @@ struct Measure<'a> {
     time: Duration,
     jobs: usize,
     deadline: Duration,
+    /// Traced rows: `--coverage`'s tracer.
+    tracer: Option<Tracer>,
 }
 
 impl Measure<'_> {
@@ -314,6 +345,7 @@ impl Measure<'_> {
                     memory_limit_mb: cfg.memory_limit_mb,
                     recycle_after: cfg.recycle_after,
                     preload_arrow: seeds::has_arrow(&self.seeds),
+                    coverage: self.tracer.clone(),
                     ..ExecOptions::default()
                 },
             )
@@ -321,6 +353,12 @@ impl Measure<'_> {
         );
         // Every lane's persistent server up before the clock starts, as a daemon is.
         exec.prestart(self.jobs.max(1)).await?;
+        // Traced: every case's lines go into a map, as a campaign's do.
+        let map = self.tracer.as_ref().map(|t| {
+            let mut c = Coverage::new(t, true);
+            c.add(&exec.take_unclaimed_coverage());
+            Arc::new(std::sync::Mutex::new(c))
+        });
         let execs = Arc::new(AtomicU64::new(0));
         let reused = Arc::new(AtomicU64::new(0));
         // What the live servers spent starting up is not the cases' cost: it is counted in
@@ -333,11 +371,12 @@ impl Measure<'_> {
         let local = tokio::task::LocalSet::new();
         let mut lanes = vec![];
         for id in 0..self.jobs.max(1) {
-            let (exec, seeds, execs, reused) = (
+            let (exec, seeds, execs, reused, map) = (
                 exec.clone(),
                 self.seeds.clone(),
                 execs.clone(),
                 reused.clone(),
+                map.clone(),
             );
             let rng_seed = cfg.rng_seed.wrapping_add(id as u64);
             let mutate_command = cfg.mutate_command;
@@ -355,7 +394,10 @@ impl Measure<'_> {
                         };
                         mutate::mutate(&mut case, &ctx, &mut rng);
                     }
-                    let obs = exec.exec(&mut lane, Arc::new(case.to_bytes())).await;
+                    let (obs, lines) = exec.exec_traced(&mut lane, Arc::new(case.to_bytes())).await;
+                    if let (Some(map), Some(lines)) = (&map, lines) {
+                        map.lock().unwrap_or_else(|p| p.into_inner()).add(&lines);
+                    }
                     execs.fetch_add(1, Ordering::Relaxed);
                     if obs.reused_worker {
                         reused.fetch_add(1, Ordering::Relaxed);
@@ -387,6 +429,12 @@ impl Measure<'_> {
         let exec = Arc::try_unwrap(exec)
             .map_err(|_| anyhow::anyhow!("bench: a lane still holds the executor"))?;
         let servers_started = exec.servers_started();
+        let coverage_lines = map.map(|m| {
+            let mut c = m.lock().unwrap_or_else(|p| p.into_inner());
+            let recycled = exec.take_unclaimed_coverage();
+            c.add(&recycled);
+            c.lines()
+        });
         let leftovers = exec
             .shutdown()
             .await
@@ -417,6 +465,7 @@ impl Measure<'_> {
             own_cpu_ms_per_exec: own.map(|c| 1000.0 * c / (n.max(1) as f64)),
             steal_pct: cpu.map(|c| 100.0 * c.steal / (c.busy + c.idle + c.steal).max(1e-9)),
             servers_started,
+            coverage_lines,
         })
     }
 }

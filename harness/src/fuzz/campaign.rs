@@ -13,8 +13,13 @@
 //! before it reports it: a finding that does not end in the same signature on the daemon is
 //! dropped and counted (`not confirmed`), one that does is minimised and replayed on the daemon,
 //! and its reproducer says where it was found and where it was confirmed.
+//!
+//! With `--coverage` (those two executors only) every case also reports the lines of pyspark it
+//! ran, and one that reaches a line no earlier case reached joins the corpus ([`super::coverage`]);
+//! `--coverage-blind` counts the same without that.
 
 use super::case::Case;
+use super::coverage::{self, CaseLines, Coverage, CoverageConfig, Tracer};
 use super::exec::{ExecMode, ExecOptions, Executor, Lane, Observation};
 use super::minimise::{minimise, LiveCheck, MinimiseStats, Reproduces};
 use super::mutate::{self, Context};
@@ -75,6 +80,8 @@ pub struct CampaignConfig {
     pub memory_limit_mb: Option<u64>,
     /// See `exec::ExecOptions::recycle_after`.
     pub recycle_after: u64,
+    /// `--coverage` / `--coverage-blind` / `--coverage-report` (persistent and warm-fork only).
+    pub coverage: Option<CoverageConfig>,
 }
 
 /// What the fork server made of a case another executor found.
@@ -123,6 +130,8 @@ struct Campaign {
     base_elapsed_ms: u64,
     /// Findings of an earlier run that still want minimising: (id, reproducer file).
     pending: Mutex<Vec<(String, PathBuf)>>,
+    /// With coverage: the map, its timeline and the cov-N entries made.
+    coverage: Option<Mutex<Coverage>>,
 }
 
 /// Run a campaign to its end (duration or max execs) and return its summary (also written to
@@ -160,16 +169,30 @@ impl Campaign {
             seeds::load(&env, dialect, &cfg.seed_dirs, cfg.builtin_seeds)?;
         cfg.deadline = seeds::deadline_for(&seeds, cfg.deadline, cfg.arrow_deadline);
         let state = State::load_or_new(&cfg.out, &env, dialect, cfg.mode)?;
+        let (tracer, mut cov) = match &cfg.coverage {
+            Some(c) => {
+                CoverageConfig::check_mode(cfg.mode)?;
+                let tracer = Tracer::for_env(&env)?;
+                let cov = Coverage::load_or_new(&cfg.out, &tracer, c.feedback)?;
+                (Some(tracer), Some(cov))
+            }
+            None => (None, None),
+        };
         let options = ExecOptions {
             deadline: cfg.deadline,
             memory_limit_mb: cfg.memory_limit_mb,
             recycle_after: cfg.recycle_after,
             preload_arrow: seeds::has_arrow(&seeds),
+            coverage: tracer,
             ..ExecOptions::default()
         };
         let exec = Executor::start(env.clone(), dialect, cfg.mode, options.clone()).await?;
         let confirm = if cfg.mode.needs_confirmation() {
-            match Executor::start(env.clone(), dialect, ExecMode::ForkServer, options).await {
+            let untraced = ExecOptions {
+                coverage: None,
+                ..options
+            };
+            match Executor::start(env.clone(), dialect, ExecMode::ForkServer, untraced).await {
                 Ok(c) => Some(c),
                 Err(e) => {
                     let _ = exec.shutdown().await;
@@ -221,6 +244,12 @@ impl Campaign {
         }
         let corpus = state::load_corpus(&cfg.out, &seeds);
         let pending = state.unminimised(&cfg.out);
+        if let Some(c) = cov.as_mut() {
+            // What the servers' imports and the seeds reached is known before the first case.
+            c.add(&exec.take_unclaimed_coverage());
+            c.skip_past(corpus.iter().map(|(k, _)| k));
+            c.point(state.elapsed_ms as f64 / 1000.0, state.execs);
+        }
         Ok(Campaign {
             judge: Judge {
                 expected: cfg.expected.clone(),
@@ -240,6 +269,7 @@ impl Campaign {
             failed: Mutex::new(None),
             started: Instant::now(),
             pending: Mutex::new(pending),
+            coverage: cov.map(Mutex::new),
             cfg,
             env,
             dialect,
@@ -317,6 +347,14 @@ impl Campaign {
         let out = &self.cfg.out;
         st.write(out)?;
         st.update_counts(out)?;
+        let coverage = match &self.coverage {
+            Some(c) => {
+                let mut c = c.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                c.point(st.elapsed_ms as f64 / 1000.0, st.execs);
+                Some(finish_coverage(&self.env, &self.cfg, c, st.execs)?)
+            }
+            None => None,
+        };
 
         let new_ids = self.new_ids.into_inner().unwrap_or_else(|p| p.into_inner());
         let mut findings = summary::findings(&st, &new_ids);
@@ -350,9 +388,120 @@ impl Campaign {
             servers_started,
             daemon_pgids,
             aborted: self.aborted.into_inner().unwrap_or_else(|p| p.into_inner()),
+            coverage,
         };
         summary.write(out)?;
         Ok(summary)
+    }
+}
+
+/// The final map saved, the executable lines of the files it reached computed (once, by the
+/// target interpreter), and the HTML report written when asked for.
+fn finish_coverage(
+    env: &PythonEnv,
+    cfg: &CampaignConfig,
+    cov: Coverage,
+    execs: u64,
+) -> anyhow::Result<coverage::CoverageSummary> {
+    let out = &cfg.out;
+    cov.save(out)?;
+    let mut files: Vec<String> = coverage::KEY_FILES.iter().map(|f| f.to_string()).collect();
+    files.extend(
+        cov.files()
+            .keys()
+            .filter(|f| !coverage::KEY_FILES.contains(&f.as_str()))
+            .cloned(),
+    );
+    let executable = coverage::executable_lines(env, &files)?;
+    let report = cfg.coverage.as_ref().and_then(|c| c.report.clone());
+    if let Some(dir) = &report {
+        coverage::write_report(
+            dir,
+            &env.pyspark_dir,
+            &cov,
+            &executable,
+            &coverage::ReportHead {
+                pyspark: &env.pyspark.to_string(),
+                python: &env.python_version,
+                execs,
+            },
+        )?;
+    }
+    Ok(cov.summary(&executable, report.as_deref()))
+}
+
+impl Campaign {
+    /// AFL's rule: a case that reached lines of pyspark no earlier case reached joins the
+    /// corpus as `cov-N` (with feedback; blind campaigns only count them).
+    fn on_coverage(&self, case: &Case, lines: &CaseLines, verdict: &Verdict) {
+        let Some(cov) = &self.coverage else { return };
+        let (new, name) = {
+            let mut c = cov.lock().unwrap_or_else(|p| p.into_inner());
+            // A server started since (a recycle) ran pyspark's imports: no case's credit.
+            let startup = self.exec.take_unclaimed_coverage();
+            if !startup.is_empty() {
+                c.add(&startup);
+            }
+            let new = c.add(lines);
+            if new == 0 || !c.feedback || matches!(verdict, Verdict::Harness(_)) {
+                return;
+            }
+            {
+                let keys = self.corpus_keys.lock().unwrap_or_else(|p| p.into_inner());
+                if keys.len() >= CORPUS_MAX {
+                    return;
+                }
+            }
+            (new, c.next_entry())
+        };
+        let signature = match verdict {
+            Verdict::Finding(sig, _) | Verdict::Expected(sig) => sig.text(),
+            Verdict::Harness(_) => String::new(),
+        };
+        if !self.check(state::save_coverage_entry(
+            &self.cfg.out,
+            &name,
+            case,
+            &self.seeds,
+            signature,
+            new,
+        )) {
+            return;
+        }
+        self.corpus_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name);
+        self.corpus
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(case.clone());
+    }
+
+    /// A timeline point, and the map saved for a resumed campaign.
+    fn coverage_point(&self) -> bool {
+        let Some(cov) = &self.coverage else {
+            return true;
+        };
+        let execs = self.base_execs + self.execs.load(Ordering::Relaxed);
+        let secs =
+            (self.base_elapsed_ms + self.started.elapsed().as_millis() as u64) as f64 / 1000.0;
+        let snapshot = {
+            let mut c = cov.lock().unwrap_or_else(|p| p.into_inner());
+            c.point(secs, execs);
+            c.clone()
+        };
+        self.check(snapshot.save(&self.cfg.out))
+    }
+
+    /// Lines reached and cov-N entries so far, for the progress line.
+    fn coverage_now(&self) -> Option<(usize, u64)> {
+        let c = self
+            .coverage
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Some((c.lines(), c.entries))
     }
 }
 
@@ -422,9 +571,13 @@ async fn lane(c: Arc<Campaign>, id: usize) {
             }
         }
         let bytes = Arc::new(case.to_bytes());
-        let obs = c.exec.exec(&mut lane, bytes).await;
+        let (obs, lines) = c.exec.exec_traced(&mut lane, bytes).await;
         let n = c.execs.fetch_add(1, Ordering::Relaxed) + 1;
-        match c.judge.judge(&obs, &case, case.seed_in(&c.seeds)) {
+        let verdict = c.judge.judge(&obs, &case, case.seed_in(&c.seeds));
+        if let Some(lines) = &lines {
+            c.on_coverage(&case, lines, &verdict);
+        }
+        match verdict {
             Verdict::Finding(sig, outcome) => {
                 c.harness_streak.store(0, Ordering::Relaxed);
                 c.on_finding(case, sig, outcome, obs, n).await;
@@ -1036,8 +1189,8 @@ fn trim_traceback(tb: &str) -> String {
 
 async fn periodic_save(c: Arc<Campaign>) {
     loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        if !c.save_state() {
+        tokio::time::sleep(coverage::POINT_EVERY).await;
+        if !c.save_state() || !c.coverage_point() {
             return;
         }
     }
@@ -1066,6 +1219,8 @@ fn spawn_progress(c: Arc<Campaign>) -> (indicatif::ProgressBar, tokio::task::Joi
     let task = tokio::task::spawn_local(async move {
         let mut last_line = Instant::now();
         let (mut last_execs, mut last_at) = (0u64, Instant::now());
+        // Lines reached when the last line was printed (on a terminal: 30 s ago at most).
+        let mut lines_then = c.coverage_now().map(|(l, _)| l).unwrap_or(0);
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let execs = c.execs.load(Ordering::Relaxed);
@@ -1092,12 +1247,23 @@ fn spawn_progress(c: Arc<Campaign>) -> (indicatif::ProgressBar, tokio::task::Joi
             if c.confirm.is_some() {
                 msg.push_str(&format!(" | not confirmed {not_confirmed}"));
             }
+            let coverage = c.coverage_now();
+            if let Some((lines, entries)) = coverage {
+                msg.push_str(&format!(
+                    " | coverage {lines} lines (+{} since the last line), {entries} cov entries",
+                    lines.saturating_sub(lines_then)
+                ));
+            }
+            let due = last_line.elapsed() >= Duration::from_secs(30);
             if tty {
                 b.set_message(msg);
                 b.tick();
-            } else if last_line.elapsed() >= Duration::from_secs(30) {
+            } else if due {
                 eprintln!("fuzz: {msg}");
+            }
+            if due {
                 last_line = Instant::now();
+                lines_then = coverage.map(|(l, _)| l).unwrap_or(lines_then);
             }
         }
     });

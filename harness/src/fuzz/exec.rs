@@ -22,6 +22,7 @@
 //! PYTHON_FAULTHANDLER_DIR at a private directory: a worker that dies by SIGSEGV leaves a dump
 //! named by its pid (a worker that finishes removes its file itself).
 
+use super::coverage::{CaseLines, Tracer};
 use super::dial::Dialer;
 use super::server::{Heard, Server, ServerKind, ServerOptions};
 use crate::protocol::{decode_requests, Dialect, Reply, ReplyEnd, SpanKind};
@@ -109,6 +110,9 @@ pub struct ExecOptions {
     /// parent imports them only then too: forking one that has them costs about twice as much
     /// per RDD case.
     pub preload_arrow: bool,
+    /// Persistent and warm-fork: trace which lines of pyspark each case runs (see
+    /// `super::coverage`); `exec_traced` hands them out.
+    pub coverage: Option<Tracer>,
 }
 
 /// Cases a persistent server serves before it recycles itself, if nothing made it recycle
@@ -123,6 +127,7 @@ impl Default for ExecOptions {
             memory_limit_mb: None,
             recycle_after: DEFAULT_RECYCLE_AFTER,
             preload_arrow: false,
+            coverage: None,
         }
     }
 }
@@ -224,6 +229,14 @@ impl Host {
             }
             _ => Host::Workers(Workers::start(&exec.env.python, exec.launch.clone()).await?),
         })
+    }
+
+    /// With coverage: the lines a warm fork server's imports ran.
+    fn take_startup(&mut self) -> Option<CaseLines> {
+        match self {
+            Host::Workers(_) => None,
+            Host::Warm(s) => s.startup.take(),
+        }
     }
 
     fn pid(&self) -> Option<i32> {
@@ -347,6 +360,11 @@ pub struct Executor {
     faulthandler: tempfile::TempDir,
     /// Holds the persistent / warm-fork loop's file.
     _script_dir: tempfile::TempDir,
+    /// With coverage: where warm-fork children leave their case's lines (a file per pid).
+    covdir: Option<tempfile::TempDir>,
+    /// With coverage: lines of cases run through `exec` (not `exec_traced`) and of servers'
+    /// start-ups, until `take_unclaimed_coverage`.
+    unclaimed: Mutex<CaseLines>,
     watch: Mutex<VecDeque<Watched>>,
     /// Workers we hold a connection to: a case in flight, or kept by a lane for reuse.
     in_flight: Mutex<HashSet<i32>>,
@@ -381,6 +399,10 @@ impl Executor {
             .memory_limit_mb
             .map(|mb| mb.saturating_mul(1024 * 1024));
         let script_dir = fault_dump_dir()?;
+        let covdir = match (&opts.coverage, mode.needs_confirmation()) {
+            (Some(_), true) => Some(fault_dump_dir()?),
+            _ => None,
+        };
         let server = ServerOptions {
             script: super::server::write_loop(script_dir.path())?,
             secret: hex::encode(rand::random::<[u8; 32]>()),
@@ -393,6 +415,10 @@ impl Executor {
                 wrapper: None,
             },
             start_timeout: Duration::from_secs(30),
+            tracing: opts
+                .coverage
+                .clone()
+                .zip(covdir.as_ref().map(|d| d.path().to_path_buf())),
         };
         let launch = LaunchOptions {
             mode: if mode == ExecMode::Spawn {
@@ -406,18 +432,21 @@ impl Executor {
             rlimit_as,
             ..LaunchOptions::default()
         };
+        let mut unclaimed = CaseLines::new();
         let host = if mode == ExecMode::Persistent {
             None
         } else {
-            Some(
-                Host::start(&ExecStart {
-                    env: &env,
-                    mode,
-                    launch: &launch,
-                    server: &server,
-                })
-                .await?,
-            )
+            let mut h = Host::start(&ExecStart {
+                env: &env,
+                mode,
+                launch: &launch,
+                server: &server,
+            })
+            .await?;
+            if let Some(lines) = h.take_startup() {
+                merge_lines(&mut unclaimed, lines);
+            }
+            Some(h)
         };
         let workers_daemon = host.as_ref().and_then(Host::pid);
         let dialer = host
@@ -445,6 +474,8 @@ impl Executor {
             restarts: AtomicU64::new(0),
             faulthandler,
             _script_dir: script_dir,
+            covdir,
+            unclaimed: Mutex::new(unclaimed),
             watch: Mutex::new(VecDeque::new()),
             in_flight: Mutex::new(HashSet::new()),
             last_group_scan: Mutex::new(Instant::now()),
@@ -530,11 +561,47 @@ impl Executor {
         !complete
     }
 
-    /// Run one case on this lane (reusing its worker when the mode allows).
+    /// Run one case on this lane (reusing its worker when the mode allows). With coverage, the
+    /// lines it ran are kept for `take_unclaimed_coverage`.
     pub async fn exec(&self, lane: &mut Lane, bytes: Arc<Vec<u8>>) -> Observation {
+        let (obs, lines) = self.exec_traced(lane, bytes).await;
+        if let Some(lines) = lines {
+            merge_lines(
+                &mut self.unclaimed.lock().unwrap_or_else(|p| p.into_inner()),
+                lines,
+            );
+        }
+        obs
+    }
+
+    /// The lines of pyspark that servers' start-ups and the cases run through `exec` reached
+    /// since the last call (seed calibration's, say), merged.
+    pub fn take_unclaimed_coverage(&self) -> CaseLines {
+        std::mem::take(&mut *self.unclaimed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// `exec`, and with coverage the lines of pyspark the case ran (None: not traced, or the
+    /// case ended without its server or child reporting them, e.g. a crash or a hang).
+    pub async fn exec_traced(
+        &self,
+        lane: &mut Lane,
+        bytes: Arc<Vec<u8>>,
+    ) -> (Observation, Option<CaseLines>) {
         if self.mode == ExecMode::Persistent {
             return self.exec_persistent(bytes).await;
         }
+        let obs = self.exec_forked(lane, bytes).await;
+        let lines = match (&self.covdir, obs.pid) {
+            (Some(dir), Some(pid)) if child_reports(&obs.outcome) => {
+                take_child_lines(dir.path(), pid, self.opts.deadline).await
+            }
+            _ => None,
+        };
+        (obs, lines)
+    }
+
+    /// A case on a worker the daemon (or warm fork server) forked, or a spawned one.
+    async fn exec_forked(&self, lane: &mut Lane, bytes: Arc<Vec<u8>>) -> Observation {
         let started = Instant::now();
         let close = Executor::close_after_write(self.mode, self.dialect, &bytes);
         let generation = self.generation.load(Ordering::Relaxed);
@@ -565,6 +632,10 @@ impl Executor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(pid);
+        if let Some(dir) = &self.covdir {
+            // A file an earlier child of the same pid left too late: not this case's lines.
+            let _ = std::fs::remove_file(dir.path().join(pid.to_string()));
+        }
         let result = self.run_case(&mut conn, &bytes, close, base).await;
 
         let mut obs = Observation {
@@ -695,18 +766,19 @@ impl Executor {
     /// Persistent mode: one case on an idle server of the pool (a new one when none is idle).
     /// The server says on its side channel when it is ready for the next case (or why it
     /// recycles); a server that hangs, crashes or stops answering is not given back.
-    async fn exec_persistent(&self, bytes: Arc<Vec<u8>>) -> Observation {
+    async fn exec_persistent(&self, bytes: Arc<Vec<u8>>) -> (Observation, Option<CaseLines>) {
         let mut started = Instant::now();
         let mut server = match self.take_server().await {
             Ok(s) => s,
             Err(e) => {
-                return Observation {
+                let obs = Observation {
                     outcome: Outcome::Harness {
                         error: format!("no persistent server: {e}"),
                     },
                     elapsed: started.elapsed(),
                     ..Observation::of(0, true)
-                }
+                };
+                return (obs, None);
             }
         };
         // A server started for this case: its start-up is not the case's time (calibration
@@ -734,7 +806,7 @@ impl Executor {
                     ..Observation::of(server.pid, true)
                 };
                 self.discard(server, "would not take a connection").await;
-                return obs;
+                return (obs, None);
             }
         };
         let pid = conn.pid;
@@ -743,12 +815,14 @@ impl Executor {
         drop(conn);
         let mut obs = Observation::of(pid, true);
         obs.reused_worker = server.served > 0;
+        let mut lines = None;
         match &result.reply {
             Ok(reply) => {
                 obs.judge_reply(&result, reply);
                 // The reply is complete: wait for the server's word that its state is reset.
                 match server.hear(self.opts.deadline).await {
-                    Heard::Event(ev) if ev.done.is_some() => {
+                    Heard::Event(mut ev) if ev.done.is_some() => {
+                        lines = ev.cov.take();
                         self.after_case(server, ev, &bytes).await
                     }
                     Heard::Event(ev) => {
@@ -791,7 +865,10 @@ impl Executor {
                     obs.traceback = self.take_fault_dump(pid);
                 }
                 match heard {
-                    Heard::Event(ev) if alive => self.after_case(server, ev, &bytes).await,
+                    Heard::Event(mut ev) if alive => {
+                        lines = ev.cov.take();
+                        self.after_case(server, ev, &bytes).await
+                    }
                     _ => {
                         if exit.is_some() {
                             self.restarts.fetch_add(1, Ordering::Relaxed);
@@ -804,7 +881,7 @@ impl Executor {
             }
         }
         obs.elapsed = started.elapsed();
-        obs
+        (obs, lines)
     }
 
     /// An idle persistent server, or a new one.
@@ -824,7 +901,13 @@ impl Executor {
     }
 
     async fn start_server(&self) -> anyhow::Result<Server> {
-        let s = Server::start(&self.env, ServerKind::Persistent, &self.server).await?;
+        let mut s = Server::start(&self.env, ServerKind::Persistent, &self.server).await?;
+        if let Some(lines) = s.startup.take() {
+            merge_lines(
+                &mut self.unclaimed.lock().unwrap_or_else(|p| p.into_inner()),
+                lines,
+            );
+        }
         self.servers_started.fetch_add(1, Ordering::Relaxed);
         self.servers
             .lock()
@@ -1011,7 +1094,13 @@ impl Executor {
             server: &self.server,
         };
         match Host::start(&start).await {
-            Ok(w) => {
+            Ok(mut w) => {
+                if let Some(lines) = w.take_startup() {
+                    merge_lines(
+                        &mut self.unclaimed.lock().unwrap_or_else(|p| p.into_inner()),
+                        lines,
+                    );
+                }
                 *self.dialer.lock().unwrap_or_else(|p| p.into_inner()) =
                     w.dialer(&self.launch, &self.server.secret);
                 self.daemon_pid
@@ -1182,6 +1271,50 @@ impl Executor {
             None => {}
         }
         Some(ExecShutdown { leftovers })
+    }
+}
+
+/// Merge `more` into `into`, each file's lines sorted and once.
+fn merge_lines(into: &mut CaseLines, more: CaseLines) {
+    for (file, lines) in more {
+        let have = into.entry(file).or_default();
+        have.extend(lines);
+        have.sort_unstable();
+        have.dedup();
+    }
+}
+
+/// Whether a warm-fork child ends such a case by writing its lines: not one killed by a signal
+/// or at the deadline, nor one that never ran (no connection, the server gone).
+fn child_reports(outcome: &Outcome) -> bool {
+    !matches!(
+        outcome,
+        Outcome::Hang { .. }
+            | Outcome::WorkerCrashed { .. }
+            | Outcome::DaemonDied { .. }
+            | Outcome::Harness { .. }
+    )
+}
+
+/// The lines a warm-fork child `pid` wrote to `dir` once its connection closed (renamed into
+/// place whole), waited for up to `limit`; the file is removed.
+async fn take_child_lines(dir: &std::path::Path, pid: i32, limit: Duration) -> Option<CaseLines> {
+    let path = dir.join(pid.to_string());
+    let until = Instant::now() + limit;
+    loop {
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let _ = std::fs::remove_file(&path);
+                return serde_json::from_slice(&bytes).ok();
+            }
+            Err(_) if Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(_) => {
+                tracing::debug!("warm-fork child {pid}: no coverage within {limit:?}");
+                return None;
+            }
+        }
     }
 }
 

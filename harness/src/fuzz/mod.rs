@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod campaign;
 pub mod case;
+pub mod coverage;
 pub mod dial;
 pub mod exec;
 pub mod merge;
@@ -128,6 +129,23 @@ pub struct FuzzArgs {
     /// MemoryError (a finding with its own signature) instead of seconds of zero-filling.
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     pub memory_limit_mb: u64,
+    /// Trace which lines of pyspark's Python files each case runs (sys.monitoring on CPython
+    /// 3.12+, coverage.py's C tracer on 3.9-3.11, installed once into fakejvm's tools cache),
+    /// beside the protocol; a case that reaches a line no earlier case reached joins the corpus
+    /// (corpus/cov-N.json). Persistent and warm-fork executors only. summary.json gets the
+    /// lines per file and a timeline.
+    #[arg(long)]
+    pub coverage: bool,
+    /// Trace and count as --coverage does, but add no case to the corpus for new lines: the
+    /// control arm of a comparison (implies the tracing of --coverage).
+    #[arg(long)]
+    pub coverage_blind: bool,
+    /// At the end, write an HTML coverage report into DIR: an index of worker.py,
+    /// serializers.py, sql/pandas/serializers.py and every other pyspark file reached (lines hit
+    /// / executable), and a page per file with its hit lines marked (implies --coverage unless
+    /// --coverage-blind).
+    #[arg(long, value_name = "DIR")]
+    pub coverage_report: Option<PathBuf>,
     /// No progress line on the terminal.
     #[arg(long)]
     pub no_progress: bool,
@@ -255,6 +273,14 @@ impl FuzzArgs {
                 "--deadline-ms 0: every case would be a hang".into(),
             ));
         }
+        let coverage = (self.coverage || self.coverage_blind || self.coverage_report.is_some())
+            .then(|| coverage::CoverageConfig {
+                feedback: !self.coverage_blind,
+                report: self.coverage_report.clone(),
+            });
+        if coverage.is_some() && !self.bench {
+            coverage::CoverageConfig::check_mode(self.exec_mode())?;
+        }
         Ok(CampaignConfig {
             seed_dirs: self.seeds.clone(),
             builtin_seeds: !self.no_builtin_seeds,
@@ -278,6 +304,7 @@ impl FuzzArgs {
             mutate_command: self.mutate_command,
             memory_limit_mb: Some(self.memory_limit_mb).filter(|mb| *mb > 0),
             recycle_after: self.recycle_after,
+            coverage,
         })
     }
 }

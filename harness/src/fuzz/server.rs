@@ -22,7 +22,7 @@ use tokio::time::{timeout, Instant};
 /// The loop, embedded so the binary works from any directory; written to a file of the
 /// executor's (see [`write_loop`]) and run as `python .../fakejvm_persist.py MODE N`, a command
 /// line short enough to read in a leak report and to find with pgrep.
-const LOOP: &str = include_str!("../../python/fakejvm_persist.py");
+pub(crate) const LOOP: &str = include_str!("../../python/fakejvm_persist.py");
 pub const LOOP_FILE: &str = "fakejvm_persist.py";
 
 /// Write the loop into `dir`; the path to give [`ServerOptions::script`].
@@ -65,6 +65,8 @@ pub struct ServerOptions {
     pub tweaks: ProcessTweaks,
     /// For the ready line.
     pub start_timeout: Duration,
+    /// Coverage: the tracer, and the directory warm-fork children leave their lines in.
+    pub tracing: Option<(super::coverage::Tracer, std::path::PathBuf)>,
 }
 
 /// One line of the side channel.
@@ -86,6 +88,8 @@ pub struct Event {
     #[serde(default)]
     pub children: Vec<i32>,
     pub error: Option<String>,
+    /// With coverage: the lines of pyspark the case ran (ready line: its imports ran).
+    pub cov: Option<super::coverage::CaseLines>,
 }
 
 /// What reading the side channel gave.
@@ -114,6 +118,8 @@ pub struct Server {
     pub served: u64,
     /// When it said it was ready.
     pub ready_at: std::time::Instant,
+    /// With coverage: the lines pyspark's imports ran at its start, until taken.
+    pub startup: Option<super::coverage::CaseLines>,
 }
 
 fn exit_info(status: std::process::ExitStatus) -> ExitInfo {
@@ -134,7 +140,19 @@ impl Server {
         let recycle = opts.recycle_after.to_string();
         let script = opts.script.display().to_string();
         let preload = if opts.preload_arrow { "arrow" } else { "-" };
-        let args = [script.as_str(), kind.arg(), recycle.as_str(), preload];
+        let (tracer, covdir) = match &opts.tracing {
+            Some((t, dir)) => (t.args(), dir.display().to_string()),
+            None => (["-".to_string(), "-".to_string()], "-".to_string()),
+        };
+        let args = [
+            script.as_str(),
+            kind.arg(),
+            recycle.as_str(),
+            preload,
+            &tracer[0],
+            &tracer[1],
+            &covdir,
+        ];
         let protocol_env = [("PYTHON_WORKER_FACTORY_SECRET", opts.secret.clone())];
         let mut cmd =
             crate::worker::python_command(&env.python, &args, &protocol_env, &opts.tweaks);
@@ -179,15 +197,18 @@ impl Server {
             exit: None,
             served: 0,
             ready_at: std::time::Instant::now(),
+            startup: None,
         };
         match server.hear(opts.start_timeout).await {
             Heard::Event(Event {
                 ready: Some(port),
                 threads,
+                cov,
                 ..
             }) => {
                 server.port = port;
                 server.threads = threads.unwrap_or(0);
+                server.startup = cov;
                 server.ready_at = std::time::Instant::now();
                 Ok(server)
             }

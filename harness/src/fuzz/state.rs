@@ -1,5 +1,7 @@
 //! What a campaign keeps in `--out` between runs: `state.json` (counts, signatures, runs), the
-//! reproducer files it names, and `corpus/` (one case per distinct behaviour).
+//! reproducer files it names, and `corpus/`: one case per distinct behaviour (named by its
+//! signature id) and, with coverage feedback, one per case that reached new lines of pyspark
+//! (`cov-N.json`, see `super::coverage`).
 //!
 //! Every write is atomic (report::write_atomic) and every failed write is a [`HarnessError`]:
 //! the campaign aborts on it rather than claim a finding whose file does not exist. A state file
@@ -253,6 +255,9 @@ fn reproducers_in(out: &Path) -> Vec<(String, String, Reproducer)> {
 struct CorpusEntry {
     seed: String,
     signature: String,
+    /// A `cov-N` entry: the lines of pyspark it was the first to reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    new_lines: Option<usize>,
     frames: Vec<Frame>,
 }
 
@@ -297,13 +302,47 @@ pub(crate) fn save_corpus_entry(
         .seed_in(seeds)
         .map(|s| s.name.clone())
         .unwrap_or_default();
-    let entry = CorpusEntry {
-        seed,
-        signature: sig.text(),
-        frames: case.frames.clone(),
-    };
-    let path = out.join(CORPUS_DIR).join(format!("{}.json", sig.id()));
-    let bytes = serde_json::to_vec(&entry)
+    write_corpus_entry(
+        out,
+        &sig.id(),
+        &CorpusEntry {
+            seed,
+            signature: sig.text(),
+            new_lines: None,
+            frames: case.frames.clone(),
+        },
+    )
+}
+
+/// Save `case`, the first to reach `new_lines` lines of pyspark, as corpus entry `name`
+/// (`cov-N`); `signature` is what it ended in.
+pub(crate) fn save_coverage_entry(
+    out: &Path,
+    name: &str,
+    case: &Case,
+    seeds: &[Seed],
+    signature: String,
+    new_lines: usize,
+) -> Result<(), HarnessError> {
+    let seed = case
+        .seed_in(seeds)
+        .map(|s| s.name.clone())
+        .unwrap_or_default();
+    write_corpus_entry(
+        out,
+        name,
+        &CorpusEntry {
+            seed,
+            signature,
+            new_lines: Some(new_lines),
+            frames: case.frames.clone(),
+        },
+    )
+}
+
+fn write_corpus_entry(out: &Path, name: &str, entry: &CorpusEntry) -> Result<(), HarnessError> {
+    let path = out.join(CORPUS_DIR).join(format!("{name}.json"));
+    let bytes = serde_json::to_vec(entry)
         .map_err(|e| HarnessError::new(format!("cannot serialise a corpus entry: {e}")))?;
     crate::report::write_atomic(&path, &bytes)
         .map_err(|e| HarnessError::io("write the corpus entry", &path, e))
@@ -337,6 +376,27 @@ mod tests {
         let again =
             State::load_or_new(dir.path(), &env(), Dialect::A, ExecMode::ForkServer).unwrap();
         assert_eq!(again.pyspark, "4.0.5");
+    }
+
+    #[test]
+    fn coverage_entries_are_corpus_entries_named_cov_n() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(CORPUS_DIR)).unwrap();
+        let case = Case {
+            seed: None,
+            frames: vec![Frame {
+                kind: crate::protocol::SpanKind::Header,
+                bytes: vec![0, 0, 0, 4],
+                touched: true,
+            }],
+        };
+        save_coverage_entry(dir.path(), "cov-0", &case, &[], "Passed".into(), 12).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("corpus/cov-0.json")).unwrap();
+        assert!(text.contains("\"new_lines\":12"), "{text}");
+        let back = load_corpus(dir.path(), &[]);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].0, "cov-0");
+        assert_eq!(back[0].1.to_bytes(), vec![0, 0, 0, 4]);
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub struct CampaignSummary {
     pub daemon_pgids: Vec<i32>,
     /// Why the campaign stopped early, if it did.
     pub aborted: Option<String>,
+    /// With --coverage or --coverage-blind: lines of pyspark reached, per file, over time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<super::coverage::CoverageSummary>,
 }
 
 /// Findings of another executor that the fork server did not reproduce.
@@ -179,6 +182,10 @@ impl CampaignSummary {
                 "  outlived their case (no case known, killed): {:?}\n",
                 self.unattributed_leaks
             ));
+        }
+        if let Some(c) = &self.coverage {
+            s.push_str(&c.text());
+            s.push('\n');
         }
         if let Some(a) = &self.aborted {
             s.push_str(&format!("  aborted: {a}\n"));

@@ -91,56 +91,132 @@ fn uv(base: &str) -> Result<PathBuf, EnvError> {
     if let Some(p) = std::env::var_os("FAKEJVM_UV").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
+    let dir = tool(
+        &format!("uv-{UV_VERSION}"),
+        &format!("uv {UV_VERSION}"),
+        "a tool venv",
+        &|dir| dir.join("bin").join("uv").is_file(),
+        &|building, failed| {
+            let mut venv = Command::new(base);
+            venv.args(["-m", "venv"]).arg(building);
+            run_step(venv, VENV_LIMIT, None, &format!("{base} -m venv"), failed)?;
+            let mut pip = Command::new(super::provision::python_in(building));
+            pip.args(PIP_QUIET).args([
+                "install",
+                "--progress-bar",
+                "off",
+                &format!("uv=={UV_VERSION}"),
+            ]);
+            run_step(pip, TOOL_LIMIT, Some("  pip | "), "pip install uv", failed)
+        },
+    )?;
+    Ok(dir.join("bin").join("uv"))
+}
+
+/// One of fakejvm's own tools, `<cache_root>/tools/<name>`: built once (saying so) in
+/// `<name>.tmp` under an exclusive lock, then renamed into place, so whoever finds the directory
+/// finds it whole. `done` tells a finished one; `build` fills the directory it is given.
+pub(super) fn tool(
+    name: &str,
+    what: &str,
+    kind: &str,
+    done: &dyn Fn(&Path) -> bool,
+    build: &dyn Fn(&Path, Failed) -> Result<(), EnvError>,
+) -> Result<PathBuf, EnvError> {
     let tools = cache_root().join("tools");
-    let dir = tools.join(format!("uv-{UV_VERSION}"));
-    let bin = dir.join("bin").join("uv");
-    if bin.is_file() {
-        return Ok(bin);
+    let dir = tools.join(name);
+    if done(&dir) {
+        return Ok(dir);
     }
     fs::create_dir_all(&tools).map_err(|source| EnvError::Io {
         action: "create the tool directory",
         path: tools.clone(),
         source,
     })?;
-    let _lock = super::provision::lock(&tools.join(".lock-uv"), "uv")?;
-    if bin.is_file() {
-        return Ok(bin);
+    let lock_name = name.split('-').next().unwrap_or(name);
+    let _lock = super::provision::lock(&tools.join(format!(".lock-{lock_name}")), what)?;
+    if done(&dir) {
+        return Ok(dir);
     }
     eprintln!(
-        "fakejvm: installing uv {UV_VERSION} from PyPI into {} (a tool venv, once)...",
+        "fakejvm: installing {what} from PyPI into {} ({kind}, once)...",
         dir.display()
     );
-    let building = tools.join(format!("uv-{UV_VERSION}.tmp"));
-    if building.exists() {
-        fs::remove_dir_all(&building).map_err(|source| EnvError::Io {
-            action: "remove the stale tool venv",
-            path: building.clone(),
-            source,
-        })?;
+    let building = tools.join(format!("{name}.tmp"));
+    for stale in [&building, &dir] {
+        if stale.exists() {
+            fs::remove_dir_all(stale).map_err(|source| EnvError::Io {
+                action: "remove the stale tool directory",
+                path: stale.clone(),
+                source,
+            })?;
+        }
     }
     let failed = |step: &str, detail: String| EnvError::ProvisionFailed {
-        what: format!("uv {UV_VERSION}"),
+        what: what.to_string(),
         dir: dir.clone(),
         step: step.to_string(),
         detail,
     };
-    let mut venv = Command::new(base);
-    venv.args(["-m", "venv"]).arg(&building);
-    run_step(venv, VENV_LIMIT, None, &format!("{base} -m venv"), &failed)?;
-    let mut pip = Command::new(super::provision::python_in(&building));
-    pip.args(PIP_QUIET).args([
-        "install",
-        "--progress-bar",
-        "off",
-        &format!("uv=={UV_VERSION}"),
-    ]);
-    run_step(pip, TOOL_LIMIT, Some("  pip | "), "pip install uv", &failed)?;
+    build(&building, &failed)?;
     fs::rename(&building, &dir).map_err(|source| EnvError::Io {
-        action: "move the tool venv into place at",
+        action: "move the tool into place at",
         path: dir.clone(),
         source,
     })?;
-    Ok(bin)
+    Ok(dir)
+}
+
+/// Install exactly the hashed pins of `reqs` (wheels only, no dependencies) into the plain
+/// directory `target`, for the interpreter `python` (whose tags pick the wheels): a tool that is
+/// put on sys.path by hand, never into an env.
+pub(super) fn install_target(
+    installer: &Installer,
+    python: &Path,
+    base: &str,
+    reqs: &Path,
+    target: &Path,
+    failed: Failed,
+) -> Result<(), EnvError> {
+    let pins = [
+        "--require-hashes",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--target",
+    ];
+    match installer {
+        Installer::Uv(uv) => {
+            let mut cmd = uv_cmd(uv, &["pip", "install"]);
+            cmd.args(pins).arg(target).arg("--python").arg(python);
+            cmd.arg("-r").arg(reqs);
+            run_step(
+                cmd,
+                TOOL_LIMIT,
+                Some("  uv | "),
+                "uv pip install --target",
+                failed,
+            )
+        }
+        Installer::Pip => {
+            // A pyspark env made by uv has no pip: the base interpreter of the same minor
+            // version installs for it.
+            let mut cmd = Command::new(base);
+            cmd.args(PIP_QUIET)
+                .args(["install", "--progress-bar", "off"])
+                .args(pins)
+                .arg(target)
+                .arg("-r")
+                .arg(reqs);
+            run_step(
+                cmd,
+                TOOL_LIMIT,
+                Some("  pip | "),
+                "pip install --target",
+                failed,
+            )
+        }
+    }
 }
 
 const PIP_QUIET: [&str; 5] = [

@@ -26,6 +26,7 @@ mod modules;
 mod provision;
 pub mod releases;
 pub mod shipped;
+mod tools;
 mod udf_command;
 mod version;
 
@@ -33,6 +34,7 @@ pub use command::{build_commands, CommandSpec, SerializerSpec};
 pub use installer::{uv_cache, InstallerChoice, UV_VERSION};
 pub use modules::{worker_modules, WorkerModules};
 pub use provision::{base_python_minor, differences, setup, setup_with, SetupOptions, LOCK_FILE};
+pub use tools::{coverage_tracer, run_python, COVERAGE_VERSION};
 pub use udf_command::{build_udf_functions, UdfFunctionSpec};
 pub use version::{declared_pythons, unsupported_python, PysparkVersion, PythonMinor};
 
