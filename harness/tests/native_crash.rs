@@ -46,6 +46,7 @@ fn config(out: &Path) -> CampaignConfig {
         mutate_command: false,
         memory_limit_mb: Some(1024),
         recycle_after: fakejvm::fuzz::exec::DEFAULT_RECYCLE_AFTER,
+        coverage: None,
     }
 }
 
