@@ -310,3 +310,43 @@ async fn udf_scenarios_are_seeds() {
     assert!(summary.run.execs >= 40);
     assert_eq!(summary.leftover_processes, vec![]);
 }
+
+/// Issue 15: on UDF seeds the campaign mutates the Arrow streams by structure and the command
+/// section by typed field. A short campaign over scenarios/udf on 4.0.5 (a fixed case count)
+/// counts both families in summary.json's `mutations`, and leaves no process behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udf_seeds_get_arrow_and_udf_field_mutations() {
+    let env = common::env_for("4.0.5");
+    let out = tempfile::tempdir().unwrap();
+    let cfg = CampaignConfig {
+        seed_dirs: vec![common::repo_root().join("scenarios/udf")],
+        builtin_seeds: false,
+        arrow_deadline: Some(Duration::from_secs(10)),
+        ..config(out.path(), ExecMode::ForkServer, 80)
+    };
+    let summary = campaign::run(env, cfg).await.unwrap();
+    eprintln!("{}", summary.text());
+    assert!(summary.aborted.is_none(), "{:?}", summary.aborted);
+    assert!(summary.run.execs >= 80);
+
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join(SUMMARY_FILE)).unwrap()).unwrap();
+    let mutations = written["mutations"]
+        .as_object()
+        .expect("summary.json has mutations by kind");
+    let family = |prefix: &str| -> u64 {
+        mutations
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, n)| n.as_u64().unwrap())
+            .sum()
+    };
+    assert!(family("arrow.") > 0, "no Arrow kind applied: {mutations:?}");
+    assert!(
+        family("udf.") > 0,
+        "no UDF field kind applied: {mutations:?}"
+    );
+
+    assert_eq!(summary.leftover_processes, vec![]);
+    assert_eq!(alive_in_groups(&summary.daemon_pgids), Vec::<String>::new());
+}

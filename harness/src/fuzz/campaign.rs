@@ -36,7 +36,7 @@ use crate::protocol::{decode_requests, Dialect};
 use crate::pyenv::PythonEnv;
 use crate::verdict::{Outcome, OutcomeKind};
 use rand::{Rng, SeedableRng};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -132,6 +132,8 @@ struct Campaign {
     pending: Mutex<Vec<(String, PathBuf)>>,
     /// With coverage: the map, its timeline and the cov-N entries made.
     coverage: Option<Mutex<Coverage>>,
+    /// Applied mutations of this run by kind, for the summary.
+    mutations: Mutex<BTreeMap<String, u64>>,
 }
 
 /// Run a campaign to its end (duration or max execs) and return its summary (also written to
@@ -270,6 +272,7 @@ impl Campaign {
             started: Instant::now(),
             pending: Mutex::new(pending),
             coverage: cov.map(Mutex::new),
+            mutations: Mutex::new(BTreeMap::new()),
             cfg,
             env,
             dialect,
@@ -387,6 +390,10 @@ impl Campaign {
             recycles,
             servers_started,
             daemon_pgids,
+            mutations: self
+                .mutations
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner()),
             aborted: self.aborted.into_inner().unwrap_or_else(|p| p.into_inner()),
             coverage,
         };
@@ -566,7 +573,12 @@ async fn lane(c: Arc<Campaign>, id: usize) {
             mutate_command: c.cfg.mutate_command,
         };
         for _ in 0..4 {
-            if mutate::mutate(&mut case, &ctx, &mut rng) > 0 {
+            let applied = mutate::mutate(&mut case, &ctx, &mut rng);
+            if !applied.is_empty() {
+                let mut counts = c.mutations.lock().unwrap_or_else(|p| p.into_inner());
+                for kind in applied {
+                    *counts.entry(kind.to_string()).or_default() += 1;
+                }
                 break;
             }
         }

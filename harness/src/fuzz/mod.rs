@@ -9,6 +9,7 @@
 //! per second of the ways to run a case. The in-process targets over fakejvm's own decoders are
 //! a separate cargo-fuzz crate (`fuzz/` at the repo root).
 
+pub mod arrow_mutation;
 pub mod bench;
 pub mod campaign;
 pub mod case;
@@ -26,6 +27,7 @@ pub mod server;
 pub mod signature;
 pub mod state;
 pub mod summary;
+pub mod udf_mutation;
 
 pub use bench::{fuzz_bench, BenchConfig, BenchReport};
 pub use campaign::CampaignConfig;

@@ -5,11 +5,17 @@
 //! re-encoded through the dialect (eval type, python version, barrier, conf maps...), a
 //! truncation, a dropped / duplicated / swapped frame, a NULL or other special length in the
 //! data section, frames spliced in from another seed, and byte edits inside one frame (with or
-//! without keeping its length field true).
+//! without keeping its length field true). UDF tasks add two families: the Arrow streams of their
+//! data section changed by structure ([`super::arrow_mutation`]) and their command section
+//! changed by typed field ([`super::udf_mutation`]).
 
+use super::arrow_mutation::{self, ArrowMutation};
 use super::case::{Case, Frame, FrameShape};
 use super::seeds::Seed;
-use crate::protocol::{BroadcastOp, ConnInfo, DataItem, Dialect, EvalType, Resource, SpanKind};
+use super::udf_mutation::{self, UdfField};
+use crate::protocol::{
+    BroadcastOp, ConnInfo, DataItem, Dialect, EvalType, Resource, SpanKind, TaskRequest,
+};
 use crate::wire::SpecialLength;
 use arbitrary::{Arbitrary, Unstructured};
 
@@ -155,6 +161,56 @@ pub enum Mutation {
     FinalMarker(IntChoice),
     NoFinalMarker,
     NoEndOfData,
+    /// A structural change to an Arrow IPC stream of the data section (UDF tasks of the Arrow
+    /// eval types).
+    Arrow(ArrowMutation),
+    /// A typed field of a UDF task's command section, re-encoded.
+    Udf(UdfField),
+}
+
+impl Field {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Field::SplitIndex(_) => "field.split_index",
+            Field::PythonVersion(_) => "field.python_version",
+            Field::Barrier { .. } => "field.barrier",
+            Field::ContextInt { .. } => "field.context_int",
+            Field::TaskAttemptId(_) => "field.task_attempt_id",
+            Field::Resources { .. } => "field.resources",
+            Field::LocalProperties { .. } => "field.local_properties",
+            Field::Includes(_) => "field.includes",
+            Field::Broadcasts { .. } => "field.broadcasts",
+            Field::EvalType(_) => "field.eval_type",
+            Field::Conf { .. } => "field.conf",
+            Field::CpuAmount(_) => "field.cpu_amount",
+        }
+    }
+}
+
+impl Mutation {
+    /// The kind's name, as the campaign summary counts it (`arrow.*` and `udf.*` for the two
+    /// UDF families, `field.*` for header fields).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mutation::Length { .. } => "length",
+            Mutation::Int { .. } => "int",
+            Mutation::Field(f) => f.name(),
+            Mutation::Truncate { .. } => "truncate",
+            Mutation::Drop { .. } => "drop",
+            Mutation::Duplicate { .. } => "duplicate",
+            Mutation::Swap { .. } => "swap",
+            Mutation::InsertNull { .. } => "insert_null",
+            Mutation::InsertSpecial { .. } => "insert_special",
+            Mutation::SpliceData { .. } => "splice_data",
+            Mutation::SpliceFrame { .. } => "splice_frame",
+            Mutation::Bytes { .. } => "bytes",
+            Mutation::FinalMarker(_) => "final_marker",
+            Mutation::NoFinalMarker => "no_final_marker",
+            Mutation::NoEndOfData => "no_end_of_data",
+            Mutation::Arrow(m) => m.edit.name(),
+            Mutation::Udf(f) => f.name(),
+        }
+    }
 }
 
 /// What a mutation may draw on besides the case.
@@ -169,19 +225,33 @@ pub struct Context<'a> {
     pub mutate_command: bool,
 }
 
-/// Draw 1-4 mutations and apply them. Returns how many applied (0: try another draw).
-pub fn mutate(case: &mut Case, ctx: &Context, rng: &mut impl rand::Rng) -> usize {
+/// Draw 1-4 mutations and apply them. Returns the names of those that applied, in order (empty:
+/// try another draw).
+pub fn mutate(case: &mut Case, ctx: &Context, rng: &mut impl rand::Rng) -> Vec<&'static str> {
     let mut raw = [0u8; 256];
     rng.fill(&mut raw[..]);
     let mut u = Unstructured::new(&raw);
     let n = 1 + u.int_in_range(0..=3u8).unwrap_or(0) as usize;
-    let mut applied = 0;
+    // Arrow and UDF kinds are two variants among many: drawn like the rest they would be one
+    // draw in ten on the cases they exist for, and a 20-kind Arrow family would hardly be used.
+    // A case with Arrow data draws an Arrow kind half the time; a UDF task a UDF field a quarter.
+    let arrow = arrow_mutation::has_arrow(case);
+    let udf = case
+        .seed_in(ctx.seeds)
+        .and_then(|s| s.request.as_ref())
+        .is_some_and(|r| r.udf.is_some());
+    let mut applied = vec![];
     for _ in 0..n {
-        let Ok(m) = Mutation::arbitrary(&mut u) else {
+        let drawn = match u.int_in_range(0..=3u8).unwrap_or(3) {
+            0 | 1 if arrow => ArrowMutation::arbitrary(&mut u).map(Mutation::Arrow),
+            2 if udf => UdfField::arbitrary(&mut u).map(Mutation::Udf),
+            _ => Mutation::arbitrary(&mut u),
+        };
+        let Ok(m) = drawn else {
             break;
         };
         if apply(case, &m, ctx) {
-            applied += 1;
+            applied.push(m.name());
         }
     }
     applied
@@ -334,6 +404,21 @@ fn apply_to(case: &mut Case, m: &Mutation, ctx: &Context) -> bool {
         },
         Mutation::NoFinalMarker => remove_kind(case, SpanKind::FinalMarker),
         Mutation::NoEndOfData => remove_kind(case, SpanKind::EndOfData),
+        Mutation::Arrow(m) => arrow_mutation::apply(case, m, ctx.seeds),
+        Mutation::Udf(field) => {
+            let Some(seed) = case.seed_in(ctx.seeds).and_then(|s| s.request.as_ref()) else {
+                return false;
+            };
+            let Some(mut req) = udf_mutation::current_request(case, seed) else {
+                return false;
+            };
+            let columns = arrow_mutation::input_columns(case);
+            if !udf_mutation::apply(&mut req, ctx.dialect, field, columns) {
+                return false;
+            }
+            put_head(case, req, ctx.dialect);
+            true
+        }
     };
     if !changed {
         return false;
@@ -563,34 +648,40 @@ fn apply_field(case: &mut Case, field: &Field, ctx: &Context) -> bool {
             req.context.cpu_amount = Some(CPU_AMOUNTS[*i as usize % CPU_AMOUNTS.len()].into());
         }
     }
+    put_head(case, req, d);
+    true
+}
+
+/// Put the encoding of `req` in place of the case's init prefix, header and command; the data
+/// frames the case has now stay. The one way a typed request goes back into a case, for header
+/// fields and UDF fields alike. A frame counts as touched if it was, or if its bytes changed.
+fn put_head(case: &mut Case, mut req: TaskRequest, d: Dialect) {
+    let is_head = |k: SpanKind| {
+        matches!(
+            k,
+            SpanKind::InitPrefix | SpanKind::Header | SpanKind::Command
+        )
+    };
     // Encode with no data; only the frames before the data section are taken.
     req.data = vec![DataItem::Frame(vec![])];
     let fresh = Case::from_encoded(case.seed, &d.encode_request(&req));
     let mut head: Vec<Frame> = fresh
         .frames
         .into_iter()
-        .filter(|f| {
-            matches!(
-                f.kind,
-                SpanKind::InitPrefix | SpanKind::Header | SpanKind::Command
-            )
-        })
+        .filter(|f| is_head(f.kind))
         .collect();
-    for f in head.iter_mut().filter(|f| f.kind == SpanKind::Header) {
-        f.touched = true;
+    for f in head.iter_mut() {
+        f.touched = match case.frames.iter().find(|o| o.kind == f.kind) {
+            Some(old) => old.touched || old.bytes != f.bytes,
+            None => true,
+        };
     }
-    case.frames.retain(|f| {
-        !matches!(
-            f.kind,
-            SpanKind::InitPrefix | SpanKind::Header | SpanKind::Command
-        )
-    });
+    case.frames.retain(|f| !is_head(f.kind));
     // split index -1 ends the request after the header: the worker reads nothing more.
     if req.split_index == -1 {
         head.retain(|f| f.kind != SpanKind::Command);
     }
     case.frames.splice(0..0, head);
-    true
 }
 
 #[cfg(test)]
@@ -786,6 +877,107 @@ mod tests {
                 mutate_command: false
             }
         ));
+    }
+
+    /// A scalar pandas UDF task of 4.0 (family A) over one double column, its data section a
+    /// real Arrow stream of two batches.
+    fn udf_seed() -> Seed {
+        use crate::arrow::{data_section, positional_batch, Group};
+        use crate::protocol::{InputFraming, Udf, UdfCommand, UdfLayout};
+        use std::sync::Arc;
+        let col: arrow_array::ArrayRef =
+            Arc::new(arrow_array::Float64Array::from(vec![Some(1.0), None]));
+        let batch = positional_batch(vec![col]).unwrap();
+        let groups = [Group::of(vec![batch.clone(), batch.clone()])];
+        let data = data_section(InputFraming::Stream, &batch.schema(), None, &groups).unwrap();
+        let cmd = UdfCommand::udfs(
+            UdfLayout::Pyspark40,
+            vec![Udf::simple(&[0], vec![0x80, 5, b'N', b'.'])],
+        );
+        let mut req = cmd.place("3.11", EvalType::SqlScalarPandasUdf, vec![]);
+        req.data = data;
+        req.end_of_data = false;
+        let case = Case::from_encoded(Some(0), &Dialect::A.encode_request(&req));
+        Seed {
+            name: "udf".into(),
+            request: Some(req),
+            case,
+            round_trip: None,
+        }
+    }
+
+    #[test]
+    fn udf_seeds_draw_arrow_and_udf_kinds_and_report_them() {
+        let s = udf_seed();
+        let seeds = [s.clone()];
+        let ctx = Context {
+            dialect: Dialect::A,
+            seeds: &seeds,
+            mutate_command: false,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut names = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let mut case = s.case.clone();
+            for _ in 0..3 {
+                names.extend(mutate(&mut case, &ctx, &mut rng));
+            }
+            assert!(case.len() <= MAX_CASE_LEN);
+        }
+        let arrow = names.iter().filter(|n| n.starts_with("arrow.")).count();
+        let udf = names.iter().filter(|n| n.starts_with("udf.")).count();
+        // Every Arrow kind applies to this stream, but for the group marker (4.1+ grouped kinds
+        // and cogroups) and the schema swap (one schema among the seeds) only after another
+        // mutation made one (a lone int in the data section, a second schema).
+        assert!(arrow >= 18, "{names:?}");
+        assert!(udf >= 6, "{names:?}");
+        // An RDD seed never gets either.
+        let r = seed(Dialect::A);
+        let seeds = [r.clone()];
+        let ctx = Context {
+            dialect: Dialect::A,
+            seeds: &seeds,
+            mutate_command: true,
+        };
+        for _ in 0..500 {
+            let mut case = r.case.clone();
+            for n in mutate(&mut case, &ctx, &mut rng) {
+                assert!(!n.starts_with("arrow.") && !n.starts_with("udf."), "{n}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_udf_field_is_re_encoded_into_the_command_frame() {
+        let s = udf_seed();
+        let seeds = [s.clone()];
+        let ctx = Context {
+            dialect: Dialect::A,
+            seeds: &seeds,
+            mutate_command: false,
+        };
+        let mut case = s.case.clone();
+        // Two in a row build on each other: the second decodes the first's command.
+        assert!(apply(&mut case, &Mutation::Udf(UdfField::NumUdfs(3)), &ctx));
+        assert!(apply(
+            &mut case,
+            &Mutation::Udf(UdfField::ChainedFuncs { udf: 2, n: 0 }),
+            &ctx
+        ));
+        let i = case.position(SpanKind::Command).unwrap();
+        assert!(case.frames[i].touched);
+        let req = udf_mutation::current_request(&case, s.request.as_ref().unwrap()).unwrap();
+        let Some(crate::protocol::UdfBody::Udfs { udfs, .. }) = req.udf.map(|u| u.body) else {
+            panic!("no UDFs");
+        };
+        assert_eq!(udfs.len(), 3);
+        assert_eq!(
+            udfs.iter().map(|u| u.funcs.len()).collect::<Vec<_>>(),
+            vec![1, 1, 0]
+        );
+        // The data section is the seed's, byte for byte.
+        let data = |c: &Case| c.frames[c.data_range()].to_vec();
+        assert_eq!(data(&case), data(&s.case));
     }
 
     #[test]

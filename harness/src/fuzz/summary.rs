@@ -74,6 +74,9 @@ pub struct CampaignSummary {
     /// The daemons this run started (pid = process group id), for checking that nothing of
     /// theirs is left.
     pub daemon_pgids: Vec<i32>,
+    /// This run's applied mutations by kind (`arrow.*`: Arrow streams, `udf.*`: UDF command
+    /// fields, `field.*`: header fields, the rest by frame): which mutators a run used.
+    pub mutations: BTreeMap<String, u64>,
     /// Why the campaign stopped early, if it did.
     pub aborted: Option<String>,
     /// With --coverage or --coverage-blind: lines of pyspark reached, per file, over time.
@@ -115,6 +118,28 @@ impl CampaignSummary {
             s.push_str(&format!(
                 "    left out: {} golden(s) recorded in other dialects\n",
                 self.seeds.other_dialect.len()
+            ));
+        }
+        if !self.mutations.is_empty() {
+            let family = |prefix: &str| {
+                let of: Vec<u64> = self
+                    .mutations
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(prefix))
+                    .map(|(_, n)| *n)
+                    .collect();
+                format!(
+                    "{} {} in {} kind(s)",
+                    prefix.trim_end_matches('.'),
+                    of.iter().sum::<u64>(),
+                    of.len()
+                )
+            };
+            s.push_str(&format!(
+                "  mutations: {} applied ({}, {}; by kind in summary.json)\n",
+                self.mutations.values().sum::<u64>(),
+                family("arrow."),
+                family("udf."),
             ));
         }
         let rest = &self.seeds.skipped;
