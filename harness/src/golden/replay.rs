@@ -415,6 +415,13 @@ pub async fn replay_part(args: &ReplayArgs) -> anyhow::Result<(GoldenPart, u8)> 
             .map_err(|e| crate::error::env_failure(Some(python), e))?;
     } else {
         for p in &prepared {
+            // A golden of another CPython minor is N/A (see not_applicable): no env for it.
+            let recorded = recorded_minor(&p.golden.index.python);
+            if let Some(want) = args.python_version.python_version {
+                if want.to_string() != recorded {
+                    continue;
+                }
+            }
             let index = p.golden.dir.join(format::INDEX);
             let want = pyenv::Want::new(
                 Some(&p.golden.index.pyspark),
