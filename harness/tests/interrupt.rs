@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::env_for;
+use common::{env_for, Proc};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -21,52 +21,9 @@ const EXIT_LIMIT: Duration = Duration::from_secs(60);
 /// One JVM at a time: these tests are heavy, and the machine may have two cores.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-#[derive(Debug)]
-struct Proc {
-    pid: i32,
-    ppid: i32,
-    cmdline: String,
-}
-
 /// Live (not zombie) processes whose environment carries `FAKEJVM_TEST_RUN=<tag>`.
 fn tagged(tag: &str) -> Vec<Proc> {
-    let wanted = format!("FAKEJVM_TEST_RUN={tag}");
-    let mut found = vec![];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if !env.split(|b| *b == 0).any(|v| v == wanted.as_bytes()) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
-            .split_whitespace()
-            .collect();
-        if matches!(fields[0], "Z" | "X") {
-            continue;
-        }
-        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&raw)
-            .replace('\0', " ")
-            .trim()
-            .to_string();
-        found.push(Proc {
-            pid,
-            ppid: fields[1].parse().unwrap(),
-            cmdline,
-        });
-    }
-    found
+    common::alive_with(&format!("FAKEJVM_TEST_RUN={tag}"))
 }
 
 fn is_jvm(p: &Proc) -> bool {

@@ -62,34 +62,12 @@ fn ours_alive() -> Vec<String> {
     ))
 }
 
-/// Live (not zombie) processes whose environment holds `mark` (NAME=VALUE).
+/// Live processes whose environment holds `mark` (NAME=VALUE), as "pid cmdline".
 fn alive_with(mark: &str) -> Vec<String> {
-    let mut found = vec![];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if !env.split(|b| *b == 0).any(|v| v == mark.as_bytes()) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.is_empty() || stat.contains(") Z") || stat.contains(") X") {
-            continue;
-        }
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        found.push(format!(
-            "{pid} {}",
-            String::from_utf8_lossy(&cmd).replace('\0', " ")
-        ));
-    }
-    found
+    common::alive_with(mark)
+        .iter()
+        .map(|p| p.to_string())
+        .collect()
 }
 
 fn crash_reproducer(out: &Path, signal: &str) -> (std::path::PathBuf, Reproducer) {

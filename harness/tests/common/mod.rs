@@ -316,3 +316,58 @@ pub fn assert_nothing_left(reports: &[ScenarioReport], what: &str) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A live process found by [`alive_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: i32,
+    pub ppid: i32,
+    pub cmdline: String,
+}
+
+impl std::fmt::Display for Proc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.pid, self.cmdline)
+    }
+}
+
+/// Live (not zombie) processes whose environment holds `mark` (NAME=VALUE): how a test finds
+/// what fakejvm started for it (an owner mark, a FAKEJVM_TEST_RUN tag) and checks none is left.
+pub fn alive_with(mark: &str) -> Vec<Proc> {
+    let mut found = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if !env.split(|b| *b == 0).any(|v| v == mark.as_bytes()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .collect();
+        if matches!(fields[0], "Z" | "X") {
+            continue;
+        }
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&raw)
+            .replace('\0', " ")
+            .trim()
+            .to_string();
+        found.push(Proc {
+            pid,
+            ppid: fields[1].parse().unwrap(),
+            cmdline,
+        });
+    }
+    found
+}
