@@ -298,20 +298,8 @@ pub(crate) fn save_corpus_entry(
     seeds: &[Seed],
     sig: &Signature,
 ) -> Result<(), HarnessError> {
-    let seed = case
-        .seed_in(seeds)
-        .map(|s| s.name.clone())
-        .unwrap_or_default();
-    write_corpus_entry(
-        out,
-        &sig.id(),
-        &CorpusEntry {
-            seed,
-            signature: sig.text(),
-            new_lines: None,
-            frames: case.frames.clone(),
-        },
-    )
+    let entry = CorpusEntry::of(case, seeds, sig.text(), None);
+    write_corpus_entry(out, &sig.id(), &entry)
 }
 
 /// Save `case`, the first to reach `new_lines` lines of pyspark, as corpus entry `name`
@@ -324,20 +312,24 @@ pub(crate) fn save_coverage_entry(
     signature: String,
     new_lines: usize,
 ) -> Result<(), HarnessError> {
-    let seed = case
-        .seed_in(seeds)
-        .map(|s| s.name.clone())
-        .unwrap_or_default();
-    write_corpus_entry(
-        out,
-        name,
-        &CorpusEntry {
+    let entry = CorpusEntry::of(case, seeds, signature, Some(new_lines));
+    write_corpus_entry(out, name, &entry)
+}
+
+impl CorpusEntry {
+    /// The entry for `case`, named after the seed it grew from.
+    fn of(case: &Case, seeds: &[Seed], signature: String, new_lines: Option<usize>) -> Self {
+        let seed = case
+            .seed_in(seeds)
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        CorpusEntry {
             seed,
             signature,
-            new_lines: Some(new_lines),
+            new_lines,
             frames: case.frames.clone(),
-        },
-    )
+        }
+    }
 }
 
 fn write_corpus_entry(out: &Path, name: &str, entry: &CorpusEntry) -> Result<(), HarnessError> {
