@@ -416,11 +416,8 @@ pub async fn replay_part(args: &ReplayArgs) -> anyhow::Result<(GoldenPart, u8)> 
     } else {
         for p in &prepared {
             // A golden of another CPython minor is N/A (see not_applicable): no env for it.
-            let recorded = recorded_minor(&p.golden.index.python);
-            if let Some(want) = args.python_version.python_version {
-                if want.to_string() != recorded {
-                    continue;
-                }
+            if other_minor_asked(&p.golden.index, args.python_version.python_version).is_some() {
+                continue;
             }
             let index = p.golden.dir.join(format::INDEX);
             let want = pyenv::Want::new(
@@ -702,10 +699,8 @@ fn not_applicable(ix: &format::Index, opts: &ReplayOptions) -> Option<String> {
             ix.python
         ))
     };
-    if let Some(want) = opts.python_version {
-        if want.to_string() != recorded {
-            return other_python(&want.to_string(), "the env asked for");
-        }
+    if let Some(want) = other_minor_asked(ix, opts.python_version) {
+        return other_python(&want, "the env asked for");
     }
     let python = opts.python.as_deref()?;
     match pyenv::resolve(Some(python), None) {
@@ -721,6 +716,13 @@ fn not_applicable(ix: &format::Index, opts: &ReplayOptions) -> Option<String> {
         // Probed before any golden ran (replay_cmd); a failure now shows up in run_live.
         _ => None,
     }
+}
+
+/// The CPython minor asked for (`--python-version`), when it is not the one `ix` was recorded
+/// with: every golden of it is N/A.
+fn other_minor_asked(ix: &format::Index, want: Option<pyenv::PythonMinor>) -> Option<String> {
+    let want = want?.to_string();
+    (want != recorded_minor(&ix.python)).then_some(want)
 }
 
 /// "3.11" of a recorded "3.11.7".
