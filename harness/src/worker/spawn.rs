@@ -6,7 +6,8 @@
 //! PYTHONOPTIMIZE (strips the `assert`s pyspark 4.3 uses as protocol checks), SPARK_REUSE_WORKER
 //! (a truthiness test: any value turns reuse on), PYTHON_WORKER_FACTORY_SOCK_PATH (sends the 4.1+
 //! direct worker down the Unix-socket branch), PYSPARK_*, SPARK_PREFER_IPV6. A run must not depend
-//! on who started it, so everything the worker sees is listed here or in `extra_env`.
+//! on who started it, so everything the worker sees is listed here or in `extra_env`. Of what the
+//! executor adds, PYTHONUNBUFFERED and OMP_NUM_THREADS are set here for every process.
 
 use std::io;
 use std::path::Path;
@@ -65,6 +66,11 @@ pub(crate) fn python_command(
     }
     // Spark sets "YES" (any non-empty value means unbuffered): prints reach the pipe at once.
     cmd.env("PYTHONUNBUFFERED", "YES");
+    // The executor sets OMP_NUM_THREADS to its cores for Python workers (SPARK-28843, Spark 3+,
+    // unless spark.executorEnv sets it); every golden under golden/ recorded "1". Without it
+    // numpy's OpenBLAS, which pyspark.worker imports, starts a thread per CPU in the daemon.
+    // A golden's own value (replay_env) or extra_env override this.
+    cmd.env("OMP_NUM_THREADS", "1");
     for (k, v) in protocol_env {
         cmd.env(k, v);
     }
