@@ -99,14 +99,6 @@ def tell(**obj):
     CTL_OUT.flush()
 
 
-def tell_done(served, code, status):
-    """The per-case line, formatted without json (the same object tell() would write)."""
-    CTL_OUT.write(
-        '{"done": %d, "code": %s, "status": %d}\n' % (served, "null" if code is None else int(code), status)
-    )
-    CTL_OUT.flush()
-
-
 class Tracing:
     """Which lines of pyspark's own files run, case by case. Only files under the pyspark package
     count (not a case's cloudpickled function, the stdlib or pandas); paths are sent relative to
@@ -503,7 +495,7 @@ def reset(b):
     if sys.path != b.path:
         # worker.main puts the task's spark files dir first on sys.path, every task. Dropping
         # the finders cached for the directories it added is enough: importlib.invalidate_caches()
-        # would visit every cached finder (a tenth of this loop's own time per case, py-spy), and
+        # would visit every cached finder (about 5% of this loop's busy time per case, py-spy), and
         # the finders of the baseline's directories see new files by their mtime anyway.
         sys.path[:] = b.path
         for k in set(sys.path_importer_cache) - b.path_cache:
@@ -699,10 +691,7 @@ def persistent():
             msg["children"] = _children() if why.startswith("child") else []
             tell(**msg)
             return 0
-        if cov is None:
-            tell_done(served, code, status)
-        else:
-            tell(**msg)
+        tell(**msg)
 
 
 def warm_fork():
