@@ -6,16 +6,18 @@
 //! next worker while the last one still writes its pid and checks the secret, which is where the
 //! fork server's throughput comes from (measured on this 2-core machine with 6 lanes, against
 //! connecting through `Workers`: 170-184 -> 226 clean cases/s, +20-30%).
-//! It dials through `worker::dial_daemon_tcp`, the handshake every other connection uses.
+//! It dials through `worker::dial_daemon`, the handshake every other connection uses.
 
-use crate::worker::{dial_daemon_tcp, Connection, Deadline, WorkerError};
+use crate::worker::{dial_daemon, Connection, DaemonAddr, Deadline, WorkerError};
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// Everything needed to reach the daemon, cheap to clone per connection.
 #[derive(Clone, Debug)]
 pub struct Dialer {
-    pub port: u16,
+    pub addr: DaemonAddr,
+    /// Checked by every server fakejvm dials this way (the TCP daemon, fakejvm's loop on either
+    /// socket), so always sent.
     pub secret: String,
     pub daemon_pid: i32,
     pub timeout: Duration,
@@ -31,7 +33,7 @@ impl Dialer {
     ) -> Option<Dialer> {
         let port = i32::from_be_bytes(announce.get(..4)?.try_into().ok()?);
         Some(Dialer {
-            port: u16::try_from(port).ok().filter(|p| *p > 0)?,
+            addr: DaemonAddr::Tcp(u16::try_from(port).ok().filter(|p| *p > 0)?),
             secret: secret.to_string(),
             daemon_pid,
             timeout,
@@ -44,7 +46,7 @@ impl Dialer {
             at: Instant::now() + self.timeout,
             budget: self.timeout,
         };
-        dial_daemon_tcp(self.port, &self.secret, self.daemon_pid, &deadline).await
+        dial_daemon(&self.addr, Some(&self.secret), self.daemon_pid, &deadline).await
     }
 }
 
@@ -55,7 +57,7 @@ mod tests {
     #[test]
     fn the_port_comes_from_the_announce() {
         let d = Dialer::new(&40000i32.to_be_bytes(), "s", 1, Duration::from_secs(1)).unwrap();
-        assert_eq!(d.port, 40000);
+        assert_eq!(d.addr, DaemonAddr::Tcp(40000));
         assert!(Dialer::new(&0i32.to_be_bytes(), "s", 1, Duration::from_secs(1)).is_none());
         assert!(Dialer::new(&70000i32.to_be_bytes(), "s", 1, Duration::from_secs(1)).is_none());
         assert!(Dialer::new(&[0, 1], "s", 1, Duration::from_secs(1)).is_none());

@@ -250,7 +250,7 @@ impl Host {
         match self {
             Host::Workers(w) => dialer_for(w, launch),
             Host::Warm(s) => Some(Dialer {
-                port: s.port,
+                addr: s.addr.clone(),
                 secret: secret.to_string(),
                 daemon_pid: s.pid,
                 timeout: launch.connect_timeout,
@@ -263,7 +263,7 @@ impl Host {
             (Host::Workers(w), _) => w.connect().await,
             (Host::Warm(_), Some(d)) => d.connect().await,
             (Host::Warm(_), None) => Err(WorkerError::WrongMode {
-                what: "a warm fork server without its port",
+                what: "a warm fork server without its address",
                 mode: Mode::Daemon,
             }),
         }
@@ -785,7 +785,7 @@ impl Executor {
         // drops seeds slower than half the deadline).
         started = started.max(server.ready_at);
         let dialer = Dialer {
-            port: server.port,
+            addr: server.addr.clone(),
             secret: self.server.secret.clone(),
             // The server writes its own pid where a forked worker's goes: a child of ours.
             daemon_pid: std::process::id() as i32,

@@ -5,12 +5,16 @@
 //!
 //! Per connection either one speaks the daemon's handshake (pid, then the secret and "ok") and
 //! runs the real `pyspark.daemon.worker()`, so [`super::dial::Dialer`] reaches it like the daemon
-//! and the case bytes are those a daemon-forked worker reads. Its own messages travel on a side
+//! and the case bytes are those a daemon-forked worker reads, over a Unix socket in the
+//! executor's directory (its ready line says where; a port when the path is too long for
+//! sun_path). Its own messages travel on a side
 //! channel that never touches a pyspark socket: JSON lines on its stdout (ready, one `done` per
 //! persistent case, recycle notices), and its stdin, whose EOF asks it to shut down.
 
 use crate::pyenv::PythonEnv;
-use crate::worker::{leftover_processes, procs, spawn_in_group, ExitInfo, Group, ProcessTweaks};
+use crate::worker::{
+    leftover_processes, procs, spawn_in_group, DaemonAddr, ExitInfo, Group, ProcessTweaks,
+};
 use serde::Deserialize;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::{Arc, Mutex};
@@ -72,7 +76,9 @@ pub struct ServerOptions {
 /// One line of the side channel.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct Event {
-    pub ready: Option<u16>,
+    /// Where it listens: a Unix socket in the executor's directory, or a port where the path
+    /// would not fit.
+    pub ready: Option<DaemonAddr>,
     pub pid: Option<i32>,
     pub threads: Option<u32>,
     pub modules: Option<u32>,
@@ -105,7 +111,7 @@ pub enum Heard {
 pub struct Server {
     pub kind: ServerKind,
     pub pid: i32,
-    pub port: u16,
+    pub addr: DaemonAddr,
     /// Native threads the server had when it said it was ready.
     pub threads: u32,
     child: Child,
@@ -187,7 +193,7 @@ impl Server {
         let mut server = Server {
             kind,
             pid,
-            port: 0,
+            addr: DaemonAddr::Tcp(0),
             threads: 0,
             child,
             group,
@@ -201,12 +207,12 @@ impl Server {
         };
         match server.hear(opts.start_timeout).await {
             Heard::Event(Event {
-                ready: Some(port),
+                ready: Some(addr),
                 threads,
                 cov,
                 ..
             }) => {
-                server.port = port;
+                server.addr = addr;
                 server.threads = threads.unwrap_or(0);
                 server.startup = cov;
                 server.ready_at = std::time::Instant::now();

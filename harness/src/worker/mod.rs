@@ -273,8 +273,11 @@ pub struct ShutdownReport {
     pub took_ms: u64,
 }
 
-/// Where a daemon listens, as it announced it on stdout.
-pub(crate) enum DaemonAddr {
+/// Where a daemon listens, as it announced it on stdout (or fakejvm's own loop, as it said in
+/// its ready line, a port or a path: see fuzz::server).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum DaemonAddr {
     Tcp(u16),
     Unix(PathBuf),
 }
@@ -530,29 +533,16 @@ impl Workers {
             .as_ref()
             .expect("daemon modes start the daemon in start()");
         let daemon_pid = d.pid;
-        match d
+        let addr = d
             .addr
             .as_ref()
-            .expect("start() fails unless the daemon announced an address")
-        {
-            DaemonAddr::Tcp(port) => {
-                dial_daemon_tcp(*port, &self.secret, daemon_pid, &deadline).await
-            }
-            DaemonAddr::Unix(path) => {
-                let during = "connecting to the daemon's Unix socket";
-                let mut s = match timeout_at(deadline.at, UnixStream::connect(path)).await {
-                    Err(_) => {
-                        return Err(WorkerError::Timeout {
-                            what: during,
-                            after: deadline.budget,
-                        })
-                    }
-                    Ok(r) => r.map_err(|source| WorkerError::Io { during, source })?,
-                };
-                let hs = handshake::with_daemon(&mut s, None, daemon_pid, &deadline).await?;
-                Ok(unix_connection(s, hs))
-            }
-        }
+            .expect("start() fails unless the daemon announced an address");
+        // pyspark 4.1+'s Unix-socket daemon reads no secret (it is started without one).
+        let secret = match addr {
+            DaemonAddr::Tcp(_) => Some(self.secret.as_str()),
+            DaemonAddr::Unix(_) => None,
+        };
+        dial_daemon(addr, secret, daemon_pid, &deadline).await
     }
 
     async fn connect_direct(&mut self, tweaks: &ProcessTweaks) -> Result<Connection, WorkerError> {
@@ -1103,31 +1093,48 @@ async fn read_announce<R: tokio::io::AsyncRead + Unpin>(
     Ok(DaemonAddr::Unix(path))
 }
 
-/// A connection to a TCP daemon, without holding its `Workers` (the fuzzer's lanes dial
-/// concurrently): connect, read the forked worker's pid, check it, authenticate.
-pub(crate) async fn dial_daemon_tcp(
-    port: u16,
-    secret: &str,
+/// A connection to a daemon, without holding its `Workers` (the fuzzer's lanes dial
+/// concurrently): connect, read the forked worker's pid, check it, authenticate with `secret`
+/// (None: pyspark's Unix-socket daemon, which expects none).
+pub(crate) async fn dial_daemon(
+    addr: &DaemonAddr,
+    secret: Option<&str>,
     daemon_pid: i32,
     deadline: &Deadline,
 ) -> Result<Connection, WorkerError> {
-    let during = "connecting to the daemon's TCP port";
-    let mut s = match timeout_at(deadline.at, TcpStream::connect((Ipv4Addr::LOCALHOST, port))).await
-    {
-        Err(_) => {
-            return Err(WorkerError::Timeout {
+    fn bounded<T>(
+        r: Result<std::io::Result<T>, tokio::time::error::Elapsed>,
+        during: &'static str,
+        deadline: &Deadline,
+    ) -> Result<T, WorkerError> {
+        match r {
+            Err(_) => Err(WorkerError::Timeout {
                 what: during,
                 after: deadline.budget,
-            })
+            }),
+            Ok(r) => r.map_err(|source| WorkerError::Io { during, source }),
         }
-        Ok(r) => r.map_err(|source| WorkerError::Io { during, source })?,
-    };
-    s.set_nodelay(true).map_err(|source| WorkerError::Io {
-        during: "setting TCP_NODELAY",
-        source,
-    })?;
-    let hs = handshake::with_daemon(&mut s, Some(secret), daemon_pid, deadline).await?;
-    Ok(tcp_connection(s, hs))
+    }
+    match addr {
+        DaemonAddr::Tcp(port) => {
+            let during = "connecting to the daemon's TCP port";
+            let connect = TcpStream::connect((Ipv4Addr::LOCALHOST, *port));
+            let mut s = bounded(timeout_at(deadline.at, connect).await, during, deadline)?;
+            s.set_nodelay(true).map_err(|source| WorkerError::Io {
+                during: "setting TCP_NODELAY",
+                source,
+            })?;
+            let hs = handshake::with_daemon(&mut s, secret, daemon_pid, deadline).await?;
+            Ok(tcp_connection(s, hs))
+        }
+        DaemonAddr::Unix(path) => {
+            let during = "connecting to the daemon's Unix socket";
+            let connect = UnixStream::connect(path);
+            let mut s = bounded(timeout_at(deadline.at, connect).await, during, deadline)?;
+            let hs = handshake::with_daemon(&mut s, secret, daemon_pid, deadline).await?;
+            Ok(unix_connection(s, hs))
+        }
+    }
 }
 
 fn tcp_connection(s: TcpStream, hs: handshake::Handshake) -> Connection {
